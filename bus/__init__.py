@@ -1,0 +1,1 @@
+"""Transport and runtime: connection, subjects, tracing, worker lifecycle, client."""

@@ -1,0 +1,1 @@
+"""The wire contract: message types, codec limits, signing bytes, identities, errors."""

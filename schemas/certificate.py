@@ -1,0 +1,95 @@
+"""Certificates: built and signed by the tally, re-checked offline by anyone.
+
+``verify_certificate`` trusts nothing the tally says that it can recompute:
+it rebuilds each vote's Merkle root from the entry and path, checks every
+verifier signature against the pool keys the caller supplies, recounts,
+recomputes q and f from n and the threshold, and checks that the decision
+follows from the counts. It raises ``CertificateInvalid`` saying which check
+failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import replace
+
+from schemas import merkle
+from schemas.codec import encode
+from schemas.errors import CertificateInvalid
+from schemas.identity import AgentIdentity, verify_signature
+from schemas.messages import ConsensusResult
+from schemas.signing import DOMAIN_CERTIFICATE, entry_bytes, vote_signing_bytes
+from workers.quorum import MIN_POOL, Decision, QuorumRule, parse_threshold
+
+
+def certificate_signing_bytes(result: ConsensusResult) -> bytes:
+    return DOMAIN_CERTIFICATE + encode(result.signing_body())
+
+
+def sign_certificate(identity: AgentIdentity, result: ConsensusResult) -> ConsensusResult:
+    unsigned = replace(result, tally_key=identity.public_key, sig=b"")
+    return replace(unsigned, sig=identity.sign(certificate_signing_bytes(unsigned)))
+
+
+def verify_certificate(
+    result: ConsensusResult,
+    verifier_keys: Collection[bytes],
+    *,
+    tally_key: bytes | None = None,
+) -> None:
+    """Re-check ``result`` against the pool ``verifier_keys`` of its epoch.
+
+    Returns None when the certificate holds; raises ``CertificateInvalid``
+    with the reason otherwise. Pass ``tally_key`` to also pin which tally
+    must have signed it.
+    """
+    pool = set(verifier_keys)
+    if tally_key is not None and result.tally_key != tally_key:
+        raise CertificateInvalid("signed by an unexpected tally key")
+    if not verify_signature(result.tally_key, certificate_signing_bytes(result), result.sig):
+        raise CertificateInvalid("tally signature does not verify")
+    if result.n != len(pool):
+        raise CertificateInvalid(f"certificate says n={result.n} but the pool has {len(pool)} keys")
+    if result.n < MIN_POOL:
+        raise CertificateInvalid(f"pool of {result.n} is below the minimum {MIN_POOL}")
+    try:
+        rule = QuorumRule(result.n, parse_threshold(result.threshold))
+    except Exception:
+        raise CertificateInvalid(f"threshold {result.threshold!r} is not valid") from None
+    if (result.q, result.f) != (rule.q, rule.f):
+        raise CertificateInvalid(f"q/f are {result.q}/{result.f}, expected {rule.q}/{rule.f}")
+
+    leaf_counts = {"valid": 0, "invalid": 0}
+    seen: set[bytes] = set()
+    for i, vote in enumerate(result.votes):
+        if vote.verifier_key not in pool:
+            raise CertificateInvalid(f"vote {i} is from a key outside the pool")
+        if vote.verifier_key in seen:
+            raise CertificateInvalid(f"vote {i} repeats a verifier")
+        seen.add(vote.verifier_key)
+        leaf = merkle.leaf_hash(
+            entry_bytes(result.request_id, result.request_digest, vote.valid, vote.reason))
+        root = merkle.root_from_proof(leaf, vote.index, vote.count, vote.path)
+        if root is None:
+            raise CertificateInvalid(f"vote {i} has a malformed Merkle path")
+        body = vote_signing_bytes(ballot_id=result.ballot_id, epoch=result.epoch,
+                                  tally_id=result.tally_id, verifier_key=vote.verifier_key,
+                                  ts_ms=vote.ts_ms, count=vote.count, root=root)
+        if not verify_signature(vote.verifier_key, body, vote.sig):
+            raise CertificateInvalid(f"vote {i} signature does not verify for this request")
+        leaf_counts["valid" if vote.valid else "invalid"] += 1
+
+    if (result.votes_for, result.votes_against) != (leaf_counts["valid"], leaf_counts["invalid"]):
+        raise CertificateInvalid(
+            f"counts {result.votes_for}/{result.votes_against} do not match the signed votes "
+            f"{leaf_counts['valid']}/{leaf_counts['invalid']}")
+    if result.total_votes != len(result.votes):
+        raise CertificateInvalid("total_votes does not match the number of votes")
+    try:
+        decision = Decision(result.decision)
+    except ValueError:
+        raise CertificateInvalid(f"unknown decision {result.decision!r}") from None
+    if not rule.consistent(decision, result.votes_for, result.votes_against):
+        raise CertificateInvalid(
+            f"decision {decision} does not follow from {result.votes_for} for, "
+            f"{result.votes_against} against with n={rule.n}, q={rule.q}")

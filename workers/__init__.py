@@ -1,0 +1,1 @@
+"""Worker processes (verifier, tally) and the pure domain logic beside them."""
