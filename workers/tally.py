@@ -123,6 +123,7 @@ class TallyWorker(Worker):
         self._ballots: dict[str, LiveBallot] = {}
         self._results: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()
         self._flush_scheduled = False
+        self._open_ballots = 0
 
     def extra_metadata(self) -> dict[str, str]:
         t = self.options.threshold
@@ -147,7 +148,7 @@ class TallyWorker(Worker):
         await self.subscribe_intake(self.subjects.request, self._on_request, queue=TALLY_QUEUE)
 
     async def wait_idle(self) -> None:
-        while self._pending or self._ballots or self._tasks:
+        while self._pending or self._open_ballots or self._tasks:
             await asyncio.sleep(0.02)
 
     async def teardown(self) -> None:
@@ -236,7 +237,7 @@ class TallyWorker(Worker):
     # ------------------------------------------------------------------ ballots
     def _flush(self) -> None:
         self._flush_scheduled = False
-        while self._queue and len(self._ballots) < self.options.max_inflight:
+        while self._queue and self._open_ballots < self.options.max_inflight:
             batch: list[Pending] = []
             size = 0
             while (self._queue and len(batch) < self.options.max_batch
@@ -268,6 +269,7 @@ class TallyWorker(Worker):
         timer = asyncio.get_running_loop().call_later(self.options.deadline_s, self._expire,
                                                       ballot_id)
         self._ballots[ballot_id] = LiveBallot(ballot_round, batch, timer)
+        self._open_ballots += 1
         links = [p.link for p in batch if p.link is not None]
         with messaging_span("publish", self.subjects.ballot, kind=SpanKind.PRODUCER,
                             links=links[:128],
@@ -289,6 +291,7 @@ class TallyWorker(Worker):
         if live is None:
             self.stats.count("vote_rejected_VOTE_UNKNOWN_BALLOT")
             return
+        was_open = live.round.open_count > 0
         try:
             newly = live.round.offer(vote)
         except VoteRejected as exc:
@@ -296,19 +299,28 @@ class TallyWorker(Worker):
             if exc.code == "VOTE_EQUIVOCATION":
                 await self._report_equivocation(live.round)
             return
+        if not was_open:
+            self.stats.count("votes_after_decision")
         self._finish(live, newly)
-        if live.round.open_count == 0:
-            live.timer.cancel()
-            self._ballots.pop(vote.ballot_id, None)
+        if was_open and live.round.open_count == 0:
+            self._open_ballots -= 1
             self._flush()
 
     def _expire(self, ballot_id: str) -> None:
+        """Deadline: undecided requests become TIMEOUT/NO_QUORUM; the round is forgotten.
+
+        A fully decided round is kept until its deadline so that late votes are
+        still checked (equivocation and forgery are caught even after the
+        decision) — only then is the ballot id unknown.
+        """
         live = self._ballots.pop(ballot_id, None)
         if live is None:
             return
-        self.stats.count("ballots_expired")
-        self._finish(live, live.round.expire())
-        self._flush()
+        if live.round.open_count > 0:
+            self.stats.count("ballots_expired")
+            self._open_ballots -= 1
+            self._finish(live, live.round.expire())
+            self._flush()
 
     def _finish(self, live: LiveBallot, indexes: list[int]) -> None:
         if not indexes:
