@@ -88,7 +88,7 @@ class VerifyClient:
                                             headers=inject_headers() or None)
             except nats.errors.NoRespondersError:
                 raise NoResponders(f"no tally listens on {subject}; is the system up?") from None
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 raise RequestTimeout(f"no reply on {subject} within {timeout or self.timeout}s"
                                      ) from None
             except nats.errors.ConnectionClosedError:

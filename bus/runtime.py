@@ -229,7 +229,7 @@ class Worker:
             await self._publish_heartbeat()
         for sub in self._intake:
             with contextlib.suppress(Exception):
-                await sub.drain()
+                await sub.drain()  # type: ignore[no-untyped-call]
         try:
             await asyncio.wait_for(self.wait_idle(), self.runtime.drain_timeout_s)
         except TimeoutError:
@@ -237,7 +237,7 @@ class Worker:
                         self.worker_id, self.runtime.drain_timeout_s)
         for sub in self._subs:
             with contextlib.suppress(Exception):
-                await sub.drain()
+                await sub.drain()  # type: ignore[no-untyped-call]
         for task in list(self._tasks):
             task.cancel()
         await self.teardown()

@@ -121,14 +121,14 @@ def _header(obj: Any, type_name: str, *, type_required: bool = True) -> Mapping[
     """Check map-ness, ``type`` and ``v`` before anything else."""
     if not isinstance(obj, dict):
         raise SchemaViolation(f"a {type_name} must be a map")
-    if "type" in obj or type_required:
-        if obj.get("type") != type_name:
-            raise SchemaViolation(f"expected type {type_name!r}, got {obj.get('type')!r}")
+    if ("type" in obj or type_required) and obj.get("type") != type_name:
+        raise SchemaViolation(f"expected type {type_name!r}, got {obj.get('type')!r}")
     version = obj.get("v")
     if version is None:
         raise SchemaViolation("missing field 'v' (message version)")
     if version != VERSION:
-        raise UnsupportedVersion(f"{type_name} version {version!r} is not supported (speak {VERSION})")
+        raise UnsupportedVersion(
+            f"{type_name} version {version!r} is not supported (this build speaks {VERSION})")
     return obj
 
 

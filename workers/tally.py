@@ -148,7 +148,8 @@ class TallyWorker(Worker):
         await self.subscribe_intake(self.subjects.request, self._on_request, queue=TALLY_QUEUE)
 
     async def wait_idle(self) -> None:
-        while self._pending or self._open_ballots or self._tasks:
+        # polled only during shutdown; an Event per counter would cost on the hot path
+        while self._pending or self._open_ballots or self._tasks:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
     async def teardown(self) -> None:

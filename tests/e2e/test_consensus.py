@@ -134,7 +134,8 @@ async def test_verifier_killed_mid_stream(cluster: Cluster) -> None:
     agent = AgentIdentity.generate()
     async with await client_for(cluster) as client:
         batch = requests(agent, 300, "kill")
-        task = asyncio.ensure_future(client.verify_many([r for r, _ in batch], concurrency=32))
+        task = asyncio.create_task(  # noqa: RUF006 - awaited below
+            client.verify_many([r for r, _ in batch], concurrency=32))
         await asyncio.sleep(0.3)
         cluster.kill("verifier-v2", signal.SIGKILL)
         results = await task
@@ -231,7 +232,8 @@ async def test_sigterm_exits_zero_after_finishing_work(cluster: Cluster) -> None
     agent = AgentIdentity.generate()
     async with await client_for(cluster) as client:
         batch = requests(agent, 100, "term")
-        task = asyncio.ensure_future(client.verify_many([r for r, _ in batch], concurrency=50))
+        task = asyncio.create_task(  # noqa: RUF006 - awaited below
+            client.verify_many([r for r, _ in batch], concurrency=50))
         await asyncio.sleep(0.05)
         cluster.kill("tally-t1", signal.SIGTERM)
         results = await task

@@ -9,6 +9,7 @@ request; for those ``judge`` must still say invalid, with a length reason.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from schemas.codec import encode
 from schemas.identity import verify_signature
 from workers.judge import judge
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "wycheproof_ed25519_test.json"
+# ../shared/vectors beside the checkout (as CI lays it out), or AP_VECTORS_DIR
+VECTORS = Path(os.environ.get("AP_VECTORS_DIR") or Path(__file__).resolve().parents[3] / "shared"
+               / "vectors") / "wycheproof_ed25519_test.json"
 
 
 def _cases() -> list[Any]:
