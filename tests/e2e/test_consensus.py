@@ -246,3 +246,30 @@ async def test_sigterm_exits_zero_after_finishing_work(cluster: Cluster) -> None
             assert result.decision == ("VALID" if good else "INVALID")
     codes = cluster.stop_all()
     assert all(code == 0 for name, code in codes.items() if name.startswith("verifier")), codes
+
+
+async def test_cli_verify_json_and_exit_codes(cluster: Cluster) -> None:
+    import json
+    import subprocess
+    import sys
+
+    await cluster.start_system(4)
+    key = cluster.data_dir / "agent.key"
+    AgentIdentity.generate().save(key)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "workers.cli", *args], env=cluster.env(),
+                              capture_output=True, text=True, timeout=60)
+
+    ok = await asyncio.to_thread(cli, "verify", "--key", str(key), "--message", "pay 5",
+                                 "--json")
+    assert ok.returncode == 0, ok.stderr
+    body = json.loads(ok.stdout)
+    assert body["decision"] == "VALID" and body["n"] == 4 and body["votes_for"] >= 3
+    sig = AgentIdentity.load(key).sign(b"pay 5").hex()
+    pub = AgentIdentity.load(key).public_key_hex
+    bad = await asyncio.to_thread(cli, "verify", "--public-key", pub, "--signature", sig,
+                                  "--message", "pay 6")
+    assert bad.returncode == 1 and "INVALID" in bad.stdout
+    members = await asyncio.to_thread(cli, "members", "list", "--json")
+    assert len(json.loads(members.stdout)["members"]) == 4

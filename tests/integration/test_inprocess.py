@@ -1,0 +1,91 @@
+"""Tally + verifiers in one process against a real nats-server: the same code
+paths as the e2e tests, but observable — trace propagation and counters."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from bus.client import VerifyClient, signed_request
+from bus.config import NatsConfig
+from bus.runtime import RuntimeConfig
+from schemas.certificate import verify_certificate
+from schemas.identity import AgentIdentity
+from workers.tally import TallyOptions, TallyWorker
+from workers.verifier import VerifierWorker
+
+pytestmark = pytest.mark.integration
+
+EXPORTER = InMemorySpanExporter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tracing() -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+    trace.set_tracer_provider(provider)
+
+
+@pytest.fixture
+async def system(nats_config: NatsConfig, tmp_path: Path) -> AsyncIterator[TallyWorker]:
+    def rt(worker_id: str) -> RuntimeConfig:
+        return RuntimeConfig(worker_id=worker_id, nats=nats_config, data_dir=tmp_path,
+                             drain_timeout_s=3)
+
+    verifiers = [VerifierWorker(rt(f"v{i}")) for i in range(1, 5)]
+    for v in verifiers:
+        await v.start()
+    tally = TallyWorker(rt("t1"), TallyOptions(deadline_s=3))
+    await tally.start()
+    try:
+        yield tally
+    finally:
+        await tally.stop()
+        for v in verifiers:
+            await v.stop()
+
+
+async def test_trace_context_flows_client_to_tally_to_verifiers(
+        system: TallyWorker, nats_config: NatsConfig) -> None:
+    EXPORTER.clear()
+    tracer = trace.get_tracer("test")
+    async with await VerifyClient.connect(nats_config) as client:
+        with tracer.start_as_current_span("checkout") as root:
+            cert = await client.verify_with_consensus(
+                signed_request(AgentIdentity.generate(), "traced payment"))
+    assert cert.decision == "VALID"
+    spans = EXPORTER.get_finished_spans()
+    trace_id = root.get_span_context().trace_id
+    send = [s for s in spans if s.name == f"send {nats_config.prefix}.verify.request"]
+    assert send and send[0].context.trace_id == trace_id
+    assert send[0].attributes["messaging.system"] == "nats"
+    publish = [s for s in spans if s.name == f"publish {nats_config.prefix}.ballot"]
+    assert publish, [s.name for s in spans]
+    # the ballot span links to the client's request span (a ballot batches many requests)
+    assert any(link.context.trace_id == trace_id for link in publish[-1].links)
+    process = [s for s in spans if s.name == f"process {nats_config.prefix}.ballot"]
+    assert len(process) >= 3
+    assert all(p.context.trace_id == publish[-1].context.trace_id for p in process)
+    assert all(p.parent is not None and p.parent.span_id == publish[-1].context.span_id
+               for p in process)
+
+
+async def test_batching_under_load_and_certificates(system: TallyWorker,
+                                                    nats_config: NatsConfig) -> None:
+    agent = AgentIdentity.generate()
+    reqs = [signed_request(agent, f"pay {i}") for i in range(400)]
+    async with await VerifyClient.connect(nats_config) as client:
+        results = await client.verify_many(reqs, concurrency=400)
+    assert all(getattr(r, "decision", None) == "VALID" for r in results)
+    ballots = {r.ballot_id for r in results}  # type: ignore[union-attr]
+    assert len(ballots) < len(reqs) / 4, "requests under load should share ballots"
+    assert system._pool is not None
+    for r in results[:20]:
+        verify_certificate(r, system._pool.view.keys)  # type: ignore[arg-type]
+    assert system.stats.counters["decision_VALID"] == 400
