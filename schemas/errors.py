@@ -135,7 +135,6 @@ class VoteRejected(AgenticPaymentsError):
             "VOTE_MISMATCH",
             "VOTE_DUPLICATE",
             "VOTE_EQUIVOCATION",
-            "VOTE_LATE",
         }
     )
 

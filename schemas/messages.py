@@ -25,6 +25,7 @@ MAX_REQUEST_ID = 128
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_METADATA_ENTRIES = 32
 MAX_BALLOT_REQUESTS = 1024
+MAX_COUNTERS = 128
 DIGEST_BYTES = 32
 
 
@@ -126,18 +127,19 @@ def _header(obj: Any, type_name: str, *, type_required: bool = True) -> Mapping[
     version = obj.get("v")
     if version is None:
         raise SchemaViolation("missing field 'v' (message version)")
-    if version != VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version != VERSION:
         raise UnsupportedVersion(
             f"{type_name} version {version!r} is not supported (this build speaks {VERSION})")
     return obj
 
 
-def _scalar_map(obj: Mapping[str, Any], name: str) -> dict[str, Any]:
+def _scalar_map(obj: Mapping[str, Any], name: str,
+                max_entries: int = MAX_METADATA_ENTRIES) -> dict[str, Any]:
     value = obj.get(name, {})
     if value is None:
         return {}
-    if not isinstance(value, dict) or len(value) > MAX_METADATA_ENTRIES:
-        raise SchemaViolation(f"{name} must be a map of at most {MAX_METADATA_ENTRIES} entries")
+    if not isinstance(value, dict) or len(value) > max_entries:
+        raise SchemaViolation(f"{name} must be a map of at most {max_entries} entries")
     for key, item in value.items():
         if len(key) > 64 or not isinstance(item, (str, int, float, bool, type(None))):
             raise SchemaViolation(f"{name}[{key[:64]!r}] must be a short key with a scalar value")
@@ -345,10 +347,11 @@ class VoteProof:
         path = _list(obj, "path", 64)
         if not all(isinstance(p, bytes) and len(p) == 32 for p in path):
             raise SchemaViolation("path must be an array of 32-byte hashes")
+        count = _int(obj, "count", lo=1, hi=MAX_BALLOT_REQUESTS)
         return cls(
             verifier_key=_bytes(obj, "verifier_key", exact=PUBLIC_KEY_BYTES),
-            ts_ms=_int(obj, "ts_ms"), count=_int(obj, "count", lo=1, hi=MAX_BALLOT_REQUESTS),
-            index=_int(obj, "index", hi=MAX_BALLOT_REQUESTS), valid=_bool(obj, "valid"),
+            ts_ms=_int(obj, "ts_ms"), count=count,
+            index=_int(obj, "index", hi=count - 1), valid=_bool(obj, "valid"),
             reason=_str(obj, "reason", 64), path=tuple(path),
             sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES),
         )
@@ -380,6 +383,7 @@ class ConsensusResult(WireMessage):
     sig: bytes = b""
 
     TYPE: ClassVar[str] = "certificate"
+    LIMITS: ClassVar[Limits] = BALLOT_LIMITS
     FIELDS: ClassVar[tuple[str, ...]] = (
         "type", "v", "request_id", "request_digest", "decision", "votes_for", "votes_against",
         "total_votes", "n", "q", "f", "threshold", "epoch", "ballot_id", "votes", "tally_id",
@@ -488,6 +492,7 @@ class MetricsSnapshot(WireMessage):
     counters: dict[str, int] = field(default_factory=dict, hash=False)
 
     TYPE: ClassVar[str] = "metrics"
+    LIMITS: ClassVar[Limits] = Limits(max_map=MAX_COUNTERS + 16)
     FIELDS: ClassVar[tuple[str, ...]] = (
         "type", "v", "kind", "worker_id", "instance", "ts_ms", "tasks", "successes",
         "failures", "avg_ms", "p99_ms", "health", "counters")
@@ -501,14 +506,16 @@ class MetricsSnapshot(WireMessage):
     @classmethod
     def from_wire(cls, obj: Any) -> MetricsSnapshot:
         obj = _header(obj, cls.TYPE)
-        counters = _scalar_map(obj, "counters")
+        counters = _scalar_map(obj, "counters", MAX_COUNTERS)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in counters.values()):
+            raise SchemaViolation("counters values must be integers")
         return cls(
             kind=_str(obj, "kind", 32), worker_id=_str(obj, "worker_id", 64),
             instance=_str(obj, "instance", 64), ts_ms=_int(obj, "ts_ms"),
             tasks=_int(obj, "tasks"), successes=_int(obj, "successes"),
             failures=_int(obj, "failures"), avg_ms=_float(obj, "avg_ms"),
             p99_ms=_float(obj, "p99_ms"), health=_enum(obj, "health", Health).value,
-            counters={k: int(v) for k, v in counters.items()},
+            counters=counters,
         )
 
 
@@ -533,9 +540,10 @@ class ErrorReply(WireMessage):
     @classmethod
     def from_wire(cls, obj: Any) -> ErrorReply:
         obj = _header(obj, cls.TYPE)
-        rid = obj.get("request_id")
+        rid = _str(obj, "request_id", MAX_REQUEST_ID) if obj.get("request_id") is not None \
+            else None
         return cls(code=_str(obj, "code", 64), message=_str(obj, "message", 4096, min_len=0),
-                   request_id=rid if isinstance(rid, str) else None)
+                   request_id=rid)
 
 
 def decode_reply(data: bytes) -> ConsensusResult | ErrorReply:

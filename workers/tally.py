@@ -160,10 +160,21 @@ class TallyWorker(Worker):
 
     # ------------------------------------------------------------------ intake
     async def _on_request(self, msg: Msg) -> None:
-        received = time.perf_counter()
+        """Intake callback: never raises; an unexpected failure answers INTERNAL."""
         if not msg.reply:
             self.stats.count("request_without_reply")
             return
+        try:
+            await self._accept(msg)
+        except Exception:
+            log.exception("internal error on a request")
+            self.stats.record(0.0, ok=False)
+            with contextlib.suppress(Exception):
+                await self._reply_error(msg.reply, "INTERNAL", "internal error; retry with the "
+                                        "same request id")
+
+    async def _accept(self, msg: Msg) -> None:
+        received = time.perf_counter()
         try:
             request = VerificationRequest.decode(msg.data)
         except CodecError as exc:
