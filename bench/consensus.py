@@ -155,6 +155,26 @@ def proc_cpu_s(pid: int) -> float | None:
         return None
 
 
+def machine_cpu() -> list[int] | None:
+    """The aggregate ``cpu`` line of /proc/stat (jiffies), or None."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def machine_cpu_delta(before: list[int] | None, after: list[int] | None) -> dict[str, float]:
+    """Share of all cores that was busy / idle / stolen between two samples."""
+    if not before or not after:
+        return {}
+    d = [a - b for a, b in zip(after, before, strict=False)]
+    total = sum(d[:8]) or 1  # user nice system idle iowait irq softirq steal
+    idle = d[3] + d[4]
+    return {"busy": round(1 - idle / total, 3), "idle": round(idle / total, 3),
+            "steal": round(d[7] / total, 3) if len(d) > 7 else 0.0}
+
+
 @dataclass
 class Proc:
     name: str
@@ -420,6 +440,7 @@ async def bench_pool(n: int, args: argparse.Namespace, nats_url: str, work_dir: 
             cpu0 = cluster.cpu()
             srv0 = proc_cpu_s(SERVER[0].process.pid) if SERVER else None
             self0 = time.process_time()
+            mach0 = machine_cpu()
             log(f"n={n}: saturation {r + 1}/{args.repeats}, {len(reqs)} requests, "
                 f"concurrency {args.concurrency}")
             run = await run_saturation(client, reqs, args.concurrency, args.timeout)
@@ -435,6 +456,13 @@ async def bench_pool(n: int, args: argparse.Namespace, nats_url: str, work_dir: 
             if srv0 is not None and srv1 is not None and wall:
                 util["nats-server"] = round((srv1 - srv0) / wall, 3)
             run["cpu_cores_used"] = util
+            mach = machine_cpu_delta(mach0, machine_cpu())
+            if mach and os.cpu_count():
+                ours = sum(v for v in util.values() if v is not None)
+                # cores busy with something other than this benchmark (other jobs on the host)
+                mach["other_cores"] = round(max(0.0, mach["busy"] * (os.cpu_count() or 1) - ours),
+                                            3)
+            run["machine_cpu"] = mach
             runs.append(run)
             log(f"n={n}: saturation {r + 1}: {run['decisions_per_s']}/s p50={run['p50_ms']}ms "
                 f"p99={run['p99_ms']}ms errors={run['errors']} non_valid={run['non_valid']}")
@@ -457,13 +485,14 @@ async def bench_pool(n: int, args: argparse.Namespace, nats_url: str, work_dir: 
             "errors_total": sum(x["errors"] for x in runs),
             "non_valid_total": sum(x["non_valid"] for x in runs),
             "median_run_cpu_cores_used": median_run["cpu_cores_used"],
+            "median_run_machine_cpu": median_run["machine_cpu"],
             "runs": runs,
         }
         result["efficiency"] = round(med * n / raw_per_s, 4) if raw_per_s else None
         result["efficiency_all"] = [round(x * n / raw_per_s, 4) for x in rates] \
             if raw_per_s else None
         result["worker_metrics"] = await worker_metrics(client, cluster)
-    except BaseException:
+    except Exception:
         for p in cluster.procs:
             log(f"--- last log lines of {p.name} (exit {p.popen.poll()}):\n{cluster.tail(p)}")
         raise
@@ -573,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # Ctrl-C must reach us even when started from a shell that ignores SIGINT
+    # for background jobs: the workers share our process group and do stop on it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     atexit.register(cleanup_everything)
 
     work_dir = Path(tempfile.mkdtemp(prefix="ap-bench-"))
@@ -627,6 +659,10 @@ def main(argv: list[str] | None = None) -> int:
             "raw_pynacl": {
                 "verifications_per_s": raw_per_s,
                 "before": raw_before, "after": raw_after, "single_thread": raw_single,
+                "after_over_before": (round(raw_after["per_s"] / raw_per_s, 3)
+                                      if raw_per_s else None),
+                "note": "efficiency uses 'before'; an after/before ratio far from 1 means the "
+                        "machine's speed changed during the run (noisy host)",
             },
             "efficiency_definition": "saturation decisions/s (median) x n / raw verifications/s "
                                      "(2 threads, measured before the pools)",
