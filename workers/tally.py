@@ -52,7 +52,14 @@ from schemas.errors import (
     VoteRejected,
 )
 from schemas.identity import AgentIdentity
-from schemas.messages import Ballot, ConsensusResult, ErrorReply, VerificationRequest, Vote
+from schemas.messages import (
+    Ballot,
+    ConsensusResult,
+    ErrorReply,
+    Health,
+    VerificationRequest,
+    Vote,
+)
 from schemas.signing import request_digest
 from workers.ballot import BallotRound
 from workers.quorum import DEFAULT_THRESHOLD, MIN_POOL, QuorumRule
@@ -60,6 +67,9 @@ from workers.quorum import DEFAULT_THRESHOLD, MIN_POOL, QuorumRule
 log = logging.getLogger("agentic_payments.tally")
 MAX_BALLOT_BYTES = 512 * 1024
 DECISION_TTL_S = 24 * 3600
+STORE_STALL_S = 0.5  # bounded wait when 4000 JetStream acks are outstanding
+STORE_DEGRADED_S = 60.0  # a store/lookup error keeps health Degraded this long
+WRONG_LAST_SEQUENCE = 10071  # JetStream API error: the key already exists
 
 
 @dataclass
@@ -70,6 +80,8 @@ class Pending:
     received: float
     waiters: list[str] = field(default_factory=list)
     link: Link | None = None
+    lookup: asyncio.Task[None] | None = None
+    done: bool = False
 
 
 @dataclass
@@ -124,6 +136,7 @@ class TallyWorker(Worker):
         self._results: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()
         self._flush_scheduled = False
         self._open_ballots = 0
+        self._store_error_at = -STORE_DEGRADED_S
 
     def extra_metadata(self) -> dict[str, str]:
         t = self.options.threshold
@@ -203,10 +216,9 @@ class TallyWorker(Worker):
             return
         pending = Pending(rid, msg.data, digest, received, [msg.reply], span_link(msg.headers))
         self._pending[rid] = pending
-        if self._kv is not None:
-            self.spawn(self._lookup_then_queue(pending))
-        else:
-            self._enqueue(pending)
+        self._enqueue(pending)
+        if self._kv is not None:  # runs alongside the round; adds no latency
+            pending.lookup = self.spawn(self._lookup(pending))
 
     def _answer_cached(self, reply: str, rid: str, digest: bytes,
                        cached: tuple[bytes, bytes]) -> None:
@@ -217,28 +229,28 @@ class TallyWorker(Worker):
         self.stats.count("idempotent_hits")
         self.spawn(self.client.publish(reply, cached[1]))
 
-    async def _lookup_then_queue(self, pending: Pending) -> None:
-        """Answer from the decisions bucket if this id was decided before (any tally)."""
+    async def _lookup(self, pending: Pending) -> None:
+        """Was this id decided before, by any tally or an earlier run of this one?
+
+        Runs concurrently with the request's round. If a stored certificate is
+        found, that is the answer (and the new round's result is dropped); a
+        round that finishes first waits for this lookup before answering.
+        """
         try:
             entry = await self._kv.get(decision_key(pending.request_id))
-        except KeyNotFoundError:
-            self._enqueue(pending)
-            return
-        except Exception as exc:  # JetStream trouble: prefer availability, log it
-            self.stats.count("decision_lookup_errors")
-            log.warning("decision lookup failed (%s); deciding again", exc)
-            self._enqueue(pending)
-            return
-        try:
             stored = ConsensusResult.decode(entry.value or b"")
-        except CodecError:
-            self._enqueue(pending)
+        except KeyNotFoundError:
             return
-        self._pending.pop(pending.request_id, None)
-        self._remember(pending.request_id, stored.request_digest, entry.value)
-        for reply in pending.waiters:
-            self._answer_cached(reply, pending.request_id, pending.digest,
-                                (stored.request_digest, entry.value))
+        except CodecError:
+            self.stats.count("decision_lookup_corrupt")
+            return
+        except Exception as exc:  # JetStream trouble: prefer availability, but say so
+            self._store_trouble("decision_lookup_errors", exc)
+            return
+        if pending.done:
+            return
+        self.stats.count("idempotent_hits_durable")
+        self._complete(pending, entry.value, stored.request_digest, store=False)
 
     def _enqueue(self, pending: Pending) -> None:
         self._queue.append(pending)
@@ -337,34 +349,75 @@ class TallyWorker(Worker):
     def _finish(self, live: LiveBallot, indexes: list[int]) -> None:
         if not indexes:
             return
-        outgoing: list[tuple[str, bytes]] = []
         for i in indexes:
             pending = live.pendings[i]
             latency_ms = (time.perf_counter() - pending.received) * 1000
+            self.stats.record(latency_ms, ok=True)
+            if pending.done:  # already answered from the decisions bucket
+                continue
             cert = sign_certificate(self.identity, live.round.certificate(
                 i, tally_key=self.identity.public_key, decided_at_ms=now_ms(),
                 latency_ms=round(latency_ms, 3)))
-            data = cert.encode()
-            self._pending.pop(pending.request_id, None)
-            self._remember(pending.request_id, pending.digest, data)
-            outgoing.extend((reply, data) for reply in pending.waiters)
-            self.stats.record(latency_ms, ok=True)
             self.stats.count(f"decision_{cert.decision}")
-            if self._js is not None:
-                outgoing.append((f"$KV.{self.subjects.decisions_bucket}."
-                                 f"{decision_key(pending.request_id)}", data))
-        self.spawn(self._send(outgoing))
-
-    async def _send(self, outgoing: list[tuple[str, bytes]]) -> None:
-        for subject, data in outgoing:
-            if subject.startswith("$KV."):
-                try:
-                    await self._js.publish_async(subject, data)
-                except Exception as exc:
-                    self.stats.count("decision_store_errors")
-                    log.warning("could not store decision: %s", exc)
+            if pending.lookup is not None and not pending.lookup.done():
+                self.spawn(self._complete_after_lookup(pending, cert.encode()))
             else:
-                await self.client.publish(subject, data)
+                self._complete(pending, cert.encode(), pending.digest, store=True)
+
+    async def _complete_after_lookup(self, pending: Pending, data: bytes) -> None:
+        assert pending.lookup is not None
+        await asyncio.wait([pending.lookup])
+        if not pending.done:
+            self._complete(pending, data, pending.digest, store=True)
+
+    def _complete(self, pending: Pending, data: bytes, digest: bytes, *, store: bool) -> None:
+        """Answer every waiter of ``pending`` once, remember the answer, persist it."""
+        pending.done = True
+        self._pending.pop(pending.request_id, None)
+        self._remember(pending.request_id, digest, data)
+        if digest != pending.digest:  # the id was decided before for other bytes
+            for reply in pending.waiters:
+                self.spawn(self._reply_conflict(reply, pending.request_id))
+        else:
+            self.spawn(self._publish_all(pending.waiters, data))
+        if store and self._js is not None:
+            self.spawn(self._store(pending.request_id, data))
+
+    async def _publish_all(self, replies: list[str], data: bytes) -> None:
+        for reply in replies:
+            await self.client.publish(reply, data)
+
+    async def _store(self, request_id: str, data: bytes) -> None:
+        """Create-only write (never overwrites the first certificate for an id)."""
+        subject = f"$KV.{self.subjects.decisions_bucket}.{decision_key(request_id)}"
+        try:
+            ack = await self._js.publish_async(
+                subject, data, wait_stall=STORE_STALL_S,
+                headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+        except Exception as exc:
+            self._store_trouble("decision_store_errors", exc)
+            return
+        ack.add_done_callback(self._stored)
+
+    def _stored(self, ack: asyncio.Future[Any]) -> None:
+        exc = None if ack.cancelled() else ack.exception()
+        if exc is None:
+            return
+        if getattr(exc, "err_code", None) == WRONG_LAST_SEQUENCE:
+            self.stats.count("decision_already_stored")  # another tally stored it first
+        else:
+            self._store_trouble("decision_store_errors", exc)
+
+    def _store_trouble(self, counter: str, exc: BaseException) -> None:
+        self.stats.count(counter)
+        self._store_error_at = time.monotonic()
+        log.warning("decisions bucket: %s (%s); idempotency across restarts is degraded",
+                    exc.__class__.__name__, exc)
+
+    def health(self) -> Health:
+        health = super().health()
+        recent = time.monotonic() - self._store_error_at < STORE_DEGRADED_S
+        return Health.DEGRADED if health is Health.HEALTHY and recent else health
 
     def _remember(self, rid: str, digest: bytes, data: bytes) -> None:
         self._results[rid] = (digest, data)

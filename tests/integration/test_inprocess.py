@@ -3,10 +3,12 @@ paths as the e2e tests, but observable — trace propagation and counters."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -17,7 +19,7 @@ from bus.config import NatsConfig
 from bus.runtime import RuntimeConfig
 from schemas.certificate import verify_certificate
 from schemas.identity import AgentIdentity
-from workers.tally import TallyOptions, TallyWorker
+from workers.tally import TallyOptions, TallyWorker, decision_key
 from workers.verifier import VerifierWorker
 
 pytestmark = pytest.mark.integration
@@ -89,3 +91,40 @@ async def test_batching_under_load_and_certificates(system: TallyWorker,
     for r in results[:20]:
         verify_certificate(r, system._pool.view.keys)  # type: ignore[arg-type]
     assert system.stats.counters["decision_VALID"] == 400
+
+
+async def test_lost_decisions_bucket_is_visible_and_serving_continues(
+        system: TallyWorker, nats_config: NatsConfig, nc: Client) -> None:
+    agent = AgentIdentity.generate()
+    async with await VerifyClient.connect(nats_config) as client:
+        first = await client.verify_with_consensus(signed_request(agent, "before"))
+        assert first.decision == "VALID"
+        assert system.health().value == "Healthy"
+        await nc.jetstream().delete_key_value(f"{nats_config.prefix}_decisions")
+        results = await client.verify_many([signed_request(agent, f"after {i}")
+                                            for i in range(5)])
+    assert all(getattr(r, "decision", None) == "VALID" for r in results)
+    for _ in range(50):
+        if system.stats.counters["decision_store_errors"]:
+            break
+        await asyncio.sleep(0.05)
+    assert system.stats.counters["decision_store_errors"] > 0, system.stats.counters
+    assert system.health().value == "Degraded"
+
+
+async def test_decision_from_bucket_wins_over_a_new_round(
+        system: TallyWorker, nats_config: NatsConfig) -> None:
+    agent = AgentIdentity.generate()
+    req = signed_request(agent, "once only", "durable-1")
+    async with await VerifyClient.connect(nats_config) as client:
+        first = await client.verify_with_consensus(req)
+        for _ in range(50):  # the create-only write is acknowledged asynchronously
+            try:
+                await system._kv.get(decision_key("durable-1"))
+                break
+            except Exception:
+                await asyncio.sleep(0.05)
+        system._results.clear()  # as if this tally had restarted
+        again = await client.verify_with_consensus(req)
+    assert again == first
+    assert system.stats.counters["idempotent_hits_durable"] == 1
