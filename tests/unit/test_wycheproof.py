@@ -19,9 +19,13 @@ from schemas.codec import encode
 from schemas.identity import verify_signature
 from workers.judge import judge
 
-# ../shared/vectors beside the checkout (as CI lays it out), or AP_VECTORS_DIR
-VECTORS = Path(os.environ.get("AP_VECTORS_DIR") or Path(__file__).resolve().parents[3] / "shared"
-               / "vectors") / "wycheproof_ed25519_test.json"
+NAME = "wycheproof_ed25519_test.json"
+# AP_VECTORS_DIR, else ../shared/vectors beside the checkout (as CI lays it out), else the
+# copy in tests/data (Wycheproof, Apache-2.0) so the suite runs on a fresh machine too
+_CANDIDATES = [Path(os.environ["AP_VECTORS_DIR"]) / NAME] if os.environ.get("AP_VECTORS_DIR") \
+    else [Path(__file__).resolve().parents[3] / "shared" / "vectors" / NAME,
+          Path(__file__).resolve().parents[1] / "data" / NAME]
+VECTORS = next((p for p in _CANDIDATES if p.is_file()), _CANDIDATES[-1])
 
 
 def _cases() -> list[Any]:
@@ -36,6 +40,11 @@ def _cases() -> list[Any]:
 
 
 CASES = _cases()
+
+
+def test_bundled_copy_matches_shared() -> None:
+    bundled = Path(__file__).resolve().parents[1] / "data" / NAME
+    assert json.loads(bundled.read_text()) == json.loads(VECTORS.read_text())
 
 
 def test_all_vectors_present() -> None:
