@@ -23,10 +23,11 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from fractions import Fraction
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from nats.aio.client import Client
 
 from bus import membership
 from bus.client import VerifyClient, new_request_id, signed_request
@@ -42,7 +43,7 @@ from bus.runtime import (
     default_data_dir,
     run_worker,
 )
-from bus.subjects import service_name
+from bus.subjects import Subjects
 from schemas.certificate import verify_certificate
 from schemas.codec import decode
 from schemas.errors import (
@@ -113,6 +114,17 @@ def _cert_json(cert: ConsensusResult) -> dict[str, Any]:
         "votes": [{"verifier_key": v.verifier_key.hex(), "valid": v.valid, "reason": v.reason}
                   for v in cert.votes],
     }
+
+
+@contextlib.asynccontextmanager
+async def _connection(config: NatsConfig, name: str) -> AsyncIterator[Client]:
+    """A short-lived CLI connection, drained on the way out."""
+    nc = await connect(config, name=name)
+    try:
+        yield nc
+    finally:
+        if not nc.is_closed:
+            await nc.drain()
 
 
 # ---------------------------------------------------------------- worker
@@ -201,9 +213,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- demo
 async def _demo(args: argparse.Namespace) -> int:
     config = _nats(args)
-    nc = await connect(config, name="agentic-payments-demo")
-    client = VerifyClient(nc, prefix=config.prefix, timeout=args.timeout)
-    try:
+    async with _connection(config, "agentic-payments-demo") as nc:
+        client = VerifyClient(nc, prefix=config.prefix, timeout=args.timeout)
         ident = AgentIdentity.generate()
         print(f"Agent identity: {ident.did}")
         message = "Payment authorization"
@@ -230,8 +241,6 @@ async def _demo(args: argparse.Namespace) -> int:
               f"{bad.votes_for}/{bad.n} approved, {bad.votes_against} rejected "
               f"({bad.votes[0].reason if bad.votes else 'no votes'})")
         return 0 if cert.approved and bad.decision == "INVALID" else EXIT_NOT_VALID
-    finally:
-        await nc.drain()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -241,9 +250,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- members, status
 async def _members(args: argparse.Namespace) -> int:
     config = _nats(args)
-    nc = await connect(config, name="agentic-payments-cli")
-    try:
-        from bus.subjects import Subjects
+    async with _connection(config, "agentic-payments-cli") as nc:
         subjects = Subjects(config.prefix)
         if args.action == "remove":
             removed = await membership.remove(nc, subjects, args.id)
@@ -256,8 +263,6 @@ async def _members(args: argparse.Namespace) -> int:
             f"  {r['id']:<12} {r['status']:<8} {r['public_key']}" for r in rows),
             {"epoch": pool.epoch, "members": rows})
         return 0
-    finally:
-        await nc.drain()
 
 
 def cmd_members(args: argparse.Namespace) -> int:
@@ -284,8 +289,7 @@ async def discover(nc: Any, prefix: str, wait: float = 0.5) -> list[dict[str, An
 
 async def _status(args: argparse.Namespace) -> int:
     config = _nats(args)
-    nc = await connect(config, name="agentic-payments-cli")
-    try:
+    async with _connection(config, "agentic-payments-cli") as nc:
         services = await discover(nc, config.prefix, args.wait)
         rows = []
         for info in sorted(services, key=lambda i: (i["name"], i["metadata"].get("worker_id"))):
@@ -306,8 +310,6 @@ async def _status(args: argparse.Namespace) -> int:
             f"failures={r.get('failures', '?')} p99={r.get('p99_ms', '?')}ms" for r in rows)
             or "no workers found", {"workers": rows})
         return 0 if rows else EXIT_NOT_VALID
-    finally:
-        await nc.drain()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -361,17 +363,13 @@ async def _up(args: argparse.Namespace) -> int:
 
 
 async def _prune_members(config: NatsConfig, keep: set[str]) -> None:
-    from bus.subjects import Subjects
-    nc = await connect(config, name="agentic-payments-up")
-    try:
+    async with _connection(config, "agentic-payments-up") as nc:
         subjects = Subjects(config.prefix)
         pool = await membership.read_pool(nc, subjects)
         for member in pool.members:
             if member.worker_id not in keep:
                 await membership.remove(nc, subjects, member.worker_id)
                 print(f"removed stale pool member {member.worker_id}")
-    finally:
-        await nc.drain()
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -513,4 +511,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-__all__ = ["Fraction", "main", "service_name"]
+__all__ = ["discover", "main"]
