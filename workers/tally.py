@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 import uuid
@@ -30,12 +29,11 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 from nats.aio.msg import Msg
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from opentelemetry.trace import Link, SpanKind
 
+from bus.decisions import DecisionStore
 from bus.membership import PoolWatcher
 from bus.runtime import RuntimeConfig, Worker, now_ms
 from bus.subjects import TALLY_QUEUE
@@ -49,6 +47,7 @@ from schemas.errors import (
     Overloaded,
     PoolTooSmall,
     RequestIdConflict,
+    TransportError,
     VoteRejected,
 )
 from schemas.identity import AgentIdentity
@@ -66,10 +65,7 @@ from workers.quorum import DEFAULT_THRESHOLD, MIN_POOL, QuorumRule
 
 log = logging.getLogger("agentic_payments.tally")
 MAX_BALLOT_BYTES = 512 * 1024
-DECISION_TTL_S = 24 * 3600
-STORE_STALL_S = 0.5  # bounded wait when 4000 JetStream acks are outstanding
 STORE_DEGRADED_S = 60.0  # a store/lookup error keeps health Degraded this long
-WRONG_LAST_SEQUENCE = 10071  # JetStream API error: the key already exists
 
 
 @dataclass
@@ -111,11 +107,6 @@ class TallyOptions:
             raise ConfigError("max pending and cache size must be positive")
 
 
-def decision_key(request_id: str) -> str:
-    """KV key for a request id (ids may hold characters KV keys cannot)."""
-    return hashlib.sha256(request_id.encode()).hexdigest()[:40]
-
-
 class TallyWorker(Worker):
     """Batches verification requests into ballots and certifies the BFT decision."""
 
@@ -128,8 +119,9 @@ class TallyWorker(Worker):
         self.key_file = key_file or runtime.data_dir / "keys" / f"tally-{self.worker_id}.key"
         self.identity = AgentIdentity.load_or_create(self.key_file)
         self._pool: PoolWatcher | None = None
-        self._kv: Any = None
-        self._js: Any = None
+        self._store: DecisionStore | None = None
+        self._lookups: list[Pending] = []
+        self._lookup_scheduled = False
         self._queue: deque[Pending] = deque()
         self._pending: dict[str, Pending] = {}
         self._ballots: dict[str, LiveBallot] = {}
@@ -148,15 +140,8 @@ class TallyWorker(Worker):
         self._pool = PoolWatcher(self.client, self.subjects)
         await self._pool.start()
         if self.options.durable_idempotency:
-            self._js = self.client.jetstream()
-            try:
-                self._kv = await self._js.key_value(self.subjects.decisions_bucket)
-            except BucketNotFoundError:
-                with contextlib.suppress(Exception):
-                    await self._js.create_key_value(
-                        bucket=self.subjects.decisions_bucket, history=1, ttl=DECISION_TTL_S,
-                        description="agentic-payments certificates by request id")
-                self._kv = await self._js.key_value(self.subjects.decisions_bucket)
+            self._store = DecisionStore(self.client, self.subjects, self._store_error)
+            await self._store.start()
         await self.subscribe(self.subjects.votes(self.worker_id), self._on_vote)
         await self.subscribe_intake(self.subjects.request, self._on_request, queue=TALLY_QUEUE)
 
@@ -170,6 +155,8 @@ class TallyWorker(Worker):
             live.timer.cancel()
         if self._pool is not None:
             await self._pool.stop()
+        if self._store is not None:
+            await self._store.stop()
 
     # ------------------------------------------------------------------ intake
     async def _on_request(self, msg: Msg) -> None:
@@ -217,8 +204,11 @@ class TallyWorker(Worker):
         pending = Pending(rid, msg.data, digest, received, [msg.reply], span_link(msg.headers))
         self._pending[rid] = pending
         self._enqueue(pending)
-        if self._kv is not None:  # runs alongside the round; adds no latency
-            pending.lookup = self.spawn(self._lookup(pending))
+        if self._store is not None:  # runs alongside the round; adds no latency
+            self._lookups.append(pending)
+            if not self._lookup_scheduled:
+                self._lookup_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush_lookups)
 
     def _answer_cached(self, reply: str, rid: str, digest: bytes,
                        cached: tuple[bytes, bytes]) -> None:
@@ -229,28 +219,39 @@ class TallyWorker(Worker):
         self.stats.count("idempotent_hits")
         self.spawn(self.client.publish(reply, cached[1]))
 
-    async def _lookup(self, pending: Pending) -> None:
-        """Was this id decided before, by any tally or an earlier run of this one?
+    def _flush_lookups(self) -> None:
+        """One batched decisions-bucket read for every request that arrived this tick."""
+        self._lookup_scheduled = False
+        batch, self._lookups = self._lookups, []
+        if batch:
+            task = self.spawn(self._lookup(batch))
+            for pending in batch:
+                pending.lookup = task
 
-        Runs concurrently with the request's round. If a stored certificate is
-        found, that is the answer (and the new round's result is dropped); a
-        round that finishes first waits for this lookup before answering.
+    async def _lookup(self, batch: list[Pending]) -> None:
+        """Were these ids decided before, by any tally or an earlier run of this one?
+
+        Runs concurrently with the requests' round. A stored certificate is the
+        answer (the new round's result is dropped); a round that finishes first
+        waits for this lookup before answering.
         """
+        assert self._store is not None
         try:
-            entry = await self._kv.get(decision_key(pending.request_id))
-            stored = ConsensusResult.decode(entry.value or b"")
-        except KeyNotFoundError:
-            return
-        except CodecError:
-            self.stats.count("decision_lookup_corrupt")
-            return
-        except Exception as exc:  # JetStream trouble: prefer availability, but say so
+            found = await self._store.get_many([p.request_id for p in batch])
+        except TransportError as exc:  # prefer availability, but say so
             self._store_trouble("decision_lookup_errors", exc)
             return
-        if pending.done:
-            return
-        self.stats.count("idempotent_hits_durable")
-        self._complete(pending, entry.value, stored.request_digest, store=False)
+        for pending in batch:
+            data = found.get(pending.request_id)
+            if data is None or pending.done:
+                continue
+            try:
+                stored = ConsensusResult.decode(data)
+            except CodecError:
+                self.stats.count("decision_lookup_corrupt")
+                continue
+            self.stats.count("idempotent_hits_durable")
+            self._complete(pending, data, stored.request_digest, store=False)
 
     def _enqueue(self, pending: Pending) -> None:
         self._queue.append(pending)
@@ -380,30 +381,15 @@ class TallyWorker(Worker):
                 self.spawn(self._reply_conflict(reply, pending.request_id))
         else:
             self.spawn(self._publish_all(pending.waiters, data))
-        if store and self._js is not None:
-            self.spawn(self._store(pending.request_id, data))
+        if store and self._store is not None:
+            self.spawn(self._store.store(pending.request_id, data))
 
     async def _publish_all(self, replies: list[str], data: bytes) -> None:
         for reply in replies:
             await self.client.publish(reply, data)
 
-    async def _store(self, request_id: str, data: bytes) -> None:
-        """Create-only write (never overwrites the first certificate for an id)."""
-        subject = f"$KV.{self.subjects.decisions_bucket}.{decision_key(request_id)}"
-        try:
-            ack = await self._js.publish_async(
-                subject, data, wait_stall=STORE_STALL_S,
-                headers={"Nats-Expected-Last-Subject-Sequence": "0"})
-        except Exception as exc:
-            self._store_trouble("decision_store_errors", exc)
-            return
-        ack.add_done_callback(self._stored)
-
-    def _stored(self, ack: asyncio.Future[Any]) -> None:
-        exc = None if ack.cancelled() else ack.exception()
-        if exc is None:
-            return
-        if getattr(exc, "err_code", None) == WRONG_LAST_SEQUENCE:
+    def _store_error(self, exc: BaseException, already_stored: bool) -> None:
+        if already_stored:
             self.stats.count("decision_already_stored")  # another tally stored it first
         else:
             self._store_trouble("decision_store_errors", exc)

@@ -1,0 +1,203 @@
+"""The decisions bucket: certificates by request id, for idempotent retries.
+
+A JetStream key-value bucket (``{prefix}_decisions``, TTL 24 h, direct gets
+on). Key = ``decision_key(request_id)`` (a hash: request ids may hold
+characters KV keys cannot). Writes are create-only — the first certificate
+stored for an id is the one every later retry gets, whichever tally answers.
+
+Lookups are batched: one JetStream *batched direct get* (``multi_last``, NATS
+2.11+) answers up to ``MAX_BATCH`` keys in one round trip, so the cost per
+request is a fraction of a KV ``get``. Missing keys are simply absent from the
+answer. Errors are raised as ``TransportError``; the caller decides how to
+degrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.errors import BucketNotFoundError
+
+from bus.subjects import Subjects
+from schemas.errors import TransportError
+
+log = logging.getLogger("agentic_payments.decisions")
+DECISION_TTL_S = 24 * 3600
+MAX_BATCH = 256
+LOOKUP_TIMEOUT_S = 2.0
+ACK_TIMEOUT_S = 5.0
+MAX_OUTSTANDING_ACKS = 20_000
+WRONG_LAST_SEQUENCE = 10071  # JetStream API error: the key already exists
+
+
+def decision_key(request_id: str) -> str:
+    return hashlib.sha256(request_id.encode()).hexdigest()[:40]
+
+
+class DecisionStore:
+    def __init__(self, nc: Client, subjects: Subjects,
+                 on_error: Callable[[BaseException, bool], None]) -> None:
+        self._on_error = on_error
+        self._acks: dict[str, float] = {}
+        self._nc = nc
+        self._js = nc.jetstream()
+        self.bucket = subjects.decisions_bucket
+        self._stream = f"KV_{self.bucket}"
+        self._subject_prefix = f"$KV.{self.bucket}."
+        self._kv: Any = None
+        self._direct = False
+        self._inbox = ""
+        self._sub: Any = None
+        self._batches: dict[str, tuple[asyncio.Future[None], dict[str, bytes]]] = {}
+        self._seq = 0
+
+    async def start(self) -> None:
+        try:
+            self._kv = await self._js.key_value(self.bucket)
+        except BucketNotFoundError:
+            with contextlib.suppress(Exception):  # a concurrent creator may win the race
+                await self._js.create_key_value(
+                    bucket=self.bucket, history=1, ttl=DECISION_TTL_S, direct=True,
+                    description="agentic-payments certificates by request id")
+            self._kv = await self._js.key_value(self.bucket)
+        info = await self._js.stream_info(self._stream)
+        self._direct = bool(info.config.allow_direct)
+        if not self._direct:
+            log.warning("bucket %s has no direct gets; lookups fall back to one get per key",
+                        self.bucket)
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        for future, _ in self._batches.values():
+            if not future.done():
+                future.cancel()
+
+    # ------------------------------------------------------------------ lookups
+    async def get_many(self, request_ids: Sequence[str]) -> dict[str, bytes]:
+        """Stored certificates for those of ``request_ids`` that have one."""
+        keys = {decision_key(rid): rid for rid in request_ids}
+        found: dict[str, bytes] = {}
+        items = list(keys)
+        for start in range(0, len(items), MAX_BATCH):
+            chunk = items[start:start + MAX_BATCH]
+            raw = await (self._batch_get(chunk) if self._direct else self._get_each(chunk))
+            found.update({keys[k]: v for k, v in raw.items()})
+        return found
+
+    async def _get_each(self, keys: list[str]) -> dict[str, bytes]:
+        from nats.js.errors import KeyNotFoundError
+
+        out: dict[str, bytes] = {}
+        for key in keys:
+            try:
+                entry = await self._kv.get(key)
+            except KeyNotFoundError:
+                continue
+            except Exception as exc:
+                raise TransportError(f"decision lookup failed: {exc}") from None
+            if entry.value:
+                out[key] = entry.value
+        return out
+
+    async def _batch_get(self, keys: list[str]) -> dict[str, bytes]:
+        self._seq += 1
+        token = f"b{self._seq}"
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        results: dict[str, bytes] = {}
+        self._batches[token] = (future, results)
+        request = {"multi_last": [self._subject_prefix + k for k in keys], "batch": len(keys)}
+        try:
+            await self._nc.publish(f"$JS.API.DIRECT.GET.{self._stream}",
+                                   json.dumps(request).encode(), reply=f"{self._inbox}.{token}")
+            await asyncio.wait_for(future, LOOKUP_TIMEOUT_S)
+        except TimeoutError:
+            raise TransportError("decision lookup timed out") from None
+        finally:
+            self._batches.pop(token, None)
+        return results
+
+    async def _on_reply(self, msg: Msg) -> None:
+        token = msg.subject.rsplit(".", 1)[-1]
+        if token.startswith("a"):
+            self._on_ack(token, msg)
+            return
+        batch = self._batches.get(token)
+        if batch is None:
+            return
+        future, results = batch
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status is None:
+            subject = headers.get("Nats-Subject", "")
+            if subject.startswith(self._subject_prefix) and msg.data:
+                results[subject[len(self._subject_prefix):]] = msg.data
+            return
+        if not future.done():
+            if status in ("204", "404"):  # end of batch / nothing found
+                future.set_result(None)
+            else:
+                future.set_exception(TransportError(
+                    f"decision lookup failed: status {status} {headers.get('Description', '')}"))
+
+    # ------------------------------------------------------------------ writes
+    async def store(self, request_id: str, data: bytes) -> None:
+        """Create-only write; failures reach ``on_error(exc, already_stored)``.
+
+        Acks come back to our own inbox rather than through nats-py's
+        ``publish_async``: in nats-py 2.16 a JetStream error ack (such as
+        "wrong last sequence") raises inside its reply handler, so the future
+        never completes and its in-flight slot leaks.
+        """
+        self._expire_acks()
+        if len(self._acks) >= MAX_OUTSTANDING_ACKS:
+            self._on_error(TransportError("too many unacknowledged decision writes"), False)
+            return
+        self._seq += 1
+        token = f"a{self._seq}"
+        self._acks[token] = time.monotonic()
+        try:
+            await self._nc.publish(self._subject_prefix + decision_key(request_id), data,
+                                   reply=f"{self._inbox}.{token}",
+                                   headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+        except Exception as exc:
+            self._acks.pop(token, None)
+            self._on_error(exc, False)
+
+    def _on_ack(self, token: str, msg: Msg) -> None:
+        if self._acks.pop(token, None) is None:
+            return
+        status = (msg.headers or {}).get("Status")
+        if status == "503":
+            self._on_error(TransportError("no JetStream stream for the decisions bucket"), False)
+            return
+        try:
+            reply = json.loads(msg.data)
+        except ValueError:
+            self._on_error(TransportError("unreadable JetStream ack"), False)
+            return
+        error = reply.get("error") if isinstance(reply, dict) else None
+        if error:
+            already = error.get("err_code") == WRONG_LAST_SEQUENCE
+            self._on_error(TransportError(f"decision write refused: {error}"), already)
+
+    def _expire_acks(self) -> None:
+        deadline = time.monotonic() - ACK_TIMEOUT_S
+        while self._acks:
+            token, sent = next(iter(self._acks.items()))
+            if sent > deadline:
+                break
+            del self._acks[token]
+            self._on_error(TransportError("decision write not acknowledged"), False)
