@@ -45,9 +45,9 @@ def decision_key(request_id: str) -> str:
 
 class DecisionStore:
     def __init__(self, nc: Client, subjects: Subjects,
-                 on_error: Callable[[BaseException, bool], None]) -> None:
+                 on_error: Callable[[str, BaseException, bool], None]) -> None:
         self._on_error = on_error
-        self._acks: dict[str, float] = {}
+        self._acks: dict[str, tuple[float, str]] = {}
         self._nc = nc
         self._js = nc.jetstream()
         self.bucket = subjects.decisions_bucket
@@ -154,7 +154,7 @@ class DecisionStore:
 
     # ------------------------------------------------------------------ writes
     async def store(self, request_id: str, data: bytes) -> None:
-        """Create-only write; failures reach ``on_error(exc, already_stored)``.
+        """Create-only write; failures reach ``on_error(request_id, exc, already_stored)``.
 
         Acks come back to our own inbox rather than through nats-py's
         ``publish_async``: in nats-py 2.16 a JetStream error ack (such as
@@ -163,41 +163,46 @@ class DecisionStore:
         """
         self._expire_acks()
         if len(self._acks) >= MAX_OUTSTANDING_ACKS:
-            self._on_error(TransportError("too many unacknowledged decision writes"), False)
+            self._on_error(request_id, TransportError("too many unacknowledged decision writes"),
+                           False)
             return
         self._seq += 1
         token = f"a{self._seq}"
-        self._acks[token] = time.monotonic()
+        self._acks[token] = (time.monotonic(), request_id)
         try:
             await self._nc.publish(self._subject_prefix + decision_key(request_id), data,
                                    reply=f"{self._inbox}.{token}",
                                    headers={"Nats-Expected-Last-Subject-Sequence": "0"})
         except Exception as exc:
             self._acks.pop(token, None)
-            self._on_error(exc, False)
+            self._on_error(request_id, exc, False)
 
     def _on_ack(self, token: str, msg: Msg) -> None:
-        if self._acks.pop(token, None) is None:
+        sent = self._acks.pop(token, None)
+        if sent is None:
             return
+        request_id = sent[1]
         status = (msg.headers or {}).get("Status")
         if status == "503":
-            self._on_error(TransportError("no JetStream stream for the decisions bucket"), False)
+            self._on_error(request_id,
+                           TransportError("no JetStream stream for the decisions bucket"), False)
             return
         try:
             reply = json.loads(msg.data)
         except ValueError:
-            self._on_error(TransportError("unreadable JetStream ack"), False)
+            self._on_error(request_id, TransportError("unreadable JetStream ack"), False)
             return
         error = reply.get("error") if isinstance(reply, dict) else None
         if error:
             already = error.get("err_code") == WRONG_LAST_SEQUENCE
-            self._on_error(TransportError(f"decision write refused: {error}"), already)
+            self._on_error(request_id, TransportError(f"decision write refused: {error}"),
+                           already)
 
     def _expire_acks(self) -> None:
         deadline = time.monotonic() - ACK_TIMEOUT_S
         while self._acks:
-            token, sent = next(iter(self._acks.items()))
+            token, (sent, request_id) = next(iter(self._acks.items()))
             if sent > deadline:
                 break
             del self._acks[token]
-            self._on_error(TransportError("decision write not acknowledged"), False)
+            self._on_error(request_id, TransportError("decision write not acknowledged"), False)

@@ -43,15 +43,19 @@ class MemberRecord:
 
     @classmethod
     def decode(cls, data: bytes) -> MemberRecord:
+        """Strict: anything malformed is a SchemaViolation (the record is then ignored)."""
         obj = decode(data)
-        if not isinstance(obj, dict):
-            raise SchemaViolation("member record must be a map")
+        if not isinstance(obj, dict) or obj.get("type") != "member" or obj.get("v") != 1:
+            raise SchemaViolation("not a version 1 member record")
         key = obj.get("public_key")
         if not isinstance(key, bytes) or len(key) != PUBLIC_KEY_BYTES:
             raise SchemaViolation("member public_key must be 32 bytes")
-        return cls(worker_id=str(obj.get("worker_id", "")), public_key=key,
-                   status=str(obj.get("status", ACTIVE)),
-                   registered_at_ms=int(obj.get("registered_at_ms", 0)))
+        worker_id, status, at = obj.get("worker_id"), obj.get("status"), obj.get("registered_at_ms")
+        if not isinstance(worker_id, str) or not isinstance(status, str):
+            raise SchemaViolation("member worker_id and status must be strings")
+        if not isinstance(at, int) or isinstance(at, bool):
+            raise SchemaViolation("member registered_at_ms must be an integer")
+        return cls(worker_id=worker_id, public_key=key, status=status, registered_at_ms=at)
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,8 @@ class PoolWatcher:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self.view = PoolView(0, ())
+        self.failures = 0
+        self._replaying = True
 
     async def start(self, timeout: float = 5.0) -> None:
         kv = await members_bucket(self._nc, self._subjects)
@@ -154,8 +160,27 @@ class PoolWatcher:
         await asyncio.wait_for(self._ready.wait(), timeout)
 
     async def _run(self) -> None:
+        """Apply watch updates; a bad record is skipped, a dead watch is restarted."""
+        while True:
+            try:
+                await self._consume()
+                return  # watcher stopped on purpose
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.failures += 1
+                log.exception("membership watch failed; restarting it")
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    kv = await members_bucket(self._nc, self._subjects)
+                    self._watcher = await kv.watchall()
+                    self._members = {}  # rebuilt from the replay; view kept until it ends
+                    self._replaying = True
+
+    async def _consume(self) -> None:
         async for entry in self._watcher:
             if entry is None:
+                self._replaying = False
                 self._publish()
                 self._ready.set()
                 continue
@@ -169,7 +194,9 @@ class PoolWatcher:
                 except CodecError:
                     log.warning("ignoring malformed member record %r", entry.key)
                     self._members.pop(entry.key, None)
-            if entry.delta == 0 or self._ready.is_set():
+            if entry.delta == 0:
+                self._replaying = False
+            if not self._replaying:
                 self._publish()
                 self._ready.set()
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import replace
+from fractions import Fraction
 
 from schemas import merkle
 from schemas.codec import encode
-from schemas.errors import CertificateInvalid
+from schemas.errors import CertificateInvalid, ConfigError
 from schemas.identity import AgentIdentity, verify_signature
 from schemas.messages import ConsensusResult
 from schemas.signing import DOMAIN_CERTIFICATE, entry_bytes, vote_signing_bytes
-from workers.quorum import MIN_POOL, Decision, QuorumRule, parse_threshold
+from workers.quorum import DEFAULT_THRESHOLD, MIN_POOL, Decision, QuorumRule, parse_threshold
 
 
 def certificate_signing_bytes(result: ConsensusResult) -> bytes:
@@ -31,20 +32,30 @@ def sign_certificate(identity: AgentIdentity, result: ConsensusResult) -> Consen
     return replace(unsigned, sig=identity.sign(certificate_signing_bytes(unsigned)))
 
 
+def certificate_signed_by(result: ConsensusResult, tally_key: bytes) -> bool:
+    """Whether ``result`` carries a valid signature by ``tally_key`` (nothing else checked)."""
+    return result.tally_key == tally_key and verify_signature(
+        tally_key, certificate_signing_bytes(result), result.sig)
+
+
 def verify_certificate(
     result: ConsensusResult,
     verifier_keys: Collection[bytes],
     *,
-    tally_key: bytes | None = None,
+    threshold: Fraction | None = DEFAULT_THRESHOLD,
+    tally_keys: Collection[bytes] | None = None,
 ) -> None:
     """Re-check ``result`` against the pool ``verifier_keys`` of its epoch.
 
     Returns None when the certificate holds; raises ``CertificateInvalid``
-    with the reason otherwise. Pass ``tally_key`` to also pin which tally
-    must have signed it.
+    with the reason otherwise. The threshold is the *verifier's* policy, not
+    the certificate's say-so: by default it must be exactly 2/3 (pass
+    ``threshold=None`` to accept any threshold that still makes VALID and
+    INVALID quorums intersect). Pass ``tally_keys`` to also pin which tallies
+    may have signed it.
     """
     pool = set(verifier_keys)
-    if tally_key is not None and result.tally_key != tally_key:
+    if tally_keys is not None and result.tally_key not in set(tally_keys):
         raise CertificateInvalid("signed by an unexpected tally key")
     if not verify_signature(result.tally_key, certificate_signing_bytes(result), result.sig):
         raise CertificateInvalid("tally signature does not verify")
@@ -53,9 +64,14 @@ def verify_certificate(
     if result.n < MIN_POOL:
         raise CertificateInvalid(f"pool of {result.n} is below the minimum {MIN_POOL}")
     try:
-        rule = QuorumRule(result.n, parse_threshold(result.threshold))
-    except Exception:
+        stated = parse_threshold(result.threshold)
+    except ConfigError:
         raise CertificateInvalid(f"threshold {result.threshold!r} is not valid") from None
+    if threshold is not None and stated != threshold:
+        raise CertificateInvalid(f"threshold {stated} is not the expected {threshold}")
+    rule = QuorumRule(result.n, stated)
+    if not rule.safe or stated <= Fraction(1, 2):
+        raise CertificateInvalid(f"threshold {stated} lets VALID and INVALID quorums both form")
     if (result.q, result.f) != (rule.q, rule.f):
         raise CertificateInvalid(f"q/f are {result.q}/{result.f}, expected {rule.q}/{rule.f}")
 

@@ -41,6 +41,14 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise MalformedPayload(f"extension type {code} is not allowed")
 
 
+def _unique_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """Reject duplicate keys: decoders in other languages disagree on which one wins."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise MalformedPayload("duplicate map key")
+    return out
+
+
 def _check(obj: Any, depth: int, limits: Limits) -> None:
     if depth > limits.max_depth:
         raise MalformedPayload(f"nesting deeper than {limits.max_depth}")
@@ -72,6 +80,7 @@ def decode(data: bytes, limits: Limits = REQUEST_LIMITS) -> Any:
             strict_map_key=True,
             use_list=True,
             ext_hook=_no_ext,
+            object_pairs_hook=_unique_map,
             timestamp=0,
             max_str_len=limits.max_str,
             max_bin_len=limits.max_bin,

@@ -273,8 +273,10 @@ class VoteEntry:
             raise SchemaViolation("entry request_id must be a string")
         if not isinstance(digest, bytes) or len(digest) != DIGEST_BYTES:
             raise SchemaViolation("entry digest must be 32 bytes")
-        if not isinstance(valid, bool) or not isinstance(reason, str) or len(reason) > 64:
-            raise SchemaViolation("entry valid must be a boolean and reason a short string")
+        if not isinstance(valid, bool):
+            raise SchemaViolation("entry valid must be a boolean")
+        if not isinstance(reason, str) or not 1 <= len(reason) <= 64 or not reason.isprintable():
+            raise SchemaViolation("entry reason must be 1..64 printable characters")
         return cls(rid, digest, valid, reason)
 
 

@@ -4,9 +4,9 @@ The tally creates a ``BallotRound`` with the pool frozen at ballot time, feeds
 it every vote that arrives with ``offer`` and gets back the requests that just
 got decided. All vote admission rules live here, in this order: right ballot
 and epoch and tally, a member key, entries that match the ballot request by
-request, a good signature, then one vote per key — an exact duplicate is
-ignored, a different signed vote from the same key is equivocation, rejected
-and kept as evidence.
+request, a good signature, then one vote per key — the same verdicts again
+are a duplicate and ignored, conflicting signed verdicts from the same key are
+equivocation, rejected and kept as evidence.
 """
 
 from __future__ import annotations
@@ -74,7 +74,10 @@ class BallotRound:
             raise VoteRejected("vote signature does not verify", code="VOTE_BAD_SIGNATURE")
         previous = self.votes.get(vote.verifier_key)
         if previous is not None:
-            if previous[0] == vote:
+            # Same verdicts re-signed (e.g. a ballot replayed to the verifier) is a
+            # duplicate; only conflicting verdicts are equivocation, so nobody can
+            # frame an honest verifier by republishing a ballot it already voted on.
+            if previous[0].entries == vote.entries:
                 raise VoteRejected("duplicate vote ignored", code="VOTE_DUPLICATE")
             self.equivocations.append(Equivocation(vote.verifier_key, previous[0], vote))
             raise VoteRejected("a second, different vote from one verifier",

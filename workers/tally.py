@@ -38,9 +38,10 @@ from bus.membership import PoolWatcher
 from bus.runtime import RuntimeConfig, Worker, now_ms
 from bus.subjects import TALLY_QUEUE
 from bus.tracing import inject_headers, messaging_span, span_link
-from schemas.certificate import sign_certificate
+from schemas.certificate import certificate_signed_by, sign_certificate, verify_certificate
 from schemas.codec import encode
 from schemas.errors import (
+    CertificateInvalid,
     CodecError,
     ConfigError,
     ConsensusError,
@@ -52,6 +53,7 @@ from schemas.errors import (
 )
 from schemas.identity import AgentIdentity
 from schemas.messages import (
+    MAX_BALLOT_REQUESTS,
     Ballot,
     ConsensusResult,
     ErrorReply,
@@ -61,7 +63,7 @@ from schemas.messages import (
 )
 from schemas.signing import request_digest
 from workers.ballot import BallotRound
-from workers.quorum import DEFAULT_THRESHOLD, MIN_POOL, QuorumRule
+from workers.quorum import DEFAULT_THRESHOLD, MIN_POOL, Decision, QuorumRule
 
 log = logging.getLogger("agentic_payments.tally")
 MAX_BALLOT_BYTES = 512 * 1024
@@ -94,6 +96,7 @@ class TallyOptions:
     max_batch: int = 64
     max_inflight: int = 4
     max_pending: int = 20_000
+    max_pending_bytes: int = 64 * 1024 * 1024
     cache_size: int = 100_000
     durable_idempotency: bool = True
 
@@ -103,8 +106,11 @@ class TallyOptions:
                               "VALID and INVALID quorums always intersect")
         if self.deadline_s <= 0 or self.max_batch < 1 or self.max_inflight < 1:
             raise ConfigError("deadline, max batch and max in-flight ballots must be positive")
-        if self.max_pending < 1 or self.cache_size < 1:
-            raise ConfigError("max pending and cache size must be positive")
+        if self.max_batch > MAX_BALLOT_REQUESTS:
+            raise ConfigError(f"max batch {self.max_batch} exceeds the {MAX_BALLOT_REQUESTS} "
+                              "requests a verifier accepts in one ballot")
+        if self.max_pending < 1 or self.max_pending_bytes < 1 or self.cache_size < 1:
+            raise ConfigError("max pending, max pending bytes and cache size must be positive")
 
 
 class TallyWorker(Worker):
@@ -128,6 +134,7 @@ class TallyWorker(Worker):
         self._results: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()
         self._flush_scheduled = False
         self._open_ballots = 0
+        self._pending_bytes = 0
         self._store_error_at = -STORE_DEGRADED_S
 
     def extra_metadata(self) -> dict[str, str]:
@@ -195,7 +202,8 @@ class TallyWorker(Worker):
                 pending.waiters.append(msg.reply)
                 self.stats.count("idempotent_joined")
             return
-        if len(self._pending) >= self.options.max_pending:
+        if (len(self._pending) >= self.options.max_pending
+                or self._pending_bytes + len(msg.data) > self.options.max_pending_bytes):
             self.stats.count("request_rejected_OVERLOADED")
             await self._reply_error(msg.reply, Overloaded.code,
                                     "tally is at max_pending; retry with the same request id",
@@ -203,6 +211,7 @@ class TallyWorker(Worker):
             return
         pending = Pending(rid, msg.data, digest, received, [msg.reply], span_link(msg.headers))
         self._pending[rid] = pending
+        self._pending_bytes += len(msg.data)
         self._enqueue(pending)
         if self._store is not None:  # runs alongside the round; adds no latency
             self._lookups.append(pending)
@@ -245,13 +254,36 @@ class TallyWorker(Worker):
             data = found.get(pending.request_id)
             if data is None or pending.done:
                 continue
-            try:
-                stored = ConsensusResult.decode(data)
-            except CodecError:
-                self.stats.count("decision_lookup_corrupt")
+            stored = self._trusted_stored(pending.request_id, data)
+            if stored is None:
                 continue
             self.stats.count("idempotent_hits_durable")
             self._complete(pending, data, stored.request_digest, store=False)
+
+    def _trusted_stored(self, request_id: str, data: bytes) -> ConsensusResult | None:
+        """A stored certificate we may hand out, or None (counted and logged).
+
+        The bucket is shared, so its content is checked like any certificate:
+        for this request id, and either verifiable against the current pool
+        with our threshold, or signed by this tally's own key (for an older
+        epoch whose pool we no longer know).
+        """
+        try:
+            stored = ConsensusResult.decode(data)
+            if stored.request_id != request_id:
+                raise CertificateInvalid("stored under another request id")
+            assert self._pool is not None
+            view = self._pool.view
+            if stored.epoch == view.epoch:
+                verify_certificate(stored, view.keys, threshold=self.options.threshold)
+            elif not certificate_signed_by(stored, self.identity.public_key):
+                raise CertificateInvalid(f"epoch {stored.epoch} is not the current "
+                                         f"{view.epoch} and it is not our own")
+        except (CodecError, CertificateInvalid) as exc:
+            self.stats.count("decision_lookup_rejected")
+            log.warning("ignoring stored certificate for %r: %s", request_id, exc)
+            return None
+        return stored
 
     def _enqueue(self, pending: Pending) -> None:
         self._queue.append(pending)
@@ -360,22 +392,27 @@ class TallyWorker(Worker):
                 i, tally_key=self.identity.public_key, decided_at_ms=now_ms(),
                 latency_ms=round(latency_ms, 3)))
             self.stats.count(f"decision_{cert.decision}")
+            # A TIMEOUT is an answer for now, not the final word: a retry runs a new round.
+            final = cert.decision != Decision.TIMEOUT
             if pending.lookup is not None and not pending.lookup.done():
-                self.spawn(self._complete_after_lookup(pending, cert.encode()))
+                self.spawn(self._complete_after_lookup(pending, cert.encode(), final))
             else:
-                self._complete(pending, cert.encode(), pending.digest, store=True)
+                self._complete(pending, cert.encode(), pending.digest, final=final, store=final)
 
-    async def _complete_after_lookup(self, pending: Pending, data: bytes) -> None:
+    async def _complete_after_lookup(self, pending: Pending, data: bytes, final: bool) -> None:
         assert pending.lookup is not None
         await asyncio.wait([pending.lookup])
         if not pending.done:
-            self._complete(pending, data, pending.digest, store=True)
+            self._complete(pending, data, pending.digest, final=final, store=final)
 
-    def _complete(self, pending: Pending, data: bytes, digest: bytes, *, store: bool) -> None:
-        """Answer every waiter of ``pending`` once, remember the answer, persist it."""
+    def _complete(self, pending: Pending, data: bytes, digest: bytes, *, final: bool = True,
+                  store: bool) -> None:
+        """Answer every waiter of ``pending`` once. A final answer is remembered for
+        retries; ``store`` also writes it to the decisions bucket."""
         pending.done = True
-        self._pending.pop(pending.request_id, None)
-        self._remember(pending.request_id, digest, data)
+        self._drop_pending(pending)
+        if final:
+            self._remember(pending.request_id, digest, data)
         if digest != pending.digest:  # the id was decided before for other bytes
             for reply in pending.waiters:
                 self.spawn(self._reply_conflict(reply, pending.request_id))
@@ -388,11 +425,23 @@ class TallyWorker(Worker):
         for reply in replies:
             await self.client.publish(reply, data)
 
-    def _store_error(self, exc: BaseException, already_stored: bool) -> None:
-        if already_stored:
-            self.stats.count("decision_already_stored")  # another tally stored it first
+    def _store_error(self, request_id: str, exc: BaseException, already_stored: bool) -> None:
+        if already_stored:  # another tally decided this id first: its certificate wins
+            self.stats.count("decision_already_stored")
+            self.spawn(self._adopt_stored(request_id))
         else:
             self._store_trouble("decision_store_errors", exc)
+
+    async def _adopt_stored(self, request_id: str) -> None:
+        assert self._store is not None
+        try:
+            data = (await self._store.get_many([request_id])).get(request_id)
+        except TransportError as exc:
+            self._store_trouble("decision_lookup_errors", exc)
+            return
+        stored = self._trusted_stored(request_id, data) if data else None
+        if stored is not None and data is not None:
+            self._remember(request_id, stored.request_digest, data)
 
     def _store_trouble(self, counter: str, exc: BaseException) -> None:
         self.stats.count(counter)
@@ -405,6 +454,10 @@ class TallyWorker(Worker):
         recent = time.monotonic() - self._store_error_at < STORE_DEGRADED_S
         return Health.DEGRADED if health is Health.HEALTHY and recent else health
 
+    def _drop_pending(self, pending: Pending) -> None:
+        if self._pending.pop(pending.request_id, None) is not None:
+            self._pending_bytes -= len(pending.raw)
+
     def _remember(self, rid: str, digest: bytes, data: bytes) -> None:
         self._results[rid] = (digest, data)
         self._results.move_to_end(rid)
@@ -412,7 +465,7 @@ class TallyWorker(Worker):
             self._results.popitem(last=False)
 
     def _fail(self, pending: Pending, error: ConsensusError) -> None:
-        self._pending.pop(pending.request_id, None)
+        self._drop_pending(pending)
         self.stats.count(f"request_rejected_{error.code}")
         for reply in pending.waiters:
             self.spawn(self._reply_error(reply, error.code, str(error), pending.request_id))

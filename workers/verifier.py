@@ -2,7 +2,9 @@
 
 It receives every ballot (no queue group), judges each raw request with the
 pure ``judge`` function, and answers the ballot's reply subject with one Vote
-whose signature covers every verdict (through a Merkle root). A malformed
+whose signature covers every verdict (through a Merkle root). A ballot seen
+again (anyone can republish one) gets the same vote bytes back, so the
+verifier never signs two different votes for one ballot. A malformed
 ballot is counted and dropped — there is nobody trustworthy to answer — and
 the verifier keeps serving.
 """
@@ -26,6 +28,10 @@ from schemas.votes import sign_vote
 from workers.judge import judge
 
 log = logging.getLogger("agentic_payments.verifier")
+#: Ballots this far past their deadline (by our clock) are skipped; the margin
+#: keeps a verifier whose clock runs ahead voting.
+CLOCK_SKEW_MS = 30_000
+MAX_REMEMBERED_VOTES = 10_000
 
 
 class VerifierWorker(Worker):
@@ -38,6 +44,16 @@ class VerifierWorker(Worker):
         super().__init__(runtime)
         self.key_file = key_file or runtime.data_dir / "keys" / f"verifier-{self.worker_id}.key"
         self.identity = identity or AgentIdentity.load_or_create(self.key_file)
+        self._voted: dict[str, tuple[int, bytes]] = {}
+
+    def _remember(self, ballot: Ballot, data: bytes, now: int) -> None:
+        """Keep each vote until its ballot's deadline (bounded), oldest first out."""
+        self._voted[ballot.ballot_id] = (ballot.deadline_ms, data)
+        while self._voted:
+            oldest_id, (deadline, _) = next(iter(self._voted.items()))
+            if deadline + CLOCK_SKEW_MS >= now and len(self._voted) <= MAX_REMEMBERED_VOTES:
+                break
+            del self._voted[oldest_id]
 
     def extra_metadata(self) -> dict[str, str]:
         return {"public_key": self.identity.public_key_hex, "did": self.identity.did}
@@ -60,8 +76,14 @@ class VerifierWorker(Worker):
         if not msg.reply:
             self.stats.count("ballot_without_reply")
             return
-        if ballot.deadline_ms < now_ms():
+        now = now_ms()
+        if ballot.deadline_ms + CLOCK_SKEW_MS < now:
             self.stats.count("ballot_late")
+            return
+        cached = self._voted.get(ballot.ballot_id)
+        if cached is not None:  # a replayed ballot gets the very same vote, never a new one
+            self.stats.count("ballot_repeated")
+            await self.client.publish(msg.reply, cached[1])
             return
         ok = True
         try:
@@ -70,8 +92,9 @@ class VerifierWorker(Worker):
                                 attributes={"agentic_payments.ballot_id": ballot.ballot_id,
                                             "agentic_payments.ballot_size": len(ballot.requests)}):
                 entries = [judge(raw) for raw in ballot.requests]
-                vote = sign_vote(self.identity, ballot, entries, now_ms())
-                await self.client.publish(msg.reply, vote.encode())
+                data = sign_vote(self.identity, ballot, entries, now_ms()).encode()
+                self._remember(ballot, data, now)
+                await self.client.publish(msg.reply, data)
             self.stats.count("requests_judged", len(entries))
         except Exception:
             ok = False

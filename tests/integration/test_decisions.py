@@ -30,7 +30,7 @@ async def test_batched_lookup_and_create_only(nats_config: NatsConfig, nc: Clien
     if not direct:  # an older bucket without direct gets: one get per key
         await nc.jetstream().create_key_value(bucket=subjects.decisions_bucket, history=1)
     errors: list[bool] = []
-    store = DecisionStore(nc, subjects, lambda exc, already: errors.append(already))
+    store = DecisionStore(nc, subjects, lambda rid, exc, already: errors.append(already))
     await store.start()
     ids = [f"req {i}/é" for i in range(MAX_BATCH + 44)]  # more than one batch, odd characters
     await _stored(store, ids)

@@ -74,9 +74,18 @@ def test_equivocation_rejected_and_recorded() -> None:
     assert err.value.code == "VOTE_EQUIVOCATION"
     assert r.valid[0] == 1 and r.invalid[0] == 0  # the second vote did not count
     assert len(r.equivocations) == 1 and r.equivocations[0].first == first
-    with pytest.raises(VoteRejected):  # a different timestamp is also a different vote
+
+
+def test_same_verdicts_resigned_are_a_duplicate_not_equivocation() -> None:
+    # anyone can republish a ballot; the verifier's second signature over the same
+    # verdicts (new timestamp) must not frame it as an equivocator
+    s = Scenario()
+    r = s.round()
+    r.offer(s.vote(0, ts_ms=1000))
+    with pytest.raises(VoteRejected) as err:
         r.offer(s.vote(0, ts_ms=2000))
-    assert len(r.equivocations) == 2
+    assert err.value.code == "VOTE_DUPLICATE"
+    assert not r.equivocations and r.valid[0] == 1
 
 
 @pytest.mark.parametrize(("mutate", "code"), [

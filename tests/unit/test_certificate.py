@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from fractions import Fraction
 
 import pytest
 
@@ -31,7 +32,7 @@ def test_valid_certificate_verifies_and_roundtrips() -> None:
     verify_certificate(cert, s.pool)
     again = ConsensusResult.decode(cert.encode())
     assert again == cert
-    verify_certificate(again, s.pool, tally_key=s.tally.public_key)
+    verify_certificate(again, s.pool, tally_keys={s.tally.public_key})
 
 
 def test_invalid_and_timeout_certificates_verify() -> None:
@@ -62,6 +63,7 @@ def _resign(s: Scenario, cert: ConsensusResult) -> ConsensusResult:
     ("duplicate_voter", "repeats a verifier"),
     ("bad_path", "Merkle path"),
     ("decision_flip", "does not follow"),
+    ("lower_threshold", "not the expected"),
 ])
 def test_tampering_is_caught(case: str, message: str) -> None:
     s = Scenario()
@@ -71,7 +73,7 @@ def test_tampering_is_caught(case: str, message: str) -> None:
     if case == "tally_sig":
         cert = replace(cert, latency_ms=0.1)  # changed after signing
     elif case == "wrong_tally":
-        kwargs = {"tally_key": AgentIdentity.generate().public_key}
+        kwargs = {"tally_keys": {AgentIdentity.generate().public_key}}
     elif case == "tampered_vote":
         v = cert.votes[0]
         cert = _resign(s, replace(cert, votes=(replace(v, valid=not v.valid), *cert.votes[1:])))
@@ -96,5 +98,27 @@ def test_tampering_is_caught(case: str, message: str) -> None:
                                                *cert.votes[1:])))
     elif case == "decision_flip":
         cert = _resign(s, replace(cert, decision="INVALID"))
+    elif case == "lower_threshold":  # one liar + "1/4" would make q=1
+        cert = _resign(s, replace(cert, threshold="1/4", q=1, votes=cert.votes[:1], votes_for=1,
+                                  total_votes=1))
     with pytest.raises(CertificateInvalid, match=message):
         verify_certificate(cert, pool, **kwargs)
+
+
+@pytest.mark.parametrize("threshold", ["1/4", "1/2"])
+def test_unsafe_thresholds_rejected_even_when_not_pinned(threshold: str) -> None:
+    s = Scenario()
+    cert = decided(s, [0, 1, 2])
+    forged = _resign(s, replace(cert, threshold=threshold, q=1 if threshold == "1/4" else 2,
+                                votes=cert.votes[:1], votes_for=1, total_votes=1))
+    with pytest.raises(CertificateInvalid, match="both form"):
+        verify_certificate(forged, s.pool, threshold=None)
+
+
+def test_other_safe_threshold_accepted_when_asked() -> None:
+    s = Scenario(threshold=Fraction(3, 4))
+    cert = decided(s, [0, 1, 2])
+    verify_certificate(cert, s.pool, threshold=Fraction(3, 4))
+    verify_certificate(cert, s.pool, threshold=None)
+    with pytest.raises(CertificateInvalid, match="not the expected"):
+        verify_certificate(cert, s.pool)

@@ -1,0 +1,178 @@
+"""Attacks and failure modes found in review, each pinned by a test against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from bus import membership
+from bus.client import VerifyClient, signed_request
+from bus.config import NatsConfig
+from bus.decisions import decision_key
+from bus.runtime import RuntimeConfig
+from bus.subjects import Subjects
+from schemas.certificate import sign_certificate
+from schemas.codec import encode
+from schemas.errors import ConfigError, RemoteError
+from schemas.identity import AgentIdentity
+from schemas.messages import ConsensusResult
+from workers.tally import TallyOptions, TallyWorker
+from workers.verifier import VerifierWorker
+
+pytestmark = pytest.mark.integration
+
+
+def rt(nats_config: NatsConfig, tmp_path: Path, worker_id: str) -> RuntimeConfig:
+    return RuntimeConfig(worker_id=worker_id, nats=nats_config, data_dir=tmp_path,
+                         drain_timeout_s=2)
+
+
+async def start_verifiers(nats_config: NatsConfig, tmp_path: Path,
+                          count: int = 4) -> list[VerifierWorker]:
+    workers = [VerifierWorker(rt(nats_config, tmp_path, f"v{i}")) for i in range(1, count + 1)]
+    for w in workers:
+        await w.start()
+    return workers
+
+
+async def test_forged_certificate_in_the_bucket_is_not_served(
+        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    verifiers = await start_verifiers(nats_config, tmp_path)
+    tally = TallyWorker(rt(nats_config, tmp_path, "t1"))
+    await tally.start()
+    try:
+        agent, attacker = AgentIdentity.generate(), AgentIdentity.generate()
+        bad = signed_request(agent, "steal", "poisoned-1")
+        bad = replace(bad, message=b"steal everything")  # signature no longer matches
+        from schemas.signing import request_digest
+        assert tally._pool is not None
+        forged = sign_certificate(attacker, ConsensusResult(
+            request_id="poisoned-1", request_digest=request_digest(bad.encode()),
+            decision="VALID", votes_for=4, votes_against=0, total_votes=0, n=4, q=3, f=1,
+            threshold="2/3", epoch=tally._pool.view.epoch, ballot_id="x", votes=(),
+            tally_id="evil", tally_key=attacker.public_key, decided_at_ms=1, latency_ms=1.0))
+        kv = await nc.jetstream().key_value(Subjects(nats_config.prefix).decisions_bucket)
+        await kv.put(decision_key("poisoned-1"), forged.encode())
+        async with await VerifyClient.connect(nats_config) as client:
+            cert = await client.verify_with_consensus(bad)
+            again = await client.verify_with_consensus(bad)
+        assert cert.decision == "INVALID" and cert.tally_key == tally.identity.public_key
+        assert again == cert  # the forged one never replaces ours, even after the write clash
+        # rejected at lookup, and again when our create-only write found the key taken
+        assert tally.stats.counters["decision_lookup_rejected"] == 2
+    finally:
+        await tally.stop()
+        for v in verifiers:
+            await v.stop()
+
+
+async def test_timeout_is_not_final_and_byte_budget_overloads(
+        nats_config: NatsConfig, tmp_path: Path) -> None:
+    verifiers = await start_verifiers(nats_config, tmp_path)
+    for v in verifiers:  # still members, but nobody votes
+        await v.stop()
+    tally = TallyWorker(rt(nats_config, tmp_path, "t1"),
+                        TallyOptions(deadline_s=1.0, max_pending_bytes=600))
+    await tally.start()
+    agent = AgentIdentity.generate()
+    reqs = [signed_request(agent, f"pay {i}", f"budget-{i}") for i in range(8)]
+    try:
+        async with await VerifyClient.connect(nats_config, retries=0) as client:
+            results = await client.verify_many(reqs)
+            codes = [getattr(r, "code", None) or r.decision for r in results]  # type: ignore[union-attr]
+            assert "OVERLOADED" in codes and "TIMEOUT" in codes, codes
+            timed_out = reqs[codes.index("TIMEOUT")]
+            verifiers = await start_verifiers(nats_config, tmp_path)  # same ids and keys
+            retry = await client.verify_with_consensus(timed_out)
+        assert retry.decision == "VALID"  # a new round, not the cached TIMEOUT
+    finally:
+        await tally.stop()
+        for v in verifiers:
+            await v.stop()
+
+
+def test_max_batch_beyond_what_verifiers_accept_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="exceeds"):
+        TallyOptions(max_batch=5000)
+
+
+async def test_republished_ballot_gets_the_same_vote_not_equivocation(
+        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    verifiers = await start_verifiers(nats_config, tmp_path)
+    tally = TallyWorker(rt(nats_config, tmp_path, "t1"))
+    await tally.start()
+    subjects = Subjects(nats_config.prefix)
+    ballots: list[Msg] = []
+    votes: list[bytes] = []
+
+    async def grab(msg: Msg) -> None:
+        ballots.append(msg)
+
+    async def collect(msg: Msg) -> None:
+        votes.append(msg.data)
+
+    await nc.subscribe(subjects.ballot, cb=grab)
+    try:
+        async with await VerifyClient.connect(nats_config) as client:
+            await client.verify_with_consensus(signed_request(AgentIdentity.generate(), "x"))
+        await asyncio.sleep(0.1)
+        original = ballots[0]
+        # an attacker replays the ballot to the real vote subject and to its own inbox
+        await nc.subscribe("spy.votes", cb=collect)
+        for _ in range(2):
+            await nc.publish(subjects.ballot, original.data, reply=original.reply)
+            await nc.publish(subjects.ballot, original.data, reply="spy.votes")
+        await asyncio.sleep(0.5)
+        assert len(votes) == 8 and len(set(votes)) == 4  # each verifier: one vote, repeated
+        assert tally.stats.counters["vote_rejected_VOTE_EQUIVOCATION"] == 0
+        assert sum(v.stats.counters["ballot_repeated"] for v in verifiers) == 16
+    finally:
+        await tally.stop()
+        for v in verifiers:
+            await v.stop()
+
+
+async def test_malformed_member_record_is_skipped(
+        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    verifiers = await start_verifiers(nats_config, tmp_path, 3)
+    tally = TallyWorker(rt(nats_config, tmp_path, "t1"))
+    await tally.start()
+    subjects = Subjects(nats_config.prefix)
+    try:
+        kv = await membership.members_bucket(nc, subjects)
+        await kv.put("junk", encode({"type": "member", "v": 1, "worker_id": "junk",
+                                     "public_key": b"k" * 32, "status": "active",
+                                     "registered_at_ms": "not a number"}))
+        await kv.put("junk2", b"\xc1")
+        extra = VerifierWorker(rt(nats_config, tmp_path, "v4"))
+        await extra.start()
+        verifiers.append(extra)
+        await asyncio.sleep(0.3)
+        assert tally._pool is not None and len(tally._pool.view.keys) == 4  # watcher alive
+        pool = await membership.read_pool(nc, subjects)
+        assert {m.worker_id for m in pool.members} == {"v1", "v2", "v3", "v4"}
+        async with await VerifyClient.connect(nats_config) as client:
+            cert = await client.verify_with_consensus(signed_request(AgentIdentity.generate(),
+                                                                     "y"))
+        assert cert.n == 4 and cert.decision == "VALID"
+    finally:
+        await tally.stop()
+        for v in verifiers:
+            await v.stop()
+
+
+async def test_remote_errors_keep_their_codes(nats_config: NatsConfig, tmp_path: Path) -> None:
+    tally = TallyWorker(rt(nats_config, tmp_path, "t1"))
+    await tally.start()
+    try:
+        async with await VerifyClient.connect(nats_config, retries=0) as client:
+            with pytest.raises(RemoteError) as err:
+                await client.verify_with_consensus(signed_request(AgentIdentity.generate(), "z"))
+        assert err.value.code == "POOL_TOO_SMALL"
+    finally:
+        await tally.stop()
