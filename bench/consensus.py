@@ -416,8 +416,11 @@ async def bench_pool(n: int, args: argparse.Namespace, nats_url: str, work_dir: 
             f"({result['startup_s']}s)")
 
         nc = await connect(NatsConfig(url=nats_url, prefix=prefix), name="bench-client")
+        # Certificate re-checking is the client's own CPU; on this shared 2-core box it
+        # would be charged to the network, so it is off unless --check-certificates.
         client = VerifyClient(nc, prefix=prefix, timeout=args.timeout, retries=args.retries,
-                              owns_connection=True)
+                              owns_connection=True,
+                              verify_certificates=args.check_certificates)
 
         if warm_reqs:
             log(f"n={n}: warm-up, {len(warm_reqs)} requests")
@@ -543,6 +546,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--raw-threads", type=int, default=2, help="threads for the raw baseline (2)")
     p.add_argument("--timeout", type=float, default=30.0,
                    help="client timeout per attempt, seconds (default 30)")
+    p.add_argument("--check-certificates", action="store_true",
+                   help="re-check every certificate in the load generator (off by default: "
+                        "it is client CPU, which shares the machine with the workers)")
     p.add_argument("--retries", type=int, default=0,
                    help="client retries (default 0, so every failure is visible)")
     p.add_argument("--settle", type=float, default=None,
@@ -653,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
                                "repeats": args.repeats},
                 "warmup_requests": args.warmup, "client_timeout_s": args.timeout,
                 "client_retries": args.retries, "tally_args": args.tally_arg,
+                "client_checks_certificates": args.check_certificates,
                 "raw_threads": args.raw_threads, "raw_seconds": args.raw_seconds,
                 "nats": "external" if args.external_nats else "started by bench",
             },

@@ -1,29 +1,41 @@
-"""VerifyClient: submit verification requests and get certificates back.
+"""VerifyClient: submit verification requests and get checked certificates back.
 
 Retries re-send the *same bytes* (same request id, same digest), which the
 tally treats idempotently: a retry after a lost reply gets the certificate of
-the original round, never a second round. nats-py errors are converted to
-``TransportError`` subclasses; a worker's ErrorReply becomes ``RemoteError``
-with the worker's stable ``code``.
+the original round. nats-py errors are converted to ``TransportError``
+subclasses; a worker's ErrorReply becomes ``RemoteError`` with the worker's
+stable ``code``.
+
+The client does not trust the tally: every certificate must be for the
+request it sent (id and digest of the exact bytes), and by default it is
+re-checked with ``verify_certificate`` against the verifier pool read from the
+membership bucket at the certificate's epoch and the expected threshold
+(2/3 unless told otherwise). A certificate that fails raises
+``CertificateInvalid``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from fractions import Fraction
 from types import TracebackType
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
 from opentelemetry.trace import SpanKind
 
+from bus import membership
 from bus.config import NatsConfig
 from bus.connection import connect
 from bus.subjects import Subjects
 from bus.tracing import inject_headers, messaging_span
+from schemas.certificate import verify_certificate
 from schemas.errors import (
     AgenticPaymentsError,
+    CertificateInvalid,
     NoResponders,
     NotConnected,
     RemoteError,
@@ -31,6 +43,8 @@ from schemas.errors import (
 )
 from schemas.identity import AgentIdentity
 from schemas.messages import ConsensusResult, ErrorReply, VerificationRequest, decode_reply
+from schemas.signing import request_digest
+from workers.quorum import DEFAULT_THRESHOLD
 
 RETRYABLE_REMOTE = frozenset({"OVERLOADED"})
 
@@ -51,19 +65,26 @@ class VerifyClient:
     """Client for the consensus network. Use ``async with VerifyClient.connect(...)``."""
 
     def __init__(self, nc: Client, *, prefix: str = "ap", timeout: float = 10.0,
-                 retries: int = 2, owns_connection: bool = False) -> None:
+                 retries: int = 2, owns_connection: bool = False,
+                 verify_certificates: bool = True,
+                 threshold: Fraction = DEFAULT_THRESHOLD,
+                 tally_keys: Collection[bytes] | None = None) -> None:
         self.nc = nc
         self.subjects = Subjects(prefix)
         self.timeout = timeout
         self.retries = retries
+        self.verify_certificates = verify_certificates
+        self.threshold = threshold
+        self.tally_keys = None if tally_keys is None else frozenset(tally_keys)
         self._owns = owns_connection
+        self._pool: membership.PoolView | None = None
+        self._pool_lock = asyncio.Lock()
 
     @classmethod
-    async def connect(cls, config: NatsConfig | None = None, **kwargs: float | int
-                      ) -> VerifyClient:
+    async def connect(cls, config: NatsConfig | None = None, **kwargs: Any) -> VerifyClient:
         config = config or NatsConfig.from_env()
         nc = await connect(config, name="agentic-payments-client")
-        return cls(nc, prefix=config.prefix, owns_connection=True, **kwargs)  # type: ignore[arg-type]
+        return cls(nc, prefix=config.prefix, owns_connection=True, **kwargs)
 
     async def close(self) -> None:
         if self._owns and not self.nc.is_closed:
@@ -105,6 +126,7 @@ class VerifyClient:
                 reply = await self.submit_raw(data, timeout=timeout)
                 if isinstance(reply, ErrorReply):
                     raise RemoteError(reply.message, code=reply.code)
+                await self.check(reply, request.request_id, request_digest(data))
                 return reply
             except (RequestTimeout, NoResponders, RemoteError) as exc:
                 retryable = not isinstance(exc, RemoteError) or exc.code in RETRYABLE_REMOTE
@@ -112,6 +134,26 @@ class VerifyClient:
                     raise
                 attempt += 1
                 await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+
+    async def check(self, cert: ConsensusResult, request_id: str, digest: bytes) -> None:
+        """Raise CertificateInvalid unless ``cert`` answers this request and holds up."""
+        if cert.request_id != request_id or cert.request_digest != digest:
+            raise CertificateInvalid("the certificate is for another request")
+        if not self.verify_certificates:
+            return
+        keys = await self.pool_keys(cert.epoch)
+        verify_certificate(cert, keys, threshold=self.threshold, tally_keys=self.tally_keys)
+
+    async def pool_keys(self, epoch: int) -> frozenset[bytes]:
+        """Verifier keys of pool ``epoch`` (read from the membership bucket, cached)."""
+        async with self._pool_lock:
+            if self._pool is None or self._pool.epoch < epoch:
+                self._pool = await membership.read_pool(self.nc, self.subjects)
+        if self._pool.epoch != epoch:
+            raise CertificateInvalid(
+                f"certificate is for pool epoch {epoch} but the pool is at {self._pool.epoch}; "
+                "it cannot be re-checked (membership changed meanwhile)")
+        return self._pool.keys
 
     async def verify_many(self, requests: Sequence[VerificationRequest], *,
                           concurrency: int = 256, timeout: float | None = None

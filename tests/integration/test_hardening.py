@@ -18,7 +18,7 @@ from bus.runtime import RuntimeConfig
 from bus.subjects import Subjects
 from schemas.certificate import sign_certificate
 from schemas.codec import encode
-from schemas.errors import ConfigError, RemoteError
+from schemas.errors import CertificateInvalid, ConfigError, RemoteError
 from schemas.identity import AgentIdentity
 from schemas.messages import ConsensusResult
 from workers.tally import TallyOptions, TallyWorker
@@ -176,3 +176,40 @@ async def test_remote_errors_keep_their_codes(nats_config: NatsConfig, tmp_path:
         assert err.value.code == "POOL_TOO_SMALL"
     finally:
         await tally.stop()
+
+
+async def test_client_rejects_certificates_from_a_rogue_tally(
+        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    verifiers = await start_verifiers(nats_config, tmp_path)
+    tally = TallyWorker(rt(nats_config, tmp_path, "t1"))
+    await tally.start()
+    agent, rogue = AgentIdentity.generate(), AgentIdentity.generate()
+    try:
+        async with await VerifyClient.connect(nats_config) as client:
+            genuine = await client.verify_with_consensus(signed_request(agent, "pay 1", "g-1"))
+        await tally.stop()
+        subjects = Subjects(nats_config.prefix)
+        answers: list[bytes] = []
+
+        async def rogue_tally(msg: Msg) -> None:
+            await msg.respond(answers[0])
+
+        await nc.subscribe(subjects.request, queue="tally", cb=rogue_tally)
+        forged_req = replace(signed_request(agent, "pay 2", "steal-1"), message=b"pay 2000")
+        from schemas.signing import request_digest
+        cases = {
+            "another request": genuine.encode(),  # a real certificate, wrong request
+            "do not match the signed votes": sign_certificate(rogue, replace(  # no real votes
+                genuine, request_id="steal-1",
+                request_digest=request_digest(forged_req.encode()), votes=(),
+                total_votes=0)).encode(),
+        }
+        async with await VerifyClient.connect(nats_config, retries=0) as client:
+            for needle, answer in cases.items():
+                answers[:] = [answer]
+                with pytest.raises(CertificateInvalid, match=needle):
+                    await client.verify_with_consensus(forged_req)
+    finally:
+        await tally.stop()
+        for v in verifiers:
+            await v.stop()
