@@ -46,7 +46,7 @@ from schemas.messages import ConsensusResult, ErrorReply, VerificationRequest, d
 from schemas.signing import request_digest
 from workers.quorum import DEFAULT_THRESHOLD
 
-RETRYABLE_REMOTE = frozenset({"OVERLOADED"})
+RETRYABLE_REMOTE = frozenset({"OVERLOADED", "SHUTTING_DOWN", "INTERNAL"})
 
 
 def new_request_id() -> str:

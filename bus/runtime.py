@@ -35,6 +35,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
 
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -47,7 +49,7 @@ from bus.connection import connect
 from bus.stats import ProcessingStats
 from bus.subjects import Subjects, check_token, service_name
 from bus.tracing import setup_tracing, shutdown_tracing
-from schemas.errors import ConfigError, NotConnected
+from schemas.errors import ConfigError, IdentityError, NotConnected
 from schemas.messages import Health, Heartbeat, MetricsSnapshot
 
 EXIT_OK = 0
@@ -105,6 +107,7 @@ class Worker:
         self._stop_requested: asyncio.Event | None = None
         self._stopping = False
         self._stopped = False
+        self._stop_done = asyncio.Event()
         self._hb_seq = 0
 
     # ------------------------------------------------------------ subclass API
@@ -206,7 +209,11 @@ class Worker:
             name="status", handler=self._status,
             subject=self.subjects.status(self.kind, self.worker_id),
             queue_group=f"status-{self.instance}"))
-        await self.setup()
+        try:
+            await self.setup()
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
+            raise NotConnected(f"JetStream is not available on {self.runtime.nats.url} "
+                               f"(start nats-server with -js): {exc}") from None
         await self.nc.flush()
         self._loops = [
             asyncio.create_task(self._every(self.runtime.heartbeat_s, self._publish_heartbeat)),
@@ -221,9 +228,17 @@ class Worker:
             self._stop_requested.set()
 
     async def stop(self) -> None:
+        """Staged stop; a second call waits for the first one to finish."""
         if self._stopping:
+            await self._stop_done.wait()
             return
         self._stopping = True
+        try:
+            await self._stop_stages()
+        finally:
+            self._stop_done.set()
+
+    async def _stop_stages(self) -> None:
         log.info("%s %s stopping: no new work", self.kind, self.worker_id)
         with contextlib.suppress(Exception):
             await self._publish_heartbeat()
@@ -283,8 +298,11 @@ def run_worker(factory: Callable[[], Worker]) -> int:
     """Run a worker until SIGTERM/SIGINT; return the process exit code."""
     try:
         worker = factory()
-    except ConfigError as exc:
+    except (ConfigError, IdentityError) as exc:
         print(f"configuration error [{exc.code}]: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:  # unusable data dir or key file
+        print(f"configuration error [CONFIG_INVALID]: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
     async def main() -> None:

@@ -18,7 +18,8 @@ boundary so callers only ever catch ``AgenticPaymentsError``::
     ├── ConsensusError                        (a round could not run)
     │   ├── PoolTooSmall                      POOL_TOO_SMALL
     │   ├── RequestIdConflict                 REQUEST_ID_CONFLICT
-    │   └── Overloaded                        OVERLOADED
+    │   ├── Overloaded                        OVERLOADED
+    │   └── ShuttingDown                      SHUTTING_DOWN
     ├── VoteRejected                          VOTE_* (see VoteRejected.REASONS)
     ├── CertificateInvalid                    CERTIFICATE_INVALID
     └── TransportError                        (NATS trouble, client side)
@@ -122,6 +123,12 @@ class Overloaded(ConsensusError):
     code = "OVERLOADED"
 
 
+class ShuttingDown(ConsensusError):
+    """The tally stopped before this request was decided; retry with the same id."""
+
+    code = "SHUTTING_DOWN"
+
+
 class VoteRejected(AgenticPaymentsError):
     """A vote was not counted; ``code`` says why."""
 
@@ -185,6 +192,7 @@ WIRE_ERROR_CODES: frozenset[str] = frozenset(
         "POOL_TOO_SMALL",
         "REQUEST_ID_CONFLICT",
         "OVERLOADED",
+        "SHUTTING_DOWN",
         "INTERNAL",
     }
 )

@@ -48,6 +48,7 @@ from schemas.errors import (
     Overloaded,
     PoolTooSmall,
     RequestIdConflict,
+    ShuttingDown,
     TransportError,
     VoteRejected,
 )
@@ -158,8 +159,19 @@ class TallyWorker(Worker):
             await asyncio.sleep(0.02)
 
     async def teardown(self) -> None:
+        """After the bounded drain: whoever still waits gets SHUTTING_DOWN, not silence."""
         for live in self._ballots.values():
             live.timer.cancel()
+        for pending in list(self._pending.values()):
+            self._drop_pending(pending)
+            self.stats.count("request_rejected_SHUTTING_DOWN")
+            for reply in pending.waiters:
+                with contextlib.suppress(Exception):
+                    await self._reply_error(reply, ShuttingDown.code,
+                                            "tally stopped before a decision; retry with the "
+                                            "same request id", pending.request_id)
+        with contextlib.suppress(Exception):
+            await self.client.flush()
         if self._pool is not None:
             await self._pool.stop()
         if self._store is not None:

@@ -213,3 +213,22 @@ async def test_client_rejects_certificates_from_a_rogue_tally(
         await tally.stop()
         for v in verifiers:
             await v.stop()
+
+
+async def test_requests_held_past_the_drain_get_shutting_down(
+        nats_config: NatsConfig, tmp_path: Path) -> None:
+    verifiers = await start_verifiers(nats_config, tmp_path)
+    for v in verifiers:  # members that never vote: the request stays held
+        await v.stop()
+    runtime = RuntimeConfig(worker_id="t1", nats=nats_config, data_dir=tmp_path,
+                            drain_timeout_s=0.3)
+    tally = TallyWorker(runtime, TallyOptions(deadline_s=30))
+    await tally.start()
+    async with await VerifyClient.connect(nats_config, retries=0) as client:
+        task = asyncio.create_task(client.verify_with_consensus(
+            signed_request(AgentIdentity.generate(), "held")))
+        await asyncio.sleep(0.3)
+        await tally.stop()
+        with pytest.raises(RemoteError) as err:
+            await task
+    assert err.value.code == "SHUTTING_DOWN"

@@ -138,3 +138,34 @@ def test_cli_sign_and_keygen_roundtrip(tmp_path: Path) -> None:
     req = VerificationRequest.decode((tmp_path / "r.msgpack").read_bytes())
     assert verify_signature(req.public_key, b"hi", req.signature)
     assert json.loads(signed.stdout)["signature"] == req.signature.hex()
+
+
+def test_exit_code_for_insecure_key_file(tmp_path: Path) -> None:
+    from schemas.identity import AgentIdentity
+    key = AgentIdentity.generate().save(tmp_path / "v.key")
+    key.chmod(0o644)
+    result = run_cli("worker", "verifier", "--id", "v1", "--key-file", str(key),
+                     "--nats-url", "nats://127.0.0.1:1")
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert "KEY_FILE_INSECURE" in result.stderr and "chmod 600" in result.stderr
+
+
+def test_exit_code_without_jetstream(tmp_path: Path) -> None:
+    from bus.natsserver import start_nats_server
+    server = start_nats_server(tmp_path / "plain", jetstream=False)
+    try:
+        result = run_cli("worker", "verifier", "--id", "v1", "--nats-url", server.url,
+                         "--data-dir", str(tmp_path))
+    finally:
+        server.stop()
+    assert result.returncode == EXIT_CONNECT, result.stderr
+    assert "JetStream is not available" in result.stderr
+
+
+async def test_stop_twice_waits_for_the_first(nats_config: NatsConfig, tmp_path: Path) -> None:
+    worker = VerifierWorker(runtime(nats_config, tmp_path))
+    await worker.start()
+    first = asyncio.create_task(worker.stop())
+    await asyncio.sleep(0)
+    await worker.stop()  # returns only when the first stop has finished
+    assert first.done() and worker.nc is not None and worker.nc.is_closed
