@@ -10,8 +10,9 @@
   members   list or remove verifiers in the pool
   status    discover running workers through $SRV.PING and show their health
 
-Exit codes: 0 ok; 1 decided but not VALID (verify, demo); 2 usage; 69 cannot
-connect to NATS; 70 crash; 78 bad configuration.
+Exit codes: 0 ok; 1 decided but not VALID, or a certificate that does not
+check out (verify, demo); 2 usage; 69 cannot connect to NATS or no reply;
+70 crash; 78 bad configuration.
 """
 
 from __future__ import annotations
@@ -379,8 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Byzantine-fault-tolerant Ed25519 verification of agent payment "
                     "authorizations over NATS.",
         epilog="Quick start: 'agentic-payments up' in one terminal, "
-               "'agentic-payments demo' in another. Exit codes: 0 ok, 1 not VALID, "
-               "2 usage, 69 cannot connect, 70 crash, 78 bad configuration.",
+               "'agentic-payments demo' in another. Exit codes: 0 ok, 1 not VALID "
+               "(or a certificate that does not check out), 2 usage, 69 cannot connect "
+               "or no reply, 70 crash, 78 bad configuration.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -447,8 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
     sign.set_defaults(func=cmd_sign)
 
     verify = sub.add_parser("verify", help="submit a request for consensus",
-                            description="Submit a signed message and print the certificate "
-                            "summary. Exit 0 if VALID, 1 otherwise.")
+                            description="Submit a signed message, re-check the certificate "
+                            "against the verifier pool of its epoch, and print its summary. "
+                            "Exit 0 if VALID; 1 if decided otherwise, if the certificate does "
+                            "not check out, or on an error reply; 69 if no tally answers in "
+                            "time or NATS is unreachable.")
     _common(verify)
     verify.add_argument("--key", help="sign --message with this key file first")
     verify.add_argument("--public-key", help="signer public key, hex")
