@@ -139,6 +139,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 threshold=parse_threshold(args.threshold), deadline_s=args.deadline_ms / 1000,
                 max_batch=args.max_batch, max_inflight=args.max_inflight,
                 max_pending=args.max_pending,
+                max_pending_bytes=int(args.max_pending_mib * 1024 * 1024),
                 durable_idempotency=not args.no_durable_idempotency)
             return TallyWorker(_runtime(args, args.id), options,
                                key_file=Path(args.key_file) if args.key_file else None)
@@ -428,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ballots open at once before requests queue (default 4)")
     tally.add_argument("--max-pending", type=int, default=20000,
                        help="requests held before answering OVERLOADED (default 20000)")
+    tally.add_argument("--max-pending-mib", type=float, default=64,
+                       help="request bytes held before answering OVERLOADED (default 64 MiB)")
     tally.add_argument("--no-durable-idempotency", action="store_true",
                        help="remember decisions in memory only (no KV lookup per request)")
     _worker_common(tally)
