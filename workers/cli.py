@@ -432,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     tally.add_argument("--max-pending-mib", type=float, default=64,
                        help="request bytes held before answering OVERLOADED (default 64 MiB)")
     tally.add_argument("--no-durable-idempotency", action="store_true",
-                       help="remember decisions in memory only (no KV lookup per request)")
+                       help="keep decisions in this tally's memory only (no decisions bucket: "
+                            "faster, but retries survive neither a restart nor another tally)")
     _worker_common(tally)
     worker.set_defaults(func=cmd_worker)
 
