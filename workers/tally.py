@@ -218,7 +218,8 @@ class TallyWorker(Worker):
                 or self._pending_bytes + len(msg.data) > self.options.max_pending_bytes):
             self.stats.count("request_rejected_OVERLOADED")
             await self._reply_error(msg.reply, Overloaded.code,
-                                    "tally is at max_pending; retry with the same request id",
+                                    "tally holds its maximum of pending requests or bytes; "
+                                    "retry with the same request id",
                                     rid)
             return
         pending = Pending(rid, msg.data, digest, received, [msg.reply], span_link(msg.headers))
