@@ -78,6 +78,7 @@ class VerifyClient:
         self.tally_keys = None if tally_keys is None else frozenset(tally_keys)
         self._owns = owns_connection
         self._pool: membership.PoolView | None = None
+        self._old_pools: dict[int, frozenset[bytes]] = {}
         self._pool_lock = asyncio.Lock()
 
     @classmethod
@@ -145,15 +146,23 @@ class VerifyClient:
         verify_certificate(cert, keys, threshold=self.threshold, tally_keys=self.tally_keys)
 
     async def pool_keys(self, epoch: int) -> frozenset[bytes]:
-        """Verifier keys of pool ``epoch`` (read from the membership bucket, cached)."""
+        """Verifier keys of pool ``epoch``: the current pool, or an older one replayed
+        from the membership bucket's history (both cached)."""
         async with self._pool_lock:
+            if epoch in self._old_pools:
+                return self._old_pools[epoch]
             if self._pool is None or self._pool.epoch < epoch:
                 self._pool = await membership.read_pool(self.nc, self.subjects)
-        if self._pool.epoch != epoch:
-            raise CertificateInvalid(
-                f"certificate is for pool epoch {epoch} but the pool is at {self._pool.epoch}; "
-                "it cannot be re-checked (membership changed meanwhile)")
-        return self._pool.keys
+            if self._pool.epoch == epoch:
+                return self._pool.keys
+            if epoch > self._pool.epoch:
+                raise CertificateInvalid(f"certificate names pool epoch {epoch}, which does not "
+                                         f"exist yet (the pool is at {self._pool.epoch})")
+            keys = (await membership.pool_at(self.nc, self.subjects, epoch)).keys
+            if len(self._old_pools) >= 16:
+                self._old_pools.pop(next(iter(self._old_pools)))
+            self._old_pools[epoch] = keys
+            return keys
 
     async def verify_many(self, requests: Sequence[VerificationRequest], *,
                           concurrency: int = 256, timeout: float | None = None

@@ -136,6 +136,38 @@ async def read_pool(nc: Client, subjects: Subjects) -> PoolView:
     return PoolView(epoch=status.stream_info.state.last_seq, members=tuple(members))
 
 
+async def pool_at(nc: Client, subjects: Subjects, epoch: int) -> PoolView:
+    """The pool as it was at ``epoch``, replayed from the bucket's history.
+
+    Certificates name the epoch they were decided in; after a membership
+    change a client still needs that older pool to re-check them. The bucket
+    keeps 5 revisions per key, so a key changed more than 5 times since
+    ``epoch`` is reconstructed wrongly — and the certificate check then fails
+    closed rather than trusting anything.
+    """
+    kv = await members_bucket(nc, subjects)
+    watcher = await kv.watchall(include_history=True)
+    members: dict[str, MemberRecord] = {}
+    try:
+        async with asyncio.timeout(10):
+            async for entry in watcher:
+                if entry is None or (entry.revision or 0) > epoch:
+                    break
+                if entry.operation in ("DEL", "PURGE") or not entry.value:
+                    members.pop(entry.key, None)
+                else:
+                    try:
+                        members[entry.key] = MemberRecord.decode(entry.value)
+                    except CodecError:
+                        members.pop(entry.key, None)
+                if entry.delta == 0:
+                    break
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()
+    return PoolView(epoch, tuple(sorted(members.values(), key=lambda m: m.worker_id)))
+
+
 class PoolWatcher:
     """Keeps the current PoolView up to date from a KV watch."""
 
@@ -171,6 +203,8 @@ class PoolWatcher:
                 self.failures += 1
                 log.exception("membership watch failed; restarting it")
                 await asyncio.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    await self._watcher.stop()
                 with contextlib.suppress(Exception):
                     kv = await members_bucket(self._nc, self._subjects)
                     self._watcher = await kv.watchall()

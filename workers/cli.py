@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -63,6 +64,27 @@ EXIT_NOT_VALID = 1
 
 
 # ---------------------------------------------------------------- common options
+def _positive(text: str) -> float:
+    """A finite number > 0 (argparse type): nan and inf are refused, not crashed on."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive finite number")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
+    return value
+
+
+def _threshold_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--threshold", default=os.environ.get("AP_THRESHOLD", "2/3"),
+                        help=f"{what} as an exact fraction in (1/2, 1] "
+                             "(env AP_THRESHOLD, default 2/3)")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nats-url", default=None,
                         help=f"NATS server URL(s), comma separated "
@@ -86,11 +108,11 @@ def _worker_common(parser: argparse.ArgumentParser) -> None:
     _common(parser)
     parser.add_argument("--data-dir", default=str(default_data_dir()),
                         help="where keys live (env AP_DATA_DIR, default .agentic-payments)")
-    parser.add_argument("--heartbeat-s", type=float, default=5.0,
+    parser.add_argument("--heartbeat-s", type=_positive, default=5.0,
                         help="seconds between heartbeats (default 5)")
-    parser.add_argument("--metrics-s", type=float, default=10.0,
+    parser.add_argument("--metrics-s", type=_positive, default=10.0,
                         help="seconds between metrics snapshots (default 10)")
-    parser.add_argument("--drain-timeout-s", type=float, default=10.0,
+    parser.add_argument("--drain-timeout-s", type=_non_negative, default=10.0,
                         help="on SIGTERM, how long to finish held work before exiting "
                              "(default 10)")
 
@@ -200,7 +222,8 @@ def _build_request(args: argparse.Namespace) -> VerificationRequest:
 
 async def _verify(args: argparse.Namespace) -> int:
     request = _build_request(args)
-    async with await VerifyClient.connect(_nats(args), timeout=args.timeout) as client:
+    async with await VerifyClient.connect(_nats(args), timeout=args.timeout,
+                                          threshold=parse_threshold(args.threshold)) as client:
         cert = await client.verify_with_consensus(request)
     _out(args, f"{cert.request_id}: {cert.summary()}\ncertificate re-checked against the "
          f"{cert.n}-verifier pool of epoch {cert.epoch}: OK", _cert_json(cert))
@@ -215,7 +238,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace) -> int:
     config = _nats(args)
     async with _connection(config, "agentic-payments-demo") as nc:
-        client = VerifyClient(nc, prefix=config.prefix, timeout=args.timeout)
+        client = VerifyClient(nc, prefix=config.prefix, timeout=args.timeout,
+                              threshold=parse_threshold(args.threshold))
         ident = AgentIdentity.generate()
         print(f"Agent identity: {ident.did}")
         message = "Payment authorization"
@@ -326,8 +350,9 @@ async def _up(args: argparse.Namespace) -> int:
               f"pid {server.process.pid})")
     else:
         print(f"nats-server  {config.url}  (already running; not started by us)")
+    parse_threshold(args.threshold)  # refuse a bad threshold before starting anything
     env = dict(os.environ, NATS_URL=config.url, AP_PREFIX=config.prefix,
-               AP_DATA_DIR=str(data_dir))
+               AP_DATA_DIR=str(data_dir), AP_THRESHOLD=args.threshold)
     common = ["--heartbeat-s", str(args.heartbeat_s)]
     specs = [ProcSpec(f"tally-{i}", ["worker", "tally", "--id", f"t{i}", *common,
                                      "--threshold", args.threshold])
@@ -396,10 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(up)
     up.add_argument("--verifiers", type=int, default=4, help="verifier processes (default 4)")
     up.add_argument("--tallies", type=int, default=1, help="tally processes (default 1)")
-    up.add_argument("--threshold", default="2/3", help="quorum threshold fraction (2/3)")
+    _threshold_option(up, "quorum threshold of the tally")
     up.add_argument("--data-dir", default=str(default_data_dir()),
                     help="keys, logs and NATS data (default .agentic-payments)")
-    up.add_argument("--heartbeat-s", type=float, default=5.0, help="heartbeat interval")
+    up.add_argument("--heartbeat-s", type=_positive, default=5.0, help="heartbeat interval")
     up.set_defaults(func=cmd_up)
 
     worker = sub.add_parser("worker", help="run one worker process",
@@ -419,8 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "'tally') with a signed certificate decided by BFT quorum.")
     tally.add_argument("--id", default="t1", help="tally id (default t1)")
     tally.add_argument("--key-file", help="tally signing key (default DATA_DIR/keys/tally-ID.key)")
-    tally.add_argument("--threshold", default="2/3",
-                       help="quorum threshold as an exact fraction in (1/2, 1] (default 2/3)")
+    _threshold_option(tally, "quorum threshold")
     tally.add_argument("--deadline-ms", type=int, default=5000,
                        help="ballot deadline; undecided requests become TIMEOUT (default 5000)")
     tally.add_argument("--max-batch", type=int, default=64,
@@ -429,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ballots open at once before requests queue (default 4)")
     tally.add_argument("--max-pending", type=int, default=20000,
                        help="requests held before answering OVERLOADED (default 20000)")
-    tally.add_argument("--max-pending-mib", type=float, default=64,
+    tally.add_argument("--max-pending-mib", type=_positive, default=64,
                        help="request bytes held before answering OVERLOADED (default 64 MiB)")
     tally.add_argument("--no-durable-idempotency", action="store_true",
                        help="keep decisions in this tally's memory only (no decisions bucket: "
@@ -466,13 +490,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--message-file", help="read the message bytes from a file")
     verify.add_argument("--request-file", help="a MessagePack request written by 'sign --out'")
     verify.add_argument("--request-id", help="request id (default: random)")
-    verify.add_argument("--timeout", type=float, default=10.0, help="seconds per attempt")
+    _threshold_option(verify, "threshold the certificate must have been decided under")
+    verify.add_argument("--timeout", type=_positive, default=10.0, help="seconds per attempt")
     verify.add_argument("--json", action="store_true", help="print the certificate as JSON")
     verify.set_defaults(func=cmd_verify)
 
     demo = sub.add_parser("demo", help="run the usage example against a running system")
     _common(demo)
-    demo.add_argument("--timeout", type=float, default=10.0, help="seconds per attempt")
+    _threshold_option(demo, "threshold the certificates must have been decided under")
+    demo.add_argument("--timeout", type=_positive, default=10.0, help="seconds per attempt")
     demo.set_defaults(func=cmd_demo)
 
     members = sub.add_parser("members", help="list or remove pool members")
@@ -484,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="discover workers ($SRV.PING) and show health")
     _common(status)
-    status.add_argument("--wait", type=float, default=0.5, help="seconds to collect answers")
+    status.add_argument("--wait", type=_positive, default=0.5, help="seconds to collect answers")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
     return parser

@@ -81,6 +81,7 @@ class Pending:
     link: Link | None = None
     lookup: asyncio.Task[None] | None = None
     done: bool = False
+    queued: bool = True
 
 
 @dataclass
@@ -285,6 +286,8 @@ class TallyWorker(Worker):
             stored = ConsensusResult.decode(data)
             if stored.request_id != request_id:
                 raise CertificateInvalid("stored under another request id")
+            if stored.decision == Decision.TIMEOUT:  # never stored by us: not final
+                raise CertificateInvalid("a TIMEOUT is not a final decision")
             assert self._pool is not None
             view = self._pool.view
             if stored.epoch == view.epoch:
@@ -312,12 +315,25 @@ class TallyWorker(Worker):
             size = 0
             while (self._queue and len(batch) < self.options.max_batch
                    and size + len(self._queue[0].raw) <= MAX_BALLOT_BYTES):
-                pending = self._queue.popleft()
-                batch.append(pending)
-                size += len(pending.raw)
-            if not batch:  # a single request larger than the budget still goes alone
-                batch.append(self._queue.popleft())
-            self._start_ballot(batch)
+                pending = self._dequeue()
+                if pending is not None:
+                    batch.append(pending)
+                    size += len(pending.raw)
+            if not batch and self._queue:  # a request larger than the budget goes alone
+                pending = self._dequeue()
+                if pending is not None:
+                    batch.append(pending)
+            if batch:
+                self._start_ballot(batch)
+
+    def _dequeue(self) -> Pending | None:
+        """Next queued request, or None if it was answered meanwhile (from the bucket)."""
+        pending = self._queue.popleft()
+        pending.queued = False
+        if pending.done:  # its bytes were kept in the budget until it left the queue
+            self._pending_bytes -= len(pending.raw)
+            return None
+        return pending
 
     def _start_ballot(self, batch: list[Pending]) -> None:
         assert self._pool is not None
@@ -468,7 +484,8 @@ class TallyWorker(Worker):
         return Health.DEGRADED if health is Health.HEALTHY and recent else health
 
     def _drop_pending(self, pending: Pending) -> None:
-        if self._pending.pop(pending.request_id, None) is not None:
+        """Forget an answered request; its bytes leave the budget once it left the queue."""
+        if self._pending.pop(pending.request_id, None) is not None and not pending.queued:
             self._pending_bytes -= len(pending.raw)
 
     def _remember(self, rid: str, digest: bytes, data: bytes) -> None:

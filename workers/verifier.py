@@ -11,6 +11,7 @@ the verifier keeps serving.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -31,7 +32,9 @@ log = logging.getLogger("agentic_payments.verifier")
 #: Ballots this far past their deadline (by our clock) are skipped; the margin
 #: keeps a verifier whose clock runs ahead voting.
 CLOCK_SKEW_MS = 30_000
+MAX_REMEMBER_MS = 120_000
 MAX_REMEMBERED_VOTES = 10_000
+MAX_REMEMBERED_BYTES = 32 * 1024 * 1024
 
 
 class VerifierWorker(Worker):
@@ -44,16 +47,26 @@ class VerifierWorker(Worker):
         super().__init__(runtime)
         self.key_file = key_file or runtime.data_dir / "keys" / f"verifier-{self.worker_id}.key"
         self.identity = identity or AgentIdentity.load_or_create(self.key_file)
-        self._voted: dict[str, tuple[int, bytes]] = {}
+        self._voted: dict[bytes, tuple[int, bytes]] = {}
+        self._voted_bytes = 0
 
-    def _remember(self, ballot: Ballot, data: bytes, now: int) -> None:
-        """Keep each vote until its ballot's deadline (bounded), oldest first out."""
-        self._voted[ballot.ballot_id] = (ballot.deadline_ms, data)
+    def _remember(self, ballot_hash: bytes, deadline_ms: int, data: bytes, now: int) -> None:
+        """Keep each vote until its ballot's deadline, oldest first out.
+
+        Keyed by the hash of the exact ballot bytes; bounded by count, by bytes,
+        and by a cap on how far ahead a (possibly hostile) deadline can keep an
+        entry, so the cache cannot be used to exhaust memory.
+        """
+        expires = min(deadline_ms, now + MAX_REMEMBER_MS) + CLOCK_SKEW_MS
+        self._voted[ballot_hash] = (expires, data)
+        self._voted_bytes += len(data)
         while self._voted:
-            oldest_id, (deadline, _) = next(iter(self._voted.items()))
-            if deadline + CLOCK_SKEW_MS >= now and len(self._voted) <= MAX_REMEMBERED_VOTES:
+            oldest, (oldest_expiry, oldest_data) = next(iter(self._voted.items()))
+            if (oldest_expiry >= now and len(self._voted) <= MAX_REMEMBERED_VOTES
+                    and self._voted_bytes <= MAX_REMEMBERED_BYTES):
                 break
-            del self._voted[oldest_id]
+            del self._voted[oldest]
+            self._voted_bytes -= len(oldest_data)
 
     def extra_metadata(self) -> dict[str, str]:
         return {"public_key": self.identity.public_key_hex, "did": self.identity.did}
@@ -80,7 +93,8 @@ class VerifierWorker(Worker):
         if ballot.deadline_ms + CLOCK_SKEW_MS < now:
             self.stats.count("ballot_late")
             return
-        cached = self._voted.get(ballot.ballot_id)
+        ballot_hash = hashlib.sha256(msg.data).digest()
+        cached = self._voted.get(ballot_hash)
         if cached is not None:  # a replayed ballot gets the very same vote, never a new one
             self.stats.count("ballot_repeated")
             await self.client.publish(msg.reply, cached[1])
@@ -93,7 +107,7 @@ class VerifierWorker(Worker):
                                             "agentic_payments.ballot_size": len(ballot.requests)}):
                 entries = [judge(raw) for raw in ballot.requests]
                 data = sign_vote(self.identity, ballot, entries, now_ms()).encode()
-                self._remember(ballot, data, now)
+                self._remember(ballot_hash, ballot.deadline_ms, data, now)
                 await self.client.publish(msg.reply, data)
             self.stats.count("requests_judged", len(entries))
         except Exception:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,9 @@ async def start_verifiers(nats_config: NatsConfig, tmp_path: Path,
     return workers
 
 
+@pytest.mark.parametrize("forged_decision", ["VALID", "TIMEOUT"])
 async def test_forged_certificate_in_the_bucket_is_not_served(
-        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+        nats_config: NatsConfig, nc: Client, tmp_path: Path, forged_decision: str) -> None:
     verifiers = await start_verifiers(nats_config, tmp_path)
     tally = TallyWorker(rt(nats_config, tmp_path, "t1"))
     await tally.start()
@@ -53,7 +55,8 @@ async def test_forged_certificate_in_the_bucket_is_not_served(
         assert tally._pool is not None
         forged = sign_certificate(attacker, ConsensusResult(
             request_id="poisoned-1", request_digest=request_digest(bad.encode()),
-            decision="VALID", votes_for=4, votes_against=0, total_votes=0, n=4, q=3, f=1,
+            decision=forged_decision, votes_for=4 if forged_decision == "VALID" else 0,
+            votes_against=0, total_votes=0, n=4, q=3, f=1,
             threshold="2/3", epoch=tally._pool.view.epoch, ballot_id="x", votes=(),
             tally_id="evil", tally_key=attacker.public_key, decided_at_ms=1, latency_ms=1.0))
         kv = await nc.jetstream().key_value(Subjects(nats_config.prefix).decisions_bucket)
@@ -232,3 +235,48 @@ async def test_requests_held_past_the_drain_get_shutting_down(
         with pytest.raises(RemoteError) as err:
             await task
     assert err.value.code == "SHUTTING_DOWN"
+
+
+async def test_client_rechecks_old_epoch_certificates_and_other_thresholds(
+        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    verifiers = await start_verifiers(nats_config, tmp_path)
+    tally = TallyWorker(rt(nats_config, tmp_path, "t1"), TallyOptions(threshold=Fraction(3, 4)))
+    await tally.start()
+    subjects = Subjects(nats_config.prefix)
+    req = signed_request(AgentIdentity.generate(), "pay", "epoch-1")
+    try:
+        async with await VerifyClient.connect(nats_config, threshold=Fraction(3, 4)) as client:
+            first = await client.verify_with_consensus(req)
+            # membership changes twice: v5 joins, v1 leaves; the retry still gets the
+            # original certificate, which the client re-checks against the old pool
+            verifiers.append(VerifierWorker(rt(nats_config, tmp_path, "v5")))
+            await verifiers[-1].start()
+            await membership.remove(nc, subjects, "v1")
+            again = await VerifyClient.connect(nats_config, threshold=Fraction(3, 4))
+            async with again:
+                retry = await again.verify_with_consensus(req)
+            assert retry == first
+            old = await membership.pool_at(nc, subjects, first.epoch)
+            now = await membership.read_pool(nc, subjects)
+            assert len(old.keys) == 4 and now.epoch > first.epoch and old.keys != now.keys
+        async with await VerifyClient.connect(nats_config) as strict:  # expects 2/3
+            with pytest.raises(CertificateInvalid, match="not the expected 2/3"):
+                await strict.verify_with_consensus(req)
+    finally:
+        await tally.stop()
+        for v in verifiers:
+            await v.stop()
+
+
+def test_verifier_vote_cache_is_bounded(nats_config: NatsConfig, tmp_path: Path) -> None:
+    from workers import verifier as vmod
+    worker = VerifierWorker(rt(nats_config, tmp_path, "v1"))
+    now = 1_000_000
+    for i in range(100):  # hostile far-future deadlines, 1 MiB votes
+        worker._remember(bytes([i]) * 32, 2**52, b"x" * 1024 * 1024, now)
+    assert worker._voted_bytes <= vmod.MAX_REMEMBERED_BYTES
+    assert all(exp <= now + vmod.MAX_REMEMBER_MS + vmod.CLOCK_SKEW_MS
+               for exp, _ in worker._voted.values())
+    later = now + vmod.MAX_REMEMBER_MS + vmod.CLOCK_SKEW_MS + 1
+    worker._remember(b"z" * 32, later + 10, b"y", later)
+    assert list(worker._voted) == [b"z" * 32]  # everything capped has expired

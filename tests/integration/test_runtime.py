@@ -169,3 +169,9 @@ async def test_stop_twice_waits_for_the_first(nats_config: NatsConfig, tmp_path:
     await asyncio.sleep(0)
     await worker.stop()  # returns only when the first stop has finished
     assert first.done() and worker.nc is not None and worker.nc.is_closed
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
+def test_non_finite_numbers_are_usage_errors(value: str, tmp_path: Path) -> None:
+    result = run_cli("worker", "tally", "--max-pending-mib", value, "--data-dir", str(tmp_path))
+    assert result.returncode == 2 and "positive finite" in result.stderr
