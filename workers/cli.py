@@ -9,6 +9,7 @@
   verify    submit a signed message for consensus and print the certificate
   members   list or remove verifiers in the pool
   status    discover running workers through $SRV.PING and show their health
+  check     health probe for one worker: exit 0 serving, 1 unhealthy, 69 silent
 
 Exit codes: 0 ok; 1 decided but not VALID, or a certificate that does not
 check out (verify, demo); 2 usage; 69 cannot connect to NATS or no reply;
@@ -54,7 +55,7 @@ from schemas.errors import (
     TransportError,
 )
 from schemas.identity import AgentIdentity
-from schemas.messages import ConsensusResult, MetricsSnapshot, VerificationRequest
+from schemas.messages import ConsensusResult, Health, MetricsSnapshot, VerificationRequest
 from workers.quorum import parse_threshold
 from workers.supervisor import LocalSupervisor, ProcSpec
 from workers.tally import TallyOptions, TallyWorker
@@ -336,6 +337,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(_status(args))
 
 
+async def _check(args: argparse.Namespace) -> int:
+    config = _nats(args)
+    async with _connection(config, "agentic-payments-check") as nc:
+        try:
+            reply = await nc.request(Subjects(config.prefix).status(args.kind, args.id), b"",
+                                     timeout=args.timeout)
+            snap = MetricsSnapshot.from_wire(decode(reply.data))
+        except Exception as exc:
+            print(f"{args.kind} {args.id}: no answer ({exc.__class__.__name__})", file=sys.stderr)
+            return EXIT_CONNECT
+    healthy = snap.health in (Health.HEALTHY.value, Health.DEGRADED.value)
+    print(f"{snap.kind} {snap.worker_id}: {snap.health} (tasks {snap.tasks}, "
+          f"failures {snap.failures})")
+    return 0 if healthy else EXIT_NOT_VALID
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    return asyncio.run(_check(args))
+
+
 # ---------------------------------------------------------------- up
 async def _up(args: argparse.Namespace) -> int:
     config = _nats(args)
@@ -513,6 +534,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--wait", type=_positive, default=0.5, help="seconds to collect answers")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+    check = sub.add_parser("check", help="health probe for one worker (exit 0 if serving)",
+                           description="Ask one worker for its status (its micro-service "
+                           "endpoint PREFIX.status.KIND.ID). Exit 0 if Healthy or Degraded, "
+                           "1 if Unhealthy or ShuttingDown, 69 if it does not answer — fit for "
+                           "a Kubernetes exec probe or a systemd ExecStartPost check.")
+    _common(check)
+    check.add_argument("--kind", required=True, choices=["verifier", "tally"])
+    check.add_argument("--id", required=True, help="worker id (v1, t1, ...)")
+    check.add_argument("--timeout", type=_positive, default=2.0, help="seconds to wait (2)")
+    check.set_defaults(func=cmd_check)
     return parser
 
 

@@ -175,3 +175,19 @@ async def test_stop_twice_waits_for_the_first(nats_config: NatsConfig, tmp_path:
 def test_non_finite_numbers_are_usage_errors(value: str, tmp_path: Path) -> None:
     result = run_cli("worker", "tally", "--max-pending-mib", value, "--data-dir", str(tmp_path))
     assert result.returncode == 2 and "positive finite" in result.stderr
+
+
+async def test_check_probe_exit_codes(nats_config: NatsConfig, tmp_path: Path) -> None:
+    env = {"NATS_URL": nats_config.url, "AP_PREFIX": nats_config.prefix}
+    async with VerifierWorker(runtime(nats_config, tmp_path)) as worker:
+        ok = await asyncio.to_thread(run_cli, "check", "--kind", "verifier", "--id", "v1",
+                                     env=env)
+        assert ok.returncode == 0 and "Healthy" in ok.stdout, ok.stderr
+        for _ in range(6):  # processing failures (not verdicts): 6 of 6 -> Unhealthy
+            worker.stats.record(1.0, ok=False)
+        sick = await asyncio.to_thread(run_cli, "check", "--kind", "verifier", "--id", "v1",
+                                       env=env)
+        assert sick.returncode == 1 and "Unhealthy" in sick.stdout
+    gone = await asyncio.to_thread(run_cli, "check", "--kind", "verifier", "--id", "v1",
+                                   "--timeout", "0.5", env=env)
+    assert gone.returncode == EXIT_CONNECT
