@@ -280,3 +280,78 @@ def test_verifier_vote_cache_is_bounded(nats_config: NatsConfig, tmp_path: Path)
     later = now + vmod.MAX_REMEMBER_MS + vmod.CLOCK_SKEW_MS + 1
     worker._remember(b"z" * 32, later + 10, b"y", later)
     assert list(worker._voted) == [b"z" * 32]  # everything capped has expired
+
+
+async def test_stored_certificate_for_another_request_is_not_served(
+        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    verifiers = await start_verifiers(nats_config, tmp_path)
+    tally = TallyWorker(rt(nats_config, tmp_path, "t1"))
+    await tally.start()
+    agent = AgentIdentity.generate()
+    try:
+        async with await VerifyClient.connect(nats_config) as client:
+            other = await client.verify_with_consensus(signed_request(agent, "b", "req-B"))
+            kv = await nc.jetstream().key_value(Subjects(nats_config.prefix).decisions_bucket)
+            await kv.put(decision_key("req-A"), other.encode())  # B's genuine cert under A
+            mine = await client.verify_with_consensus(signed_request(agent, "a", "req-A"))
+        assert mine.request_id == "req-A" and mine.decision == "VALID"
+        assert tally.stats.counters["decision_lookup_rejected"] >= 1
+    finally:
+        await tally.stop()
+        for v in verifiers:
+            await v.stop()
+
+
+async def test_stopping_tally_takes_no_new_work_and_conflicts_while_pending(
+        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    import nats.errors
+
+    from schemas.messages import ErrorReply, decode_reply
+    verifiers = await start_verifiers(nats_config, tmp_path)
+    for v in verifiers:  # members that never vote: requests stay pending
+        await v.stop()
+    runtime = RuntimeConfig(worker_id="t1", nats=nats_config, data_dir=tmp_path,
+                            drain_timeout_s=1.0)
+    tally = TallyWorker(runtime, TallyOptions(deadline_s=30))
+    await tally.start()
+    subject = Subjects(nats_config.prefix).request
+    agent = AgentIdentity.generate()
+    first = signed_request(agent, "pay 1", "same-id")
+    held = asyncio.create_task(nc.request(subject, first.encode(), timeout=10))
+    await asyncio.sleep(0.2)
+    # different bytes, same id, while the first is still pending
+    clash = replace(first, message=b"pay 1000", signature=agent.sign(b"pay 1000"))
+    reply = decode_reply((await nc.request(subject, clash.encode(), timeout=5)).data)
+    assert isinstance(reply, ErrorReply) and reply.code == "REQUEST_ID_CONFLICT"
+    stopping = asyncio.create_task(tally.stop())
+    await asyncio.sleep(0.3)  # intake drained: nobody takes new work now
+    with pytest.raises(nats.errors.NoRespondersError):
+        await nc.request(subject, signed_request(agent, "late").encode(), timeout=2)
+    await stopping
+    answer = decode_reply((await held).data)
+    assert isinstance(answer, ErrorReply) and answer.code == "SHUTTING_DOWN"
+
+
+async def test_verifier_ignores_ballots_long_past_their_deadline(
+        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    from bus.runtime import now_ms
+    from schemas.messages import Ballot
+    from workers import verifier as vmod
+    verifiers = await start_verifiers(nats_config, tmp_path, 1)
+    votes: list[bytes] = []
+
+    async def collect(msg: Msg) -> None:
+        votes.append(msg.data)
+
+    await nc.subscribe("spy.late", cb=collect)
+    raw = signed_request(AgentIdentity.generate(), "x").encode()
+    for deadline, tag in ((now_ms() - vmod.CLOCK_SKEW_MS - 1000, "late"), (now_ms() + 5000, "ok")):
+        ballot = Ballot(ballot_id=tag, epoch=1, tally_id="t1", deadline_ms=deadline,
+                        requests=(raw,))
+        await nc.publish(Subjects(nats_config.prefix).ballot, ballot.encode(), reply="spy.late")
+    await asyncio.sleep(0.5)
+    try:
+        assert len(votes) == 1  # only the one still within its deadline
+        assert verifiers[0].stats.counters["ballot_late"] == 1
+    finally:
+        await verifiers[0].stop()

@@ -57,6 +57,7 @@ def test_structured_garbage_never_crashes_message_decoders(obj: object) -> None:
     (msgpack.packb(msgpack.ExtType(5, b"x")), MalformedPayload),
     (msgpack.packb(msgpack.Timestamp(1)), MalformedPayload),
     (msgpack.packb({1: 2}), MalformedPayload),  # non-string key
+    (b"\x82\xa1a\x01\xa1a\x02", MalformedPayload),  # key "a" twice
     (b"\x91" * 40 + b"\x00", MalformedPayload),  # too deep
     (b"\x00" * (REQUEST_LIMITS.max_bytes + 1), PayloadTooLarge),
     (msgpack.packb("x" * 70000), MalformedPayload),  # string over max_str
