@@ -1,4 +1,4 @@
-"""The decisions bucket: certificates by request id, for idempotent retries.
+"""Where decisions are kept: the decisions bucket (idempotency) and the audit stream.
 
 A JetStream key-value bucket (``{prefix}_decisions``, TTL 24 h, direct gets
 on). Key = ``decision_key(request_id)`` (a hash: request ids may hold
@@ -25,7 +25,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 
 from bus.subjects import Subjects
 from schemas.errors import TransportError
@@ -41,6 +41,23 @@ WRONG_LAST_SEQUENCE = 10071  # JetStream API error: the key already exists
 
 def decision_key(request_id: str) -> str:
     return hashlib.sha256(request_id.encode()).hexdigest()[:40]
+
+
+async def ensure_audit_stream(nc: Client, subjects: Subjects, days: float) -> None:
+    """Create the append-only audit stream over ``{prefix}.decision.>`` if it is missing.
+
+    Every certificate a tally produces is published there (TIMEOUTs included),
+    kept ``days`` days. An existing stream is left as the operator configured it.
+    """
+    js = nc.jetstream()
+    try:
+        await js.stream_info(subjects.audit_stream)
+        return
+    except NotFoundError:
+        pass
+    with contextlib.suppress(BadRequestError):  # created concurrently by another tally
+        await js.add_stream(name=subjects.audit_stream, subjects=[subjects.decisions_all],
+                            max_age=days * 86400, description="agentic-payments decisions")
 
 
 class DecisionStore:

@@ -56,6 +56,19 @@ class Subjects:
         """Evidence of a verifier that signed two different votes for one ballot."""
         return f"{self.prefix}.evidence.equivocation"
 
+    def decision(self, decision: str) -> str:
+        """Every certificate a tally's round produced, as it was sent to the client."""
+        return f"{self.prefix}.decision.{decision}"
+
+    @property
+    def decisions_all(self) -> str:
+        return f"{self.prefix}.decision.>"
+
+    @property
+    def audit_stream(self) -> str:
+        """JetStream stream keeping ``{prefix}.decision.>`` (append-only audit log)."""
+        return f"{self.prefix}_AUDIT"
+
     # -- liveness and metrics --------------------------------------------------
     def heartbeat(self, kind: str, worker_id: str) -> str:
         return f"{self.prefix}.heartbeat.{kind}.{worker_id}"

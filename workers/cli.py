@@ -163,7 +163,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 max_batch=args.max_batch, max_inflight=args.max_inflight,
                 max_pending=args.max_pending,
                 max_pending_bytes=int(args.max_pending_mib * 1024 * 1024),
-                durable_idempotency=not args.no_durable_idempotency)
+                durable_idempotency=not args.no_durable_idempotency,
+                audit_days=args.audit_days)
             return TallyWorker(_runtime(args, args.id), options,
                                key_file=Path(args.key_file) if args.key_file else None)
     return run_worker(factory)
@@ -476,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="requests held before answering OVERLOADED (default 20000)")
     tally.add_argument("--max-pending-mib", type=_positive, default=64,
                        help="request bytes held before answering OVERLOADED (default 64 MiB)")
+    tally.add_argument("--audit-days", type=_non_negative, default=30.0,
+                       help="create the audit stream PREFIX_AUDIT over PREFIX.decision.> "
+                            "keeping certificates this many days if it does not exist "
+                            "(0: do not create it; default 30)")
     tally.add_argument("--no-durable-idempotency", action="store_true",
                        help="keep decisions in this tally's memory only (no decisions bucket: "
                             "faster, but retries survive neither a restart nor another tally)")

@@ -33,7 +33,7 @@ from pathlib import Path
 from nats.aio.msg import Msg
 from opentelemetry.trace import Link, SpanKind
 
-from bus.decisions import DecisionStore
+from bus.decisions import DecisionStore, ensure_audit_stream
 from bus.membership import PoolWatcher
 from bus.runtime import RuntimeConfig, Worker, now_ms
 from bus.subjects import TALLY_QUEUE
@@ -101,6 +101,7 @@ class TallyOptions:
     max_pending_bytes: int = 64 * 1024 * 1024
     cache_size: int = 100_000
     durable_idempotency: bool = True
+    audit_days: float = 30.0
 
     def __post_init__(self) -> None:
         if not Fraction(1, 2) < self.threshold <= 1:
@@ -111,6 +112,8 @@ class TallyOptions:
         if self.max_batch > MAX_BALLOT_REQUESTS:
             raise ConfigError(f"max batch {self.max_batch} exceeds the {MAX_BALLOT_REQUESTS} "
                               "requests a verifier accepts in one ballot")
+        if not 0 <= self.audit_days < 100_000:
+            raise ConfigError("audit retention must be 0 (no stream) or a number of days")
         if self.max_pending < 1 or self.max_pending_bytes < 1 or self.cache_size < 1:
             raise ConfigError("max pending, max pending bytes and cache size must be positive")
 
@@ -151,6 +154,8 @@ class TallyWorker(Worker):
         if self.options.durable_idempotency:
             self._store = DecisionStore(self.client, self.subjects, self._store_error)
             await self._store.start()
+        if self.options.audit_days > 0:
+            await ensure_audit_stream(self.client, self.subjects, self.options.audit_days)
         await self.subscribe(self.subjects.votes(self.worker_id), self._on_vote)
         await self.subscribe_intake(self.subjects.request, self._on_request, queue=TALLY_QUEUE)
 
@@ -409,8 +414,7 @@ class TallyWorker(Worker):
             self._flush()
 
     def _finish(self, live: LiveBallot, indexes: list[int]) -> None:
-        if not indexes:
-            return
+        audit: list[tuple[str, bytes]] = []
         for i in indexes:
             pending = live.pendings[i]
             latency_ms = (time.perf_counter() - pending.received) * 1000
@@ -423,10 +427,19 @@ class TallyWorker(Worker):
             self.stats.count(f"decision_{cert.decision}")
             # A TIMEOUT is an answer for now, not the final word: a retry runs a new round.
             final = cert.decision != Decision.TIMEOUT
+            data = cert.encode()
+            audit.append((self.subjects.decision(cert.decision), data))
             if pending.lookup is not None and not pending.lookup.done():
-                self.spawn(self._complete_after_lookup(pending, cert.encode(), final))
+                self.spawn(self._complete_after_lookup(pending, data, final))
             else:
-                self._complete(pending, cert.encode(), pending.digest, final=final, store=final)
+                self._complete(pending, data, pending.digest, final=final, store=final)
+        if audit:
+            self.spawn(self._publish_audit(audit))
+
+    async def _publish_audit(self, records: list[tuple[str, bytes]]) -> None:
+        """Core publishes (no ack wait): the audit stream, if any, stores them server-side."""
+        for subject, data in records:
+            await self.client.publish(subject, data)
 
     async def _complete_after_lookup(self, pending: Pending, data: bytes, final: bool) -> None:
         assert pending.lookup is not None

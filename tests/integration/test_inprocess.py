@@ -129,3 +129,26 @@ async def test_decision_from_bucket_wins_over_a_new_round(
         again = await client.verify_with_consensus(req)
     assert again == first
     assert system.stats.counters["idempotent_hits_durable"] == 1
+
+
+async def test_every_certificate_lands_in_the_audit_stream(
+        system: TallyWorker, nats_config: NatsConfig, nc: Client) -> None:
+    from schemas.messages import ConsensusResult, VerificationRequest
+    agent = AgentIdentity.generate()
+    good = signed_request(agent, "audited")
+    bad = VerificationRequest("audit-bad", b"forged", good.signature, good.public_key)
+    async with await VerifyClient.connect(nats_config) as client:
+        sent = [await client.verify_with_consensus(r) for r in (good, bad)]
+        await client.verify_with_consensus(good)  # a retry is not a new decision
+    js = nc.jetstream()
+    stream = f"{nats_config.prefix}_AUDIT"
+    for _ in range(50):
+        if (await js.stream_info(stream)).state.messages >= 2:
+            break
+        await asyncio.sleep(0.05)
+    info = await js.stream_info(stream)
+    assert info.state.messages == 2 and info.config.max_age == 30 * 86400
+    stored = [await js.get_msg(stream, seq) for seq in (1, 2)]
+    assert [m.subject for m in stored] == [f"{nats_config.prefix}.decision.VALID",
+                                           f"{nats_config.prefix}.decision.INVALID"]
+    assert [ConsensusResult.decode(m.data) for m in stored] == sent

@@ -296,8 +296,15 @@ ADDRESSES = {name: render(ch["address"], prefix=DEFAULT_PREFIX)
 BUCKETS = {b["name"].replace("{prefix}", DEFAULT_PREFIX) for b in DOC["x-kv-buckets"].values()}
 
 
+def _is_store(name: str) -> bool:
+    return name.endswith(("_bucket", "_stream"))
+
+
+STREAMS = {s["name"].replace("{prefix}", DEFAULT_PREFIX): s for s in DOC["x-streams"].values()}
+
+
 @pytest.mark.parametrize("name", sorted(n for n, s in SUBJECTS.items()
-                                        if not n.endswith("_bucket") and ">" not in s))
+                                        if not _is_store(n) and ">" not in s))
 def test_subject_is_a_channel(name: str) -> None:
     assert SUBJECTS[name] in ADDRESSES.values()
 
@@ -311,6 +318,13 @@ def test_wildcard_covers_channels(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(n for n in SUBJECTS if n.endswith("_bucket")))
 def test_bucket_is_documented(name: str) -> None:
     assert SUBJECTS[name] in BUCKETS
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SUBJECTS if n.endswith("_stream")))
+def test_stream_is_documented_with_its_subjects(name: str) -> None:
+    stream = STREAMS[SUBJECTS[name]]
+    covered = [s.replace("{prefix}", DEFAULT_PREFIX) for s in stream["subjects"]]
+    assert covered == [Subjects(DEFAULT_PREFIX).decisions_all]
 
 
 @pytest.mark.parametrize("channel", sorted(ADDRESSES))
