@@ -273,3 +273,30 @@ async def test_cli_verify_json_and_exit_codes(cluster: Cluster) -> None:
     assert bad.returncode == 1 and "INVALID" in bad.stdout
     members = await asyncio.to_thread(cli, "members", "list", "--json")
     assert len(json.loads(members.stdout)["members"]) == 4
+
+
+async def test_every_wycheproof_vector_through_the_network(cluster: Cluster) -> None:
+    """All 151 vectors, end to end: 4 verifier processes must agree with Wycheproof."""
+    from tests.unit.test_wycheproof import CASES
+    pool = await cluster.start_system(4)
+    reqs, expected, malformed = [], [], []
+    for i, case in enumerate(CASES):
+        pk, msg, sig, valid = case.values
+        if len(pk) == 32 and len(sig) == 64:
+            reqs.append(VerificationRequest(f"wp-{i}", msg, sig, pk))
+            expected.append("VALID" if valid else "INVALID")
+        else:
+            assert not valid
+            malformed.append(VerificationRequest(f"wp-{i}", msg, sig, pk))
+    async with await client_for(cluster) as client:
+        results = await client.verify_many(reqs, concurrency=64)
+        for req in malformed:  # wrong key/signature lengths never reach a round
+            reply = await client.submit_raw(req.encode())
+            assert isinstance(reply, ErrorReply) and reply.code == "SCHEMA_VIOLATION", reply
+    got = [getattr(r, "decision", r) for r in results]
+    assert got == expected
+    for r in results:
+        assert isinstance(r, ConsensusResult)
+        verify_certificate(r, pool.keys)
+        assert r.votes_for in (0, r.total_votes)  # unanimous among counted votes
+    assert malformed, "some vectors have wrong lengths; those are SCHEMA_VIOLATION"
