@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -41,13 +43,32 @@ async def start_verifiers(nats_config: NatsConfig, tmp_path: Path,
     return workers
 
 
+@dataclass
+class System:
+    tally: TallyWorker
+    verifiers: list[VerifierWorker]
+
+
+@contextlib.asynccontextmanager
+async def running(nats_config: NatsConfig, tmp_path: Path, *, verifiers: int = 4,
+                  options: TallyOptions | None = None) -> AsyncIterator[System]:
+    """Verifiers and a tally in this process; everything stopped on the way out."""
+    system = System(TallyWorker(rt(nats_config, tmp_path, "t1"), options),
+                    await start_verifiers(nats_config, tmp_path, verifiers))
+    await system.tally.start()
+    try:
+        yield system
+    finally:
+        await system.tally.stop()
+        for v in system.verifiers:
+            await v.stop()
+
+
 @pytest.mark.parametrize("forged_decision", ["VALID", "TIMEOUT"])
 async def test_forged_certificate_in_the_bucket_is_not_served(
         nats_config: NatsConfig, nc: Client, tmp_path: Path, forged_decision: str) -> None:
-    verifiers = await start_verifiers(nats_config, tmp_path)
-    tally = TallyWorker(rt(nats_config, tmp_path, "t1"))
-    await tally.start()
-    try:
+    async with running(nats_config, tmp_path) as system:
+        tally = system.tally
         agent, attacker = AgentIdentity.generate(), AgentIdentity.generate()
         bad = signed_request(agent, "steal", "poisoned-1")
         bad = replace(bad, message=b"steal everything")  # signature no longer matches
@@ -68,10 +89,6 @@ async def test_forged_certificate_in_the_bucket_is_not_served(
         assert again == cert  # the forged one never replaces ours, even after the write clash
         # rejected at lookup, and again when our create-only write found the key taken
         assert tally.stats.counters["decision_lookup_rejected"] == 2
-    finally:
-        await tally.stop()
-        for v in verifiers:
-            await v.stop()
 
 
 async def test_timeout_is_not_final_and_byte_budget_overloads(
@@ -106,21 +123,19 @@ def test_max_batch_beyond_what_verifiers_accept_is_a_config_error() -> None:
 
 async def test_republished_ballot_gets_the_same_vote_not_equivocation(
         nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
-    verifiers = await start_verifiers(nats_config, tmp_path)
-    tally = TallyWorker(rt(nats_config, tmp_path, "t1"))
-    await tally.start()
-    subjects = Subjects(nats_config.prefix)
-    ballots: list[Msg] = []
-    votes: list[bytes] = []
+    async with running(nats_config, tmp_path) as system:
+        tally, verifiers = system.tally, system.verifiers
+        subjects = Subjects(nats_config.prefix)
+        ballots: list[Msg] = []
+        votes: list[bytes] = []
 
-    async def grab(msg: Msg) -> None:
-        ballots.append(msg)
+        async def grab(msg: Msg) -> None:
+            ballots.append(msg)
 
-    async def collect(msg: Msg) -> None:
-        votes.append(msg.data)
+        async def collect(msg: Msg) -> None:
+            votes.append(msg.data)
 
-    await nc.subscribe(subjects.ballot, cb=grab)
-    try:
+        await nc.subscribe(subjects.ballot, cb=grab)
         async with await VerifyClient.connect(nats_config) as client:
             await client.verify_with_consensus(signed_request(AgentIdentity.generate(), "x"))
         await asyncio.sleep(0.1)
@@ -134,19 +149,13 @@ async def test_republished_ballot_gets_the_same_vote_not_equivocation(
         assert len(votes) == 8 and len(set(votes)) == 4  # each verifier: one vote, repeated
         assert tally.stats.counters["vote_rejected_VOTE_EQUIVOCATION"] == 0
         assert sum(v.stats.counters["ballot_repeated"] for v in verifiers) == 16
-    finally:
-        await tally.stop()
-        for v in verifiers:
-            await v.stop()
 
 
 async def test_malformed_member_record_is_skipped(
         nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
-    verifiers = await start_verifiers(nats_config, tmp_path, 3)
-    tally = TallyWorker(rt(nats_config, tmp_path, "t1"))
-    await tally.start()
-    subjects = Subjects(nats_config.prefix)
-    try:
+    async with running(nats_config, tmp_path, verifiers=3) as system:
+        tally, verifiers = system.tally, system.verifiers
+        subjects = Subjects(nats_config.prefix)
         kv = await membership.members_bucket(nc, subjects)
         await kv.put("junk", encode({"type": "member", "v": 1, "worker_id": "junk",
                                      "public_key": b"k" * 32, "status": "active",
@@ -163,10 +172,6 @@ async def test_malformed_member_record_is_skipped(
             cert = await client.verify_with_consensus(signed_request(AgentIdentity.generate(),
                                                                      "y"))
         assert cert.n == 4 and cert.decision == "VALID"
-    finally:
-        await tally.stop()
-        for v in verifiers:
-            await v.stop()
 
 
 async def test_remote_errors_keep_their_codes(nats_config: NatsConfig, tmp_path: Path) -> None:
@@ -183,11 +188,9 @@ async def test_remote_errors_keep_their_codes(nats_config: NatsConfig, tmp_path:
 
 async def test_client_rejects_certificates_from_a_rogue_tally(
         nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
-    verifiers = await start_verifiers(nats_config, tmp_path)
-    tally = TallyWorker(rt(nats_config, tmp_path, "t1"))
-    await tally.start()
-    agent, rogue = AgentIdentity.generate(), AgentIdentity.generate()
-    try:
+    async with running(nats_config, tmp_path) as system:
+        tally = system.tally
+        agent, rogue = AgentIdentity.generate(), AgentIdentity.generate()
         async with await VerifyClient.connect(nats_config) as client:
             genuine = await client.verify_with_consensus(signed_request(agent, "pay 1", "g-1"))
         await tally.stop()
@@ -212,10 +215,6 @@ async def test_client_rejects_certificates_from_a_rogue_tally(
                 answers[:] = [answer]
                 with pytest.raises(CertificateInvalid, match=needle):
                     await client.verify_with_consensus(forged_req)
-    finally:
-        await tally.stop()
-        for v in verifiers:
-            await v.stop()
 
 
 async def test_requests_held_past_the_drain_get_shutting_down(
@@ -239,12 +238,11 @@ async def test_requests_held_past_the_drain_get_shutting_down(
 
 async def test_client_rechecks_old_epoch_certificates_and_other_thresholds(
         nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
-    verifiers = await start_verifiers(nats_config, tmp_path)
-    tally = TallyWorker(rt(nats_config, tmp_path, "t1"), TallyOptions(threshold=Fraction(3, 4)))
-    await tally.start()
-    subjects = Subjects(nats_config.prefix)
-    req = signed_request(AgentIdentity.generate(), "pay", "epoch-1")
-    try:
+    options = TallyOptions(threshold=Fraction(3, 4))
+    async with running(nats_config, tmp_path, options=options) as system:
+        verifiers = system.verifiers
+        subjects = Subjects(nats_config.prefix)
+        req = signed_request(AgentIdentity.generate(), "pay", "epoch-1")
         async with await VerifyClient.connect(nats_config, threshold=Fraction(3, 4)) as client:
             first = await client.verify_with_consensus(req)
             # membership changes twice: v5 joins, v1 leaves; the retry still gets the
@@ -262,10 +260,6 @@ async def test_client_rechecks_old_epoch_certificates_and_other_thresholds(
         async with await VerifyClient.connect(nats_config) as strict:  # expects 2/3
             with pytest.raises(CertificateInvalid, match="not the expected 2/3"):
                 await strict.verify_with_consensus(req)
-    finally:
-        await tally.stop()
-        for v in verifiers:
-            await v.stop()
 
 
 def test_verifier_vote_cache_is_bounded(nats_config: NatsConfig, tmp_path: Path) -> None:
@@ -284,11 +278,9 @@ def test_verifier_vote_cache_is_bounded(nats_config: NatsConfig, tmp_path: Path)
 
 async def test_stored_certificate_for_another_request_is_not_served(
         nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
-    verifiers = await start_verifiers(nats_config, tmp_path)
-    tally = TallyWorker(rt(nats_config, tmp_path, "t1"))
-    await tally.start()
-    agent = AgentIdentity.generate()
-    try:
+    async with running(nats_config, tmp_path) as system:
+        tally = system.tally
+        agent = AgentIdentity.generate()
         async with await VerifyClient.connect(nats_config) as client:
             other = await client.verify_with_consensus(signed_request(agent, "b", "req-B"))
             kv = await nc.jetstream().key_value(Subjects(nats_config.prefix).decisions_bucket)
@@ -296,10 +288,6 @@ async def test_stored_certificate_for_another_request_is_not_served(
             mine = await client.verify_with_consensus(signed_request(agent, "a", "req-A"))
         assert mine.request_id == "req-A" and mine.decision == "VALID"
         assert tally.stats.counters["decision_lookup_rejected"] >= 1
-    finally:
-        await tally.stop()
-        for v in verifiers:
-            await v.stop()
 
 
 async def test_stopping_tally_takes_no_new_work_and_conflicts_while_pending(
