@@ -25,7 +25,12 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    KeyNotFoundError,
+    NotFoundError,
+)
 
 from bus.subjects import Subjects
 from schemas.errors import TransportError
@@ -115,8 +120,6 @@ class DecisionStore:
         return found
 
     async def _get_each(self, keys: list[str]) -> dict[str, bytes]:
-        from nats.js.errors import KeyNotFoundError
-
         out: dict[str, bytes] = {}
         for key in keys:
             try:

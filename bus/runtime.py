@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import os
 import signal
@@ -57,7 +58,10 @@ EXIT_CONNECT = 69  # sysexits EX_UNAVAILABLE
 EXIT_CRASH = 70  # sysexits EX_SOFTWARE
 EXIT_CONFIG = 78  # sysexits EX_CONFIG
 
-VERSION = "0.1.0"
+try:
+    VERSION = importlib.metadata.version("agentic-payments")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    VERSION = "0.0.0"
 log = logging.getLogger("agentic_payments.runtime")
 MsgHandler = Callable[[Msg], Awaitable[None]]
 
@@ -106,7 +110,6 @@ class Worker:
         self._loops: list[asyncio.Task[None]] = []
         self._stop_requested: asyncio.Event | None = None
         self._stopping = False
-        self._stopped = False
         self._stop_done = asyncio.Event()
         self._hb_seq = 0
 
@@ -266,7 +269,6 @@ class Worker:
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
-        self._stopped = True
         shutdown_tracing()
         log.info("%s %s stopped", self.kind, self.worker_id)
 

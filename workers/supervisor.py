@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bus.runtime import EXIT_CONFIG
@@ -28,12 +28,9 @@ log = logging.getLogger("agentic_payments.supervisor")
 class ProcSpec:
     name: str
     args: list[str]
-    restarts: int = 0
     process: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
     backoff: float = 0.5
-    given_up: bool = False
-    history: list[int] = field(default_factory=list)
 
 
 class LocalSupervisor:
@@ -65,11 +62,9 @@ class LocalSupervisor:
         while not self._stopping:
             assert spec.process is not None
             code = await spec.process.wait()
-            spec.history.append(code)
             if self._stopping:
                 return
             if code == EXIT_CONFIG:
-                spec.given_up = True
                 log.error("%s exited with a configuration error (78); not restarting. "
                           "See %s", spec.name, self.log_dir / f"{spec.name}.log")
                 return
@@ -80,7 +75,6 @@ class LocalSupervisor:
             spec.backoff = min(10.0, spec.backoff * 2)
             if self._stopping:
                 return
-            spec.restarts += 1
             await self._spawn(spec)
 
     async def stop(self, timeout: float = 15.0) -> None:
