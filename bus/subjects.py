@@ -84,6 +84,16 @@ class Subjects:
     def metrics_all(self) -> str:
         return f"{self.prefix}.metrics.>"
 
+    @property
+    def heartbeat_stream(self) -> str:
+        """JetStream stream keeping recent ``{prefix}.heartbeat.>`` (bounded by age)."""
+        return f"{self.prefix}_HEARTBEATS"
+
+    @property
+    def metrics_stream(self) -> str:
+        """JetStream stream keeping recent ``{prefix}.metrics.>`` (bounded by age)."""
+        return f"{self.prefix}_METRICS"
+
     def status(self, kind: str, worker_id: str) -> str:
         """Micro-service endpoint answering the worker's current MetricsSnapshot."""
         return f"{self.prefix}.status.{kind}.{worker_id}"

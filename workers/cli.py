@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -46,7 +47,7 @@ from bus.runtime import (
     default_data_dir,
     run_worker,
 )
-from bus.subjects import Subjects
+from bus.subjects import Subjects, check_token
 from schemas.codec import decode
 from schemas.errors import (
     AgenticPaymentsError,
@@ -63,6 +64,16 @@ from workers.verifier import VerifierWorker
 
 EXIT_NOT_VALID = 1
 
+#: Modules that add their own commands, kept beside their worker so each area's
+#: CLI lives with its code. Each defines ``register(sub, kinds)``: ``sub`` is the
+#: top-level subparsers, ``kinds`` the ``worker KIND`` subparsers. A worker kind
+#: sets ``worker_factory=fn(args) -> Worker`` as a parser default.
+EXTENSIONS: tuple[str, ...] = ()
+
+#: Service workers ``up`` starts once each (``worker KIND --id KIND1``), after
+#: the tallies and verifiers: the state-keeping and watching workers.
+UP_SERVICES: tuple[str, ...] = ()
+
 
 # ---------------------------------------------------------------- common options
 def _positive(text: str) -> float:
@@ -78,6 +89,14 @@ def _non_negative(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
     return value
+
+
+def _token(text: str) -> str:
+    """A worker kind or id: one NATS subject token (argparse type)."""
+    try:
+        return check_token(text, "name")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _threshold_option(parser: argparse.ArgumentParser, what: str) -> None:
@@ -152,7 +171,12 @@ async def _connection(config: NatsConfig, name: str) -> AsyncIterator[Client]:
 # ---------------------------------------------------------------- worker
 def cmd_worker(args: argparse.Namespace) -> int:
     factory: Callable[[], Worker]
-    if args.kind == "verifier":
+    extension_factory = getattr(args, "worker_factory", None)
+    if extension_factory is not None:
+        def factory() -> Worker:
+            worker: Worker = extension_factory(args)
+            return worker
+    elif args.kind == "verifier":
         def factory() -> Worker:
             return VerifierWorker(_runtime(args, args.id),
                                   key_file=Path(args.key_file) if args.key_file else None)
@@ -381,6 +405,8 @@ async def _up(args: argparse.Namespace) -> int:
              for i in range(1, args.tallies + 1)]
     specs += [ProcSpec(f"verifier-v{i}", ["worker", "verifier", "--id", f"v{i}", *common])
               for i in range(1, args.verifiers + 1)]
+    specs += [ProcSpec(kind, ["worker", kind, "--id", f"{kind}1", *common])
+              for kind in UP_SERVICES]
     if server is not None:  # our own server: make the pool exactly our verifiers
         await _prune_members(config, {f"v{i}" for i in range(1, args.verifiers + 1)})
     supervisor = LocalSupervisor(specs, env=env, log_dir=data_dir / "logs")
@@ -486,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "faster, but retries survive neither a restart nor another tally)")
     _worker_common(tally)
     worker.set_defaults(func=cmd_worker)
+    for name in EXTENSIONS:
+        importlib.import_module(name).register(sub, kinds)
 
     keygen = sub.add_parser("keygen", help="create an Ed25519 identity file")
     keygen.add_argument("--out", required=True, help="key file to write (mode 600)")
@@ -545,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "1 if Unhealthy or ShuttingDown, 69 if it does not answer — fit for "
                            "a Kubernetes exec probe or a systemd ExecStartPost check.")
     _common(check)
-    check.add_argument("--kind", required=True, choices=["verifier", "tally"])
+    check.add_argument("--kind", required=True, type=_token,
+                       help="worker kind (verifier, tally, ...)")
     check.add_argument("--id", required=True, help="worker id (v1, t1, ...)")
     check.add_argument("--timeout", type=_positive, default=2.0, help="seconds to wait (2)")
     check.set_defaults(func=cmd_check)

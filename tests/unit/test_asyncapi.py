@@ -324,7 +324,8 @@ def test_bucket_is_documented(name: str) -> None:
 def test_stream_is_documented_with_its_subjects(name: str) -> None:
     stream = STREAMS[SUBJECTS[name]]
     covered = [s.replace("{prefix}", DEFAULT_PREFIX) for s in stream["subjects"]]
-    assert covered == [Subjects(DEFAULT_PREFIX).decisions_all]
+    assert covered, name
+    assert set(covered) <= {v for v in SUBJECTS.values() if ">" in v}
 
 
 @pytest.mark.parametrize("channel", sorted(ADDRESSES))
