@@ -105,6 +105,11 @@ class Subjects:
         return f"{self.prefix}_members"
 
     @property
+    def state_bucket(self) -> str:
+        """Verdict state (key status, trust, authorities, policies): see bus/state.py."""
+        return f"{self.prefix}_state"
+
+    @property
     def decisions_bucket(self) -> str:
         """Certificates by request id, for idempotent retries (and audit)."""
         return f"{self.prefix}_decisions"

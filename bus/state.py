@@ -1,0 +1,175 @@
+"""The verdict state bucket: everything a verifier consults beyond the signature.
+
+Key status (from the key manager), trust anchors and certificates (from the
+trust-chain validator), authorities and quorum policies (from the authority
+coordinator) all live in one JetStream key-value bucket, ``{prefix}_state``,
+each service owning its own key prefix (:data:`AREAS`). One bucket means one
+*state revision* — the bucket's last sequence, exactly like the pool epoch —
+so a vote can say which state it was judged under and a tally can refuse to
+count votes judged under different states in one decision.
+
+Services write with compare-and-set (``create`` for new keys, ``update`` with
+the last revision otherwise). Private material never goes here; the key
+manager keeps encrypted private keys in its own bucket.
+
+:class:`BucketMirror` keeps a decoded, always-current copy of any bucket from
+a KV watch (restarting the watch if it fails, skipping malformed records), so
+readers answer from memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
+
+from nats.aio.client import Client
+from nats.js.errors import BucketNotFoundError
+
+from bus.subjects import Subjects
+from schemas.errors import CodecError
+
+log = logging.getLogger("agentic_payments.state")
+T = TypeVar("T")
+
+#: Key prefixes in the state bucket and the service that owns each.
+AREAS = {
+    "key": "keys",          # key.<public key hex>        -> key status (revocation, expiry)
+    "anchor": "trust",      # anchor.<public key hex>     -> trust anchor
+    "cert": "trust",        # cert.<serial>               -> trust certificate
+    "authority": "authority",  # authority.<public key hex> -> authority record
+    "policy": "authority",  # policy.<category>           -> quorum policy
+}
+STATE_HISTORY = 5
+
+
+def state_key(area: str, name: str) -> str:
+    if area not in AREAS:
+        raise ValueError(f"unknown state area {area!r}")
+    return f"{area}.{name}"
+
+
+async def ensure_bucket(nc: Client, name: str, *, history: int = STATE_HISTORY,
+                        description: str = "") -> Any:
+    """Open KV bucket ``name``, creating it (direct gets allowed) if it is missing."""
+    js = nc.jetstream()
+    try:
+        return await js.key_value(name)
+    except BucketNotFoundError:
+        pass
+    try:
+        return await js.create_key_value(bucket=name, history=history, direct=True,
+                                         description=description)
+    except Exception:  # created concurrently by another worker
+        return await js.key_value(name)
+
+
+async def state_bucket(nc: Client, subjects: Subjects) -> Any:
+    return await ensure_bucket(nc, subjects.state_bucket,
+                               description="agentic-payments verdict state")
+
+
+class BucketMirror(Generic[T]):
+    """A decoded in-memory copy of a KV bucket, kept current by a watch.
+
+    ``decode(key, value)`` raises CodecError for a malformed record, which is
+    then skipped (logged), never fatal. ``revision`` is the bucket's latest
+    revision seen; ``on_change`` runs after every applied update once the
+    initial replay is done.
+    """
+
+    def __init__(self, nc: Client, bucket: str, decode: Callable[[str, bytes], T], *,
+                 on_change: Callable[[], None] | None = None) -> None:
+        self._nc = nc
+        self._bucket = bucket
+        self._decode = decode
+        self._on_change = on_change
+        self._items: dict[str, T] = {}
+        self.revision = 0
+        self.failures = 0
+        self._watcher: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._replaying = True
+
+    @property
+    def items(self) -> Mapping[str, T]:
+        return self._items
+
+    def get(self, key: str) -> T | None:
+        return self._items.get(key)
+
+    async def start(self, timeout: float = 5.0) -> None:
+        kv = await ensure_bucket(self._nc, self._bucket)
+        status = await kv.status()
+        self.revision = status.stream_info.state.last_seq
+        self._watcher = await kv.watchall()
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._consume()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.failures += 1
+                log.exception("watch of %s failed; restarting it", self._bucket)
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    await self._watcher.stop()
+                with contextlib.suppress(Exception):
+                    kv = await ensure_bucket(self._nc, self._bucket)
+                    self._watcher = await kv.watchall()
+                    self._items = {}
+                    self._replaying = True
+
+    async def _consume(self) -> None:
+        async for entry in self._watcher:
+            if entry is None:
+                self._caught_up()
+                continue
+            if entry.revision:
+                self.revision = max(self.revision, entry.revision)
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self._items.pop(entry.key, None)
+            else:
+                try:
+                    self._items[entry.key] = self._decode(entry.key, entry.value)
+                except CodecError as exc:
+                    log.warning("ignoring malformed record %r in %s: %s", entry.key,
+                                self._bucket, exc)
+                    self._items.pop(entry.key, None)
+            if entry.delta == 0:
+                self._caught_up()
+            elif not self._replaying and self._on_change is not None:
+                self._on_change()
+
+    def _caught_up(self) -> None:
+        self._replaying = False
+        self._ready.set()
+        if self._on_change is not None:
+            self._on_change()
+
+    async def wait_for_revision(self, revision: int, timeout: float) -> bool:
+        """Wait until this mirror has applied ``revision`` (True) or ``timeout`` passed."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while self.revision < revision:
+            if loop.time() >= end:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
