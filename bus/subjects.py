@@ -94,6 +94,20 @@ class Subjects:
         """JetStream stream keeping recent ``{prefix}.metrics.>`` (bounded by age)."""
         return f"{self.prefix}_METRICS"
 
+    # -- alerts (anomaly and recovery workers) -----------------------------------
+    def alert(self, severity: str) -> str:
+        """Signed Alerts (schemas/alerts.py), one subject per severity."""
+        return f"{self.prefix}.alert.{severity}"
+
+    @property
+    def alerts_all(self) -> str:
+        return f"{self.prefix}.alert.>"
+
+    @property
+    def alerts_stream(self) -> str:
+        """JetStream stream keeping ``{prefix}.alert.>``."""
+        return f"{self.prefix}_ALERTS"
+
     def status(self, kind: str, worker_id: str) -> str:
         """Micro-service endpoint answering the worker's current MetricsSnapshot."""
         return f"{self.prefix}.status.{kind}.{worker_id}"
