@@ -90,7 +90,8 @@ def verify_certificate(
             raise CertificateInvalid(f"vote {i} has a malformed Merkle path")
         body = vote_signing_bytes(ballot_id=result.ballot_id, epoch=result.epoch,
                                   tally_id=result.tally_id, verifier_key=vote.verifier_key,
-                                  ts_ms=vote.ts_ms, count=vote.count, root=root)
+                                  ts_ms=vote.ts_ms, count=vote.count, root=root,
+                                  state_rev=result.state_rev)
         if not verify_signature(vote.verifier_key, body, vote.sig):
             raise CertificateInvalid(f"vote {i} signature does not verify for this request")
         leaf_counts["valid" if vote.valid else "invalid"] += 1

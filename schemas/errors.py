@@ -142,6 +142,7 @@ class VoteRejected(AgenticPaymentsError):
             "VOTE_MISMATCH",
             "VOTE_DUPLICATE",
             "VOTE_EQUIVOCATION",
+            "VOTE_STATE_MISMATCH",
         }
     )
 

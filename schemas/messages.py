@@ -27,6 +27,10 @@ MAX_METADATA_ENTRIES = 32
 MAX_BALLOT_REQUESTS = 1024
 MAX_COUNTERS = 128
 DIGEST_BYTES = 32
+MAX_CHAIN_CERTS = 16
+MAX_CERT_BYTES = 4096
+MAX_ENDORSEMENTS = 32
+MAX_CATEGORY = 64
 
 
 class VerdictReason(enum.StrEnum):
@@ -186,10 +190,19 @@ class VerificationRequest(WireMessage):
     signature: bytes
     public_key: bytes
     metadata: dict[str, Any] = field(default_factory=dict, hash=False)
+    #: Encoded trust certificates (schemas/trust.py), leaf first: when present the
+    #: verifiers also require a chain from ``public_key`` to a trust anchor.
+    chain: tuple[bytes, ...] = ()
+    #: Payment category: when present the verifiers also require the category's
+    #: authority quorum policy to be met by ``endorsements``.
+    category: str = ""
+    #: (authority public key, signature) pairs endorsing ``message`` for ``category``.
+    endorsements: tuple[tuple[bytes, bytes], ...] = ()
 
     TYPE: ClassVar[str] = "verification_request"
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "request_id", "message", "signature", "public_key", "metadata")
+        "type", "v", "request_id", "message", "signature", "public_key", "metadata", "chain",
+        "category", "endorsements")
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -198,6 +211,12 @@ class VerificationRequest(WireMessage):
         }
         if self.metadata:
             wire["metadata"] = self.metadata
+        if self.chain:
+            wire["chain"] = list(self.chain)
+        if self.category:
+            wire["category"] = self.category
+        if self.endorsements:
+            wire["endorsements"] = [[key, sig] for key, sig in self.endorsements]
         return wire
 
     @classmethod
@@ -216,7 +235,41 @@ class VerificationRequest(WireMessage):
             signature=_bytes(obj, "signature", exact=SIGNATURE_BYTES),
             public_key=_bytes(obj, "public_key", exact=PUBLIC_KEY_BYTES),
             metadata=_scalar_map(obj, "metadata"),
+            chain=_chain(obj), category=_category(obj), endorsements=_endorsements(obj),
         )
+
+
+def _chain(obj: Mapping[str, Any]) -> tuple[bytes, ...]:
+    if obj.get("chain") is None:
+        return ()
+    certs = _list(obj, "chain", MAX_CHAIN_CERTS)
+    if not all(isinstance(c, bytes) and 0 < len(c) <= MAX_CERT_BYTES for c in certs):
+        raise SchemaViolation(f"chain must be an array of bin, each 1..{MAX_CERT_BYTES} bytes")
+    return tuple(certs)
+
+
+def _category(obj: Mapping[str, Any]) -> str:
+    if obj.get("category") is None:
+        return ""
+    category = _str(obj, "category", MAX_CATEGORY)
+    if not category.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise SchemaViolation("category must be letters, digits, '-', '_' or '.'")
+    return category
+
+
+def _endorsements(obj: Mapping[str, Any]) -> tuple[tuple[bytes, bytes], ...]:
+    if obj.get("endorsements") is None:
+        return ()
+    items = _list(obj, "endorsements", MAX_ENDORSEMENTS)
+    out = []
+    for item in items:
+        if (not isinstance(item, list) or len(item) != 2
+                or not isinstance(item[0], bytes) or len(item[0]) != PUBLIC_KEY_BYTES
+                or not isinstance(item[1], bytes) or len(item[1]) != SIGNATURE_BYTES):
+            raise SchemaViolation("an endorsement is [authority public key (bin 32), "
+                                  "signature (bin 64)]")
+        out.append((item[0], item[1]))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -228,16 +281,24 @@ class Ballot(WireMessage):
     tally_id: str
     deadline_ms: int
     requests: tuple[bytes, ...]
+    #: Revision of the verdict-state bucket (bus/state.py) the round is judged under.
+    state_rev: int = 0
+    #: The one "now" (Unix ms) every verifier judges validity windows at, so honest
+    #: verifiers agree near an expiry; a verifier falls back to its own clock when
+    #: this is further than its clock-skew margin from it.
+    issued_ms: int = 0
 
     TYPE: ClassVar[str] = "ballot"
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "ballot_id", "epoch", "tally_id", "deadline_ms", "requests")
+        "type", "v", "ballot_id", "epoch", "tally_id", "deadline_ms", "requests", "state_rev",
+        "issued_ms")
     LIMITS: ClassVar[Limits] = BALLOT_LIMITS
 
     def to_wire(self) -> dict[str, Any]:
         return {"type": self.TYPE, "v": VERSION, "ballot_id": self.ballot_id,
                 "epoch": self.epoch, "tally_id": self.tally_id,
-                "deadline_ms": self.deadline_ms, "requests": list(self.requests)}
+                "deadline_ms": self.deadline_ms, "requests": list(self.requests),
+                "state_rev": self.state_rev, "issued_ms": self.issued_ms}
 
     @classmethod
     def from_wire(cls, obj: Any) -> Ballot:
@@ -248,7 +309,8 @@ class Ballot(WireMessage):
         return cls(
             ballot_id=_str(obj, "ballot_id", 64), epoch=_int(obj, "epoch"),
             tally_id=_str(obj, "tally_id", 64), deadline_ms=_int(obj, "deadline_ms"),
-            requests=tuple(raw),
+            requests=tuple(raw), state_rev=_int(obj, "state_rev"),
+            issued_ms=_int(obj, "issued_ms"),
         )
 
 
@@ -295,17 +357,21 @@ class Vote(WireMessage):
     ts_ms: int
     entries: tuple[VoteEntry, ...]
     sig: bytes
+    #: Revision of the verdict-state bucket this verifier judged under (signed).
+    state_rev: int = 0
 
     TYPE: ClassVar[str] = "vote"
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "ballot_id", "epoch", "tally_id", "verifier_key", "ts_ms", "entries", "sig")
+        "type", "v", "ballot_id", "epoch", "tally_id", "verifier_key", "ts_ms", "entries", "sig",
+        "state_rev")
     LIMITS: ClassVar[Limits] = BALLOT_LIMITS
 
     def to_wire(self) -> dict[str, Any]:
         return {"type": self.TYPE, "v": VERSION, "ballot_id": self.ballot_id,
                 "epoch": self.epoch, "tally_id": self.tally_id,
                 "verifier_key": self.verifier_key, "ts_ms": self.ts_ms,
-                "entries": [e.to_wire() for e in self.entries], "sig": self.sig}
+                "entries": [e.to_wire() for e in self.entries], "sig": self.sig,
+                "state_rev": self.state_rev}
 
     @classmethod
     def from_wire(cls, obj: Any) -> Vote:
@@ -316,7 +382,7 @@ class Vote(WireMessage):
             tally_id=_str(obj, "tally_id", 64),
             verifier_key=_bytes(obj, "verifier_key", exact=PUBLIC_KEY_BYTES),
             ts_ms=_int(obj, "ts_ms"), entries=tuple(VoteEntry.from_wire(e) for e in entries),
-            sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES),
+            sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES), state_rev=_int(obj, "state_rev"),
         )
 
 
@@ -383,13 +449,15 @@ class ConsensusResult(WireMessage):
     decided_at_ms: int
     latency_ms: float
     sig: bytes = b""
+    #: The one verdict-state revision every counted vote was judged under.
+    state_rev: int = 0
 
     TYPE: ClassVar[str] = "certificate"
     LIMITS: ClassVar[Limits] = BALLOT_LIMITS
     FIELDS: ClassVar[tuple[str, ...]] = (
         "type", "v", "request_id", "request_digest", "decision", "votes_for", "votes_against",
         "total_votes", "n", "q", "f", "threshold", "epoch", "ballot_id", "votes", "tally_id",
-        "tally_key", "decided_at_ms", "latency_ms", "sig")
+        "tally_key", "decided_at_ms", "latency_ms", "sig", "state_rev")
 
     @property
     def approved(self) -> bool:
@@ -397,10 +465,10 @@ class ConsensusResult(WireMessage):
 
     def signing_body(self) -> list[Any]:
         """Fixed-order array the tally signs (everything but ``sig``)."""
-        return [1, self.request_id, self.request_digest, self.decision, self.votes_for,
+        return [2, self.request_id, self.request_digest, self.decision, self.votes_for,
                 self.votes_against, self.total_votes, self.n, self.q, self.f, self.threshold,
                 self.epoch, self.ballot_id, [v.to_wire() for v in self.votes], self.tally_id,
-                self.tally_key, self.decided_at_ms, self.latency_ms]
+                self.tally_key, self.decided_at_ms, self.latency_ms, self.state_rev]
 
     def to_wire(self) -> dict[str, Any]:
         return {"type": self.TYPE, "v": VERSION, "request_id": self.request_id,
@@ -410,7 +478,7 @@ class ConsensusResult(WireMessage):
                 "threshold": self.threshold, "epoch": self.epoch, "ballot_id": self.ballot_id,
                 "votes": [v.to_wire() for v in self.votes], "tally_id": self.tally_id,
                 "tally_key": self.tally_key, "decided_at_ms": self.decided_at_ms,
-                "latency_ms": self.latency_ms, "sig": self.sig}
+                "latency_ms": self.latency_ms, "sig": self.sig, "state_rev": self.state_rev}
 
     @classmethod
     def from_wire(cls, obj: Any) -> ConsensusResult:
@@ -431,13 +499,13 @@ class ConsensusResult(WireMessage):
             tally_id=_str(obj, "tally_id", 64),
             tally_key=_bytes(obj, "tally_key", exact=PUBLIC_KEY_BYTES),
             decided_at_ms=_int(obj, "decided_at_ms"), latency_ms=_float(obj, "latency_ms"),
-            sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES),
+            sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES), state_rev=_int(obj, "state_rev"),
         )
 
     def summary(self) -> str:
         return (f"{self.decision}: {self.votes_for}/{self.n} approved, "
                 f"{self.votes_against} rejected (q={self.q}, f={self.f}, "
-                f"threshold={self.threshold}, epoch={self.epoch}, "
+                f"threshold={self.threshold}, epoch={self.epoch}, state={self.state_rev}, "
                 f"{self.latency_ms:.1f} ms)")
 
 

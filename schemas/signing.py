@@ -36,5 +36,7 @@ def vote_signing_bytes(
     ts_ms: int,
     count: int,
     root: bytes,
+    state_rev: int,
 ) -> bytes:
-    return DOMAIN_VOTE + encode([1, ballot_id, epoch, tally_id, verifier_key, ts_ms, count, root])
+    return DOMAIN_VOTE + encode([2, ballot_id, epoch, tally_id, verifier_key, ts_ms, count, root,
+                                 state_rev])

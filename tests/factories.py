@@ -53,9 +53,10 @@ class Scenario:
             digests=tuple(request_digest(r) for r in self.raws))
 
     def vote(self, i: int, *, ballot: Ballot | None = None, lie: bool = False,
-             ts_ms: int = 1000, signer: AgentIdentity | None = None) -> Vote:
+             ts_ms: int = 1000, signer: AgentIdentity | None = None,
+             state_rev: int | None = None) -> Vote:
         ballot = ballot or self.ballot()
         entries = [judge(r) for r in ballot.requests]
         if lie:
             entries = [type(e)(e.request_id, e.digest, not e.valid, "LIE") for e in entries]
-        return sign_vote(signer or self.verifiers[i], ballot, entries, ts_ms)
+        return sign_vote(signer or self.verifiers[i], ballot, entries, ts_ms, state_rev=state_rev)

@@ -38,8 +38,11 @@ class BallotRound:
     rule: QuorumRule
     request_ids: tuple[str, ...]
     digests: tuple[bytes, ...]
+    state_rev: int = 0
     votes: dict[bytes, tuple[Vote, list[list[bytes]]]] = field(default_factory=dict)
     equivocations: list[Equivocation] = field(default_factory=list)
+    #: verifier key -> the newer verdict-state revision it signed a vote under
+    newer_state: dict[bytes, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         size = len(self.request_ids)
@@ -48,10 +51,24 @@ class BallotRound:
         self.decided: list[Decision | None] = [None] * size
         # votes counted for each request at the moment it was decided
         self._voters: list[list[bytes]] = [[] for _ in range(size)]
+        self.abandoned: set[int] = set()
 
     @property
     def open_count(self) -> int:
-        return sum(1 for d in self.decided if d is None)
+        return sum(1 for i, d in enumerate(self.decided) if d is None and i not in self.abandoned)
+
+    @property
+    def stale_state(self) -> bool:
+        """Whether too many pool members judged under a newer verdict state for the
+        votes still possible at this round's revision to reach q."""
+        return len(self.newer_state) > self.rule.n - self.rule.q
+
+    def open_indexes(self) -> list[int]:
+        return [i for i, d in enumerate(self.decided) if d is None and i not in self.abandoned]
+
+    def abandon(self, indexes: list[int]) -> None:
+        """Close these open requests without a decision (they are re-balloted)."""
+        self.abandoned.update(i for i in indexes if self.decided[i] is None)
 
     def offer(self, vote: Vote) -> list[int]:
         """Count ``vote``; return indexes newly decided. Raises VoteRejected."""
@@ -72,6 +89,15 @@ class BallotRound:
         tree = vote_tree(vote)
         if not vote_signature_ok(vote, tree):
             raise VoteRejected("vote signature does not verify", code="VOTE_BAD_SIGNATURE")
+        if vote.state_rev != self.state_rev:
+            # One decision, one state: votes judged under another revision of the
+            # verdict state are never mixed into this round's counts. A signed vote
+            # at a newer revision is remembered: enough of them mean this round can
+            # no longer reach a quorum and should be re-balloted under the new state.
+            if vote.state_rev > self.state_rev:
+                self.newer_state[vote.verifier_key] = vote.state_rev
+            raise VoteRejected(f"vote judged under state {vote.state_rev}, ballot is under "
+                               f"{self.state_rev}", code="VOTE_STATE_MISMATCH")
         previous = self.votes.get(vote.verifier_key)
         if previous is not None:
             # Same verdicts re-signed (e.g. a ballot replayed to the verifier) is a
@@ -85,7 +111,7 @@ class BallotRound:
         self.votes[vote.verifier_key] = (vote, tree)
         newly: list[int] = []
         for i, entry in enumerate(vote.entries):
-            if self.decided[i] is not None:
+            if self.decided[i] is not None or i in self.abandoned:
                 continue
             if entry.valid:
                 self.valid[i] += 1
@@ -102,7 +128,7 @@ class BallotRound:
         """The deadline passed: every open request becomes TIMEOUT (or NO_QUORUM)."""
         newly = []
         for i, decision in enumerate(self.decided):
-            if decision is None:
+            if decision is None and i not in self.abandoned:
                 self.decided[i] = self.rule.decide(self.valid[i], self.invalid[i], timed_out=True)
                 newly.append(i)
         return newly
@@ -129,4 +155,4 @@ class BallotRound:
             threshold=f"{self.rule.threshold.numerator}/{self.rule.threshold.denominator}",
             epoch=self.epoch, ballot_id=self.ballot_id, votes=tuple(proofs),
             tally_id=self.tally_id, tally_key=tally_key, decided_at_ms=decided_at_ms,
-            latency_ms=latency_ms)
+            latency_ms=latency_ms, state_rev=self.state_rev)

@@ -1,12 +1,29 @@
 """What a verifier decides about one raw request: pure, deterministic, no I/O.
 
 Every honest verifier runs exactly this on the exact request bytes of the
-ballot, so honest votes agree on every entry. Malformed requests (which an
-honest tally never ballots, but a Byzantine one might) are judged invalid with
-a reason rather than crashing the verifier.
+ballot and the same verdict state, so honest votes agree on every entry.
+Malformed requests (which an honest tally never ballots, but a Byzantine one
+might) are judged invalid with a reason rather than crashing the verifier.
+
+The whole verdict is under consensus, in this order (first failure wins, its
+stable code is the vote's reason):
+
+  1. the signature verifies strictly            BAD_SIGNATURE, BAD_*_LENGTH
+  2. the signing key's status allows it          KEY_* (key manager)
+  3. if the request carries a chain: a chain
+     from the key to a trust anchor              CHAIN_* (trust-chain validator)
+  4. if the request names a category: the
+     category's authority quorum policy is met   POLICY_* (authority coordinator)
+
+``VerdictState`` is what steps 2-4 consult: a snapshot of the verdict-state
+bucket at one revision (bus/state.py), so "judged under revision R" means
+the same thing on every verifier.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
 
 from schemas.codec import REQUEST_LIMITS, decode
 from schemas.errors import CodecError
@@ -15,8 +32,44 @@ from schemas.messages import MAX_REQUEST_ID, VerdictReason, VerificationRequest,
 from schemas.signing import request_digest
 
 
-def judge(raw: bytes) -> VoteEntry:
-    """Verdict for one raw request: valid only for a strict-verifying signature."""
+class VerdictState(Protocol):
+    """The verdict state a verifier judges under (one revision of ``{prefix}_state``).
+
+    Each method returns None when the check passes, else a stable reason code
+    (at most 64 printable characters).
+    """
+
+    def key_refusal(self, public_key: bytes, now_ms: int) -> str | None: ...
+
+    def chain_refusal(self, leaf_key: bytes, chain: Sequence[bytes],
+                      now_ms: int) -> str | None: ...
+
+    def policy_refusal(self, category: str, message: bytes,
+                       endorsements: Sequence[tuple[bytes, bytes]],
+                       now_ms: int) -> str | None: ...
+
+
+class NoState:
+    """No verdict state at all: unmanaged keys pass; chains and categories cannot."""
+
+    def key_refusal(self, public_key: bytes, now_ms: int) -> str | None:
+        return None
+
+    def chain_refusal(self, leaf_key: bytes, chain: Sequence[bytes],
+                      now_ms: int) -> str | None:
+        return "CHAIN_NO_ANCHOR"
+
+    def policy_refusal(self, category: str, message: bytes,
+                       endorsements: Sequence[tuple[bytes, bytes]],
+                       now_ms: int) -> str | None:
+        return "POLICY_MISSING"
+
+
+NO_STATE = NoState()
+
+
+def judge(raw: bytes, state: VerdictState = NO_STATE, now_ms: int = 0) -> VoteEntry:
+    """Verdict for one raw request under ``state`` at time ``now_ms``."""
     digest = request_digest(raw)
     try:
         obj = decode(raw, REQUEST_LIMITS)
@@ -28,9 +81,23 @@ def judge(raw: bytes) -> VoteEntry:
         rid = obj.get("request_id") if isinstance(obj, dict) else None
         rid = rid if isinstance(rid, str) and len(rid) <= MAX_REQUEST_ID else ""
         return VoteEntry(rid, digest, False, _malformed_reason(obj).value)
-    ok = verify_signature(request.public_key, request.message, request.signature)
-    reason = VerdictReason.OK if ok else VerdictReason.BAD_SIGNATURE
-    return VoteEntry(request.request_id, digest, ok, reason.value)
+    if not verify_signature(request.public_key, request.message, request.signature):
+        return VoteEntry(request.request_id, digest, False, VerdictReason.BAD_SIGNATURE.value)
+    refusal = state.key_refusal(request.public_key, now_ms)
+    if refusal is None and request.chain:
+        refusal = state.chain_refusal(request.public_key, request.chain, now_ms)
+    if refusal is None and request.category:
+        refusal = state.policy_refusal(request.category, request.message,
+                                       request.endorsements, now_ms)
+    if refusal is not None:
+        return VoteEntry(request.request_id, digest, False, _reason(refusal))
+    return VoteEntry(request.request_id, digest, True, VerdictReason.OK.value)
+
+
+def _reason(code: str) -> str:
+    """A refusal code as a vote reason: 1..64 printable characters, never empty."""
+    code = "".join(ch for ch in code if ch.isprintable())[:64]
+    return code or "REFUSED"
 
 
 def _malformed_reason(obj: object) -> VerdictReason:

@@ -36,6 +36,7 @@ from opentelemetry.trace import Link, SpanKind
 from bus.decisions import DecisionStore, ensure_audit_stream
 from bus.membership import PoolWatcher
 from bus.runtime import RuntimeConfig, Worker, now_ms
+from bus.state import BucketMirror
 from bus.subjects import TALLY_QUEUE
 from bus.tracing import inject_headers, messaging_span, span_link
 from schemas.certificate import certificate_signed_by, sign_certificate, verify_certificate
@@ -69,6 +70,10 @@ from workers.quorum import DEFAULT_THRESHOLD, MIN_POOL, Decision, QuorumRule
 log = logging.getLogger("agentic_payments.tally")
 MAX_BALLOT_BYTES = 512 * 1024
 STORE_DEGRADED_S = 60.0  # a store/lookup error keeps health Degraded this long
+#: A request is re-balloted at most this many times because the verdict state
+#: changed under its round; after that its round runs to its deadline.
+MAX_STATE_REBALLOTS = 2
+STATE_CATCH_UP_S = 1.0
 
 
 @dataclass
@@ -82,6 +87,7 @@ class Pending:
     lookup: asyncio.Task[None] | None = None
     done: bool = False
     queued: bool = True
+    reballots: int = 0
 
 
 @dataclass
@@ -130,6 +136,7 @@ class TallyWorker(Worker):
         self.key_file = key_file or runtime.data_dir / "keys" / f"tally-{self.worker_id}.key"
         self.identity = AgentIdentity.load_or_create(self.key_file)
         self._pool: PoolWatcher | None = None
+        self._state: BucketMirror[None] | None = None
         self._store: DecisionStore | None = None
         self._lookups: list[Pending] = []
         self._lookup_scheduled = False
@@ -151,6 +158,10 @@ class TallyWorker(Worker):
     async def setup(self) -> None:
         self._pool = PoolWatcher(self.client, self.subjects)
         await self._pool.start()
+        # Only the revision matters here: each ballot is judged under the verdict
+        # state the tally last saw (votes at another revision are not counted).
+        self._state = BucketMirror(self.client, self.subjects.state_bucket, lambda _k, _v: None)
+        await self._state.start()
         if self.options.durable_idempotency:
             self._store = DecisionStore(self.client, self.subjects, self._store_error)
             await self._store.start()
@@ -180,6 +191,8 @@ class TallyWorker(Worker):
             await self.client.flush()
         if self._pool is not None:
             await self._pool.stop()
+        if self._state is not None:
+            await self._state.stop()
         if self._store is not None:
             await self._store.stop()
 
@@ -350,13 +363,16 @@ class TallyWorker(Worker):
                 self._fail(pending, error)
             return
         ballot_id = uuid.uuid4().hex
-        deadline_ms = now_ms() + int(self.options.deadline_s * 1000)
+        issued_ms = now_ms()
+        deadline_ms = issued_ms + int(self.options.deadline_s * 1000)
+        state_rev = self._state.revision if self._state is not None else 0
         ballot_round = BallotRound(
             ballot_id=ballot_id, epoch=view.epoch, tally_id=self.worker_id, pool=view.keys,
             rule=rule, request_ids=tuple(p.request_id for p in batch),
-            digests=tuple(p.digest for p in batch))
+            digests=tuple(p.digest for p in batch), state_rev=state_rev)
         ballot = Ballot(ballot_id=ballot_id, epoch=view.epoch, tally_id=self.worker_id,
-                        deadline_ms=deadline_ms, requests=tuple(p.raw for p in batch))
+                        deadline_ms=deadline_ms, requests=tuple(p.raw for p in batch),
+                        state_rev=state_rev, issued_ms=issued_ms)
         timer = asyncio.get_running_loop().call_later(self.options.deadline_s, self._expire,
                                                       ballot_id)
         self._ballots[ballot_id] = LiveBallot(ballot_round, batch, timer)
@@ -389,6 +405,8 @@ class TallyWorker(Worker):
             self.stats.count(f"vote_rejected_{exc.code}")
             if exc.code == "VOTE_EQUIVOCATION":
                 await self._report_equivocation(live.round)
+            elif exc.code == "VOTE_STATE_MISMATCH" and was_open and live.round.stale_state:
+                self._reballot_newer_state(live)
             return
         if not was_open:
             self.stats.count("votes_after_decision")
@@ -396,6 +414,34 @@ class TallyWorker(Worker):
         if was_open and live.round.open_count == 0:
             self._open_ballots -= 1
             self._flush()
+
+    def _reballot_newer_state(self, live: LiveBallot) -> None:
+        """Too many verifiers judged under a newer verdict state for this round to
+        reach q: close its open requests and ballot them again once this tally has
+        caught up with that state, rather than mixing revisions or waiting for the
+        deadline. Bounded per request (MAX_STATE_REBALLOTS)."""
+        indexes = [i for i in live.round.open_indexes() if live.pendings[i].reballots
+                   < MAX_STATE_REBALLOTS and not live.pendings[i].done]
+        if not indexes:
+            return
+        live.round.abandon(indexes)
+        self.stats.count("reballots_newer_state", len(indexes))
+        if live.round.open_count == 0:
+            self._open_ballots -= 1
+        # a revision at least n-q+1 signed votes reached: one Byzantine key cannot
+        # make us wait for a revision that does not exist
+        rule = live.round.rule
+        target = sorted(live.round.newer_state.values(), reverse=True)[rule.n - rule.q]
+        self.spawn(self._requeue_after_catch_up([live.pendings[i] for i in indexes], target))
+
+    async def _requeue_after_catch_up(self, pendings: list[Pending], target: int) -> None:
+        if self._state is not None:
+            await self._state.wait_for_revision(target, STATE_CATCH_UP_S)
+        for pending in reversed(pendings):
+            pending.reballots += 1
+            pending.queued = True
+            self._queue.appendleft(pending)
+        self._flush()
 
     def _expire(self, ballot_id: str) -> None:
         """Deadline: undecided requests become TIMEOUT/NO_QUORUM; the round is forgotten.

@@ -21,12 +21,14 @@ from opentelemetry.trace import SpanKind
 
 from bus import membership
 from bus.runtime import RuntimeConfig, Worker, now_ms
+from bus.state import BucketMirror
 from bus.tracing import extract_context, messaging_span
 from schemas.errors import CodecError
 from schemas.identity import AgentIdentity
 from schemas.messages import Ballot
 from schemas.votes import sign_vote
 from workers.judge import judge
+from workers.verdict_state import StateVerdicts, decode_state_record
 
 log = logging.getLogger("agentic_payments.verifier")
 #: Ballots this far past their deadline (by our clock) are skipped; the margin
@@ -35,6 +37,8 @@ CLOCK_SKEW_MS = 30_000
 MAX_REMEMBER_MS = 120_000
 MAX_REMEMBERED_VOTES = 10_000
 MAX_REMEMBERED_BYTES = 32 * 1024 * 1024
+#: How long a verifier whose verdict state is behind a ballot's waits to catch up.
+STATE_CATCH_UP_MS = 1_000
 
 
 class VerifierWorker(Worker):
@@ -49,6 +53,7 @@ class VerifierWorker(Worker):
         self.identity = identity or AgentIdentity.load_or_create(self.key_file)
         self._voted: dict[bytes, tuple[int, bytes]] = {}
         self._voted_bytes = 0
+        self._state: BucketMirror[object] | None = None
 
     def _remember(self, ballot_hash: bytes, deadline_ms: int, data: bytes, now: int) -> None:
         """Keep each vote until its ballot's deadline, oldest first out.
@@ -76,7 +81,24 @@ class VerifierWorker(Worker):
                                             self.identity.public_key)
         log.info("verifier %s %s pool membership (%s)", self.worker_id,
                  "registered in" if changed else "already in", self.identity.did)
+        self._state = BucketMirror(self.client, self.subjects.state_bucket, decode_state_record)
+        await self._state.start()
         await self.subscribe_intake(self.subjects.ballot, self._on_ballot)
+
+    async def teardown(self) -> None:
+        if self._state is not None:
+            await self._state.stop()
+
+    async def _judged_state(self, ballot: Ballot, now: int) -> tuple[int, StateVerdicts]:
+        """The verdict state to judge ``ballot`` under: caught up to the ballot's
+        revision if we are behind (bounded wait), and the revision we really used."""
+        assert self._state is not None
+        if self._state.revision < ballot.state_rev:
+            self.stats.count("state_catch_up")
+            wait_ms = min(STATE_CATCH_UP_MS, max(0, ballot.deadline_ms - now))
+            if not await self._state.wait_for_revision(ballot.state_rev, wait_ms / 1000):
+                self.stats.count("state_behind_ballot")
+        return self._state.revision, StateVerdicts(self._state.items)
 
     async def _on_ballot(self, msg: Msg) -> None:
         started = time.perf_counter()
@@ -105,8 +127,13 @@ class VerifierWorker(Worker):
                                 parent=extract_context(msg.headers),
                                 attributes={"agentic_payments.ballot_id": ballot.ballot_id,
                                             "agentic_payments.ballot_size": len(ballot.requests)}):
-                entries = [judge(raw) for raw in ballot.requests]
-                data = sign_vote(self.identity, ballot, entries, now_ms()).encode()
+                state_rev, state = await self._judged_state(ballot, now)
+                # one "now" for every verifier: the ballot's, unless it is implausible
+                at = (ballot.issued_ms if abs(ballot.issued_ms - now) <= CLOCK_SKEW_MS
+                      else now_ms())
+                entries = [judge(raw, state, at) for raw in ballot.requests]
+                data = sign_vote(self.identity, ballot, entries, now_ms(),
+                                 state_rev=state_rev).encode()
                 self._remember(ballot_hash, ballot.deadline_ms, data, now)
                 await self.client.publish(msg.reply, data)
             self.stats.count("requests_judged", len(entries))

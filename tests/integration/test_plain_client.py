@@ -104,12 +104,12 @@ def signature_ok(key: bytes, body: bytes, sig: bytes) -> bool:
 def check_certificate(cert: dict[str, Any], raw_request: bytes, pool: set[bytes]) -> None:
     """'Verifying a certificate offline' from info.description, step by step."""
     assert cert["request_digest"] == hashlib.sha256(raw_request).digest()
-    body = [1, cert["request_id"], cert["request_digest"], cert["decision"], cert["votes_for"],
+    body = [2, cert["request_id"], cert["request_digest"], cert["decision"], cert["votes_for"],
             cert["votes_against"], cert["total_votes"], cert["n"], cert["q"], cert["f"],
             cert["threshold"], cert["epoch"], cert["ballot_id"],
             [{k: vote[k] for k in PROOF_KEYS} for vote in cert["votes"]],
             cert["tally_id"], cert["tally_key"], cert["decided_at_ms"],
-            float(cert["latency_ms"])]
+            float(cert["latency_ms"]), cert["state_rev"]]
     assert signature_ok(cert["tally_key"], DOMAIN_CERTIFICATE + pack(body), cert["sig"])
 
     n = cert["n"]
@@ -126,8 +126,9 @@ def check_certificate(cert: dict[str, Any], raw_request: bytes, pool: set[bytes]
         root = merkle_root(hashlib.sha256(b"\x00" + entry).digest(), vote["index"],
                            vote["count"], vote["path"])
         assert root is not None
-        signed = DOMAIN_VOTE + pack([1, cert["ballot_id"], cert["epoch"], cert["tally_id"],
-                                     vote["verifier_key"], vote["ts_ms"], vote["count"], root])
+        signed = DOMAIN_VOTE + pack([2, cert["ballot_id"], cert["epoch"], cert["tally_id"],
+                                     vote["verifier_key"], vote["ts_ms"], vote["count"], root,
+                                     cert["state_rev"]])
         assert signature_ok(vote["verifier_key"], signed, vote["sig"])
         counts[vote["valid"]] += 1
     assert (cert["votes_for"], cert["votes_against"]) == (counts[True], counts[False])

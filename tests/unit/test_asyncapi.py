@@ -66,7 +66,9 @@ OPERATIONS: dict[str, Any] = DOC["operations"]
 #: Classes whose wire maps the document must describe field by field.
 MAP_CLASSES: tuple[type, ...] = (*ALL_MESSAGES, VoteProof)
 #: Fields a sender may leave out (everything else is required).
-OPTIONAL: dict[type, set[str]] = {VerificationRequest: {"metadata"}, ErrorReply: {"request_id"}}
+OPTIONAL: dict[type, set[str]] = {
+    VerificationRequest: {"metadata", "chain", "category", "endorsements"},
+    ErrorReply: {"request_id"}}
 MSGPACK_TYPES = {"bin", "str", "int", "bool", "float64", "array", "map", "bin|str"}
 PARAM = re.compile(r"\{([a-z_]+)\}")
 
@@ -393,7 +395,7 @@ def test_entry_and_vote_signing_vectors() -> None:
     body = signing.vote_signing_bytes(
         ballot_id=vec["ballot_id"], epoch=vec["epoch"], tally_id=vec["tally_id"],
         verifier_key=bytes.fromhex(vec["verifier_key_hex"]), ts_ms=vec["ts_ms"],
-        count=vec["count"], root=bytes.fromhex(vec["root_hex"]))
+        count=vec["count"], root=bytes.fromhex(vec["root_hex"]), state_rev=vec["state_rev"])
     assert body.hex() == vec["signing_bytes_hex"]
     assert merkle.root([merkle.leaf_hash(entry)]).hex() == vec["root_hex"]
 
@@ -418,14 +420,17 @@ DIG = bytes(DIGEST_BYTES)
 PROOF = VoteProof(verifier_key=KEY, ts_ms=1, count=2, index=0, valid=True, reason="OK",
                   path=(DIG,), sig=SIG)
 SAMPLES: dict[type, Any] = {
-    VerificationRequest: VerificationRequest("req-1", b"pay", SIG, KEY, {"k": "v"}),
-    Ballot: Ballot("b1", 3, "t1", 10, (b"raw",)),
-    Vote: Vote("b1", 3, "t1", KEY, 5, (VoteEntry("req-1", DIG, True, "OK"),), SIG),
+    VerificationRequest: VerificationRequest("req-1", b"pay", SIG, KEY, {"k": "v"},
+                                             chain=(b"cert",), category="travel",
+                                             endorsements=((KEY, SIG),)),
+    Ballot: Ballot("b1", 3, "t1", 10, (b"raw",), state_rev=7, issued_ms=5),
+    Vote: Vote("b1", 3, "t1", KEY, 5, (VoteEntry("req-1", DIG, True, "OK"),), SIG,
+               state_rev=7),
     VoteProof: PROOF,
     ConsensusResult: ConsensusResult(
         request_id="req-1", request_digest=DIG, decision="VALID", votes_for=1, votes_against=0,
         total_votes=1, n=4, q=3, f=1, threshold="2/3", epoch=3, ballot_id="b1", votes=(PROOF,),
-        tally_id="t1", tally_key=KEY, decided_at_ms=9, latency_ms=1.5, sig=SIG),
+        tally_id="t1", tally_key=KEY, decided_at_ms=9, latency_ms=1.5, sig=SIG, state_rev=7),
     Heartbeat: Heartbeat("verifier", "v1", "abc", 1, 2, 1.0, "Healthy", 3, "host"),
     MetricsSnapshot: MetricsSnapshot("tally", "t1", "abc", 2, 3, 2, 1, 1.5, 2.5, "Degraded",
                                      {"decision_VALID": 2}),

@@ -1,0 +1,59 @@
+"""The verdict-state bucket mirror against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.aio.client import Client
+
+from bus.state import BucketMirror, state_bucket, state_key
+from bus.subjects import Subjects
+from schemas.errors import SchemaViolation
+
+pytestmark = pytest.mark.integration
+
+
+def _decode(key: str, value: bytes) -> str:
+    if not value.startswith(b"ok:"):
+        raise SchemaViolation("not ok")
+    return value.decode()
+
+
+async def _until(predicate: object, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert loop.time() < end, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+async def test_mirror_follows_writes_revision_and_skips_malformed(nc: Client,
+                                                                  prefix: str) -> None:
+    subjects = Subjects(prefix)
+    kv = await state_bucket(nc, subjects)
+    rev1 = await kv.create(state_key("key", "aa"), b"ok:1")
+    changes: list[int] = []
+    mirror: BucketMirror[str] = BucketMirror(nc, subjects.state_bucket, _decode,
+                                             on_change=lambda: changes.append(1))
+    await mirror.start()
+    try:
+        assert mirror.revision == rev1
+        assert mirror.get("key.aa") == "ok:1"
+        rev2 = await kv.put(state_key("anchor", "bb"), b"garbage")
+        rev3 = await kv.update(state_key("key", "aa"), b"ok:2", last=rev1)
+        assert await mirror.wait_for_revision(rev3, 5.0)
+        assert mirror.revision == rev3 > rev2
+        assert mirror.get("key.aa") == "ok:2"
+        assert mirror.get("anchor.bb") is None  # malformed: skipped, not fatal
+        await kv.delete(state_key("key", "aa"))
+        await _until(lambda: mirror.get("key.aa") is None)
+        assert changes
+        assert not await mirror.wait_for_revision(mirror.revision + 100, 0.05)
+    finally:
+        await mirror.stop()
+
+
+def test_state_key_refuses_unknown_area() -> None:
+    with pytest.raises(ValueError, match="unknown state area"):
+        state_key("nope", "x")
