@@ -176,10 +176,13 @@ def setup_metrics(service_name: str, resource: Mapping[str, str] | None = None) 
 
 
 def shutdown_telemetry() -> None:
-    """Flush and stop the SDK providers (exporting what is buffered)."""
+    """Flush and stop the SDK providers *we* installed (exporting what is buffered);
+    a provider installed by a host program (or a test) is left to its owner."""
     from opentelemetry import metrics
 
-    for provider in (trace.get_tracer_provider(), metrics.get_meter_provider()):
+    providers = ([trace.get_tracer_provider()] if _traces_on else []) + (
+        [metrics.get_meter_provider()] if _metrics_on else [])
+    for provider in providers:
         shutdown = getattr(provider, "shutdown", None)
         if callable(shutdown):
             try:
