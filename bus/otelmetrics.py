@@ -40,12 +40,13 @@ class WorkerInstruments:
     """OTel instruments for one worker; create after ``setup_metrics`` returned True."""
 
     def __init__(self, kind: str, stats: ProcessingStats, health: Callable[[], Health],
-                 gauges: Callable[[], Mapping[str, float]]) -> None:
+                 gauges: Callable[[], Mapping[str, float]],
+                 meter: metrics.Meter | None = None) -> None:
         self.kind = kind
         self.stats = stats
         self._health = health
         self._gauges = gauges
-        meter = metrics.get_meter(METER_NAME)
+        meter = meter or metrics.get_meter(METER_NAME)
         self.duration = meter.create_histogram(
             "ap.worker.processing.duration", unit="ms",
             description="time to process one task (a request decided, a ballot voted)")
