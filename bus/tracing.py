@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -51,6 +52,8 @@ TRACEPARENTS_HEADER = "ap-traceparents"
 NO_CONTEXT = "-"
 #: Most traceparents read from one header (the ballot limit is far lower).
 MAX_TRACEPARENTS = 4096
+#: Longest a stopping worker waits for buffered spans and metrics to be exported.
+SHUTDOWN_TIMEOUT_S = 5.0
 _traces_on = False
 _metrics_on = False
 
@@ -121,7 +124,8 @@ def setup_tracing(service_name: str, resource: Mapping[str, str] | None = None) 
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-    provider = TracerProvider(resource=_resource(service_name, resource))
+    # shutdown_on_exit=False: the SDK's own atexit shutdown is unbounded (see shutdown_telemetry)
+    provider = TracerProvider(resource=_resource(service_name, resource), shutdown_on_exit=False)
     added = 0
     for name in names:
         exporter: Any = None
@@ -170,25 +174,41 @@ def setup_metrics(service_name: str, resource: Mapping[str, str] | None = None) 
     if not readers:
         return False
     metrics.set_meter_provider(MeterProvider(resource=_resource(service_name, resource),
-                                             metric_readers=readers))
+                                             metric_readers=readers, shutdown_on_exit=False))
     _metrics_on = True
     return True
 
 
-def shutdown_telemetry() -> None:
-    """Flush and stop the SDK providers *we* installed (exporting what is buffered);
-    a provider installed by a host program (or a test) is left to its owner."""
+def shutdown_telemetry(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """Flush and stop the SDK providers *we* installed, waiting at most ``timeout_s``.
+
+    A provider installed by a host program (or a test) is left to its owner.
+    The bound matters: an unreachable collector makes the OTLP exporter retry
+    with back-off for many seconds, and a worker asked to stop must still exit
+    promptly (and with 0). What is not exported by then is lost, with a warning.
+    """
     from opentelemetry import metrics
 
     providers = ([trace.get_tracer_provider()] if _traces_on else []) + (
         [metrics.get_meter_provider()] if _metrics_on else [])
-    for provider in providers:
-        shutdown = getattr(provider, "shutdown", None)
-        if callable(shutdown):
-            try:
-                shutdown()
-            except Exception:  # an exporter failing at exit must not fail the worker
-                log.warning("telemetry shutdown failed", exc_info=True)
+    if not providers:
+        return
+
+    def shutdown_all() -> None:
+        for provider in providers:
+            shutdown = getattr(provider, "shutdown", None)
+            if callable(shutdown):
+                try:
+                    shutdown()
+                except Exception:  # an exporter failing at exit must not fail the worker
+                    log.warning("telemetry shutdown failed", exc_info=True)
+
+    worker = threading.Thread(target=shutdown_all, name="otel-shutdown", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        log.warning("telemetry not flushed within %.1fs (is the OTLP endpoint reachable?); "
+                    "exiting without it", timeout_s)
 
 
 shutdown_tracing = shutdown_telemetry

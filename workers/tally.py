@@ -267,14 +267,16 @@ class TallyWorker(Worker):
                 self._lookup_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush_lookups)
 
-    def _request_span(self, msg: Msg, rid: str) -> Span:
-        """The ``process`` span of one request, child of the client's ``send`` span."""
-        return start_messaging_span(
+    def _request_span(self, msg: Msg, rid: str) -> Span | None:
+        """The ``process`` span of one request, child of the client's ``send`` span;
+        None when the sampler drops it (then nothing downstream is traced either)."""
+        span = start_messaging_span(
             "process", msg.subject, kind=SpanKind.CONSUMER, parent=extract_context(msg.headers),
             attributes={"messaging.consumer.group.name": TALLY_QUEUE,
                         "messaging.message.conversation_id": rid,
                         "messaging.message.body.size": len(msg.data),
                         "messaging.client.id": self.worker_id})
+        return span if span.is_recording() else None
 
     def _answer_cached(self, reply: str, rid: str, digest: bytes,
                        cached: tuple[bytes, bytes]) -> None:

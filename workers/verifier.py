@@ -166,4 +166,4 @@ class VerifierWorker(Worker):
                                          parent=context_of(ctx),
                                          attributes={**common,
                                                      "agentic_payments.ballot_index": i}))
-                for i, ctx in enumerate(contexts) if ctx is not None]
+                for i, ctx in enumerate(contexts) if ctx is not None and ctx.trace_flags.sampled]
