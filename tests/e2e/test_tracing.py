@@ -75,13 +75,13 @@ async def run_system_and_client(c: TracedCluster, count: int, invalid: int
     c.start_tally("t1")
     await c.wait_tally()
     proc = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "tests.trace_client", str(count),
-                         "--invalid", str(invalid)],
+        subprocess.run, [sys.executable, "-m", "workers.cli", "trace", "--count", str(count),
+                         "--invalid", str(invalid), "--json"],
         env=c.env(), cwd=ROOT, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-    out = json.loads(proc.stdout.decode().strip().splitlines()[-1])
-    assert out["traced"] is True
-    requests: list[dict[str, str]] = out["requests"]
+    requests: list[dict[str, str]] = json.loads(proc.stdout)["requests"]
+    assert len(requests) == count
+    assert all(r["decision"] == r["expected"] for r in requests)
     return requests
 
 
@@ -91,13 +91,9 @@ def one(spans: list[SpanRecord], what: str, pred: Callable[[SpanRecord], bool]) 
     return found[0]
 
 
-def request_trace(spans: list[SpanRecord], prefix: str, request_id: str) -> list[SpanRecord]:
-    """All spans of the trace whose client span sent ``request_id`` (empty if none yet)."""
-    sends = [s for s in spans if s.name == f"send {prefix}.verify.request"
-             and s.attributes.get("messaging.message.conversation_id") == request_id]
-    if len(sends) != 1:
-        return []
-    return [s for s in spans if s.trace_id == sends[0].trace_id]
+def request_trace(spans: list[SpanRecord], trace_id: str) -> list[SpanRecord]:
+    """All spans of one trace (the trace id the ``trace`` command printed)."""
+    return [s for s in spans if s.trace_id == trace_id]
 
 
 def trace_complete(trace: list[SpanRecord], prefix: str) -> bool:
@@ -111,12 +107,17 @@ def check_trace(trace: list[SpanRecord], prefix: str, request_id: str, decision:
     """The whole request path in one trace, parents right, messaging attributes set."""
     assert len({s.trace_id for s in trace}) == 1
     for s in trace:
+        if s.name == "agentic-payments trace":
+            continue
         assert s.attributes.get("messaging.system") == "nats", s
         assert s.attributes.get("messaging.operation.type") in ("send", "receive", "process")
         assert s.span_id and s.end_ns >= s.start_ns
+    root = one(trace, "root", lambda s: not s.parent_span_id)
+    assert (root.name, service(root)) == ("agentic-payments trace", "agentic-payments-client")
     send = one(trace, "client send", lambda s: s.name == f"send {prefix}.verify.request")
     assert (send.kind, service(send)) == ("CLIENT", "agentic-payments-client")
-    assert send.parent_span_id == ""  # the root: the client started this trace
+    assert send.parent_span_id == root.span_id
+    assert send.attributes["messaging.message.conversation_id"] == request_id
     assert send.attributes["messaging.destination.name"] == f"{prefix}.verify.request"
     process = one(trace, "tally process", lambda s: s.name == f"process {prefix}.verify.request")
     assert (process.kind, service(process)) == ("CONSUMER", "agentic-payments-tally")
@@ -170,21 +171,21 @@ async def test_one_trace_per_request_across_processes(receiver: OtlpReceiver, na
     try:
         results = await run_system_and_client(c, count=6, invalid=2)
         assert sorted(r["decision"] for r in results) == ["INVALID"] * 2 + ["VALID"] * 4
+        assert len({r["trace_id"] for r in results}) == len(results)
 
         def all_traces_complete() -> bool:
             spans, _ = receiver.snapshot()
-            return all(trace_complete(request_trace(spans, prefix, r["request_id"]), prefix)
+            return all(trace_complete(request_trace(spans, r["trace_id"]), prefix)
                        for r in results)
 
         await wait_for(all_traces_complete, "every request's spans")
         spans, _ = receiver.snapshot()
         traces = set()
         for r in results:
-            trace = request_trace(spans, prefix, r["request_id"])
+            trace = request_trace(spans, r["trace_id"])
             check_trace(trace, prefix, r["request_id"], r["decision"])
-            traces.add(trace[0].trace_id)
+            traces.add(r["trace_id"])
         assert len(traces) == len(results)  # one trace per request, not one per ballot
-        print(f"{len(spans)} spans in {len(traces)} traces")
         instances = {s.resource["service.instance.id"] for s in spans
                      if s.service == "agentic-payments-verifier"}
         assert len(instances) == VERIFIERS
@@ -204,6 +205,26 @@ async def test_one_trace_per_request_across_processes(receiver: OtlpReceiver, na
     finally:
         codes = c.stop_all()
     assert all(code == 0 for code in codes.values()), codes
+
+
+async def test_worker_stops_promptly_when_the_collector_is_down(nats_url: str, prefix: str,
+                                                                tmp_path: Path) -> None:
+    """An unreachable OTLP endpoint makes the exporter retry with back-off; a worker
+    asked to stop must still exit 0 quickly (bounded flush, no atexit hang)."""
+    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    c = TracedCluster(nats_url=nats_url, prefix=prefix, data_dir=tmp_path,
+                      otel_env=otel_env(dead))
+    try:
+        c.start_verifier("v1")
+        await c.wait_pool(1)
+        await wait_for(lambda: "Transient error" in c.log("verifier-v1")
+                       or "Failed to export" in c.log("verifier-v1"), "a failed export")
+    finally:
+        started = time.monotonic()
+        codes = c.stop_all(timeout=30)
+        took = time.monotonic() - started
+    assert codes == {"verifier-v1": 0}, c.log("verifier-v1")
+    assert took < 15, took
 
 
 # ------------------------------------------------------------------ Phoenix (opt-in)
@@ -278,22 +299,22 @@ async def test_traces_reach_phoenix(nats_url: str, prefix: str, tmp_path: Path) 
 
         def complete() -> bool:
             spans = phoenix_spans(base)
-            return all(trace_complete(request_trace(spans, prefix, r["request_id"]), prefix)
+            return all(trace_complete(request_trace(spans, r["trace_id"]), prefix)
                        for r in results)
 
         await wait_for(complete, "spans in phoenix", timeout=60)
         spans = phoenix_spans(base)
         for r in results:
-            trace = request_trace(spans, prefix, r["request_id"])
+            trace = request_trace(spans, r["trace_id"])
             names = sorted(s.name for s in trace)
-            assert names == sorted([f"send {prefix}.verify.request",
+            assert names == sorted(["agentic-payments trace", f"send {prefix}.verify.request",
                                     f"process {prefix}.verify.request", f"send {prefix}.ballot",
                                     *[f"process {prefix}.ballot"] * VERIFIERS,
                                     f"process {prefix}.vote.t1", "send _INBOX",
                                     "receive _INBOX"]), names
             by_id = {s.span_id: s for s in trace}
             root = [s for s in trace if not s.parent_span_id]
-            assert [s.name for s in root] == [f"send {prefix}.verify.request"]
+            assert [s.name for s in root] == ["agentic-payments trace"]
             assert all(s.parent_span_id in by_id for s in trace if s.parent_span_id)
     finally:
         c.stop_all()
