@@ -316,6 +316,25 @@ async def test_traces_reach_phoenix(nats_url: str, prefix: str, tmp_path: Path) 
             root = [s for s in trace if not s.parent_span_id]
             assert [s.name for s in root] == ["agentic-payments trace"]
             assert all(s.parent_span_id in by_id for s in trace if s.parent_span_id)
+            # Phoenix keeps span attributes (not resource ones, nor links, and reports
+            # its own span kinds): check the messaging ones and the parents by name
+            parent_name = {s.name: by_id[s.parent_span_id].name for s in trace
+                           if s.parent_span_id}
+            assert parent_name == {
+                f"send {prefix}.verify.request": "agentic-payments trace",
+                f"process {prefix}.verify.request": f"send {prefix}.verify.request",
+                f"send {prefix}.ballot": f"process {prefix}.verify.request",
+                f"process {prefix}.ballot": f"send {prefix}.ballot",
+                f"process {prefix}.vote.t1": f"process {prefix}.verify.request",
+                "send _INBOX": f"process {prefix}.verify.request",
+                "receive _INBOX": f"send {prefix}.verify.request"}
+            assert all(s.attributes.get("messaging.system") == "nats"
+                       for s in trace if s.parent_span_id)
+            verifiers = [s for s in trace if s.name == f"process {prefix}.ballot"]
+            assert len({v.attributes["agentic_payments.verifier_key"]
+                        for v in verifiers}) == VERIFIERS
+            assert all(v.attributes["agentic_payments.valid"] is (r["decision"] == "VALID")
+                       for v in verifiers)
     finally:
         c.stop_all()
         server.terminate()
