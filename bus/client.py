@@ -25,13 +25,14 @@ from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
-from opentelemetry.trace import SpanKind
+from nats.aio.msg import Msg
+from opentelemetry.trace import Link, SpanKind
 
 from bus import membership
 from bus.config import NatsConfig
 from bus.connection import connect
 from bus.subjects import Subjects
-from bus.tracing import inject_headers, messaging_span
+from bus.tracing import inject_headers, messaging_span, span_link, tracing_active
 from schemas.certificate import verify_certificate
 from schemas.errors import (
     AgenticPaymentsError,
@@ -47,6 +48,14 @@ from schemas.signing import request_digest
 from workers.quorum import DEFAULT_THRESHOLD
 
 RETRYABLE_REMOTE = frozenset({"OVERLOADED", "SHUTTING_DOWN", "INTERNAL"})
+#: Low-cardinality name of the reply inboxes in span names (nats-py's inbox prefix).
+INBOX_TEMPLATE = "_INBOX"
+
+
+def _links(headers: dict[str, str] | None) -> list[Link] | None:
+    """A link to the tally's reply span (its context travels in the reply headers)."""
+    link = span_link(headers)
+    return None if link is None else [link]
 
 
 def new_request_id() -> str:
@@ -98,24 +107,40 @@ class VerifyClient:
                         tb: TracebackType | None) -> None:
         await self.close()
 
-    async def submit_raw(self, data: bytes, *, timeout: float | None = None
-                         ) -> ConsensusResult | ErrorReply:
+    async def submit_raw(self, data: bytes, *, timeout: float | None = None,
+                         request_id: str | None = None) -> ConsensusResult | ErrorReply:
         """Send already-encoded request bytes once; return the decoded reply."""
         if self.nc.is_closed:
             raise NotConnected("client connection is closed")
+        if not tracing_active():
+            return decode_reply((await self._request(data, timeout, None)).data)
         subject = self.subjects.request
-        with messaging_span("send", subject, kind=SpanKind.CLIENT):
-            try:
-                msg = await self.nc.request(subject, data, timeout=timeout or self.timeout,
-                                            headers=inject_headers() or None)
-            except nats.errors.NoRespondersError:
-                raise NoResponders(f"no tally listens on {subject}; is the system up?") from None
-            except (TimeoutError, nats.errors.TimeoutError):
-                raise RequestTimeout(f"no reply on {subject} within {timeout or self.timeout}s"
-                                     ) from None
-            except nats.errors.ConnectionClosedError:
-                raise NotConnected("connection closed") from None
-        return decode_reply(msg.data)
+        attrs: dict[str, Any] = {"messaging.message.body.size": len(data)}
+        if request_id is not None:
+            attrs["messaging.message.conversation_id"] = request_id
+        # One CLIENT span for the round trip; its context travels in `traceparent`.
+        with messaging_span("send", subject, kind=SpanKind.CLIENT, attributes=attrs):
+            msg = await self._request(data, timeout, inject_headers())
+            with messaging_span("receive", msg.subject, kind=SpanKind.CLIENT,
+                                name=f"receive {INBOX_TEMPLATE}", links=_links(msg.headers),
+                                attributes={"messaging.destination.temporary": True,
+                                            "messaging.destination.template": INBOX_TEMPLATE,
+                                            "messaging.message.body.size": len(msg.data)}):
+                return decode_reply(msg.data)
+
+    async def _request(self, data: bytes, timeout: float | None,
+                       headers: dict[str, str] | None) -> Msg:
+        subject = self.subjects.request
+        try:
+            return await self.nc.request(subject, data, timeout=timeout or self.timeout,
+                                         headers=headers or None)
+        except nats.errors.NoRespondersError:
+            raise NoResponders(f"no tally listens on {subject}; is the system up?") from None
+        except (TimeoutError, nats.errors.TimeoutError):
+            raise RequestTimeout(f"no reply on {subject} within {timeout or self.timeout}s"
+                                 ) from None
+        except nats.errors.ConnectionClosedError:
+            raise NotConnected("connection closed") from None
 
     async def verify_with_consensus(self, request: VerificationRequest, *,
                                     timeout: float | None = None) -> ConsensusResult:
@@ -124,7 +149,8 @@ class VerifyClient:
         attempt = 0
         while True:
             try:
-                reply = await self.submit_raw(data, timeout=timeout)
+                reply = await self.submit_raw(data, timeout=timeout,
+                                              request_id=request.request_id)
                 if isinstance(reply, ErrorReply):
                     raise RemoteError(reply.message, code=reply.code)
                 await self.check(reply, request.request_id, request_digest(data))

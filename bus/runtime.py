@@ -47,9 +47,10 @@ from nats.micro.service import EndpointConfig, Service
 
 from bus.config import NatsConfig
 from bus.connection import connect
+from bus.otelmetrics import WorkerInstruments
 from bus.stats import ProcessingStats
 from bus.subjects import Subjects, check_token, service_name
-from bus.tracing import setup_tracing, shutdown_tracing
+from bus.tracing import setup_metrics, setup_tracing, shutdown_telemetry
 from schemas.errors import ConfigError, IdentityError, NotConnected
 from schemas.messages import Health, Heartbeat, MetricsSnapshot
 
@@ -112,6 +113,7 @@ class Worker:
         self._stopping = False
         self._stop_done = asyncio.Event()
         self._hb_seq = 0
+        self.otel_metrics: WorkerInstruments | None = None
 
     # ------------------------------------------------------------ subclass API
     async def setup(self) -> None:
@@ -155,6 +157,10 @@ class Worker:
 
     def extra_metadata(self) -> dict[str, str]:
         return {}
+
+    def gauges(self) -> dict[str, float]:
+        """Current levels exported as OTel gauges ``ap.{kind}.{name}`` (bus/otelmetrics)."""
+        return {"tasks_in_flight": len(self._tasks)}
 
     # ------------------------------------------------------------ health/metrics
     def health(self) -> Health:
@@ -200,7 +206,11 @@ class Worker:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._stop_requested = asyncio.Event()
-        setup_tracing(service_name(self.kind))
+        resource = {"service.instance.id": f"{self.worker_id}-{self.instance}",
+                    "agentic_payments.worker_id": self.worker_id,
+                    "agentic_payments.prefix": self.subjects.prefix}
+        setup_tracing(service_name(self.kind), resource)
+        metrics_on = setup_metrics(service_name(self.kind), resource)
         self.nc = await connect(self.runtime.nats, name=f"{self.kind}-{self.worker_id}")
         metadata = {"worker_id": self.worker_id, "kind": self.kind, "instance": self.instance,
                     "prefix": self.subjects.prefix, **self.extra_metadata()}
@@ -218,6 +228,9 @@ class Worker:
             raise NotConnected(f"JetStream is not available on {self.runtime.nats.url} "
                                f"(start nats-server with -js): {exc}") from None
         await self.nc.flush()
+        if metrics_on and self.otel_metrics is None:  # after setup: gauges() may need its state
+            self.otel_metrics = WorkerInstruments(self.kind, self.stats, self.health,
+                                                  self.gauges)
         self._loops = [
             asyncio.create_task(self._every(self.runtime.heartbeat_s, self._publish_heartbeat)),
             asyncio.create_task(self._every(self.runtime.metrics_s, self._publish_metrics)),
@@ -269,7 +282,7 @@ class Worker:
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
-        shutdown_tracing()
+        shutdown_telemetry()
         log.info("%s %s stopped", self.kind, self.worker_id)
 
     async def run(self) -> None:

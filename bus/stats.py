@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from schemas.messages import Health
@@ -51,6 +52,8 @@ class ProcessingStats:
     counters: Counter[str] = field(default_factory=Counter)
     _recent: deque[bool] = field(default_factory=lambda: deque(maxlen=WINDOW))
     _durations: deque[float] = field(default_factory=lambda: deque(maxlen=_DURATIONS))
+    #: Called with (duration_ms, ok) on every record, e.g. an OTel histogram (bus/otelmetrics).
+    on_record: Callable[[float, bool], None] | None = None
 
     def record(self, duration_ms: float, ok: bool = True) -> None:
         self.tasks += 1
@@ -61,6 +64,8 @@ class ProcessingStats:
         self.total_ms += duration_ms
         self._recent.append(ok)
         self._durations.append(duration_ms)
+        if self.on_record is not None:
+            self.on_record(duration_ms, ok)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n

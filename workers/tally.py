@@ -31,14 +31,24 @@ from fractions import Fraction
 from pathlib import Path
 
 from nats.aio.msg import Msg
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 
 from bus.decisions import DecisionStore, ensure_audit_stream
 from bus.membership import PoolWatcher
 from bus.runtime import RuntimeConfig, Worker, now_ms
 from bus.state import BucketMirror
 from bus.subjects import TALLY_QUEUE
-from bus.tracing import inject_headers, messaging_span, span_link
+from bus.tracing import (
+    TRACEPARENTS_HEADER,
+    extract_context,
+    format_traceparent,
+    format_traceparents,
+    inject_headers,
+    parse_traceparents,
+    start_messaging_span,
+    tracing_active,
+)
 from schemas.certificate import certificate_signed_by, sign_certificate, verify_certificate
 from schemas.codec import encode
 from schemas.errors import (
@@ -68,6 +78,8 @@ from workers.ballot import BallotRound
 from workers.quorum import DEFAULT_THRESHOLD, MIN_POOL, Decision, QuorumRule
 
 log = logging.getLogger("agentic_payments.tally")
+#: Low-cardinality name of reply inboxes in span names (nats-py's inbox prefix).
+INBOX_TEMPLATE = "_INBOX"
 MAX_BALLOT_BYTES = 512 * 1024
 STORE_DEGRADED_S = 60.0  # a store/lookup error keeps health Degraded this long
 #: A request is re-balloted at most this many times because the verdict state
@@ -83,7 +95,8 @@ class Pending:
     digest: bytes
     received: float
     waiters: list[str] = field(default_factory=list)
-    link: Link | None = None
+    #: The tally's ``process`` span of this request (receipt → reply), when tracing.
+    span: Span | None = None
     lookup: asyncio.Task[None] | None = None
     done: bool = False
     queued: bool = True
@@ -95,6 +108,10 @@ class LiveBallot:
     round: BallotRound
     pendings: list[Pending]
     timer: asyncio.TimerHandle
+    traced: bool = False
+    first_vote_ns: int = 0
+    #: per verifier key: its per-request span contexts (``ap-traceparents`` of its vote)
+    vote_traces: dict[bytes, list[SpanContext | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -149,6 +166,11 @@ class TallyWorker(Worker):
         self._pending_bytes = 0
         self._store_error_at = -STORE_DEGRADED_S
 
+    def gauges(self) -> dict[str, float]:
+        return {**super().gauges(), "pending": len(self._pending), "queued": len(self._queue),
+                "pending_bytes": self._pending_bytes, "open_ballots": self._open_ballots,
+                "pool_size": len(self._pool.view.keys) if self._pool is not None else 0}
+
     def extra_metadata(self) -> dict[str, str]:
         t = self.options.threshold
         return {"public_key": self.identity.public_key_hex,
@@ -181,6 +203,8 @@ class TallyWorker(Worker):
             live.timer.cancel()
         for pending in list(self._pending.values()):
             self._drop_pending(pending)
+            span, pending.span = pending.span, None
+            _end_span(span, "error.type", ShuttingDown.code)
             self.stats.count("request_rejected_SHUTTING_DOWN")
             for reply in pending.waiters:
                 with contextlib.suppress(Exception):
@@ -221,27 +245,32 @@ class TallyWorker(Worker):
             return
         rid = request.request_id
         digest = request_digest(msg.data)
+        span = self._request_span(msg, rid) if tracing_active() else None
         cached = self._results.get(rid)
         if cached is not None:
+            _end_span(span, "agentic_payments.idempotent", "cached")
             self._answer_cached(msg.reply, rid, digest, cached)
             return
         pending = self._pending.get(rid)
         if pending is not None:
             if pending.digest != digest:
+                _end_span(span, "error.type", RequestIdConflict.code)
                 await self._reply_conflict(msg.reply, rid)
             else:
+                _end_span(span, "agentic_payments.idempotent", "joined")
                 pending.waiters.append(msg.reply)
                 self.stats.count("idempotent_joined")
             return
         if (len(self._pending) >= self.options.max_pending
                 or self._pending_bytes + len(msg.data) > self.options.max_pending_bytes):
+            _end_span(span, "error.type", Overloaded.code)
             self.stats.count("request_rejected_OVERLOADED")
             await self._reply_error(msg.reply, Overloaded.code,
                                     "tally holds its maximum of pending requests or bytes; "
                                     "retry with the same request id",
                                     rid)
             return
-        pending = Pending(rid, msg.data, digest, received, [msg.reply], span_link(msg.headers))
+        pending = Pending(rid, msg.data, digest, received, [msg.reply], span)
         self._pending[rid] = pending
         self._pending_bytes += len(msg.data)
         self._enqueue(pending)
@@ -250,6 +279,17 @@ class TallyWorker(Worker):
             if not self._lookup_scheduled:
                 self._lookup_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush_lookups)
+
+    def _request_span(self, msg: Msg, rid: str) -> Span | None:
+        """The ``process`` span of one request, child of the client's ``send`` span;
+        None when the sampler drops it (then nothing downstream is traced either)."""
+        span = start_messaging_span(
+            "process", msg.subject, kind=SpanKind.CONSUMER, parent=extract_context(msg.headers),
+            attributes={"messaging.consumer.group.name": TALLY_QUEUE,
+                        "messaging.message.conversation_id": rid,
+                        "messaging.message.body.size": len(msg.data),
+                        "messaging.client.id": self.worker_id})
+        return span if span.is_recording() else None
 
     def _answer_cached(self, reply: str, rid: str, digest: bytes,
                        cached: tuple[bytes, bytes]) -> None:
@@ -375,18 +415,47 @@ class TallyWorker(Worker):
                         state_rev=state_rev, issued_ms=issued_ms)
         timer = asyncio.get_running_loop().call_later(self.options.deadline_s, self._expire,
                                                       ballot_id)
-        self._ballots[ballot_id] = LiveBallot(ballot_round, batch, timer)
+        traced = any(p.span is not None for p in batch)
+        self._ballots[ballot_id] = LiveBallot(ballot_round, batch, timer, traced)
         self._open_ballots += 1
-        links = [p.link for p in batch if p.link is not None]
-        with messaging_span("publish", self.subjects.ballot, kind=SpanKind.PRODUCER,
-                            links=links[:128],
-                            attributes={"agentic_payments.ballot_id": ballot_id,
-                                        "agentic_payments.ballot_size": len(batch),
-                                        "agentic_payments.epoch": view.epoch}):
-            headers = inject_headers()
-        self.spawn(self.client.publish(self.subjects.ballot, ballot.encode(),
-                                       reply=self.subjects.votes(self.worker_id),
-                                       headers=headers or None))
+        spans: list[Span | None] = []
+        headers: dict[str, str] | None = None
+        if traced:
+            spans = self._ballot_spans(ballot_id, view.epoch, batch)
+            headers = _ballot_headers([s.get_span_context() if s else None for s in spans])
+        self.spawn(self._publish_ballot(ballot.encode(), headers, spans))
+
+    def _ballot_spans(self, ballot_id: str, epoch: int,
+                      batch: list[Pending]) -> list[Span | None]:
+        """One ``send`` span per request, under that request's own ``process`` span.
+
+        Each request's trace thus shows the ballot that carried it; the spans of
+        one ballot share ``messaging.message.id`` (the ballot id)."""
+        spans: list[Span | None] = []
+        for index, pending in enumerate(batch):
+            if pending.span is None:
+                spans.append(None)
+                continue
+            spans.append(start_messaging_span(
+                "send", self.subjects.ballot, kind=SpanKind.PRODUCER,
+                parent=trace.set_span_in_context(pending.span),
+                attributes={"messaging.message.id": ballot_id,
+                            "messaging.message.conversation_id": pending.request_id,
+                            "messaging.batch.message_count": len(batch),
+                            "agentic_payments.ballot_index": index,
+                            "agentic_payments.epoch": epoch}))
+        return spans
+
+    async def _publish_ballot(self, data: bytes, headers: dict[str, str] | None,
+                              spans: list[Span | None]) -> None:
+        try:
+            await self.client.publish(self.subjects.ballot, data,
+                                      reply=self.subjects.votes(self.worker_id),
+                                      headers=headers)
+        finally:
+            for span in spans:
+                if span is not None:
+                    span.end()
 
     async def _on_vote(self, msg: Msg) -> None:
         try:
@@ -410,6 +479,8 @@ class TallyWorker(Worker):
             return
         if not was_open:
             self.stats.count("votes_after_decision")
+        if live.traced:
+            self._note_vote_trace(live, vote, msg.headers)
         self._finish(live, newly)
         if was_open and live.round.open_count == 0:
             self._open_ballots -= 1
@@ -443,6 +514,42 @@ class TallyWorker(Worker):
             self._queue.appendleft(pending)
         self._flush()
 
+    @staticmethod
+    def _note_vote_trace(live: LiveBallot, vote: Vote, headers: dict[str, str] | None) -> None:
+        if not live.first_vote_ns:
+            live.first_vote_ns = time.time_ns()
+        value = headers.get(TRACEPARENTS_HEADER) if headers else None
+        if value:
+            live.vote_traces[vote.verifier_key] = parse_traceparents(value, len(live.pendings))
+
+    def _trace_decision(self, live: LiveBallot, index: int, pending: Pending,
+                        cert: ConsensusResult) -> None:
+        """The ``process`` span of the votes that decided request ``index``, linked to
+        each counted verifier's span for this request (from its vote's headers)."""
+        assert pending.span is not None
+        links = []
+        for proof in cert.votes:
+            contexts = live.vote_traces.get(proof.verifier_key)
+            ctx = contexts[index] if contexts else None
+            if ctx is not None:
+                links.append(Link(ctx, {"agentic_payments.verifier_key": proof.verifier_key.hex(),
+                                        "agentic_payments.valid": proof.valid}))
+        decision_attrs: dict[str, str | int] = {"agentic_payments.decision": cert.decision,
+                          "agentic_payments.votes_for": cert.votes_for,
+                          "agentic_payments.votes_against": cert.votes_against,
+                          "agentic_payments.n": cert.n, "agentic_payments.q": cert.q,
+                          "agentic_payments.epoch": cert.epoch}
+        start_messaging_span(
+            "process", self.subjects.votes(self.worker_id), kind=SpanKind.CONSUMER,
+            parent=trace.set_span_in_context(pending.span), links=links,
+            start_time=live.first_vote_ns or None,
+            attributes={"messaging.message.id": cert.ballot_id,
+                        "messaging.message.conversation_id": cert.request_id,
+                        "messaging.batch.message_count": len(cert.votes),
+                        **decision_attrs}).end()
+        pending.span.set_attributes({"agentic_payments.ballot_id": cert.ballot_id,
+                                     **decision_attrs})
+
     def _expire(self, ballot_id: str) -> None:
         """Deadline: undecided requests become TIMEOUT/NO_QUORUM; the round is forgotten.
 
@@ -471,6 +578,8 @@ class TallyWorker(Worker):
                 i, tally_key=self.identity.public_key, decided_at_ms=now_ms(),
                 latency_ms=round(latency_ms, 3)))
             self.stats.count(f"decision_{cert.decision}")
+            if pending.span is not None:
+                self._trace_decision(live, i, pending, cert)
             # A TIMEOUT is an answer for now, not the final word: a retry runs a new round.
             final = cert.decision != Decision.TIMEOUT
             data = cert.encode()
@@ -501,17 +610,40 @@ class TallyWorker(Worker):
         self._drop_pending(pending)
         if final:
             self._remember(pending.request_id, digest, data)
+        span, pending.span = pending.span, None
         if digest != pending.digest:  # the id was decided before for other bytes
+            _end_span(span, "error.type", RequestIdConflict.code)
             for reply in pending.waiters:
                 self.spawn(self._reply_conflict(reply, pending.request_id))
-        else:
+        elif span is None:
             self.spawn(self._publish_all(pending.waiters, data))
+        else:
+            self.spawn(self._publish_traced(pending, span, data))
         if store and self._store is not None:
             self.spawn(self._store.store(pending.request_id, data))
 
-    async def _publish_all(self, replies: list[str], data: bytes) -> None:
+    async def _publish_all(self, replies: list[str], data: bytes,
+                           headers: dict[str, str] | None = None) -> None:
         for reply in replies:
-            await self.client.publish(reply, data)
+            await self.client.publish(reply, data, headers=headers)
+
+    async def _publish_traced(self, pending: Pending, span: Span, data: bytes) -> None:
+        """The reply under a ``send`` span (child of the request's ``process`` span)
+        whose context travels in the reply's ``traceparent``; then both end."""
+        send = start_messaging_span(
+            "send", pending.waiters[0], kind=SpanKind.PRODUCER, name=f"send {INBOX_TEMPLATE}",
+            parent=trace.set_span_in_context(span),
+            attributes={"messaging.destination.temporary": True,
+                        "messaging.destination.template": INBOX_TEMPLATE,
+                        "messaging.message.conversation_id": pending.request_id,
+                        "messaging.message.body.size": len(data),
+                        "agentic_payments.waiters": len(pending.waiters)})
+        try:
+            await self._publish_all(pending.waiters, data,
+                                    inject_headers(context=trace.set_span_in_context(send)))
+        finally:
+            send.end()
+            span.end()
 
     def _store_error(self, request_id: str, exc: BaseException, already_stored: bool) -> None:
         if already_stored:  # another tally decided this id first: its certificate wins
@@ -555,6 +687,8 @@ class TallyWorker(Worker):
 
     def _fail(self, pending: Pending, error: ConsensusError) -> None:
         self._drop_pending(pending)
+        span, pending.span = pending.span, None
+        _end_span(span, "error.type", error.code)
         self.stats.count(f"request_rejected_{error.code}")
         for reply in pending.waiters:
             self.spawn(self._reply_error(reply, error.code, str(error), pending.request_id))
@@ -576,3 +710,23 @@ class TallyWorker(Worker):
             "type": "equivocation", "v": 1, "verifier_key": evidence.verifier_key,
             "ballot_id": ballot_round.ballot_id, "epoch": ballot_round.epoch,
             "first": evidence.first.encode(), "second": evidence.second.encode()}))
+
+
+def _end_span(span: Span | None, key: str, value: str) -> None:
+    """End a request span early (an answer without a round), saying why."""
+    if span is None:
+        return
+    span.set_attribute(key, value)
+    if key == "error.type":
+        span.set_status(Status(StatusCode.ERROR, value))
+    span.end()
+
+
+def _ballot_headers(contexts: list[SpanContext | None]) -> dict[str, str]:
+    """``ap-traceparents`` (one per request) and a W3C ``traceparent`` (the first
+    request's ballot span) for a ballot publish."""
+    headers = {TRACEPARENTS_HEADER: format_traceparents(contexts)}
+    first = next((c for c in contexts if c is not None and c.is_valid), None)
+    if first is not None:
+        headers["traceparent"] = format_traceparent(first)
+    return headers

@@ -17,12 +17,20 @@ import time
 from pathlib import Path
 
 from nats.aio.msg import Msg
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
 
 from bus import membership
 from bus.runtime import RuntimeConfig, Worker, now_ms
 from bus.state import BucketMirror
-from bus.tracing import extract_context, messaging_span
+from bus.tracing import (
+    TRACEPARENTS_HEADER,
+    context_of,
+    extract_context,
+    format_traceparents,
+    parse_traceparents,
+    start_messaging_span,
+    tracing_active,
+)
 from schemas.errors import CodecError
 from schemas.identity import AgentIdentity
 from schemas.messages import Ballot
@@ -73,6 +81,10 @@ class VerifierWorker(Worker):
             del self._voted[oldest]
             self._voted_bytes -= len(oldest_data)
 
+    def gauges(self) -> dict[str, float]:
+        return {**super().gauges(), "remembered_votes": len(self._voted),
+                "remembered_vote_bytes": self._voted_bytes}
+
     def extra_metadata(self) -> dict[str, str]:
         return {"public_key": self.identity.public_key_hex, "did": self.identity.did}
 
@@ -122,23 +134,63 @@ class VerifierWorker(Worker):
             await self.client.publish(msg.reply, cached[1])
             return
         ok = True
+        spans = self._ballot_spans(msg, ballot) if tracing_active() else []
         try:
-            with messaging_span("process", msg.subject, kind=SpanKind.CONSUMER,
-                                parent=extract_context(msg.headers),
-                                attributes={"agentic_payments.ballot_id": ballot.ballot_id,
-                                            "agentic_payments.ballot_size": len(ballot.requests)}):
-                state_rev, state = await self._judged_state(ballot, now)
-                # one "now" for every verifier: the ballot's, unless it is implausible
-                at = (ballot.issued_ms if abs(ballot.issued_ms - now) <= CLOCK_SKEW_MS
-                      else now_ms())
-                entries = [judge(raw, state, at) for raw in ballot.requests]
-                data = sign_vote(self.identity, ballot, entries, now_ms(),
-                                 state_rev=state_rev).encode()
-                self._remember(ballot_hash, ballot.deadline_ms, data, now)
-                await self.client.publish(msg.reply, data)
+            state_rev, state = await self._judged_state(ballot, now)
+            # one "now" for every verifier: the ballot's, unless it is implausible
+            at = ballot.issued_ms if abs(ballot.issued_ms - now) <= CLOCK_SKEW_MS else now_ms()
+            entries = [judge(raw, state, at) for raw in ballot.requests]
+            data = sign_vote(self.identity, ballot, entries, now_ms(),
+                             state_rev=state_rev).encode()
+            self._remember(ballot_hash, ballot.deadline_ms, data, now)
+            headers = None
+            if spans:
+                contexts: list[SpanContext | None] = [None] * len(entries)
+                for index, span in spans:
+                    contexts[index] = span.get_span_context()
+                    span.set_attributes({"agentic_payments.valid": entries[index].valid,
+                                         "agentic_payments.reason": entries[index].reason,
+                                         "agentic_payments.state_rev": state_rev})
+                headers = {TRACEPARENTS_HEADER: format_traceparents(contexts)}
+            await self.client.publish(msg.reply, data, headers=headers)
             self.stats.count("requests_judged", len(entries))
-        except Exception:
+        except Exception as exc:
             ok = False
+            for _, span in spans:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, exc.__class__.__name__))
             log.exception("failed to vote on ballot %s", ballot.ballot_id)
         finally:
+            for _, span in spans:
+                span.end()
             self.stats.record((time.perf_counter() - started) * 1000, ok)
+
+    def _ballot_spans(self, msg: Msg, ballot: Ballot) -> list[tuple[int, Span]]:
+        """``process`` spans for this ballot: one per request under that request's ballot
+        span (``ap-traceparents``), so every request's trace shows every verifier's work.
+
+        They cover the whole ballot (judging all of it, one signature, the vote
+        publish): that is what this verifier did for each request. A ballot with only
+        a W3C ``traceparent`` (e.g. from a client of the AsyncAPI contract) gets one
+        span under it instead.
+        """
+        count = len(ballot.requests)
+        headers = msg.headers or {}
+        contexts = parse_traceparents(headers.get(TRACEPARENTS_HEADER), count)
+        common = {"messaging.message.id": ballot.ballot_id,
+                  "messaging.batch.message_count": count,
+                  "messaging.message.body.size": len(msg.data),
+                  "messaging.client.id": self.worker_id,
+                  "agentic_payments.verifier_key": self.identity.public_key_hex,
+                  "agentic_payments.epoch": ballot.epoch}
+        if not any(contexts):
+            if "traceparent" not in headers:
+                return []
+            return [(0, start_messaging_span("process", msg.subject, kind=SpanKind.CONSUMER,
+                                             parent=extract_context(headers),
+                                             attributes=common))]
+        return [(i, start_messaging_span("process", msg.subject, kind=SpanKind.CONSUMER,
+                                         parent=context_of(ctx),
+                                         attributes={**common,
+                                                     "agentic_payments.ballot_index": i}))
+                for i, ctx in enumerate(contexts) if ctx is not None and ctx.trace_flags.sampled]
