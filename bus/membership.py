@@ -27,6 +27,10 @@ from schemas.identity import PUBLIC_KEY_BYTES
 
 log = logging.getLogger("agentic_payments.membership")
 ACTIVE = "active"
+#: Set by the anomaly worker on a Byzantine verifier: the record stays (as a
+#: trace of why) but the key is out of the pool; ``register`` does not
+#: re-activate it — an operator clears it with ``members remove``.
+QUARANTINED = "quarantined"
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,10 @@ async def register(nc: Client, subjects: Subjects, worker_id: str, public_key: b
             current = MemberRecord.decode(entry.value or b"")
             if current.public_key == public_key and current.status == ACTIVE:
                 return False
+            if current.status == QUARANTINED:
+                log.warning("%s is quarantined; not re-registering it (an operator clears "
+                            "it with 'members remove %s')", worker_id, worker_id)
+                return False
         except CodecError:
             pass
         try:
@@ -117,6 +125,31 @@ async def remove(nc: Client, subjects: Subjects, worker_id: str) -> bool:
         return False
     await kv.delete(worker_id)
     return True
+
+
+async def quarantine(nc: Client, subjects: Subjects, worker_id: str,
+                     public_key: bytes) -> int | None:
+    """Mark ``worker_id`` quarantined if it is active with ``public_key`` (compare-and-set).
+
+    Returns the new epoch (the bucket revision written), or None if the
+    record is gone, inactive already, or now holds another key.
+    """
+    kv = await members_bucket(nc, subjects)
+    for _ in range(5):
+        try:
+            entry = await kv.get(worker_id)
+            current = MemberRecord.decode(entry.value or b"")
+        except (KeyNotFoundError, CodecError):
+            return None
+        if current.public_key != public_key or current.status != ACTIVE:
+            return None
+        record = MemberRecord(worker_id, public_key, QUARANTINED, current.registered_at_ms)
+        try:
+            revision: int = await kv.update(worker_id, record.encode(), last=entry.revision)
+            return revision
+        except KeyWrongLastSequenceError:
+            continue
+    raise RuntimeError(f"could not quarantine {worker_id}: too much contention")
 
 
 async def read_pool(nc: Client, subjects: Subjects) -> PoolView:
