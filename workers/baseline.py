@@ -24,6 +24,10 @@ to the window, so the baseline follows the data:
   after ``clear_after`` consecutive normal samples (default 3), so a series
   hovering at the threshold does not flap. While raised, a higher severity
   is reported once as an escalation.
+* **every sample enters the window**, anomalous or not. With ``sigma`` the
+  first samples of a burst therefore inflate the stddev and lower the score
+  of the next ones (a 30-sigma burst raises at "medium"); ``mad`` is not
+  moved by a few outliers and reports it at "high".
 * **slow drift** — intended to adapt, not alert: a level that moves by a
   small fraction of the spread per sample stays inside 3 sigma of a window
   that moves with it. A sustained *step* does alert (after ``raise_after``)
