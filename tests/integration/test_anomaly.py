@@ -1,0 +1,173 @@
+"""The anomaly worker against a real nats-server: metrics in, signed alerts out."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from bus.config import NatsConfig
+from bus.runtime import RuntimeConfig
+from bus.streams import ensure_telemetry_streams
+from bus.subjects import Subjects
+from schemas.alerts import Alert, Severity
+from schemas.codec import encode
+from schemas.messages import MetricsSnapshot
+from workers.anomaly import AnomalyOptions, AnomalyWorker
+from workers.anomaly_cli import read_alerts
+from workers.baseline import BaselineConfig, Method
+
+pytestmark = pytest.mark.integration
+
+
+def runtime(config: NatsConfig, tmp_path: Path, worker_id: str = "a1") -> RuntimeConfig:
+    return RuntimeConfig(worker_id=worker_id, nats=config, heartbeat_s=30, metrics_s=30,
+                         drain_timeout_s=2, data_dir=tmp_path)
+
+
+@asynccontextmanager
+async def anomaly(config: NatsConfig, tmp_path: Path, method: Method = Method.SIGMA,
+                  worker_id: str = "a1") -> AsyncIterator[AnomalyWorker]:
+    worker = AnomalyWorker(runtime(config, tmp_path, worker_id),
+                           AnomalyOptions(baseline=BaselineConfig(method=method)))
+    await worker.start()
+    try:
+        await asyncio.wait_for(worker.replayed.wait(), 30)
+        yield worker
+    finally:
+        await worker.stop()
+
+
+class Feeder:
+    """Publishes a tally's MetricsSnapshots (stored by the metrics stream)."""
+
+    def __init__(self, nc: Client, subjects: Subjects, worker_id: str = "t1") -> None:
+        self.nc, self.subjects, self.worker_id = nc, subjects, worker_id
+        self.tasks = 0
+        self.total_ms = 0.0
+        self.rng = random.Random(3)
+
+    async def send(self, interval_ms: list[float], per_interval: int = 100) -> None:
+        js = self.nc.jetstream()
+        for ms in interval_ms:
+            self.tasks += per_interval
+            self.total_ms += ms * per_interval
+            snap = MetricsSnapshot(kind="tally", worker_id=self.worker_id, instance="i1",
+                                   ts_ms=time.time_ns() // 1_000_000, tasks=self.tasks,
+                                   successes=self.tasks, failures=0,
+                                   avg_ms=round(self.total_ms / self.tasks, 3), p99_ms=0.0,
+                                   health="Healthy")
+            await js.publish(self.subjects.metrics("tally", self.worker_id), snap.encode())
+
+    async def normal(self, count: int) -> None:
+        await self.send([self.rng.gauss(5.0, 0.3) for _ in range(count)])
+
+
+async def collect(nc: Client, subject: str) -> list[tuple[str, Alert]]:
+    """Every alert published on ``subject`` from now on, with the subject it came on."""
+    got: list[tuple[str, Alert]] = []
+
+    async def cb(msg: Msg) -> None:
+        got.append((msg.subject, Alert.decode(msg.data)))
+
+    await nc.subscribe(subject, cb=cb)
+    await nc.flush()
+    return got
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("method", [Method.SIGMA, Method.MAD])
+async def test_spike_raises_one_signed_alert_on_its_severity_subject_and_in_the_stream(
+        nats_config: NatsConfig, nc: Client, tmp_path: Path, method: Method) -> None:
+    subjects = Subjects(nats_config.prefix)
+    got = await collect(nc, subjects.alerts_all)
+    async with anomaly(nats_config, tmp_path, method) as worker:
+        feeder = Feeder(nc, subjects)
+        await feeder.normal(30)
+        await feeder.send([50.0])  # one spike: hysteresis keeps quiet
+        await feeder.normal(5)
+        await until(lambda: worker.stats.counters["metrics_live"] >= 36)
+        assert got == []
+        await feeder.send([50.0, 50.0, 50.0])
+        await until(lambda: len(got) >= 1)
+        subject, alert = got[0]
+        assert alert.code == "METRIC_ANOMALY"
+        assert subject == subjects.alert(alert.severity)
+        # MAD is not moved by the earlier spike and the burst itself; sigma is (the burst
+        # samples in the window inflate the stddev), so it may report a lower severity
+        assert alert.severity == Severity.HIGH if method is Method.MAD else \
+            alert.severity != Severity.CRITICAL
+        assert (alert.subject_kind, alert.subject_id) == ("tally", "t1")
+        assert alert.details["metric"] == "processing_ms"
+        assert alert.details["method"] == method.value
+        assert alert.signature_ok() and alert.signer == worker.identity.public_key
+        await feeder.normal(5)
+        await until(lambda: any(a.code == "METRIC_ANOMALY_CLEARED" for _, a in got))
+        stored = await read_alerts(nc, subjects, 600)
+        assert [a.alert_id for a, ok in stored if ok] == [a.alert_id for _, a in got]
+        assert len(got) == 2
+
+
+async def test_restart_catches_up_from_the_stream(nats_config: NatsConfig, nc: Client,
+                                                  tmp_path: Path) -> None:
+    """History published while no anomaly worker ran is replayed: the baseline is warm at
+    once (without the replay, 3 spikes would fall in the warm-up and say nothing), and an
+    alert raised before a restart is not raised again by the replay."""
+    subjects = Subjects(nats_config.prefix)
+    await ensure_telemetry_streams(nc, subjects)
+    feeder = Feeder(nc, subjects)
+    await feeder.normal(30)
+    got = await collect(nc, subjects.alerts_all)
+    async with anomaly(nats_config, tmp_path) as worker:
+        assert worker.stats.counters["metrics_replayed"] >= 30
+        await feeder.send([60.0, 60.0, 60.0])
+        await until(lambda: len(got) == 1)
+    first = got[0][1]
+    async with anomaly(nats_config, tmp_path) as again:  # same id: replays all of it
+        assert again.stats.counters["metrics_replayed"] >= 33
+        assert again.stats.counters["alerts_already_published"] >= 1
+        await asyncio.sleep(0.5)
+        assert [a.alert_id for _, a in got] == [first.alert_id]
+        # and it still watches: the baseline it rebuilt raises the next anomaly
+        await feeder.normal(40)
+        await feeder.send([200.0, 200.0, 200.0])
+        await until(lambda: any(a.code == "METRIC_ANOMALY" and a.alert_id != first.alert_id
+                                for _, a in got))
+
+
+@pytest.mark.parametrize("payload", [
+    b"\xc1", b"", b"\x92\x01", b"\xdb" + b"\xff" * 8,
+    encode({"type": "metrics", "v": 99}), b"\x91" + b"\x00" * (900 * 1024)])
+async def test_bad_input_is_counted_and_the_worker_keeps_serving(
+        nats_config: NatsConfig, nc: Client, tmp_path: Path, payload: bytes) -> None:
+    subjects = Subjects(nats_config.prefix)
+    async with anomaly(nats_config, tmp_path) as worker:
+        await nc.jetstream().publish(subjects.metrics("tally", "t1"), payload)
+        for subject in (subjects.votes("t1"), subjects.decision("VALID"),
+                        subjects.equivocation):
+            await nc.publish(subject, payload)
+        await until(lambda: any(k.startswith("metrics_rejected_")
+                                for k in worker.stats.counters))
+        await until(lambda: any(k.startswith("vote_ignored_") for k in worker.stats.counters)
+                    and any(k.startswith("decision_ignored_") for k in worker.stats.counters)
+                    and any(k.startswith("evidence_ignored_") for k in worker.stats.counters))
+        reply = await nc.request(subjects.status("anomaly", "a1"), b"", timeout=5)
+        assert MetricsSnapshot.decode(reply.data).worker_id == "a1"
+        got = await collect(nc, subjects.alerts_all)
+        feeder = Feeder(nc, subjects)
+        await feeder.normal(30)
+        await feeder.send([80.0] * 3)
+        await until(lambda: len(got) >= 1)
