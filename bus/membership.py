@@ -153,20 +153,26 @@ async def quarantine(nc: Client, subjects: Subjects, worker_id: str,
 
 
 async def read_pool(nc: Client, subjects: Subjects) -> PoolView:
+    """The current pool. The epoch is read before and after the records and the read
+    is retried if it moved, so a change landing mid-read cannot pair an epoch with
+    another epoch's members (which would make certificates of that epoch fail)."""
     kv = await members_bucket(nc, subjects)
-    status = await kv.status()
-    members = []
-    try:
-        keys = await kv.keys()
-    except Exception:  # nats-py raises NoKeysError on an empty bucket
-        keys = []
-    for key in keys:
+    for _ in range(10):
+        before = (await kv.status()).stream_info.state.last_seq
+        members = []
         try:
-            entry = await kv.get(key)
-            members.append(MemberRecord.decode(entry.value or b""))
-        except (KeyNotFoundError, CodecError):
-            continue
-    return PoolView(epoch=status.stream_info.state.last_seq, members=tuple(members))
+            keys = await kv.keys()
+        except Exception:  # nats-py raises NoKeysError on an empty bucket
+            keys = []
+        for key in keys:
+            try:
+                entry = await kv.get(key)
+                members.append(MemberRecord.decode(entry.value or b""))
+            except (KeyNotFoundError, CodecError):
+                continue
+        if (await kv.status()).stream_info.state.last_seq == before:
+            break
+    return PoolView(epoch=before, members=tuple(members))
 
 
 async def pool_at(nc: Client, subjects: Subjects, epoch: int) -> PoolView:
