@@ -75,11 +75,12 @@ async def decide(cluster: Cluster, batch: list[tuple[VerificationRequest, bool]]
     return out
 
 
-async def test_lying_verifier_is_quarantined_and_the_pool_keeps_deciding(
-        cluster: Cluster) -> None:
+@pytest.mark.parametrize("mode", ["lie", "equivocate"])
+async def test_byzantine_verifier_is_quarantined_and_the_pool_keeps_deciding(
+        cluster: Cluster, mode: str) -> None:
     for i in range(1, 4):
         cluster.start_verifier(f"v{i}")
-    cluster.start_byzantine("b1", "lie")
+    cluster.start_byzantine("b1", mode)
     before = await cluster.wait_pool(4)
     subjects = Subjects(cluster.prefix)
     nc = await connect(NatsConfig(url=cluster.nats_url, prefix=cluster.prefix), name="test")
@@ -107,7 +108,11 @@ async def test_lying_verifier_is_quarantined_and_the_pool_keeps_deciding(
         critical = [a for a in alerts if a.severity == Severity.CRITICAL]
         assert critical, alerts
         assert {a.subject_id for a in critical} == {"b1"}
-        assert critical[0].code == "BYZANTINE_VOTE"
+        # an equivocator also signs a flipped vote: whichever evidence is seen first wins
+        assert critical[0].code in ({"BYZANTINE_VOTE"} if mode == "lie"
+                                    else {"BYZANTINE_VOTE", "EQUIVOCATION"})
+        if mode == "equivocate":
+            assert (await anomaly_counters(nc, cluster.prefix)).get("equivocations", 0) >= 1
         assert critical[0].details["quarantined"] is True
         assert critical[0].details["new_epoch"] > before.epoch
 
@@ -168,5 +173,40 @@ async def test_forged_votes_quarantine_nobody(cluster: Cluster) -> None:
         assert after.epoch == before.epoch and after.keys == before.keys
         alerts = [a for a, _ in await read_alerts(nc, subjects, 600)]
         assert not [a for a in alerts if a.severity == Severity.CRITICAL]
+    finally:
+        await nc.close()
+
+
+async def test_no_quarantine_below_the_minimum_pool(cluster: Cluster) -> None:
+    """2 honest + 1 liar: quarantine would leave 2 (< 3), so the liar is alerted, stays."""
+    cluster.start_verifier("v1")
+    cluster.start_verifier("v2")
+    cluster.start_byzantine("b1", "lie")
+    before = await cluster.wait_pool(3)
+    subjects = Subjects(cluster.prefix)
+    nc = await connect(NatsConfig(url=cluster.nats_url, prefix=cluster.prefix), name="test")
+    try:
+        start_anomaly(cluster)
+        await until(lambda: _answers(nc, cluster.prefix), "anomaly worker up", cluster)
+        cluster.start_tally("t1", "--deadline-ms", "1500")
+        await cluster.wait_tally()
+        agent = AgentIdentity.generate()
+        async with await VerifyClient.connect(
+                NatsConfig(url=cluster.nats_url, prefix=cluster.prefix), timeout=15.0,
+                retries=0) as client:
+            await client.verify_many([r for r, _ in requests(agent, 4, "small")])
+
+        async def alerted() -> bool:
+            return any(a.severity == Severity.CRITICAL
+                       for a, _ in await read_alerts(nc, subjects, 600))
+
+        await until(alerted, "a critical alert", cluster)
+        critical = [a for a, ok in await read_alerts(nc, subjects, 600)
+                    if ok and a.severity == Severity.CRITICAL]
+        assert critical[0].subject_id == "b1"
+        assert critical[0].details["quarantined"] is False
+        assert "below the minimum" in str(critical[0].details["reason"])
+        after = await membership.read_pool(nc, subjects)
+        assert after.epoch == before.epoch and after.keys == before.keys
     finally:
         await nc.close()
