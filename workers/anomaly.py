@@ -267,8 +267,9 @@ class AnomalyWorker(Worker):
             log.exception("failed to process a metrics snapshot")
         finally:
             self.stats.record((time.perf_counter() - started) * 1000, ok)
-            if msg.metadata.sequence.stream >= self._replay_end:
-                self.replayed.set()
+            meta = msg.metadata
+            if meta.sequence.stream >= self._replay_end or meta.num_pending == 0:
+                self.replayed.set()  # caught up (also if the last message aged out meanwhile)
 
     async def _metric_event(self, kind: str, worker_id: str, metric: str, event: Event,
                             origin: str, sample_ts_ms: int) -> None:

@@ -171,3 +171,35 @@ async def test_bad_input_is_counted_and_the_worker_keeps_serving(
         await feeder.normal(30)
         await feeder.send([80.0] * 3)
         await until(lambda: len(got) >= 1)
+
+
+async def test_alerts_cli_reads_the_stream(nats_config: NatsConfig, nc: Client, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from workers.cli import main
+
+    subjects = Subjects(nats_config.prefix)
+    argv = ["alerts", "--nats-url", nats_config.url, "--prefix", nats_config.prefix, "--json"]
+    assert await asyncio.to_thread(main, argv) == 69  # no alerts stream yet
+    capsys.readouterr()
+    got = await collect(nc, subjects.alerts_all)
+    async with anomaly(nats_config, tmp_path):
+        assert await asyncio.to_thread(main, argv) == 1  # stream, but nothing in it
+        capsys.readouterr()
+        feeder = Feeder(nc, subjects)
+        await feeder.normal(30)
+        await feeder.send([90.0] * 3)
+        await until(lambda: len(got) >= 1)
+    assert await asyncio.to_thread(main, argv) == 0
+    import json
+    out = json.loads(capsys.readouterr().out)
+    assert [a["alert_id"] for a in out["alerts"]] == [a.alert_id for _, a in got]
+    assert all(a["signature_ok"] and a["code"] == "METRIC_ANOMALY" for a in out["alerts"])
+    assert await asyncio.to_thread(main, [*argv, "--severity", "critical"]) == 1
+
+
+@pytest.mark.parametrize("bad", [["--warmup", "1"], ["--window", "1"], ["--min-pool", "2"],
+                                 ["--byzantine-after", "0"], ["--raise-after", "0"]])
+def test_bad_worker_configuration_exits_78(bad: list[str], tmp_path: Path) -> None:
+    from workers.cli import main
+
+    assert main(["worker", "anomaly", "--data-dir", str(tmp_path), *bad]) == 78
