@@ -203,3 +203,29 @@ def test_bad_worker_configuration_exits_78(bad: list[str], tmp_path: Path) -> No
     from workers.cli import main
 
     assert main(["worker", "anomaly", "--data-dir", str(tmp_path), *bad]) == 78
+
+
+async def test_quarantine_is_compare_and_set_and_sticks(nc: Client, prefix: str) -> None:
+    from bus import membership
+    from schemas.identity import AgentIdentity
+
+    subjects = Subjects(prefix)
+    keys = [AgentIdentity.generate().public_key for _ in range(4)]
+    for i, key in enumerate(keys):
+        await membership.register(nc, subjects, f"v{i}", key)
+    before = await membership.read_pool(nc, subjects)
+    assert await membership.quarantine(nc, subjects, "v0", keys[1]) is None  # not its key
+    assert await membership.quarantine(nc, subjects, "nobody", keys[0]) is None
+    epoch = await membership.quarantine(nc, subjects, "v0", keys[0])
+    assert epoch is not None and epoch > before.epoch
+    after = await membership.read_pool(nc, subjects)
+    assert after.epoch == epoch and after.keys == before.keys - {keys[0]}
+    assert await membership.quarantine(nc, subjects, "v0", keys[0]) is None  # already out
+    # a restarted Byzantine verifier does not let itself back in
+    assert await membership.register(nc, subjects, "v0", keys[0]) is False
+    assert await membership.register(nc, subjects, "v0", keys[1]) is False
+    assert (await membership.read_pool(nc, subjects)).keys == after.keys
+    # an operator's removal does
+    assert await membership.remove(nc, subjects, "v0")
+    assert await membership.register(nc, subjects, "v0", keys[0]) is True
+    assert keys[0] in (await membership.read_pool(nc, subjects)).keys
