@@ -229,3 +229,51 @@ async def test_quarantine_is_compare_and_set_and_sticks(nc: Client, prefix: str)
     assert await membership.remove(nc, subjects, "v0")
     assert await membership.register(nc, subjects, "v0", keys[0]) is True
     assert keys[0] in (await membership.read_pool(nc, subjects)).keys
+
+
+async def test_forged_certificate_blames_nobody_a_real_one_catches_the_liar(
+        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    """Votes and certificates published by hand: a certificate signed by an attacker that
+    claims the opposite outcome (so that honest votes would look like lies) is ignored;
+    the real certificate makes the one lying member's signed vote Byzantine evidence."""
+    from dataclasses import replace
+
+    from bus import membership
+    from schemas.certificate import sign_certificate
+    from schemas.identity import AgentIdentity
+    from tests.factories import Scenario
+
+    subjects = Subjects(nats_config.prefix)
+    sc = Scenario()
+    for i, v in enumerate(sc.verifiers):
+        await membership.register(nc, subjects, f"v{i}", v.public_key)
+    sc.epoch = (await membership.read_pool(nc, subjects)).epoch
+    got = await collect(nc, subjects.alerts_all)
+    async with anomaly(nats_config, tmp_path) as worker:
+        votes = [sc.vote(i, lie=i == 3) for i in range(4)]
+        for vote in votes:
+            await nc.publish(subjects.votes(sc.tally_id), vote.encode())
+        ballot_round = sc.round()
+        for vote in votes:
+            ballot_round.offer(vote)
+        real = sign_certificate(sc.tally, ballot_round.certificate(
+            0, tally_key=sc.tally.public_key, decided_at_ms=1, latency_ms=1.0))
+        assert real.decision == "VALID"
+        forged = sign_certificate(AgentIdentity.generate(), replace(
+            real, decision="INVALID", votes_for=real.votes_against,
+            votes_against=real.votes_for))
+        await nc.publish(subjects.decision("INVALID"), forged.encode())
+        await until(lambda: worker.stats.counters["votes_checked"] >= 4
+                    and worker.stats.counters["decision_ignored_CERTIFICATE_INVALID"] >= 1)
+        await asyncio.sleep(0.3)
+        assert got == []
+        assert worker.stats.counters["byzantine_votes"] == 0
+        await nc.publish(subjects.decision("VALID"), real.encode())
+        await until(lambda: len(got) >= 1)
+        subject, alert = got[0]
+        assert subject == subjects.alert("critical")
+        assert (alert.code, alert.subject_id) == ("BYZANTINE_VOTE", "v3")
+        assert alert.details["quarantined"] is True and alert.signature_ok()
+        pool = await membership.read_pool(nc, subjects)
+        assert pool.keys == sc.pool - {sc.verifiers[3].public_key}
+        assert pool.epoch == alert.details["new_epoch"] > sc.epoch
