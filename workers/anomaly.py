@@ -125,7 +125,7 @@ class AnomalyWorker(Worker):
         self._views: OrderedDict[int, membership.PoolView] = OrderedDict()
         self._ledger = VoteLedger()
         self._series: OrderedDict[tuple[str, str, str], SeriesDetector] = OrderedDict()
-        self._last_snapshot: dict[tuple[str, str], MetricsSnapshot] = {}
+        self._last_snapshot: OrderedDict[tuple[str, str], MetricsSnapshot] = OrderedDict()
         self._offences: dict[bytes, int] = {}
         self._handled: dict[bytes, tuple[float, bool]] = {}
         self._quarantines: list[float] = []
@@ -257,6 +257,9 @@ class AnomalyWorker(Worker):
             key = (snap.kind, snap.worker_id)
             samples = interval_samples(self._last_snapshot.get(key), snap)
             self._last_snapshot[key] = snap
+            self._last_snapshot.move_to_end(key)
+            while len(self._last_snapshot) > MAX_SERIES:  # bounded against junk worker ids
+                self._last_snapshot.popitem(last=False)
             for metric, value in samples.items():
                 event = self.detector(snap.kind, snap.worker_id, metric).observe(value)
                 if event is not None:
