@@ -421,8 +421,8 @@ class AnomalyWorker(Worker):
                          details: dict[str, Any]) -> None:
         now = time.monotonic()
         handled = self._handled.get(key)
-        if handled is not None and (handled[1] or now - handled[0] < self.options.realert_s):
-            return
+        if handled is not None and handled[1]:
+            return  # quarantined by us already
         assert self._pool is not None
         view = self._pool.view
         worker_id = self._member(key, epoch)
@@ -433,6 +433,9 @@ class AnomalyWorker(Worker):
         if verdict.action is Action.IGNORE:
             self.stats.count("byzantine_ignored_by_policy")
             return
+        if (verdict.action is Action.ALERT and handled is not None
+                and now - handled[0] < self.options.realert_s):
+            return  # alerted recently; re-evaluated (e.g. the rate limit) on every offence
         quarantined = False
         new_epoch = 0
         if verdict.action is Action.QUARANTINE and record is not None:

@@ -170,7 +170,8 @@ def register(sub: Any, kinds: Any) -> None:
                              "Byzantine (1)")
     worker.add_argument("--realert-s", type=_positive, default=300.0,
                         help="alert again about a Byzantine verifier still in the pool after "
-                             "this long (300)")
+                             "this long (300); quarantine is re-evaluated on every offence, so "
+                             "a rate-limited one goes as soon as the limit allows")
     worker.add_argument("--history-s", type=_positive, default=3600.0,
                         help="max age of the heartbeat/metrics streams if this worker creates "
                              "them (3600)")

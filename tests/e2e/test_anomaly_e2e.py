@@ -210,3 +210,53 @@ async def test_no_quarantine_below_the_minimum_pool(cluster: Cluster) -> None:
         assert after.epoch == before.epoch and after.keys == before.keys
     finally:
         await nc.close()
+
+
+async def test_rate_limit_delays_the_second_quarantine(cluster: Cluster) -> None:
+    """Two liars among six: the first is quarantined at once, the second only after the
+    minimum interval (alerted meanwhile, with the rate limit as the reason)."""
+    for i in range(1, 5):
+        cluster.start_verifier(f"v{i}")
+    cluster.start_byzantine("b1", "lie")
+    cluster.start_byzantine("b2", "lie")
+    await cluster.wait_pool(6)
+    subjects = Subjects(cluster.prefix)
+    nc = await connect(NatsConfig(url=cluster.nats_url, prefix=cluster.prefix), name="test")
+    try:
+        start_anomaly(cluster, "--quarantine-interval-s", "4")
+        await until(lambda: _answers(nc, cluster.prefix), "anomaly worker up", cluster)
+        cluster.start_tally()
+        await cluster.wait_tally()
+        agent = AgentIdentity.generate()
+        await decide(cluster, requests(agent, 4, "first"))
+
+        async def out() -> list[str]:
+            pool = await membership.read_pool(nc, subjects)
+            return sorted(m.worker_id for m in pool.members if m.status != membership.ACTIVE)
+
+        async def one_out() -> bool:
+            return len(await out()) == 1
+
+        await until(one_out, "one liar quarantined", cluster)
+        first_at = time.monotonic()
+
+        async def second_alerted() -> bool:
+            return any(a.severity == Severity.CRITICAL and not a.details["quarantined"]
+                       for a, _ in await read_alerts(nc, subjects, 600))
+
+        await until(second_alerted, "the other liar alerted, not quarantined", cluster)
+        assert len(await out()) == 1
+        held = [a for a, _ in await read_alerts(nc, subjects, 600)
+                if a.severity == Severity.CRITICAL and not a.details["quarantined"]]
+        assert "rate limit" in str(held[0].details["reason"])
+
+        async def both_out() -> bool:
+            await decide(cluster, requests(agent, 2, f"more-{time.monotonic_ns()}"))
+            return await out() == ["b1", "b2"]
+
+        await until(both_out, "both liars quarantined", cluster)
+        assert time.monotonic() - first_at >= 3.0
+        pool = await membership.read_pool(nc, subjects)
+        assert len(pool.keys) == 4
+    finally:
+        await nc.close()
