@@ -27,6 +27,10 @@ from schemas.identity import PUBLIC_KEY_BYTES
 
 log = logging.getLogger("agentic_payments.membership")
 ACTIVE = "active"
+#: Set by the anomaly worker on a Byzantine verifier: the record stays (as a
+#: trace of why) but the key is out of the pool; ``register`` does not
+#: re-activate it — an operator clears it with ``members remove``.
+QUARANTINED = "quarantined"
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,10 @@ async def register(nc: Client, subjects: Subjects, worker_id: str, public_key: b
             current = MemberRecord.decode(entry.value or b"")
             if current.public_key == public_key and current.status == ACTIVE:
                 return False
+            if current.status == QUARANTINED:
+                log.warning("%s is quarantined; not re-registering it (an operator clears "
+                            "it with 'members remove %s')", worker_id, worker_id)
+                return False
         except CodecError:
             pass
         try:
@@ -119,21 +127,52 @@ async def remove(nc: Client, subjects: Subjects, worker_id: str) -> bool:
     return True
 
 
-async def read_pool(nc: Client, subjects: Subjects) -> PoolView:
+async def quarantine(nc: Client, subjects: Subjects, worker_id: str,
+                     public_key: bytes) -> int | None:
+    """Mark ``worker_id`` quarantined if it is active with ``public_key`` (compare-and-set).
+
+    Returns the new epoch (the bucket revision written), or None if the
+    record is gone, inactive already, or now holds another key.
+    """
     kv = await members_bucket(nc, subjects)
-    status = await kv.status()
-    members = []
-    try:
-        keys = await kv.keys()
-    except Exception:  # nats-py raises NoKeysError on an empty bucket
-        keys = []
-    for key in keys:
+    for _ in range(5):
         try:
-            entry = await kv.get(key)
-            members.append(MemberRecord.decode(entry.value or b""))
+            entry = await kv.get(worker_id)
+            current = MemberRecord.decode(entry.value or b"")
         except (KeyNotFoundError, CodecError):
+            return None
+        if current.public_key != public_key or current.status != ACTIVE:
+            return None
+        record = MemberRecord(worker_id, public_key, QUARANTINED, current.registered_at_ms)
+        try:
+            revision: int = await kv.update(worker_id, record.encode(), last=entry.revision)
+            return revision
+        except KeyWrongLastSequenceError:
             continue
-    return PoolView(epoch=status.stream_info.state.last_seq, members=tuple(members))
+    raise RuntimeError(f"could not quarantine {worker_id}: too much contention")
+
+
+async def read_pool(nc: Client, subjects: Subjects) -> PoolView:
+    """The current pool. The epoch is read before and after the records and the read
+    is retried if it moved, so a change landing mid-read cannot pair an epoch with
+    another epoch's members (which would make certificates of that epoch fail)."""
+    kv = await members_bucket(nc, subjects)
+    for _ in range(10):
+        before = (await kv.status()).stream_info.state.last_seq
+        members = []
+        try:
+            keys = await kv.keys()
+        except Exception:  # nats-py raises NoKeysError on an empty bucket
+            keys = []
+        for key in keys:
+            try:
+                entry = await kv.get(key)
+                members.append(MemberRecord.decode(entry.value or b""))
+            except (KeyNotFoundError, CodecError):
+                continue
+        if (await kv.status()).stream_info.state.last_seq == before:
+            break
+    return PoolView(epoch=before, members=tuple(members))
 
 
 async def pool_at(nc: Client, subjects: Subjects, epoch: int) -> PoolView:

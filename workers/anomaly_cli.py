@@ -1,0 +1,192 @@
+"""CLI for the anomaly area: ``worker anomaly`` and ``alerts``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from bus.subjects import Subjects
+from schemas.alerts import SEVERITY_ORDER, Alert, Severity
+from schemas.errors import CodecError
+from workers.anomaly import AnomalyOptions, AnomalyWorker
+from workers.baseline import BaselineConfig, Method
+from workers.byzantine_rules import QuarantineMode, QuarantinePolicy
+from workers.cli import (
+    _common,
+    _connection,
+    _nats,
+    _non_negative,
+    _positive,
+    _runtime,
+    _worker_common,
+)
+
+WORKER_HELP = """\
+Watches {prefix}.metrics.> (replayed from the PREFIX_METRICS stream at start, so
+a restart rebuilds its baselines), {prefix}.vote.> and {prefix}.decision.>, and
+publishes signed alerts on PREFIX.alert.SEVERITY (kept in PREFIX_ALERTS).
+
+Metric anomalies: per worker and metric (processing_ms, failure_rate,
+vote_disagreement) a rolling window; score = |x - centre| / spread, with
+centre/spread = mean/stddev (--method sigma) or median/1.4826*MAD (--method mad).
+Anomalous at score >= --score-threshold; raised after --raise-after anomalous
+samples in a row, cleared after --clear-after normal ones. Severity: low
+below 5, medium 5-8, high from 8. Critical = Byzantine verifier only.
+
+Byzantine verifiers (a signed vote against a certified decision, or two
+different signed votes for one ballot) are alerted at critical and, with
+--quarantine quarantine, taken out of the pool (member status 'quarantined',
+new epoch) unless fewer than --min-pool verifiers would remain or the rate
+limit is hit."""
+
+ALERTS_HELP = """\
+Read recent alerts from the PREFIX_ALERTS stream, oldest first, checking each
+signature. Exit 0 when alerts were found, 1 when none matched, 69 when NATS
+or the stream is unavailable."""
+
+
+def _worker_factory(args: argparse.Namespace) -> AnomalyWorker:
+    baseline = BaselineConfig(window=args.window, method=Method(args.method), warmup=args.warmup,
+                              threshold=args.score_threshold, raise_after=args.raise_after,
+                              clear_after=args.clear_after, rel_spread=args.rel_spread)
+    policy = QuarantinePolicy(mode=QuarantineMode(args.quarantine), min_pool=args.min_pool,
+                              min_interval_s=args.quarantine_interval_s,
+                              max_per_hour=args.max_quarantines_per_hour)
+    options = AnomalyOptions(baseline=baseline, policy=policy,
+                             byzantine_after=args.byzantine_after, realert_s=args.realert_s,
+                             history_s=args.history_s, alerts_days=args.alerts_days)
+    return AnomalyWorker(_runtime(args, args.id), options,
+                         key_file=Path(args.key_file) if args.key_file else None)
+
+
+async def read_alerts(nc: Any, subjects: Subjects, since_s: float) -> list[tuple[Alert, bool]]:
+    """Alerts stored in the last ``since_s`` seconds, with whether each signature holds."""
+    js = nc.jetstream()
+    info = await js.stream_info(subjects.alerts_stream)
+    last = info.state.last_seq
+    out: list[tuple[Alert, bool]] = []
+    if last == 0:
+        return out
+    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=since_s)
+    sub = await js.pull_subscribe(subjects.alerts_all, stream=subjects.alerts_stream,
+                                  config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
+                                                        opt_start_time=start,
+                                                        inactive_threshold=30.0))
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(256, timeout=1.0)
+            except TimeoutError:
+                break
+            for msg in msgs:
+                with contextlib.suppress(CodecError):
+                    alert = Alert.decode(msg.data)
+                    out.append((alert, alert.signature_ok()))
+            if any(m.metadata.sequence.stream >= last for m in msgs):
+                break
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return out
+
+
+async def _alerts(args: argparse.Namespace) -> int:
+    config = _nats(args)
+    async with _connection(config, "agentic-payments-alerts") as nc:
+        try:
+            found = await read_alerts(nc, Subjects(config.prefix), args.since_s)
+        except NotFoundError:
+            print(f"error [NOT_FOUND]: no alerts stream {Subjects(config.prefix).alerts_stream} "
+                  "(is an anomaly worker running?)", file=sys.stderr)
+            return 69
+    least = SEVERITY_ORDER.index(Severity(args.severity))
+    rows = [(a, ok) for a, ok in found if SEVERITY_ORDER.index(Severity(a.severity)) >= least]
+    rows = rows[-args.limit:]
+    data = {"alerts": [{"alert_id": a.alert_id, "severity": a.severity, "code": a.code,
+                        "subject_kind": a.subject_kind, "subject_id": a.subject_id,
+                        "summary": a.summary, "ts_ms": a.ts_ms, "source_kind": a.source_kind,
+                        "source_id": a.source_id, "signer": a.signer.hex(),
+                        "signature_ok": ok, "details": a.details} for a, ok in rows]}
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        for a, ok in rows:
+            when = datetime.datetime.fromtimestamp(a.ts_ms / 1000, datetime.UTC)
+            print(f"{when:%Y-%m-%d %H:%M:%S} {a.severity:<8} {a.code:<22} "
+                  f"{a.subject_kind}/{a.subject_id}  {a.summary}"
+                  f"{'' if ok else '  [BAD SIGNATURE]'}")
+        if not rows:
+            print("no alerts")
+    return 0 if rows else 1
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    return asyncio.run(_alerts(args))
+
+
+def register(sub: Any, kinds: Any) -> None:
+    worker = kinds.add_parser("anomaly", help="metric anomalies and Byzantine verifiers",
+                              description=WORKER_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    worker.add_argument("--id", default="anomaly1", help="worker id (default anomaly1)")
+    worker.add_argument("--key-file", help="Ed25519 key signing the alerts (default "
+                        "DATA_DIR/keys/anomaly-ID.key, created if missing)")
+    worker.add_argument("--method", choices=[m.value for m in Method], default="sigma",
+                        help="baseline statistic: sigma (mean/stddev, the 3-sigma rule) or mad "
+                             "(median/MAD, robust to outliers) (default sigma)")
+    worker.add_argument("--window", type=int, default=100, help="samples per baseline (100)")
+    worker.add_argument("--warmup", type=int, default=20,
+                        help="samples needed before anything is scored (20)")
+    worker.add_argument("--score-threshold", type=_positive, default=3.0,
+                        help="score from which a sample is anomalous (3.0)")
+    worker.add_argument("--raise-after", type=int, default=3,
+                        help="anomalous samples in a row that raise an alert (3)")
+    worker.add_argument("--clear-after", type=int, default=3,
+                        help="normal samples in a row that clear it (3)")
+    worker.add_argument("--rel-spread", type=_non_negative, default=0.05,
+                        help="zero-variance guard: spread is at least this fraction of the "
+                             "centre (0.05), and at least a per-metric absolute floor")
+    worker.add_argument("--quarantine", choices=[m.value for m in QuarantineMode],
+                        default="quarantine",
+                        help="Byzantine verifiers: off (count only), alert-only, or "
+                             "quarantine (alert and take out of the pool) (default quarantine)")
+    worker.add_argument("--min-pool", type=int, default=3,
+                        help="never quarantine below this many active verifiers (3, minimum 3)")
+    worker.add_argument("--quarantine-interval-s", type=_non_negative, default=60.0,
+                        help="at most one quarantine per this many seconds (60)")
+    worker.add_argument("--max-quarantines-per-hour", type=int, default=3,
+                        help="at most this many quarantines in any hour (3)")
+    worker.add_argument("--byzantine-after", type=int, default=1,
+                        help="signed votes against a certified outcome before a verifier is "
+                             "Byzantine (1)")
+    worker.add_argument("--realert-s", type=_positive, default=300.0,
+                        help="alert again about a Byzantine verifier still in the pool after "
+                             "this long (300); quarantine is re-evaluated on every offence, so "
+                             "a rate-limited one goes as soon as the limit allows")
+    worker.add_argument("--history-s", type=_positive, default=3600.0,
+                        help="max age of the heartbeat/metrics streams if this worker creates "
+                             "them (3600)")
+    worker.add_argument("--alerts-days", type=_positive, default=30.0,
+                        help="retention of the alerts stream if this worker creates it (30)")
+    _worker_common(worker)
+    worker.set_defaults(worker_factory=_worker_factory)
+
+    alerts = sub.add_parser("alerts", help="read recent signed alerts",
+                            description=ALERTS_HELP)
+    _common(alerts)
+    alerts.add_argument("--since-s", type=_positive, default=3600.0,
+                        help="how far back to read, seconds (3600)")
+    alerts.add_argument("--severity", choices=[s.value for s in Severity], default="low",
+                        help="least severity shown (low)")
+    alerts.add_argument("--limit", type=int, default=100, help="most alerts shown (100)")
+    alerts.add_argument("--json", action="store_true", help="machine-readable output")
+    alerts.set_defaults(func=cmd_alerts)
