@@ -233,6 +233,7 @@ class StoredCert:
     cert: TrustCertificate
     revoked: bool
     reason: str
+    revoked_ms: int = 0
 
 
 def decode_state_record(key: str, value: bytes) -> object:
@@ -253,7 +254,8 @@ def decode_state_record(key: str, value: bytes) -> object:
         cert = record.certificate
         if name != cert.serial:
             raise SchemaViolation(f"{key}: certificate record with serial {cert.serial!r}")
-        return StoredCert(cert=cert, revoked=record.revoked, reason=record.reason)
+        return StoredCert(cert=cert, revoked=record.revoked, reason=record.reason,
+                          revoked_ms=record.revoked_ms)
     return value
 
 
