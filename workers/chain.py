@@ -298,10 +298,9 @@ def validate_from_state(items: Mapping[str, object], leaf_key: bytes, presented:
         if area == ANCHOR_AREA and isinstance(record, TrustAnchor):
             anchors.append(record.public_key)
         elif area == CERT_AREA and isinstance(record, StoredCert):
-            if record.revoked:
+            if record.revoked:  # kept as a candidate so the error names the revoked link
                 revoked[record.cert.serial] = record.reason or "revoked"
-            else:
-                candidates.append(record.cert)
+            candidates.append(record.cert)
     for index, raw in enumerate(presented):
         try:
             candidates.append(TrustCertificate.decode(raw))

@@ -259,7 +259,8 @@ def test_validate_from_state_valid() -> None:
 def test_validate_from_state_revoked_record() -> None:
     result = validate_from_state(_items(World(), {"i1": "compromised"}), LEAF.public_key, [],
                                  PURPOSE_PAYMENT, NOW, chain.no_refusal)
-    assert (result.code, result.failed_link) == (chain.CHAIN_NO_ANCHOR, 2)
+    assert (result.code, result.failed_link) == (chain.CHAIN_REVOKED, 2)
+    assert "compromised" in result.reason
 
 
 def test_presented_certificate_with_a_revoked_serial_is_revoked() -> None:
