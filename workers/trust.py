@@ -47,6 +47,7 @@ from bus.subjects import TRUST_QUEUE, Subjects
 from schemas.errors import (
     CodecError,
     ConfigError,
+    IdentityError,
     NoResponders,
     RemoteError,
     RequestTimeout,
@@ -360,6 +361,14 @@ class TrustClient:
 EXIT_NOT_VALID = 1
 
 
+def _identity(path: str) -> AgentIdentity:
+    """Load a key file; a missing or unsafe one is bad configuration (exit 78)."""
+    try:
+        return AgentIdentity.load(path)
+    except IdentityError as exc:
+        raise ConfigError(str(exc), code=exc.code) from None
+
+
 def _key_arg(args: argparse.Namespace, hex_attr: str, file_attr: str, what: str) -> bytes:
     """A public key from --X HEX or --X-file KEYFILE (an AgentIdentity key file)."""
     text, path = getattr(args, hex_attr), getattr(args, file_attr)
@@ -367,7 +376,7 @@ def _key_arg(args: argparse.Namespace, hex_attr: str, file_attr: str, what: str)
         raise ConfigError(f"give exactly one of --{hex_attr.replace('_', '-')} HEX or "
                           f"--{file_attr.replace('_', '-')} FILE for the {what}")
     if path:
-        return AgentIdentity.load(path).public_key
+        return _identity(path).public_key
     try:
         key = bytes.fromhex(text)
     except ValueError:
@@ -407,7 +416,7 @@ def _print_ack(args: argparse.Namespace, ack: TrustAck) -> int:
 
 
 def cmd_add_anchor(args: argparse.Namespace) -> int:
-    key = _key_arg(args, "public_key", "key_file", "anchor key")
+    key = _key_arg(args, "public_key", "public_key_file", "anchor key")
 
     async def body(client: TrustClient) -> int:
         return _print_ack(args, await client.add_anchor(key, args.label))
@@ -415,7 +424,7 @@ def cmd_add_anchor(args: argparse.Namespace) -> int:
 
 
 def cmd_remove_anchor(args: argparse.Namespace) -> int:
-    key = _key_arg(args, "public_key", "key_file", "anchor key")
+    key = _key_arg(args, "public_key", "public_key_file", "anchor key")
 
     async def body(client: TrustClient) -> int:
         return _print_ack(args, await client.remove_anchor(key))
@@ -425,7 +434,7 @@ def cmd_remove_anchor(args: argparse.Namespace) -> int:
 def cmd_issue(args: argparse.Namespace) -> int:
     from workers.cli import _out
 
-    issuer = AgentIdentity.load(args.issuer_key)
+    issuer = _identity(args.issuer_key)
     subject = _key_arg(args, "subject_key", "subject_key_file", "subject key")
     not_before = args.not_before_ms if args.not_before_ms is not None else now_ms()
     not_after = not_before + int(args.valid_days * 86_400_000)
