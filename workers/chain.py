@@ -322,6 +322,7 @@ class ChainCache:
     < expires_ms`` of its path. A new state revision (any add, revoke or key
     status change) empties the cache. Failures are not cached (several are
     time-dependent and cheap to recompute once the budget is bounded).
+    A hit re-asks ``key_refusal`` about the keys of its path.
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
@@ -348,19 +349,26 @@ class ChainCache:
             self.revision = revision
 
     def get(self, revision: int, leaf_key: bytes, purpose: str, presented: Sequence[bytes],
-            now_ms: int) -> ChainResult | None:
+            now_ms: int, key_refusal: KeyRefusal = no_refusal) -> ChainResult | None:
+        """A cached success still true at ``now_ms``, else None.
+
+        ``key_refusal`` is asked again for every key of the path on a hit, so a
+        key status that changes with time alone (a key manager's expiry)
+        cannot be outlived either.
+        """
         self._at(revision)
         key = self._key(leaf_key, purpose, presented)
         result = self._entries.get(key)
         if result is not None:
             expires, valid_from = result.expires_ms, result.valid_from_ms
             assert expires is not None and valid_from is not None
-            if valid_from <= now_ms < expires:
+            keys = [c.subject_key for c in result.path] + [result.path[-1].issuer_key]
+            if now_ms >= expires or any(key_refusal(k) is not None for k in keys):
+                del self._entries[key]
+            elif valid_from <= now_ms:
                 self._entries.move_to_end(key)
                 self.hits += 1
                 return result
-            if now_ms >= expires:
-                del self._entries[key]
         self.misses += 1
         return None
 

@@ -278,7 +278,8 @@ class TrustWorker(Worker):
             await self.mirror.wait_for_revision(req.min_revision, MIRROR_WAIT_S)
         revision = self.mirror.revision
         now = req.now_ms if req.now_ms is not None else now_ms()
-        result = self.cache.get(revision, req.leaf_key, req.purpose, req.presented, now)
+        result = self.cache.get(revision, req.leaf_key, req.purpose, req.presented, now,
+                                self.key_refusal)
         if result is None:
             result = validate_from_state(
                 self.mirror.items, req.leaf_key, req.presented, req.purpose, now,

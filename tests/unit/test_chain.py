@@ -334,3 +334,13 @@ def test_cache_keeps_no_failures_and_is_bounded() -> None:
     assert len(cache) == 2
     assert cache.get(1, bytes([0]) * 32, PURPOSE_PAYMENT, [], NOW) is None
     assert cache.get(1, bytes([2]) * 32, PURPOSE_PAYMENT, [], NOW) is good
+
+
+@pytest.mark.parametrize("refused", [LEAF, I2, I1, ROOT])
+def test_cache_hit_rechecks_key_refusal(refused: AgentIdentity) -> None:
+    cache = ChainCache()
+    cache.put(1, LEAF.public_key, PURPOSE_PAYMENT, [], World().run())
+    assert cache.get(1, LEAF.public_key, PURPOSE_PAYMENT, [], NOW, chain.no_refusal)
+    assert cache.get(1, LEAF.public_key, PURPOSE_PAYMENT, [], NOW,
+                     refuse(refused.public_key)) is None
+    assert len(cache) == 0
