@@ -52,10 +52,39 @@ async def running(nats_config: NatsConfig, tmp_path: Path, count: int = 1,
         for w in workers:
             await w.start()
             started.append(w)
+        await wait_serving(nats_config)
         yield workers
     finally:
         for w in started:
             await w.stop()
+
+
+async def wait_serving(nats_config: NatsConfig, timeout: float = 10.0) -> None:
+    """Poll until a trust worker answers (a worker's flush makes its endpoints visible,
+    but under load we saw rare NO_RESPONDERS on the very first request; see the report)."""
+    import asyncio
+    import sys
+
+    from bus.connection import connect
+
+    nc = await connect(nats_config, name="test-wait")
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                await TrustClient(nc, nats_config.prefix, timeout=1).list()
+                if attempts > 1:
+                    print(f"trust worker answered after {attempts} attempts", file=sys.stderr)
+                return
+            except Exception:
+                if loop.time() > end:
+                    raise
+                await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
 
 
 def cert(issuer: AgentIdentity, subject: AgentIdentity, serial: str, *,
