@@ -120,7 +120,7 @@ class _BudgetExhausted(Exception):
 @dataclass
 class _Search:
     anchors: frozenset[bytes]
-    by_subject: dict[bytes, list[TrustCertificate]]
+    lookup: Callable[[bytes], tuple[TrustCertificate, ...]]
     revoked: Mapping[str, str]
     key_refusal: KeyRefusal
     purpose: str
@@ -130,7 +130,7 @@ class _Search:
     checks: int = 0
     steps: int = 0
     max_steps: int = 0
-    verified: dict[bytes, bool] = field(default_factory=dict)
+    verified: dict[TrustCertificate, bool] = field(default_factory=dict)
     best: ChainResult | None = None
 
     def fail(self, link: int, code: str, reason: str) -> None:
@@ -184,16 +184,14 @@ class _Search:
         return True
 
     def signature(self, cert: TrustCertificate, link: int) -> bool:
-        ident = cert.signing_bytes() + cert.sig
-        digest = hashlib.sha256(ident).digest()
-        known = self.verified.get(digest)
+        known = self.verified.get(cert)
         if known is not None:
             return known
         if self.checks >= self.budget:
             raise _BudgetExhausted(link)
         self.checks += 1
         ok = cert.signature_ok()
-        self.verified[digest] = ok
+        self.verified[cert] = ok
         if not ok:
             self.fail(link, CHAIN_SIGNATURE, f"certificate {cert.serial!r}: signature does not "
                                              f"verify under issuer {cert.issuer_key.hex()[:16]}…")
@@ -202,7 +200,7 @@ class _Search:
     def search(self, key: bytes, path: list[TrustCertificate],
                on_path: set[bytes]) -> tuple[TrustCertificate, ...] | None:
         link = len(path)
-        candidates = self.by_subject.get(key, [])
+        candidates = self.lookup(key)
         if not candidates:
             what = "the leaf key" if link == 0 else f"issuer of link {link - 1}"
             self.fail(link, CHAIN_NO_ANCHOR,
@@ -229,8 +227,110 @@ class _Search:
         return None
 
 
-def _order(cert: TrustCertificate) -> tuple[str, bytes]:
-    return (cert.serial, cert.encode())
+def _order(cert: TrustCertificate) -> tuple[Any, ...]:
+    """Total order on certificates (every field), so the search order is input-independent."""
+    return (cert.serial, cert.sig, cert.subject_key, cert.issuer_key, cert.not_before_ms,
+            cert.not_after_ms, cert.purposes, cert.path_len)
+
+
+def _group(certs: Iterable[TrustCertificate]) -> dict[bytes, tuple[TrustCertificate, ...]]:
+    groups: dict[bytes, set[TrustCertificate]] = {}
+    for cert in certs:
+        groups.setdefault(cert.subject_key, set()).add(cert)  # equal certificates count once
+    return {key: tuple(sorted(group, key=_order)) for key, group in groups.items()}
+
+
+@dataclass(frozen=True)
+class TrustIndex:
+    """Anchors, candidate certificates by subject key, and revoked serials.
+
+    Build it once per state revision (:meth:`from_state`) and validate many
+    requests against it; certificates a request presents are merged in per
+    lookup, never into the index.
+    """
+
+    anchors: frozenset[bytes] = frozenset()
+    by_subject: Mapping[bytes, tuple[TrustCertificate, ...]] = field(default_factory=dict)
+    revoked: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, candidates: Iterable[TrustCertificate], anchors: Iterable[bytes],
+              revoked_serials: Mapping[str, str] | Iterable[str] = ()) -> TrustIndex:
+        revoked = (dict(revoked_serials) if isinstance(revoked_serials, Mapping)
+                   else {s: "revoked" for s in revoked_serials})
+        return cls(frozenset(anchors), _group(candidates), revoked)
+
+    @classmethod
+    def from_state(cls, items: Mapping[str, object]) -> TrustIndex:
+        """From state-bucket records decoded by ``decode_state_record`` (other areas ignored).
+
+        A revoked certificate stays a candidate so that the error names the revoked link.
+        """
+        anchors: list[bytes] = []
+        candidates: list[TrustCertificate] = []
+        revoked: dict[str, str] = {}
+        for key, record in items.items():
+            area = key.partition(".")[0]
+            if area == ANCHOR_AREA and isinstance(record, TrustAnchor):
+                anchors.append(record.public_key)
+            elif area == CERT_AREA and isinstance(record, StoredCert):
+                if record.revoked:
+                    revoked[record.cert.serial] = record.reason or "revoked"
+                candidates.append(record.cert)
+        return cls.build(candidates, anchors, revoked)
+
+    def validate(self, leaf_key: bytes, presented: Sequence[bytes], purpose: str, now_ms: int,
+                 key_refusal: KeyRefusal = no_refusal, *, max_depth: int = DEFAULT_MAX_DEPTH,
+                 max_signature_checks: int = DEFAULT_MAX_SIGNATURE_CHECKS) -> ChainResult:
+        """Decode ``presented`` (encoded certificates; a malformed one is CHAIN_MALFORMED,
+        failed_link None) and search with them merged into this index."""
+        extra: list[TrustCertificate] = []
+        for index, raw in enumerate(presented):
+            try:
+                extra.append(TrustCertificate.decode(raw))
+            except CodecError as exc:
+                return ChainResult(False, CHAIN_MALFORMED, f"presented certificate {index} "
+                                   f"is malformed [{exc.code}]: {exc}", None)
+        return self.search(leaf_key, extra, purpose=purpose, now_ms=now_ms,
+                           key_refusal=key_refusal, max_depth=max_depth,
+                           max_signature_checks=max_signature_checks)
+
+    def search(self, leaf_key: bytes, extra: Iterable[TrustCertificate] = (), *, purpose: str,
+               now_ms: int, key_refusal: KeyRefusal = no_refusal,
+               max_depth: int = DEFAULT_MAX_DEPTH,
+               max_signature_checks: int = DEFAULT_MAX_SIGNATURE_CHECKS) -> ChainResult:
+        """The depth-first search of the module doc over this index plus ``extra``."""
+        added = _group(extra)
+        base = self.by_subject
+
+        def lookup(key: bytes) -> tuple[TrustCertificate, ...]:
+            mine, theirs = base.get(key, ()), added.get(key)
+            if not theirs:
+                return mine
+            return tuple(sorted(set(mine) | set(theirs), key=_order))
+
+        search = _Search(anchors=self.anchors, lookup=lookup, revoked=self.revoked,
+                         key_refusal=key_refusal, purpose=purpose, now_ms=now_ms,
+                         max_depth=max_depth, budget=max_signature_checks,
+                         max_steps=STEPS_PER_CHECK * max_signature_checks)
+        refusal = search.refused(leaf_key)
+        if refusal is not None:
+            return ChainResult(False, CHAIN_REVOKED, f"link 0: leaf {refusal}", 0)
+        try:
+            path = search.search(leaf_key, [], {leaf_key})
+        except _BudgetExhausted as exc:
+            return ChainResult(False, CHAIN_BUDGET,
+                               f"link {exc.link}: budget of {max_signature_checks} signature "
+                               f"checks ({STEPS_PER_CHECK * max_signature_checks} certificates "
+                               "examined) exhausted", exc.link, signature_checks=search.checks)
+        if path is not None:
+            return ChainResult(True, None, f"chain of {len(path)} certificate(s) to anchor "
+                                           f"{path[-1].issuer_key.hex()[:16]}…", None, path,
+                               search.checks)
+        assert search.best is not None
+        best = search.best
+        return ChainResult(False, best.code, best.reason, best.failed_link,
+                           signature_checks=search.checks)
 
 
 def build_chain(leaf_key: bytes, candidates: Iterable[TrustCertificate],
@@ -241,40 +341,11 @@ def build_chain(leaf_key: bytes, candidates: Iterable[TrustCertificate],
     """Find a valid chain from ``leaf_key`` to any of ``anchors``; see the module doc.
 
     ``revoked_serials`` maps a revoked serial to its reason (an iterable of
-    serials is accepted too). Duplicated candidates (same bytes) count once.
+    serials is accepted too). Equal candidates count once.
     """
-    revoked = (dict(revoked_serials) if isinstance(revoked_serials, Mapping)
-               else {s: "revoked" for s in revoked_serials})
-    by_subject: dict[bytes, list[TrustCertificate]] = {}
-    seen: set[bytes] = set()
-    for cert in sorted(candidates, key=_order):
-        raw = cert.encode()
-        if raw in seen:
-            continue
-        seen.add(raw)
-        by_subject.setdefault(cert.subject_key, []).append(cert)
-    search = _Search(anchors=frozenset(anchors), by_subject=by_subject, revoked=revoked,
-                     key_refusal=key_refusal, purpose=purpose, now_ms=now_ms,
-                     max_depth=max_depth, budget=max_signature_checks,
-                     max_steps=STEPS_PER_CHECK * max_signature_checks)
-    refusal = search.refused(leaf_key)
-    if refusal is not None:
-        return ChainResult(False, CHAIN_REVOKED, f"link 0: leaf {refusal}", 0)
-    try:
-        path = search.search(leaf_key, [], {leaf_key})
-    except _BudgetExhausted as exc:
-        return ChainResult(False, CHAIN_BUDGET,
-                           f"link {exc.link}: budget of {max_signature_checks} signature checks "
-                           f"({STEPS_PER_CHECK * max_signature_checks} certificates examined) "
-                           "exhausted", exc.link, signature_checks=search.checks)
-    if path is not None:
-        return ChainResult(True, None, f"chain of {len(path)} certificate(s) to anchor "
-                                       f"{path[-1].issuer_key.hex()[:16]}…", None, path,
-                           search.checks)
-    assert search.best is not None
-    best = search.best
-    return ChainResult(False, best.code, best.reason, best.failed_link,
-                       signature_checks=search.checks)
+    return TrustIndex.build(candidates, anchors, revoked_serials).search(
+        leaf_key, purpose=purpose, now_ms=now_ms, key_refusal=key_refusal,
+        max_depth=max_depth, max_signature_checks=max_signature_checks)
 
 
 # ------------------------------------------------------------------ from state
@@ -289,28 +360,12 @@ def validate_from_state(items: Mapping[str, object], leaf_key: bytes, presented:
     ignored. ``presented`` are encoded certificates a request carries; a
     malformed one makes the result CHAIN_MALFORMED (failed_link None). A
     presented certificate whose serial is revoked in the state is revoked too.
+    To validate many requests against one state, build a :class:`TrustIndex`
+    once (``TrustIndex.from_state(items)``) and call its ``validate``.
     """
-    anchors: list[bytes] = []
-    candidates: list[TrustCertificate] = []
-    revoked: dict[str, str] = {}
-    for key, record in items.items():
-        area = key.partition(".")[0]
-        if area == ANCHOR_AREA and isinstance(record, TrustAnchor):
-            anchors.append(record.public_key)
-        elif area == CERT_AREA and isinstance(record, StoredCert):
-            if record.revoked:  # kept as a candidate so the error names the revoked link
-                revoked[record.cert.serial] = record.reason or "revoked"
-            candidates.append(record.cert)
-    for index, raw in enumerate(presented):
-        try:
-            candidates.append(TrustCertificate.decode(raw))
-        except CodecError as exc:
-            return ChainResult(False, CHAIN_MALFORMED,
-                               f"presented certificate {index} is malformed [{exc.code}]: {exc}",
-                               None)
-    return build_chain(leaf_key, candidates, anchors, purpose=purpose, now_ms=now_ms,
-                       revoked_serials=revoked, key_refusal=key_refusal, max_depth=max_depth,
-                       max_signature_checks=max_signature_checks)
+    return TrustIndex.from_state(items).validate(
+        leaf_key, presented, purpose, now_ms, key_refusal, max_depth=max_depth,
+        max_signature_checks=max_signature_checks)
 
 
 # ------------------------------------------------------------------ cache

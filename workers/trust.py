@@ -87,8 +87,8 @@ from workers.chain import (
     DEFAULT_MAX_SIGNATURE_CHECKS,
     ChainCache,
     KeyRefusal,
+    TrustIndex,
     no_refusal,
-    validate_from_state,
 )
 
 log = logging.getLogger("agentic_payments.trust")
@@ -114,6 +114,7 @@ class TrustWorker(Worker):
         self.key_refusal = key_refusal
         self.cache = ChainCache(cache_entries)
         self.mirror: BucketMirror[object] | None = None
+        self._index: tuple[int, TrustIndex] | None = None
         self._kv: Any = None
 
     def extra_metadata(self) -> dict[str, str]:
@@ -281,10 +282,9 @@ class TrustWorker(Worker):
         result = self.cache.get(revision, req.leaf_key, req.purpose, req.presented, now,
                                 self.key_refusal)
         if result is None:
-            result = validate_from_state(
-                self.mirror.items, req.leaf_key, req.presented, req.purpose, now,
-                self.key_refusal, max_depth=self.max_depth,
-                max_signature_checks=self.max_signature_checks)
+            result = self._index_at(revision).validate(
+                req.leaf_key, req.presented, req.purpose, now, self.key_refusal,
+                max_depth=self.max_depth, max_signature_checks=self.max_signature_checks)
             self.cache.put(revision, req.leaf_key, req.purpose, req.presented, result)
         else:
             self.stats.count("validate_cache_hit")
@@ -294,6 +294,13 @@ class TrustWorker(Worker):
                           path=tuple(c.encode() for c in result.path),
                           signature_checks=result.signature_checks,
                           expires_ms=result.expires_ms, revision=revision, now_ms=now)
+
+    def _index_at(self, revision: int) -> TrustIndex:
+        """The candidate index of the mirror, rebuilt only when the state revision moves."""
+        assert self.mirror is not None
+        if self._index is None or self._index[0] != revision:
+            self._index = (revision, TrustIndex.from_state(self.mirror.items))
+        return self._index[1]
 
     async def _list(self, req: ListRequest) -> TrustListing:
         assert self.mirror is not None

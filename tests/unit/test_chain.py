@@ -344,3 +344,33 @@ def test_cache_hit_rechecks_key_refusal(refused: AgentIdentity) -> None:
     assert cache.get(1, LEAF.public_key, PURPOSE_PAYMENT, [], NOW,
                      refuse(refused.public_key)) is None
     assert len(cache) == 0
+
+
+# ------------------------------------------------------------------ index
+def test_index_is_reused_and_presented_certificates_do_not_leak_into_it() -> None:
+    world = World()
+    index = chain.TrustIndex.from_state(_items(dataclasses.replace(world,
+                                                                   certs=world.certs[1:])))
+    before = dict(index.by_subject)
+    leaf = world.certs[0].encode()
+    assert index.validate(LEAF.public_key, [leaf], PURPOSE_PAYMENT, NOW).ok
+    assert not index.validate(LEAF.public_key, [], PURPOSE_PAYMENT, NOW).ok
+    assert dict(index.by_subject) == before
+
+
+def test_presented_duplicate_of_a_stored_certificate_counts_once() -> None:
+    world = World()
+    index = chain.TrustIndex.from_state(_items(world))
+    result = index.validate(LEAF.public_key, [c.encode() for c in world.certs],
+                            PURPOSE_PAYMENT, NOW)
+    assert result.ok and result.signature_checks == 3
+
+
+def test_index_matches_build_chain_on_every_row() -> None:
+    for row in ROWS:
+        world = row.setup(World())
+        index = chain.TrustIndex.build(world.certs, world.anchors,
+                                       world.kwargs.get("revoked_serials", ()))
+        kwargs = {k: v for k, v in world.kwargs.items() if k != "revoked_serials"}
+        assert index.search(LEAF.public_key, purpose=world.purpose, now_ms=NOW,
+                            **kwargs) == world.run(), row.name
