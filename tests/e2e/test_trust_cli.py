@@ -33,16 +33,16 @@ def ok_json(cluster: Cluster, *args: str, code: int = 0) -> Any:
     return json.loads(proc.stdout)
 
 
-async def start_trust(cluster: Cluster) -> subprocess.Popen[bytes]:
-    proc = cluster._spawn("trust-trust1", ["-m", "workers.cli", "worker", "trust", "--id",
-                                           "trust1", "--heartbeat-s", "1"])
+async def start_trust(cluster: Cluster, worker_id: str = "trust1") -> subprocess.Popen[bytes]:
+    proc = cluster._spawn(f"trust-{worker_id}", ["-m", "workers.cli", "worker", "trust",
+                                                 "--id", worker_id, "--heartbeat-s", "1"])
     nc = await connect(NatsConfig(url=cluster.nats_url, prefix=cluster.prefix), name="wait")
     try:
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
                 raise AssertionError(f"trust exited {proc.returncode}:\n"
-                                     f"{cluster.log('trust-trust1')}")
+                                     f"{cluster.log(f'trust-{worker_id}')}")
             try:
                 await TrustClient(nc, cluster.prefix, timeout=0.5).list()
                 return proc
@@ -131,3 +131,24 @@ def test_every_trust_action_has_help(cluster: Cluster, action: str) -> None:
 def test_worker_trust_help(cluster: Cluster) -> None:
     proc = cli(cluster, "worker", "trust", "--help")
     assert proc.returncode == 0 and "--max-signature-checks" in proc.stdout
+
+
+async def test_a_killed_instance_leaves_the_others_serving(cluster: Cluster,
+                                                           tmp_path: Path) -> None:
+    root, agent = str(tmp_path / "root.key"), str(tmp_path / "agent.key")
+    for key in (root, agent):
+        assert cli(cluster, "keygen", "--out", key).returncode == 0
+    first = await start_trust(cluster, "trust1")
+    await start_trust(cluster, "trust2")
+    ok_json(cluster, "trust", "add-anchor", "--public-key-file", root)
+    stored = ok_json(cluster, "trust", "issue", "--issuer-key", root, "--subject-key-file",
+                     agent, "--serial", "a1")["stored"]
+    first.send_signal(signal.SIGKILL)
+    assert first.wait(10) == -signal.SIGKILL
+    for _ in range(5):  # every request now lands on trust2, which shares the state
+        valid = ok_json(cluster, "trust", "validate", "--leaf-key-file", agent,
+                        "--min-revision", str(stored["revision"]))
+        assert valid["ok"] is True and valid["revision"] >= stored["revision"]
+    assert ok_json(cluster, "trust", "revoke", "a1")["changed"] is True
+    assert ok_json(cluster, "trust", "validate", "--leaf-key-file", agent,
+                   code=1)["code"] == "CHAIN_REVOKED"
