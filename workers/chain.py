@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.errors import CodecError
+from schemas.errors import ChainInvalid, CodecError
 from schemas.trust import (
     ANCHOR_AREA,
     CERT_AREA,
@@ -104,6 +104,12 @@ class ChainResult:
     @property
     def valid_from_ms(self) -> int | None:
         return max((c.not_before_ms for c in self.path), default=None) if self.ok else None
+
+    def raise_for_failure(self) -> ChainResult:
+        """Return self if ok, else raise ChainInvalid carrying this result's code and reason."""
+        if not self.ok:
+            raise ChainInvalid(self.reason, code=self.code)
+        return self
 
     def to_map(self) -> dict[str, Any]:
         return {"ok": self.ok, "code": self.code, "reason": self.reason,

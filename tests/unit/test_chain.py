@@ -374,3 +374,12 @@ def test_index_matches_build_chain_on_every_row() -> None:
         kwargs = {k: v for k, v in world.kwargs.items() if k != "revoked_serials"}
         assert index.search(LEAF.public_key, purpose=world.purpose, now_ms=NOW,
                             **kwargs) == world.run(), row.name
+
+
+def test_raise_for_failure() -> None:
+    good = World().run()
+    assert good.raise_for_failure() is good
+    bad = World().swap("leaf", leaf_cert(na=NOW)).run()
+    with pytest.raises(chain.ChainInvalid) as info:
+        bad.raise_for_failure()
+    assert info.value.code == chain.CHAIN_EXPIRED and "link 0" in str(info.value)
