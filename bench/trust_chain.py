@@ -16,7 +16,8 @@ Measures, each as the median of ``--repeats`` runs of ``--iterations`` calls:
   ``--nats-url``), for a 3-certificate chain (leaf certificate presented, two
   stored), with the cache on and with a zero-size cache (every call rebuilt).
 
-One JSON document goes to stdout.
+One JSON document goes to stdout, with the load average before and after
+(the machine is shared: read the numbers against it).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -148,9 +150,11 @@ def main() -> int:
     parser.add_argument("--nats-url")
     args = parser.parse_args()
     result: dict[str, Any] = {"iterations": args.iterations, "repeats": args.repeats,
+                              "cpus": os.cpu_count(), "load_before": os.getloadavg(),
                               "pure": pure(args.iterations, args.repeats)}
     if not args.no_service:
         result["service"] = asyncio.run(service(args.nats_url, args.iterations, args.repeats))
+    result["load_after"] = os.getloadavg()
     print(json.dumps(result, indent=2))
     return 0
 
