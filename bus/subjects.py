@@ -15,6 +15,8 @@ from schemas.errors import ConfigError
 
 DEFAULT_PREFIX = "ap"
 TALLY_QUEUE = "tally"
+#: Queue group of the trust-chain validator service (workers/trust.py).
+TRUST_QUEUE = "trust"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -111,6 +113,12 @@ class Subjects:
     def status(self, kind: str, worker_id: str) -> str:
         """Micro-service endpoint answering the worker's current MetricsSnapshot."""
         return f"{self.prefix}.status.{kind}.{worker_id}"
+
+    # -- trust-chain validator (workers/trust.py, schemas/trust.py) --------------
+    def trust(self, op: str) -> str:
+        """Trust service operations, request/reply in queue group 'trust'; ``op`` is one of
+        add-anchor, remove-anchor, add-cert, revoke-cert, validate, list."""
+        return f"{self.prefix}.trust.{op}"
 
     # -- JetStream key-value buckets --------------------------------------------
     @property

@@ -22,6 +22,11 @@ boundary so callers only ever catch ``AgenticPaymentsError``::
     │   └── ShuttingDown                      SHUTTING_DOWN
     ├── VoteRejected                          VOTE_* (see VoteRejected.REASONS)
     ├── CertificateInvalid                    CERTIFICATE_INVALID
+    ├── TrustError                            TRUST_ERROR (trust service operations)
+    │   ├── TrustNotFound                     TRUST_NOT_FOUND
+    │   ├── TrustConflict                     TRUST_CONFLICT
+    │   └── TrustBadSignature                 TRUST_BAD_SIGNATURE
+    ├── ChainInvalid                          CHAIN_* (see ChainInvalid.REASONS)
     └── TransportError                        (NATS trouble, client side)
         ├── NotConnected                      NOT_CONNECTED
         ├── NoResponders                      NO_RESPONDERS
@@ -153,6 +158,51 @@ class CertificateInvalid(AgenticPaymentsError):
     code = "CERTIFICATE_INVALID"
 
 
+class TrustError(AgenticPaymentsError):
+    """A trust service operation could not be done."""
+
+    code = "TRUST_ERROR"
+
+
+class TrustNotFound(TrustError):
+    """No such trust anchor or certificate."""
+
+    code = "TRUST_NOT_FOUND"
+
+
+class TrustConflict(TrustError):
+    """The serial is taken by another certificate, or the state kept changing under us."""
+
+    code = "TRUST_CONFLICT"
+
+
+class TrustBadSignature(TrustError):
+    """A certificate's signature does not verify under its issuer key."""
+
+    code = "TRUST_BAD_SIGNATURE"
+
+
+class ChainInvalid(AgenticPaymentsError):
+    """No valid trust chain; ``code`` says why (a ChainResult code)."""
+
+    code = "CHAIN_INVALID"
+    REASONS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "CHAIN_EXPIRED",
+            "CHAIN_NOT_YET_VALID",
+            "CHAIN_SIGNATURE",
+            "CHAIN_LOOP",
+            "CHAIN_PATH_LENGTH",
+            "CHAIN_PURPOSE",
+            "CHAIN_REVOKED",
+            "CHAIN_BUDGET",
+            "CHAIN_DEPTH",
+            "CHAIN_NO_ANCHOR",
+            "CHAIN_MALFORMED",
+        }
+    )
+
+
 class TransportError(AgenticPaymentsError):
     """NATS could not carry the message."""
 
@@ -194,6 +244,9 @@ WIRE_ERROR_CODES: frozenset[str] = frozenset(
         "REQUEST_ID_CONFLICT",
         "OVERLOADED",
         "SHUTTING_DOWN",
+        "TRUST_NOT_FOUND",
+        "TRUST_CONFLICT",
+        "TRUST_BAD_SIGNATURE",
         "INTERNAL",
     }
 )
