@@ -112,6 +112,12 @@ class Subjects:
         """Micro-service endpoint answering the worker's current MetricsSnapshot."""
         return f"{self.prefix}.status.{kind}.{worker_id}"
 
+    # -- authority coordinator (workers/authority.py) ------------------------------
+    def authority(self, op: str) -> str:
+        """Authority coordinator operation ``op`` (request/reply, queue group 'authority'):
+        add, activate, deactivate, set-level, set-policy, get-policy, list, evaluate."""
+        return f"{self.prefix}.authority.{op}"
+
     # -- JetStream key-value buckets --------------------------------------------
     @property
     def members_bucket(self) -> str:
