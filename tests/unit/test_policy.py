@@ -93,7 +93,7 @@ CASES = [
     Case("one-signer-cannot-fill-two-slots",
          policy(groups=(PolicyGroup(2, "High"),)), s("high", "high"), False, ("high",),
          (("high", "DUPLICATE"),)),
-    Case("one-signer-two-groups", policy(groups=TRAP[::-1] + (PolicyGroup(1, "Root"),)),
+    Case("one-signer-two-groups", policy(groups=(*TRAP[::-1], PolicyGroup(1, "Root"))),
          s("root", "med"), False, ("root", "med")),
     Case("inactive-ignored", policy(), s("off"), False, (), (("off", "INACTIVE"),)),
     Case("inactive-does-not-block-others", policy(), s("off", "low"), True, ("low",),
