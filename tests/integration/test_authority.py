@@ -311,3 +311,33 @@ async def test_no_worker_is_no_responders(nats_config: NatsConfig, nc: Client) -
     with pytest.raises(Exception) as info:
         await client.list()
     assert getattr(info.value, "code", None) in ("NO_RESPONDERS", "TIMEOUT")
+
+
+async def test_verifier_path_reads_the_same_state(nats_config: NatsConfig, nc: Client,
+                                                  tmp_path: Path) -> None:
+    """What the integrator wires into verifiers: a BucketMirror of {prefix}_state decoded with
+    decode_state_record, evaluated with evaluate_from_state — same answer as the service."""
+    from bus.state import BucketMirror
+    from schemas.authority import decode_state_record
+    from workers.policy import evaluate_from_state
+
+    ids = admin_ids()
+    client = AuthorityClient(nc, nats_config.prefix)
+    async with authority(nats_config, tmp_path):
+        await bootstrap(client, ids)
+        default = QuorumPolicy("default", 2, "Medium", Fraction(2, 3))
+        await client.set_policy(default, endorse([ids["root"], ids["high"]], default.digest()))
+        mirror: BucketMirror[object] = BucketMirror(nc, Subjects(nats_config.prefix).state_bucket,
+                                                    decode_state_record)
+        await mirror.start()
+        try:
+            signers = endorse([ids["med"], ids["high"], ids["low"]], DIGEST, "payments")
+            service = await client.evaluate("payments", DIGEST, signers)
+            assert await mirror.wait_for_revision(service.revision, 10)
+            local = evaluate_from_state(mirror.items, "payments", DIGEST, signers)
+            assert local.ok and service.ok
+            assert (local.counted, local.ignored, local.required) == (
+                service.counted, service.ignored, service.required)
+            assert local.policy_category == service.policy_category == "default"
+        finally:
+            await mirror.stop()
