@@ -32,7 +32,7 @@ def start_authority(cluster: Cluster, worker_id: str = "a1") -> subprocess.Popen
         "-m", "workers.cli", "worker", "authority", "--id", worker_id, "--heartbeat-s", "1"])
     deadline = time.monotonic() + 60
     while True:
-        code, data, _ = cli(cluster, "authority", "list", "--json", "--timeout", "2")
+        code, _, _ = cli(cluster, "authority", "list", "--json", "--timeout", "2")
         if code == 0:
             return proc
         if proc.poll() is not None:
