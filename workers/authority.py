@@ -15,6 +15,10 @@ endorsements satisfying it over the SHA-256 of the new record's bytes
 authority changes are open and the only policy that can be set is
 policy-admin itself (create-only, so exactly one bootstrap wins); setting it
 closes the system. Other categories' policies are refused until then.
+A change after which the policy-admin policy could no longer be met by the
+registry (too few eligible authorities, groups that cannot be filled) is
+refused with CHANGE_INVALID, so the system cannot lock itself out — which
+also means authorities are added before the policy-admin policy is set.
 
 Reads (get-policy, list, evaluate) and the governance check answer from an
 in-memory mirror of the bucket (``BucketMirror``), first caught up to the
@@ -58,7 +62,7 @@ from schemas.errors import (
     StateConflict,
 )
 from schemas.messages import ErrorReply, WireMessage
-from workers.policy import evaluate, evaluate_from_state, split_state
+from workers.policy import evaluate, evaluate_from_state, satisfiable, split_state
 
 log = logging.getLogger("agentic_payments.authority")
 AUTHORITY_QUEUE = "authority"
@@ -167,6 +171,16 @@ class AuthorityWorker(Worker):
                                f"{digest.hex()}: {result.reason}")
         return True
 
+    @staticmethod
+    def _no_lockout(admin: QuorumPolicy | None,
+                    authorities: dict[bytes, AuthorityRecord]) -> None:
+        """Refuse a change after which the policy-admin policy could never be met again."""
+        if admin is None:
+            return
+        why = satisfiable(admin, authorities)
+        if why is not None:
+            raise ChangeInvalid(f"refused: it would lock out {ADMIN_CATEGORY} ({why})")
+
     # ------------------------------------------------------------ writes
     async def _current(self, key: str) -> tuple[bytes | None, int]:
         try:
@@ -213,6 +227,8 @@ class AuthorityWorker(Worker):
                 raise ChangeInvalid("set-level changes the trust level and nothing else")
         governed = self._govern(new.digest(), request.endorsements,
                                 f"{op} of authority {new.public_key.hex()[:16]}")
+        authorities, policies = split_state(self.mirror.items)
+        self._no_lockout(policies.get(ADMIN_CATEGORY), {**authorities, new.public_key: new})
         await self._write(key, new.encode(), revision, raw is not None)
         log.info("%s authority %s (%s, %s, active=%s, serial %d, %s)", op,
                  new.public_key.hex(), new.name, new.trust_level, new.active, new.serial,
@@ -232,6 +248,8 @@ class AuthorityWorker(Worker):
         if not governed and new.category != ADMIN_CATEGORY:
             raise PolicyMissing(f"set the {ADMIN_CATEGORY!r} policy first: it governs every "
                                 "other policy change")
+        if new.category == ADMIN_CATEGORY:
+            self._no_lockout(new, split_state(self.mirror.items)[0])
         await self._write(key, new.encode(), revision, raw is not None)
         log.info("policy %s serial %d set (%s)", new.category, new.serial,
                  "endorsed" if governed else "bootstrap")

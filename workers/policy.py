@@ -150,21 +150,45 @@ def evaluate(policy: QuorumPolicy | None, authorities: Mapping[bytes, AuthorityR
         return result(False, f"{len(counted)} of {required} required authorities endorsed "
                              f"(threshold {policy.threshold} of {eligible} eligible, minimum "
                              f"{policy.min_authorities}, level {policy.min_trust_level}+)")
+    assignment = fill_groups(policy.groups, counted)
+    slots = sum(group.k for group in policy.groups)
+    if assignment is None:
+        return result(False, f"the {len(counted)} counted authorities cannot fill the "
+                             f"{slots} group slots with distinct signers")
+    return result(True, f"{len(counted)} of {required} required authorities endorsed"
+                  + (f"; {slots} group slots filled" if slots else ""), assignment)
+
+
+def fill_groups(groups: Sequence[PolicyGroup], signers: Sequence[AuthorityRecord]
+                ) -> tuple[tuple[bytes, ...], ...] | None:
+    """The keys filling each group's slots (distinct signers), or None if impossible."""
     slots: list[list[int]] = []
     slot_group: list[int] = []
-    for gi, group in enumerate(policy.groups):
-        fits = [i for i, r in enumerate(counted) if qualifies(r, group)]
+    for gi, group in enumerate(groups):
+        fits = [i for i, r in enumerate(signers) if qualifies(r, group)]
         for _ in range(group.k):
             slots.append(fits)
             slot_group.append(gi)
-    matched = match_slots(slots, len(counted))
+    matched = match_slots(slots, len(signers))
     if matched is None:
-        return result(False, f"the {len(counted)} counted authorities cannot fill the "
-                             f"{len(slots)} group slots with distinct signers")
-    assignment = tuple(tuple(counted[matched[s]].public_key for s in range(len(slots))
-                             if slot_group[s] == gi) for gi in range(len(policy.groups)))
-    return result(True, f"{len(counted)} of {required} required authorities endorsed"
-                  + (f"; {len(slots)} group slots filled" if slots else ""), assignment)
+        return None
+    return tuple(tuple(signers[matched[s]].public_key for s in range(len(slots))
+                       if slot_group[s] == gi) for gi in range(len(groups)))
+
+
+def satisfiable(policy: QuorumPolicy, authorities: Mapping[bytes, AuthorityRecord]
+                ) -> str | None:
+    """None if the registry can meet ``policy`` (every eligible authority endorsing), else
+    why not — used to refuse changes that would lock the policy-admin policy out."""
+    level = rank(policy.min_trust_level)
+    eligible = [r for r in authorities.values() if r.active and rank(r.trust_level) >= level]
+    required = required_count(policy.min_authorities, policy.threshold, len(eligible))
+    if len(eligible) < required:
+        return (f"{policy.category} would need {required} active authorities at "
+                f"{policy.min_trust_level}+ and only {len(eligible)} exist")
+    if fill_groups(policy.groups, eligible) is None:
+        return f"{policy.category}'s groups cannot be filled by distinct eligible authorities"
+    return None
 
 
 def split_state(items: Mapping[str, object]) -> tuple[dict[bytes, AuthorityRecord],

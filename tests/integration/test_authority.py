@@ -99,6 +99,8 @@ async def test_bootstrap_then_every_change_is_governed(nats_config: NatsConfig, 
         payments = QuorumPolicy("payments", 2, "Medium", Fraction(2, 3))
         # before the bootstrap: no policy but policy-admin can be set
         await refused(client.set_policy(payments), "POLICY_MISSING")
+        # nobody to endorse yet: a policy-admin policy now would lock everything
+        await refused(client.set_policy(ADMIN), "CHANGE_INVALID")
         await bootstrap(client, ids)
         admins = [ids["root"], ids["high"]]
 
@@ -161,6 +163,18 @@ async def test_authority_lifecycle_and_evaluate(nats_config: NatsConfig, nc: Cli
         assert (verdict.ok, verdict.code) == (False, "POLICY_MISSING")
         await client.set_policy(ROOT_ADMIN)  # here the Root authority alone governs
         admins = [ids["root"]]
+        # changes that would make policy-admin impossible to meet are refused
+        root = await client.record(ids["root"].public_key)
+        assert root is not None
+        for op, change in (("deactivate", dataclasses.replace(root, active=False, serial=2)),
+                           ("set-level", dataclasses.replace(root, trust_level="High",
+                                                             serial=2))):
+            error = await refused(client.change(op, change, endorse(admins, change.digest())),
+                                  "CHANGE_INVALID")
+            assert "lock out" in str(error)
+        impossible = dataclasses.replace(ROOT_ADMIN, min_authorities=2, serial=2)
+        await refused(client.set_policy(impossible, endorse(admins, impossible.digest())),
+                      "CHANGE_INVALID")
         default = QuorumPolicy("default", 2, "Medium", Fraction(1, 2),
                                (PolicyGroup(1, "High"),))
         await client.set_policy(default, endorse(admins, default.digest()))
@@ -302,7 +316,8 @@ async def test_malformed_state_record_is_skipped(nats_config: NatsConfig, nc: Cl
         listing = await client.list()
         assert listing.policies == ()
         await refused(client.get_policy("payments"), "POLICY_MISSING")
-        await client.set_policy(ADMIN)
+        await client.change("add", record(AgentIdentity.generate(), "root", "Root"))
+        await client.set_policy(ROOT_ADMIN)
         assert [p.category for p in (await client.list()).policies] == [ADMIN_CATEGORY]
 
 

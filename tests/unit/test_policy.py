@@ -26,6 +26,7 @@ from workers.policy import (
     qualifies,
     required_count,
     resolve_policy,
+    satisfiable,
 )
 
 DIGEST = hashlib.sha256(b"pay 10 EUR to merchant-42").digest()
@@ -265,3 +266,17 @@ def test_trust_level_order(level: TrustLevel) -> None:
     for other in ranked:
         record = AuthorityRecord(key("med"), "x", other.value, True)
         assert qualifies(record, group) is (ranked.index(other) >= ranked.index(level))
+
+
+@pytest.mark.parametrize(("pol", "ok"), [
+    (policy(min_authorities=1, level="Root"), True),
+    (policy(min_authorities=2, level="Root"), False),       # one Root only
+    (policy(min_authorities=3, level="High"), True),        # root, high, high2 (off inactive)
+    (policy(min_authorities=4, level="High"), False),
+    (policy(level="High", threshold="1/1"), True),
+    (policy(groups=(PolicyGroup(2, "High"), PolicyGroup(1, "Root"))), True),
+    (policy(groups=(PolicyGroup(3, "High"), PolicyGroup(1, "Root"))), False),  # root twice
+    (policy(groups=(PolicyGroup(1, "Low", (key("off"),)),)), False),  # only member inactive
+])
+def test_satisfiable(pol: QuorumPolicy, ok: bool) -> None:
+    assert (satisfiable(pol, AUTHORITIES) is None) is ok
