@@ -39,6 +39,7 @@ from schemas.errors import SchemaViolation
 from schemas.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, AgentIdentity
 from schemas.messages import (
     VERSION,
+    ErrorReply,
     WireMessage,
     _bool,
     _bytes,
@@ -524,8 +525,6 @@ def decode_state_record(key: str, value: bytes) -> AuthorityRecord | QuorumPolic
 
 def decode_reply(data: bytes, expected: type[WireMessage]) -> Any:
     """Decode a service reply: ``expected`` or an ErrorReply (returned, not raised)."""
-    from schemas.messages import ErrorReply
-
     obj = decode(data, BALLOT_LIMITS)
     if isinstance(obj, dict) and obj.get("type") == ErrorReply.TYPE:
         return ErrorReply.from_wire(obj)
