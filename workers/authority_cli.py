@@ -1,11 +1,11 @@
-"""``agentic-payments authority ...`` and ``agentic-payments worker authority``.
+"""agentic-payments authority ... (and: agentic-payments worker authority).
 
-Commands talk to a running authority worker over ``{prefix}.authority.<op>``.
-Once a ``policy-admin`` policy exists every change needs endorsements over
-the digest of the new record: get it with ``--digest-only``, have each admin
-authority run ``authority endorse --category policy-admin --digest HEX``, and
-pass the results with ``--endorsement KEY:SIG`` (or sign locally with
-``--sign-with KEYFILE``).
+Commands talk to a running authority worker over PREFIX.authority.<op>.
+Once a policy-admin policy exists every change needs endorsements over the
+digest of the new record: print it with --digest-only, have each admin
+authority run 'authority endorse --category policy-admin --digest HEX', and
+pass the results with --endorsement KEY:SIG (or sign here with
+--sign-with KEYFILE). Bootstrap: add the authorities, then set policy-admin.
 
 Exit codes: 0 done / policy met; 1 refused or policy not met (the error code
 is printed, and in the JSON with --json); 2 usage; 69 NATS unreachable or no
