@@ -3,10 +3,18 @@
 Every call sends one request to ``{prefix}.authority.<op>`` and returns the
 decoded reply; an ErrorReply becomes ``RemoteError`` carrying the worker's
 code, no responder ``NoResponders``, no reply in time ``RequestTimeout``.
+
+"No responders" is retried with a short back-off until the timeout is spent:
+the request was never delivered, so even a write is safe to resend — and a
+worker that has just started can be briefly invisible to a new connection
+(seen about once in 300 fresh starts on this machine). A timeout is not
+retried: a write may have been applied.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TypeVar
 
 import nats.errors
@@ -43,13 +51,22 @@ class AuthorityClient:
         if op not in OPERATIONS:
             raise ValueError(f"unknown authority operation {op!r}")
         subject = self.subjects.authority(op)
-        try:
-            msg = await self.nc.request(subject, request.encode(), timeout=self.timeout)
-        except nats.errors.NoRespondersError:
-            raise NoResponders(f"no authority worker listens on {subject}; is it running?"
-                               ) from None
-        except (TimeoutError, nats.errors.TimeoutError):
-            raise RequestTimeout(f"no reply on {subject} within {self.timeout}s") from None
+        data = request.encode()
+        deadline = time.monotonic() + self.timeout
+        backoff = 0.05
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                msg = await self.nc.request(subject, data, timeout=max(left, 0.01))
+                break
+            except nats.errors.NoRespondersError:
+                if left <= backoff:
+                    raise NoResponders(f"no authority worker listens on {subject}; is it "
+                                       "running?") from None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
+            except (TimeoutError, nats.errors.TimeoutError):
+                raise RequestTimeout(f"no reply on {subject} within {self.timeout}s") from None
         reply = decode_reply(msg.data, expected)
         if isinstance(reply, ErrorReply):
             raise RemoteError(reply.message, code=reply.code)

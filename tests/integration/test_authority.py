@@ -276,6 +276,7 @@ async def test_bad_input_gets_a_code_and_service_keeps_serving(
             _with(valid, policy={**ADMIN.to_wire(), "threshold": 0.5})]
     client = AuthorityClient(nc, nats_config.prefix)
     async with authority(nats_config, tmp_path) as worker:
+        await client.list()  # reachable (the client retries "no responders" briefly)
         for code, payloads in bad.items():
             for payload in payloads:
                 reply = await raw_request(nc, subjects.authority(op), payload)
