@@ -145,7 +145,7 @@ class AuthorityWorker(Worker):
             result = evaluate_from_state(self.mirror.items, request.category,
                                          request.message_digest, request.endorsements)
             return PolicyVerdict(
-                ok=result.ok, code=result.code or "OK", reason=_printable(result.reason),
+                ok=result.ok, code=result.code or "OK", reason=_printable(result.reason)[:1024],
                 category=request.category, policy_category=result.policy_category or "",
                 required=result.required, counted=result.counted, ignored=result.ignored,
                 revision=self.mirror.revision)
