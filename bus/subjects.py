@@ -115,10 +115,15 @@ class Subjects:
         return f"{self.prefix}.status.{kind}.{worker_id}"
 
     # -- trust-chain validator (workers/trust.py, schemas/trust.py) --------------
-    def trust(self, op: str) -> str:
-        """Trust service operations, request/reply in queue group 'trust'; ``op`` is one of
-        add-anchor, remove-anchor, add-cert, revoke-cert, validate, list."""
-        return f"{self.prefix}.trust.{op}"
+    def trust(self, trust_op: str) -> str:
+        """Trust service operations, request/reply in queue group 'trust'; ``trust_op`` is
+        one of add-anchor, remove-anchor, add-cert, revoke-cert, validate, list."""
+        return f"{self.prefix}.trust.{trust_op}"
+    # -- authority coordinator (workers/authority.py) ------------------------------
+    def authority(self, authority_op: str) -> str:
+        """Authority coordinator operation (request/reply, queue group 'authority'):
+        add, activate, deactivate, set-level, set-policy, get-policy, list, evaluate."""
+        return f"{self.prefix}.authority.{authority_op}"
 
     # -- JetStream key-value buckets --------------------------------------------
     @property

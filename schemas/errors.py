@@ -27,6 +27,13 @@ boundary so callers only ever catch ``AgenticPaymentsError``::
     │   ├── TrustConflict                     TRUST_CONFLICT
     │   └── TrustBadSignature                 TRUST_BAD_SIGNATURE
     ├── ChainInvalid                          CHAIN_* (see ChainInvalid.REASONS)
+    ├── AuthorityError                        (authority coordinator refused a change)
+    │   ├── PolicyMissing                     POLICY_MISSING
+    │   ├── PolicyNotMet                      POLICY_NOT_MET
+    │   ├── AuthorityExists                   AUTHORITY_EXISTS
+    │   ├── AuthorityUnknown                  AUTHORITY_UNKNOWN
+    │   ├── ChangeInvalid                     CHANGE_INVALID
+    │   └── StateConflict                     STATE_CONFLICT
     └── TransportError                        (NATS trouble, client side)
         ├── NotConnected                      NOT_CONNECTED
         ├── NoResponders                      NO_RESPONDERS
@@ -201,6 +208,47 @@ class ChainInvalid(AgenticPaymentsError):
             "CHAIN_MALFORMED",
         }
     )
+# -- authority coordinator (workers/authority.py) --------------------------------
+class AuthorityError(AgenticPaymentsError):
+    """The authority coordinator refused a change or a query."""
+
+    code = "AUTHORITY_ERROR"
+
+
+class PolicyMissing(AuthorityError):
+    """No policy applies: the category has none, and there is no default policy."""
+
+    code = "POLICY_MISSING"
+
+
+class PolicyNotMet(AuthorityError):
+    """The endorsements do not satisfy the governing policy."""
+
+    code = "POLICY_NOT_MET"
+
+
+class AuthorityExists(AuthorityError):
+    """An authority with this public key is already registered."""
+
+    code = "AUTHORITY_EXISTS"
+
+
+class AuthorityUnknown(AuthorityError):
+    """No authority with this public key is registered."""
+
+    code = "AUTHORITY_UNKNOWN"
+
+
+class ChangeInvalid(AuthorityError):
+    """The proposed record is not what the operation may change (wrong serial, field)."""
+
+    code = "CHANGE_INVALID"
+
+
+class StateConflict(AuthorityError):
+    """Another writer changed the record first (compare-and-set lost); re-read and retry."""
+
+    code = "STATE_CONFLICT"
 
 
 class TransportError(AgenticPaymentsError):
@@ -248,5 +296,12 @@ WIRE_ERROR_CODES: frozenset[str] = frozenset(
         "TRUST_CONFLICT",
         "TRUST_BAD_SIGNATURE",
         "INTERNAL",
+        # authority coordinator
+        "POLICY_MISSING",
+        "POLICY_NOT_MET",
+        "AUTHORITY_EXISTS",
+        "AUTHORITY_UNKNOWN",
+        "CHANGE_INVALID",
+        "STATE_CONFLICT",
     }
 )

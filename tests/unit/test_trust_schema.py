@@ -82,7 +82,7 @@ def test_documented_domain_tag_and_vector() -> None:
 
 
 def test_documented_ops_purposes_and_codes() -> None:
-    assert DOC["components"]["parameters"]["op"]["enum"] == list(OPS)
+    assert DOC["components"]["parameters"]["trust_op"]["enum"] == list(OPS)
     cert_props = SCHEMAS["TrustCertificate"]["properties"]
     assert set(cert_props["purposes"]["items"]["enum"]) == PURPOSES
     codes = SCHEMAS["TrustChainResult"]["properties"]["code"]["x-known-values"]
