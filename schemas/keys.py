@@ -506,6 +506,7 @@ class KeySignature(WireMessage):
     signature: bytes
 
     TYPE: ClassVar[str] = "key_signature"
+    LIMITS: ClassVar[Limits] = REPLY_LIMITS
     FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "name", "version", "public_key",
                                          "signature")
 
