@@ -62,16 +62,19 @@ def summary(values: list[float]) -> dict[str, float]:
             "max": round(max(values), 3), "min": round(min(values), 3)}
 
 
-async def run(url: str, count: int, tmp: Path) -> dict[str, Any]:
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
+def start_manager(url: str, prefix: str, tmp: Path) -> subprocess.Popen[bytes]:
     master = tmp / "master.key"
     write_master_key(master)
     env = dict(os.environ, NATS_URL=url, AP_PREFIX=prefix, AP_DATA_DIR=str(tmp),
                PYTHONPATH=str(ROOT), AP_LOG_LEVEL="WARNING")
-    log = (tmp / "keys.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "keys", "--id",
-                             "bench1", "--master-key-file", str(master)], env=env, cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
+    with (tmp / "keys.log").open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "keys", "--id",
+                                 "bench1", "--master-key-file", str(master)], env=env,
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def run(url: str, prefix: str, proc: subprocess.Popen[bytes], count: int,
+              tmp: Path) -> dict[str, Any]:
     config = NatsConfig(url=url, prefix=prefix)
     client_nc = await connect(config, name="bench-client")
     mirror_nc = await connect(config, name="bench-verifier")
@@ -128,12 +131,6 @@ async def run(url: str, count: int, tmp: Path) -> dict[str, Any]:
         await mirror.stop()
         await mirror_nc.close()
         await client_nc.close()
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def main() -> int:
@@ -146,7 +143,16 @@ def main() -> int:
         server = None if args.nats_url else start_nats_server(tmp / "nats")
         try:
             url = args.nats_url or (server.url if server else "")
-            result = asyncio.run(run(url, args.revocations, tmp))
+            prefix = f"bench{uuid.uuid4().hex[:8]}"
+            proc = start_manager(url, prefix, tmp)
+            try:
+                result = asyncio.run(run(url, prefix, proc, args.revocations, tmp))
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         finally:
             if server is not None:
                 server.stop()
