@@ -7,6 +7,7 @@ nats-py errors become ``TransportError`` subclasses.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import nats.errors
@@ -25,15 +26,29 @@ class KeyClient:
         self.timeout = timeout
 
     async def raw(self, op: str, payload: bytes) -> Any:
-        """Send ``payload`` to op ``op``; the decoded reply (ErrorReply included)."""
-        try:
-            msg = await self.nc.request(self.subjects.keys_op(op), payload, timeout=self.timeout)
-        except nats.errors.NoRespondersError:
-            raise NoResponders("no key manager answers (is 'worker keys' running?)") from None
-        except nats.errors.TimeoutError:
-            raise RequestTimeout(f"no reply from the key manager within {self.timeout}s") \
-                from None
-        return decode_key_reply(msg.data)
+        """Send ``payload`` to op ``op``; the decoded reply (ErrorReply included).
+
+        "No responders" means nobody received the request, so it is retried
+        (with back-off, within ``timeout``) for every op: a key manager that is
+        starting or restarting is waited for, and nothing runs twice.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        delay = 0.05
+        while True:
+            try:
+                msg = await self.nc.request(self.subjects.keys_op(op), payload,
+                                            timeout=max(0.01, deadline - loop.time()))
+                return decode_key_reply(msg.data)
+            except nats.errors.NoRespondersError:
+                if loop.time() + delay >= deadline:
+                    raise NoResponders("no key manager answers (is 'worker keys' running?)") \
+                        from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            except nats.errors.TimeoutError:
+                raise RequestTimeout(f"no reply from the key manager within {self.timeout}s") \
+                    from None
 
     async def call(self, op: str, request: KeyRequest) -> Any:
         reply = await self.raw(op, request.encode())

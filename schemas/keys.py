@@ -444,6 +444,15 @@ class KeyStatus(WireMessage):
         return status
 
 
+def decode_state_record(key: str, value: bytes) -> KeyStatus:
+    """Decode a ``key.<public key hex>`` record of ``{prefix}_state`` (for a
+    BucketMirror); the record must be for exactly the key it is stored under."""
+    status = KeyStatus.decode(value)
+    if key != f"key.{status.public_key.hex()}":
+        raise SchemaViolation(f"key status for {status.public_key.hex()} stored under {key!r}")
+    return status
+
+
 # --------------------------------------------------------------------- replies, event
 
 @dataclass(frozen=True)
@@ -605,4 +614,4 @@ def decode_key_reply(data: bytes) -> Any:
 
 __all__ = ["OPS", "REFUSAL_CODES", "KeyInfo", "KeyList", "KeyPolicy", "KeyPurpose",
            "KeyRecord", "KeyRequest", "KeyRevoked", "KeySignature", "KeyState", "KeyStatus",
-           "KeySweep", "KeyVersion", "Refusal"]
+           "KeySweep", "KeyVersion", "Refusal", "decode_state_record"]

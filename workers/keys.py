@@ -141,7 +141,11 @@ class KeysWorker(Worker):
             entry = await self._kv.get(name)
         except KeyNotFoundError:
             raise KeyNotFound(f"no key named {name!r}") from None
-        return KeyRecord.decode(entry.value), int(entry.revision)
+        try:
+            return KeyRecord.decode(entry.value), int(entry.revision)
+        except CodecError as exc:  # our own store is corrupt: a failure, not bad input
+            raise AgenticPaymentsError(f"stored record of key {name!r} is corrupt "
+                                       f"[{exc.code}]") from None
 
     async def _modify(self, name: str, change: Callable[[KeyRecord], KeyRecord]
                       ) -> tuple[KeyRecord, int]:
@@ -270,8 +274,9 @@ class KeysWorker(Worker):
                 out.append(await self._read(name))
             except KeyNotFound:
                 continue
-            except CodecError as exc:
-                log.warning("skipping malformed key record %r: %s", name, exc)
+            except AgenticPaymentsError as exc:
+                self.stats.count("corrupt_records")
+                log.warning("skipping key %r: %s", name, exc)
         return out
 
     async def _list(self, req: KeyRequest) -> WireMessage:

@@ -289,3 +289,32 @@ async def test_sweep_repairs_a_missing_status(keys: KeyClient, nc: Client, prefi
     swept = await keys.sweep()
     assert swept.statuses_written >= 1
     assert (await status_of(nc, prefix, info.record.latest.public_key)).name == "repair"
+
+
+async def test_corrupt_stored_record_is_an_internal_error_not_a_crash(
+        keys: KeyClient, nc: Client, prefix: str) -> None:
+    await keys.create("good", "authentication")
+    kv = await nc.jetstream().key_value(Subjects(prefix).keys_bucket)
+    await kv.put("broken", b"\x81\xa4type\xaakey_record")
+    reply = await keys.raw("get", _req(name="broken"))
+    assert isinstance(reply, ErrorReply) and reply.code == "INTERNAL"
+    assert [k.record.name for k in (await keys.list()).keys] == ["good"]
+    assert (await keys.sweep()).statuses_written == 0
+    assert (await keys.get("good")).record.name == "good"
+
+
+async def test_a_stale_writer_never_overwrites_a_newer_status(
+        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    worker = make_worker(nats_config, tmp_path)
+    await worker.start()
+    try:
+        client = KeyClient(nc, nats_config.prefix, timeout=10)
+        await client.create("race", "agent_identity")
+        old_record, old_revision = await worker._read("race")
+        await client.revoke("race", "compromised")
+        pk = old_record.latest.public_key
+        assert (await status_of(nc, nats_config.prefix, pk)).revoked
+        assert await worker._publish_status(old_record, old_revision) == 0
+        assert (await status_of(nc, nats_config.prefix, pk)).refusal(0) == "KEY_REVOKED"
+    finally:
+        await worker.stop()

@@ -38,6 +38,7 @@ from schemas.keys import (
     KeyStatus,
     KeySweep,
     decode_key_reply,
+    decode_state_record,
 )
 from workers import keypolicy
 from workers.keycrypto import MasterKey, parse_master_key, write_master_key
@@ -407,3 +408,12 @@ def test_state_enum_values_are_documented_names() -> None:
     assert [s.value for s in KeyState] == ["Enabled", "Disabled", "PendingDeletion",
                                            "Destroyed"]
     assert KeyInfo.TYPE == "key_info"
+
+
+def test_state_record_must_be_stored_under_its_own_key() -> None:
+    st = status()
+    assert decode_state_record(f"key.{PK.hex()}", st.encode()) == st
+    with pytest.raises(SchemaViolation):
+        decode_state_record(f"key.{bytes(32).hex()}", st.encode())
+    with pytest.raises(SchemaViolation):
+        decode_state_record(f"key.{PK.hex().upper()}", st.encode())
