@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from schemas.codec import BALLOT_LIMITS, REQUEST_LIMITS, Limits, decode
@@ -218,7 +218,7 @@ class KeyRequest(WireMessage):
 
 @dataclass(frozen=True)
 class KeyVersion:
-    """One version of a key. ``sealed_seed`` is empty once destroyed."""
+    """One version of a key. ``sealed_seed`` is empty once revoked or destroyed."""
 
     version: int
     public_key: bytes
@@ -349,8 +349,7 @@ class KeyRecord:
         return KeyInfo(record=KeyRecord(
             name=self.name, purpose=self.purpose, state=self.state,
             created_at_ms=self.created_at_ms, policy=self.policy,
-            versions=tuple(KeyVersion(**{**v.__dict__, "sealed_seed": b""})
-                           for v in self.versions),
+            versions=tuple(replace(v, sealed_seed=b"") for v in self.versions),
             deletion_due_ms=self.deletion_due_ms, updated_at_ms=self.updated_at_ms))
 
 

@@ -14,7 +14,8 @@ State machine (op -> allowed from -> to)::
   destroy   PendingDeletion (when due)   -> Destroyed (sealed seeds erased; terminal)
   rotate    Enabled                      -> Enabled (+1 version)
   sign      Enabled                      -> (no change)
-  revoke    Enabled, Disabled, PendingDeletion -> (same state; versions revoked)
+  revoke    Enabled, Disabled, PendingDeletion -> (same state; versions revoked, their
+                                                    sealed seeds erased: revocation is final)
   config    Enabled, Disabled, PendingDeletion -> (same state; policy changed)
 """
 
@@ -113,7 +114,8 @@ def revoke(rec: KeyRecord, version: int, reason: str, now_ms: int
     versions = []
     for ver in rec.versions:
         if (version in (0, ver.version)) and not ver.revoked:
-            ver = replace(ver, revoked_at_ms=now_ms, revoked_reason=reason)
+            # a revocation is final, so the sealed seed is erased with it
+            ver = replace(ver, revoked_at_ms=now_ms, revoked_reason=reason, sealed_seed=b"")
             revoked.append(ver)
         versions.append(ver)
     return replace(rec, versions=tuple(versions), updated_at_ms=now_ms), revoked

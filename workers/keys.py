@@ -38,10 +38,12 @@ from bus.subjects import KEYS_QUEUE
 from schemas.errors import (
     AgenticPaymentsError,
     CodecError,
+    IdentityError,
     KeyExists,
     KeyManagementError,
     KeyNotFound,
     KeyUpdateConflict,
+    MasterKeyInvalid,
 )
 from schemas.keys import (
     OPS,
@@ -56,7 +58,7 @@ from schemas.keys import (
 )
 from schemas.messages import ErrorReply, WireMessage
 from workers import keypolicy
-from workers.keycrypto import MasterKey
+from workers.keycrypto import MasterKey, wipe
 
 log = logging.getLogger("agentic_payments.keys")
 CAS_ATTEMPTS = 20
@@ -97,6 +99,7 @@ class KeysWorker(Worker):
                                        history=KEYS_HISTORY,
                                        description="agentic-payments keys (sealed)")
         self._state = await state_bucket(self.client, self.subjects)
+        await self._check_master_key()
         for op in OPS:
             await self.subscribe_intake(self.subjects.keys_op(op), self._on_request,
                                         queue=KEYS_QUEUE)
@@ -108,6 +111,30 @@ class KeysWorker(Worker):
             with contextlib.suppress(BaseException):
                 await self._sweeper
         self.master.close()
+
+    async def _check_master_key(self) -> None:
+        """Refuse to serve (exit 78) under a master key that does not open the stored keys."""
+        for record, _ in await self._records():
+            for version in record.versions:
+                if version.sealed_seed:
+                    try:
+                        wipe(self.master.open(version.sealed_seed))
+                    except IdentityError:
+                        raise MasterKeyInvalid(
+                            f"the master key from {self.master.source} does not open the keys "
+                            f"stored in {self.subjects.keys_bucket} (key {record.name!r})"
+                        ) from None
+                    return
+
+    async def _forget_history(self, name: str) -> None:
+        """Drop the older revisions of a key's record (they still hold erased seeds)."""
+        bucket = self.subjects.keys_bucket
+        try:
+            await self.client.jetstream().purge_stream(f"KV_{bucket}",
+                                                       subject=f"$KV.{bucket}.{name}", keep=1)
+        except Exception:
+            self.stats.count("history_purge_failures")
+            log.warning("could not purge the history of key %s", name, exc_info=True)
 
     # ------------------------------------------------------------ request plumbing
     async def _on_request(self, msg: Msg) -> None:
@@ -229,6 +256,8 @@ class KeysWorker(Worker):
             return updated
 
         info = await self._commit(req.name, change)
+        if newly:
+            await self._forget_history(req.name)
         for version in newly:
             event = KeyRevoked(name=req.name, version=version.version,
                                public_key=version.public_key, reason=version.revoked_reason,
@@ -318,6 +347,7 @@ class KeysWorker(Worker):
                 with contextlib.suppress(_NotDue):
                     record, revision = await self._modify(record.name, destroy)
                     destroyed.append(record.name)
+                    await self._forget_history(record.name)
                     log.info("destroyed key %s after its deletion wait", record.name)
             written += await self._publish_status(record, revision)
         self.stats.count("sweeps")

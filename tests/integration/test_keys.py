@@ -22,7 +22,7 @@ from bus.keyclient import KeyClient
 from bus.runtime import RuntimeConfig
 from bus.state import state_bucket, state_key
 from bus.subjects import Subjects
-from schemas.errors import RemoteError
+from schemas.errors import MasterKeyInvalid, RemoteError
 from schemas.identity import verify_signature
 from schemas.keys import KeyInfo, KeyList, KeyRecord, KeyRevoked, KeyStatus
 from schemas.messages import ErrorReply
@@ -111,6 +111,9 @@ async def test_lifecycle_statuses_and_no_key_leaks(
     old = await keys.sign("agent-1", b"pay", version=1)
     assert verify_signature(v1.public_key, b"pay", old.signature)
 
+    _, before = await stored(nc, prefix, "agent-1")
+    secrets = seeds(before)
+    assert len(secrets) == 2
     revoked = await keys.revoke("agent-1", "laptop stolen", version=1)
     replies.append(revoked.encode())
     assert revoked.record.versions[0].revoked_reason == "laptop stolen"
@@ -128,8 +131,9 @@ async def test_lifecycle_statuses_and_no_key_leaks(
     assert [k.record.name for k in listed.keys] == ["agent-1"]
 
     raw, record = await stored(nc, prefix, "agent-1")
-    secrets = seeds(record)
-    assert len(secrets) == 2
+    assert record.versions[0].sealed_seed == b"" and len(seeds(record)) == 1  # erased
+    kv = await nc.jetstream().key_value(Subjects(prefix).keys_bucket)
+    assert len(await kv.history("agent-1")) == 1  # older revisions with v1's seed purged
     logs = caplog.text
     for secret in secrets:
         for blob in (raw, *replies):
@@ -158,6 +162,8 @@ async def test_disable_enable_delete_destroy(keys: KeyClient, nc: Client, prefix
     assert swept.destroyed == ("doc",)
     _, record = await stored(nc, prefix, "doc")
     assert record.state == "Destroyed" and all(v.sealed_seed == b"" for v in record.versions)
+    kv = await nc.jetstream().key_value(Subjects(prefix).keys_bucket)
+    assert len(await kv.history("doc")) == 1  # no older revision keeps a sealed seed
     assert (await status_of(nc, prefix, pk)).refusal(0) == "KEY_DESTROYED"
     assert await error_code(keys.enable("doc")) == "KEY_STATE_CONFLICT"
     assert await error_code(keys.sign("doc", b"x")) == "KEY_STATE_CONFLICT"
@@ -318,3 +324,22 @@ async def test_a_stale_writer_never_overwrites_a_newer_status(
         assert (await status_of(nc, nats_config.prefix, pk)).refusal(0) == "KEY_REVOKED"
     finally:
         await worker.stop()
+
+
+async def test_a_master_key_that_does_not_open_the_stored_keys_is_refused(
+        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    worker = make_worker(nats_config, tmp_path)
+    await worker.start()
+    try:
+        await KeyClient(nc, nats_config.prefix, timeout=10).create("mine", "authentication")
+    finally:
+        await worker.stop()
+    runtime = RuntimeConfig(worker_id="keys2", nats=nats_config, data_dir=tmp_path,
+                            drain_timeout_s=2)
+    wrong = KeysWorker(runtime, MasterKey(bytearray(os.urandom(32)), "wrong"))
+    with pytest.raises(MasterKeyInvalid):
+        await wrong.start()
+    await wrong.stop()
+    again = make_worker(nats_config, tmp_path)  # the right one still starts
+    await again.start()
+    await again.stop()

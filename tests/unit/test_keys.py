@@ -180,6 +180,7 @@ def test_rotate_revoke_and_versions() -> None:
     assert [v.version for v in rec.versions] == [1, 2]
     rec, newly = keypolicy.revoke(rec, 1, "leaked", 3000)
     assert [v.version for v in newly] == [1] and rec.versions[0].revoked_reason == "leaked"
+    assert rec.versions[0].sealed_seed == b"" and rec.versions[1].sealed_seed == SEALED
     rec, newly = keypolicy.revoke(rec, 0, "all", 4000)   # v1 keeps its first reason
     assert [v.version for v in newly] == [2]
     assert rec.versions[0].revoked_at_ms == 3000 and rec.versions[0].revoked_reason == "leaked"
