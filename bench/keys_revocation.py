@@ -157,6 +157,7 @@ def main() -> int:
             if server is not None:
                 server.stop()
     result.update(bench="keys_revocation", date=dt.date.today().isoformat(),
+                  load_avg_1m_5m_15m=[round(x, 2) for x in os.getloadavg()],
                   python=platform.python_version(), cpus=os.cpu_count(),
                   method="revoke reply -> BucketMirror on a second connection; "
                          "key manager in its own process; nearest-rank p95")

@@ -256,8 +256,8 @@ class KeysWorker(Worker):
             return updated
 
         info = await self._commit(req.name, change)
-        if newly:
-            await self._forget_history(req.name)
+        if newly:  # off the reply's path: the status and event matter first
+            self.spawn(self._forget_history(req.name))
         for version in newly:
             event = KeyRevoked(name=req.name, version=version.version,
                                public_key=version.public_key, reason=version.revoked_reason,
