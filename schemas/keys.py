@@ -563,10 +563,16 @@ class KeySweep(WireMessage):
                    statuses_written=_int(obj, "statuses_written"))
 
 
+DOMAIN_KEY_REVOKED = b"agentic-payments/key-revoked/v1\x00"
+
+
 @dataclass(frozen=True)
 class KeyRevoked(WireMessage):
     """Event on ``{prefix}.keys.event.revoked``: one key version was revoked.
 
+    Signed by the key manager's own Ed25519 identity (``signer``; also in its
+    micro-service metadata as ``public_key``): ``sig`` is over
+    DOMAIN_KEY_REVOKED || msgpack(every other field as a map with sorted keys).
     The authoritative state is the KeyStatus in ``{prefix}_state`` (written
     before this event is published); the event lets a listener react at once.
     """
@@ -577,15 +583,31 @@ class KeyRevoked(WireMessage):
     reason: str
     revoked_at_ms: int
     worker_id: str
+    signer: bytes = bytes(PUBLIC_KEY_BYTES)
+    sig: bytes = bytes(SIGNATURE_BYTES)
 
     TYPE: ClassVar[str] = "key_revoked"
     FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "name", "version", "public_key",
-                                         "reason", "revoked_at_ms", "worker_id")
+                                         "reason", "revoked_at_ms", "worker_id", "signer",
+                                         "sig")
 
-    def to_wire(self) -> dict[str, Any]:
+    def _body(self) -> dict[str, Any]:
         return {"type": self.TYPE, "v": VERSION, "name": self.name, "version": self.version,
                 "public_key": self.public_key, "reason": self.reason,
-                "revoked_at_ms": self.revoked_at_ms, "worker_id": self.worker_id}
+                "revoked_at_ms": self.revoked_at_ms, "worker_id": self.worker_id,
+                "signer": self.signer}
+
+    def signing_bytes(self) -> bytes:
+        from schemas.codec import encode
+        body = self._body()
+        return DOMAIN_KEY_REVOKED + encode({k: body[k] for k in sorted(body)})
+
+    def signature_ok(self) -> bool:
+        from schemas.identity import verify_signature
+        return verify_signature(self.signer, self.signing_bytes(), self.sig)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**self._body(), "sig": self.sig}
 
     @classmethod
     def from_wire(cls, obj: Any) -> KeyRevoked:
@@ -595,7 +617,9 @@ class KeyRevoked(WireMessage):
                    public_key=_bytes(obj, "public_key", exact=PUBLIC_KEY_BYTES),
                    reason=_str(obj, "reason", MAX_REASON),
                    revoked_at_ms=_int(obj, "revoked_at_ms", lo=1),
-                   worker_id=_str(obj, "worker_id", 64))
+                   worker_id=_str(obj, "worker_id", 64),
+                   signer=_bytes(obj, "signer", exact=PUBLIC_KEY_BYTES),
+                   sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES))
 
 
 def decode_key_reply(data: bytes) -> Any:
@@ -611,6 +635,6 @@ def decode_key_reply(data: bytes) -> Any:
     return classes[kind].from_wire(obj)
 
 
-__all__ = ["OPS", "REFUSAL_CODES", "KeyInfo", "KeyList", "KeyPolicy", "KeyPurpose",
-           "KeyRecord", "KeyRequest", "KeyRevoked", "KeySignature", "KeyState", "KeyStatus",
-           "KeySweep", "KeyVersion", "Refusal", "decode_state_record"]
+__all__ = ["DOMAIN_KEY_REVOKED", "OPS", "REFUSAL_CODES", "KeyInfo", "KeyList", "KeyPolicy",
+           "KeyPurpose", "KeyRecord", "KeyRequest", "KeyRevoked", "KeySignature", "KeyState",
+           "KeyStatus", "KeySweep", "KeyVersion", "Refusal", "decode_state_record"]

@@ -27,6 +27,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -45,6 +47,7 @@ from schemas.errors import (
     KeyUpdateConflict,
     MasterKeyInvalid,
 )
+from schemas.identity import AgentIdentity
 from schemas.keys import (
     OPS,
     KeyInfo,
@@ -76,9 +79,13 @@ class KeysWorker(Worker):
     kind = "keys"
 
     def __init__(self, runtime: RuntimeConfig, master_key: MasterKey, *,
-                 sweep_interval_s: float = DEFAULT_SWEEP_S) -> None:
+                 sweep_interval_s: float = DEFAULT_SWEEP_S, key_file: Path | None = None,
+                 identity: AgentIdentity | None = None) -> None:
         super().__init__(runtime)
         self.master = master_key
+        #: The manager's own identity, which signs KeyRevoked events (not a managed key).
+        self.key_file = key_file or runtime.data_dir / "keys" / f"keys-{self.worker_id}.key"
+        self.identity = identity or AgentIdentity.load_or_create(self.key_file)
         self.sweep_interval_s = sweep_interval_s
         self._kv: Any = None
         self._state: Any = None
@@ -92,7 +99,8 @@ class KeysWorker(Worker):
         assert set(self._ops) == set(OPS)
 
     def extra_metadata(self) -> dict[str, str]:
-        return {"sweep_interval_s": str(self.sweep_interval_s)}
+        return {"public_key": self.identity.public_key_hex,
+                "sweep_interval_s": str(self.sweep_interval_s)}
 
     async def setup(self) -> None:
         self._kv = await ensure_bucket(self.client, self.subjects.keys_bucket,
@@ -261,7 +269,9 @@ class KeysWorker(Worker):
         for version in newly:
             event = KeyRevoked(name=req.name, version=version.version,
                                public_key=version.public_key, reason=version.revoked_reason,
-                               revoked_at_ms=version.revoked_at_ms, worker_id=self.worker_id)
+                               revoked_at_ms=version.revoked_at_ms, worker_id=self.worker_id,
+                               signer=self.identity.public_key)
+            event = replace(event, sig=self.identity.sign(event.signing_bytes()))
             await self.client.publish(self.subjects.keys_revoked, event.encode())
         log.info("revoked key %s version(s) %s: %s", req.name,
                  [v.version for v in newly] or "none new", req.reason)

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from bus.runtime import RuntimeConfig
 from bus.state import state_bucket, state_key
 from bus.subjects import Subjects
 from schemas.errors import MasterKeyInvalid, RemoteError
-from schemas.identity import verify_signature
+from schemas.identity import AgentIdentity, verify_signature
 from schemas.keys import KeyInfo, KeyList, KeyRecord, KeyRevoked, KeyStatus
 from schemas.messages import ErrorReply
 from workers.keycrypto import MasterKey
@@ -83,8 +84,13 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0
         await asyncio.sleep(0.05)
 
 
+def keys_worker_key(tmp_path: Path) -> bytes:
+    return AgentIdentity.load(tmp_path / "keys" / "keys-keys1.key").public_key
+
+
 async def test_lifecycle_statuses_and_no_key_leaks(
-        keys: KeyClient, nc: Client, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+        keys: KeyClient, nc: Client, prefix: str, caplog: pytest.LogCaptureFixture,
+        tmp_path: Path) -> None:
     events: list[KeyRevoked] = []
 
     async def on_event(msg: Msg) -> None:
@@ -124,6 +130,8 @@ async def test_lifecycle_statuses_and_no_key_leaks(
     await eventually(lambda: asyncio.sleep(0, len(events) == 1))
     assert (events[0].name, events[0].version, events[0].public_key) == (
         "agent-1", 1, v1.public_key)
+    assert events[0].signature_ok() and events[0].signer == keys_worker_key(tmp_path)
+    assert not replace(events[0], reason="other").signature_ok()
     assert await error_code(keys.sign("agent-1", b"x", version=1)) == "KEY_VERSION_INVALID"
 
     listed = await keys.list()

@@ -350,7 +350,7 @@ def test_record_versions_must_be_consecutive() -> None:
 
 @pytest.mark.parametrize("msg", [
     KeySignature("k", 2, PK, bytes(64)), KeySweep(("a",), ("b",), 3),
-    KeyRevoked("k", 1, PK, "leaked", 5, "keys1"),
+    KeyRevoked("k", 1, PK, "leaked", 5, "keys1", PK, bytes(64)),
 ])
 def test_reply_round_trip(msg: Any) -> None:
     assert type(msg).decode(msg.encode()) == msg
@@ -418,3 +418,18 @@ def test_state_record_must_be_stored_under_its_own_key() -> None:
         decode_state_record(f"key.{bytes(32).hex()}", st.encode())
     with pytest.raises(SchemaViolation):
         decode_state_record(f"key.{PK.hex().upper()}", st.encode())
+
+
+def test_revocation_event_signature() -> None:
+    from schemas.identity import AgentIdentity
+    from schemas.keys import DOMAIN_KEY_REVOKED
+
+    ident = AgentIdentity.generate()
+    event = KeyRevoked("k", 1, PK, "leaked", 5, "keys1", ident.public_key)
+    event = replace(event, sig=ident.sign(event.signing_bytes()))
+    assert event.signing_bytes().startswith(DOMAIN_KEY_REVOKED)
+    back = KeyRevoked.decode(event.encode())
+    assert back.signature_ok()
+    for forged in (replace(back, version=2), replace(back, reason="x"),
+                   replace(back, signer=AgentIdentity.generate().public_key)):
+        assert not forged.signature_ok()

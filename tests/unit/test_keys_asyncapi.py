@@ -42,7 +42,7 @@ SAMPLES: dict[type, Any] = {
     KeyList: KeyList((RECORD.info(),)),
     KeySignature: KeySignature("k", 1, PK, bytes(64)),
     KeySweep: KeySweep(("a",), (), 1),
-    KeyRevoked: KeyRevoked("k", 1, PK, "r", 2, "keys1"),
+    KeyRevoked: KeyRevoked("k", 1, PK, "r", 2, "keys1", PK, bytes(64)),
     KeyStatus: KeyStatus(PK, "k", 1, "authentication", "Enabled", True, 1, 0, 0, "", 2, 3),
     KeyRecord: RECORD,
 }
@@ -101,3 +101,12 @@ def test_message_limits(cls: Any) -> None:
 @pytest.mark.parametrize("cls", list(SAMPLES), ids=lambda c: c.__name__)
 def test_samples_round_trip(cls: Any) -> None:
     assert cls.decode(SAMPLES[cls].encode()) == SAMPLES[cls]
+
+
+def test_revocation_domain_tag() -> None:
+    from schemas.keys import DOMAIN_KEY_REVOKED
+
+    domain = DOC["x-signing"]["domains"]["key_revoked"]
+    assert bytes.fromhex(domain["hex"]) == DOMAIN_KEY_REVOKED
+    assert domain["text"].replace("\\0", "\0").encode() == DOMAIN_KEY_REVOKED
+    assert domain["python"] == "schemas.keys.DOMAIN_KEY_REVOKED"
