@@ -42,7 +42,8 @@ def _make_worker(args: argparse.Namespace) -> Worker:
         log.warning("no master key configured: generated a development master key at %s "
                     "(production must supply its own: --master-key-file, AP_MASTER_KEY_FILE "
                     "or AP_MASTER_KEY)", default)
-    return KeysWorker(runtime, master, sweep_interval_s=args.sweep_interval_s)
+    return KeysWorker(runtime, master, sweep_interval_s=args.sweep_interval_s,
+                      key_file=Path(args.key_file) if args.key_file else None)
 
 
 # ---------------------------------------------------------------- keys commands
@@ -162,6 +163,9 @@ def register(sub: Any, kinds: Any) -> None:
     worker.add_argument("--id", default="keys1", help="worker id (default keys1)")
     worker.add_argument("--master-key-file",
                         help="master key file (0600), from 'keys init-master'")
+    worker.add_argument("--key-file", help="the manager's own Ed25519 identity, which signs "
+                        "revocation events (default DATA_DIR/keys/keys-ID.key, created if "
+                        "missing)")
     worker.add_argument("--sweep-interval-s", type=_positive, default=DEFAULT_SWEEP_S,
                         help="seconds between sweeps: auto-rotation by age, destruction "
                              "after the deletion wait, status repair (default 3600)")
