@@ -17,6 +17,8 @@ DEFAULT_PREFIX = "ap"
 TALLY_QUEUE = "tally"
 #: Queue group of the trust-chain validator service (workers/trust.py).
 TRUST_QUEUE = "trust"
+#: Queue group of the key manager's request subjects (workers/keys.py).
+KEYS_QUEUE = "keys"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -140,6 +142,24 @@ class Subjects:
     def decisions_bucket(self) -> str:
         """Certificates by request id, for idempotent retries (and audit)."""
         return f"{self.prefix}_decisions"
+
+    # -- key manager (workers/keys.py, schemas/keys.py) ---------------------------
+    def keys_op(self, keys_op: str) -> str:
+        """Key manager request/reply (queue group 'keys'); ``keys_op`` is one of
+        schemas.keys.OPS: create, rotate, revoke, disable, enable, delete, get,
+        list, sign, config, sweep."""
+        return f"{self.prefix}.keys.{keys_op}"
+
+    @property
+    def keys_revoked(self) -> str:
+        """KeyRevoked events, published after the revocation is in the state bucket."""
+        return f"{self.prefix}.keys.event.revoked"
+
+    @property
+    def keys_bucket(self) -> str:
+        """The key manager's private bucket: key = key name, value = KeyRecord
+        (policy and every version, seeds sealed under the master key)."""
+        return f"{self.prefix}_keys"
 
 
 #: Name every worker registers under for ``$SRV.PING/INFO/STATS``.

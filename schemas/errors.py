@@ -8,6 +8,7 @@ boundary so callers only ever catch ``AgenticPaymentsError``::
 
     AgenticPaymentsError                      code
     ├── ConfigError                           CONFIG_INVALID
+    │   └── MasterKeyInvalid                  MASTER_KEY_INVALID
     ├── CodecError                            (malformed input on the wire)
     │   ├── PayloadTooLarge                   PAYLOAD_TOO_LARGE
     │   ├── MalformedPayload                  MALFORMED_PAYLOAD
@@ -34,6 +35,13 @@ boundary so callers only ever catch ``AgenticPaymentsError``::
     │   ├── AuthorityUnknown                  AUTHORITY_UNKNOWN
     │   ├── ChangeInvalid                     CHANGE_INVALID
     │   └── StateConflict                     STATE_CONFLICT
+    ├── KeyManagementError                    KEY_ERROR (key manager refusals)
+    │   ├── KeyNotFound                       KEY_NOT_FOUND
+    │   ├── KeyExists                         KEY_EXISTS
+    │   ├── KeyStateConflict                  KEY_STATE_CONFLICT
+    │   ├── KeyPolicyDenied                   KEY_POLICY_DENIED
+    │   ├── KeyVersionInvalid                 KEY_VERSION_INVALID
+    │   └── KeyUpdateConflict                 KEY_UPDATE_CONFLICT
     └── TransportError                        (NATS trouble, client side)
         ├── NotConnected                      NOT_CONNECTED
         ├── NoResponders                      NO_RESPONDERS
@@ -249,6 +257,53 @@ class StateConflict(AuthorityError):
     """Another writer changed the record first (compare-and-set lost); re-read and retry."""
 
     code = "STATE_CONFLICT"
+# -- key manager (workers/keys.py) ---------------------------------------------
+class MasterKeyInvalid(ConfigError):
+    """The key manager's master key is missing or malformed (exit 78)."""
+
+    code = "MASTER_KEY_INVALID"
+
+
+class KeyManagementError(AgenticPaymentsError):
+    """The key manager refused an operation."""
+
+    code = "KEY_ERROR"
+
+
+class KeyNotFound(KeyManagementError):
+    """No key by that name."""
+
+    code = "KEY_NOT_FOUND"
+
+
+class KeyExists(KeyManagementError):
+    """A key by that name already exists."""
+
+    code = "KEY_EXISTS"
+
+
+class KeyStateConflict(KeyManagementError):
+    """The operation is not allowed in the key's current state."""
+
+    code = "KEY_STATE_CONFLICT"
+
+
+class KeyPolicyDenied(KeyManagementError):
+    """The key's policy forbids the operation (e.g. deletion not allowed)."""
+
+    code = "KEY_POLICY_DENIED"
+
+
+class KeyVersionInvalid(KeyManagementError):
+    """The key version does not exist or may not be used for this operation."""
+
+    code = "KEY_VERSION_INVALID"
+
+
+class KeyUpdateConflict(KeyManagementError):
+    """Concurrent updates kept winning the compare-and-set; retry."""
+
+    code = "KEY_UPDATE_CONFLICT"
 
 
 class TransportError(AgenticPaymentsError):
@@ -303,5 +358,12 @@ WIRE_ERROR_CODES: frozenset[str] = frozenset(
         "AUTHORITY_UNKNOWN",
         "CHANGE_INVALID",
         "STATE_CONFLICT",
+        # key manager
+        "KEY_NOT_FOUND",
+        "KEY_EXISTS",
+        "KEY_STATE_CONFLICT",
+        "KEY_POLICY_DENIED",
+        "KEY_VERSION_INVALID",
+        "KEY_UPDATE_CONFLICT",
     }
 )

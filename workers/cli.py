@@ -73,11 +73,13 @@ EXTENSIONS: tuple[str, ...] = (
     "workers.anomaly_cli",
     "workers.trust",
     "workers.authority_cli",
+    "workers.keys_cli",
 )
 
 #: Service workers ``up`` starts once each (``worker KIND --id KIND1``), after
 #: the tallies and verifiers: the state-keeping and watching workers.
 UP_SERVICES: tuple[str, ...] = (
+    "keys",
     "trust",
     "authority",
     "anomaly",

@@ -1,0 +1,379 @@
+"""The key manager worker (``agentic-payments worker keys``).
+
+Serves ``{prefix}.keys.<op>`` (queue group ``keys``, so several instances can
+run) with MessagePack ``key_request`` maps; see schemas/keys.py for the
+messages and workers/keypolicy.py for the rules. Every change is a
+compare-and-set on the key's record in ``{prefix}_keys``; then the public
+status of every affected version is written (compare-and-set, never over a
+status derived from a newer record) to ``{prefix}_state`` under
+``key.<public key hex>``; then, for a revocation, a KeyRevoked event goes to
+``{prefix}.keys.event.revoked``; only then is the request answered. So when a
+client has the reply, every verifier watching the state bucket is about to
+see it (bench/keys_revocation.py measures how soon).
+
+A sweep — on a schedule (default hourly) and on demand (op ``sweep``) —
+rotates keys whose latest version is older than their auto-rotation period,
+destroys keys whose deletion wait is over, and rewrites any public status that
+is missing or stale (repairing a manager that died between its two writes).
+
+Private seeds never leave this process: they are stored sealed (see
+workers/keycrypto.py) and only ``sign`` opens one, for one signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+
+from bus.runtime import RuntimeConfig, Worker, now_ms
+from bus.state import ensure_bucket, state_bucket, state_key
+from bus.subjects import KEYS_QUEUE
+from schemas.errors import (
+    AgenticPaymentsError,
+    CodecError,
+    IdentityError,
+    KeyExists,
+    KeyManagementError,
+    KeyNotFound,
+    KeyUpdateConflict,
+    MasterKeyInvalid,
+)
+from schemas.identity import AgentIdentity
+from schemas.keys import (
+    OPS,
+    KeyInfo,
+    KeyList,
+    KeyRecord,
+    KeyRequest,
+    KeyRevoked,
+    KeySignature,
+    KeyStatus,
+    KeySweep,
+)
+from schemas.messages import ErrorReply, WireMessage
+from workers import keypolicy
+from workers.keycrypto import MasterKey, wipe
+
+log = logging.getLogger("agentic_payments.keys")
+CAS_ATTEMPTS = 20
+DEFAULT_SWEEP_S = 3600.0
+KEYS_HISTORY = 5
+
+
+class _NotDue(Exception):
+    """A sweep found the key no longer due (another manager got there first)."""
+
+
+class KeysWorker(Worker):
+    """Key manager: versioned Ed25519 keys, rotation, revocation, signing."""
+
+    kind = "keys"
+
+    def __init__(self, runtime: RuntimeConfig, master_key: MasterKey, *,
+                 sweep_interval_s: float = DEFAULT_SWEEP_S, key_file: Path | None = None,
+                 identity: AgentIdentity | None = None) -> None:
+        super().__init__(runtime)
+        self.master = master_key
+        #: The manager's own identity, which signs KeyRevoked events (not a managed key).
+        self.key_file = key_file or runtime.data_dir / "keys" / f"keys-{self.worker_id}.key"
+        self.identity = identity or AgentIdentity.load_or_create(self.key_file)
+        self.sweep_interval_s = sweep_interval_s
+        self._kv: Any = None
+        self._state: Any = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._ops: dict[str, Callable[[KeyRequest], Awaitable[WireMessage]]] = {
+            "create": self._create, "rotate": self._rotate, "revoke": self._revoke,
+            "disable": self._disable, "enable": self._enable, "delete": self._delete,
+            "get": self._get_op, "list": self._list, "sign": self._sign,
+            "config": self._config, "sweep": self._sweep_op,
+        }
+        assert set(self._ops) == set(OPS)
+
+    def extra_metadata(self) -> dict[str, str]:
+        return {"public_key": self.identity.public_key_hex,
+                "sweep_interval_s": str(self.sweep_interval_s)}
+
+    async def setup(self) -> None:
+        self._kv = await ensure_bucket(self.client, self.subjects.keys_bucket,
+                                       history=KEYS_HISTORY,
+                                       description="agentic-payments keys (sealed)")
+        self._state = await state_bucket(self.client, self.subjects)
+        await self._check_master_key()
+        for op in OPS:
+            await self.subscribe_intake(self.subjects.keys_op(op), self._on_request,
+                                        queue=KEYS_QUEUE)
+        self._sweeper = asyncio.create_task(self._sweep_loop())
+
+    async def teardown(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(BaseException):
+                await self._sweeper
+        self.master.close()
+
+    async def _check_master_key(self) -> None:
+        """Refuse to serve (exit 78) under a master key that does not open the stored keys."""
+        for record, _ in await self._records():
+            for version in record.versions:
+                if version.sealed_seed:
+                    try:
+                        wipe(self.master.open(version.sealed_seed))
+                    except IdentityError:
+                        raise MasterKeyInvalid(
+                            f"the master key from {self.master.source} does not open the keys "
+                            f"stored in {self.subjects.keys_bucket} (key {record.name!r})"
+                        ) from None
+                    return
+
+    async def _forget_history(self, name: str) -> None:
+        """Drop the older revisions of a key's record (they still hold erased seeds)."""
+        bucket = self.subjects.keys_bucket
+        try:
+            await self.client.jetstream().purge_stream(f"KV_{bucket}",
+                                                       subject=f"$KV.{bucket}.{name}", keep=1)
+        except Exception:
+            self.stats.count("history_purge_failures")
+            log.warning("could not purge the history of key %s", name, exc_info=True)
+
+    # ------------------------------------------------------------ request plumbing
+    async def _on_request(self, msg: Msg) -> None:
+        started = time.perf_counter()
+        op = msg.subject.rsplit(".", 1)[-1]
+        ok = True
+        reply: WireMessage
+        try:
+            request = KeyRequest.decode_for(op, msg.data)
+            reply = await self._ops[op](request)
+            self.stats.count(f"op_{op}")
+        except (CodecError, KeyManagementError) as exc:
+            self.stats.count(f"rejected_{exc.code}")
+            reply = ErrorReply(exc.code, exc.message[:4096])
+        except AgenticPaymentsError as exc:
+            ok = False
+            log.error("%s failed [%s]: %s", op, exc.code, exc)
+            reply = ErrorReply("INTERNAL", f"{op} failed [{exc.code}]")
+        except Exception:
+            ok = False
+            log.exception("%s failed", op)
+            reply = ErrorReply("INTERNAL", f"{op} failed (see the key manager's log)")
+        finally:
+            self.stats.record((time.perf_counter() - started) * 1000, ok)
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(reply.encode())
+
+    async def _read(self, name: str) -> tuple[KeyRecord, int]:
+        try:
+            entry = await self._kv.get(name)
+        except KeyNotFoundError:
+            raise KeyNotFound(f"no key named {name!r}") from None
+        try:
+            return KeyRecord.decode(entry.value), int(entry.revision)
+        except CodecError as exc:  # our own store is corrupt: a failure, not bad input
+            raise AgenticPaymentsError(f"stored record of key {name!r} is corrupt "
+                                       f"[{exc.code}]") from None
+
+    async def _modify(self, name: str, change: Callable[[KeyRecord], KeyRecord]
+                      ) -> tuple[KeyRecord, int]:
+        """Read, change, compare-and-set; retried while another writer wins."""
+        for _ in range(CAS_ATTEMPTS):
+            record, revision = await self._read(name)
+            updated = change(record)
+            try:
+                new_revision = await self._kv.update(name, updated.encode(), last=revision)
+            except KeyWrongLastSequenceError:
+                self.stats.count("cas_retries")
+                continue
+            return updated, int(new_revision)
+        raise KeyUpdateConflict(f"key {name!r} changed under every attempt; retry")
+
+    async def _publish_status(self, record: KeyRecord, revision: int) -> int:
+        """Write each version's KeyStatus (CAS) unless unchanged or a newer one is there."""
+        written = 0
+        for status in keypolicy.statuses(record, revision, now_ms()):
+            key = state_key("key", status.public_key.hex())
+            for _ in range(CAS_ATTEMPTS):
+                try:
+                    entry = await self._state.get(key)
+                except KeyNotFoundError:
+                    entry = None
+                last = 0
+                if entry is not None and entry.value:
+                    last = int(entry.revision)
+                    try:
+                        old = KeyStatus.decode(entry.value)
+                        if old.source_revision > revision or old.same_content(status):
+                            break
+                    except CodecError:
+                        log.warning("replacing malformed status %s", key)
+                elif entry is not None:
+                    last = int(entry.revision)
+                try:
+                    if last:
+                        await self._state.update(key, status.encode(), last=last)
+                    else:
+                        await self._state.create(key, status.encode())
+                    written += 1
+                    break
+                except KeyWrongLastSequenceError:
+                    self.stats.count("state_cas_retries")
+            else:
+                raise KeyUpdateConflict(f"status {key} changed under every attempt; retry")
+        return written
+
+    async def _commit(self, name: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyInfo:
+        record, revision = await self._modify(name, change)
+        await self._publish_status(record, revision)
+        return record.info()
+
+    # ------------------------------------------------------------ operations
+    async def _create(self, req: KeyRequest) -> WireMessage:
+        policy = keypolicy.policy_from_request(req)
+        public_key, sealed = self.master.generate()
+        record = keypolicy.create(req.name, req.purpose, policy, public_key, sealed, now_ms())
+        try:
+            revision = await self._kv.create(req.name, record.encode())
+        except KeyWrongLastSequenceError:
+            raise KeyExists(f"a key named {req.name!r} already exists") from None
+        await self._publish_status(record, int(revision))
+        log.info("created key %s (%s) version 1", req.name, req.purpose)
+        return record.info()
+
+    async def _rotate(self, req: KeyRequest) -> WireMessage:
+        public_key, sealed = self.master.generate()
+        info = await self._commit(req.name, lambda r: keypolicy.rotate(r, public_key, sealed,
+                                                                       now_ms()))
+        log.info("rotated key %s to version %d", req.name, info.record.latest.version)
+        return info
+
+    async def _revoke(self, req: KeyRequest) -> WireMessage:
+        newly: list[Any] = []
+
+        def change(record: KeyRecord) -> KeyRecord:
+            updated, revoked = keypolicy.revoke(record, req.version, req.reason, now_ms())
+            newly[:] = revoked
+            return updated
+
+        info = await self._commit(req.name, change)
+        if newly:  # off the reply's path: the status and event matter first
+            self.spawn(self._forget_history(req.name))
+        for version in newly:
+            event = KeyRevoked(name=req.name, version=version.version,
+                               public_key=version.public_key, reason=version.revoked_reason,
+                               revoked_at_ms=version.revoked_at_ms, worker_id=self.worker_id,
+                               signer=self.identity.public_key)
+            event = replace(event, sig=self.identity.sign(event.signing_bytes()))
+            await self.client.publish(self.subjects.keys_revoked, event.encode())
+        log.info("revoked key %s version(s) %s: %s", req.name,
+                 [v.version for v in newly] or "none new", req.reason)
+        return info
+
+    def _state_op(self, op: str) -> Callable[[KeyRequest], Awaitable[WireMessage]]:
+        async def run(req: KeyRequest) -> WireMessage:
+            info = await self._commit(req.name, lambda r: keypolicy.set_state(r, op, now_ms()))
+            log.info("%s key %s: now %s", op, req.name, info.record.state)
+            return info
+        return run
+
+    async def _disable(self, req: KeyRequest) -> WireMessage:
+        return await self._state_op("disable")(req)
+
+    async def _enable(self, req: KeyRequest) -> WireMessage:
+        return await self._state_op("enable")(req)
+
+    async def _delete(self, req: KeyRequest) -> WireMessage:
+        return await self._state_op("delete")(req)
+
+    async def _config(self, req: KeyRequest) -> WireMessage:
+        return await self._commit(req.name, lambda r: keypolicy.configure(r, req, now_ms()))
+
+    async def _get_op(self, req: KeyRequest) -> WireMessage:
+        record, _ = await self._read(req.name)
+        return record.info()
+
+    async def _names(self) -> list[str]:
+        try:
+            return sorted(await self._kv.keys())
+        except NoKeysError:
+            return []
+
+    async def _records(self) -> list[tuple[KeyRecord, int]]:
+        out = []
+        for name in await self._names():
+            try:
+                out.append(await self._read(name))
+            except KeyNotFound:
+                continue
+            except AgenticPaymentsError as exc:
+                self.stats.count("corrupt_records")
+                log.warning("skipping key %r: %s", name, exc)
+        return out
+
+    async def _list(self, req: KeyRequest) -> WireMessage:
+        return KeyList(keys=tuple(record.info() for record, _ in await self._records()))
+
+    async def _sign(self, req: KeyRequest) -> WireMessage:
+        record, _ = await self._read(req.name)
+        version = keypolicy.signing_version(record, req.version, now_ms())
+        signature = self.master.sign(version.sealed_seed, version.public_key, req.message)
+        return KeySignature(name=record.name, version=version.version,
+                            public_key=version.public_key, signature=signature)
+
+    # ------------------------------------------------------------ sweep
+    async def sweep(self) -> KeySweep:
+        rotated: list[str] = []
+        destroyed: list[str] = []
+        written = 0
+        now = now_ms()
+        for record, revision in await self._records():
+            if keypolicy.rotation_due(record, now):
+                public_key, sealed = self.master.generate()
+
+                def rotate(r: KeyRecord, pk: bytes = public_key, s: bytes = sealed) -> KeyRecord:
+                    if not keypolicy.rotation_due(r, now_ms()):
+                        raise _NotDue
+                    return keypolicy.rotate(r, pk, s, now_ms())
+
+                with contextlib.suppress(_NotDue):
+                    record, revision = await self._modify(record.name, rotate)
+                    rotated.append(record.name)
+                    log.info("auto-rotated key %s to version %d", record.name,
+                             record.latest.version)
+            elif keypolicy.destruction_due(record, now):
+                def destroy(r: KeyRecord) -> KeyRecord:
+                    if not keypolicy.destruction_due(r, now_ms()):
+                        raise _NotDue
+                    return keypolicy.set_state(r, "destroy", now_ms())
+
+                with contextlib.suppress(_NotDue):
+                    record, revision = await self._modify(record.name, destroy)
+                    destroyed.append(record.name)
+                    await self._forget_history(record.name)
+                    log.info("destroyed key %s after its deletion wait", record.name)
+            written += await self._publish_status(record, revision)
+        self.stats.count("sweeps")
+        return KeySweep(rotated=tuple(rotated), destroyed=tuple(destroyed),
+                        statuses_written=written)
+
+    async def _sweep_op(self, req: KeyRequest) -> WireMessage:
+        return await self.sweep()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats.count("sweep_failures")
+                log.warning("scheduled sweep failed", exc_info=True)
+            await asyncio.sleep(self.sweep_interval_s)
