@@ -1,22 +1,40 @@
 """The verdict state as a verifier sees it: decoded records of ``{prefix}_state``.
 
-Pure (no I/O): the verifier's BucketMirror feeds ``decode_state_record`` and
-judges every request of a ballot through one ``StateVerdicts`` over the
-mirror's items at one revision. Each area's record format and rules belong to
-the service that owns it (schemas/keys.py, schemas/trust.py,
-schemas/authority.py); this module only routes to them.
+Pure (no I/O): the verifier's BucketMirror decodes records with
+``decode_state_record`` and judges every request of a ballot through one
+``StateVerdicts`` built over the mirror's items at one revision. Each area's
+record format and rules belong to the service that owns it; this module only
+routes to them:
+
+  key.*                  schemas/keys.py       KeyStatus.refusal(now)
+  anchor.*, cert.*       schemas/trust.py      workers/chain.py TrustIndex (purpose "payment")
+  authority.*, policy.*  schemas/authority.py  workers/policy.py evaluate
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 
+from schemas import authority as authority_schema
+from schemas import keys as keys_schema
+from schemas import trust as trust_schema
+from schemas.authority import AuthorityRecord, Endorsement, QuorumPolicy
 from schemas.errors import SchemaViolation
+from schemas.keys import KeyStatus
+from workers.chain import ChainCache, TrustIndex
+from workers.policy import evaluate, resolve_policy, split_state
 
 Decoder = Callable[[str, bytes], object]
 
 #: state-bucket area -> decoder of its records (CodecError on malformed data)
-DECODERS: dict[str, Decoder] = {}
+DECODERS: dict[str, Decoder] = {
+    "key": keys_schema.decode_state_record,
+    "anchor": trust_schema.decode_state_record,
+    "cert": trust_schema.decode_state_record,
+    "authority": authority_schema.decode_state_record,
+    "policy": authority_schema.decode_state_record,
+}
 
 
 def decode_state_record(key: str, value: bytes) -> object:
@@ -28,19 +46,55 @@ def decode_state_record(key: str, value: bytes) -> object:
 
 
 class StateVerdicts:
-    """``workers.judge.VerdictState`` over the decoded records of one revision."""
+    """``workers.judge.VerdictState`` over the decoded records of one revision.
 
-    def __init__(self, items: Mapping[str, object]) -> None:
+    Build one per revision and reuse it for every ballot judged at that
+    revision: the trust index and the authority registry are derived once.
+    ``chain_cache`` (optional) keeps successful chains across revisions safely
+    (it empties itself when the revision changes).
+    """
+
+    def __init__(self, items: Mapping[str, object], revision: int = 0, *,
+                 chain_cache: ChainCache | None = None) -> None:
         self.items = items
+        self.revision = revision
+        self._chain_cache = chain_cache
+        self._trust: TrustIndex | None = None
+        self._authority: tuple[dict[bytes, AuthorityRecord], dict[str, QuorumPolicy]] | None = None
 
     def key_refusal(self, public_key: bytes, now_ms: int) -> str | None:
-        return None
+        status = self.items.get(f"key.{public_key.hex()}")
+        if isinstance(status, KeyStatus):
+            return status.refusal(now_ms)
+        return None  # a key the key manager does not manage: its signature is the check
 
     def chain_refusal(self, leaf_key: bytes, chain: Sequence[bytes],
                       now_ms: int) -> str | None:
-        return "CHAIN_NO_ANCHOR"
+        def refusal(key: bytes) -> str | None:
+            return self.key_refusal(key, now_ms)
+
+        purpose = trust_schema.PURPOSE_PAYMENT
+        cache = self._chain_cache
+        if cache is not None and cache.get(self.revision, leaf_key, purpose, chain, now_ms,
+                                           refusal) is not None:
+            return None
+        if self._trust is None:
+            self._trust = TrustIndex.from_state(self.items)
+        result = self._trust.validate(leaf_key, chain, purpose, now_ms, refusal)
+        if result.ok:
+            if cache is not None:
+                cache.put(self.revision, leaf_key, purpose, chain, result)
+            return None
+        code = result.code or "CHAIN_INVALID"
+        return code if result.failed_link is None else f"{code}:{result.failed_link}"
 
     def policy_refusal(self, category: str, message: bytes,
                        endorsements: Sequence[tuple[bytes, bytes]],
                        now_ms: int) -> str | None:
-        return "POLICY_MISSING"
+        if self._authority is None:
+            self._authority = split_state(self.items)
+        authorities, policies = self._authority
+        result = evaluate(resolve_policy(policies, category), authorities,
+                          [Endorsement(authority_key=k, signature=s) for k, s in endorsements],
+                          category, hashlib.sha256(message).digest())
+        return None if result.ok else (result.code or "POLICY_NOT_MET")

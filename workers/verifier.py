@@ -35,6 +35,7 @@ from schemas.errors import CodecError
 from schemas.identity import AgentIdentity
 from schemas.messages import Ballot
 from schemas.votes import sign_vote
+from workers.chain import ChainCache
 from workers.judge import judge
 from workers.verdict_state import StateVerdicts, decode_state_record
 
@@ -62,6 +63,8 @@ class VerifierWorker(Worker):
         self._voted: dict[bytes, tuple[int, bytes]] = {}
         self._voted_bytes = 0
         self._state: BucketMirror[object] | None = None
+        self._verdicts: StateVerdicts | None = None
+        self._chain_cache = ChainCache()
 
     def _remember(self, ballot_hash: bytes, deadline_ms: int, data: bytes, now: int) -> None:
         """Keep each vote until its ballot's deadline, oldest first out.
@@ -110,7 +113,11 @@ class VerifierWorker(Worker):
             wait_ms = min(STATE_CATCH_UP_MS, max(0, ballot.deadline_ms - now))
             if not await self._state.wait_for_revision(ballot.state_rev, wait_ms / 1000):
                 self.stats.count("state_behind_ballot")
-        return self._state.revision, StateVerdicts(self._state.items)
+        revision = self._state.revision
+        if self._verdicts is None or self._verdicts.revision != revision:
+            self._verdicts = StateVerdicts(self._state.items, revision,
+                                           chain_cache=self._chain_cache)
+        return revision, self._verdicts
 
     async def _on_ballot(self, msg: Msg) -> None:
         started = time.perf_counter()
