@@ -228,6 +228,7 @@ class Worker:
             raise NotConnected(f"JetStream is not available on {self.runtime.nats.url} "
                                f"(start nats-server with -js): {exc}") from None
         await self.nc.flush()
+        await self._subscriptions_barrier()
         if metrics_on and self.otel_metrics is None:  # after setup: gauges() may need its state
             self.otel_metrics = WorkerInstruments(self.kind, self.stats, self.health,
                                                   self.gauges)
@@ -237,6 +238,22 @@ class Worker:
         ]
         log.info("%s %s started (instance %s, prefix %s)", self.kind, self.worker_id,
                  self.instance, self.subjects.prefix)
+
+    async def _subscriptions_barrier(self) -> None:
+        """Return only once the server has every subscription made so far.
+
+        nats-py 2.16's ``flush()`` can see its PONG before SUB commands still in
+        the client's write buffer reach the server, so a request sent right after
+        ``start()`` could get "no responders". A request to our own status
+        endpoint travels behind those SUBs on the same connection; its reply
+        proves the server processed them.
+        """
+        try:
+            await self.client.request(self.subjects.status(self.kind, self.worker_id), b"",
+                                      timeout=5.0)
+        except Exception as exc:  # never fatal: the worker still works, just maybe later
+            log.warning("%s %s: subscription barrier failed (%s)", self.kind, self.worker_id,
+                        exc.__class__.__name__)
 
     def request_stop(self) -> None:
         """Signal handler: ask ``run`` to stop (safe from a signal, safe twice)."""
