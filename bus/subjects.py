@@ -15,6 +15,8 @@ from schemas.errors import ConfigError
 
 DEFAULT_PREFIX = "ap"
 TALLY_QUEUE = "tally"
+#: Queue group of the recovery worker's history endpoint.
+RECOVERY_QUEUE = "recovery"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -111,6 +113,23 @@ class Subjects:
     def status(self, kind: str, worker_id: str) -> str:
         """Micro-service endpoint answering the worker's current MetricsSnapshot."""
         return f"{self.prefix}.status.{kind}.{worker_id}"
+
+    # -- recovery worker and local supervisor (workers/recovery.py, supervisor.py) --
+    @property
+    def recovery_history(self) -> str:
+        """Request/reply (queue group 'recovery'): HistoryQuery -> HistoryReply."""
+        return f"{self.prefix}.recovery.history"
+
+    def supervisor_restart(self, name: str) -> str:
+        """Request/reply: RestartRequest -> RestartReply, answered by the local supervisor
+        ``name`` (``agentic-payments up``; by default the sanitised host name)."""
+        return f"{self.prefix}.supervisor.{name}.restart"
+
+    @property
+    def recovery_bucket(self) -> str:
+        """Recovery attempt history: key = kind.worker_id.dead_generation.attempt,
+        value = RecoveryAttempt; created with compare-and-set (one claimant per attempt)."""
+        return f"{self.prefix}_recovery"
 
     # -- JetStream key-value buckets --------------------------------------------
     @property

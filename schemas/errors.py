@@ -22,6 +22,7 @@ boundary so callers only ever catch ``AgenticPaymentsError``::
     │   └── ShuttingDown                      SHUTTING_DOWN
     ├── VoteRejected                          VOTE_* (see VoteRejected.REASONS)
     ├── CertificateInvalid                    CERTIFICATE_INVALID
+    ├── RespawnFailed                         RESPAWN_FAILED (a recovery backend failed)
     └── TransportError                        (NATS trouble, client side)
         ├── NotConnected                      NOT_CONNECTED
         ├── NoResponders                      NO_RESPONDERS
@@ -150,6 +151,12 @@ class CertificateInvalid(AgenticPaymentsError):
     """A certificate failed offline verification; the message says why."""
 
     code = "CERTIFICATE_INVALID"
+
+
+class RespawnFailed(AgenticPaymentsError):
+    """A recovery backend (local supervisor, systemd, Kubernetes) could not respawn a worker."""
+
+    code = "RESPAWN_FAILED"
 
 
 class TransportError(AgenticPaymentsError):

@@ -19,8 +19,9 @@ Per worker ``(kind, worker_id)``:
   An attempt fails when no heartbeat of a newer generation arrives within
   ``startup_grace_s`` (or the backend reports failure). After
   ``max_retries`` attempts without a recovery that lasted ``reset_after_s``,
-  the tracker gives up as soon as the last one fails (``Action.GIVE_UP``: escalate). A worker that comes
-  back (new generation) after a give-up is tracked afresh.
+  the tracker gives up as soon as the last one fails (``Action.GIVE_UP``:
+  escalate). A worker that comes back (new generation) after a give-up is
+  tracked afresh.
 * a worker that says it is stopping (health ShuttingDown) stopped on purpose
   and is not respawned.
 """
