@@ -8,12 +8,14 @@ Who restarts a worker that died:
 
 * **delegated mode** (``up`` when it runs a recovery worker): the recovery
   worker. The supervisor answers ``{prefix}.supervisor.{name}.restart``
+  (``name``: env AP_SUPERVISOR, else the host name's first label as a token —
+  what the recovery worker's local backend derives from heartbeats)
   (RestartRequest -> RestartReply): it SIGKILLs the process group if the
   process is still running (a hung worker sends no heartbeats but is alive),
   then spawns it again with a new generation. It does not restart workers by
-  itself — except the recovery worker, and, as a **fallback**, every worker
-  while no recovery worker process is running (crashed, bad config): then it
-  restarts exited workers itself as in self mode.
+  itself — **fallback**: while no recovery worker process is running
+  (crashed, bad config; or the only recovery worker itself died) it restarts
+  exited workers itself as in self mode.
 * **self mode** (no recovery worker): restarts a process that exits
   unexpectedly with backoff (0.5 s doubling to 10 s, reset after 30 s of
   uptime), not one that exited with EXIT_CONFIG (restarting cannot fix bad
@@ -27,6 +29,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,11 +39,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from bus.config import NatsConfig
+from bus.connection import connect
 from bus.runtime import EXIT_CONFIG, now_ms
 from bus.subjects import Subjects
 from schemas.errors import CodecError
 from schemas.messages import ErrorReply
 from schemas.recovery import RestartCode, RestartReply, RestartRequest
+from workers.respawn import host_token
 
 log = logging.getLogger("agentic_payments.supervisor")
 RECOVERY_KIND = "recovery"
@@ -60,6 +66,13 @@ class ProcSpec:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     respawned: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def __post_init__(self) -> None:
+        # ``worker KIND --id ID ...``: the identity a RestartRequest names.
+        if not self.kind and len(self.args) >= 2 and self.args[0] == "worker":
+            self.kind = self.args[1]
+        if not self.worker_id and "--id" in self.args[:-1]:
+            self.worker_id = self.args[self.args.index("--id") + 1]
+
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.returncode is None
@@ -67,7 +80,7 @@ class ProcSpec:
 
 class LocalSupervisor:
     def __init__(self, specs: list[ProcSpec], *, env: dict[str, str], log_dir: Path,
-                 delegate_restarts: bool | None = None) -> None:
+                 delegate_restarts: bool | None = None, name: str | None = None) -> None:
         self.specs = specs
         self.env = env
         self.log_dir = log_dir
@@ -76,6 +89,9 @@ class LocalSupervisor:
         self._stopping = False
         self._watchers: list[asyncio.Task[None]] = []
         self._control: Subscription | None = None
+        self._nc: Client | None = None
+        self.name = name or env.get("AP_SUPERVISOR") or host_token(socket.gethostname())
+        self.control_subject = ""
         self._tasks: set[asyncio.Task[None]] = set()
 
     def command(self, spec: ProcSpec) -> list[str]:
@@ -101,6 +117,14 @@ class LocalSupervisor:
         spec.respawned.set()
 
     async def start(self) -> None:
+        """Spawn every worker; in delegated mode first open the control endpoint on the
+        NATS server and prefix of ``env`` (NATS_URL, AP_PREFIX)."""
+        if self.delegate_restarts and self._nc is None:
+            config = NatsConfig.from_env(url=self.env.get("NATS_URL"),
+                                         prefix=self.env.get("AP_PREFIX"))
+            self._nc = await connect(config, name=f"supervisor-{self.name}")
+            self.control_subject = await self.serve(self._nc, Subjects(config.prefix),
+                                                    self.name)
         for spec in self.specs:
             await self._spawn(spec)
             self._watchers.append(asyncio.create_task(self._watch(spec)))
@@ -179,7 +203,7 @@ class LocalSupervisor:
                 return
             if spec.process is not proc:  # restarted on request meanwhile
                 continue
-            if self.delegate_restarts and spec.kind != RECOVERY_KIND:
+            if self.delegate_restarts:  # a dead recovery worker too, if another one runs
                 log.warning("%s exited with %s; the recovery worker restarts it", spec.name,
                             code)
                 while not self._stopping and spec.process is proc \
@@ -227,3 +251,6 @@ class LocalSupervisor:
                         os.killpg(proc.pid, signal.SIGKILL)
         for task in [*self._watchers, *self._tasks]:
             task.cancel()
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
