@@ -182,7 +182,7 @@ class LocalSupervisor:
                     await asyncio.wait_for(old.wait(), 5.0)
             try:
                 await self._spawn(spec)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 return answer(RestartCode.SPAWN_FAILED, spec, str(exc))
             log.warning("%s restarted on request (%s): pid %s generation %s", spec.name,
                         request.reason or "no reason given", spec.process.pid
