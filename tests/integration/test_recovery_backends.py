@@ -181,7 +181,7 @@ class Recorder(BaseHTTPRequestHandler):
     calls: list[tuple[str, str, str, bytes]] = []
     status = 200
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         Recorder.calls.append((self.command, self.path, self.headers.get("Authorization", ""),
                                body))
