@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -159,6 +162,27 @@ async def test_kill_9_is_respawned_by_the_recovery_worker(
         stale = [a for a in watch.alerts if a.code == "WORKER_STALE"]
         assert stale and stale[0].severity == "high" and stale[0].signature_ok()
         assert (stale[0].subject_kind, stale[0].subject_id) == (kind, worker_id)
+        # the same history from the CLI
+        env = dict(os.environ, NATS_URL=nats_url, AP_PREFIX=prefix, PYTHONPATH=str(ROOT))
+        cli = [sys.executable, "-m", "workers.cli", "recovery", "history"]
+        out = await asyncio.to_thread(subprocess.run, [*cli, "--worker", f"{kind}/{worker_id}",
+                                                       "--json"], env=env, cwd=ROOT,
+                                      capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        rows = json.loads(out.stdout)["attempts"]
+        assert [(r["kind"], r["worker_id"], r["outcome"]) for r in rows] == [
+            (kind, worker_id, "recovered")]
+        assert 0 <= rows[0]["detection_ms"] < 10_000
+        human = await asyncio.to_thread(subprocess.run, cli, env=env, cwd=ROOT,
+                                        capture_output=True, text=True, timeout=60)
+        assert human.returncode == 0 and f"{kind}/{worker_id}" in human.stdout
+        bad = await asyncio.to_thread(subprocess.run, [*cli, "--worker", "nonsense"], env=env,
+                                      cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 78 and "CONFIG_INVALID" in bad.stderr
+        nobody = await asyncio.to_thread(
+            subprocess.run, [*cli, "--prefix", f"{prefix}x", "--timeout", "1"], env=env,
+            cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert nobody.returncode == 69 and "no recovery worker answered" in nobody.stderr
 
 
 async def test_recovery_worker_killed_is_respawned_by_its_peer(
