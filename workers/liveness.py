@@ -29,9 +29,10 @@ Per worker ``(kind, worker_id)``:
 from __future__ import annotations
 
 import enum
+import math
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 
 from schemas.errors import ConfigError
 from schemas.messages import Health, Heartbeat
@@ -65,6 +66,34 @@ class RetryPolicy:
             return 0.0
         raw = min(self.max_backoff_s, self.base_s * self.factor ** (failed_attempts - 1))
         return raw * (1.0 + self.jitter * (2.0 * rand - 1.0))
+
+
+_POLICY_KEYS = {f.name: f.type for f in fields(RetryPolicy)}
+
+
+def parse_policy_override(text: str, base: RetryPolicy) -> tuple[str, RetryPolicy]:
+    """``KIND[/ID]:key=value[,key=value...]`` -> (``KIND`` or ``KIND/ID``, policy).
+
+    Keys are RetryPolicy fields (max_retries, base_s, factor, max_backoff_s,
+    jitter, startup_grace_s, reset_after_s); unspecified ones come from ``base``.
+    """
+    target, sep, spec = text.partition(":")
+    if not sep or not target or not spec:
+        raise ConfigError(f"policy override {text!r} must look like KIND[/ID]:key=value,...")
+    changes: dict[str, float | int] = {}
+    for item in spec.split(","):
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq or key not in _POLICY_KEYS:
+            raise ConfigError(f"policy override {text!r}: unknown setting {key!r} "
+                              f"(known: {', '.join(_POLICY_KEYS)})")
+        try:
+            changes[key] = int(raw) if key == "max_retries" else float(raw)
+            if not math.isfinite(changes[key]):
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"policy override {text!r}: {key} needs a number") from None
+    return target, replace(base, **changes)  # type: ignore[arg-type]
 
 
 class Status(enum.StrEnum):
@@ -133,13 +162,21 @@ class WorkerState:
 
 class Tracker:
     def __init__(self, policy: RetryPolicy | None = None, *, missed: int = 3,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random,
+                 overrides: Mapping[str, RetryPolicy] | None = None) -> None:
         if missed < 1:
             raise ConfigError("missed heartbeats before stale must be at least 1")
         self.policy = policy or RetryPolicy()
+        self.overrides = dict(overrides or {})
         self.missed = missed
         self.rand = rand
         self.workers: dict[WorkerKey, WorkerState] = {}
+
+    def policy_for(self, key: WorkerKey) -> RetryPolicy:
+        """The policy of ``kind/id`` if given, else of ``kind``, else the default."""
+        kind, worker_id = key
+        return self.overrides.get(f"{kind}/{worker_id}") or self.overrides.get(kind) \
+            or self.policy
 
     def stale_after(self, state: WorkerState) -> float:
         return state.last_seen + self.missed * state.interval_s
@@ -205,10 +242,11 @@ class Tracker:
 
     def _step(self, state: WorkerState, now: float) -> list[Action]:
         out: list[Action] = []
+        policy = self.policy_for(state.key)
         if state.status == Status.ALIVE:
             if now <= self.stale_after(state):
                 return out
-            if state.last_seen - state.alive_since >= self.policy.reset_after_s:
+            if state.last_seen - state.alive_since >= policy.reset_after_s:
                 state.attempts = 0  # it had stayed up long enough: a fresh failure
             state.status = Status.STALE
             state.stale_since = now
@@ -217,20 +255,20 @@ class Tracker:
         if state.status == Status.RECOVERING:
             if now < state.attempt_deadline:
                 return out
-            if state.attempts >= self.policy.max_retries:  # the last attempt failed
+            if state.attempts >= policy.max_retries:  # the last attempt failed
                 state.status = Status.GAVE_UP
                 out.append(self._action(ActionKind.GIVE_UP, state, state.attempts))
                 return out
             state.status = Status.STALE
             state.next_attempt_at = max(
-                now, state.attempt_deadline + self.policy.backoff(state.attempts, self.rand()))
+                now, state.attempt_deadline + policy.backoff(state.attempts, self.rand()))
         if state.status == Status.STALE and now >= state.next_attempt_at:
-            if state.attempts >= self.policy.max_retries:
+            if state.attempts >= policy.max_retries:
                 state.status = Status.GAVE_UP
                 out.append(self._action(ActionKind.GIVE_UP, state, state.attempts))
                 return out
             state.attempts += 1
             state.status = Status.RECOVERING
-            state.attempt_deadline = now + self.policy.startup_grace_s
+            state.attempt_deadline = now + policy.startup_grace_s
             out.append(self._action(ActionKind.RESPAWN, state, state.attempts))
         return out

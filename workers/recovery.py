@@ -26,6 +26,7 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ HISTORY_TTL_S = 7 * 86400
 @dataclass(frozen=True)
 class RecoveryOptions:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    #: per-kind ("verifier") or per-worker ("verifier/v1") policies
+    overrides: Mapping[str, RetryPolicy] = field(default_factory=dict)
     missed: int = 3
     replay_s: float = 300.0
     tick_s: float = 0.05
@@ -79,7 +82,8 @@ class RecoveryWorker(Worker):
         self.options = options
         self.backend_factory = backend_factory
         self.backend: Backend | None = None
-        self.tracker = Tracker(options.policy, missed=options.missed)
+        self.tracker = Tracker(options.policy, missed=options.missed,
+                               overrides=options.overrides)
         self.key_file = key_file or runtime.data_dir / "keys" / f"recovery-{self.worker_id}.key"
         self.identity = AgentIdentity.load_or_create(self.key_file)
         self.kv: Any = None
@@ -198,7 +202,7 @@ class RecoveryWorker(Worker):
                 Severity.CRITICAL, "RECOVERY_GAVE_UP", action,
                 f"recovery gave up on {kind}/{worker_id} after {action.attempt} attempts",
                 {"attempts": action.attempt, "host": action.host,
-                 "max_retries": self.options.policy.max_retries}))
+                 "max_retries": self.tracker.policy_for(action.key).max_retries}))
 
     async def _respawn(self, action: Action) -> None:
         assert self.backend is not None and self.kv is not None

@@ -18,7 +18,7 @@ from schemas.errors import CodecError, ConfigError, NotConnected, RemoteError, R
 from schemas.messages import ErrorReply
 from schemas.recovery import HISTORY_LIMITS, MAX_HISTORY, HistoryQuery, HistoryReply
 from workers.cli import _common, _connection, _nats, _out, _positive, _runtime, _worker_common
-from workers.liveness import RetryPolicy
+from workers.liveness import RetryPolicy, parse_policy_override
 from workers.recovery import RecoveryOptions, RecoveryWorker
 from workers.respawn import Backend, KubernetesBackend, LocalBackend, SystemdBackend
 
@@ -65,7 +65,9 @@ def make_worker(args: argparse.Namespace) -> RecoveryWorker:
                          max_backoff_s=max(args.backoff_max_s, args.backoff_s),
                          jitter=args.jitter, startup_grace_s=args.startup_grace_s,
                          reset_after_s=args.reset_after_s)
-    options = RecoveryOptions(policy=policy, missed=args.missed, replay_s=args.replay_s,
+    overrides = dict(parse_policy_override(text, policy) for text in args.policy or [])
+    options = RecoveryOptions(policy=policy, overrides=overrides, missed=args.missed,
+                              replay_s=args.replay_s,
                               only_host=args.only_host,
                               kinds=frozenset(args.kinds.split(",")) if args.kinds
                               else frozenset())
@@ -166,6 +168,11 @@ def register(sub: Any, kinds: Any) -> None:
                         "arrives within this time")
     worker.add_argument("--reset-after-s", type=_positive, default=60.0,
                         help="a worker that stays up this long gets its full retry budget back")
+    worker.add_argument("--policy", action="append", metavar="KIND[/ID]:KEY=VALUE,...",
+                        help="a retry policy for one kind or one worker, from the options "
+                        "above, e.g. 'tally:max_retries=10,startup_grace_s=20' or "
+                        "'verifier/v1:base_s=2'; keys: max_retries, base_s, factor, "
+                        "max_backoff_s, jitter, startup_grace_s, reset_after_s (repeatable)")
     worker.add_argument("--replay-s", type=_positive, default=300.0,
                         help="heartbeat history replayed at start (catch-up after a restart)")
     worker.add_argument("--only-host", help="watch only workers whose heartbeat host is this "

@@ -203,8 +203,9 @@ async def test_hung_worker_is_killed_and_respawned(
 
 async def test_crash_loop_is_bounded_and_escalated(
         nats_url: str, prefix: str, tmp_path: Path, nc: Client) -> None:
-    proc_specs = specs(recovery_args=("--max-retries", "2", "--startup-grace-s", "3",
-                                      "--backoff-s", "0.3"))
+    # a per-worker policy (the default for everyone else stays 3 retries, 15 s grace)
+    proc_specs = specs(recovery_args=(
+        "--policy", "verifier/v1:max_retries=2,startup_grace_s=3,base_s=0.3"))
     async with system(nats_url, prefix, tmp_path, nc, proc_specs) as (sup, watch):
         spec = sup.find("verifier", "v1")
         assert spec is not None and spec.process is not None

@@ -8,7 +8,14 @@ import pytest
 
 from schemas.errors import ConfigError
 from schemas.messages import Heartbeat
-from workers.liveness import ActionKind, RetryPolicy, Seen, Status, Tracker
+from workers.liveness import (
+    ActionKind,
+    RetryPolicy,
+    Seen,
+    Status,
+    Tracker,
+    parse_policy_override,
+)
 
 KEY = ("verifier", "v1")
 
@@ -236,3 +243,56 @@ def test_workers_are_independent() -> None:
 def test_missed_must_be_positive(missed: int) -> None:
     with pytest.raises(ConfigError):
         Tracker(missed=missed)
+
+
+# ---------------------------------------------------------------- per-worker policies
+@pytest.mark.parametrize(("text", "target", "changed"), [
+    ("tally:max_retries=10", "tally", {"max_retries": 10}),
+    ("verifier/v1:base_s=2,jitter=0", "verifier/v1", {"base_s": 2.0, "jitter": 0.0}),
+    ("keys:startup_grace_s=20, reset_after_s=5", "keys",
+     {"startup_grace_s": 20.0, "reset_after_s": 5.0}),
+])
+def test_parse_policy_override(text: str, target: str, changed: dict[str, float]) -> None:
+    base = RetryPolicy()
+    got_target, policy = parse_policy_override(text, base)
+    assert got_target == target
+    for name in ("max_retries", "base_s", "factor", "max_backoff_s", "jitter",
+                 "startup_grace_s", "reset_after_s"):
+        assert getattr(policy, name) == changed.get(name, getattr(base, name))
+
+
+@pytest.mark.parametrize("text", [
+    "tally", "tally:", ":max_retries=1", "tally:max_retries", "tally:retries=3",
+    "tally:max_retries=x", "tally:max_retries=0", "tally:jitter=1.5", "tally:base_s=nan",
+    "tally:max_backoff_s=inf",
+])
+def test_bad_policy_override(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_policy_override(text, RetryPolicy())
+
+
+@pytest.mark.parametrize(("key", "max_retries"), [
+    (("verifier", "v1"), 1),   # its own policy
+    (("verifier", "v2"), 2),   # the kind's policy
+    (("tally", "t1"), 3),      # the default
+])
+def test_policy_lookup_order(key: tuple[str, str], max_retries: int) -> None:
+    t = Tracker(RetryPolicy(max_retries=3), overrides={
+        "verifier": RetryPolicy(max_retries=2), "verifier/v1": RetryPolicy(max_retries=1)})
+    assert t.policy_for(key).max_retries == max_retries
+
+
+def test_each_worker_is_bounded_by_its_own_policy() -> None:
+    t = Tracker(RetryPolicy(max_retries=3, startup_grace_s=1.0), rand=lambda: 0.5,
+                overrides={"verifier/v1": RetryPolicy(max_retries=1, startup_grace_s=1.0)})
+    other = Heartbeat(kind="verifier", worker_id="v2", instance="x", seq=1, ts_ms=0,
+                      interval_s=1.0, health="Healthy", pid=1, host="h", generation=1)
+    t.observe(hb(1), 0.0)
+    t.observe(other, 0.0)
+    respawns: dict[tuple[str, str], int] = {}
+    for i in range(2000):
+        for action in t.due(i * 0.01):
+            if action.kind == ActionKind.RESPAWN:
+                respawns[action.key] = respawns.get(action.key, 0) + 1
+    assert respawns == {("verifier", "v1"): 1, ("verifier", "v2"): 3}
+    assert t.workers[KEY].status == t.workers[("verifier", "v2")].status == Status.GAVE_UP
