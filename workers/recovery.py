@@ -128,12 +128,21 @@ class RecoveryWorker(Worker):
                                           config=config, idle_heartbeat=2.0)
         self._loops_extra = [asyncio.create_task(self._ticker())]
 
+    async def wait_idle(self) -> None:
+        """Stopping: act on nothing new (no ticks, no heartbeats), finish running attempts."""
+        await self._stop_watching()
+        await super().wait_idle()
+
     async def teardown(self) -> None:
+        await self._stop_watching()
+
+    async def _stop_watching(self) -> None:
         for task in self._loops_extra:
             task.cancel()
         if self._hb_sub is not None:
+            sub, self._hb_sub = self._hb_sub, None
             with contextlib.suppress(Exception):
-                await self._hb_sub.unsubscribe()
+                await sub.unsubscribe()
 
     # ---------------------------------------------------------------- heartbeats
     async def _on_heartbeat(self, msg: Msg) -> None:
