@@ -231,3 +231,63 @@ async def test_crash_loop_is_bounded_and_escalated(
         assert [a.outcome for a in attempts] == ["gave_up", "failed"]  # newest first
         assert spec.process.returncode == 78  # and the supervisor left it down
         assert "configuration error" in (tmp_path / "logs" / "verifier-v1.log").read_text()
+
+
+def test_up_runs_the_recovery_worker_and_it_respawns_a_killed_verifier(
+        tmp_path: Path) -> None:
+    """`agentic-payments up` as a user runs it: kill -9 a verifier, the recovery worker
+    (not the supervisor by itself) brings it back; Ctrl-C still stops everything."""
+    import re
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{port}", "AP_PREFIX": "ap",
+           "PYTHONPATH": str(ROOT)}
+    env.pop("AP_DATA_DIR", None)
+    env.pop("AP_SUPERVISOR", None)
+    up = subprocess.Popen([sys.executable, "-m", "workers.cli", "up", "--heartbeat-s", "0.5"],
+                          cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    cli = [sys.executable, "-m", "workers.cli"]
+    lines: list[str] = []
+    try:
+        assert up.stdout is not None
+        while not any(line.startswith("Ctrl-C stops") for line in lines):
+            line = up.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        pids = dict(re.findall(r"^(\S+)\s+pid (\d+)", "".join(lines), re.M))
+        assert "recovery" in pids, lines
+        victim = int(pids["verifier-v2"])
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*cli, *args], cwd=tmp_path, env=env, capture_output=True,
+                                  text=True, timeout=60)
+
+        deadline = time.monotonic() + 60
+        while run("check", "--kind", "verifier", "--id", "v2").returncode != 0 or \
+                run("check", "--kind", "recovery", "--id", "recovery1").returncode != 0:
+            assert time.monotonic() < deadline, "workers did not come up"
+            time.sleep(0.5)
+        time.sleep(2.0)  # the recovery worker has v2 in its heartbeat history
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        rows: list[dict[str, object]] = []
+        while not any(r["outcome"] == "recovered" for r in rows):
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.5)
+            out = run("recovery", "history", "--worker", "verifier/v2", "--json")
+            if out.returncode == 0:
+                rows = json.loads(out.stdout)["attempts"]
+        assert rows[0]["backend"] == "local" and rows[0]["recovery_id"] == "recovery1"
+        assert run("demo", "--timeout", "5").returncode == 0
+    finally:
+        up.send_signal(signal.SIGINT)
+        rest, _ = up.communicate(timeout=60)
+    out = "".join(lines) + rest
+    assert up.returncode == 0, out
+    assert "stopping workers..." in out and "nats-server stopped" in out
+    # the supervisor waited for the recovery worker and restarted v2 only on its request
+    assert "recovery worker restarts it" in out and "restarted on request" in out

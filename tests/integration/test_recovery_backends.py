@@ -329,3 +329,52 @@ async def test_supervisor_control_endpoint(nc: Client, nats_url: str, prefix: st
 
 async def _async(value: Any) -> Any:
     return value
+
+
+# ------------------------------------------------------------ catch-up; several recovery workers
+async def test_restarted_recovery_worker_catches_up_from_the_stream(
+        nc: Client, nats_config: NatsConfig, prefix: str, tmp_path: Path) -> None:
+    """A worker that died while no recovery worker ran is found from the heartbeat stream."""
+    from bus.streams import ensure_telemetry_streams
+    await ensure_telemetry_streams(nc, Subjects(prefix))
+    beater = Beater(nc, prefix, "verifier", "v5", generation=3).start()
+    await asyncio.sleep(1.0)
+    await beater.stop()  # dies; nobody is watching
+    await asyncio.sleep(1.0)
+    script, record = recording_systemctl(tmp_path)
+    systemd = SystemdBackend(systemctl=str(script))
+    worker = await start_recovery(nats_config, tmp_path, lambda nc, s: systemd, options())
+    try:
+        await until(lambda: _async(record.exists()), 15, "a respawn from the replayed history")
+        assert "agentic-payments-verifier@v5.service" in record.read_text()
+        found = await attempts_of(nc, prefix, "verifier", "v5")
+        assert found[0].dead_generation == 3
+    finally:
+        await worker.stop()
+
+
+async def test_two_recovery_workers_respawn_once_per_attempt(
+        nc: Client, nats_config: NatsConfig, prefix: str, tmp_path: Path) -> None:
+    script, record = recording_systemctl(tmp_path)
+    systemd = SystemdBackend(systemctl=str(script))
+    first = await start_recovery(nats_config, tmp_path, lambda nc, s: systemd, options())
+    second = RecoveryWorker(RuntimeConfig(worker_id="r2", nats=nats_config, heartbeat_s=0.5,
+                                          data_dir=tmp_path), options(), lambda nc, s: systemd)
+    await second.start()
+    beater = Beater(nc, prefix, "tally", "t5", generation=1).start()
+    try:
+        for w in (first, second):
+            await until(lambda w=w: _async(("tally", "t5") in w.tracker.workers), 10,
+                        "both tracking")
+        await beater.stop()
+        await until(lambda: _async(record.exists()), 10, "a respawn")
+        await asyncio.sleep(1.0)  # both detected it; give the loser time to (not) act
+        assert record.read_text().count("restart") == 1
+        claimed = first.stats.counters.get("attempt_claimed_elsewhere", 0) + \
+            second.stats.counters.get("attempt_claimed_elsewhere", 0)
+        assert claimed == 1
+        found = await attempts_of(nc, prefix, "tally", "t5")
+        assert len(found) == 1 and found[0].recovery_id in ("r1", "r2")
+    finally:
+        await first.stop()
+        await second.stop()
