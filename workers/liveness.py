@@ -237,7 +237,10 @@ class Tracker:
         return actions
 
     def _action(self, kind: ActionKind, state: WorkerState, attempt: int) -> Action:
-        return Action(kind, state.key, attempt, state.generation, state.last_seen, state.host,
+        # A respawned generation that stayed silent through its grace is dead too: the next
+        # attempt names it, so the backend replaces it (kills it if it hangs at startup).
+        generation = max(state.generation, state.min_generation)
+        return Action(kind, state.key, attempt, generation, state.last_seen, state.host,
                       state.pid)
 
     def _step(self, state: WorkerState, now: float) -> list[Action]:

@@ -106,11 +106,14 @@ def logs(tmp_path: Path) -> str:
 
 
 async def history(nc: Client, prefix: str, kind: str, worker_id: str) -> list[RecoveryAttempt]:
-    try:
-        reply = await fetch_history(nc, Subjects(prefix), HistoryQuery(kind, worker_id), 5.0)
-    except Exception:
-        return []
-    return list(reply.attempts)
+    for _ in range(3):  # a loaded machine may miss one 5 s deadline
+        try:
+            reply = await fetch_history(nc, Subjects(prefix), HistoryQuery(kind, worker_id),
+                                        5.0)
+            return list(reply.attempts)
+        except Exception:
+            await asyncio.sleep(0.5)
+    return []
 
 
 async def kill_and_expect_recovery(nc: Client, prefix: str, tmp_path: Path,
@@ -218,19 +221,22 @@ async def test_crash_loop_is_bounded_and_escalated(
                         "the give-up alert")
         except AssertionError:
             raise AssertionError(logs(tmp_path)) from None
-        alert = next(a for a in watch.alerts if a.code == "RECOVERY_GAVE_UP")
-        assert alert.severity == "critical" and alert.signature_ok()
-        assert (alert.subject_kind, alert.subject_id) == ("verifier", "v1")
-        key = AgentIdentity.load(tmp_path / "keys" / "recovery-r1.key")
-        assert alert.signer == key.public_key and alert.source_id == "r1"
-        assert alert.details["attempts"] == 2
-        await asyncio.sleep(2.0)  # nothing more happens after the give-up
-        assert spec.spawns == spawns + 2, "exactly max-retries respawns"
-        attempts = await history(nc, prefix, "verifier", "v1")
-        assert sorted(a.attempt for a in attempts) == [1, 2]
-        assert [a.outcome for a in attempts] == ["gave_up", "failed"]  # newest first
-        assert spec.process.returncode == 78  # and the supervisor left it down
-        assert "configuration error" in (tmp_path / "logs" / "verifier-v1.log").read_text()
+        try:
+            alert = next(a for a in watch.alerts if a.code == "RECOVERY_GAVE_UP")
+            assert alert.severity == "critical" and alert.signature_ok()
+            assert (alert.subject_kind, alert.subject_id) == ("verifier", "v1")
+            key = AgentIdentity.load(tmp_path / "keys" / "recovery-r1.key")
+            assert alert.signer == key.public_key and alert.source_id == "r1"
+            assert alert.details["attempts"] == 2
+            await asyncio.sleep(2.0)  # nothing more happens after the give-up
+            assert spec.spawns == spawns + 2, "exactly max-retries respawns"
+            attempts = await history(nc, prefix, "verifier", "v1")
+            assert sorted(a.attempt for a in attempts) == [1, 2]
+            assert [a.outcome for a in attempts] == ["gave_up", "failed"]  # newest first
+            assert spec.process.returncode == 78  # and the supervisor left it down
+            assert "configuration error" in (tmp_path / "logs" / "verifier-v1.log").read_text()
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{logs(tmp_path)}") from None
 
 
 def test_up_runs_the_recovery_worker_and_it_respawns_a_killed_verifier(

@@ -106,6 +106,16 @@ def test_respawned_generation_raises_the_floor() -> None:
     assert t.workers[KEY].status == Status.ALIVE
 
 
+def test_a_silent_respawned_generation_is_named_dead_by_the_next_attempt() -> None:
+    t = tracker(startup_grace_s=2.0)
+    t.observe(hb(1), 0.0)
+    first = [a for a in t.due(3.5) if a.kind == ActionKind.RESPAWN]
+    assert [(a.attempt, a.generation) for a in first] == [(1, 1)]
+    t.respawned(KEY, 7)          # generation 7 was spawned but never said a word
+    second = [a for a in t.due(6.1) if a.kind == ActionKind.RESPAWN]
+    assert [(a.attempt, a.generation) for a in second] == [(2, 7)]
+
+
 def test_shutting_down_is_not_respawned() -> None:
     t = tracker()
     t.observe(hb(1), 0.0)
