@@ -71,6 +71,29 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("AP_DATA_DIR", ".agentic-payments"))
 
 
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def default_generation() -> int:
+    """This process's generation: env AP_GENERATION (set by the local supervisor on each
+    spawn), else the process start time in Unix ms — strictly increasing across restarts of
+    one worker under systemd or Kubernetes too, as long as the clock does not step back."""
+    raw = os.environ.get("AP_GENERATION", "").strip()
+    if not raw:
+        return _START_MS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"AP_GENERATION must be a non-negative integer, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"AP_GENERATION must be a non-negative integer, got {raw!r}")
+    return value
+
+
+_START_MS = now_ms()
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     worker_id: str
@@ -79,6 +102,7 @@ class RuntimeConfig:
     metrics_s: float = 10.0
     drain_timeout_s: float = 10.0
     data_dir: Path = field(default_factory=default_data_dir)
+    generation: int = field(default_factory=default_generation)
 
     def __post_init__(self) -> None:
         check_token(self.worker_id, "worker id")
@@ -88,8 +112,6 @@ class RuntimeConfig:
             raise ConfigError("drain timeout cannot be negative")
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Worker:
@@ -171,7 +193,8 @@ class Worker:
         return Heartbeat(kind=self.kind, worker_id=self.worker_id, instance=self.instance,
                          seq=self._hb_seq, ts_ms=now_ms(), interval_s=self.runtime.heartbeat_s,
                          health=self.health().value, pid=os.getpid(),
-                         host=socket.gethostname()[:255])
+                         host=socket.gethostname()[:255],
+                         generation=self.runtime.generation)
 
     def metrics(self) -> MetricsSnapshot:
         s = self.stats

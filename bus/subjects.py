@@ -19,6 +19,8 @@ TALLY_QUEUE = "tally"
 TRUST_QUEUE = "trust"
 #: Queue group of the key manager's request subjects (workers/keys.py).
 KEYS_QUEUE = "keys"
+#: Queue group of the recovery worker's history endpoint.
+RECOVERY_QUEUE = "recovery"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -126,6 +128,22 @@ class Subjects:
         """Authority coordinator operation (request/reply, queue group 'authority'):
         add, activate, deactivate, set-level, set-policy, get-policy, list, evaluate."""
         return f"{self.prefix}.authority.{authority_op}"
+    # -- recovery worker and local supervisor (workers/recovery.py, supervisor.py) --
+    @property
+    def recovery_history(self) -> str:
+        """Request/reply (queue group 'recovery'): HistoryQuery -> HistoryReply."""
+        return f"{self.prefix}.recovery.history"
+
+    def supervisor_restart(self, name: str) -> str:
+        """Request/reply: RestartRequest -> RestartReply, answered by the local supervisor
+        ``name`` (``agentic-payments up``; by default the sanitised host name)."""
+        return f"{self.prefix}.supervisor.{name}.restart"
+
+    @property
+    def recovery_bucket(self) -> str:
+        """Recovery attempt history: key = kind.worker_id.dead_generation.attempt,
+        value = RecoveryAttempt; created with compare-and-set (one claimant per attempt)."""
+        return f"{self.prefix}_recovery"
 
     # -- JetStream key-value buckets --------------------------------------------
     @property

@@ -42,6 +42,7 @@ boundary so callers only ever catch ``AgenticPaymentsError``::
     │   ├── KeyPolicyDenied                   KEY_POLICY_DENIED
     │   ├── KeyVersionInvalid                 KEY_VERSION_INVALID
     │   └── KeyUpdateConflict                 KEY_UPDATE_CONFLICT
+    ├── RespawnFailed                         RESPAWN_FAILED (a recovery backend failed)
     └── TransportError                        (NATS trouble, client side)
         ├── NotConnected                      NOT_CONNECTED
         ├── NoResponders                      NO_RESPONDERS
@@ -304,6 +305,10 @@ class KeyUpdateConflict(KeyManagementError):
     """Concurrent updates kept winning the compare-and-set; retry."""
 
     code = "KEY_UPDATE_CONFLICT"
+class RespawnFailed(AgenticPaymentsError):
+    """A recovery backend (local supervisor, systemd, Kubernetes) could not respawn a worker."""
+
+    code = "RESPAWN_FAILED"
 
 
 class TransportError(AgenticPaymentsError):

@@ -522,17 +522,21 @@ class Heartbeat(WireMessage):
     health: str
     pid: int
     host: str
+    #: Set by the process's backend at spawn (env AP_GENERATION; default: the process start
+    #: time in Unix ms), strictly increasing per worker across respawns: a heartbeat of a
+    #: lower generation than one already seen comes from a zombie and is ignored.
+    generation: int = 0
 
     TYPE: ClassVar[str] = "heartbeat"
     FIELDS: ClassVar[tuple[str, ...]] = (
         "type", "v", "kind", "worker_id", "instance", "seq", "ts_ms", "interval_s", "health",
-        "pid", "host")
+        "pid", "host", "generation")
 
     def to_wire(self) -> dict[str, Any]:
         return {"type": self.TYPE, "v": VERSION, "kind": self.kind, "worker_id": self.worker_id,
                 "instance": self.instance, "seq": self.seq, "ts_ms": self.ts_ms,
                 "interval_s": self.interval_s, "health": self.health, "pid": self.pid,
-                "host": self.host}
+                "host": self.host, "generation": self.generation}
 
     @classmethod
     def from_wire(cls, obj: Any) -> Heartbeat:
@@ -542,6 +546,7 @@ class Heartbeat(WireMessage):
             instance=_str(obj, "instance", 64), seq=_int(obj, "seq"), ts_ms=_int(obj, "ts_ms"),
             interval_s=_float(obj, "interval_s"), health=_enum(obj, "health", Health).value,
             pid=_int(obj, "pid"), host=_str(obj, "host", 255),
+            generation=_int(obj, "generation"),
         )
 
 

@@ -74,6 +74,7 @@ EXTENSIONS: tuple[str, ...] = (
     "workers.trust",
     "workers.authority_cli",
     "workers.keys_cli",
+    "workers.recovery_cli",
 )
 
 #: Service workers ``up`` starts once each (``worker KIND --id KIND1``), after
@@ -83,6 +84,7 @@ UP_SERVICES: tuple[str, ...] = (
     "trust",
     "authority",
     "anomaly",
+    "recovery",
 )
 
 
