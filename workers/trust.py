@@ -57,6 +57,8 @@ from schemas.errors import (
     TrustNotFound,
 )
 from schemas.identity import PUBLIC_KEY_BYTES, AgentIdentity
+from schemas.keys import KeyStatus
+from schemas.keys import decode_state_record as decode_key_status
 from schemas.messages import ErrorReply, WireMessage
 from schemas.trust import (
     MAX_LISTED,
@@ -109,8 +111,9 @@ class TrustWorker(Worker):
             raise ConfigError("max depth and signature budget must be at least 1")
         self.max_depth = max_depth
         self.max_signature_checks = max_signature_checks
-        #: The key manager's status of a public key (None: usable). The trust
-        #: worker has no key-status decoder of its own; the integrator wires one.
+        #: The key manager's status of a public key (None: usable). By default it
+        #: is read from the key manager's KeyStatus records in the same state
+        #: bucket, at the validation's ``now`` (a revoked key breaks every chain).
         self.key_refusal = key_refusal
         self.cache = ChainCache(cache_entries)
         self.mirror: BucketMirror[object] | None = None
@@ -123,7 +126,7 @@ class TrustWorker(Worker):
 
     async def setup(self) -> None:
         self._kv = await state_bucket(self.client, self.subjects)
-        self.mirror = BucketMirror(self.client, self.subjects.state_bucket, decode_state_record)
+        self.mirror = BucketMirror(self.client, self.subjects.state_bucket, _decode_with_keys)
         await self.mirror.start()
         handlers: dict[str, Callable[[Any], Awaitable[WireMessage]]] = {
             "add-anchor": self._add_anchor, "remove-anchor": self._remove_anchor,
@@ -273,17 +276,29 @@ class TrustWorker(Worker):
             return self._ack("revoke-cert", key, True, revision, "certificate revoked")
         raise TrustConflict(f"{key} kept changing; retry")
 
+    def _refusal_at(self, now: int) -> KeyRefusal:
+        """The configured key refusal, else the key manager's statuses at ``now``."""
+        if self.key_refusal is not no_refusal:
+            return self.key_refusal
+        items = self.mirror.items if self.mirror is not None else {}
+
+        def refusal(public_key: bytes) -> str | None:
+            status = items.get(f"key.{public_key.hex()}")
+            return status.refusal(now) if isinstance(status, KeyStatus) else None
+        return refusal
+
     async def _validate(self, req: ValidateRequest) -> ChainReply:
         assert self.mirror is not None
         if req.min_revision is not None:
             await self.mirror.wait_for_revision(req.min_revision, MIRROR_WAIT_S)
         revision = self.mirror.revision
         now = req.now_ms if req.now_ms is not None else now_ms()
+        refusal = self._refusal_at(now)
         result = self.cache.get(revision, req.leaf_key, req.purpose, req.presented, now,
-                                self.key_refusal)
+                                refusal)
         if result is None:
             result = self._index_at(revision).validate(
-                req.leaf_key, req.presented, req.purpose, now, self.key_refusal,
+                req.leaf_key, req.presented, req.purpose, now, refusal,
                 max_depth=self.max_depth, max_signature_checks=self.max_signature_checks)
             self.cache.put(revision, req.leaf_key, req.purpose, req.presented, result)
         else:
@@ -666,3 +681,10 @@ def register(sub: Any, kinds: Any) -> None:
 
 
 __all__ = ["TrustClient", "TrustWorker", "register"]
+
+
+def _decode_with_keys(key: str, value: bytes) -> object:
+    """Trust records, plus the key manager's KeyStatus records (other areas raw)."""
+    if key.startswith("key."):
+        return decode_key_status(key, value)
+    return decode_state_record(key, value)

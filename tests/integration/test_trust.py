@@ -322,3 +322,31 @@ async def test_validate_request_round_trips_plain_nats(nats_config: NatsConfig, 
         assert answer["code"] == "CHAIN_NO_ANCHOR" and answer["failed_link"] == 0
         assert ValidateRequest.decode(raw).leaf_key == agent.public_key
         json.dumps({k: v for k, v in answer.items() if k != "path"})
+
+
+async def test_a_key_revoked_by_the_key_manager_breaks_chains_through_it(
+        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    """The trust worker reads the key manager's KeyStatus records from the same bucket."""
+    from bus.state import state_bucket
+    from schemas.keys import KeyStatus
+
+    root, inter, agent = AgentIdentity.generate(), AgentIdentity.generate(), \
+        AgentIdentity.generate()
+    async with running(nats_config, tmp_path):
+        client = TrustClient(nc, nats_config.prefix)
+        await client.add_anchor(root.public_key)
+        await client.add_cert(cert(root, inter, "inter-k"))
+        stored = await client.add_cert(cert(inter, agent, "agent-k",
+                                            purposes=(PURPOSE_PAYMENT,)))
+        assert (await client.validate(agent.public_key, min_revision=stored.revision)).ok
+        now = now_ms()
+        status = KeyStatus(public_key=inter.public_key, name="inter", version=1,
+                           purpose="certificate_signing", state="Enabled", verify_allowed=True,
+                           created_at_ms=now - 10, expires_at_ms=0, revoked_at_ms=now - 5,
+                           revoked_reason="leak", updated_at_ms=now, source_revision=1)
+        kv = await state_bucket(nc, Subjects(nats_config.prefix))
+        revision = await kv.put(state_key("key", inter.public_key.hex()), status.encode())
+        after = await client.validate(agent.public_key, min_revision=revision)
+        # link 0 is the first certificate signed by the revoked key
+        assert (after.ok, after.code, after.failed_link) == (False, "CHAIN_REVOKED", 0)
+        assert "KEY_REVOKED" in after.reason
