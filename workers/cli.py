@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import json
 import math
@@ -229,9 +230,43 @@ def _message_bytes(args: argparse.Namespace) -> bytes:
     return str(args.message).encode()
 
 
+def _verdict_options(parser: argparse.ArgumentParser) -> None:
+    """What else the verifiers must check beyond the signature (see README)."""
+    parser.add_argument("--chain-file", action="append", default=[], metavar="FILE",
+                        help="a trust certificate (as written by 'trust issue --out'), leaf "
+                             "first; repeat for a chain. Verifiers then require a chain from "
+                             "the signing key to a trust anchor")
+    parser.add_argument("--category", help="payment category: verifiers then require its "
+                                           "authority quorum policy (or 'default')")
+    parser.add_argument("--endorsement", action="append", default=[], metavar="KEY:SIG",
+                        help="an authority endorsement of the message for --category, as "
+                             "printed by 'authority endorse'; repeat for several")
+
+
+def _with_verdict_options(request: VerificationRequest,
+                          args: argparse.Namespace) -> VerificationRequest:
+    chain = tuple(Path(f).read_bytes() for f in args.chain_file)
+    endorsements = []
+    for item in args.endorsement:
+        key, _, sig = item.partition(":")
+        try:
+            endorsements.append((bytes.fromhex(key), bytes.fromhex(sig)))
+        except ValueError:
+            raise ConfigError(f"--endorsement {item!r} must be KEY:SIG in hex") from None
+    if endorsements and not args.category:
+        raise ConfigError("--endorsement needs --category")
+    if not (chain or args.category):
+        return request
+    # re-validated as a receiver would: wrong lengths or too many items fail here
+    return VerificationRequest.from_wire(dataclasses.replace(
+        request, chain=chain, category=args.category or "",
+        endorsements=tuple(endorsements)).to_wire())
+
+
 def cmd_sign(args: argparse.Namespace) -> int:
     ident = AgentIdentity.load(args.key)
-    request = signed_request(ident, _message_bytes(args), args.request_id)
+    request = _with_verdict_options(
+        signed_request(ident, _message_bytes(args), args.request_id), args)
     if args.out:
         Path(args.out).write_bytes(request.encode())
     _out(args, f"request_id: {request.request_id}\npublic_key: {request.public_key.hex()}\n"
@@ -244,6 +279,10 @@ def cmd_sign(args: argparse.Namespace) -> int:
 def _build_request(args: argparse.Namespace) -> VerificationRequest:
     if args.request_file:
         return VerificationRequest.decode(Path(args.request_file).read_bytes())
+    return _with_verdict_options(_signed_from_args(args), args)
+
+
+def _signed_from_args(args: argparse.Namespace) -> VerificationRequest:
     message = _message_bytes(args)
     rid = args.request_id or new_request_id()
     if args.key:
@@ -540,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--message-file", help="read the message bytes from a file")
     sign.add_argument("--request-id", help="request id (default: random)")
     sign.add_argument("--out", help="write the MessagePack request to this file")
+    _verdict_options(sign)
     sign.add_argument("--json", action="store_true", help="machine-readable output")
     sign.set_defaults(func=cmd_sign)
 
@@ -557,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--message-file", help="read the message bytes from a file")
     verify.add_argument("--request-file", help="a MessagePack request written by 'sign --out'")
     verify.add_argument("--request-id", help="request id (default: random)")
+    _verdict_options(verify)
     _threshold_option(verify, "threshold the certificate must have been decided under")
     verify.add_argument("--timeout", type=_positive, default=10.0, help="seconds per attempt")
     verify.add_argument("--json", action="store_true", help="print the certificate as JSON")
