@@ -57,6 +57,11 @@ async def connect(config: NatsConfig, *, name: str, connect_timeout: float = 2.0
         options["user_credentials"] = config.creds
     if config.nkey_seed:
         options["nkeys_seed"] = config.nkey_seed
+    if config.user:
+        options["user"] = config.user
+        options["password"] = config.password
+    if config.inbox_prefix:
+        options["inbox_prefix"] = config.inbox_prefix
     if config.tls_ca or config.tls_cert:
         ctx = ssl.create_default_context(cafile=config.tls_ca)
         if config.tls_cert:
