@@ -11,6 +11,8 @@ Environment variables (all optional):
   NATS_INBOX_PREFIX   reply-inbox prefix (_INBOX); with the per-role server
                       config (bus/permissions.py) set it to _INBOX.<user name>
   AP_PREFIX           subject prefix                    (ap)
+  AP_JS_REPLICAS      JetStream replicas for the streams and KV buckets the
+                      workers create (1; 3 on a 3-node cluster)
 """
 
 from __future__ import annotations
@@ -70,3 +72,22 @@ class NatsConfig:
     @property
     def servers(self) -> list[str]:
         return [u.strip() for u in self.url.split(",") if u.strip()]
+
+
+MAX_JS_REPLICAS = 5
+
+
+def js_replicas() -> int:
+    """Replicas for streams/buckets created by the workers (env AP_JS_REPLICAS, default 1).
+
+    Only used when a worker *creates* a stream or bucket; an existing one keeps
+    whatever the operator configured.
+    """
+    raw = os.environ.get("AP_JS_REPLICAS", "").strip() or "1"
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_JS_REPLICAS:
+        raise ConfigError(f"AP_JS_REPLICAS={raw!r} must be an integer 1-{MAX_JS_REPLICAS}")
+    return value

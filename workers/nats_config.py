@@ -140,7 +140,7 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any, kinds: Any) -> None:  # noqa: ARG001 - no worker kind here
+def register(sub: Any, kinds: Any) -> None:
     parser = sub.add_parser(
         "nats-config", help="render the per-role nats-server users and permissions",
         formatter_class=argparse.RawDescriptionHelpFormatter,
