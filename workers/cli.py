@@ -68,7 +68,7 @@ EXIT_NOT_VALID = 1
 #: CLI lives with its code. Each defines ``register(sub, kinds)``: ``sub`` is the
 #: top-level subparsers, ``kinds`` the ``worker KIND`` subparsers. A worker kind
 #: sets ``worker_factory=fn(args) -> Worker`` as a parser default.
-EXTENSIONS: tuple[str, ...] = ("workers.nats_config",)
+EXTENSIONS: tuple[str, ...] = ("workers.nats_config", "workers.admit")
 
 #: Service workers ``up`` starts once each (``worker KIND --id KIND1``), after
 #: the tallies and verifiers: the state-keeping and watching workers.

@@ -14,6 +14,8 @@ votes and its forged decision never reaches the consortium.
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,10 +29,10 @@ from bus.config import NatsConfig
 from bus.connection import connect
 from bus.natsserver import NatsServer, start_nats_server
 from bus.subjects import Subjects
-from schemas.identity import AgentIdentity
+from schemas.identity import AgentIdentity, did_key
 from schemas.messages import Vote
 from tests.e2e.test_nats_cluster import free_ports
-from tests.helpers import Cluster
+from tests.helpers import ROOT, Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -127,8 +129,14 @@ async def test_two_organizations_decide_through_accounts_and_a_leafnode(
         # the consortium admits the four keys into ITS pool
         admin = await connect(consortium, name="consortium-admin")
         try:
-            for vid, key in keys.items():
-                await membership.register(admin, s, vid, key)
+            for vid, key in keys.items():  # the operator command, as a process
+                arg = key.hex() if vid != "v4" else did_key(key)
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "workers.cli", "admit", vid, arg, "--json",
+                    "--nats-url", consortium.url, "--prefix", prefix, cwd=ROOT,
+                    stdout=asyncio.subprocess.PIPE)
+                out, _ = await proc.communicate()
+                assert proc.returncode == 0 and json.loads(out)["changed"] is True
             pool = await membership.read_pool(admin, s)
             assert len(pool.keys) == 4
             tally = Cluster(nats_url=consortium.url, prefix=prefix, data_dir=tmp_path / "t")
