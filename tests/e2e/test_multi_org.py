@@ -122,8 +122,9 @@ async def test_two_organizations_decide_through_accounts_and_a_leafnode(
             procs.append(c)
         # each organization's verifier registers in its own account's bucket
         # (meaningless for the consortium); wait for that as the sign it is up
+        # (two verifiers per organization share that bucket: wait for both)
         for c in procs:
-            await c.wait_pool(1, timeout=40)
+            await c.wait_pool(2, timeout=40)
         keys = {vid: AgentIdentity.load(c.data_dir / "keys" / f"verifier-{vid}.key").public_key
                 for vid, c in zip(orgs, procs, strict=True)}
         # the consortium admits the four keys into ITS pool
