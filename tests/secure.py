@@ -16,7 +16,7 @@ from bus.natsserver import NatsServer, start_nats_server
 from bus.permissions import User, render_auth_conf
 from bus.subjects import Subjects
 from tests.helpers import ROOT, Cluster
-from workers.nats_config import build_users
+from workers.nats_config import build_jwt_users, build_users
 
 USERS = ["admin:admin", "tally:t1", "verifier:v1", "verifier:v2", "verifier:v3",
          "verifier:v4", "client:alice", "client:bob"]
@@ -40,16 +40,22 @@ class SecureServer:
         extra = self.users[name].extra
         return NatsConfig(url=self.url, prefix=self.prefix,
                           nkey_seed=extra.get("NATS_NKEY_SEED"),
+                          creds=extra.get("NATS_CREDS"),
                           inbox_prefix=extra["NATS_INBOX_PREFIX"] if inbox_prefix == "own"
                           else inbox_prefix)
 
 
 def start_secure_server(tmp: Path, prefix: str, specs: list[str] | None = None,
-                        extra_conf: str = "") -> SecureServer:
-    """nats-server with JetStream and nkey users for ``specs`` (role:name)."""
+                        extra_conf: str = "", auth: str = "nkey") -> SecureServer:
+    """nats-server with JetStream and users for ``specs`` (role:name): nkey users in
+    the server config, or (``auth="jwt"``) operator mode with a .creds per user."""
     tmp.mkdir(parents=True, exist_ok=True)
-    users = build_users(specs or USERS, "nkey", tmp)
-    (tmp / "auth.conf").write_text(render_auth_conf(users, Subjects(prefix), "nkey"))
+    if auth == "jwt":
+        users, text = build_jwt_users(specs or USERS, Subjects(prefix), tmp)
+    else:
+        users = build_users(specs or USERS, auth, tmp)
+        text = render_auth_conf(users, Subjects(prefix), auth)
+    (tmp / "auth.conf").write_text(text)
     conf = tmp / "server.conf"
     conf.write_text(f"{extra_conf}\ninclude ./auth.conf\n")
     server = start_nats_server(tmp / "js", extra_args=["-c", str(conf)])

@@ -25,10 +25,11 @@ from workers.cli import discover
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-@pytest.fixture
-def secure_cluster(tmp_path: Path) -> Iterator[SecureCluster]:
+@pytest.fixture(params=["nkey", "jwt"])
+def secure_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SecureCluster]:
+    """Workers with nkey users in the server config, or with NATS_CREDS (operator mode)."""
     prefix = f"s{uuid.uuid4().hex[:10]}"
-    server: SecureServer = start_secure_server(tmp_path / "nats", prefix)
+    server: SecureServer = start_secure_server(tmp_path / "nats", prefix, auth=request.param)
     c = SecureCluster(nats_url=server.url, prefix=prefix, data_dir=tmp_path, secure=server)
     try:
         yield c
