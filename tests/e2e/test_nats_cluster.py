@@ -40,8 +40,8 @@ from tests.helpers import Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REQUESTS = 1200
-RATE_PER_S = 100.0
+REQUESTS = 2000
+RATE_PER_S = 160.0
 KILL_AFTER_S = 4.0
 
 
