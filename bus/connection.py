@@ -8,6 +8,7 @@ reconnects forever and we only log the transitions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from typing import Any
@@ -57,18 +58,33 @@ async def connect(config: NatsConfig, *, name: str, connect_timeout: float = 2.0
         options["user_credentials"] = config.creds
     if config.nkey_seed:
         options["nkeys_seed"] = config.nkey_seed
+    if config.user:
+        options["user"] = config.user
+        options["password"] = config.password
+    if config.inbox_prefix:
+        options["inbox_prefix"] = config.inbox_prefix
     if config.tls_ca or config.tls_cert:
         ctx = ssl.create_default_context(cafile=config.tls_ca)
         if config.tls_cert:
             ctx.load_cert_chain(config.tls_cert, config.tls_key)
         options["tls"] = ctx
     nc = Client()
+    # nats-py bounds each TCP connect by connect_timeout but not a TLS handshake
+    # that fails (e.g. an untrusted server certificate): without this overall
+    # bound connect() would hang forever instead of failing with EXIT_CONNECT.
+    overall = (connect_timeout + 0.5) * (initial_attempts + 1) * max(1, len(config.servers)) + 2
     try:
-        await nc.connect(**options)
+        async with asyncio.timeout(overall):
+            await nc.connect(**options)
     except Exception as exc:  # nats-py raises several unrelated types here
-        if not nc.is_closed:
-            await nc.close()
-        raise NotConnected(f"cannot connect to NATS at {config.url}: {exc}") from None
+        with contextlib.suppress(Exception):
+            if not nc.is_closed:
+                await nc.close()
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            reason = (f"no usable connection within {overall:.0f}s (TLS handshake or "
+                      "authorization failing?)")
+        raise NotConnected(f"cannot connect to NATS at {config.url}: {reason}") from None
     nc.options["max_reconnect_attempts"] = -1  # reconnect forever from now on
     return nc
 

@@ -32,6 +32,7 @@ from nats.js.errors import (
     NotFoundError,
 )
 
+from bus.config import js_replicas
 from bus.subjects import Subjects
 from schemas.errors import TransportError
 
@@ -62,7 +63,8 @@ async def ensure_audit_stream(nc: Client, subjects: Subjects, days: float) -> No
         pass
     with contextlib.suppress(BadRequestError):  # created concurrently by another tally
         await js.add_stream(name=subjects.audit_stream, subjects=[subjects.decisions_all],
-                            max_age=days * 86400, description="agentic-payments decisions")
+                            max_age=days * 86400, description="agentic-payments decisions",
+                            num_replicas=js_replicas())
 
 
 class DecisionStore:
@@ -86,9 +88,11 @@ class DecisionStore:
         try:
             self._kv = await self._js.key_value(self.bucket)
         except BucketNotFoundError:
+            replicas = js_replicas()
             with contextlib.suppress(Exception):  # a concurrent creator may win the race
                 await self._js.create_key_value(
                     bucket=self.bucket, history=1, ttl=DECISION_TTL_S, direct=True,
+                    replicas=replicas,
                     description="agentic-payments certificates by request id")
             self._kv = await self._js.key_value(self.bucket)
         info = await self._js.stream_info(self._stream)

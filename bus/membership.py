@@ -20,6 +20,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 
+from bus.config import js_replicas
 from bus.subjects import Subjects
 from schemas.codec import decode, encode
 from schemas.errors import CodecError, SchemaViolation
@@ -80,8 +81,10 @@ async def members_bucket(nc: Client, subjects: Subjects) -> Any:
     try:
         return await js.key_value(subjects.members_bucket)
     except BucketNotFoundError:
+        replicas = js_replicas()
         with contextlib.suppress(Exception):  # a concurrent creator won the race
             return await js.create_key_value(bucket=subjects.members_bucket, history=5,
+                                             replicas=replicas,
                                              description="agentic-payments verifier pool")
         return await js.key_value(subjects.members_bucket)
 

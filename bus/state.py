@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 from nats.aio.client import Client
 from nats.js.errors import BucketNotFoundError
 
+from bus.config import js_replicas
 from bus.subjects import Subjects
 from schemas.errors import CodecError
 
@@ -61,6 +62,7 @@ async def ensure_bucket(nc: Client, name: str, *, history: int = STATE_HISTORY,
         pass
     try:
         return await js.create_key_value(bucket=name, history=history, direct=True,
+                                         replicas=js_replicas(),
                                          description=description)
     except Exception:  # created concurrently by another worker
         return await js.key_value(name)

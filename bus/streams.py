@@ -13,6 +13,7 @@ import contextlib
 from nats.aio.client import Client
 from nats.js.errors import BadRequestError, NotFoundError
 
+from bus.config import js_replicas
 from bus.subjects import Subjects
 
 
@@ -27,7 +28,8 @@ async def ensure_stream(nc: Client, name: str, subjects: list[str], *, max_age_s
         pass
     with contextlib.suppress(BadRequestError):  # created concurrently by another worker
         await js.add_stream(name=name, subjects=subjects, max_age=max_age_s,
-                            max_bytes=max_bytes, description=description)
+                            max_bytes=max_bytes, description=description,
+                            num_replicas=js_replicas())
         return True
     return False
 

@@ -76,6 +76,8 @@ EXTENSIONS: tuple[str, ...] = (
     "workers.authority_cli",
     "workers.keys_cli",
     "workers.recovery_cli",
+    "workers.nats_config",
+    "workers.admit",
 )
 
 #: Service workers ``up`` starts once each (``worker KIND --id KIND1``), after

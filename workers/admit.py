@@ -1,0 +1,68 @@
+"""``agentic-payments admit``: the consortium admits a verifier key into its pool.
+
+In a multi-organization deployment (README, deploy/nats/accounts.conf) each
+organization runs its verifiers in its own NATS account; the pool that counts
+is the membership bucket in the consortium's account, written only by the
+consortium's operators. ``admit ID KEY`` registers ``KEY`` (hex or did:key,
+handed over by the organization out of band) as active member ``ID`` with
+compare-and-set, giving the pool a new epoch; ``members remove ID`` takes it
+out again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from bus import membership
+from bus.subjects import Subjects
+from schemas.errors import ConfigError, IdentityError
+from schemas.identity import public_key_from_did
+
+
+def parse_public_key(text: str) -> bytes:
+    """A 32-byte Ed25519 public key from 64 hex digits or a did:key."""
+    try:
+        key = public_key_from_did(text) if text.startswith("did:") else bytes.fromhex(text)
+    except (ValueError, IdentityError) as exc:
+        raise ConfigError(f"not a public key (64 hex digits or did:key): {exc}") from None
+    if len(key) != 32:
+        raise ConfigError(f"a public key is 32 bytes, got {len(key)}")
+    return key
+
+
+async def _admit(args: argparse.Namespace) -> int:
+    from workers.cli import _connection, _nats, _out
+
+    key = parse_public_key(args.public_key)
+    config = _nats(args)
+    async with _connection(config, "agentic-payments-admit") as nc:
+        subjects = Subjects(config.prefix)
+        changed = await membership.register(nc, subjects, args.id, key)
+        pool = await membership.read_pool(nc, subjects)
+    _out(args, f"{args.id} {'admitted' if changed else 'already a member'}; pool epoch "
+         f"{pool.epoch}, {len(pool.keys)} active",
+         {"id": args.id, "changed": changed, "epoch": pool.epoch, "active": len(pool.keys)})
+    return 0
+
+
+def cmd_admit(args: argparse.Namespace) -> int:
+    return asyncio.run(_admit(args))
+
+
+def register(sub: Any, kinds: Any) -> None:
+    from workers.cli import _common, _token
+
+    parser = sub.add_parser(
+        "admit", help="admit a verifier's public key into the pool (consortium operators)",
+        description="Register KEY as active pool member ID in the membership bucket of the "
+        "account you connect to (compare-and-set; the pool gets a new epoch). In a "
+        "multi-organization deployment the consortium runs this for each organization's "
+        "verifier keys; a verifier's own start-up registration only lands in its "
+        "organization's account. Exit codes: 0 ok, 69 cannot connect, 78 bad key.")
+    _common(parser)
+    parser.add_argument("id", type=_token, help="member id (the verifier's --id)")
+    parser.add_argument("public_key", help="Ed25519 public key: 64 hex digits or did:key:z6Mk…")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=cmd_admit)
