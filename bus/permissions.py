@@ -134,7 +134,10 @@ def micro_service(kind: str, subjects: Subjects, worker_id: str) -> list[str]:
 
 
 def telemetry(kind: str, subjects: Subjects, worker_id: str) -> list[str]:
-    return [subjects.heartbeat(kind, worker_id), subjects.metrics(kind, worker_id)]
+    """Own heartbeats and metrics, and a request to its own status endpoint (the
+    runtime's start-up barrier proving the server has its subscriptions)."""
+    return [subjects.heartbeat(kind, worker_id), subjects.metrics(kind, worker_id),
+            subjects.status(kind, worker_id)]
 
 
 def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
@@ -162,13 +165,13 @@ def permissions(role: str, name: str, subjects: Subjects) -> Permissions:
     elif role == "verifier":
         pub += [subjects.votes_all, *telemetry(role, subjects, name),
                 *kv_owner(members), *kv_reader(members),
-                *kv_writer(members, [name]), *kv_reader(state)]
+                *kv_writer(members, [name]), *kv_owner(state), *kv_reader(state)]
         sub += [subjects.ballot, *micro_service(role, subjects, name)]
     elif role == "tally":
         decisions = subjects.decisions_bucket
         pub += [subjects.ballot, subjects.decisions_all, subjects.equivocation,
                 *telemetry(role, subjects, name),
-                *kv_owner(members), *kv_reader(members), *kv_reader(state),
+                *kv_owner(members), *kv_reader(members), *kv_owner(state), *kv_reader(state),
                 *kv_owner(decisions), *kv_reader(decisions), *kv_writer(decisions),
                 *stream_owner(subjects.audit_stream)]
         sub += [subjects.request, subjects.votes(name), *micro_service(role, subjects, name)]
@@ -177,24 +180,31 @@ def permissions(role: str, name: str, subjects: Subjects) -> Permissions:
         pub += [f"{p}.{role}.>", *telemetry(role, subjects, name),
                 *kv_owner(state), *kv_reader(state), *kv_writer(state, areas),
                 *kv_owner(f"{p}_{role}"), *kv_reader(f"{p}_{role}"),
-                *kv_writer(f"{p}_{role}")]
+                *kv_writer(f"{p}_{role}"),
+                # the key manager purges old revisions of a revoked or destroyed key
+                *_js(f"STREAM.PURGE.KV_{p}_{role}")]
         sub += [f"{p}.{role}.>", *micro_service(role, subjects, name)]
     elif role == "anomaly":
-        pub += [subjects.alerts_all, *telemetry(role, subjects, name),
-                *stream_owner(subjects.alerts_stream),
-                *stream_owner(subjects.metrics_stream), *stream_reader(subjects.metrics_stream),
-                *stream_reader(subjects.audit_stream), *kv_reader(members)]
+        telemetry_streams = [*stream_owner(subjects.heartbeat_stream),
+                             *stream_owner(subjects.metrics_stream)]
+        pub += [subjects.alerts_all, *telemetry(role, subjects, name), *telemetry_streams,
+                *stream_owner(subjects.alerts_stream), *stream_reader(subjects.alerts_stream),
+                *stream_reader(subjects.metrics_stream),
+                *stream_reader(subjects.audit_stream), *kv_reader(members),
+                *kv_writer(members)]  # quarantine: a CAS update of the member record
         sub += [subjects.metrics_all, subjects.heartbeat_all, subjects.votes_all,
                 subjects.decisions_all, subjects.equivocation,
                 *micro_service(role, subjects, name)]
     elif role == "recovery":
+        recovery = subjects.recovery_bucket
         pub += [subjects.alerts_all, *telemetry(role, subjects, name), "$SRV.PING.>",
-                "$SRV.PING", *stream_owner(subjects.alerts_stream),
-                *stream_owner(subjects.heartbeat_stream),
+                "$SRV.PING", subjects.supervisor_restart("*"),
+                *stream_owner(subjects.alerts_stream),
+                *stream_owner(subjects.heartbeat_stream), *stream_owner(subjects.metrics_stream),
                 *stream_reader(subjects.heartbeat_stream),
-                *kv_owner(f"{p}_recovery"), *kv_reader(f"{p}_recovery"),
-                *kv_writer(f"{p}_recovery")]
-        sub += [subjects.heartbeat_all, *micro_service(role, subjects, name)]
+                *kv_owner(recovery), *kv_reader(recovery), *kv_writer(recovery)]
+        sub += [subjects.heartbeat_all, subjects.recovery_history,
+                *micro_service(role, subjects, name)]
     return Permissions(publish=_dedupe(pub), subscribe=_dedupe(sub), allow_responses=responses)
 
 
