@@ -9,6 +9,7 @@ beats and 1 once it is stopped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -54,10 +55,8 @@ class FakeSystemd:
             if len(times) >= count or time.monotonic() > deadline:
                 return times
             self.sock.settimeout(0.2)
-            try:
+            with contextlib.suppress(TimeoutError, BlockingIOError):
                 self.messages.append((time.monotonic(), _fields(self.sock.recv(4096))))
-            except (TimeoutError, BlockingIOError):
-                pass
 
     def close(self) -> None:
         self.sock.close()
