@@ -11,8 +11,10 @@ as ``$WATCHDOG_USEC`` and, optionally, the pid meant to ping as
 ``$WATCHDOG_PID``).
 
 Everything is a no-op when ``NOTIFY_SOCKET`` is unset (a terminal, a test,
-Kubernetes). A send failure is logged once and reported as ``False`` — a
-worker must never die because its supervisor's socket went away.
+Kubernetes). Sends never block (``MSG_DONTWAIT``: the caller is the worker's
+event loop; a full receive queue drops the datagram). A send failure is logged
+once and reported as ``False`` — a worker must never die or stall because its
+supervisor's socket went away or stopped reading.
 
 The parsing functions are pure (they take the environment as a mapping) and
 have table-driven tests in ``tests/unit/test_sdnotify.py``.
@@ -97,7 +99,11 @@ class Notifier:
         data = format_message(**fields)
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto(data, self.address)
+                # never block the event loop: if the receiver's queue is full the
+                # datagram is dropped (a missed ping is what a stuck supervisor gets)
+                sock.sendto(data, socket.MSG_DONTWAIT, self.address)
+        except BlockingIOError:
+            return False
         except OSError as exc:
             if not self._warned:
                 log.warning("sd_notify to %r failed: %s", self.address, exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -184,6 +185,17 @@ def test_notifier_sends_and_is_noop_without_socket(
     assert sock.recv(4096) == b"STOPPING=1\nSTATUS=stopping"
     gone = Notifier({"NOTIFY_SOCKET": "@ap-unit-nobody-listens-" + uuid.uuid4().hex})
     assert gone.watchdog() is False  # reported, never raised
+
+
+def test_notifier_never_blocks_on_a_full_queue(
+        notify_socket: tuple[socket.socket, str]) -> None:
+    """A receiver that stops reading must not stall the worker's event loop."""
+    _, address = notify_socket  # bound, never read
+    notifier = Notifier({"NOTIFY_SOCKET": address})
+    started = time.monotonic()
+    results = [notifier.watchdog() for _ in range(5000)]
+    assert time.monotonic() - started < 10
+    assert results[0] is True and results[-1] is False  # the queue filled, sends dropped
 
 
 async def test_keepalive_withholds_pings_without_progress(
