@@ -112,7 +112,10 @@ class Notifier:
         return True
 
     def ready(self, status: str) -> bool:
-        return self.send(READY=1, STATUS=status, MAINPID=os.getpid())
+        # no MAINPID=: systemd knows the sender from SCM_CREDENTIALS, and a worker
+        # started by another supervisor that leaks NOTIFY_SOCKET must not claim to
+        # be the main process
+        return self.send(READY=1, STATUS=status)
 
     def status(self, status: str) -> bool:
         return self.send(STATUS=status)

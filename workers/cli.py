@@ -9,7 +9,8 @@
   verify    submit a signed message for consensus and print the certificate
   members   list or remove verifiers in the pool
   status    discover running workers through $SRV.PING and show their health
-  check     health probe for one worker: exit 0 serving, 1 unhealthy, 69 silent
+  check     health probe for one worker: exit 0 serving, 1 unhealthy, 69 silent;
+            --liveness: local file only, no NATS (0 fresh, 1 stale)
 
 Exit codes: 0 ok; 1 decided but not VALID, or a certificate that does not
 check out (verify, demo); 2 usage; 69 cannot connect to NATS or no reply;

@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -32,16 +33,28 @@ def _fields(datagram: bytes) -> dict[str, str]:
 
 
 class FakeSystemd:
+    """Receives notify datagrams like systemd: with the sender's pid (SCM_CREDENTIALS)."""
+
     def __init__(self, address: str | bytes) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock.bind(address)
         self.messages: list[tuple[float, dict[str, str]]] = []
+        self.senders: set[int] = set()
+
+    def _recv(self) -> dict[str, str]:
+        data, ancdata, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid, _uid, _gid = struct.unpack("iII", payload[:12])
+                self.senders.add(pid)
+        return _fields(data)
 
     def drain(self) -> None:
         self.sock.setblocking(False)
         try:
             while True:
-                self.messages.append((time.monotonic(), _fields(self.sock.recv(4096))))
+                self.messages.append((time.monotonic(), self._recv()))
         except BlockingIOError:
             pass
 
@@ -56,7 +69,7 @@ class FakeSystemd:
                 return times
             self.sock.settimeout(0.2)
             with contextlib.suppress(TimeoutError, BlockingIOError):
-                self.messages.append((time.monotonic(), _fields(self.sock.recv(4096))))
+                self.messages.append((time.monotonic(), self._recv()))
 
     def close(self) -> None:
         self.sock.close()
@@ -98,7 +111,8 @@ def test_ready_watchdog_stopping_and_liveness(cluster: Cluster,
     ready = fake.wait_for("READY", timeout=60)
     assert ready, f"no READY=1:\n{cluster.log('verifier-v1')}"
     first = next(f for _, f in fake.messages if "READY" in f)
-    assert first["READY"] == "1" and first["MAINPID"] == str(proc.pid)
+    assert first["READY"] == "1"
+    assert fake.senders == {proc.pid}  # the main process itself, as NotifyAccess=main wants
     assert "verifier v1" in first["STATUS"]
     # READY means started: the status endpoint answers right away
     assert _check(cluster, "--kind", "verifier", "--id", "v1", "--timeout", "10").returncode == 0
@@ -142,6 +156,7 @@ def test_ready_watchdog_stopping_and_liveness(cluster: Cluster,
     assert stopping, "no STOPPING=1"
     fake.drain()
     assert not [t for t, f in fake.messages if "WATCHDOG" in f and t > stopping[0] + 0.5]
+    assert fake.senders == {proc.pid}
     gone = _check(cluster, "--liveness", "--kind", "verifier", "--id", "v1")
     assert gone.returncode == 1 and "no liveness file" in gone.stdout
 
