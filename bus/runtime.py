@@ -47,6 +47,7 @@ from nats.micro.service import EndpointConfig, Service
 
 from bus.config import NatsConfig
 from bus.connection import connect
+from bus.keepalive import Keepalive, making_progress
 from bus.otelmetrics import WorkerInstruments
 from bus.stats import ProcessingStats
 from bus.subjects import Subjects, check_token, service_name
@@ -136,6 +137,10 @@ class Worker:
         self._stop_done = asyncio.Event()
         self._hb_seq = 0
         self.otel_metrics: WorkerInstruments | None = None
+        # systemd READY/STOPPING/WATCHDOG and the local liveness file (bus/keepalive.py)
+        self.keepalive = Keepalive(self.kind, self.worker_id, data_dir=runtime.data_dir,
+                                   heartbeat_s=runtime.heartbeat_s)
+        self._beat_at: float | None = None
 
     # ------------------------------------------------------------ subclass API
     async def setup(self) -> None:
@@ -205,6 +210,7 @@ class Worker:
                                counters=dict(s.counters))
 
     async def _publish_heartbeat(self) -> None:
+        self._beat_at = time.monotonic()  # progress evidence for the keep-alive
         if self.nc is not None and self.nc.is_connected:
             await self.nc.publish(self.subjects.heartbeat(self.kind, self.worker_id),
                                   self.heartbeat().encode())
@@ -258,7 +264,10 @@ class Worker:
         self._loops = [
             asyncio.create_task(self._every(self.runtime.heartbeat_s, self._publish_heartbeat)),
             asyncio.create_task(self._every(self.runtime.metrics_s, self._publish_metrics)),
+            asyncio.create_task(self.keepalive.run(self._making_progress)),
         ]
+        self.keepalive.ready(f"serving as {self.kind} {self.worker_id} on "
+                             f"{self.subjects.prefix}")
         log.info("%s %s started (instance %s, prefix %s)", self.kind, self.worker_id,
                  self.instance, self.subjects.prefix)
 
@@ -278,6 +287,10 @@ class Worker:
             log.warning("%s %s: subscription barrier failed (%s)", self.kind, self.worker_id,
                         exc.__class__.__name__)
 
+    def _making_progress(self) -> bool:
+        return making_progress(self._beat_at, time.monotonic(), self.runtime.heartbeat_s,
+                               self.keepalive.interval_s)
+
     def request_stop(self) -> None:
         """Signal handler: ask ``run`` to stop (safe from a signal, safe twice)."""
         if self._stop_requested is not None:
@@ -296,6 +309,7 @@ class Worker:
 
     async def _stop_stages(self) -> None:
         log.info("%s %s stopping: no new work", self.kind, self.worker_id)
+        self.keepalive.stopping()
         with contextlib.suppress(Exception):
             await self._publish_heartbeat()
         for sub in self._intake:

@@ -9,7 +9,8 @@
   verify    submit a signed message for consensus and print the certificate
   members   list or remove verifiers in the pool
   status    discover running workers through $SRV.PING and show their health
-  check     health probe for one worker: exit 0 serving, 1 unhealthy, 69 silent
+  check     health probe for one worker: exit 0 serving, 1 unhealthy, 69 silent;
+            --liveness: local file only, no NATS (0 fresh, 1 stale)
 
 Exit codes: 0 ok; 1 decided but not VALID, or a certificate that does not
 check out (verify, demo); 2 usage; 69 cannot connect to NATS or no reply;
@@ -433,6 +434,11 @@ async def _check(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    if not args.kind or not args.id:
+        raise ConfigError("give --kind and --id (or set AP_WORKER_KIND and AP_WORKER_ID)")
+    if args.liveness:  # local file only, no NATS: bus/liveness.py
+        from workers.probes import check_liveness
+        return check_liveness(args)
     return asyncio.run(_check(args))
 
 
@@ -627,11 +633,24 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Ask one worker for its status (its micro-service "
                            "endpoint PREFIX.status.KIND.ID). Exit 0 if Healthy or Degraded, "
                            "1 if Unhealthy or ShuttingDown, 69 if it does not answer — fit for "
-                           "a Kubernetes exec probe or a systemd ExecStartPost check.")
+                           "a Kubernetes exec probe (readiness: needs NATS) or a systemd "
+                           "ExecStartPost check. With --liveness, NATS is not asked: exit 0 if "
+                           "the worker's local liveness file (AP_LIVENESS_DIR or DATA_DIR/run/"
+                           "KIND-ID.alive, rewritten by its event loop) is fresh, 1 if it is "
+                           "stale or missing — a livenessProbe that a NATS outage cannot fail.")
     _common(check)
-    check.add_argument("--kind", required=True, type=_token,
-                       help="worker kind (verifier, tally, ...)")
-    check.add_argument("--id", required=True, help="worker id (v1, t1, ...)")
+    check.add_argument("--kind", type=_token, default=os.environ.get("AP_WORKER_KIND"),
+                       help="worker kind (verifier, tally, ...; env AP_WORKER_KIND)")
+    check.add_argument("--id", type=_token, default=os.environ.get("AP_WORKER_ID"),
+                       help="worker id (v1, t1, ...; env AP_WORKER_ID)")
+    check.add_argument("--liveness", action="store_true",
+                       help="local liveness check only (no NATS): exit 0 fresh, 1 stale")
+    check.add_argument("--data-dir", default=str(default_data_dir()),
+                       help="--liveness: the worker's data dir (env AP_DATA_DIR)")
+    check.add_argument("--max-age", type=_positive, default=None,
+                       help="--liveness: seconds a beat stays fresh (default: the ttl the "
+                            "worker wrote, 3 beats + 1 s)")
+    check.add_argument("--json", action="store_true", help="--liveness: machine-readable output")
     check.add_argument("--timeout", type=_positive, default=2.0, help="seconds to wait (2)")
     check.set_defaults(func=cmd_check)
     return parser
