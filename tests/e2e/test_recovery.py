@@ -188,6 +188,21 @@ async def test_kill_9_is_respawned_by_the_recovery_worker(
         assert nobody.returncode == 69 and "no recovery worker answered" in nobody.stderr
 
 
+SERVICE_KINDS = [("keys", "k1"), ("trust", "trust1"), ("authority", "auth1"),
+                 ("anomaly", "anomaly1")]
+
+
+@pytest.mark.parametrize(("kind", "worker_id"), SERVICE_KINDS)
+async def test_kill_9_of_a_service_worker_is_respawned(
+        nats_url: str, prefix: str, tmp_path: Path, nc: Client, kind: str,
+        worker_id: str) -> None:
+    """Every other worker kind too: the key manager, trust, authority and anomaly workers."""
+    service = ProcSpec(f"{kind}-{worker_id}", ["worker", kind, "--id", worker_id,
+                                               "--heartbeat-s", HB])
+    async with system(nats_url, prefix, tmp_path, nc, specs(service)) as (sup, watch):
+        await kill_and_expect_recovery(nc, prefix, tmp_path, sup, watch, kind, worker_id)
+
+
 async def test_recovery_worker_killed_is_respawned_by_its_peer(
         nats_url: str, prefix: str, tmp_path: Path, nc: Client) -> None:
     peer = ProcSpec("recovery-r2", ["worker", "recovery", "--id", "r2", "--heartbeat-s", HB,
