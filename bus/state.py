@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
+import nats.errors
 from nats.aio.client import Client
 from nats.js.errors import BucketNotFoundError
 
@@ -52,9 +53,33 @@ def state_key(area: str, name: str) -> str:
     return f"{area}.{name}"
 
 
+#: How long opening a bucket keeps retrying JetStream API timeouts (a clustered
+#: JetStream electing a leader, or a replicas-3 create under load, can take seconds).
+OPEN_RETRY_S = 30.0
+
+
 async def ensure_bucket(nc: Client, name: str, *, history: int = STATE_HISTORY,
                         description: str = "") -> Any:
-    """Open KV bucket ``name``, creating it (direct gets allowed) if it is missing."""
+    """Open KV bucket ``name``, creating it (direct gets allowed) if it is missing.
+
+    JetStream API timeouts are retried with back-off for up to OPEN_RETRY_S;
+    other errors (no JetStream, permissions) surface at once.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + OPEN_RETRY_S
+    delay = 0.25
+    while True:
+        try:
+            return await _open_or_create(nc, name, history, description)
+        except (nats.errors.TimeoutError, TimeoutError):
+            if loop.time() + delay > deadline:
+                raise
+            log.warning("JetStream did not answer opening bucket %s; retrying", name)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 4.0)
+
+
+async def _open_or_create(nc: Client, name: str, history: int, description: str) -> Any:
     js = nc.jetstream()
     try:
         return await js.key_value(name)
@@ -64,6 +89,8 @@ async def ensure_bucket(nc: Client, name: str, *, history: int = STATE_HISTORY,
         return await js.create_key_value(bucket=name, history=history, direct=True,
                                          replicas=js_replicas(),
                                          description=description)
+    except (nats.errors.TimeoutError, TimeoutError):
+        raise
     except Exception:  # created concurrently by another worker
         return await js.key_value(name)
 

@@ -50,6 +50,7 @@ from bus.runtime import (
     run_worker,
 )
 from bus.subjects import Subjects, check_token
+from bus.tracing import setup_tracing, shutdown_telemetry
 from schemas.codec import decode
 from schemas.errors import (
     AgenticPaymentsError,
@@ -311,8 +312,17 @@ async def _verify(args: argparse.Namespace) -> int:
     return 0 if cert.approved else EXIT_NOT_VALID
 
 
+def _traced(run: Callable[[], int]) -> int:
+    """A client command traced when OTEL_* asks for export (no cost otherwise)."""
+    setup_tracing("agentic-payments-client")
+    try:
+        return run()
+    finally:
+        shutdown_telemetry()
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    return asyncio.run(_verify(args))
+    return _traced(lambda: asyncio.run(_verify(args)))
 
 
 # ---------------------------------------------------------------- demo
@@ -345,7 +355,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return asyncio.run(_demo(args))
+    return _traced(lambda: asyncio.run(_demo(args)))
 
 
 # ---------------------------------------------------------------- members, status

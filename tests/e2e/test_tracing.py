@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from schemas.identity import AgentIdentity
 from tests.helpers import ROOT, Cluster
 
 pytest.importorskip("opentelemetry.exporter.otlp.proto.http",
@@ -343,3 +344,31 @@ async def test_traces_reach_phoenix(nats_url: str, prefix: str, tmp_path: Path) 
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+async def test_verify_command_is_traced_into_the_tally(receiver: OtlpReceiver, nats_url: str,
+                                                      prefix: str, tmp_path: Path) -> None:
+    """`agentic-payments verify` exports its client span when OTEL_* asks, and the
+    tally's spans join the same trace."""
+    c = TracedCluster(nats_url=nats_url, prefix=prefix, data_dir=tmp_path,
+                      otel_env=otel_env(receiver.endpoint))
+    try:
+        await c.start_system(VERIFIERS)
+        key = tmp_path / "agent.key"
+        AgentIdentity.load_or_create(key)
+        run = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "workers.cli", "verify", "--key", str(key),
+                             "--message", "pay 1", "--timeout", "15"],
+            env=c.env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+
+        def joined() -> bool:
+            spans, _ = receiver.snapshot()
+            clients = [s for s in spans if s.service == "agentic-payments-client"]
+            tally = {s.trace_id for s in spans if s.service == "agentic-payments-tally"}
+            return any(s.trace_id in tally for s in clients)
+
+        await wait_for(joined, "the verify command's trace in the tally")
+    finally:
+        codes = c.stop_all()
+    assert all(code == 0 for code in codes.values()), codes

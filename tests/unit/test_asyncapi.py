@@ -251,6 +251,16 @@ def test_path_hash_size_and_verdict_reasons() -> None:
     assert schema_for(VoteEntry)["items"][3]["x-known-values"] == reasons
 
 
+def test_verdict_state_refusal_codes_are_documented() -> None:
+    from schemas.errors import ChainInvalid
+    from schemas.keys import REFUSAL_CODES
+    for doc in (SCHEMAS["VoteProof"]["properties"]["reason"], schema_for(VoteEntry)["items"][3]):
+        codes = doc["x-refusal-codes"]
+        assert set(codes["key"]) == set(REFUSAL_CODES)
+        assert set(codes["chain"]) == set(ChainInvalid.REASONS)
+        assert set(codes["policy"]) == {"POLICY_MISSING", "POLICY_NOT_MET"}
+
+
 def test_quorum_constants() -> None:
     quorum = DOC["x-signing"]["quorum"]
     assert quorum["min_pool"] == MIN_POOL
