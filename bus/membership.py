@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from bus.config import js_replicas
+from bus.state import BucketMirror, ensure_bucket
 from bus.subjects import Subjects
 from schemas.codec import decode, encode
 from schemas.errors import CodecError, SchemaViolation
@@ -76,17 +76,9 @@ class PoolView:
 
 
 async def members_bucket(nc: Client, subjects: Subjects) -> Any:
-    """Bind the membership bucket, creating it on first use."""
-    js = nc.jetstream()
-    try:
-        return await js.key_value(subjects.members_bucket)
-    except BucketNotFoundError:
-        replicas = js_replicas()
-        with contextlib.suppress(Exception):  # a concurrent creator won the race
-            return await js.create_key_value(bucket=subjects.members_bucket, history=5,
-                                             replicas=replicas,
-                                             description="agentic-payments verifier pool")
-        return await js.key_value(subjects.members_bucket)
+    """Bind the membership bucket, creating it on first use (history 5)."""
+    return await ensure_bucket(nc, subjects.members_bucket, history=5,
+                               description="agentic-payments verifier pool")
 
 
 async def register(nc: Client, subjects: Subjects, worker_id: str, public_key: bytes) -> bool:
@@ -211,83 +203,32 @@ async def pool_at(nc: Client, subjects: Subjects, epoch: int) -> PoolView:
 
 
 class PoolWatcher:
-    """Keeps the current PoolView up to date from a KV watch."""
+    """Keeps the current PoolView up to date from a KV watch (a BucketMirror:
+    a malformed record is skipped, a dead watch is restarted)."""
 
     def __init__(self, nc: Client, subjects: Subjects) -> None:
         self._nc = nc
         self._subjects = subjects
-        self._members: dict[str, MemberRecord] = {}
-        self._epoch = 0
-        self._watcher: Any = None
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
+        self._mirror: BucketMirror[MemberRecord] = BucketMirror(
+            nc, subjects.members_bucket, lambda _key, value: MemberRecord.decode(value),
+            on_change=self._publish)
         self.view = PoolView(0, ())
-        self.failures = 0
-        self._replaying = True
+
+    @property
+    def failures(self) -> int:
+        return self._mirror.failures
 
     async def start(self, timeout: float = 5.0) -> None:
-        kv = await members_bucket(self._nc, self._subjects)
-        status = await kv.status()
-        self._epoch = status.stream_info.state.last_seq
-        self._watcher = await kv.watchall()
-        self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self._ready.wait(), timeout)
-
-    async def _run(self) -> None:
-        """Apply watch updates; a bad record is skipped, a dead watch is restarted."""
-        while True:
-            try:
-                await self._consume()
-                return  # watcher stopped on purpose
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.failures += 1
-                log.exception("membership watch failed; restarting it")
-                await asyncio.sleep(1.0)
-                with contextlib.suppress(Exception):
-                    await self._watcher.stop()
-                with contextlib.suppress(Exception):
-                    kv = await members_bucket(self._nc, self._subjects)
-                    self._watcher = await kv.watchall()
-                    self._members = {}  # rebuilt from the replay; view kept until it ends
-                    self._replaying = True
-
-    async def _consume(self) -> None:
-        async for entry in self._watcher:
-            if entry is None:
-                self._replaying = False
-                self._publish()
-                self._ready.set()
-                continue
-            if entry.revision:
-                self._epoch = max(self._epoch, entry.revision)
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self._members.pop(entry.key, None)
-            else:
-                try:
-                    self._members[entry.key] = MemberRecord.decode(entry.value)
-                except CodecError:
-                    log.warning("ignoring malformed member record %r", entry.key)
-                    self._members.pop(entry.key, None)
-            if entry.delta == 0:
-                self._replaying = False
-            if not self._replaying:
-                self._publish()
-                self._ready.set()
+        await members_bucket(self._nc, self._subjects)  # created with the pool's settings
+        await self._mirror.start(timeout)
+        self._publish()
 
     def _publish(self) -> None:
-        view = PoolView(self._epoch, tuple(sorted(self._members.values(),
-                                                  key=lambda m: m.worker_id)))
+        view = PoolView(self._mirror.revision, tuple(sorted(self._mirror.items.values(),
+                                                            key=lambda m: m.worker_id)))
         if view != self.view:
             log.info("pool epoch %d: %d active verifiers", view.epoch, len(view.keys))
         self.view = view
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        await self._mirror.stop()
