@@ -9,6 +9,7 @@ rendering of the current code.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -215,9 +216,15 @@ def test_nkey_without_out_is_a_config_error(capsys: pytest.CaptureFixture[str]) 
 
 @pytest.mark.parametrize("conf", ["server.conf", "cluster.conf", "leafnode.conf",
                                   "accounts.conf"])
-def test_deploy_configs_are_valid_for_nats_server(conf: str) -> None:
+def test_deploy_configs_are_valid_for_nats_server(conf: str, tmp_path: Path) -> None:
     """``nats-server -t`` parses the sample configs (with the env passwords set)."""
     path = ROOT / "deploy/nats" / conf
+    if conf == "cluster.conf":  # needs its route certificates: a copy with a test PKI
+        from tests.integration.test_cluster_routes import route_pki
+        copy = tmp_path / "nats"
+        shutil.copytree(path.parent, copy)
+        route_pki(copy)
+        path = copy / conf
     env = dict(os.environ)
     for spec in DEFAULT_USERS:
         env[User(*parse_user(spec)).password_env] = "test-password"
