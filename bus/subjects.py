@@ -183,3 +183,16 @@ class Subjects:
 #: Name every worker registers under for ``$SRV.PING/INFO/STATS``.
 def service_name(kind: str) -> str:
     return f"agentic-payments-{kind}"
+
+
+def telemetry_source(subjects: Subjects, subject: str) -> tuple[str, str] | None:
+    """(kind, worker id) named by a heartbeat or metrics subject, else None.
+
+    The subject is what NATS permissions pin (a worker may publish only its
+    own), so readers trust it over the kind and id inside the payload.
+    """
+    parts = subject.split(".")
+    if (len(parts) == 4 and parts[0] == subjects.prefix
+            and parts[1] in ("heartbeat", "metrics")):
+        return parts[2], parts[3]
+    return None

@@ -52,6 +52,7 @@ from bus import membership
 from bus.membership import ACTIVE, PoolWatcher
 from bus.runtime import RuntimeConfig, Worker, now_ms
 from bus.streams import ensure_stream, ensure_telemetry_streams
+from bus.subjects import telemetry_source
 from schemas.alerts import Alert, Severity, sign_alert
 from schemas.certificate import verify_certificate
 from schemas.codec import decode
@@ -252,6 +253,9 @@ class AnomalyWorker(Worker):
                 snap = MetricsSnapshot.decode(msg.data)
             except CodecError as exc:
                 self.stats.count(f"metrics_rejected_{exc.code}")
+                return
+            if telemetry_source(self.subjects, msg.subject) != (snap.kind, snap.worker_id):
+                self.stats.count("metrics_subject_mismatch")  # a worker speaking for another
                 return
             self.stats.count("metrics_replayed" if seq <= self._replay_end else "metrics_live")
             key = (snap.kind, snap.worker_id)

@@ -22,6 +22,7 @@ the same thing on every verifier.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -30,6 +31,8 @@ from schemas.errors import CodecError
 from schemas.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, verify_signature
 from schemas.messages import MAX_REQUEST_ID, VerdictReason, VerificationRequest, VoteEntry
 from schemas.signing import request_digest
+
+log = logging.getLogger("agentic_payments.judge")
 
 
 class VerdictState(Protocol):
@@ -83,15 +86,25 @@ def judge(raw: bytes, state: VerdictState = NO_STATE, now_ms: int = 0) -> VoteEn
         return VoteEntry(rid, digest, False, _malformed_reason(obj).value)
     if not verify_signature(request.public_key, request.message, request.signature):
         return VoteEntry(request.request_id, digest, False, VerdictReason.BAD_SIGNATURE.value)
+    try:
+        refusal = _state_refusal(request, state, now_ms)
+    except Exception:  # a state check must never stop the whole ballot's vote
+        log.exception("verdict-state check failed for %r", request.request_id)
+        refusal = "STATE_ERROR"
+    if refusal is not None:
+        return VoteEntry(request.request_id, digest, False, _reason(refusal))
+    return VoteEntry(request.request_id, digest, True, VerdictReason.OK.value)
+
+
+def _state_refusal(request: VerificationRequest, state: VerdictState,
+                   now_ms: int) -> str | None:
     refusal = state.key_refusal(request.public_key, now_ms)
     if refusal is None and request.chain:
         refusal = state.chain_refusal(request.public_key, request.chain, now_ms)
     if refusal is None and request.category:
         refusal = state.policy_refusal(request.category, request.message,
                                        request.endorsements, now_ms)
-    if refusal is not None:
-        return VoteEntry(request.request_id, digest, False, _reason(refusal))
-    return VoteEntry(request.request_id, digest, True, VerdictReason.OK.value)
+    return refusal
 
 
 def _reason(code: str) -> str:

@@ -40,7 +40,7 @@ from nats.micro.service import EndpointConfig
 
 from bus.runtime import RuntimeConfig, Worker, now_ms
 from bus.streams import ensure_stream, ensure_telemetry_streams
-from bus.subjects import RECOVERY_QUEUE
+from bus.subjects import RECOVERY_QUEUE, telemetry_source
 from schemas.alerts import Severity, sign_alert
 from schemas.codec import decode
 from schemas.errors import CodecError, RespawnFailed
@@ -159,6 +159,13 @@ class RecoveryWorker(Worker):
         except CodecError as exc:
             self.stats.count("heartbeat_malformed")
             log.warning("malformed heartbeat on %s [%s]: %s", msg.subject, exc.code, exc)
+            return
+        if telemetry_source(self.subjects, msg.subject) != (hb.kind, hb.worker_id):
+            # a worker may publish only on its own subject (permissions); a payload
+            # naming another worker must not make us restart (or delete) that one
+            self.stats.count("heartbeat_subject_mismatch")
+            log.warning("heartbeat on %s claims to be %s/%s: ignored", msg.subject, hb.kind,
+                        hb.worker_id)
             return
         if (hb.kind == self.kind and hb.worker_id == self.worker_id) or \
                 (self.options.only_host and hb.host != self.options.only_host) or \

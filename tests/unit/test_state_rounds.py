@@ -152,3 +152,23 @@ def test_judge_checks_in_order_and_first_refusal_wins(raw: bytes, state: FakeSta
     (_raw(), "OK"), (_raw(chain=True), "CHAIN_NO_ANCHOR"), (_raw(category=True), "POLICY_MISSING")])
 def test_without_state_chains_and_categories_cannot_pass(raw: bytes, reason: str) -> None:
     assert judge(raw, NO_STATE).reason == reason
+
+
+class BrokenState(FakeState):
+    def policy_refusal(self, category: str, message: bytes,
+                       endorsements: Sequence[tuple[bytes, bytes]],
+                       now_ms: int) -> str | None:
+        raise ValueError("boom")
+
+
+def test_a_failing_state_check_refuses_one_request_not_the_ballot() -> None:
+    entry = judge(_raw(category=True), BrokenState(), 1)
+    assert (entry.valid, entry.reason) == (False, "STATE_ERROR")
+
+
+@pytest.mark.parametrize("category", ["a.b", "café", "x٣", "a b", "x" * 65])
+def test_categories_outside_the_authority_alphabet_are_malformed(category: str) -> None:
+    from schemas.errors import SchemaViolation
+    wire = VerificationRequest("r", b"m", bytes(64), bytes(32)).to_wire()
+    with pytest.raises(SchemaViolation):
+        VerificationRequest.from_wire({**wire, "category": category})
