@@ -36,7 +36,7 @@ from schemas.identity import AgentIdentity
 from schemas.messages import Ballot
 from schemas.votes import sign_vote
 from workers.chain import ChainCache
-from workers.judge import judge
+from workers.judge import judge_at_both
 from workers.verdict_state import StateVerdicts, decode_state_record
 
 log = logging.getLogger("agentic_payments.verifier")
@@ -62,6 +62,9 @@ class VerifierWorker(Worker):
         self.identity = identity or AgentIdentity.load_or_create(self.key_file)
         self._voted: dict[bytes, tuple[int, bytes]] = {}
         self._voted_bytes = 0
+        #: (tally id, ballot id) -> hash of the ballot bytes we voted on: one vote per
+        #: ballot id, so a second ballot reusing an id cannot frame us as an equivocator
+        self._ballot_ids: dict[tuple[str, str], bytes] = {}
         self._state: BucketMirror[object] | None = None
         self._verdicts: StateVerdicts | None = None
         self._chain_cache = ChainCache()
@@ -83,6 +86,8 @@ class VerifierWorker(Worker):
                 break
             del self._voted[oldest]
             self._voted_bytes -= len(oldest_data)
+        while len(self._ballot_ids) > MAX_REMEMBERED_VOTES:
+            del self._ballot_ids[next(iter(self._ballot_ids))]
 
     def gauges(self) -> dict[str, float]:
         return {**super().gauges(), "remembered_votes": len(self._voted),
@@ -135,6 +140,13 @@ class VerifierWorker(Worker):
             self.stats.count("ballot_late")
             return
         ballot_hash = hashlib.sha256(msg.data).digest()
+        ballot_id_key = (ballot.tally_id, ballot.ballot_id)
+        seen_hash = self._ballot_ids.get(ballot_id_key)
+        if seen_hash is not None and seen_hash != ballot_hash:
+            self.stats.count("ballot_id_reused")  # never sign a second vote for one ballot id
+            log.warning("ballot id %s of tally %s reused with other contents: not voting",
+                        ballot.ballot_id, ballot.tally_id)
+            return
         cached = self._voted.get(ballot_hash)
         if cached is not None:  # a replayed ballot gets the very same vote, never a new one
             self.stats.count("ballot_repeated")
@@ -145,11 +157,12 @@ class VerifierWorker(Worker):
         try:
             state_rev, state = await self._judged_state(ballot, now)
             # one "now" for every verifier: the ballot's, unless it is implausible
-            at = ballot.issued_ms if abs(ballot.issued_ms - now) <= CLOCK_SKEW_MS else now_ms()
-            entries = [judge(raw, state, at) for raw in ballot.requests]
+            entries = [judge_at_both(raw, state, ballot.issued_ms, now_ms())
+                       for raw in ballot.requests]
             data = sign_vote(self.identity, ballot, entries, now_ms(),
                              state_rev=state_rev).encode()
             self._remember(ballot_hash, ballot.deadline_ms, data, now)
+            self._ballot_ids[ballot_id_key] = ballot_hash
             headers = None
             if spans:
                 contexts: list[SpanContext | None] = [None] * len(entries)
