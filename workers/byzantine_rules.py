@@ -84,6 +84,16 @@ class VoteLedger:
         if previous is not None:
             if previous.entries == vote.entries:
                 return [], None  # a duplicate (or the same verdicts re-signed)
+            same_question = (
+                previous.tally_id == vote.tally_id and previous.epoch == vote.epoch
+                and previous.state_rev == vote.state_rev
+                and [(e.request_id, e.digest) for e in previous.entries]
+                == [(e.request_id, e.digest) for e in vote.entries])
+            if not same_question:
+                # different requests (a ballot id reused by a rogue publisher) or another
+                # verdict state (e.g. a revocation between a replay and a restart): two
+                # honest answers to two questions, not equivocation
+                return [], None
             return [], Equivocation(vote.verifier_key, vote.ballot_id, previous, vote)
         entry.votes[vote.verifier_key] = vote
         return self._compare(entry, vote.ballot_id, [vote]), None

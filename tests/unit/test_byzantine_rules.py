@@ -143,3 +143,30 @@ def test_bad_policy_is_refused(kwargs: dict[str, float]) -> None:
 def test_ledger_needs_room() -> None:
     with pytest.raises(ConfigError):
         VoteLedger(max_ballots=0)
+
+
+def _other_question(s: Scenario, kind: str):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from tests.factories import request
+    if kind == "other requests":  # same ballot id, other contents (a rogue publisher)
+        ballot = replace(s.ballot(), requests=(request(s.agent, b"pay 99", "r-other"),))
+        return s.vote(0, ballot=ballot)
+    return s.vote(0, lie=True, state_rev=9)  # another verdict state
+
+
+@pytest.mark.parametrize("kind", ["other requests", "other state"])
+def test_answers_to_different_questions_are_not_equivocation(kind: str) -> None:
+    s = Scenario()
+    ledger = VoteLedger()
+    ledger.add_vote(s.vote(0))
+    _, equivocation = ledger.add_vote(_other_question(s, kind))
+    assert equivocation is None
+
+
+def test_conflicting_verdicts_on_the_same_question_are_equivocation() -> None:
+    s = Scenario()
+    ledger = VoteLedger()
+    ledger.add_vote(s.vote(0))
+    _, equivocation = ledger.add_vote(s.vote(0, lie=True))
+    assert equivocation is not None
