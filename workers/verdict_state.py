@@ -19,7 +19,12 @@ from collections.abc import Callable, Mapping, Sequence
 from schemas import authority as authority_schema
 from schemas import keys as keys_schema
 from schemas import trust as trust_schema
-from schemas.authority import AuthorityRecord, Endorsement, QuorumPolicy
+from schemas.authority import (
+    GOVERNANCE_CATEGORIES,
+    AuthorityRecord,
+    Endorsement,
+    QuorumPolicy,
+)
 from schemas.errors import SchemaViolation
 from schemas.keys import KeyStatus
 from workers.chain import ChainCache, TrustIndex
@@ -91,10 +96,15 @@ class StateVerdicts:
     def policy_refusal(self, category: str, message: bytes,
                        endorsements: Sequence[tuple[bytes, bytes]],
                        now_ms: int) -> str | None:
+        if category in GOVERNANCE_CATEGORIES:
+            # governance endorsements approve registry and policy changes, never payments
+            return "POLICY_GOVERNANCE_CATEGORY"
         if self._authority is None:
             self._authority = split_state(self.items)
         authorities, policies = self._authority
-        result = evaluate(resolve_policy(policies, category), authorities,
-                          [Endorsement(authority_key=k, signature=s) for k, s in endorsements],
-                          category, hashlib.sha256(message).digest())
+        # an authority whose key the key manager refuses (revoked, expired...) endorses nothing
+        usable = [Endorsement(authority_key=k, signature=s) for k, s in endorsements
+                  if self.key_refusal(k, now_ms) is None]
+        result = evaluate(resolve_policy(policies, category), authorities, usable, category,
+                          hashlib.sha256(message).digest())
         return None if result.ok else (result.code or "POLICY_NOT_MET")

@@ -258,7 +258,8 @@ def test_verdict_state_refusal_codes_are_documented() -> None:
         codes = doc["x-refusal-codes"]
         assert set(codes["key"]) == set(REFUSAL_CODES)
         assert set(codes["chain"]) == set(ChainInvalid.REASONS)
-        assert set(codes["policy"]) == {"POLICY_MISSING", "POLICY_NOT_MET"}
+        assert set(codes["policy"]) == {"POLICY_MISSING", "POLICY_NOT_MET",
+                                        "POLICY_GOVERNANCE_CATEGORY"}
 
 
 def test_quorum_constants() -> None:

@@ -121,6 +121,14 @@ CASES = [
      "POLICY_NOT_MET"),
     ("policy missing", request(category="travel", endorsements=endorse(BANK, AUDITOR)),
      {"policy__default": None}, "POLICY_MISSING"),
+    ("policy: an endorser's key revoked by the key manager",
+     request(category="travel", endorsements=endorse(BANK, AUDITOR)),
+     {f"key__{BANK.public_key.hex()}": key_status(BANK, revoked_at_ms=NOW - 5).encode()},
+     "POLICY_NOT_MET"),
+    ("governance category in a payment",
+     request(category="policy-admin", endorsements=endorse(BANK, AUDITOR,
+                                                           category="policy-admin")), {},
+     "POLICY_GOVERNANCE_CATEGORY"),
 ]
 
 
