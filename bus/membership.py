@@ -224,8 +224,8 @@ class PoolWatcher:
         self._publish()
 
     def _publish(self) -> None:
-        view = PoolView(self._mirror.revision, tuple(sorted(self._mirror.items.values(),
-                                                            key=lambda m: m.worker_id)))
+        members = [m for m in self._mirror.items.values() if isinstance(m, MemberRecord)]
+        view = PoolView(self._mirror.revision, tuple(sorted(members, key=lambda m: m.worker_id)))
         if view != self.view:
             log.info("pool epoch %d: %d active verifiers", view.epoch, len(view.keys))
         self.view = view

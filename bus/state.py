@@ -31,6 +31,7 @@ from nats.js.errors import BucketNotFoundError
 
 from bus.config import js_replicas
 from bus.subjects import Subjects
+from schemas.codec import Unreadable
 from schemas.errors import CodecError
 
 log = logging.getLogger("agentic_payments.state")
@@ -110,12 +111,14 @@ class BucketMirror(Generic[T]):
     """
 
     def __init__(self, nc: Client, bucket: str, decode: Callable[[str, bytes], T], *,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 keep_unreadable: bool = False) -> None:
         self._nc = nc
         self._bucket = bucket
         self._decode = decode
         self._on_change = on_change
-        self._items: dict[str, T] = {}
+        self._items: dict[str, T | Unreadable] = {}
+        self._keep_unreadable = keep_unreadable
         self.revision = 0
         self.failures = 0
         self._watcher: Any = None
@@ -124,11 +127,13 @@ class BucketMirror(Generic[T]):
         self._replaying = True
 
     @property
-    def items(self) -> Mapping[str, T]:
+    def items(self) -> Mapping[str, T | Unreadable]:
+        """Decoded records (and, with ``keep_unreadable``, Unreadable markers)."""
         return self._items
 
     def get(self, key: str) -> T | None:
-        return self._items.get(key)
+        item = self._items.get(key)
+        return None if isinstance(item, Unreadable) else item
 
     async def start(self, timeout: float = 5.0) -> None:
         kv = await ensure_bucket(self._nc, self._bucket)
@@ -170,9 +175,11 @@ class BucketMirror(Generic[T]):
                 try:
                     self._items[entry.key] = self._decode(entry.key, entry.value)
                 except CodecError as exc:
-                    log.warning("ignoring malformed record %r in %s: %s", entry.key,
-                                self._bucket, exc)
-                    self._items.pop(entry.key, None)
+                    log.warning("malformed record %r in %s: %s", entry.key, self._bucket, exc)
+                    if self._keep_unreadable:
+                        self._items[entry.key] = Unreadable(entry.key, f"[{exc.code}] {exc}")
+                    else:
+                        self._items.pop(entry.key, None)
             if entry.delta == 0:
                 self._caught_up()
             elif not self._replaying and self._on_change is not None:

@@ -102,3 +102,12 @@ def decode(data: bytes, limits: Limits = REQUEST_LIMITS) -> Any:
 def encode(obj: Any) -> bytes:
     """Encode deterministically: bin for bytes, str for text, no floats as keys."""
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A stored record that could not be decoded, kept in place of it so that
+    readers fail closed: an unreadable revocation must not read as "no record"."""
+
+    key: str
+    reason: str

@@ -51,6 +51,7 @@ from schemas.authority import (
     QuorumPolicy,
     decode_state_record,
 )
+from schemas.codec import Unreadable
 from schemas.errors import (
     AgenticPaymentsError,
     AuthorityExists,
@@ -86,7 +87,7 @@ class AuthorityWorker(Worker):
     async def setup(self) -> None:
         self._kv = await state_bucket(self.client, self.subjects)
         self._mirror = BucketMirror(self.client, self.subjects.state_bucket,
-                                    decode_state_record)
+                                    decode_state_record, keep_unreadable=True)
         await self._mirror.start()
         for op in OPERATIONS:
             await self.subscribe_intake(self.subjects.authority(op),
@@ -166,6 +167,12 @@ class AuthorityWorker(Worker):
     def _govern(self, digest: bytes, endorsements: tuple[Endorsement, ...],
                 what: str) -> bool:
         """Check the policy-admin policy; False when none exists yet (bootstrap)."""
+        unreadable = [key for key, value in self.mirror.items.items()
+                      if isinstance(value, Unreadable)
+                      and key.split(".", 1)[0] in ("authority", "policy")]
+        if unreadable:  # fail closed: an unreadable policy-admin must not reopen bootstrap
+            raise ChangeInvalid(f"refused: unreadable governance records {unreadable[:3]} "
+                                "(written by a newer version?); repair them first")
         authorities, policies = split_state(self.mirror.items)
         admin = policies.get(ADMIN_CATEGORY)
         if admin is None:

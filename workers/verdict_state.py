@@ -25,12 +25,16 @@ from schemas.authority import (
     Endorsement,
     QuorumPolicy,
 )
+from schemas.codec import Unreadable
 from schemas.errors import SchemaViolation
 from schemas.keys import KeyStatus
 from workers.chain import ChainCache, TrustIndex
 from workers.policy import evaluate, resolve_policy, split_state
 
 Decoder = Callable[[str, bytes], object]
+#: Refusal when a record the check depends on could not be decoded (a newer
+#: writer, corruption): failing closed, never "no record, so allowed".
+UNREADABLE = "STATE_UNREADABLE"
 
 #: state-bucket area -> decoder of its records (CodecError on malformed data)
 DECODERS: dict[str, Decoder] = {
@@ -66,18 +70,31 @@ class StateVerdicts:
         self._chain_cache = chain_cache
         self._trust: TrustIndex | None = None
         self._authority: tuple[dict[bytes, AuthorityRecord], dict[str, QuorumPolicy]] | None = None
+        self._unreadable_areas: frozenset[str] | None = None
 
     def key_refusal(self, public_key: bytes, now_ms: int) -> str | None:
         status = self.items.get(f"key.{public_key.hex()}")
         if isinstance(status, KeyStatus):
             return status.refusal(now_ms)
+        if isinstance(status, Unreadable):
+            return UNREADABLE  # fail closed: it may be a revocation we cannot read
         return None  # a key the key manager does not manage: its signature is the check
+
+    def _unreadable(self, *areas: str) -> bool:
+        """Whether any record of these areas could not be decoded (then refuse)."""
+        if self._unreadable_areas is None:
+            self._unreadable_areas = frozenset(
+                key.split(".", 1)[0] for key, value in self.items.items()
+                if isinstance(value, Unreadable))
+        return any(area in self._unreadable_areas for area in areas)
 
     def chain_refusal(self, leaf_key: bytes, chain: Sequence[bytes],
                       now_ms: int) -> str | None:
         def refusal(key: bytes) -> str | None:
             return self.key_refusal(key, now_ms)
 
+        if self._unreadable("anchor", "cert"):
+            return UNREADABLE
         purpose = trust_schema.PURPOSE_PAYMENT
         cache = self._chain_cache
         if cache is not None and cache.get(self.revision, leaf_key, purpose, chain, now_ms,
@@ -99,6 +116,8 @@ class StateVerdicts:
         if category in GOVERNANCE_CATEGORIES:
             # governance endorsements approve registry and policy changes, never payments
             return "POLICY_GOVERNANCE_CATEGORY"
+        if self._unreadable("authority", "policy"):
+            return UNREADABLE
         if self._authority is None:
             self._authority = split_state(self.items)
         authorities, policies = self._authority

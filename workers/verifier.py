@@ -101,7 +101,8 @@ class VerifierWorker(Worker):
                                             self.identity.public_key)
         log.info("verifier %s %s pool membership (%s)", self.worker_id,
                  "registered in" if changed else "already in", self.identity.did)
-        self._state = BucketMirror(self.client, self.subjects.state_bucket, decode_state_record)
+        self._state = BucketMirror(self.client, self.subjects.state_bucket, decode_state_record,
+                                   keep_unreadable=True)
         await self._state.start()
         await self.subscribe_intake(self.subjects.ballot, self._on_ballot)
 

@@ -305,7 +305,7 @@ async def test_concurrent_instances_compare_and_set(nats_config: NatsConfig, nc:
             assert stored == winners[0]
 
 
-async def test_malformed_state_record_is_skipped(nats_config: NatsConfig, nc: Client,
+async def test_malformed_state_record_is_skipped_and_blocks_governance(nats_config: NatsConfig, nc: Client,
                                                  tmp_path: Path) -> None:
     subjects = Subjects(nats_config.prefix)
     kv = await state_bucket(nc, subjects)
@@ -317,6 +317,12 @@ async def test_malformed_state_record_is_skipped(nats_config: NatsConfig, nc: Cl
         listing = await client.list()
         assert listing.policies == ()
         await refused(client.get_policy("payments"), "POLICY_MISSING")
+        # fail closed: while a governance record is unreadable (it might be the
+        # policy-admin policy), no change is accepted; repairing it reopens changes
+        await refused(client.change("add", record(AgentIdentity.generate(), "root", "Root")),
+                      "CHANGE_INVALID")
+        await kv.delete("policy.payments")
+        await kv.delete("policy.refunds")  # a record under another category's key
         await client.change("add", record(AgentIdentity.generate(), "root", "Root"))
         await client.set_policy(ROOT_ADMIN)
         assert [p.category for p in (await client.list()).policies] == [ADMIN_CATEGORY]

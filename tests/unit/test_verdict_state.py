@@ -158,3 +158,19 @@ def test_a_revision_change_empties_the_chain_cache() -> None:
 def test_malformed_or_misplaced_records_are_refused(key: str, value: bytes) -> None:
     with pytest.raises(CodecError):
         decode_state_record(key, value)
+
+
+@pytest.mark.parametrize(("key", "raw", "reason"), [
+    (f"key.{AGENT.public_key.hex()}", request(), "STATE_UNREADABLE"),
+    ("cert.ca-1", request(chain=(LEAF_CERT,)), "STATE_UNREADABLE"),
+    ("cert.ca-1", request(), "OK"),  # a plain request does not depend on trust records
+    ("policy.default", request(category="travel", endorsements=endorse(BANK, AUDITOR)),
+     "STATE_UNREADABLE"),
+])
+def test_unreadable_records_fail_closed(key: str, raw: bytes, reason: str) -> None:
+    """A record a newer writer (or corruption) made undecodable must never read as
+    'no record, so allowed' — e.g. a revocation in a format this build cannot read."""
+    from schemas.codec import Unreadable
+    items: dict[str, object] = {k: decode_state_record(k, v) for k, v in base_state().items()}
+    items[key] = Unreadable(key, "v2 record")
+    assert judge(raw, StateVerdicts(items, 1), NOW).reason == reason
