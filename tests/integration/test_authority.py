@@ -305,8 +305,8 @@ async def test_concurrent_instances_compare_and_set(nats_config: NatsConfig, nc:
             assert stored == winners[0]
 
 
-async def test_malformed_state_record_is_skipped_and_blocks_governance(nats_config: NatsConfig, nc: Client,
-                                                 tmp_path: Path) -> None:
+async def test_malformed_state_record_is_skipped_and_blocks_governance(
+        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
     subjects = Subjects(nats_config.prefix)
     kv = await state_bucket(nc, subjects)
     await kv.put("policy.payments", b"\xc1garbage")
