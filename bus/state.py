@@ -46,6 +46,8 @@ AREAS = {
     "policy": "authority",  # policy.<category>           -> quorum policy
 }
 STATE_HISTORY = 5
+FRESHNESS_POLL_S = 0.5
+STALL_RESTART_S = 1.0
 
 
 def state_key(area: str, name: str) -> str:
@@ -122,7 +124,12 @@ class BucketMirror(Generic[T]):
         self.revision = 0
         self.failures = 0
         self._watcher: Any = None
+        self._kv: Any = None
+        self._building: dict[str, T | Unreadable] | None = None
+        #: the bucket's last revision as last polled (>= what the watch applied)
+        self.known_last = 0
         self._task: asyncio.Task[None] | None = None
+        self._fresh_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._replaying = True
 
@@ -136,12 +143,21 @@ class BucketMirror(Generic[T]):
         return None if isinstance(item, Unreadable) else item
 
     async def start(self, timeout: float = 5.0) -> None:
-        kv = await ensure_bucket(self._nc, self._bucket)
-        status = await kv.status()
-        self.revision = status.stream_info.state.last_seq
-        self._watcher = await kv.watchall()
+        self._kv = await ensure_bucket(self._nc, self._bucket)
+        status = await self._kv.status()
+        self.revision = self.known_last = status.stream_info.state.last_seq
+        await self._open_watch()
         self._task = asyncio.create_task(self._run())
+        self._fresh_task = asyncio.create_task(self._freshness())
         await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def _open_watch(self) -> None:
+        """A new watch whose replay builds a fresh copy; readers keep the old,
+        complete one until the replay is done (never a half-built state)."""
+        self._watcher = None
+        self._watcher = await self._kv.watchall()
+        self._building = {}
+        self._replaying = True
 
     async def _run(self) -> None:
         while True:
@@ -154,38 +170,82 @@ class BucketMirror(Generic[T]):
                 self.failures += 1
                 log.exception("watch of %s failed; restarting it", self._bucket)
                 await asyncio.sleep(1.0)
-                with contextlib.suppress(Exception):
-                    await self._watcher.stop()
-                with contextlib.suppress(Exception):
-                    kv = await ensure_bucket(self._nc, self._bucket)
-                    self._watcher = await kv.watchall()
-                    self._items = {}
-                    self._replaying = True
+                await self._reopen()
+
+    async def _reopen(self) -> None:
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+        with contextlib.suppress(Exception):
+            self._kv = await ensure_bucket(self._nc, self._bucket)
+            await self._open_watch()
+
+    async def _freshness(self) -> None:
+        """Restart a watch that lags the bucket.
+
+        After a reconnect (server restart, failover) nats-py's ordered watch
+        only notices missed heartbeats many seconds later; meanwhile the mirror
+        would be stale. Polling the bucket's last revision bounds that: a mirror
+        behind it for STALL_RESTART_S is rebuilt.
+        """
+        loop = asyncio.get_running_loop()
+        behind_since: float | None = None
+        while True:
+            await asyncio.sleep(FRESHNESS_POLL_S)
+            try:
+                status = await self._kv.status()
+            except Exception:
+                continue
+            last = status.stream_info.state.last_seq
+            self.known_last = max(self.known_last, last)
+            if last <= self.revision:
+                behind_since = None
+                continue
+            now = loop.time()
+            if behind_since is None:
+                behind_since = now
+            elif now - behind_since >= STALL_RESTART_S:
+                self.failures += 1
+                log.warning("watch of %s is behind the bucket (%d < %d); restarting it",
+                            self._bucket, self.revision, last)
+                behind_since = None
+                if self._task is not None:
+                    self._task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await self._task
+                await self._reopen()
+                self._task = asyncio.create_task(self._run())
 
     async def _consume(self) -> None:
+        if self._watcher is None:
+            raise RuntimeError(f"no watch on {self._bucket}")
         async for entry in self._watcher:
             if entry is None:
                 self._caught_up()
                 continue
+            items = self._building if self._building is not None else self._items
             if entry.revision:
                 self.revision = max(self.revision, entry.revision)
             if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self._items.pop(entry.key, None)
+                items.pop(entry.key, None)
             else:
                 try:
-                    self._items[entry.key] = self._decode(entry.key, entry.value)
+                    items[entry.key] = self._decode(entry.key, entry.value)
                 except CodecError as exc:
                     log.warning("malformed record %r in %s: %s", entry.key, self._bucket, exc)
                     if self._keep_unreadable:
-                        self._items[entry.key] = Unreadable(entry.key, f"[{exc.code}] {exc}")
+                        items[entry.key] = Unreadable(entry.key, f"[{exc.code}] {exc}")
                     else:
-                        self._items.pop(entry.key, None)
+                        items.pop(entry.key, None)
             if entry.delta == 0:
                 self._caught_up()
             elif not self._replaying and self._on_change is not None:
                 self._on_change()
 
     def _caught_up(self) -> None:
+        if self._building is not None:
+            self._items = self._building
+            self._building = None
         self._replaying = False
         self._ready.set()
         if self._on_change is not None:
@@ -202,6 +262,10 @@ class BucketMirror(Generic[T]):
         return True
 
     async def stop(self) -> None:
+        if self._fresh_task is not None:
+            self._fresh_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._fresh_task
         if self._watcher is not None:
             with contextlib.suppress(Exception):
                 await self._watcher.stop()

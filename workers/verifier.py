@@ -114,7 +114,11 @@ class VerifierWorker(Worker):
         """The verdict state to judge ``ballot`` under: caught up to the ballot's
         revision if we are behind (bounded wait), and the revision we really used."""
         assert self._state is not None
-        if self._state.revision < ballot.state_rev:
+        if ballot.state_rev > self._state.known_last:
+            # a revision the bucket has not reached (as last polled): not worth waiting
+            # for — a ballot can claim any number, and waiting stalls every later ballot
+            self.stats.count("state_rev_unknown")
+        elif self._state.revision < ballot.state_rev:
             self.stats.count("state_catch_up")
             wait_ms = min(STATE_CATCH_UP_MS, max(0, ballot.deadline_ms - now))
             if not await self._state.wait_for_revision(ballot.state_rev, wait_ms / 1000):
