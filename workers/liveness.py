@@ -96,6 +96,10 @@ def parse_policy_override(text: str, base: RetryPolicy) -> tuple[str, RetryPolic
     return target, replace(base, **changes)  # type: ignore[arg-type]
 
 
+#: The mass-stale guard applies from this many workers going stale in one tick.
+MASS_STALE_MIN = 3
+
+
 class Status(enum.StrEnum):
     ALIVE = "alive"
     STALE = "stale"            # detected, an attempt is due (now or after backoff)
@@ -171,6 +175,8 @@ class Tracker:
         self.missed = missed
         self.rand = rand
         self.workers: dict[WorkerKey, WorkerState] = {}
+        self.blind_at = float("-inf")  # when the mass-stale guard last held everyone
+        self.blind_suspected = 0
 
     def policy_for(self, key: WorkerKey) -> RetryPolicy:
         """The policy of ``kind/id`` if given, else of ``kind``, else the default."""
@@ -197,6 +203,11 @@ class Tracker:
         newer = hb.generation > state.generation or (
             hb.generation == state.generation and hb.instance != state.instance
             and state.status in (Status.STALE, Status.RECOVERING, Status.GAVE_UP))
+        if (not newer and state.status in (Status.STALE, Status.RECOVERING)
+                and (now <= state.stale_since or hb.seq <= state.seq)):
+            # a backlogged heartbeat of the dead generation, stamped before we judged it
+            # stale (or a repeat): it must not cancel the pending recovery
+            return Seen.OK
         was = state.status
         state.generation, state.instance, state.seq = hb.generation, hb.instance, hb.seq
         state.interval_s, state.host, state.pid = hb.interval_s, hb.host, hb.pid
@@ -230,7 +241,32 @@ class Tracker:
         self.workers.pop(key, None)
 
     # ---------------------------------------------------------------- ticks
+    def hold(self, now: float) -> None:
+        """We were blind (this process stalled, or the bus did): everything alive
+        gets a fresh grace from ``now`` instead of being judged on stale evidence."""
+        for state in self.workers.values():
+            if state.status == Status.ALIVE:
+                state.last_seen = max(state.last_seen, now)
+
     def due(self, now: float) -> list[Action]:
+        """Actions due at ``now``.
+
+        Mass-stale guard: when at least MASS_STALE_MIN workers and more than half
+        of those alive would go stale in one tick, the likelier cause is that we
+        (or the bus) stalled, not that they all died: they get one more grace
+        period (``blind_suspected`` counts it). If they are still silent after it,
+        the next detection proceeds — a real mass failure is respawned one grace
+        later, a stall costs no restarts at all.
+        """
+        alive = [s for s in self.workers.values() if s.status == Status.ALIVE]
+        would = [s for s in alive if now > self.stale_after(s)]
+        if (len(would) >= MASS_STALE_MIN and 2 * len(would) > len(alive)
+                and now - self.blind_at > 2 * max(self.stale_after(s) - s.last_seen
+                                                  for s in would)):
+            self.blind_at = now
+            self.blind_suspected += 1
+            for state in would:
+                state.last_seen = now
         actions: list[Action] = []
         for state in self.workers.values():
             actions.extend(self._step(state, now))

@@ -185,13 +185,28 @@ class RecoveryWorker(Worker):
     async def _ticker(self) -> None:
         with contextlib.suppress(TimeoutError):  # replay what the stream holds first
             await asyncio.wait_for(self._caught_up.wait(), 5.0)
+        last_tick = time.monotonic()
         while True:
             try:
+                gap = time.monotonic() - last_tick
+                if gap > max(3 * self.options.tick_s, 2.0):
+                    # this process stalled (paused, starved): judge nobody on the
+                    # evidence of a period we did not watch
+                    self.stats.count("ticker_stalled")
+                    log.warning("recovery ticker stalled %.1fs: re-arming every worker", gap)
+                    self.tracker.hold(time.time())
+                blind = self.tracker.blind_suspected
                 for action in self.tracker.due(time.time()):
                     await self._act(action)
+                if self.tracker.blind_suspected != blind:
+                    self.stats.count("mass_stale_held")
+                    log.warning("most workers look stale at once: holding one grace period "
+                                "(a stalled bus or recovery worker is likelier than a mass "
+                                "failure)")
             except Exception:
                 log.exception("recovery tick failed")
                 self.stats.count("tick_errors")
+            last_tick = time.monotonic()
             await asyncio.sleep(self.options.tick_s)
 
     async def _act(self, action: Action) -> None:
@@ -236,6 +251,12 @@ class RecoveryWorker(Worker):
         except nats.js.errors.KeyWrongLastSequenceError:
             self.stats.count("attempt_claimed_elsewhere")
             log.info("%s: claimed by another recovery worker", record.key)
+            return
+        except Exception as exc:  # the bus is down or slow: no claim, no respawn now
+            self.stats.count("attempt_claim_failed")
+            self.tracker.respawn_failed(action.key, time.time())
+            log.warning("cannot record attempt %s (%s): not respawning now", record.key,
+                        exc.__class__.__name__)
             return
         async with self._kv_lock:
             self._open[action.key] = (record, revision)

@@ -306,3 +306,54 @@ def test_each_worker_is_bounded_by_its_own_policy() -> None:
                 respawns[action.key] = respawns.get(action.key, 0) + 1
     assert respawns == {("verifier", "v1"): 1, ("verifier", "v2"): 3}
     assert t.workers[KEY].status == t.workers[("verifier", "v2")].status == Status.GAVE_UP
+
+
+# ---------------------------------------------------------------- review findings
+def _hb(kind: str, wid: str, gen: int, seq: int, interval: float = 1.0) -> Heartbeat:
+    return Heartbeat(kind=kind, worker_id=wid, instance=f"i{gen}", seq=seq, ts_ms=0,
+                     interval_s=interval, health="Healthy", pid=gen, host="h", generation=gen)
+
+
+def test_a_backlogged_heartbeat_of_the_dead_generation_does_not_cancel_recovery() -> None:
+    t = Tracker(missed=3)
+    t.observe(_hb("verifier", "v1", 1000, 1), 0.0)
+    for w in ("a", "b", "c"):  # others stay alive, so this is not a mass stall
+        t.observe(_hb("tally", w, 1, 1), 0.0)
+    for now in (1.0, 2.0, 3.0):
+        for w in ("a", "b", "c"):
+            t.observe(_hb("tally", w, 1, int(now) + 1), now)
+    kinds = [a.kind.value for a in t.due(3.5)]
+    assert kinds == ["stale", "respawn"]
+    assert t.observe(_hb("verifier", "v1", 1000, 1), 0.2) == Seen.OK  # late, stamped before
+    assert t.workers[("verifier", "v1")].status == Status.RECOVERING
+    assert [a.kind.value for a in t.due(3.6)] == []  # no second respawn
+    assert t.observe(_hb("verifier", "v1", 2000, 1), 4.0) == Seen.RECOVERED
+
+
+def test_mass_stale_is_held_once_then_proceeds() -> None:
+    t = Tracker(missed=3)
+    for w in ("v1", "v2", "v3", "v4"):
+        t.observe(_hb("verifier", w, 1, 1), 0.0)
+    assert t.due(10.0) == []  # all four at once: a stalled bus is likelier
+    assert t.blind_suspected == 1
+    assert all(s.status == Status.ALIVE for s in t.workers.values())
+    actions = t.due(13.5)  # still silent one grace later: a real mass failure
+    assert sorted(a.kind.value for a in actions) == ["respawn"] * 4 + ["stale"] * 4
+
+
+def test_mass_stale_held_and_heartbeats_resume_means_no_restart() -> None:
+    t = Tracker(missed=3)
+    for w in ("v1", "v2", "v3"):
+        t.observe(_hb("verifier", w, 1, 1), 0.0)
+    assert t.due(10.0) == []
+    for w in ("v1", "v2", "v3"):
+        t.observe(_hb("verifier", w, 1, 2), 10.5)
+    assert t.due(13.0) == []
+
+
+def test_hold_re_arms_alive_workers() -> None:
+    t = Tracker(missed=3)
+    t.observe(_hb("verifier", "v1", 1, 1), 0.0)
+    t.hold(20.0)
+    assert t.due(22.0) == []
+    assert [a.kind.value for a in t.due(23.5)] == ["stale", "respawn"]
