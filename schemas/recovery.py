@@ -39,6 +39,7 @@ class RestartCode(enum.StrEnum):
     UNKNOWN_WORKER = "UNKNOWN_WORKER"
     STOPPING = "STOPPING"            # the supervisor is shutting down
     SPAWN_FAILED = "SPAWN_FAILED"
+    ALIVE = "ALIVE"                  # its local liveness file is fresh: not killed
 
 
 @dataclass(frozen=True)

@@ -237,6 +237,15 @@ class Tracker:
         if state is not None and state.status == Status.RECOVERING:
             state.attempt_deadline = now
 
+    def alive_again(self, key: WorkerKey, now: float) -> None:
+        """The backend found the worker alive (its silence was the bus's): back to
+        ALIVE with a fresh grace, and the attempt does not count."""
+        state = self.workers.get(key)
+        if state is not None and state.status == Status.RECOVERING:
+            state.status = Status.ALIVE
+            state.attempts = max(0, state.attempts - 1)
+            state.last_seen = max(state.last_seen, now)
+
     def forget(self, key: WorkerKey) -> None:
         self.workers.pop(key, None)
 

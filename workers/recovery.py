@@ -48,7 +48,7 @@ from schemas.identity import AgentIdentity
 from schemas.messages import ErrorReply, Heartbeat
 from schemas.recovery import HistoryQuery, HistoryReply, Outcome, RecoveryAttempt
 from workers.liveness import Action, ActionKind, RetryPolicy, Seen, Tracker, WorkerKey
-from workers.respawn import Backend, Target
+from workers.respawn import Backend, Target, WorkerAlive
 
 log = logging.getLogger("agentic_payments.recovery")
 ALERTS_DAYS = 30
@@ -268,6 +268,13 @@ class RecoveryWorker(Worker):
         began = time.perf_counter()
         try:
             result = await self.backend.respawn(target)
+        except WorkerAlive as exc:
+            self.stats.count("respawn_not_needed")
+            self.tracker.alive_again(action.key, time.time())
+            log.warning("%s/%s is alive locally (%s): not respawned", kind, worker_id, exc)
+            await self._close_attempt(action.key, Outcome.FAILED,
+                                      detail=f"not needed: {exc}"[:1024], only=record)
+            return
         except RespawnFailed as exc:
             self.stats.record((time.perf_counter() - began) * 1000, ok=False)
             self.tracker.respawn_failed(action.key, time.time())

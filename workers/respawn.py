@@ -39,7 +39,7 @@ from bus.subjects import Subjects, check_token
 from schemas.codec import decode
 from schemas.errors import CodecError, ConfigError, RespawnFailed
 from schemas.messages import ErrorReply
-from schemas.recovery import RestartReply, RestartRequest
+from schemas.recovery import RestartCode, RestartReply, RestartRequest
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_UNIT = "agentic-payments-{kind}@{worker_id}.service"
@@ -136,10 +136,16 @@ class LocalBackend:
             reply = RestartReply.from_wire(obj)
         except CodecError as exc:
             raise RespawnFailed(f"bad supervisor reply [{exc.code}]: {exc}") from None
+        if reply.code == RestartCode.ALIVE:
+            raise WorkerAlive(f"supervisor: {reply.code} {reply.message}".strip())
         if not reply.ok:
             raise RespawnFailed(f"supervisor: {reply.code} {reply.message}".strip())
         return Respawned(detail=f"{reply.code} by supervisor on {subject}",
                          new_generation=reply.generation, pid=reply.pid)
+
+
+class WorkerAlive(RespawnFailed):
+    """The backend saw the worker making progress locally: the silence is the bus's."""
 
 
 # ---------------------------------------------------------------- systemd

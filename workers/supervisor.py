@@ -39,6 +39,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from bus import liveness
 from bus.config import NatsConfig
 from bus.connection import connect
 from bus.runtime import EXIT_CONFIG, now_ms
@@ -173,6 +174,11 @@ class LocalSupervisor:
                 return answer(RestartCode.ALREADY_NEWER, spec,
                               f"generation {spec.generation} already runs")
             old = spec.process
+            if old is not None and old.returncode is None and self._alive_locally(spec):
+                # its event loop still makes progress (liveness file, written without
+                # NATS): the silence is the bus's, and killing it would not help
+                return answer(RestartCode.ALIVE, spec,
+                              "its liveness file is fresh; not killing a working process")
             if old is not None and old.returncode is None:  # hung: alive but silent
                 log.warning("%s: killing silent process %s (generation %s) on request",
                             spec.name, old.pid, spec.generation)
@@ -189,9 +195,28 @@ class LocalSupervisor:
                         if spec.process else 0, spec.generation)
             return answer(RestartCode.RESTARTED, spec)
 
+    def _alive_locally(self, spec: ProcSpec) -> bool:
+        """Whether ``spec``'s liveness file says its loop made progress recently."""
+        if not spec.kind or not spec.worker_id:
+            return False
+        data_dir = Path(self.env.get("AP_DATA_DIR", ".agentic-payments"))
+        try:
+            path = liveness.liveness_path(liveness.liveness_dir(data_dir, self.env),
+                                          spec.kind, spec.worker_id)
+            record = liveness.read(path)
+        except Exception:
+            return False
+        if record is None or spec.process is None or record.pid != spec.process.pid:
+            return False
+        return liveness.verdict(record, time.time()).alive
+
     # ---------------------------------------------------------------- watching
     def recovery_running(self) -> bool:
-        return any(s.kind == RECOVERY_KIND and s.running for s in self.specs)
+        """A recovery worker process exists *and* its loop makes progress (a hung one
+        does not count: the supervisor then restarts exited workers itself)."""
+        return any(s.kind == RECOVERY_KIND and s.running and
+                   (self._alive_locally(s) or time.monotonic() - s.started_at < 30)
+                   for s in self.specs)
 
     async def _watch(self, spec: ProcSpec) -> None:
         while not self._stopping:

@@ -305,7 +305,17 @@ async def test_supervisor_control_endpoint(nc: Client, nats_url: str, prefix: st
             return ErrorReply.from_wire(obj) if obj["type"] == "error" else \
                 RestartReply.from_wire(obj)
 
-        # alive but "silent": killed and respawned with a newer generation
+        # silent on the bus but its loop writes a fresh liveness file: not killed
+        from bus import liveness
+        path = liveness.liveness_path(tmp_path / "run", "sleeper", "s1")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        liveness.write(path, liveness.LivenessRecord("sleeper", "s1", first_pid,
+                                                     time.time(), 30.0))
+        alive = await ask(RestartRequest("sleeper", "s1", first_gen).encode())
+        assert not alive.ok and alive.code == "ALIVE" and spec.process.pid == first_pid  # type: ignore[union-attr]
+        liveness.write(path, liveness.LivenessRecord("sleeper", "s1", first_pid,
+                                                     time.time() - 60, 30.0))
+        # alive but "silent" (liveness file stale): killed and respawned, newer generation
         reply = await ask(RestartRequest("sleeper", "s1", first_gen).encode())
         assert reply.ok and reply.code == "RESTARTED" and reply.generation > first_gen
         assert reply.pid == spec.process.pid != first_pid  # type: ignore[union-attr]
