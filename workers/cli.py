@@ -30,6 +30,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ from schemas.codec import decode
 from schemas.errors import (
     AgenticPaymentsError,
     ConfigError,
+    IdentityError,
     NotConnected,
     TransportError,
 )
@@ -117,8 +119,21 @@ def _token(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _threshold(text: str) -> str:
+    """argparse type: an exact fraction in (1/2, 1] (VALID and INVALID quorums intersect)."""
+    try:
+        value = parse_threshold(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= Fraction(1, 2):
+        raise argparse.ArgumentTypeError(f"threshold {value} must be above 1/2 so that VALID "
+                                         "and INVALID quorums always intersect")
+    return text
+
+
 def _threshold_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--threshold", default=os.environ.get("AP_THRESHOLD", "2/3"),
+                        type=_threshold,
                         help=f"{what} as an exact fraction in (1/2, 1] "
                              "(env AP_THRESHOLD, default 2/3)")
 
@@ -456,6 +471,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 async def _up(args: argparse.Namespace) -> int:
     config = _nats(args)
     data_dir = Path(args.data_dir)
+    parse_threshold(args.threshold)  # refuse a bad threshold before starting anything
     server: NatsServer | None = None
     if not await is_reachable(config.servers[0]):
         from urllib.parse import urlparse
@@ -466,7 +482,6 @@ async def _up(args: argparse.Namespace) -> int:
               f"pid {server.process.pid})")
     else:
         print(f"nats-server  {config.url}  (already running; not started by us)")
-    parse_threshold(args.threshold)  # refuse a bad threshold before starting anything
     env = dict(os.environ, NATS_URL=config.url, AP_PREFIX=config.prefix,
                AP_DATA_DIR=str(data_dir), AP_THRESHOLD=args.threshold)
     common = ["--heartbeat-s", str(args.heartbeat_s)]
@@ -482,7 +497,7 @@ async def _up(args: argparse.Namespace) -> int:
     supervisor = LocalSupervisor(specs, env=env, log_dir=data_dir / "logs")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a closed terminal too
         loop.add_signal_handler(sig, stop.set)
     await supervisor.start()
     for spec in specs:
@@ -676,8 +691,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return result
     except KeyboardInterrupt:
         return 130
-    except ConfigError as exc:
+    except (ConfigError, IdentityError) as exc:  # bad settings, unusable key files
         print(f"error [{exc.code}]: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        print(f"error [FILE_UNREADABLE]: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_CONFIG
     except (NotConnected, TransportError) as exc:
         print(f"error [{exc.code}]: {exc}", file=sys.stderr)
