@@ -353,7 +353,8 @@ class AnomalyWorker(Worker):
             return
         self.stats.count("decisions_checked")
         disagreements = self._ledger.add_decision(cert.ballot_id, cert.request_id,
-                                                  cert.request_digest, cert.decision)
+                                                  cert.request_digest, cert.decision,
+                                                  cert.state_rev)
         names = {m.public_key: m.worker_id for m in view.members}
         for key, agreed in self._ledger.agreements(cert.ballot_id, cert.request_id).items():
             worker_id = names.get(key)

@@ -55,6 +55,8 @@ class _Ballot:
     #: request_id -> (request digest, decision)
     decisions: dict[str, tuple[bytes, str]]
     reported: set[tuple[bytes, str]]
+    #: the verdict-state revision of the ballot's certificates, once one is seen
+    state_rev: int | None = None
 
 
 class VoteLedger:
@@ -99,18 +101,27 @@ class VoteLedger:
         return self._compare(entry, vote.ballot_id, [vote]), None
 
     def add_decision(self, ballot_id: str, request_id: str, digest: bytes,
-                     decision: str) -> list[Disagreement]:
-        """A verified certificate's outcome; returns disagreements of votes seen so far."""
+                     decision: str, state_rev: int | None = None) -> list[Disagreement]:
+        """A verified certificate's outcome; returns disagreements of votes seen so far.
+
+        Only votes judged under the certificate's verdict-state revision are compared:
+        a verifier that judged under another state (it saw a revocation first, or
+        could not catch up in time) may honestly have said the opposite.
+        """
         if decision not in DECIDED:
             return []
         entry = self._ballot(ballot_id)
         entry.decisions[request_id] = (digest, decision)
+        if state_rev is not None:
+            entry.state_rev = state_rev
         return self._compare(entry, ballot_id, list(entry.votes.values()))
 
     @staticmethod
     def _compare(entry: _Ballot, ballot_id: str, votes: Sequence[Vote]) -> list[Disagreement]:
         found = []
         for vote in votes:
+            if entry.state_rev is not None and vote.state_rev != entry.state_rev:
+                continue
             for e in vote.entries:
                 decided = entry.decisions.get(e.request_id)
                 if decided is None or decided[0] != e.digest:

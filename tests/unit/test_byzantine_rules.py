@@ -170,3 +170,12 @@ def test_conflicting_verdicts_on_the_same_question_are_equivocation() -> None:
     ledger.add_vote(s.vote(0))
     _, equivocation = ledger.add_vote(s.vote(0, lie=True))
     assert equivocation is not None
+
+
+def test_a_vote_judged_under_another_state_is_not_a_disagreement() -> None:
+    s = Scenario()
+    ledger = VoteLedger()
+    ledger.add_vote(s.vote(0, lie=True, state_rev=9))  # judged under a newer state
+    ledger.add_vote(s.vote(1, lie=True))               # same state as the certificate, lying
+    found = ledger.add_decision("b1", "r-good", request_digest(s.raws[0]), "VALID", 0)
+    assert [d.verifier_key for d in found] == [s.verifiers[1].public_key]
