@@ -23,7 +23,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from bus.state import BucketMirror, ensure_bucket
 from bus.subjects import Subjects
 from schemas.codec import decode, encode
-from schemas.errors import CodecError, SchemaViolation
+from schemas.errors import CodecError, ConfigError, SchemaViolation
 from schemas.identity import PUBLIC_KEY_BYTES
 
 log = logging.getLogger("agentic_payments.membership")
@@ -72,7 +72,11 @@ class PoolView:
 
     @property
     def keys(self) -> frozenset[bytes]:
-        return frozenset(m.public_key for m in self.members if m.status == ACTIVE)
+        """Active keys. Quarantine applies to the key, not the id: a key quarantined
+        under any id is out of the pool even if another id holds it actively."""
+        quarantined = {m.public_key for m in self.members if m.status == QUARANTINED}
+        return frozenset(m.public_key for m in self.members
+                         if m.status == ACTIVE and m.public_key not in quarantined)
 
 
 async def members_bucket(nc: Client, subjects: Subjects) -> Any:
@@ -85,6 +89,11 @@ async def register(nc: Client, subjects: Subjects, worker_id: str, public_key: b
     """Make ``worker_id`` an active member with ``public_key``; True if anything changed."""
     kv = await members_bucket(nc, subjects)
     record = MemberRecord(worker_id, public_key, ACTIVE, time.time_ns() // 1_000_000)
+    holders = [m.worker_id for m in (await read_pool(nc, subjects)).members
+               if m.public_key == public_key and m.worker_id != worker_id]
+    if holders:  # one key, one member: two ids would count one verifier twice
+        raise ConfigError(f"public key already registered as {', '.join(holders)}; "
+                          f"one key may hold only one pool seat")
     for _ in range(5):
         try:
             entry = await kv.get(worker_id)

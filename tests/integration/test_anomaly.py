@@ -207,6 +207,7 @@ def test_bad_worker_configuration_exits_78(bad: list[str], tmp_path: Path) -> No
 
 async def test_quarantine_is_compare_and_set_and_sticks(nc: Client, prefix: str) -> None:
     from bus import membership
+    from schemas.errors import ConfigError
     from schemas.identity import AgentIdentity
 
     subjects = Subjects(prefix)
@@ -223,7 +224,8 @@ async def test_quarantine_is_compare_and_set_and_sticks(nc: Client, prefix: str)
     assert await membership.quarantine(nc, subjects, "v0", keys[0]) is None  # already out
     # a restarted Byzantine verifier does not let itself back in
     assert await membership.register(nc, subjects, "v0", keys[0]) is False
-    assert await membership.register(nc, subjects, "v0", keys[1]) is False
+    with pytest.raises(ConfigError):  # nor under another member's key: one key, one seat
+        await membership.register(nc, subjects, "v0", keys[1])
     assert (await membership.read_pool(nc, subjects)).keys == after.keys
     # an operator's removal does
     assert await membership.remove(nc, subjects, "v0")
