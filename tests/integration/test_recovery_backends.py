@@ -388,3 +388,33 @@ async def test_two_recovery_workers_respawn_once_per_attempt(
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_a_heartbeat_naming_another_worker_than_its_subject_is_ignored(
+        nc: Client, nats_config: NatsConfig, prefix: str, tmp_path: Path) -> None:
+    """A verifier may publish only on its own heartbeat subject (permissions); a payload
+    claiming to be the tally must not make recovery track, restart or delete the tally."""
+    script, _record = recording_systemctl(tmp_path)
+    systemd = SystemdBackend(systemctl=str(script))
+    worker = await start_recovery(nats_config, tmp_path, lambda nc, s: systemd, options())
+    try:
+        subjects = Subjects(prefix)
+        spoof = heartbeat("tally", "t1", 1, 1, "keys-pod")
+        for _ in range(5):
+            await nc.publish(subjects.heartbeat("verifier", "v1"), spoof.encode())
+            await asyncio.sleep(0.1)
+        await until(lambda: _async(worker.stats.counters.get("heartbeat_subject_mismatch", 0)
+                                   >= 5), 10, "mismatches counted")
+        assert ("tally", "t1") not in worker.tracker.workers
+    finally:
+        await worker.stop()
+
+
+def test_telemetry_source_reads_the_subject() -> None:
+    from bus.subjects import telemetry_source
+    s = Subjects("ap")
+    assert telemetry_source(s, "ap.heartbeat.verifier.v1") == ("verifier", "v1")
+    assert telemetry_source(s, "ap.metrics.tally.t1") == ("tally", "t1")
+    assert telemetry_source(s, "other.heartbeat.verifier.v1") is None
+    assert telemetry_source(s, "ap.heartbeat.verifier") is None
+    assert telemetry_source(s, "ap.decision.VALID.x") is None
