@@ -61,6 +61,8 @@ _metrics_on = False
 # ---------------------------------------------------------------- configuration
 def _exporters(signal: str) -> list[str]:
     """Exporter names for ``signal`` (traces/metrics) from OTEL_* (pure env reading)."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return []  # the standard kill switch
     raw = os.environ.get(f"OTEL_{signal.upper()}_EXPORTER", "").strip().lower()
     if raw:
         names = [n.strip() for n in raw.split(",") if n.strip()]

@@ -97,6 +97,10 @@ def test_parse_traceparents(value: str | None, expected: int, valid: list[bool])
      "metrics", []),
     ({"OTEL_METRICS_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x"},
      "traces", ["otlp"]),
+    ({"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "console"}, "traces", []),
+    ({"OTEL_SDK_DISABLED": "TRUE", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x"}, "metrics", []),
+    ({"OTEL_SDK_DISABLED": "false", "OTEL_TRACES_EXPORTER": "console"}, "traces",
+     ["console"]),
 ])
 def test_exporters_from_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], signal: str,
                             expected: list[str]) -> None:
