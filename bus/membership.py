@@ -89,11 +89,18 @@ async def register(nc: Client, subjects: Subjects, worker_id: str, public_key: b
     """Make ``worker_id`` an active member with ``public_key``; True if anything changed."""
     kv = await members_bucket(nc, subjects)
     record = MemberRecord(worker_id, public_key, ACTIVE, time.time_ns() // 1_000_000)
-    holders = [m.worker_id for m in (await read_pool(nc, subjects)).members
-               if m.public_key == public_key and m.worker_id != worker_id]
+    holders = list(dict.fromkeys(m.worker_id for m in (await read_pool(nc, subjects)).members
+                                 if m.public_key == public_key and m.worker_id != worker_id))
     if holders:  # one key, one member: two ids would count one verifier twice
         raise ConfigError(f"public key already registered as {', '.join(holders)}; "
                           f"one key may hold only one pool seat")
+    try:
+        await kv.get(quarantine_key(worker_id))
+        log.warning("%s is quarantined; not re-registering it (an operator clears it with "
+                    "'members remove %s')", worker_id, worker_id)
+        return False
+    except KeyNotFoundError:
+        pass
     for _ in range(5):
         try:
             entry = await kv.get(worker_id)
@@ -122,38 +129,53 @@ async def register(nc: Client, subjects: Subjects, worker_id: str, public_key: b
 
 
 async def remove(nc: Client, subjects: Subjects, worker_id: str) -> bool:
+    """Remove ``worker_id`` from the pool, and clear its quarantine (an operator's act)."""
     kv = await members_bucket(nc, subjects)
-    try:
-        await kv.get(worker_id)
-    except KeyNotFoundError:
-        return False
-    await kv.delete(worker_id)
-    return True
+    removed = False
+    for key in (worker_id, quarantine_key(worker_id)):
+        try:
+            await kv.get(key)
+        except KeyNotFoundError:
+            continue
+        await kv.delete(key)
+        removed = True
+    return removed
+
+
+#: Key prefix of quarantine records. They are separate from the member's own record
+#: (which the verifier itself writes when it registers), so a quarantined verifier
+#: cannot undo its quarantine by rewriting its record, and the anomaly role may
+#: write only these keys (bus/permissions.py).
+QUARANTINE_PREFIX = "quarantined."
+
+
+def quarantine_key(worker_id: str) -> str:
+    return f"{QUARANTINE_PREFIX}{worker_id}"
 
 
 async def quarantine(nc: Client, subjects: Subjects, worker_id: str,
                      public_key: bytes) -> int | None:
-    """Mark ``worker_id`` quarantined if it is active with ``public_key`` (compare-and-set).
+    """Quarantine ``worker_id``'s key if it is an active member with ``public_key``.
 
-    Returns the new epoch (the bucket revision written), or None if the
-    record is gone, inactive already, or now holds another key.
+    Writes (create-only) the record ``quarantined.<worker_id>``; the pool
+    excludes every key with a quarantine record. Returns the new epoch (the
+    bucket revision written), or None if the member is gone, holds another
+    key, or is quarantined already.
     """
     kv = await members_bucket(nc, subjects)
-    for _ in range(5):
-        try:
-            entry = await kv.get(worker_id)
-            current = MemberRecord.decode(entry.value or b"")
-        except (KeyNotFoundError, CodecError):
-            return None
-        if current.public_key != public_key or current.status != ACTIVE:
-            return None
-        record = MemberRecord(worker_id, public_key, QUARANTINED, current.registered_at_ms)
-        try:
-            revision: int = await kv.update(worker_id, record.encode(), last=entry.revision)
-            return revision
-        except KeyWrongLastSequenceError:
-            continue
-    raise RuntimeError(f"could not quarantine {worker_id}: too much contention")
+    try:
+        entry = await kv.get(worker_id)
+        current = MemberRecord.decode(entry.value or b"")
+    except (KeyNotFoundError, CodecError):
+        return None
+    if current.public_key != public_key or current.status != ACTIVE:
+        return None
+    record = MemberRecord(worker_id, public_key, QUARANTINED, time.time_ns() // 1_000_000)
+    try:
+        revision: int = await kv.create(quarantine_key(worker_id), record.encode())
+    except KeyWrongLastSequenceError:
+        return None  # quarantined already
+    return revision
 
 
 async def read_pool(nc: Client, subjects: Subjects) -> PoolView:

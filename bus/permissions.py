@@ -191,7 +191,8 @@ def permissions(role: str, name: str, subjects: Subjects) -> Permissions:
                 *stream_owner(subjects.alerts_stream), *stream_reader(subjects.alerts_stream),
                 *stream_reader(subjects.metrics_stream),
                 *stream_reader(subjects.audit_stream), *kv_reader(members),
-                *kv_writer(members)]  # quarantine: a CAS update of the member record
+                # quarantine records only: it can neither add members nor edit one
+                *kv_writer(members, ["quarantined.>"])]
         sub += [subjects.metrics_all, subjects.heartbeat_all, subjects.votes_all,
                 subjects.decisions_all, subjects.equivocation,
                 *micro_service(role, subjects, name)]

@@ -431,8 +431,9 @@ class AnomalyWorker(Worker):
         assert self._pool is not None
         view = self._pool.view
         worker_id = self._member(key, epoch)
-        record = next((m for m in view.members if m.public_key == key), None)
-        is_member = record is not None and record.status == ACTIVE
+        record = next((m for m in view.members
+                       if m.public_key == key and m.status == ACTIVE), None)
+        is_member = record is not None and key in view.keys
         verdict = decide_quarantine(self.options.policy, active=len(view.keys),
                                     is_member=is_member, now=now, recent=self._quarantines)
         if verdict.action is Action.IGNORE:

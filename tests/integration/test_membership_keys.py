@@ -37,3 +37,18 @@ async def test_quarantine_applies_to_the_key_not_the_id(nats_config: NatsConfig,
     pool = await membership.read_pool(nc, subjects)
     assert key not in pool.keys
     assert {m.worker_id for m in pool.members if m.public_key == key} == {"v2", "v9"}
+
+
+async def test_a_quarantined_verifier_cannot_undo_it_by_rewriting_its_record(
+        nats_config: NatsConfig, nc: Client) -> None:
+    subjects = Subjects(nats_config.prefix)
+    key = AgentIdentity.generate().public_key
+    await membership.register(nc, subjects, "v3", key)
+    assert await membership.quarantine(nc, subjects, "v3", key) is not None
+    kv = await membership.members_bucket(nc, subjects)
+    # what a Byzantine verifier may write: its own record (permissions allow only that)
+    await kv.put("v3", membership.MemberRecord("v3", key).encode())
+    assert key not in (await membership.read_pool(nc, subjects)).keys
+    assert await membership.remove(nc, subjects, "v3")  # the operator's decision
+    assert await membership.register(nc, subjects, "v3", key)
+    assert key in (await membership.read_pool(nc, subjects)).keys
