@@ -81,7 +81,7 @@ class PoolView:
 
 async def members_bucket(nc: Client, subjects: Subjects) -> Any:
     """Bind the membership bucket, creating it on first use (history 5)."""
-    return await ensure_bucket(nc, subjects.members_bucket, history=5,
+    return await ensure_bucket(nc, subjects.members_bucket, history=5, forbid_ttl=True,
                                description="agentic-payments verifier pool")
 
 

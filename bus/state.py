@@ -32,7 +32,7 @@ from nats.js.errors import BucketNotFoundError
 from bus.config import js_replicas
 from bus.subjects import Subjects
 from schemas.codec import Unreadable
-from schemas.errors import CodecError
+from schemas.errors import CodecError, ConfigError
 
 log = logging.getLogger("agentic_payments.state")
 T = TypeVar("T")
@@ -62,18 +62,28 @@ OPEN_RETRY_S = 30.0
 
 
 async def ensure_bucket(nc: Client, name: str, *, history: int = STATE_HISTORY,
-                        description: str = "") -> Any:
+                        description: str = "", forbid_ttl: bool = False) -> Any:
     """Open KV bucket ``name``, creating it (direct gets allowed) if it is missing.
 
     JetStream API timeouts are retried with back-off for up to OPEN_RETRY_S;
-    other errors (no JetStream, permissions) surface at once.
+    other errors (no JetStream, permissions) surface at once. With
+    ``forbid_ttl`` an existing bucket that expires records is refused
+    (ConfigError): for the pool and the verdict state an expiring record would
+    silently undo a revocation or a quarantine.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + OPEN_RETRY_S
     delay = 0.25
     while True:
         try:
-            return await _open_or_create(nc, name, history, description)
+            kv = await _open_or_create(nc, name, history, description)
+            if forbid_ttl:
+                config = (await kv.status()).stream_info.config
+                if config.max_age:
+                    raise ConfigError(f"bucket {name} expires records after {config.max_age}s:"
+                                      " a revocation or quarantine would silently lapse; "
+                                      "recreate it without a TTL")
+            return kv
         except (nats.errors.TimeoutError, TimeoutError):
             if loop.time() + delay > deadline:
                 raise
@@ -99,7 +109,7 @@ async def _open_or_create(nc: Client, name: str, history: int, description: str)
 
 
 async def state_bucket(nc: Client, subjects: Subjects) -> Any:
-    return await ensure_bucket(nc, subjects.state_bucket,
+    return await ensure_bucket(nc, subjects.state_bucket, forbid_ttl=True,
                                description="agentic-payments verdict state")
 
 
@@ -143,7 +153,8 @@ class BucketMirror(Generic[T]):
         return None if isinstance(item, Unreadable) else item
 
     async def start(self, timeout: float = 5.0) -> None:
-        self._kv = await ensure_bucket(self._nc, self._bucket)
+        # every mirrored bucket (pool, verdict state) must keep records forever
+        self._kv = await ensure_bucket(self._nc, self._bucket, forbid_ttl=True)
         status = await self._kv.status()
         self.revision = self.known_last = status.stream_info.state.last_seq
         await self._open_watch()

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from nats.aio.client import Client
 
+from bus.config import NatsConfig
 from bus.state import BucketMirror, state_bucket, state_key
 from bus.subjects import Subjects
 from schemas.errors import SchemaViolation
@@ -57,3 +58,15 @@ async def test_mirror_follows_writes_revision_and_skips_malformed(nc: Client,
 def test_state_key_refuses_unknown_area() -> None:
     with pytest.raises(ValueError, match="unknown state area"):
         state_key("nope", "x")
+
+
+async def test_a_state_bucket_with_a_ttl_is_refused(nats_config: NatsConfig, nc: Client) -> None:
+    """Whoever creates the bucket first must not be able to make revocations lapse."""
+    from schemas.errors import ConfigError
+    subjects = Subjects(nats_config.prefix)
+    await nc.jetstream().create_key_value(bucket=subjects.state_bucket, ttl=60)
+    with pytest.raises(ConfigError, match="expires records"):
+        await state_bucket(nc, subjects)
+    mirror: BucketMirror[str] = BucketMirror(nc, subjects.state_bucket, _decode)
+    with pytest.raises(ConfigError):
+        await mirror.start()
