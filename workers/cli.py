@@ -119,21 +119,18 @@ def _token(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _threshold(text: str) -> str:
-    """argparse type: an exact fraction in (1/2, 1] (VALID and INVALID quorums intersect)."""
-    try:
-        value = parse_threshold(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _client_threshold(text: str) -> Fraction:
+    """The threshold a client pins, refused before any network if it is not in
+    (1/2, 1] (ConfigError: exit 78, like every bad setting)."""
+    value = parse_threshold(text)
     if value <= Fraction(1, 2):
-        raise argparse.ArgumentTypeError(f"threshold {value} must be above 1/2 so that VALID "
-                                         "and INVALID quorums always intersect")
-    return text
+        raise ConfigError(f"threshold {value} must be above 1/2 so that VALID and INVALID "
+                          "quorums always intersect")
+    return value
 
 
 def _threshold_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--threshold", default=os.environ.get("AP_THRESHOLD", "2/3"),
-                        type=_threshold,
                         help=f"{what} as an exact fraction in (1/2, 1] "
                              "(env AP_THRESHOLD, default 2/3)")
 
@@ -320,7 +317,7 @@ def _signed_from_args(args: argparse.Namespace) -> VerificationRequest:
 async def _verify(args: argparse.Namespace) -> int:
     request = _build_request(args)
     async with await VerifyClient.connect(_nats(args), timeout=args.timeout,
-                                          threshold=parse_threshold(args.threshold)) as client:
+                                          threshold=_client_threshold(args.threshold)) as client:
         cert = await client.verify_with_consensus(request)
     _out(args, f"{cert.request_id}: {cert.summary()}\ncertificate re-checked against the "
          f"{cert.n}-verifier pool of epoch {cert.epoch}: OK", _cert_json(cert))
@@ -345,7 +342,7 @@ async def _demo(args: argparse.Namespace) -> int:
     config = _nats(args)
     async with _connection(config, "agentic-payments-demo") as nc:
         client = VerifyClient(nc, prefix=config.prefix, timeout=args.timeout,
-                              threshold=parse_threshold(args.threshold))
+                              threshold=_client_threshold(args.threshold))
         ident = AgentIdentity.generate()
         print(f"Agent identity: {ident.did}")
         message = "Payment authorization"
@@ -471,7 +468,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 async def _up(args: argparse.Namespace) -> int:
     config = _nats(args)
     data_dir = Path(args.data_dir)
-    parse_threshold(args.threshold)  # refuse a bad threshold before starting anything
+    _client_threshold(args.threshold)  # refuse a bad threshold before starting anything
     server: NatsServer | None = None
     if not await is_reachable(config.servers[0]):
         from urllib.parse import urlparse
@@ -557,7 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     _threshold_option(up, "quorum threshold of the tally")
     up.add_argument("--data-dir", default=str(default_data_dir()),
                     help="keys, logs and NATS data (default .agentic-payments)")
-    up.add_argument("--heartbeat-s", type=_positive, default=5.0, help="heartbeat interval")
+    up.add_argument("--heartbeat-s", type=_positive, default=1.0,
+                    help="heartbeat interval of every worker (default 1 s: the recovery "
+                         "worker respawns a dead one after 3 missed)")
     up.set_defaults(func=cmd_up)
 
     worker = sub.add_parser("worker", help="run one worker process",
