@@ -85,15 +85,24 @@ async def members_bucket(nc: Client, subjects: Subjects) -> Any:
                                description="agentic-payments verifier pool")
 
 
-async def register(nc: Client, subjects: Subjects, worker_id: str, public_key: bytes) -> bool:
-    """Make ``worker_id`` an active member with ``public_key``; True if anything changed."""
+async def register(nc: Client, subjects: Subjects, worker_id: str, public_key: bytes, *,
+                   check_holders: bool = True) -> bool:
+    """Make ``worker_id`` an active member with ``public_key``; True if anything changed.
+
+    ``check_holders`` refuses a key another id holds (``admit``, an operator's tool).
+    A verifier registering itself skips it: it may read single records only (see
+    bus/permissions.kv_lookup), and the pool counts a key once however many ids
+    hold it, and quarantines it whichever id is quarantined.
+    """
     kv = await members_bucket(nc, subjects)
     record = MemberRecord(worker_id, public_key, ACTIVE, time.time_ns() // 1_000_000)
-    holders = list(dict.fromkeys(m.worker_id for m in (await read_pool(nc, subjects)).members
-                                 if m.public_key == public_key and m.worker_id != worker_id))
-    if holders:  # one key, one member: two ids would count one verifier twice
-        raise ConfigError(f"public key already registered as {', '.join(holders)}; "
-                          f"one key may hold only one pool seat")
+    if check_holders:
+        holders = list(dict.fromkeys(
+            m.worker_id for m in (await read_pool(nc, subjects)).members
+            if m.public_key == public_key and m.worker_id != worker_id))
+        if holders:  # one key, one member: two ids would count one verifier twice
+            raise ConfigError(f"public key already registered as {', '.join(holders)}; "
+                              f"one key may hold only one pool seat")
     try:
         await kv.get(quarantine_key(worker_id))
         log.warning("%s is quarantined; not re-registering it (an operator clears it with "

@@ -117,6 +117,17 @@ def kv_reader(bucket: str) -> list[str]:
     return stream_reader(f"KV_{bucket}")
 
 
+def kv_lookup(bucket: str) -> list[str]:
+    """Read single keys of ``bucket`` (info, message and direct gets) without the right
+    to create consumers. A consumer's deliver subject is not checked against the
+    creator's publish permissions, so a role that can both write a stream and create
+    consumers on it could have JetStream deliver its own bytes to any subject (a
+    forged ballot or decision); writers of a stream get lookups only."""
+    stream = f"KV_{bucket}"
+    return _js(f"STREAM.INFO.{stream}", f"STREAM.MSG.GET.{stream}", f"DIRECT.GET.{stream}",
+               f"DIRECT.GET.{stream}.>")
+
+
 def kv_owner(bucket: str) -> list[str]:
     return stream_owner(f"KV_{bucket}")
 
@@ -164,7 +175,7 @@ def permissions(role: str, name: str, subjects: Subjects) -> Permissions:
         responses = False
     elif role == "verifier":
         pub += [subjects.votes_all, *telemetry(role, subjects, name),
-                *kv_owner(members), *kv_reader(members),
+                *kv_owner(members), *kv_lookup(members),
                 *kv_writer(members, [name]), *kv_owner(state), *kv_reader(state)]
         sub += [subjects.ballot, *micro_service(role, subjects, name)]
     elif role == "tally":

@@ -186,3 +186,27 @@ async def test_verifier_can_write_only_its_own_member_record(secure: SecureServe
         assert (await kv.get("v1")).value == b"mine"
         keys = await kv.keys()
         assert "v2" not in keys
+
+
+async def test_verifier_cannot_make_jetstream_deliver_its_bytes_as_a_ballot(
+        secure: SecureServer) -> None:
+    """A verifier writes its own member record (arbitrary bytes); if it could also create
+    a consumer on that stream, JetStream would deliver the record to any deliver subject
+    — e.g. the ballot subject — without checking the verifier's publish permissions."""
+    from bus import membership
+    from schemas.identity import AgentIdentity
+
+    s = Subjects(secure.prefix)
+    async with conn(secure.config("admin")) as admin, conn(secure.config("v1")) as v1:
+        await membership.members_bucket(admin.nc, s)  # the operator's bucket
+        kv = await v1.nc.jetstream().key_value(s.members_bucket)
+        await kv.put("v1", b"\\x89a forged ballot")  # allowed: its own record
+        assert await membership.register(v1.nc, s, "v1",
+                                         AgentIdentity.generate().public_key,
+                                         check_holders=False)  # registration still works
+        ballots, _ = await collect(admin.nc, s.ballot)
+        with pytest.raises(Exception):  # noqa: B017 - the server's permission error
+            await v1.nc.jetstream().add_consumer(
+                f"KV_{s.members_bucket}", deliver_subject=s.ballot, ack_policy="none")
+        await asyncio.sleep(0.5)
+        assert ballots == []
