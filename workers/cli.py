@@ -62,7 +62,7 @@ from schemas.errors import (
 )
 from schemas.identity import AgentIdentity
 from schemas.messages import ConsensusResult, Health, MetricsSnapshot, VerificationRequest
-from workers.quorum import parse_threshold
+from workers.quorum import QuorumRule, parse_threshold
 from workers.supervisor import LocalSupervisor, ProcSpec
 from workers.tally import TallyOptions, TallyWorker
 from workers.verifier import VerifierWorker
@@ -428,11 +428,40 @@ async def _status(args: argparse.Namespace) -> int:
             except Exception:
                 row["health"] = "unknown"
             rows.append(row)
-        _out(args, "\n".join(
-            f"{r['kind']:<9} {r['id']:<10} {r['health']:<12} tasks={r.get('tasks', '?')} "
-            f"failures={r.get('failures', '?')} p99={r.get('p99_ms', '?')}ms" for r in rows)
-            or "no workers found", {"workers": rows})
-        return 0 if rows else EXIT_NOT_VALID
+        pool = await membership.read_pool(nc, Subjects(config.prefix))
+    problems = _status_problems(rows, pool, _client_threshold(args.threshold))
+    lines = [f"{r['kind']:<9} {r['id']:<10} {r['health']:<12} tasks={r.get('tasks', '?')} "
+             f"failures={r.get('failures', '?')} p99={r.get('p99_ms', '?')}ms" for r in rows]
+    _out(args, "\n".join(lines or ["no workers found"]
+                         + [f"PROBLEM: {p}" for p in problems]),
+         {"workers": rows, "pool_epoch": pool.epoch, "problems": problems})
+    return 0 if rows and not problems else EXIT_NOT_VALID
+
+
+def _status_problems(rows: list[dict[str, Any]], pool: membership.PoolView,
+                     threshold: Fraction) -> list[str]:
+    """What an operator must know beyond each worker's own health: verifiers of the
+    pool that do not answer, a pool that can no longer reach its quorum, and ids
+    answered by more than one process (two `up`s on one server)."""
+    problems = []
+    seen: dict[tuple[str, str], int] = {}
+    for r in rows:
+        seen[(str(r["kind"]), str(r["id"]))] = seen.get((str(r["kind"]), str(r["id"])), 0) + 1
+    problems += [f"{k}/{i} is answered by {n} processes" for (k, i), n in seen.items() if n > 1]
+    serving = {str(r["id"]) for r in rows if r["kind"] == "verifier"
+               and r.get("health") in (Health.HEALTHY.value, Health.DEGRADED.value)}
+    active = [m for m in pool.members if m.status == membership.ACTIVE
+              and m.public_key in pool.keys]
+    missing = sorted(m.worker_id for m in active if m.worker_id not in serving)
+    if missing:
+        problems.append(f"pool member(s) not serving: {', '.join(missing)}")
+    n = len(pool.keys)
+    if n:
+        q = QuorumRule(n, threshold).q
+        if len(active) - len(missing) < q:
+            problems.append(f"only {len(active) - len(missing)} of {n} pool verifiers serve; "
+                            f"a decision needs q={q}: requests will time out")
+    return problems
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -648,8 +677,15 @@ def build_parser() -> argparse.ArgumentParser:
     members.add_argument("--json", action="store_true", help="machine-readable output")
     members.set_defaults(func=cmd_members)
 
-    status = sub.add_parser("status", help="discover workers ($SRV.PING) and show health")
+    status = sub.add_parser("status", help="discover workers ($SRV.PING) and show health",
+                            description="List every worker answering $SRV.PING under the "
+                            "prefix with its health and counters, then check the whole: "
+                            "pool verifiers that do not answer, a pool that can no longer "
+                            "reach its quorum q, ids answered by two processes. Exit 0 when "
+                            "workers answer and no problem is found, 1 otherwise (each "
+                            "problem printed), 69 if NATS is unreachable.")
     _common(status)
+    _threshold_option(status, "threshold the quorum is computed with")
     status.add_argument("--wait", type=_positive, default=0.5, help="seconds to collect answers")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)

@@ -47,7 +47,8 @@ def test_up_demo_and_ctrl_c(tmp_path: Path) -> None:
         assert "INVALID" in demo.stdout
         status = subprocess.run([sys.executable, "-m", "workers.cli", "status"], cwd=tmp_path,
                                 env=env, capture_output=True, text=True, timeout=30)
-        assert status.stdout.count("verifier") == 4 and "tally" in status.stdout
+        assert status.stdout.count("verifier ") >= 4 and "tally" in status.stdout
+        assert status.returncode == 0 and "PROBLEM" not in status.stdout, status.stdout
     finally:
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=60)
