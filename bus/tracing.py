@@ -115,6 +115,27 @@ def _otlp_exporter(signal: str) -> Any:
     return getattr(mod, cls)()
 
 
+def untrusted_parent_sampler() -> Any:
+    """For ``OTEL_TRACES_SAMPLER=parentbased_traceidratio``: a remote parent's sampled
+    flag does not decide (a client could otherwise force 100 % tracing of its
+    requests, and tracing costs about as much CPU as the decision); the trace id
+    ratio does, for remote parents as for roots. The decision depends only on the
+    trace id, so processes configured alike still keep a sampled trace whole.
+    Any other sampler setting: None (the SDK reads OTEL_TRACES_SAMPLER itself).
+    """
+    if os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() != "parentbased_traceidratio":
+        return None
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    try:
+        ratio = float(os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+    except ValueError:
+        ratio = 1.0
+    ratio = min(max(ratio, 0.0), 1.0)
+    by_id = TraceIdRatioBased(ratio)
+    return ParentBased(root=by_id, remote_parent_sampled=by_id,
+                       remote_parent_not_sampled=by_id)
+
+
 def setup_tracing(service_name: str, resource: Mapping[str, str] | None = None) -> bool:
     """Install an SDK TracerProvider when OTEL_* asks for export. Returns whether it did."""
     global _traces_on
@@ -127,7 +148,8 @@ def setup_tracing(service_name: str, resource: Mapping[str, str] | None = None) 
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
     # shutdown_on_exit=False: the SDK's own atexit shutdown is unbounded (see shutdown_telemetry)
-    provider = TracerProvider(resource=_resource(service_name, resource), shutdown_on_exit=False)
+    provider = TracerProvider(resource=_resource(service_name, resource), shutdown_on_exit=False,
+                              sampler=untrusted_parent_sampler())
     added = 0
     for name in names:
         exporter: Any = None

@@ -149,3 +149,23 @@ def test_otlp_protocol(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
     assert (exporter is not None) is available
     if exporter is not None:
         exporter.shutdown()
+
+
+@pytest.mark.parametrize(("ratio", "expected"), [("0.0", False), ("1.0", True)])
+def test_a_remote_sampled_flag_does_not_force_sampling(monkeypatch: pytest.MonkeyPatch,
+                                                       ratio: str, expected: bool) -> None:
+    from opentelemetry import trace as api
+    from opentelemetry.sdk.trace.sampling import Decision
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", ratio)
+    sampler = tracing.untrusted_parent_sampler()
+    parent = api.set_span_in_context(api.NonRecordingSpan(api.SpanContext(
+        trace_id=0x1234, span_id=0x5678, is_remote=True,
+        trace_flags=api.TraceFlags(api.TraceFlags.SAMPLED))))
+    result = sampler.should_sample(parent, 0x1234, "process ap.verify.request")
+    assert (result.decision == Decision.RECORD_AND_SAMPLE) is expected
+
+
+def test_other_samplers_are_left_to_the_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    assert tracing.untrusted_parent_sampler() is None
