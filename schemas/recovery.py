@@ -40,6 +40,7 @@ class RestartCode(enum.StrEnum):
     STOPPING = "STOPPING"            # the supervisor is shutting down
     SPAWN_FAILED = "SPAWN_FAILED"
     ALIVE = "ALIVE"                  # its local liveness file is fresh: not killed
+    CONFIG_EXIT = "CONFIG_EXIT"      # it exited 78 (bad configuration): not restarted
 
 
 @dataclass(frozen=True)

@@ -246,6 +246,13 @@ class Tracker:
             state.attempts = max(0, state.attempts - 1)
             state.last_seen = max(state.last_seen, now)
 
+    def give_up(self, key: WorkerKey, now: float) -> None:
+        """Retrying cannot help (e.g. a configuration error): give up at the next tick."""
+        state = self.workers.get(key)
+        if state is not None and state.status == Status.RECOVERING:
+            state.attempts = max(state.attempts, self.policy_for(key).max_retries)
+            state.attempt_deadline = now
+
     def forget(self, key: WorkerKey) -> None:
         self.workers.pop(key, None)
 

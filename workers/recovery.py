@@ -48,7 +48,7 @@ from schemas.identity import AgentIdentity
 from schemas.messages import ErrorReply, Heartbeat
 from schemas.recovery import HistoryQuery, HistoryReply, Outcome, RecoveryAttempt
 from workers.liveness import Action, ActionKind, RetryPolicy, Seen, Tracker, WorkerKey
-from workers.respawn import Backend, Target, WorkerAlive
+from workers.respawn import Backend, Target, WorkerAlive, WorkerMisconfigured
 
 log = logging.getLogger("agentic_payments.recovery")
 ALERTS_DAYS = 30
@@ -278,6 +278,8 @@ class RecoveryWorker(Worker):
         except RespawnFailed as exc:
             self.stats.record((time.perf_counter() - began) * 1000, ok=False)
             self.tracker.respawn_failed(action.key, time.time())
+            if isinstance(exc, WorkerMisconfigured):  # escalate now, with the cause
+                self.tracker.give_up(action.key, time.time())
             log.warning("respawn of %s/%s failed: %s", kind, worker_id, exc)
             await self._close_attempt(action.key, Outcome.FAILED, detail=str(exc)[:1024],
                                       only=record)

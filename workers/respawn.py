@@ -138,6 +138,8 @@ class LocalBackend:
             raise RespawnFailed(f"bad supervisor reply [{exc.code}]: {exc}") from None
         if reply.code == RestartCode.ALIVE:
             raise WorkerAlive(f"supervisor: {reply.code} {reply.message}".strip())
+        if reply.code == RestartCode.CONFIG_EXIT:
+            raise WorkerMisconfigured(f"supervisor: {reply.code} {reply.message}".strip())
         if not reply.ok:
             raise RespawnFailed(f"supervisor: {reply.code} {reply.message}".strip())
         return Respawned(detail=f"{reply.code} by supervisor on {subject}",
@@ -146,6 +148,10 @@ class LocalBackend:
 
 class WorkerAlive(RespawnFailed):
     """The backend saw the worker making progress locally: the silence is the bus's."""
+
+
+class WorkerMisconfigured(RespawnFailed):
+    """The worker exited with a configuration error: retrying cannot help."""
 
 
 # ---------------------------------------------------------------- systemd

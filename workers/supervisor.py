@@ -174,6 +174,11 @@ class LocalSupervisor:
                 return answer(RestartCode.ALREADY_NEWER, spec,
                               f"generation {spec.generation} already runs")
             old = spec.process
+            if old is not None and old.returncode == EXIT_CONFIG:
+                # restarting cannot fix a bad configuration: say so, do not loop
+                return answer(RestartCode.CONFIG_EXIT, spec,
+                              f"it exited {EXIT_CONFIG} (bad configuration); fix it, see "
+                              f"{self.log_dir / f'{spec.name}.log'}")
             if old is not None and old.returncode is None and self._alive_locally(spec):
                 # its event loop still makes progress (liveness file, written without
                 # NATS): the silence is the bus's, and killing it would not help
@@ -229,6 +234,11 @@ class LocalSupervisor:
             if spec.process is not proc:  # restarted on request meanwhile
                 continue
             if self.delegate_restarts:  # a dead recovery worker too, if another one runs
+                if code == EXIT_CONFIG:
+                    log.error("%s exited with a configuration error (78); restart requests "
+                              "will be refused (CONFIG_EXIT). See %s", spec.name,
+                              self.log_dir / f"{spec.name}.log")
+                    return
                 log.warning("%s exited with %s; the recovery worker restarts it", spec.name,
                             code)
                 while not self._stopping and spec.process is proc \

@@ -228,8 +228,9 @@ async def test_crash_loop_is_bounded_and_escalated(
         spec = sup.find("verifier", "v1")
         assert spec is not None and spec.process is not None
         spawns = spec.spawns
-        # From now on every start fails at once with a configuration error (exit 78).
-        spec.args += ["--key-file", str(tmp_path)]  # a directory: EXIT_CONFIG
+        # From now on every start fails: NATS unreachable for it (exit 69 after its bounded
+        # first connect) — a crash loop a restart could in principle cure, so retried.
+        spec.args += ["--nats-url", "nats://127.0.0.1:1"]
         os.kill(spec.process.pid, signal.SIGKILL)
         try:
             await until(lambda: any(a.code == "RECOVERY_GAVE_UP" for a in watch.alerts), 90,
@@ -248,8 +249,28 @@ async def test_crash_loop_is_bounded_and_escalated(
             attempts = await history(nc, prefix, "verifier", "v1")
             assert sorted(a.attempt for a in attempts) == [1, 2]
             assert [a.outcome for a in attempts] == ["gave_up", "failed"]  # newest first
-            assert spec.process.returncode == 78  # and the supervisor left it down
-            assert "configuration error" in (tmp_path / "logs" / "verifier-v1.log").read_text()
+            assert spec.process.returncode == 69  # and the supervisor left it down
+            assert "cannot connect" in (tmp_path / "logs" / "verifier-v1.log").read_text()
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{logs(tmp_path)}") from None
+
+
+async def test_a_configuration_error_is_escalated_without_retrying(
+        nats_url: str, prefix: str, tmp_path: Path, nc: Client) -> None:
+    """Exit 78 cannot be cured by restarting: the supervisor refuses (CONFIG_EXIT) and the
+    recovery worker gives up at once, with the cause in the attempt history."""
+    async with system(nats_url, prefix, tmp_path, nc, specs()) as (sup, watch):
+        spec = sup.find("verifier", "v1")
+        assert spec is not None and spec.process is not None
+        spawns = spec.spawns
+        spec.args += ["--key-file", str(tmp_path)]  # a directory: EXIT_CONFIG from now on
+        os.kill(spec.process.pid, signal.SIGKILL)
+        try:
+            await until(lambda: any(a.code == "RECOVERY_GAVE_UP" for a in watch.alerts), 90,
+                        "the give-up alert")
+            assert "CONFIG_EXIT" in (tmp_path / "logs" / "recovery-r1.log").read_text()
+            assert spec.spawns == spawns + 1  # the one respawn that revealed the error
+            assert spec.process.returncode == 78
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{logs(tmp_path)}") from None
 
