@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 
 from bus.state import BucketMirror, ensure_bucket
 from bus.subjects import Subjects
 from schemas.codec import decode, encode
-from schemas.errors import CodecError, ConfigError, SchemaViolation
+from schemas.errors import CodecError, ConfigError, SchemaViolation, TransportError
 from schemas.identity import PUBLIC_KEY_BYTES
 
 log = logging.getLogger("agentic_payments.membership")
@@ -192,13 +192,18 @@ async def read_pool(nc: Client, subjects: Subjects) -> PoolView:
     is retried if it moved, so a change landing mid-read cannot pair an epoch with
     another epoch's members (which would make certificates of that epoch fail)."""
     kv = await members_bucket(nc, subjects)
+    failure: Exception | None = None
     for _ in range(10):
         before = (await kv.status()).stream_info.state.last_seq
         members = []
         try:
             keys = await kv.keys()
-        except Exception:  # nats-py raises NoKeysError on an empty bucket
+        except NoKeysError:  # an empty bucket
             keys = []
+        except Exception as exc:  # a timeout under load: never report "no members" for it
+            failure = exc
+            await asyncio.sleep(0.2)
+            continue
         for key in keys:
             try:
                 entry = await kv.get(key)
@@ -206,7 +211,9 @@ async def read_pool(nc: Client, subjects: Subjects) -> PoolView:
             except (KeyNotFoundError, CodecError):
                 continue
         if (await kv.status()).stream_info.state.last_seq == before:
-            break
+            return PoolView(epoch=before, members=tuple(members))
+    if failure is not None:
+        raise TransportError(f"cannot read the pool: {failure.__class__.__name__}: {failure}")
     return PoolView(epoch=before, members=tuple(members))
 
 
