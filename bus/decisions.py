@@ -26,13 +26,12 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import (
-    BadRequestError,
     BucketNotFoundError,
     KeyNotFoundError,
-    NotFoundError,
 )
 
 from bus.config import js_replicas
+from bus.streams import ensure_stream
 from bus.subjects import Subjects
 from schemas.errors import TransportError
 
@@ -55,16 +54,8 @@ async def ensure_audit_stream(nc: Client, subjects: Subjects, days: float) -> No
     Every certificate a tally produces is published there (TIMEOUTs included),
     kept ``days`` days. An existing stream is left as the operator configured it.
     """
-    js = nc.jetstream()
-    try:
-        await js.stream_info(subjects.audit_stream)
-        return
-    except NotFoundError:
-        pass
-    with contextlib.suppress(BadRequestError):  # created concurrently by another tally
-        await js.add_stream(name=subjects.audit_stream, subjects=[subjects.decisions_all],
-                            max_age=days * 86400, description="agentic-payments decisions",
-                            num_replicas=js_replicas())
+    await ensure_stream(nc, subjects.audit_stream, [subjects.decisions_all],
+                        max_age_s=days * 86400, description="agentic-payments decisions")
 
 
 class DecisionStore:

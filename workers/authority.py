@@ -93,11 +93,7 @@ class AuthorityWorker(Worker):
             await self.subscribe_intake(self.subjects.authority(op),
                                         functools.partial(self._on_request, op),
                                         queue=AUTHORITY_QUEUE)
-        # A barrier: nats-py 2.16 flush() writes its PING straight to the socket, ahead of
-        # SUBs still buffered for the flusher, so a flush can return before the server has
-        # our subscriptions. A request goes through the same buffer as the SUBs, after them:
-        # its reply proves the server has processed them.
-        await self._kv.status()
+        # (Worker.start ends with a subscription barrier for every worker.)
 
     async def teardown(self) -> None:
         if self._mirror is not None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -57,8 +58,6 @@ from schemas.errors import (
     TrustNotFound,
 )
 from schemas.identity import PUBLIC_KEY_BYTES, AgentIdentity
-from schemas.keys import KeyStatus
-from schemas.keys import decode_state_record as decode_key_status
 from schemas.messages import ErrorReply, WireMessage
 from schemas.trust import (
     MAX_LISTED,
@@ -80,7 +79,6 @@ from schemas.trust import (
     TrustListing,
     ValidateRequest,
     check_serial,
-    decode_state_record,
     decode_trust_reply,
     issue,
 )
@@ -92,6 +90,7 @@ from workers.chain import (
     TrustIndex,
     no_refusal,
 )
+from workers.verdict_state import decode_state_record, key_refusal
 
 log = logging.getLogger("agentic_payments.trust")
 CAS_ATTEMPTS = 8
@@ -126,7 +125,8 @@ class TrustWorker(Worker):
 
     async def setup(self) -> None:
         self._kv = await state_bucket(self.client, self.subjects)
-        self.mirror = BucketMirror(self.client, self.subjects.state_bucket, _decode_with_keys)
+        # every area decoded: its own records and the key manager's statuses
+        self.mirror = BucketMirror(self.client, self.subjects.state_bucket, decode_state_record)
         await self.mirror.start()
         handlers: dict[str, Callable[[Any], Awaitable[WireMessage]]] = {
             "add-anchor": self._add_anchor, "remove-anchor": self._remove_anchor,
@@ -281,11 +281,7 @@ class TrustWorker(Worker):
         if self.key_refusal is not no_refusal:
             return self.key_refusal
         items = self.mirror.items if self.mirror is not None else {}
-
-        def refusal(public_key: bytes) -> str | None:
-            status = items.get(f"key.{public_key.hex()}")
-            return status.refusal(now) if isinstance(status, KeyStatus) else None
-        return refusal
+        return functools.partial(key_refusal, items, now_ms=now)
 
     async def _validate(self, req: ValidateRequest) -> ChainReply:
         assert self.mirror is not None
@@ -682,9 +678,3 @@ def register(sub: Any, kinds: Any) -> None:
 
 __all__ = ["TrustClient", "TrustWorker", "register"]
 
-
-def _decode_with_keys(key: str, value: bytes) -> object:
-    """Trust records, plus the key manager's KeyStatus records (other areas raw)."""
-    if key.startswith("key."):
-        return decode_key_status(key, value)
-    return decode_state_record(key, value)

@@ -35,6 +35,7 @@ Decoder = Callable[[str, bytes], object]
 #: Refusal when a record the check depends on could not be decoded (a newer
 #: writer, corruption): failing closed, never "no record, so allowed".
 UNREADABLE = "STATE_UNREADABLE"
+POLICY_MEMO_SIZE = 4096
 
 #: state-bucket area -> decoder of its records (CodecError on malformed data)
 DECODERS: dict[str, Decoder] = {
@@ -54,6 +55,16 @@ def decode_state_record(key: str, value: bytes) -> object:
     return decoder(key, value)
 
 
+def key_refusal(items: Mapping[str, object], public_key: bytes, now_ms: int) -> str | None:
+    """The key manager's verdict on ``public_key`` at ``now_ms`` from decoded state records."""
+    status = items.get(f"key.{public_key.hex()}")
+    if isinstance(status, KeyStatus):
+        return status.refusal(now_ms)
+    if isinstance(status, Unreadable):
+        return UNREADABLE  # fail closed: it may be a revocation we cannot read
+    return None  # a key the key manager does not manage: its signature is the check
+
+
 class StateVerdicts:
     """``workers.judge.VerdictState`` over the decoded records of one revision.
 
@@ -71,14 +82,11 @@ class StateVerdicts:
         self._trust: TrustIndex | None = None
         self._authority: tuple[dict[bytes, AuthorityRecord], dict[str, QuorumPolicy]] | None = None
         self._unreadable_areas: frozenset[str] | None = None
+        self._policy_memo: dict[tuple[str, bytes, tuple[tuple[bytes, bytes], ...]],
+                                str | None] = {}
 
     def key_refusal(self, public_key: bytes, now_ms: int) -> str | None:
-        status = self.items.get(f"key.{public_key.hex()}")
-        if isinstance(status, KeyStatus):
-            return status.refusal(now_ms)
-        if isinstance(status, Unreadable):
-            return UNREADABLE  # fail closed: it may be a revocation we cannot read
-        return None  # a key the key manager does not manage: its signature is the check
+        return key_refusal(self.items, public_key, now_ms)
 
     def _unreadable(self, *areas: str) -> bool:
         """Whether any record of these areas could not be decoded (then refuse)."""
@@ -122,8 +130,17 @@ class StateVerdicts:
             self._authority = split_state(self.items)
         authorities, policies = self._authority
         # an authority whose key the key manager refuses (revoked, expired...) endorses nothing
-        usable = [Endorsement(authority_key=k, signature=s) for k, s in endorsements
-                  if self.key_refusal(k, now_ms) is None]
-        result = evaluate(resolve_policy(policies, category), authorities, usable, category,
-                          hashlib.sha256(message).digest())
-        return None if result.ok else (result.code or "POLICY_NOT_MET")
+        usable = tuple((k, s) for k, s in endorsements if self.key_refusal(k, now_ms) is None)
+        # judged at two times (judge_at_both), the same inputs must not cost their
+        # signature checks twice: the evaluation depends on nothing else at one revision
+        memo_key = (category, hashlib.sha256(message).digest(), usable)
+        if memo_key in self._policy_memo:
+            return self._policy_memo[memo_key]
+        result = evaluate(resolve_policy(policies, category), authorities,
+                          [Endorsement(authority_key=k, signature=s) for k, s in usable],
+                          category, memo_key[1])
+        code = None if result.ok else (result.code or "POLICY_NOT_MET")
+        if len(self._policy_memo) >= POLICY_MEMO_SIZE:
+            self._policy_memo.clear()
+        self._policy_memo[memo_key] = code
+        return code
