@@ -58,9 +58,17 @@ class Cluster:
         path = self.data_dir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    async def wait_pool(self, size: int, timeout: float = 20.0) -> membership.PoolView:
+    #: how long wait_pool / wait_tally wait by default
+    wait_s: float = 20.0
+
+    def control(self) -> NatsConfig:
+        """The connection the test itself uses to watch the cluster."""
+        return NatsConfig(url=self.nats_url, prefix=self.prefix)
+
+    async def wait_pool(self, size: int, timeout: float | None = None) -> membership.PoolView:
         """Wait until ``size`` verifiers are members and every process is alive."""
-        nc = await connect(NatsConfig(url=self.nats_url, prefix=self.prefix), name="test-wait")
+        timeout = self.wait_s if timeout is None else timeout
+        nc = await connect(self.control(), name="test-wait")
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -76,9 +84,10 @@ class Cluster:
         finally:
             await nc.close()
 
-    async def wait_tally(self, timeout: float = 20.0) -> None:
+    async def wait_tally(self, timeout: float | None = None) -> None:
         """Wait until a tally answers on the request subject (an ErrorReply to garbage)."""
-        nc = await connect(NatsConfig(url=self.nats_url, prefix=self.prefix), name="test-wait")
+        timeout = self.wait_s if timeout is None else timeout
+        nc = await connect(self.control(), name="test-wait")
         try:
             deadline = time.monotonic() + timeout
             while True:

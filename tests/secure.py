@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bus import membership
 from bus.config import NatsConfig
-from bus.connection import connect
 from bus.natsserver import NatsServer, start_nats_server
 from bus.permissions import User, render_auth_conf
 from bus.subjects import Subjects
@@ -68,6 +64,7 @@ class SecureCluster(Cluster):
 
     secure: SecureServer | None = None
     user_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    wait_s: float = 30.0
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         assert self.secure is not None
@@ -84,34 +81,5 @@ class SecureCluster(Cluster):
         assert self.secure is not None
         return self.secure.config("admin")
 
-    async def wait_pool(self, size: int, timeout: float = 30.0) -> membership.PoolView:
-        nc = await connect(self.admin(), name="test-wait")
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                for name, proc in self.processes.items():
-                    if proc.poll() is not None:
-                        raise AssertionError(f"{name} exited {proc.returncode}:\n{self.log(name)}")
-                pool = await membership.read_pool(nc, Subjects(self.prefix))
-                if len(pool.keys) >= size:
-                    return pool
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"pool has {len(pool.keys)} members, wanted {size}")
-                await asyncio.sleep(0.1)
-        finally:
-            await nc.close()
-
-    async def wait_tally(self, timeout: float = 30.0) -> None:
-        nc = await connect(self.admin(), name="test-wait")
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    await nc.request(Subjects(self.prefix).request, b"\xc1", timeout=0.5)
-                    return
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise AssertionError("no tally answered") from None
-                    await asyncio.sleep(0.1)
-        finally:
-            await nc.close()
+    def control(self) -> NatsConfig:
+        return self.admin()
