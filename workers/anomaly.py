@@ -45,6 +45,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -52,7 +53,7 @@ from bus import membership
 from bus.membership import ACTIVE, PoolWatcher
 from bus.runtime import RuntimeConfig, Worker, now_ms
 from bus.streams import ensure_stream, ensure_telemetry_streams
-from bus.subjects import telemetry_source
+from bus.subjects import Subjects, telemetry_source
 from schemas.alerts import Alert, Severity, sign_alert
 from schemas.certificate import verify_certificate
 from schemas.codec import decode
@@ -173,37 +174,9 @@ class AnomalyWorker(Worker):
 
     async def _own_recent_alert_ids(self) -> set[str]:
         """Ids of the alerts this worker id published within the history window."""
-        js = self.client.jetstream()
-        ids: set[str] = set()
-        info = await js.stream_info(self.subjects.alerts_stream)
-        last = info.state.last_seq
-        if last == 0:
-            return ids
-        start = (datetime.datetime.now(datetime.UTC)
-                 - datetime.timedelta(seconds=self.options.history_s))
-        sub = await js.pull_subscribe(
-            self.subjects.alerts_all, stream=self.subjects.alerts_stream,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
-                                  opt_start_time=start, inactive_threshold=30.0))
-        try:
-            while True:
-                try:
-                    msgs = await sub.fetch(256, timeout=1.0)
-                except TimeoutError:
-                    break
-                done = False
-                for msg in msgs:
-                    with contextlib.suppress(CodecError):
-                        alert = Alert.decode(msg.data)
-                        if alert.source_id == self.worker_id and alert.source_kind == self.kind:
-                            ids.add(alert.alert_id)
-                    done = done or msg.metadata.sequence.stream >= last
-                if done:
-                    break
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        return ids
+        return {a.alert_id for a in await recent_alerts(self.client, self.subjects,
+                                                         self.options.history_s)
+                if a.source_id == self.worker_id and a.source_kind == self.kind}
 
     # ------------------------------------------------------------------ alerts
     async def publish_alert(self, *, aid: str, severity: Severity, code: str, subject_kind: str,
@@ -466,3 +439,32 @@ class AnomalyWorker(Worker):
             details={**details, "verifier_key": key.hex(), "epoch": epoch,
                      "quarantined": quarantined, "new_epoch": new_epoch,
                      "policy": self.options.policy.mode.value, "reason": verdict.reason})
+
+
+async def recent_alerts(nc: Client, subjects: Subjects, since_s: float) -> list[Alert]:
+    """Alerts the alerts stream holds from the last ``since_s`` seconds (decodable ones)."""
+    js = nc.jetstream()
+    last = (await js.stream_info(subjects.alerts_stream)).state.last_seq
+    out: list[Alert] = []
+    if last == 0:
+        return out
+    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=since_s)
+    sub = await js.pull_subscribe(
+        subjects.alerts_all, stream=subjects.alerts_stream,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
+                              opt_start_time=start, inactive_threshold=30.0))
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(256, timeout=1.0)
+            except TimeoutError:
+                break
+            for msg in msgs:
+                with contextlib.suppress(CodecError):
+                    out.append(Alert.decode(msg.data))
+            if any(m.metadata.sequence.stream >= last for m in msgs):
+                break
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return out

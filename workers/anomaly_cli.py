@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from bus.subjects import Subjects
 from schemas.alerts import SEVERITY_ORDER, Alert, Severity
-from schemas.errors import CodecError
-from workers.anomaly import AnomalyOptions, AnomalyWorker
+from workers.anomaly import AnomalyOptions, AnomalyWorker, recent_alerts
 from workers.baseline import BaselineConfig, Method
 from workers.byzantine_rules import QuarantineMode, QuarantinePolicy
 from workers.cli import (
@@ -70,33 +67,8 @@ def _worker_factory(args: argparse.Namespace) -> AnomalyWorker:
 
 async def read_alerts(nc: Any, subjects: Subjects, since_s: float) -> list[tuple[Alert, bool]]:
     """Alerts stored in the last ``since_s`` seconds, with whether each signature holds."""
-    js = nc.jetstream()
-    info = await js.stream_info(subjects.alerts_stream)
-    last = info.state.last_seq
-    out: list[tuple[Alert, bool]] = []
-    if last == 0:
-        return out
-    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=since_s)
-    sub = await js.pull_subscribe(subjects.alerts_all, stream=subjects.alerts_stream,
-                                  config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
-                                                        opt_start_time=start,
-                                                        inactive_threshold=30.0))
-    try:
-        while True:
-            try:
-                msgs = await sub.fetch(256, timeout=1.0)
-            except TimeoutError:
-                break
-            for msg in msgs:
-                with contextlib.suppress(CodecError):
-                    alert = Alert.decode(msg.data)
-                    out.append((alert, alert.signature_ok()))
-            if any(m.metadata.sequence.stream >= last for m in msgs):
-                break
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-    return out
+    return [(alert, alert.signature_ok()) for alert in await recent_alerts(nc, subjects,
+                                                                            since_s)]
 
 
 async def _alerts(args: argparse.Namespace) -> int:
