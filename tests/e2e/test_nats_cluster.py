@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import time
 import urllib.request
 import uuid
@@ -36,26 +35,13 @@ from bus.subjects import Subjects
 from schemas.errors import AgenticPaymentsError
 from schemas.identity import AgentIdentity
 from schemas.messages import ConsensusResult, VerificationRequest
-from tests.helpers import Cluster
+from tests.helpers import Cluster, free_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REQUESTS = 2000
 RATE_PER_S = 160.0
 KILL_AFTER_S = 4.0
-
-
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def cluster_conf(name: str, client_port: int, route_port: int, routes: list[int],

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,22 +20,11 @@ import nats.aio.msg
 import pytest
 
 from bus.natsserver import NatsServer, start_nats_server
-from tests.helpers import ROOT
+from tests.helpers import ROOT, free_ports
 from tests.integration.test_client_config import _openssl
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl CLI")]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def route_pki(d: Path) -> None:
