@@ -43,7 +43,7 @@ from bus.subjects import Subjects
 from schemas.identity import AgentIdentity
 from schemas.messages import MetricsSnapshot
 from tests.helpers import Cluster
-from workers.anomaly import AnomalyWorker
+from workers.anomaly.worker import AnomalyWorker
 
 
 async def replay_once(url: str, snapshots: int, tmp: Path) -> float:

@@ -4,7 +4,7 @@ Run from the repository root::
 
     python bench/authority.py [--rounds N] [--nats-url URL]
 
-* ``pure``: ``workers.policy.evaluate`` (what a verifier runs against its
+* ``pure``: ``workers.authority.policy.evaluate`` (what a verifier runs against its
   state mirror) for policies of 3, 8 and 32 endorsements with nested groups;
   microseconds per call, median of ``--rounds`` timed batches. The cost is the
   Ed25519 verifications (one per endorsement) plus the slot matching.
@@ -42,8 +42,8 @@ from schemas.authority import (
     sign_endorsement,
 )
 from schemas.identity import AgentIdentity
-from workers.authority import AuthorityWorker
-from workers.policy import evaluate
+from workers.authority.policy import evaluate
+from workers.authority.worker import AuthorityWorker
 
 DIGEST = message_digest(b"pay 10 EUR to merchant-42")
 

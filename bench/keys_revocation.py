@@ -49,7 +49,7 @@ from bus.natsserver import start_nats_server  # noqa: E402
 from bus.state import BucketMirror, state_key  # noqa: E402
 from bus.subjects import Subjects  # noqa: E402
 from schemas.keys import KeyStatus  # noqa: E402
-from workers.keycrypto import write_master_key  # noqa: E402
+from workers.keys.crypto import write_master_key  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:

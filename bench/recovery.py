@@ -64,8 +64,8 @@ from bus.subjects import Subjects  # noqa: E402
 from schemas.identity import AgentIdentity  # noqa: E402
 from schemas.messages import Heartbeat  # noqa: E402
 from schemas.recovery import HistoryQuery, RecoveryAttempt  # noqa: E402
-from workers.recovery_cli import fetch_history  # noqa: E402
-from workers.supervisor import LocalSupervisor, ProcSpec  # noqa: E402
+from workers.recovery.cli import fetch_history  # noqa: E402
+from workers.recovery.supervisor import LocalSupervisor, ProcSpec  # noqa: E402
 
 VERIFIERS = 4
 

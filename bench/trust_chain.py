@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from schemas.identity import AgentIdentity
 from schemas.trust import PURPOSE_CA, PURPOSE_PAYMENT, TrustCertificate, issue
-from workers.chain import ChainCache, build_chain
+from workers.trust.chain import ChainCache, build_chain
 
 NOW = 1_700_000_000_000
 DAY = 86_400_000
@@ -100,7 +100,7 @@ async def service(nats_url: str | None, iterations: int, repeats: int) -> dict[s
     from bus.connection import connect
     from bus.natsserver import start_nats_server
     from bus.runtime import RuntimeConfig
-    from workers.trust import TrustClient, TrustWorker
+    from workers.trust.worker import TrustClient, TrustWorker
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-trust-"))
     server = None

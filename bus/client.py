@@ -44,8 +44,8 @@ from schemas.errors import (
 )
 from schemas.identity import AgentIdentity
 from schemas.messages import ConsensusResult, ErrorReply, VerificationRequest, decode_reply
+from schemas.quorum import DEFAULT_THRESHOLD
 from schemas.signing import request_digest
-from workers.quorum import DEFAULT_THRESHOLD
 
 RETRYABLE_REMOTE = frozenset({"OVERLOADED", "SHUTTING_DOWN", "INTERNAL"})
 #: Low-cardinality name of the reply inboxes in span names (nats-py's inbox prefix).

@@ -15,9 +15,9 @@ from schemas.errors import ConfigError
 
 DEFAULT_PREFIX = "ap"
 TALLY_QUEUE = "tally"
-#: Queue group of the trust-chain validator service (workers/trust.py).
+#: Queue group of the trust-chain validator service (workers/trust/worker.py).
 TRUST_QUEUE = "trust"
-#: Queue group of the key manager's request subjects (workers/keys.py).
+#: Queue group of the key manager's request subjects (workers/keys/worker.py).
 KEYS_QUEUE = "keys"
 #: Queue group of the recovery worker's history endpoint.
 RECOVERY_QUEUE = "recovery"
@@ -118,17 +118,17 @@ class Subjects:
         """Micro-service endpoint answering the worker's current MetricsSnapshot."""
         return f"{self.prefix}.status.{kind}.{worker_id}"
 
-    # -- trust-chain validator (workers/trust.py, schemas/trust.py) --------------
+    # -- trust-chain validator (workers/trust/worker.py, schemas/trust.py) --------------
     def trust(self, trust_op: str) -> str:
         """Trust service operations, request/reply in queue group 'trust'; ``trust_op`` is
         one of add-anchor, remove-anchor, add-cert, revoke-cert, validate, list."""
         return f"{self.prefix}.trust.{trust_op}"
-    # -- authority coordinator (workers/authority.py) ------------------------------
+    # -- authority coordinator (workers/authority/worker.py) ------------------------------
     def authority(self, authority_op: str) -> str:
         """Authority coordinator operation (request/reply, queue group 'authority'):
         add, activate, deactivate, set-level, set-policy, get-policy, list, evaluate."""
         return f"{self.prefix}.authority.{authority_op}"
-    # -- recovery worker and local supervisor (workers/recovery.py, supervisor.py) --
+    # -- recovery worker and local supervisor (workers/recovery/worker.py, supervisor.py) --
     @property
     def recovery_history(self) -> str:
         """Request/reply (queue group 'recovery'): HistoryQuery -> HistoryReply."""
@@ -161,7 +161,7 @@ class Subjects:
         """Certificates by request id, for idempotent retries (and audit)."""
         return f"{self.prefix}_decisions"
 
-    # -- key manager (workers/keys.py, schemas/keys.py) ---------------------------
+    # -- key manager (workers/keys/worker.py, schemas/keys.py) ---------------------------
     def keys_op(self, keys_op: str) -> str:
         """Key manager request/reply (queue group 'keys'); ``keys_op`` is one of
         schemas.keys.OPS: create, rotate, revoke, disable, enable, delete, get,

@@ -19,8 +19,8 @@ from schemas.codec import encode
 from schemas.errors import CertificateInvalid, ConfigError
 from schemas.identity import AgentIdentity, verify_signature
 from schemas.messages import ConsensusResult
+from schemas.quorum import DEFAULT_THRESHOLD, MIN_POOL, Decision, QuorumRule, parse_threshold
 from schemas.signing import DOMAIN_CERTIFICATE, entry_bytes, vote_signing_bytes
-from workers.quorum import DEFAULT_THRESHOLD, MIN_POOL, Decision, QuorumRule, parse_threshold
 
 
 def certificate_signing_bytes(result: ConsensusResult) -> bytes:

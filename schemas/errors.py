@@ -217,7 +217,7 @@ class ChainInvalid(AgenticPaymentsError):
             "CHAIN_MALFORMED",
         }
     )
-# -- authority coordinator (workers/authority.py) --------------------------------
+# -- authority coordinator (workers/authority/worker.py) --------------------------------
 class AuthorityError(AgenticPaymentsError):
     """The authority coordinator refused a change or a query."""
 
@@ -258,7 +258,7 @@ class StateConflict(AuthorityError):
     """Another writer changed the record first (compare-and-set lost); re-read and retry."""
 
     code = "STATE_CONFLICT"
-# -- key manager (workers/keys.py) ---------------------------------------------
+# -- key manager (workers/keys/worker.py) ---------------------------------------------
 class MasterKeyInvalid(ConfigError):
     """The key manager's master key is missing or malformed (exit 78)."""
 

@@ -31,7 +31,7 @@ from bus.subjects import Subjects
 from schemas.identity import AgentIdentity
 from schemas.messages import Ballot, Vote, VoteEntry
 from schemas.votes import sign_vote
-from workers.judge import judge
+from workers.consensus.judge import judge
 
 MODES = ("lie", "equivocate", "replay", "unknown-key", "forge", "garbage")
 

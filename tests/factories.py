@@ -7,11 +7,11 @@ from fractions import Fraction
 
 from schemas.identity import AgentIdentity
 from schemas.messages import Ballot, VerificationRequest, Vote
+from schemas.quorum import QuorumRule
 from schemas.signing import request_digest
 from schemas.votes import sign_vote
-from workers.ballot import BallotRound
-from workers.judge import judge
-from workers.quorum import QuorumRule
+from workers.consensus.ballot import BallotRound
+from workers.consensus.judge import judge
 
 
 def request(signer: AgentIdentity, message: bytes, rid: str, *, tamper: bool = False) -> bytes:

@@ -12,7 +12,7 @@ from bus.natsserver import NatsServer, start_nats_server
 from bus.permissions import User, render_auth_conf
 from bus.subjects import Subjects
 from tests.helpers import ROOT, Cluster
-from workers.nats_config import build_jwt_users, build_users
+from workers.cli.nats_config import build_jwt_users, build_users
 
 USERS = ["admin:admin", "tally:t1", "verifier:v1", "verifier:v2", "verifier:v3",
          "verifier:v4", "client:alice", "client:bob"]

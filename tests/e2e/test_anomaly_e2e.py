@@ -19,7 +19,7 @@ from schemas.certificate import verify_certificate
 from schemas.identity import AgentIdentity
 from schemas.messages import ConsensusResult, MetricsSnapshot, VerificationRequest
 from tests.helpers import Cluster
-from workers.anomaly_cli import read_alerts
+from workers.anomaly.cli import read_alerts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ from bus.subjects import Subjects
 from schemas.identity import verify_signature
 from schemas.keys import KeyRecord
 from tests.helpers import ROOT, Cluster
-from workers.keycrypto import MasterKey
+from workers.keys.crypto import MasterKey
 
 pytestmark = [pytest.mark.e2e]
 

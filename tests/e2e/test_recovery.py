@@ -24,8 +24,8 @@ from schemas.identity import AgentIdentity
 from schemas.messages import Heartbeat
 from schemas.recovery import HistoryQuery, RecoveryAttempt
 from tests.helpers import ROOT
-from workers.recovery_cli import fetch_history
-from workers.supervisor import LocalSupervisor, ProcSpec
+from workers.recovery.cli import fetch_history
+from workers.recovery.supervisor import LocalSupervisor, ProcSpec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

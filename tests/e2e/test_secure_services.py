@@ -24,8 +24,8 @@ from schemas.authority import AuthorityRecord
 from schemas.identity import AgentIdentity
 from schemas.messages import VerificationRequest
 from tests.secure import USERS, SecureCluster, SecureServer, start_secure_server
-from workers.cli import discover
-from workers.trust import TrustClient
+from workers.cli.main import discover
+from workers.trust.worker import TrustClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -16,7 +16,7 @@ import pytest
 from bus.config import NatsConfig
 from bus.connection import connect
 from tests.helpers import ROOT, Cluster
-from workers.trust import TrustClient
+from workers.trust.worker import TrustClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

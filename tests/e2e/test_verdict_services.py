@@ -25,7 +25,7 @@ from schemas.identity import AgentIdentity
 from schemas.messages import VerificationRequest
 from schemas.trust import PURPOSE_CA, PURPOSE_PAYMENT, issue
 from tests.helpers import ROOT, Cluster
-from workers.trust import TrustClient
+from workers.trust.worker import TrustClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 DAY = 86_400_000

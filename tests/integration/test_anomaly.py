@@ -20,9 +20,9 @@ from bus.subjects import Subjects
 from schemas.alerts import Alert, Severity
 from schemas.codec import encode
 from schemas.messages import MetricsSnapshot
-from workers.anomaly import AnomalyOptions, AnomalyWorker
-from workers.anomaly_cli import read_alerts
-from workers.baseline import BaselineConfig, Method
+from workers.anomaly.baseline import BaselineConfig, Method
+from workers.anomaly.cli import read_alerts
+from workers.anomaly.worker import AnomalyOptions, AnomalyWorker
 
 pytestmark = pytest.mark.integration
 
@@ -175,7 +175,7 @@ async def test_bad_input_is_counted_and_the_worker_keeps_serving(
 
 async def test_alerts_cli_reads_the_stream(nats_config: NatsConfig, nc: Client, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from workers.cli import main
+    from workers.cli.main import main
 
     subjects = Subjects(nats_config.prefix)
     argv = ["alerts", "--nats-url", nats_config.url, "--prefix", nats_config.prefix, "--json"]
@@ -200,7 +200,7 @@ async def test_alerts_cli_reads_the_stream(nats_config: NatsConfig, nc: Client, 
 @pytest.mark.parametrize("bad", [["--warmup", "1"], ["--window", "1"], ["--min-pool", "2"],
                                  ["--byzantine-after", "0"], ["--raise-after", "0"]])
 def test_bad_worker_configuration_exits_78(bad: list[str], tmp_path: Path) -> None:
-    from workers.cli import main
+    from workers.cli.main import main
 
     assert main(["worker", "anomaly", "--data-dir", str(tmp_path), *bad]) == 78
 

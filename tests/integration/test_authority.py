@@ -38,7 +38,7 @@ from schemas.authority import (
 from schemas.errors import RemoteError
 from schemas.identity import AgentIdentity
 from schemas.messages import ErrorReply
-from workers.authority import AuthorityWorker
+from workers.authority.worker import AuthorityWorker
 
 pytestmark = pytest.mark.integration
 DIGEST = message_digest(b"pay 12.50 EUR to merchant-42")
@@ -341,7 +341,7 @@ async def test_verifier_path_reads_the_same_state(nats_config: NatsConfig, nc: C
     decode_state_record, evaluated with evaluate_from_state — same answer as the service."""
     from bus.state import BucketMirror
     from schemas.authority import decode_state_record
-    from workers.policy import evaluate_from_state
+    from workers.authority.policy import evaluate_from_state
 
     ids = admin_ids()
     client = AuthorityClient(nc, nats_config.prefix)

@@ -24,8 +24,8 @@ from schemas.codec import encode
 from schemas.errors import CertificateInvalid, ConfigError, RemoteError
 from schemas.identity import AgentIdentity
 from schemas.messages import ConsensusResult
-from workers.tally import TallyOptions, TallyWorker
-from workers.verifier import VerifierWorker
+from workers.consensus.tally import TallyOptions, TallyWorker
+from workers.consensus.verifier import VerifierWorker
 
 pytestmark = pytest.mark.integration
 
@@ -263,7 +263,7 @@ async def test_client_rechecks_old_epoch_certificates_and_other_thresholds(
 
 
 def test_verifier_vote_cache_is_bounded(nats_config: NatsConfig, tmp_path: Path) -> None:
-    from workers import verifier as vmod
+    from workers.consensus import verifier as vmod
     worker = VerifierWorker(rt(nats_config, tmp_path, "v1"))
     now = 1_000_000
     for i in range(100):  # hostile far-future deadlines, 1 MiB votes
@@ -324,7 +324,7 @@ async def test_verifier_ignores_ballots_long_past_their_deadline(
         nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
     from bus.runtime import now_ms
     from schemas.messages import Ballot
-    from workers import verifier as vmod
+    from workers.consensus import verifier as vmod
     verifiers = await start_verifiers(nats_config, tmp_path, 1)
     votes: list[bytes] = []
 

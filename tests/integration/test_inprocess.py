@@ -20,8 +20,8 @@ from bus.decisions import decision_key
 from bus.runtime import RuntimeConfig
 from schemas.certificate import verify_certificate
 from schemas.identity import AgentIdentity
-from workers.tally import TallyOptions, TallyWorker
-from workers.verifier import VerifierWorker
+from workers.consensus.tally import TallyOptions, TallyWorker
+from workers.consensus.verifier import VerifierWorker
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ import pytest
 from bus import liveness
 from bus.config import NatsConfig
 from bus.runtime import RuntimeConfig
-from workers.verifier import VerifierWorker
+from workers.consensus.verifier import VerifierWorker
 
 pytestmark = pytest.mark.integration
 

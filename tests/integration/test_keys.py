@@ -27,8 +27,8 @@ from schemas.errors import MasterKeyInvalid, RemoteError
 from schemas.identity import AgentIdentity, verify_signature
 from schemas.keys import KeyInfo, KeyList, KeyRecord, KeyRevoked, KeyStatus
 from schemas.messages import ErrorReply
-from workers.keycrypto import MasterKey
-from workers.keys import KeysWorker
+from workers.keys.crypto import MasterKey
+from workers.keys.worker import KeysWorker
 
 pytestmark = pytest.mark.integration
 MASTER = os.urandom(32)

@@ -24,11 +24,11 @@ from schemas.alerts import Alert
 from schemas.codec import decode, encode
 from schemas.messages import ErrorReply, Heartbeat
 from schemas.recovery import HistoryQuery, RecoveryAttempt, RestartReply, RestartRequest
-from workers.liveness import RetryPolicy
-from workers.recovery import RecoveryOptions, RecoveryWorker
-from workers.recovery_cli import fetch_history
-from workers.respawn import KubernetesBackend, SystemdBackend
-from workers.supervisor import LocalSupervisor, ProcSpec
+from workers.recovery.backends import KubernetesBackend, SystemdBackend
+from workers.recovery.cli import fetch_history
+from workers.recovery.staleness import RetryPolicy
+from workers.recovery.supervisor import LocalSupervisor, ProcSpec
+from workers.recovery.worker import RecoveryOptions, RecoveryWorker
 
 pytestmark = pytest.mark.integration
 INTERVAL = 0.2

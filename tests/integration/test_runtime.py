@@ -17,8 +17,8 @@ from bus.config import NatsConfig
 from bus.runtime import EXIT_CONFIG, EXIT_CONNECT, RuntimeConfig
 from bus.subjects import Subjects
 from schemas.messages import Heartbeat, MetricsSnapshot
-from workers.cli import discover
-from workers.verifier import VerifierWorker
+from workers.cli.main import discover
+from workers.consensus.verifier import VerifierWorker
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

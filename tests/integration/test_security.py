@@ -1,7 +1,7 @@
 """The per-role permissions against a real nats-server started with the rendered config.
 
 Each test renders nkey users for its own prefix (bus/permissions.py through
-workers/nats_config.py), starts nats-server with that config, and connects
+workers/cli/nats_config.py), starts nats-server with that config, and connects
 with the role's credentials exactly as a worker would (NATS_NKEY_SEED,
 NATS_INBOX_PREFIX). A forbidden publish must both raise the server's
 permissions violation on the offender's connection and never reach a
@@ -157,7 +157,7 @@ async def test_client_without_its_inbox_prefix_gets_no_reply(secure: SecureServe
 
 async def test_unknown_nkey_and_wrong_role_cannot_connect_or_act(secure: SecureServer,
                                                                  tmp_path: Path) -> None:
-    from workers.nats_config import new_user_nkey
+    from workers.cli.nats_config import new_user_nkey
 
     seed, _ = new_user_nkey()
     seed_file = tmp_path / "stranger.nk"

@@ -15,9 +15,9 @@ from bus.runtime import RuntimeConfig
 from schemas.certificate import verify_certificate
 from schemas.identity import AgentIdentity
 from schemas.messages import Ballot, ConsensusResult
-from workers.tally import MAX_STATE_REBALLOTS, TallyOptions, TallyWorker
-from workers.verdict_state import StateVerdicts
-from workers.verifier import VerifierWorker
+from workers.consensus.tally import MAX_STATE_REBALLOTS, TallyOptions, TallyWorker
+from workers.consensus.verdict_state import StateVerdicts
+from workers.consensus.verifier import VerifierWorker
 
 pytestmark = pytest.mark.integration
 

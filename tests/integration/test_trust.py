@@ -31,7 +31,7 @@ from schemas.trust import (
     decode_trust_reply,
     issue,
 )
-from workers.trust import TrustClient, TrustWorker
+from workers.trust.worker import TrustClient, TrustWorker
 
 pytestmark = pytest.mark.integration
 DAY = 86_400_000

@@ -16,7 +16,7 @@ from bus.subjects import Subjects
 from schemas.identity import AgentIdentity
 from schemas.messages import Ballot, Vote
 from tests.factories import request
-from workers.verifier import VerifierWorker
+from workers.consensus.verifier import VerifierWorker
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""workers/admit.py: the public key an operator types is parsed strictly."""
+"""workers/cli/admit.py: the public key an operator types is parsed strictly."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from schemas.errors import ConfigError
 from schemas.identity import AgentIdentity, did_key
-from workers.admit import parse_public_key
+from workers.cli.admit import parse_public_key
 
 KEY = AgentIdentity.from_seed(bytes(range(32))).public_key
 

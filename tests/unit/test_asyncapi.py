@@ -54,7 +54,7 @@ from schemas.messages import (
     VoteEntry,
     VoteProof,
 )
-from workers.quorum import DEFAULT_THRESHOLD, MIN_POOL, Decision
+from schemas.quorum import DEFAULT_THRESHOLD, MIN_POOL, Decision
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "schemas" / "asyncapi.yaml"
 DOC: dict[str, Any] = yaml.safe_load(DOC_PATH.read_text(encoding="utf-8"))

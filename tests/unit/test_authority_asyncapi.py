@@ -18,7 +18,7 @@ from schemas.authority import (
 )
 from tests.unit.test_asyncapi import CHANNELS, DOC, MESSAGES, resolve, schema_for
 from tests.unit.test_asyncapi import OPERATIONS as DOC_OPS
-from workers.authority import AUTHORITY_QUEUE
+from workers.authority.worker import AUTHORITY_QUEUE
 
 CLASSES: tuple[type, ...] = (*ALL_AUTHORITY_MESSAGES, PolicyGroup)
 LEVELS = [level.value for level in TrustLevel]

@@ -9,8 +9,8 @@ import pytest
 from schemas.errors import VoteRejected
 from schemas.identity import AgentIdentity
 from schemas.messages import VoteEntry
+from schemas.quorum import Decision
 from tests.factories import Scenario, request
-from workers.quorum import Decision
 
 
 def test_honest_pool_decides_at_q_and_early() -> None:

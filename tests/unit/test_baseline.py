@@ -1,4 +1,4 @@
-"""Table-driven tests of the rolling baseline (workers/baseline.py)."""
+"""Table-driven tests of the rolling baseline (workers/anomaly/baseline.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from schemas.alerts import Severity
 from schemas.errors import ConfigError
 from schemas.messages import MetricsSnapshot
-from workers.baseline import (
+from workers.anomaly.baseline import (
     BaselineConfig,
     EventKind,
     Method,

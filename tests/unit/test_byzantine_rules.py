@@ -1,4 +1,5 @@
-"""Table-driven tests of the vote ledger and the quarantine policy (workers/byzantine_rules.py)."""
+"""Table-driven tests of the vote ledger and the quarantine policy
+(workers/anomaly/byzantine_rules.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from schemas.errors import ConfigError
 from schemas.signing import request_digest
 from tests.factories import Scenario
-from workers.byzantine_rules import (
+from workers.anomaly.byzantine_rules import (
     Action,
     QuarantineMode,
     QuarantinePolicy,

@@ -1,4 +1,4 @@
-"""Table-driven tests of the pure chain builder (workers/chain.py) and its cache."""
+"""Table-driven tests of the pure chain builder (workers/trust/chain.py) and its cache."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from schemas.trust import (
     TrustCertificate,
     issue,
 )
-from workers import chain
-from workers.chain import ChainCache, ChainResult, build_chain, validate_from_state
+from workers.trust import chain
+from workers.trust.chain import ChainCache, ChainResult, build_chain, validate_from_state
 
 NOW = 1_700_000_000_000
 DAY = 86_400_000

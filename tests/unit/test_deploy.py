@@ -30,7 +30,7 @@ import yaml
 
 from bus import liveness
 from tests.helpers import ROOT
-from workers.cli import build_parser, main
+from workers.cli.main import build_parser, main
 
 DEPLOY = ROOT / "deploy"
 SYSTEMD = DEPLOY / "systemd"

@@ -40,8 +40,8 @@ from schemas.keys import (
     decode_key_reply,
     decode_state_record,
 )
-from workers import keypolicy
-from workers.keycrypto import MasterKey, parse_master_key, write_master_key
+from workers.keys import lifecycle as keypolicy
+from workers.keys.crypto import MasterKey, parse_master_key, write_master_key
 
 HOUR = 3600 * 1000
 PK = bytes(range(32))

@@ -8,7 +8,7 @@ import pytest
 
 from schemas.errors import ConfigError
 from schemas.messages import Heartbeat
-from workers.liveness import (
+from workers.recovery.staleness import (
     ActionKind,
     RetryPolicy,
     Seen,

@@ -13,7 +13,7 @@ import pytest
 from bus.natsjwt import NKey, account_jwt, creds_file, operator_conf, operator_jwt, user_jwt
 from bus.permissions import permissions
 from bus.subjects import Subjects
-from workers.cli import main as cli_main
+from workers.cli.main import main as cli_main
 
 S = Subjects("ap")
 

@@ -27,8 +27,8 @@ from bus.permissions import (
     render_auth_conf,
 )
 from bus.subjects import Subjects
-from workers.cli import main as cli_main
-from workers.nats_config import build_users
+from workers.cli.main import main as cli_main
+from workers.cli.nats_config import build_users
 
 ROOT = Path(__file__).resolve().parents[2]
 S = Subjects("ap")

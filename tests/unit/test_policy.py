@@ -1,4 +1,4 @@
-"""Policy evaluation tables (workers/policy.py): pure, no NATS."""
+"""Policy evaluation tables (workers/authority/policy.py): pure, no NATS."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from schemas.authority import (
     sign_endorsement,
 )
 from schemas.identity import AgentIdentity
-from workers.policy import (
+from workers.authority.policy import (
     POLICY_MISSING,
     POLICY_NOT_MET,
     evaluate,

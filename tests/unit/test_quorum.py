@@ -8,7 +8,7 @@ from fractions import Fraction
 import pytest
 
 from schemas.errors import ConfigError
-from workers.quorum import Decision, QuorumRule, fault_tolerance, parse_threshold, quorum_size
+from schemas.quorum import Decision, QuorumRule, fault_tolerance, parse_threshold, quorum_size
 
 THRESHOLDS = [Fraction(1, 2), Fraction(2, 3), Fraction(3, 4), Fraction(1)]
 # Expected q written out by hand (not computed with the code under test).

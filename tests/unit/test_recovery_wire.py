@@ -28,8 +28,13 @@ from schemas.recovery import (
     RestartReply,
     RestartRequest,
 )
-from workers.respawn import host_token, pod_delete_request, systemctl_command, systemd_unit
-from workers.supervisor import ProcSpec
+from workers.recovery.backends import (
+    host_token,
+    pod_delete_request,
+    systemctl_command,
+    systemd_unit,
+)
+from workers.recovery.supervisor import ProcSpec
 
 DOC = yaml.safe_load((Path(__file__).resolve().parents[2] / "schemas" / "asyncapi.yaml")
                      .read_text())

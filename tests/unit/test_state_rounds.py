@@ -11,9 +11,9 @@ from schemas.certificate import sign_certificate, verify_certificate
 from schemas.errors import CertificateInvalid, VoteRejected
 from schemas.identity import AgentIdentity
 from schemas.messages import VerificationRequest
+from schemas.quorum import Decision
 from tests.factories import Scenario
-from workers.judge import NO_STATE, judge
-from workers.quorum import Decision
+from workers.consensus.judge import NO_STATE, judge
 
 
 def test_vote_at_another_revision_is_not_counted() -> None:
@@ -189,5 +189,5 @@ class ExpiringState(FakeState):
     (5000, 999, "OK"),           # an implausible ballot time is ignored
 ])
 def test_judging_at_the_ballot_time_and_our_own(issued: int, own: int, reason: str) -> None:
-    from workers.judge import judge_at_both
+    from workers.consensus.judge import judge_at_both
     assert judge_at_both(_raw(), ExpiringState(), issued, own).reason == reason

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from bus.membership import ACTIVE, QUARANTINED, MemberRecord, PoolView
-from workers.cli import _status_problems
+from workers.cli.main import _status_problems
 
 
 def pool(*ids: str, quarantined: tuple[str, ...] = ()) -> PoolView:

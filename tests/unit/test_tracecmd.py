@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
+import workers.cli.main as cli
 from bus.runtime import EXIT_CONFIG, EXIT_CONNECT
 from tests.helpers import ROOT
-from workers import cli
 
 OTEL_VARS = ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT",
              "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -46,7 +46,7 @@ def test_without_otel_configuration_it_says_how(no_otel: None,
 
 
 def test_trace_is_registered() -> None:
-    assert "workers.tracecmd" in cli.EXTENSIONS
+    assert "workers.cli.trace" in cli.EXTENSIONS
     with pytest.raises(SystemExit) as exc:
         cli.main(["trace", "--help"])
     assert exc.value.code == 0

@@ -39,7 +39,7 @@ from schemas.trust import (
     decode_trust_reply,
     issue,
 )
-from workers import chain
+from workers.trust import chain
 
 DOC: dict[str, Any] = yaml.safe_load(
     (Path(__file__).resolve().parents[2] / "schemas" / "asyncapi.yaml").read_text())

@@ -14,9 +14,9 @@ from schemas.identity import AgentIdentity
 from schemas.keys import KeyStatus
 from schemas.messages import VerificationRequest
 from schemas.trust import PURPOSE_CA, PURPOSE_PAYMENT, TrustAnchor, TrustCertRecord, issue
-from workers.chain import ChainCache
-from workers.judge import judge
-from workers.verdict_state import StateVerdicts, decode_state_record
+from workers.consensus.judge import judge
+from workers.consensus.verdict_state import StateVerdicts, decode_state_record
+from workers.trust.chain import ChainCache
 
 NOW = 1_800_000_000_000
 ROOT, CA, AGENT = AgentIdentity.generate(), AgentIdentity.generate(), AgentIdentity.generate()

@@ -17,7 +17,7 @@ import pytest
 
 from schemas.codec import encode
 from schemas.identity import verify_signature
-from workers.judge import judge
+from workers.consensus.judge import judge
 
 NAME = "wycheproof_ed25519_test.json"
 # AP_VECTORS_DIR, else ../shared/vectors beside the checkout (as CI lays it out), else the

@@ -38,8 +38,8 @@ from schemas.authority import (
 )
 from schemas.errors import CodecError, ConfigError, RemoteError
 from schemas.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, AgentIdentity
-from workers.authority import AuthorityWorker
-from workers.cli import (
+from workers.authority.worker import AuthorityWorker
+from workers.cli.main import (
     EXIT_NOT_VALID,
     _common,
     _connection,

@@ -8,13 +8,13 @@ each (see :data:`schemas.trust.OPS` for the request message of each op):
   remove-anchor  delete a trust anchor                               -> TrustAck
   add-cert       store a certificate after checking its signature   -> TrustAck
   revoke-cert    mark a stored certificate revoked                   -> TrustAck
-  validate       build a chain leaf -> anchor (pure workers/chain.py) -> ChainReply
+  validate       build a chain leaf -> anchor (pure workers/trust/chain.py) -> ChainReply
   list           every anchor and stored certificate                 -> TrustListing
 
 State lives in the verdict-state bucket ``{prefix}_state`` (bus/state.py):
 ``anchor.<public key hex>`` and ``cert.<serial>``, written with
 compare-and-set; every instance answers ``validate`` from a BucketMirror of
-that bucket and a :class:`~workers.chain.ChainCache` keyed by the mirror's
+that bucket and a :class:`~workers.trust.chain.ChainCache` keyed by the mirror's
 state revision. Writes reply only once this instance's mirror has applied
 them; a ``validate`` carrying ``min_revision`` waits for that revision, so a
 client reads its own writes through any instance.
@@ -82,7 +82,8 @@ from schemas.trust import (
     decode_trust_reply,
     issue,
 )
-from workers.chain import (
+from workers.consensus.verdict_state import decode_state_record, key_refusal
+from workers.trust.chain import (
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_SIGNATURE_CHECKS,
     ChainCache,
@@ -90,7 +91,6 @@ from workers.chain import (
     TrustIndex,
     no_refusal,
 )
-from workers.verdict_state import decode_state_record, key_refusal
 
 log = logging.getLogger("agentic_payments.trust")
 CAS_ATTEMPTS = 8
@@ -420,7 +420,7 @@ def _ack_json(ack: TrustAck) -> dict[str, Any]:
 
 async def _with_client(args: argparse.Namespace, body: Callable[[TrustClient], Awaitable[int]]
                        ) -> int:
-    from workers.cli import _connection, _nats
+    from workers.cli.main import _connection, _nats
 
     config = _nats(args)
     async with _connection(config, "agentic-payments-trust-cli") as nc:
@@ -428,7 +428,7 @@ async def _with_client(args: argparse.Namespace, body: Callable[[TrustClient], A
 
 
 def _print_ack(args: argparse.Namespace, ack: TrustAck) -> int:
-    from workers.cli import _out
+    from workers.cli.main import _out
 
     _out(args, f"{ack.op} {ack.key}: {ack.detail} (revision {ack.revision})", _ack_json(ack))
     return 0
@@ -451,7 +451,7 @@ def cmd_remove_anchor(args: argparse.Namespace) -> int:
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
-    from workers.cli import _out
+    from workers.cli.main import _out
 
     issuer = _identity(args.issuer_key)
     subject = _key_arg(args, "subject_key", "subject_key_file", "subject key")
@@ -495,7 +495,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from workers.cli import _out
+    from workers.cli.main import _out
 
     leaf = _key_arg(args, "leaf_key", "leaf_key_file", "leaf key")
     presented = tuple(Path(p).read_bytes() for p in args.cert or [])
@@ -521,7 +521,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from workers.cli import _out
+    from workers.cli.main import _out
 
     async def body(client: TrustClient) -> int:
         listing = await client.list()
@@ -542,7 +542,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
-    from workers.cli import _common, _positive
+    from workers.cli.main import _common, _positive
 
     _common(parser)
     parser.add_argument("--timeout", type=_positive, default=5.0,
@@ -559,7 +559,7 @@ def _key_options(parser: argparse.ArgumentParser, name: str, what: str) -> None:
 
 def register(sub: Any, kinds: Any) -> None:
     """Add ``worker trust`` and the ``trust`` command group to the CLI."""
-    from workers.cli import _positive, _runtime, _worker_common
+    from workers.cli.main import _positive, _runtime, _worker_common
 
     worker = kinds.add_parser(
         "trust", help="trust anchors, certificates, chain validation",

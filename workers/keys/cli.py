@@ -1,6 +1,6 @@
 """CLI of the key manager: ``worker keys`` and ``keys create|rotate|revoke|...``.
 
-Registered by workers/cli.py through EXTENSIONS. Exit codes as everywhere:
+Registered by workers/cli/main.py through EXTENSIONS. Exit codes as everywhere:
 0 ok; 1 the key manager refused (its error code is printed, e.g.
 KEY_NOT_FOUND, KEY_STATE_CONFLICT); 69 NATS unreachable or no key manager
 answers; 70 internal error; 78 bad configuration (e.g. MASTER_KEY_INVALID).
@@ -17,7 +17,7 @@ from typing import Any
 from bus.keyclient import KeyClient
 from bus.runtime import Worker
 from schemas.keys import KeyInfo, KeyPurpose
-from workers.cli import (
+from workers.cli.main import (
     _common,
     _connection,
     _nats,
@@ -26,8 +26,8 @@ from workers.cli import (
     _runtime,
     _worker_common,
 )
-from workers.keycrypto import MasterKey, write_master_key
-from workers.keys import DEFAULT_SWEEP_S, KeysWorker
+from workers.keys.crypto import MasterKey, write_master_key
+from workers.keys.worker import DEFAULT_SWEEP_S, KeysWorker
 
 log = logging.getLogger("agentic_payments.keys")
 

@@ -63,7 +63,7 @@ from schemas.errors import (
     StateConflict,
 )
 from schemas.messages import ErrorReply, WireMessage
-from workers.policy import evaluate, evaluate_from_state, satisfiable, split_state
+from workers.authority.policy import evaluate, evaluate_from_state, satisfiable, split_state
 
 log = logging.getLogger("agentic_payments.authority")
 AUTHORITY_QUEUE = "authority"

@@ -2,7 +2,7 @@
 
 Serves ``{prefix}.keys.<op>`` (queue group ``keys``, so several instances can
 run) with MessagePack ``key_request`` maps; see schemas/keys.py for the
-messages and workers/keypolicy.py for the rules. Every change is a
+messages and workers/keys/lifecycle.py for the rules. Every change is a
 compare-and-set on the key's record in ``{prefix}_keys``; then the public
 status of every affected version is written (compare-and-set, never over a
 status derived from a newer record) to ``{prefix}_state`` under
@@ -17,7 +17,7 @@ destroys keys whose deletion wait is over, and rewrites any public status that
 is missing or stale (repairing a manager that died between its two writes).
 
 Private seeds never leave this process: they are stored sealed (see
-workers/keycrypto.py) and only ``sign`` opens one, for one signature.
+workers/keys/crypto.py) and only ``sign`` opens one, for one signature.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ from schemas.keys import (
     KeySweep,
 )
 from schemas.messages import ErrorReply, WireMessage
-from workers import keypolicy
-from workers.keycrypto import MasterKey, wipe
+from workers.keys import lifecycle as keypolicy
+from workers.keys.crypto import MasterKey, wipe
 
 log = logging.getLogger("agentic_payments.keys")
 CAS_ATTEMPTS = 20

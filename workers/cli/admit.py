@@ -33,7 +33,7 @@ def parse_public_key(text: str) -> bytes:
 
 
 async def _admit(args: argparse.Namespace) -> int:
-    from workers.cli import _connection, _nats, _out
+    from workers.cli.main import _connection, _nats, _out
 
     key = parse_public_key(args.public_key)
     config = _nats(args)
@@ -52,7 +52,7 @@ def cmd_admit(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, kinds: Any) -> None:
-    from workers.cli import _common, _token
+    from workers.cli.main import _common, _token
 
     parser = sub.add_parser(
         "admit", help="admit a verifier's public key into the pool (consortium operators)",

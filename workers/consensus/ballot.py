@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from schemas import merkle
 from schemas.errors import VoteRejected
 from schemas.messages import ConsensusResult, Vote, VoteProof
+from schemas.quorum import Decision, QuorumRule
 from schemas.votes import vote_signature_ok, vote_tree
-from workers.quorum import Decision, QuorumRule
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from schemas.codec import decode
 from schemas.errors import CodecError, ConfigError, NotConnected, RemoteError, RequestTimeout
 from schemas.messages import ErrorReply
 from schemas.recovery import HISTORY_LIMITS, MAX_HISTORY, HistoryQuery, HistoryReply
-from workers.cli import _common, _connection, _nats, _out, _positive, _runtime, _worker_common
-from workers.liveness import RetryPolicy, parse_policy_override
-from workers.recovery import RecoveryOptions, RecoveryWorker
-from workers.respawn import Backend, KubernetesBackend, LocalBackend, SystemdBackend
+from workers.cli.main import _common, _connection, _nats, _out, _positive, _runtime, _worker_common
+from workers.recovery.backends import Backend, KubernetesBackend, LocalBackend, SystemdBackend
+from workers.recovery.staleness import RetryPolicy, parse_policy_override
+from workers.recovery.worker import RecoveryOptions, RecoveryWorker
 
 BACKENDS = ("local", "systemd", "kubernetes")
 

@@ -73,9 +73,9 @@ from schemas.messages import (
     VerificationRequest,
     Vote,
 )
+from schemas.quorum import DEFAULT_THRESHOLD, MIN_POOL, Decision, QuorumRule
 from schemas.signing import request_digest
-from workers.ballot import BallotRound
-from workers.quorum import DEFAULT_THRESHOLD, MIN_POOL, Decision, QuorumRule
+from workers.consensus.ballot import BallotRound
 
 log = logging.getLogger("agentic_payments.tally")
 #: Low-cardinality name of reply inboxes in span names (nats-py's inbox prefix).

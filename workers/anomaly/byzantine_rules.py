@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from schemas.errors import ConfigError
 from schemas.messages import Vote
-from workers.quorum import MIN_POOL
+from schemas.quorum import MIN_POOL
 
 DECIDED = ("VALID", "INVALID")
 

@@ -64,10 +64,10 @@ from schemas.errors import (
 )
 from schemas.identity import AgentIdentity
 from schemas.messages import ConsensusResult, Health, MetricsSnapshot, VerificationRequest
-from workers.quorum import QuorumRule, parse_threshold
-from workers.supervisor import LocalSupervisor, ProcSpec
-from workers.tally import TallyOptions, TallyWorker
-from workers.verifier import VerifierWorker
+from schemas.quorum import QuorumRule, parse_threshold
+from workers.consensus.tally import TallyOptions, TallyWorker
+from workers.consensus.verifier import VerifierWorker
+from workers.recovery.supervisor import LocalSupervisor, ProcSpec
 
 EXIT_NOT_VALID = 1
 
@@ -76,14 +76,14 @@ EXIT_NOT_VALID = 1
 #: top-level subparsers, ``kinds`` the ``worker KIND`` subparsers. A worker kind
 #: sets ``worker_factory=fn(args) -> Worker`` as a parser default.
 EXTENSIONS: tuple[str, ...] = (
-    "workers.tracecmd",
-    "workers.anomaly_cli",
-    "workers.trust",
-    "workers.authority_cli",
-    "workers.keys_cli",
-    "workers.recovery_cli",
-    "workers.nats_config",
-    "workers.admit",
+    "workers.cli.trace",
+    "workers.anomaly.cli",
+    "workers.trust.worker",
+    "workers.authority.cli",
+    "workers.keys.cli",
+    "workers.recovery.cli",
+    "workers.cli.nats_config",
+    "workers.cli.admit",
 )
 
 #: Service workers ``up`` starts once each (``worker KIND --id KIND1``), after
@@ -490,7 +490,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not args.kind or not args.id:
         raise ConfigError("give --kind and --id (or set AP_WORKER_KIND and AP_WORKER_ID)")
     if args.liveness:  # local file only, no NATS: bus/liveness.py
-        from workers.probes import check_liveness
+        from workers.cli.probes import check_liveness
         return check_liveness(args)
     return asyncio.run(_check(args))
 

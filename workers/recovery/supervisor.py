@@ -47,7 +47,7 @@ from bus.subjects import Subjects
 from schemas.errors import CodecError
 from schemas.messages import ErrorReply
 from schemas.recovery import RestartCode, RestartReply, RestartRequest
-from workers.respawn import host_token
+from workers.recovery.backends import host_token
 
 log = logging.getLogger("agentic_payments.supervisor")
 RECOVERY_KIND = "recovery"

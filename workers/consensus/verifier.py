@@ -35,9 +35,9 @@ from schemas.errors import CodecError
 from schemas.identity import AgentIdentity
 from schemas.messages import Ballot
 from schemas.votes import sign_vote
-from workers.chain import ChainCache
-from workers.judge import judge_at_both
-from workers.verdict_state import StateVerdicts, decode_state_record
+from workers.consensus.judge import judge_at_both
+from workers.consensus.verdict_state import StateVerdicts, decode_state_record
+from workers.trust.chain import ChainCache
 
 log = logging.getLogger("agentic_payments.verifier")
 #: Ballots this far past their deadline (by our clock) are skipped; the margin

@@ -24,7 +24,7 @@ from bus.tracing import setup_tracing, shutdown_telemetry, tracer
 from schemas.errors import AgenticPaymentsError, ConfigError, NotConnected, TransportError
 from schemas.identity import AgentIdentity
 from schemas.messages import VerificationRequest
-from workers.cli import EXIT_NOT_VALID, _common, _nats, _out, _positive
+from workers.cli.main import EXIT_NOT_VALID, _common, _nats, _out, _positive
 
 CLIENT_SERVICE = "agentic-payments-client"
 
@@ -82,7 +82,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, kinds: Any) -> None:
-    """Add the ``trace`` command (see workers/cli.py EXTENSIONS)."""
+    """Add the ``trace`` command (see workers/cli/main.py EXTENSIONS)."""
     parser = sub.add_parser(
         "trace", help="send traced requests and print their trace ids",
         description=(__doc__ or "").split("\n\n", 1)[1],

@@ -39,7 +39,7 @@ Severity from the score of the sample that raised (or escalated) the alert:
   medium    5 ≤ score < 8
   high      score ≥ 8
   critical  never from statistics: reserved for safety evidence (a Byzantine
-            verifier), see workers/byzantine_rules.py
+            verifier), see workers/anomaly/byzantine_rules.py
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 It reads every heartbeat from the ``{prefix}_HEARTBEATS`` stream with an
 ordered consumer starting ``replay_s`` in the past (so a restarted recovery
 worker catches up on who was alive), feeds them to the pure tracker
-(workers/liveness.py) and, every ``tick_s``, acts on what the tracker says is
+(workers/recovery/staleness.py) and, every ``tick_s``, acts on what the tracker says is
 due:
 
 * STALE    -> signed alert WORKER_STALE (high) on ``{prefix}.alert.high``;
@@ -47,8 +47,8 @@ from schemas.errors import CodecError, RespawnFailed
 from schemas.identity import AgentIdentity
 from schemas.messages import ErrorReply, Heartbeat
 from schemas.recovery import HistoryQuery, HistoryReply, Outcome, RecoveryAttempt
-from workers.liveness import Action, ActionKind, RetryPolicy, Seen, Tracker, WorkerKey
-from workers.respawn import Backend, Target, WorkerAlive, WorkerMisconfigured
+from workers.recovery.backends import Backend, Target, WorkerAlive, WorkerMisconfigured
+from workers.recovery.staleness import Action, ActionKind, RetryPolicy, Seen, Tracker, WorkerKey
 
 log = logging.getLogger("agentic_payments.recovery")
 ALERTS_DAYS = 30

@@ -8,11 +8,11 @@ Inputs:
   baselines before it sees live snapshots. From each pair of consecutive
   snapshots of one worker instance it derives per-interval samples
   (``processing_ms`` = mean task time in the interval, ``failure_rate`` =
-  failed / tasks in the interval) and feeds them to workers/baseline.py.
+  failed / tasks in the interval) and feeds them to workers/anomaly/baseline.py.
 * ``{prefix}.vote.>`` and ``{prefix}.decision.>`` (core subscriptions):
   votes are kept if their signature verifies and their key was an active pool
   member at the vote's epoch; certificates if they verify against that pool.
-  workers/byzantine_rules.py correlates the two (the ``vote_disagreement``
+  workers/anomaly/byzantine_rules.py correlates the two (the ``vote_disagreement``
   series gets 1/0 for each verifier whose vote was in when a request was
   decided) and yields signed evidence: a vote against the decided outcome or
   an equivocation.
@@ -61,8 +61,14 @@ from schemas.errors import CertificateInvalid, CodecError, ConfigError
 from schemas.identity import AgentIdentity
 from schemas.messages import ConsensusResult, MetricsSnapshot, Vote
 from schemas.votes import vote_signature_ok
-from workers.baseline import BaselineConfig, Event, EventKind, SeriesDetector, interval_samples
-from workers.byzantine_rules import (
+from workers.anomaly.baseline import (
+    BaselineConfig,
+    Event,
+    EventKind,
+    SeriesDetector,
+    interval_samples,
+)
+from workers.anomaly.byzantine_rules import (
     Action,
     Disagreement,
     Equivocation,

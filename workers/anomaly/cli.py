@@ -14,10 +14,10 @@ from nats.js.errors import NotFoundError
 
 from bus.subjects import Subjects
 from schemas.alerts import SEVERITY_ORDER, Alert, Severity
-from workers.anomaly import AnomalyOptions, AnomalyWorker, recent_alerts
-from workers.baseline import BaselineConfig, Method
-from workers.byzantine_rules import QuarantineMode, QuarantinePolicy
-from workers.cli import (
+from workers.anomaly.baseline import BaselineConfig, Method
+from workers.anomaly.byzantine_rules import QuarantineMode, QuarantinePolicy
+from workers.anomaly.worker import AnomalyOptions, AnomalyWorker, recent_alerts
+from workers.cli.main import (
     _common,
     _connection,
     _nats,

@@ -7,8 +7,8 @@ record format and rules belong to the service that owns it; this module only
 routes to them:
 
   key.*                  schemas/keys.py       KeyStatus.refusal(now)
-  anchor.*, cert.*       schemas/trust.py      workers/chain.py TrustIndex (purpose "payment")
-  authority.*, policy.*  schemas/authority.py  workers/policy.py evaluate
+  anchor.*, cert.*       schemas/trust.py      workers/trust/chain.py TrustIndex (purpose "payment")
+  authority.*, policy.*  schemas/authority.py  workers/authority/policy.py evaluate
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from schemas.authority import (
 from schemas.codec import Unreadable
 from schemas.errors import SchemaViolation
 from schemas.keys import KeyStatus
-from workers.chain import ChainCache, TrustIndex
-from workers.policy import evaluate, resolve_policy, split_state
+from workers.authority.policy import evaluate, resolve_policy, split_state
+from workers.trust.chain import ChainCache, TrustIndex
 
 Decoder = Callable[[str, bytes], object]
 #: Refusal when a record the check depends on could not be decoded (a newer
@@ -66,7 +66,7 @@ def key_refusal(items: Mapping[str, object], public_key: bytes, now_ms: int) -> 
 
 
 class StateVerdicts:
-    """``workers.judge.VerdictState`` over the decoded records of one revision.
+    """``workers.consensus.judge.VerdictState`` over the decoded records of one revision.
 
     Build one per revision and reuse it for every ballot judged at that
     revision: the trust index and the authority registry are derived once.

@@ -2,7 +2,7 @@
 
 Pure functions over :class:`schemas.keys.KeyRecord` — no I/O, no nats, no
 cryptography (new versions arrive already generated and sealed). The worker
-(workers/keys.py) reads a record, applies one of these, and writes the result
+(workers/keys/worker.py) reads a record, applies one of these, and writes the result
 back with compare-and-set.
 
 State machine (op -> allowed from -> to)::

@@ -1,0 +1,2 @@
+"""The ``agentic-payments`` command line: entry point (``main``) and the operator
+commands that belong to no single worker kind."""

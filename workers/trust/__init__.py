@@ -1,0 +1,2 @@
+"""Trust-chain validator: the service process (``worker``) and the pure chain
+builder (``chain``)."""
