@@ -29,6 +29,7 @@ bench *ARGS:
 
 lint:
     ruff check .
+    ruff format --check .
     mypy
 
 # what CI runs, from a fresh venv

@@ -56,13 +56,23 @@ async def replay_once(url: str, snapshots: int, tmp: Path) -> float:
     for i in range(snapshots):
         w = i % 10
         tasks = (i // 10 + 1) * 100
-        snap = MetricsSnapshot(kind="tally", worker_id=f"t{w}", instance="i", ts_ms=0,
-                               tasks=tasks, successes=tasks, failures=0, avg_ms=5.0,
-                               p99_ms=0.0, health="Healthy")
+        snap = MetricsSnapshot(
+            kind="tally",
+            worker_id=f"t{w}",
+            instance="i",
+            ts_ms=0,
+            tasks=tasks,
+            successes=tasks,
+            failures=0,
+            avg_ms=5.0,
+            p99_ms=0.0,
+            health="Healthy",
+        )
         futures.append(await js.publish_async(subjects.metrics("tally", f"t{w}"), snap.encode()))
     await asyncio.gather(*futures)
-    worker = AnomalyWorker(RuntimeConfig(worker_id="a1", nats=config, heartbeat_s=60,
-                                         metrics_s=60, data_dir=tmp))
+    worker = AnomalyWorker(
+        RuntimeConfig(worker_id="a1", nats=config, heartbeat_s=60, metrics_s=60, data_dir=tmp)
+    )
     started = time.perf_counter()
     await worker.start()
     await asyncio.wait_for(worker.replayed.wait(), 600)
@@ -91,8 +101,9 @@ async def detection_once(url: str, tmp: Path) -> float:
         cluster.start_tally()
         await cluster.wait_tally()
         agent = AgentIdentity.generate()
-        async with await VerifyClient.connect(NatsConfig(url=url, prefix=cluster.prefix),
-                                              timeout=15.0, retries=0) as client:
+        async with await VerifyClient.connect(
+            NatsConfig(url=url, prefix=cluster.prefix), timeout=15.0, retries=0
+        ) as client:
             started = time.perf_counter()
             await client.submit_raw(signed_request(agent, "pay 1 EUR", "r1").encode())
             while True:
@@ -129,16 +140,20 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             if server is not None:
                 server.stop()
     return {
-        "replay": {"snapshots": args.snapshots, "seconds": replays,
-                   "median_s": statistics.median(replays),
-                   "median_snapshots_per_s": args.snapshots / statistics.median(replays)},
+        "replay": {
+            "snapshots": args.snapshots,
+            "seconds": replays,
+            "median_s": statistics.median(replays),
+            "median_snapshots_per_s": args.snapshots / statistics.median(replays),
+        },
         "detection": {"seconds": detections, "median_s": statistics.median(detections)},
     }
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--snapshots", type=int, default=20000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--nats-url")

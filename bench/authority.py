@@ -51,10 +51,17 @@ DIGEST = message_digest(b"pay 10 EUR to merchant-42")
 def setup(n: int) -> tuple[QuorumPolicy, dict[bytes, AuthorityRecord], list[Endorsement]]:
     ids = [AgentIdentity.generate() for _ in range(n)]
     levels = ["Root", "High", "Medium"]
-    records = {i.public_key: AuthorityRecord(i.public_key, f"a{k}", levels[k % 3], True)
-               for k, i in enumerate(ids)}
-    policy = QuorumPolicy("payments", n, "Medium", Fraction(2, 3),
-                          (PolicyGroup(max(1, n // 3), "High"), PolicyGroup(1, "Root")))
+    records = {
+        i.public_key: AuthorityRecord(i.public_key, f"a{k}", levels[k % 3], True)
+        for k, i in enumerate(ids)
+    }
+    policy = QuorumPolicy(
+        "payments",
+        n,
+        "Medium",
+        Fraction(2, 3),
+        (PolicyGroup(max(1, n // 3), "High"), PolicyGroup(1, "Root")),
+    )
     return policy, records, [sign_endorsement(i, "payments", DIGEST) for i in ids]
 
 
@@ -89,12 +96,12 @@ async def service(url: str, requests: int) -> dict[str, float]:
             client = AuthorityClient(nc, config.prefix)
             ids = [AgentIdentity.generate() for _ in range(3)]
             for k, ident in enumerate(ids):
-                await client.change("add", AuthorityRecord(ident.public_key, f"a{k}", "High",
-                                                           True))
+                await client.change("add", AuthorityRecord(ident.public_key, f"a{k}", "High", True))
             await client.set_policy(QuorumPolicy("policy-admin", 1, "High", Fraction(1, 3)))
             default = QuorumPolicy("default", 2, "High", Fraction(2, 3), serial=1)
-            await client.set_policy(default, (sign_endorsement(ids[0], "policy-admin",
-                                                               default.digest()),))
+            await client.set_policy(
+                default, (sign_endorsement(ids[0], "policy-admin", default.digest()),)
+            )
             ends = tuple(sign_endorsement(i, "payments", DIGEST) for i in ids)
             latencies = []
             for _ in range(requests):
@@ -102,17 +109,21 @@ async def service(url: str, requests: int) -> dict[str, float]:
                 verdict = await client.evaluate("payments", DIGEST, ends)
                 latencies.append((time.perf_counter() - start) * 1000)
                 assert verdict.ok
-            return {"requests": requests, "p50_ms": round(rank(latencies, 50), 3),
-                    "p90_ms": round(rank(latencies, 90), 3),
-                    "p99_ms": round(rank(latencies, 99), 3)}
+            return {
+                "requests": requests,
+                "p50_ms": round(rank(latencies, 50), 3),
+                "p90_ms": round(rank(latencies, 90), 3),
+                "p99_ms": round(rank(latencies, 99), 3),
+            }
         finally:
             await nc.close()
             await worker.stop()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--nats-url")

@@ -94,15 +94,27 @@ def latency_summary(latencies_ms: list[float]) -> dict[str, float | None]:
 
 # ---------------------------------------------------------------- payloads
 def payment_message(i: int) -> bytes:
-    return json.dumps({"type": "payment", "amount": "12.34", "currency": "USD",
-                       "to": f"did:example:merchant-{i % 97}", "nonce": i},
-                      separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "type": "payment",
+            "amount": "12.34",
+            "currency": "USD",
+            "to": f"did:example:merchant-{i % 97}",
+            "nonce": i,
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def presign(count: int, signers: list[AgentIdentity], tag: str) -> list[VerificationRequest]:
-    return [signed_request(signers[i % len(signers)], payment_message(i),
-                           request_id=f"{tag}-{i}-{uuid.uuid4().hex[:12]}")
-            for i in range(count)]
+    return [
+        signed_request(
+            signers[i % len(signers)],
+            payment_message(i),
+            request_id=f"{tag}-{i}-{uuid.uuid4().hex[:12]}",
+        )
+        for i in range(count)
+    ]
 
 
 # ---------------------------------------------------------------- raw baseline
@@ -140,8 +152,12 @@ def raw_verify_rate(threads: int, seconds: float) -> dict[str, Any]:
         w.join()
     elapsed = time.perf_counter() - t0
     total = sum(counts)
-    return {"threads": threads, "seconds": round(elapsed, 3), "verifications": total,
-            "per_s": round(total / elapsed, 1)}
+    return {
+        "threads": threads,
+        "seconds": round(elapsed, 3),
+        "verifications": total,
+        "per_s": round(total / elapsed, 1),
+    }
 
 
 # ---------------------------------------------------------------- processes
@@ -171,8 +187,11 @@ def machine_cpu_delta(before: list[int] | None, after: list[int] | None) -> dict
     d = [a - b for a, b in zip(after, before, strict=False)]
     total = sum(d[:8]) or 1  # user nice system idle iowait irq softirq steal
     idle = d[3] + d[4]
-    return {"busy": round(1 - idle / total, 3), "idle": round(idle / total, 3),
-            "steal": round(d[7] / total, 3) if len(d) > 7 else 0.0}
+    return {
+        "busy": round(1 - idle / total, 3),
+        "idle": round(idle / total, 3),
+        "steal": round(d[7] / total, 3) if len(d) > 7 else 0.0,
+    }
 
 
 @dataclass
@@ -222,9 +241,14 @@ class Cluster:
     procs: list[Proc] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ, NATS_URL=self.nats_url, AP_PREFIX=self.prefix,
-                   AP_DATA_DIR=str(self.data_dir), PYTHONPATH=str(ROOT),
-                   AP_LOG_LEVEL=os.environ.get("AP_LOG_LEVEL", "INFO"))
+        env = dict(
+            os.environ,
+            NATS_URL=self.nats_url,
+            AP_PREFIX=self.prefix,
+            AP_DATA_DIR=str(self.data_dir),
+            PYTHONPATH=str(ROOT),
+            AP_LOG_LEVEL=os.environ.get("AP_LOG_LEVEL", "INFO"),
+        )
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         return env
 
@@ -233,10 +257,24 @@ class Cluster:
         log_path = self.data_dir / f"{name}.log"
         with log_path.open("ab") as out:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "workers.cli", "worker", role, "--id", worker_id,
-                 "--heartbeat-s", "1", *extra],
-                env=self.env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=ROOT)
+                [
+                    sys.executable,
+                    "-m",
+                    "workers.cli",
+                    "worker",
+                    role,
+                    "--id",
+                    worker_id,
+                    "--heartbeat-s",
+                    "1",
+                    *extra,
+                ],
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+            )
         proc = Proc(name, role, popen, log_path)
         self.procs.append(proc)
         ALL_PROCS.append(proc)
@@ -270,8 +308,9 @@ async def wait_pool(cluster: Cluster, size: int, timeout: float) -> membership.P
             if len(pool.keys) >= size:
                 return pool
             if time.monotonic() > deadline:
-                raise RuntimeError(f"pool has {len(pool.keys)} members after {timeout}s, "
-                                   f"wanted {size}")
+                raise RuntimeError(
+                    f"pool has {len(pool.keys)} members after {timeout}s, wanted {size}"
+                )
             await asyncio.sleep(0.1)
     finally:
         await nc.close()
@@ -304,9 +343,14 @@ async def worker_metrics(client: VerifyClient, cluster: Cluster) -> dict[str, An
         try:
             msg = await client.nc.request(subjects.status(p.role, worker_id), b"", timeout=2.0)
             snap = MetricsSnapshot.decode(msg.data)
-            out[p.name] = {"tasks": snap.tasks, "failures": snap.failures,
-                           "avg_ms": snap.avg_ms, "p99_ms": snap.p99_ms, "health": snap.health,
-                           "counters": dict(sorted(snap.counters.items()))}
+            out[p.name] = {
+                "tasks": snap.tasks,
+                "failures": snap.failures,
+                "avg_ms": snap.avg_ms,
+                "p99_ms": snap.p99_ms,
+                "health": snap.health,
+                "counters": dict(sorted(snap.counters.items())),
+            }
         except Exception as exc:
             out[p.name] = {"error": f"{type(exc).__name__}: {exc}"}
     return out
@@ -320,8 +364,9 @@ class Outcome:
     errors: Counter[str] = field(default_factory=Counter)
 
 
-async def one_request(client: VerifyClient, req: VerificationRequest, outcome: Outcome,
-                      timeout: float) -> None:
+async def one_request(
+    client: VerifyClient, req: VerificationRequest, outcome: Outcome, timeout: float
+) -> None:
     t0 = time.perf_counter()
     try:
         cert = await client.verify_with_consensus(req, timeout=timeout)
@@ -352,8 +397,9 @@ def summarize(outcome: Outcome, elapsed: float, sent: int) -> dict[str, Any]:
     }
 
 
-async def run_low_rate(client: VerifyClient, requests: list[VerificationRequest], rate: float,
-                       timeout: float) -> dict[str, Any]:
+async def run_low_rate(
+    client: VerifyClient, requests: list[VerificationRequest], rate: float, timeout: float
+) -> dict[str, Any]:
     """Open loop: request i is sent at t0 + i / rate whatever the replies do."""
     outcome = Outcome()
     tasks = []
@@ -368,13 +414,15 @@ async def run_low_rate(client: VerifyClient, requests: list[VerificationRequest]
     elapsed = time.perf_counter() - t0
     result = summarize(outcome, elapsed, len(requests))
     result["target_rate_per_s"] = rate
-    result["achieved_send_rate_per_s"] = round((len(requests) - 1) / send_span, 1) \
-        if send_span > 0 and len(requests) > 1 else None
+    result["achieved_send_rate_per_s"] = (
+        round((len(requests) - 1) / send_span, 1) if send_span > 0 and len(requests) > 1 else None
+    )
     return result
 
 
-async def run_saturation(client: VerifyClient, requests: list[VerificationRequest],
-                         concurrency: int, timeout: float) -> dict[str, Any]:
+async def run_saturation(
+    client: VerifyClient, requests: list[VerificationRequest], concurrency: int, timeout: float
+) -> dict[str, Any]:
     outcome = Outcome()
     gate = asyncio.Semaphore(concurrency)
 
@@ -390,8 +438,9 @@ async def run_saturation(client: VerifyClient, requests: list[VerificationReques
     return result
 
 
-async def bench_pool(n: int, args: argparse.Namespace, nats_url: str, work_dir: Path,
-                     raw_per_s: float) -> dict[str, Any]:
+async def bench_pool(
+    n: int, args: argparse.Namespace, nats_url: str, work_dir: Path, raw_per_s: float
+) -> dict[str, Any]:
     prefix = f"bench-{uuid.uuid4().hex[:8]}-n{n}"
     data_dir = work_dir / prefix
     data_dir.mkdir(parents=True)
@@ -412,29 +461,35 @@ async def bench_pool(n: int, args: argparse.Namespace, nats_url: str, work_dir: 
         await wait_tally(cluster, args.startup_timeout)
         result["startup_s"] = round(time.perf_counter() - t_start, 2)
         result["pool_epoch"] = pool.epoch
-        log(f"n={n}: pool of {len(pool.keys)} ready, tally answers "
-            f"({result['startup_s']}s)")
+        log(f"n={n}: pool of {len(pool.keys)} ready, tally answers ({result['startup_s']}s)")
 
         nc = await connect(NatsConfig(url=nats_url, prefix=prefix), name="bench-client")
         # Certificate re-checking is the client's own CPU; on this shared 2-core box it
         # would be charged to the network, so it is off unless --check-certificates.
-        client = VerifyClient(nc, prefix=prefix, timeout=args.timeout, retries=args.retries,
-                              owns_connection=True,
-                              verify_certificates=args.check_certificates)
+        client = VerifyClient(
+            nc,
+            prefix=prefix,
+            timeout=args.timeout,
+            retries=args.retries,
+            owns_connection=True,
+            verify_certificates=args.check_certificates,
+        )
 
         if warm_reqs:
             log(f"n={n}: warm-up, {len(warm_reqs)} requests")
-            warm = await run_saturation(client, warm_reqs, min(64, args.concurrency),
-                                        args.timeout)
-            result["warmup"] = {k: warm[k] for k in ("requests", "decided", "errors",
-                                                       "decisions_per_s")}
+            warm = await run_saturation(client, warm_reqs, min(64, args.concurrency), args.timeout)
+            result["warmup"] = {
+                k: warm[k] for k in ("requests", "decided", "errors", "decisions_per_s")
+            }
 
         log(f"n={n}: low_rate, {len(low_reqs)} requests at {args.rate}/s")
         cluster.check_alive()
         result["low_rate"] = await run_low_rate(client, low_reqs, args.rate, args.timeout)
         lr = result["low_rate"]
-        log(f"n={n}: low_rate p50={lr['p50_ms']}ms p99={lr['p99_ms']}ms "
-            f"non_valid={lr['non_valid']} errors={lr['errors']}")
+        log(
+            f"n={n}: low_rate p50={lr['p50_ms']}ms p99={lr['p99_ms']}ms "
+            f"non_valid={lr['non_valid']} errors={lr['errors']}"
+        )
 
         runs = []
         for r, reqs in enumerate(sat_reqs):
@@ -444,8 +499,10 @@ async def bench_pool(n: int, args: argparse.Namespace, nats_url: str, work_dir: 
             srv0 = proc_cpu_s(SERVER[0].process.pid) if SERVER else None
             self0 = time.process_time()
             mach0 = machine_cpu()
-            log(f"n={n}: saturation {r + 1}/{args.repeats}, {len(reqs)} requests, "
-                f"concurrency {args.concurrency}")
+            log(
+                f"n={n}: saturation {r + 1}/{args.repeats}, {len(reqs)} requests, "
+                f"concurrency {args.concurrency}"
+            )
             run = await run_saturation(client, reqs, args.concurrency, args.timeout)
             cpu1 = cluster.cpu()
             srv1 = proc_cpu_s(SERVER[0].process.pid) if SERVER else None
@@ -453,8 +510,11 @@ async def bench_pool(n: int, args: argparse.Namespace, nats_url: str, work_dir: 
             util: dict[str, float | None] = {}
             for name, before in cpu0.items():
                 after = cpu1.get(name)
-                util[name] = (round((after - before) / wall, 3)
-                              if before is not None and after is not None and wall else None)
+                util[name] = (
+                    round((after - before) / wall, 3)
+                    if before is not None and after is not None and wall
+                    else None
+                )
             util["bench-client"] = round((time.process_time() - self0) / wall, 3) if wall else None
             if srv0 is not None and srv1 is not None and wall:
                 util["nats-server"] = round((srv1 - srv0) / wall, 3)
@@ -463,12 +523,15 @@ async def bench_pool(n: int, args: argparse.Namespace, nats_url: str, work_dir: 
             if mach and os.cpu_count():
                 ours = sum(v for v in util.values() if v is not None)
                 # cores busy with something other than this benchmark (other jobs on the host)
-                mach["other_cores"] = round(max(0.0, mach["busy"] * (os.cpu_count() or 1) - ours),
-                                            3)
+                mach["other_cores"] = round(
+                    max(0.0, mach["busy"] * (os.cpu_count() or 1) - ours), 3
+                )
             run["machine_cpu"] = mach
             runs.append(run)
-            log(f"n={n}: saturation {r + 1}: {run['decisions_per_s']}/s p50={run['p50_ms']}ms "
-                f"p99={run['p99_ms']}ms errors={run['errors']} non_valid={run['non_valid']}")
+            log(
+                f"n={n}: saturation {r + 1}: {run['decisions_per_s']}/s p50={run['p50_ms']}ms "
+                f"p99={run['p99_ms']}ms errors={run['errors']} non_valid={run['non_valid']}"
+            )
 
         rates = [x["decisions_per_s"] or 0.0 for x in runs]
         med = statistics.median(rates)
@@ -479,12 +542,15 @@ async def bench_pool(n: int, args: argparse.Namespace, nats_url: str, work_dir: 
             "repeats": args.repeats,
             "decisions_per_s_median": round(med, 1),
             "decisions_per_s_all": rates,
-            "p50_ms_median": statistics.median([x["p50_ms"] for x in runs
-                                                if x["p50_ms"] is not None] or [0]),
-            "p90_ms_median": statistics.median([x["p90_ms"] for x in runs
-                                                if x["p90_ms"] is not None] or [0]),
-            "p99_ms_median": statistics.median([x["p99_ms"] for x in runs
-                                                if x["p99_ms"] is not None] or [0]),
+            "p50_ms_median": statistics.median(
+                [x["p50_ms"] for x in runs if x["p50_ms"] is not None] or [0]
+            ),
+            "p90_ms_median": statistics.median(
+                [x["p90_ms"] for x in runs if x["p90_ms"] is not None] or [0]
+            ),
+            "p99_ms_median": statistics.median(
+                [x["p99_ms"] for x in runs if x["p99_ms"] is not None] or [0]
+            ),
             "errors_total": sum(x["errors"] for x in runs),
             "non_valid_total": sum(x["non_valid"] for x in runs),
             "median_run_cpu_cores_used": median_run["cpu_cores_used"],
@@ -492,8 +558,9 @@ async def bench_pool(n: int, args: argparse.Namespace, nats_url: str, work_dir: 
             "runs": runs,
         }
         result["efficiency"] = round(med * n / raw_per_s, 4) if raw_per_s else None
-        result["efficiency_all"] = [round(x * n / raw_per_s, 4) for x in rates] \
-            if raw_per_s else None
+        result["efficiency_all"] = (
+            [round(x * n / raw_per_s, 4) for x in rates] if raw_per_s else None
+        )
         result["worker_metrics"] = await worker_metrics(client, cluster)
     except Exception:
         for p in cluster.procs:
@@ -527,39 +594,82 @@ async def drop_buckets(nats_url: str, prefix: str) -> None:
 
 # ---------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--requests", type=int, default=None,
-                   help="requests per saturation run (default 5000; --quick 100)")
-    p.add_argument("--concurrency", type=int, default=512,
-                   help="requests in flight during saturation (default 512)")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="saturation runs per pool size (default 3; --quick 1)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--requests",
+        type=int,
+        default=None,
+        help="requests per saturation run (default 5000; --quick 100)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=512,
+        help="requests in flight during saturation (default 512)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="saturation runs per pool size (default 3; --quick 1)",
+    )
     p.add_argument("--rate", type=float, default=50.0, help="low_rate requests/s (default 50)")
-    p.add_argument("--low-requests", type=int, default=None,
-                   help="low_rate requests (default 200; --quick 50)")
-    p.add_argument("--warmup", type=int, default=None,
-                   help="warm-up requests before measuring (default 200; --quick 20)")
+    p.add_argument(
+        "--low-requests", type=int, default=None, help="low_rate requests (default 200; --quick 50)"
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="warm-up requests before measuring (default 200; --quick 20)",
+    )
     p.add_argument("--pool-sizes", default="3,4", help="pool sizes, comma separated (3,4)")
-    p.add_argument("--raw-seconds", type=float, default=None,
-                   help="seconds of raw PyNaCl verification (default 2; --quick 1)")
+    p.add_argument(
+        "--raw-seconds",
+        type=float,
+        default=None,
+        help="seconds of raw PyNaCl verification (default 2; --quick 1)",
+    )
     p.add_argument("--raw-threads", type=int, default=2, help="threads for the raw baseline (2)")
-    p.add_argument("--timeout", type=float, default=30.0,
-                   help="client timeout per attempt, seconds (default 30)")
-    p.add_argument("--check-certificates", action="store_true",
-                   help="re-check every certificate in the load generator (off by default: "
-                        "it is client CPU, which shares the machine with the workers)")
-    p.add_argument("--retries", type=int, default=0,
-                   help="client retries (default 0, so every failure is visible)")
-    p.add_argument("--settle", type=float, default=None,
-                   help="pause before each saturation run, seconds (default 1; --quick 0.2)")
-    p.add_argument("--startup-timeout", type=float, default=30.0,
-                   help="seconds to wait for the pool and the tally (default 30)")
-    p.add_argument("--tally-arg", action="append", default=[],
-                   help="extra argument for the tally process (repeatable), e.g. "
-                        "--tally-arg=--max-batch=128")
-    p.add_argument("--nats-url", default=None,
-                   help="use this NATS server instead of starting one")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="client timeout per attempt, seconds (default 30)",
+    )
+    p.add_argument(
+        "--check-certificates",
+        action="store_true",
+        help="re-check every certificate in the load generator (off by default: "
+        "it is client CPU, which shares the machine with the workers)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="client retries (default 0, so every failure is visible)",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        help="pause before each saturation run, seconds (default 1; --quick 0.2)",
+    )
+    p.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the pool and the tally (default 30)",
+    )
+    p.add_argument(
+        "--tally-arg",
+        action="append",
+        default=[],
+        help="extra argument for the tally process (repeatable), e.g. --tally-arg=--max-batch=128",
+    )
+    p.add_argument("--nats-url", default=None, help="use this NATS server instead of starting one")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs)")
     p.add_argument("--quick", action="store_true", help="small run, well under a minute")
     args = p.parse_args(argv)
@@ -591,8 +701,9 @@ def nats_server_version(server: NatsServer | None) -> str | None:
     return None
 
 
-async def run_all(args: argparse.Namespace, nats_url: str, work_dir: Path,
-                  raw_per_s: float) -> list[dict[str, Any]]:
+async def run_all(
+    args: argparse.Namespace, nats_url: str, work_dir: Path, raw_per_s: float
+) -> list[dict[str, Any]]:
     pools = []
     for n in args.pool_sizes:
         pools.append(await bench_pool(n, args, nats_url, work_dir, raw_per_s))
@@ -619,8 +730,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"raw PyNaCl baseline: {args.raw_threads} threads x {args.raw_seconds}s")
         raw_before = raw_verify_rate(args.raw_threads, args.raw_seconds)
         raw_single = raw_verify_rate(1, max(0.5, args.raw_seconds / 2))
-        log(f"raw: {raw_before['per_s']}/s ({args.raw_threads} threads), "
-            f"{raw_single['per_s']}/s (1 thread)")
+        log(
+            f"raw: {raw_before['per_s']}/s ({args.raw_threads} threads), "
+            f"{raw_single['per_s']}/s (1 thread)"
+        )
         raw_per_s = raw_before["per_s"]
 
         if args.nats_url:
@@ -644,7 +757,8 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {
                 "nproc": os.cpu_count(),
                 "sched_affinity": len(os.sched_getaffinity(0))
-                if hasattr(os, "sched_getaffinity") else None,
+                if hasattr(os, "sched_getaffinity")
+                else None,
                 "python": platform.python_version(),
                 "implementation": platform.python_implementation(),
                 "platform": platform.platform(),
@@ -653,26 +767,36 @@ def main(argv: list[str] | None = None) -> int:
                 "pynacl": getattr(nacl, "__version__", None),
             },
             "parameters": {
-                "quick": args.quick, "pool_sizes": args.pool_sizes,
+                "quick": args.quick,
+                "pool_sizes": args.pool_sizes,
                 "low_rate": {"rate_per_s": args.rate, "requests": args.low_requests},
-                "saturation": {"requests": args.requests, "concurrency": args.concurrency,
-                               "repeats": args.repeats},
-                "warmup_requests": args.warmup, "client_timeout_s": args.timeout,
-                "client_retries": args.retries, "tally_args": args.tally_arg,
+                "saturation": {
+                    "requests": args.requests,
+                    "concurrency": args.concurrency,
+                    "repeats": args.repeats,
+                },
+                "warmup_requests": args.warmup,
+                "client_timeout_s": args.timeout,
+                "client_retries": args.retries,
+                "tally_args": args.tally_arg,
                 "client_checks_certificates": args.check_certificates,
-                "raw_threads": args.raw_threads, "raw_seconds": args.raw_seconds,
+                "raw_threads": args.raw_threads,
+                "raw_seconds": args.raw_seconds,
                 "nats": "external" if args.external_nats else "started by bench",
             },
             "raw_pynacl": {
                 "verifications_per_s": raw_per_s,
-                "before": raw_before, "after": raw_after, "single_thread": raw_single,
-                "after_over_before": (round(raw_after["per_s"] / raw_per_s, 3)
-                                      if raw_per_s else None),
+                "before": raw_before,
+                "after": raw_after,
+                "single_thread": raw_single,
+                "after_over_before": (
+                    round(raw_after["per_s"] / raw_per_s, 3) if raw_per_s else None
+                ),
                 "note": "efficiency uses 'before'; an after/before ratio far from 1 means the "
-                        "machine's speed changed during the run (noisy host)",
+                "machine's speed changed during the run (noisy host)",
             },
             "efficiency_definition": "saturation decisions/s (median) x n / raw verifications/s "
-                                     "(2 threads, measured before the pools)",
+            "(2 threads, measured before the pools)",
             "summary": {
                 f"n{p['n']}": {
                     "saturation_decisions_per_s_median": p["saturation"]["decisions_per_s_median"],
@@ -685,7 +809,8 @@ def main(argv: list[str] | None = None) -> int:
                     "low_rate_p99_ms": p["low_rate"]["p99_ms"],
                     "low_rate_non_valid": p["low_rate"]["non_valid"],
                     "efficiency": p["efficiency"],
-                } for p in pools
+                }
+                for p in pools
             },
             "pools": pools,
         }

@@ -58,30 +58,58 @@ def pct(values: list[float], p: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 3), "p95": round(pct(values, 95), 3),
-            "max": round(max(values), 3), "min": round(min(values), 3)}
+    return {
+        "median": round(statistics.median(values), 3),
+        "p95": round(pct(values, 95), 3),
+        "max": round(max(values), 3),
+        "min": round(min(values), 3),
+    }
 
 
 def start_manager(url: str, prefix: str, tmp: Path) -> subprocess.Popen[bytes]:
     master = tmp / "master.key"
     write_master_key(master)
-    env = dict(os.environ, NATS_URL=url, AP_PREFIX=prefix, AP_DATA_DIR=str(tmp),
-               PYTHONPATH=str(ROOT), AP_LOG_LEVEL="WARNING")
+    env = dict(
+        os.environ,
+        NATS_URL=url,
+        AP_PREFIX=prefix,
+        AP_DATA_DIR=str(tmp),
+        PYTHONPATH=str(ROOT),
+        AP_LOG_LEVEL="WARNING",
+    )
     with (tmp / "keys.log").open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "keys", "--id",
-                                 "bench1", "--master-key-file", str(master)], env=env,
-                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "workers.cli",
+                "worker",
+                "keys",
+                "--id",
+                "bench1",
+                "--master-key-file",
+                str(master),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
-async def run(url: str, prefix: str, proc: subprocess.Popen[bytes], count: int,
-              tmp: Path) -> dict[str, Any]:
+async def run(
+    url: str, prefix: str, proc: subprocess.Popen[bytes], count: int, tmp: Path
+) -> dict[str, Any]:
     config = NatsConfig(url=url, prefix=prefix)
     client_nc = await connect(config, name="bench-client")
     mirror_nc = await connect(config, name="bench-verifier")
     changed = asyncio.Event()
     mirror: BucketMirror[KeyStatus] = BucketMirror(
-        mirror_nc, Subjects(prefix).state_bucket, lambda _k, v: KeyStatus.decode(v),
-        on_change=changed.set)
+        mirror_nc,
+        Subjects(prefix).state_bucket,
+        lambda _k, v: KeyStatus.decode(v),
+        on_change=changed.set,
+    )
     try:
         keys = KeyClient(client_nc, prefix, timeout=30)
         end = time.monotonic() + 60
@@ -124,9 +152,13 @@ async def run(url: str, prefix: str, proc: subprocess.Popen[bytes], count: int,
             rtt.append((t1 - t0) * 1000)
             after_reply.append((t2 - t1) * 1000)
             total.append((t2 - t0) * 1000)
-        return {"revocations": count, "visible_before_reply": already,
-                "request_to_reply_ms": summary(rtt), "reply_to_visible_ms": summary(after_reply),
-                "request_to_visible_ms": summary(total)}
+        return {
+            "revocations": count,
+            "visible_before_reply": already,
+            "request_to_reply_ms": summary(rtt),
+            "reply_to_visible_ms": summary(after_reply),
+            "request_to_visible_ms": summary(total),
+        }
     finally:
         await mirror.stop()
         await mirror_nc.close()
@@ -156,11 +188,15 @@ def main() -> int:
         finally:
             if server is not None:
                 server.stop()
-    result.update(bench="keys_revocation", date=dt.date.today().isoformat(),
-                  load_avg_1m_5m_15m=[round(x, 2) for x in os.getloadavg()],
-                  python=platform.python_version(), cpus=os.cpu_count(),
-                  method="revoke reply -> BucketMirror on a second connection; "
-                         "key manager in its own process; nearest-rank p95")
+    result.update(
+        bench="keys_revocation",
+        date=dt.date.today().isoformat(),
+        load_avg_1m_5m_15m=[round(x, 2) for x in os.getloadavg()],
+        python=platform.python_version(),
+        cpus=os.cpu_count(),
+        method="revoke reply -> BucketMirror on a second connection; "
+        "key manager in its own process; nearest-rank p95",
+    )
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 

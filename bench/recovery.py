@@ -82,10 +82,12 @@ def nearest_rank(values: list[float], pct: float) -> float | None:
 
 
 def summary(values: list[float]) -> dict[str, float | None]:
-    return {"n": len(values),
-            "p50_ms": None if not values else round(statistics.median(values), 1),
-            "p95_ms": None if not values else round(nearest_rank(values, 95) or 0, 1),
-            "max_ms": None if not values else round(max(values), 1)}
+    return {
+        "n": len(values),
+        "p50_ms": None if not values else round(statistics.median(values), 1),
+        "p95_ms": None if not values else round(nearest_rank(values, 95) or 0, 1),
+        "max_ms": None if not values else round(max(values), 1),
+    }
 
 
 class Load:
@@ -132,14 +134,39 @@ async def bench(args: argparse.Namespace, nats_url: str, work_dir: Path) -> dict
     prefix = f"rb{uuid.uuid4().hex[:8]}"
     subjects = Subjects(prefix)
     hb = ["--heartbeat-s", str(args.heartbeat_s)]
-    specs = [ProcSpec(f"verifier-v{i}", ["worker", "verifier", "--id", f"v{i}", *hb])
-             for i in range(1, VERIFIERS + 1)]
+    specs = [
+        ProcSpec(f"verifier-v{i}", ["worker", "verifier", "--id", f"v{i}", *hb])
+        for i in range(1, VERIFIERS + 1)
+    ]
     specs.append(ProcSpec("tally-t1", ["worker", "tally", "--id", "t1", *hb]))
-    specs.append(ProcSpec("recovery-r1", [
-        "worker", "recovery", "--id", "r1", *hb, "--missed", str(args.missed),
-        "--startup-grace-s", "20", "--max-retries", "5", "--reset-after-s", "5"]))
-    env = dict(os.environ, NATS_URL=nats_url, AP_PREFIX=prefix, AP_DATA_DIR=str(work_dir),
-               PYTHONPATH=str(ROOT), AP_SUPERVISOR="bench")
+    specs.append(
+        ProcSpec(
+            "recovery-r1",
+            [
+                "worker",
+                "recovery",
+                "--id",
+                "r1",
+                *hb,
+                "--missed",
+                str(args.missed),
+                "--startup-grace-s",
+                "20",
+                "--max-retries",
+                "5",
+                "--reset-after-s",
+                "5",
+            ],
+        )
+    )
+    env = dict(
+        os.environ,
+        NATS_URL=nats_url,
+        AP_PREFIX=prefix,
+        AP_DATA_DIR=str(work_dir),
+        PYTHONPATH=str(ROOT),
+        AP_SUPERVISOR="bench",
+    )
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     sup = LocalSupervisor(specs, env=env, log_dir=work_dir / "logs")
     nc = await connect(NatsConfig(url=nats_url, prefix=prefix), name="bench-recovery")
@@ -170,8 +197,9 @@ async def bench(args: argparse.Namespace, nats_url: str, work_dir: Path) -> dict
         for kind, worker_id in wanted:  # the recovery worker reads them from the stream
             while True:
                 try:
-                    await js.get_last_msg(subjects.heartbeat_stream,
-                                          subjects.heartbeat(kind, worker_id))
+                    await js.get_last_msg(
+                        subjects.heartbeat_stream, subjects.heartbeat(kind, worker_id)
+                    )
                     break
                 except Exception:
                     await asyncio.sleep(0.1)
@@ -195,18 +223,24 @@ async def bench(args: argparse.Namespace, nats_url: str, work_dir: Path) -> dict
             t_hb = latest[("verifier", worker_id)][1]
             attempt: RecoveryAttempt | None = None
             for _ in range(50):
-                reply = await fetch_history(nc, subjects, HistoryQuery("verifier", worker_id,
-                                                                       20), 5.0)
-                attempt = next((a for a in reply.attempts if a.dead_generation == old_gen
-                                and a.respawned_ms), None)
+                reply = await fetch_history(
+                    nc, subjects, HistoryQuery("verifier", worker_id, 20), 5.0
+                )
+                attempt = next(
+                    (a for a in reply.attempts if a.dead_generation == old_gen and a.respawned_ms),
+                    None,
+                )
                 if attempt is not None:
                     break
                 await asyncio.sleep(0.1)
             row = {"worker": worker_id, "first_heartbeat_ms": round((t_hb - t_kill) * 1000, 1)}
             if attempt is not None:
-                row.update(detection_ms=attempt.detected_ms - t_kill * 1000,
-                           respawn_ms=attempt.respawned_ms - t_kill * 1000,
-                           attempt=attempt.attempt, outcome=attempt.outcome)
+                row.update(
+                    detection_ms=attempt.detected_ms - t_kill * 1000,
+                    respawn_ms=attempt.respawned_ms - t_kill * 1000,
+                    attempt=attempt.attempt,
+                    outcome=attempt.outcome,
+                )
                 row["detection_ms"] = round(row["detection_ms"], 1)
                 row["respawn_ms"] = round(row["respawn_ms"], 1)
             kills.append(row)
@@ -225,13 +259,17 @@ async def bench(args: argparse.Namespace, nats_url: str, work_dir: Path) -> dict
         "detection": summary([r["detection_ms"] for r in kills if "detection_ms" in r]),
         "respawn": summary([r["respawn_ms"] for r in kills if "respawn_ms" in r]),
         "first_heartbeat": summary([r["first_heartbeat_ms"] for r in kills]),
-        "downtime_p95_under_2s": (nearest_rank([r["first_heartbeat_ms"] for r in kills], 95)
-                                  or 1e9) < 2000,
-        "downtime_p95_under_1s": (nearest_rank([r["first_heartbeat_ms"] for r in kills], 95)
-                                  or 1e9) < 1000,
+        "downtime_p95_under_2s": (nearest_rank([r["first_heartbeat_ms"] for r in kills], 95) or 1e9)
+        < 2000,
+        "downtime_p95_under_1s": (nearest_rank([r["first_heartbeat_ms"] for r in kills], 95) or 1e9)
+        < 1000,
         "all_first_attempt": all(a == 1 for a in attempts_per_kill),
-        "load": {"rate_per_s": args.rate, "sent": load.sent if load else 0,
-                 "valid": load.valid if load else 0, "other": load.other if load else {}},
+        "load": {
+            "rate_per_s": args.rate,
+            "sent": load.sent if load else 0,
+            "valid": load.valid if load else 0,
+            "other": load.other if load else {},
+        },
         "decisions_lost": (load.sent - load.valid) if load else None,
         "per_kill": kills,
     }
@@ -265,13 +303,25 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             with contextlib.suppress(Exception):
                 server.stop()
-    doc = {"bench": "recovery", "started_at": started.isoformat(timespec="seconds"),
-           "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                       "platform": platform.platform()},
-           "config": {"verifiers": VERIFIERS, "heartbeat_s": args.heartbeat_s,
-                      "missed": args.missed, "kills": args.kills, "rate": args.rate,
-                      "settle_s": args.settle_s, "backend": "local (supervisor, delegated)"},
-           **result}
+    doc = {
+        "bench": "recovery",
+        "started_at": started.isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "config": {
+            "verifiers": VERIFIERS,
+            "heartbeat_s": args.heartbeat_s,
+            "missed": args.missed,
+            "kills": args.kills,
+            "rate": args.rate,
+            "settle_s": args.settle_s,
+            "backend": "local (supervisor, delegated)",
+        },
+        **result,
+    }
     print(json.dumps(doc, indent=2))
     return 0 if result["decisions_lost"] == 0 else 1
 

@@ -53,6 +53,7 @@ class DropExporter(SpanExporter):
         self.spans = 0
         if encode:
             from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
             self._encode = encode_spans
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -77,25 +78,43 @@ def tally_request(batch: int) -> None:
     """The tally's spans for ``batch`` requests of one ballot (same shapes as the worker)."""
     if not tracing.tracing_active():
         return
-    process = [start_messaging_span("process", "ap.verify.request", kind=SpanKind.CONSUMER,
-                                    attributes={"messaging.consumer.group.name": "tally",
-                                                "messaging.message.conversation_id": "r"})
-               for _ in range(batch)]
+    process = [
+        start_messaging_span(
+            "process",
+            "ap.verify.request",
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.consumer.group.name": "tally",
+                "messaging.message.conversation_id": "r",
+            },
+        )
+        for _ in range(batch)
+    ]
     process = [p for p in process if p.is_recording()]  # as the tally: unsampled → no more
-    sends = [start_messaging_span("send", "ap.ballot", kind=SpanKind.PRODUCER,
-                                  parent=trace.set_span_in_context(p),
-                                  attributes={"messaging.message.id": "b",
-                                              "agentic_payments.ballot_index": i})
-             for i, p in enumerate(process)]
+    sends = [
+        start_messaging_span(
+            "send",
+            "ap.ballot",
+            kind=SpanKind.PRODUCER,
+            parent=trace.set_span_in_context(p),
+            attributes={"messaging.message.id": "b", "agentic_payments.ballot_index": i},
+        )
+        for i, p in enumerate(process)
+    ]
     format_traceparents([s.get_span_context() for s in sends])
     for s in sends:
         s.end()
     for p in process:
-        start_messaging_span("process", "ap.vote.t1", kind=SpanKind.CONSUMER,
-                             parent=trace.set_span_in_context(p),
-                             attributes={"agentic_payments.decision": "VALID"}).end()
-        reply = start_messaging_span("send", "_INBOX.x", kind=SpanKind.PRODUCER,
-                                     parent=trace.set_span_in_context(p))
+        start_messaging_span(
+            "process",
+            "ap.vote.t1",
+            kind=SpanKind.CONSUMER,
+            parent=trace.set_span_in_context(p),
+            attributes={"agentic_payments.decision": "VALID"},
+        ).end()
+        reply = start_messaging_span(
+            "send", "_INBOX.x", kind=SpanKind.PRODUCER, parent=trace.set_span_in_context(p)
+        )
         tracing.inject_headers(context=trace.set_span_in_context(reply))
         reply.end()
         p.end()
@@ -105,19 +124,30 @@ def verifier_ballot(header: str, batch: int) -> None:
     if not tracing.tracing_active():
         return
     contexts = parse_traceparents(header, batch)
-    spans = [start_messaging_span("process", "ap.ballot", kind=SpanKind.CONSUMER,
-                                  parent=context_of(c),
-                                  attributes={"messaging.message.id": "b",
-                                              "agentic_payments.ballot_index": i})
-             for i, c in enumerate(contexts) if c is not None and c.trace_flags.sampled]
+    spans = [
+        start_messaging_span(
+            "process",
+            "ap.ballot",
+            kind=SpanKind.CONSUMER,
+            parent=context_of(c),
+            attributes={"messaging.message.id": "b", "agentic_payments.ballot_index": i},
+        )
+        for i, c in enumerate(contexts)
+        if c is not None and c.trace_flags.sampled
+    ]
     format_traceparents([s.get_span_context() for s in spans])
     for s in spans:
         s.set_attributes({"agentic_payments.valid": True, "agentic_payments.reason": "OK"})
         s.end()
 
 
-def cpu_us(make_provider: Callable[[], Any], swap: Provider, fn: Callable[[], None],
-           batch: int, rounds: int) -> float:
+def cpu_us(
+    make_provider: Callable[[], Any],
+    swap: Provider,
+    fn: Callable[[], None],
+    batch: int,
+    rounds: int,
+) -> float:
     """Median over 5 samples of process CPU time (all threads, including the export
     thread and the final flush) per request."""
     samples = []
@@ -142,8 +172,11 @@ def main() -> None:
     swap = Provider()
     header = ",".join(f"00-{i + 1:032x}-{i + 1:016x}-01" for i in range(args.batch))
     unsampled = header.replace("-01,", "-00,")[:-2] + "00"
-    results: dict[str, Any] = {"batch": args.batch, "rounds": args.rounds,
-                               "unit": "CPU microseconds per request (median of 5)"}
+    results: dict[str, Any] = {
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "unit": "CPU microseconds per request (median of 5)",
+    }
 
     def tally() -> None:
         tally_request(args.batch)
@@ -158,27 +191,36 @@ def main() -> None:
         tracing._traces_on = False
         return trace.NoOpTracerProvider()
 
-    results["off"] = {"tally": cpu_us(off, swap, tally, args.batch, args.rounds),
-                      "verifier": cpu_us(off, swap, verifier, args.batch, args.rounds)}
+    results["off"] = {
+        "tally": cpu_us(off, swap, tally, args.batch, args.rounds),
+        "verifier": cpu_us(off, swap, verifier, args.batch, args.rounds),
+    }
     modes = [("sdk", False)]
     try:
         import opentelemetry.exporter.otlp.proto.common.trace_encoder  # noqa: F401
+
         modes.append(("sdk+otlp_encode", True))
     except ImportError:
         pass
     for name, encode in modes:
+
         def make(encode: bool = encode, sampler: Any = None) -> Any:
             provider = TracerProvider(shutdown_on_exit=False, sampler=sampler)
-            provider.add_span_processor(BatchSpanProcessor(DropExporter(encode),
-                                                           max_queue_size=1 << 20))
+            provider.add_span_processor(
+                BatchSpanProcessor(DropExporter(encode), max_queue_size=1 << 20)
+            )
             return provider
+
         results[name] = {
             "tally": cpu_us(make, swap, tally, args.batch, args.rounds),
             "verifier": cpu_us(make, swap, verifier, args.batch, args.rounds),
-            "tally_unsampled": cpu_us(lambda: make(sampler=ALWAYS_OFF), swap, tally, args.batch,
-                                      args.rounds),
-            "verifier_unsampled_ballot": cpu_us(make, swap, verifier_unsampled, args.batch,
-                                                args.rounds)}
+            "tally_unsampled": cpu_us(
+                lambda: make(sampler=ALWAYS_OFF), swap, tally, args.batch, args.rounds
+            ),
+            "verifier_unsampled_ballot": cpu_us(
+                make, swap, verifier_unsampled, args.batch, args.rounds
+            ),
+        }
     print(json.dumps(results, indent=2))
 
 

@@ -50,9 +50,17 @@ def chain_of(length: int) -> tuple[bytes, list[TrustCertificate], bytes]:
     certs = []
     for i in range(length):
         purposes = (PURPOSE_PAYMENT,) if i == 0 else (PURPOSE_CA, PURPOSE_PAYMENT)
-        certs.append(issue(keys[i + 1], serial=f"c{i}", subject_key=keys[i].public_key,
-                           not_before_ms=NOW - DAY, not_after_ms=NOW + DAY,
-                           purposes=purposes, path_len=-1))
+        certs.append(
+            issue(
+                keys[i + 1],
+                serial=f"c{i}",
+                subject_key=keys[i].public_key,
+                not_before_ms=NOW - DAY,
+                not_after_ms=NOW + DAY,
+                purposes=purposes,
+                path_len=-1,
+            )
+        )
     return keys[0].public_key, certs, keys[-1].public_key
 
 
@@ -74,24 +82,44 @@ def pure(iterations: int, repeats: int) -> dict[str, Any]:
         assert result.ok and len(result.path) == length
         out[f"build_chain_valid_{length}"] = per_call_us(
             lambda leaf=leaf, certs=certs, anchor=anchor: build_chain(
-                leaf, certs, [anchor], purpose=PURPOSE_PAYMENT, now_ms=NOW),
-            iterations, repeats)
+                leaf, certs, [anchor], purpose=PURPOSE_PAYMENT, now_ms=NOW
+            ),
+            iterations,
+            repeats,
+        )
     leaf_id = AgentIdentity.generate()
-    fan = [issue(AgentIdentity.generate(), serial=f"w{i}", subject_key=leaf_id.public_key,
-                 not_before_ms=NOW - DAY, not_after_ms=NOW + DAY, purposes=[PURPOSE_PAYMENT])
-           for i in range(100)]
-    worst = build_chain(leaf_id.public_key, fan, [bytes(32)], purpose=PURPOSE_PAYMENT,
-                        now_ms=NOW)
+    fan = [
+        issue(
+            AgentIdentity.generate(),
+            serial=f"w{i}",
+            subject_key=leaf_id.public_key,
+            not_before_ms=NOW - DAY,
+            not_after_ms=NOW + DAY,
+            purposes=[PURPOSE_PAYMENT],
+        )
+        for i in range(100)
+    ]
+    worst = build_chain(leaf_id.public_key, fan, [bytes(32)], purpose=PURPOSE_PAYMENT, now_ms=NOW)
     assert worst.code == "CHAIN_BUDGET" and worst.signature_checks == 64
     out["build_chain_budget_exhausted_64"] = per_call_us(
-        lambda: build_chain(leaf_id.public_key, fan, [bytes(32)], purpose=PURPOSE_PAYMENT,
-                            now_ms=NOW), max(1, iterations // 10), repeats)
+        lambda: build_chain(
+            leaf_id.public_key, fan, [bytes(32)], purpose=PURPOSE_PAYMENT, now_ms=NOW
+        ),
+        max(1, iterations // 10),
+        repeats,
+    )
     cache = ChainCache()
     leaf, certs, anchor = chain_of(3)
-    cache.put(1, leaf, PURPOSE_PAYMENT, [], build_chain(leaf, certs, [anchor],
-                                                        purpose=PURPOSE_PAYMENT, now_ms=NOW))
-    out["cache_hit"] = per_call_us(lambda: cache.get(1, leaf, PURPOSE_PAYMENT, [], NOW),
-                                   iterations, repeats)
+    cache.put(
+        1,
+        leaf,
+        PURPOSE_PAYMENT,
+        [],
+        build_chain(leaf, certs, [anchor], purpose=PURPOSE_PAYMENT, now_ms=NOW),
+    )
+    out["cache_hit"] = per_call_us(
+        lambda: cache.get(1, leaf, PURPOSE_PAYMENT, [], NOW), iterations, repeats
+    )
     return out
 
 
@@ -118,8 +146,9 @@ async def service(nats_url: str | None, iterations: int, repeats: int) -> dict[s
         for c in certs[1:]:
             last = await client.add_cert(c)
         presented = (certs[0].encode(),)
-        assert (await client.validate(leaf, presented=presented, now_ms=NOW,
-                                      min_revision=last.revision)).ok
+        assert (
+            await client.validate(leaf, presented=presented, now_ms=NOW, min_revision=last.revision)
+        ).ok
         out: dict[str, Any] = {}
         for label, uncached in (("validate_cached", False), ("validate_uncached", True)):
             worker.cache = ChainCache(max_entries=0 if uncached else 4096)
@@ -130,9 +159,11 @@ async def service(nats_url: str | None, iterations: int, repeats: int) -> dict[s
                     reply = await client.validate(leaf, presented=presented, now_ms=NOW)
                     assert reply.ok
                 runs.append((time.perf_counter() - start) / iterations * 1e6)
-            out[label] = {"median_us": round(statistics.median(runs), 2),
-                          "runs_us": [round(r, 2) for r in runs],
-                          "cache_hits": worker.cache.hits}
+            out[label] = {
+                "median_us": round(statistics.median(runs), 2),
+                "runs_us": [round(r, 2) for r in runs],
+                "cache_hits": worker.cache.hits,
+            }
         return out
     finally:
         await nc.close()
@@ -142,16 +173,21 @@ async def service(nats_url: str | None, iterations: int, repeats: int) -> dict[s
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-service", action="store_true")
     parser.add_argument("--nats-url")
     args = parser.parse_args()
-    result: dict[str, Any] = {"iterations": args.iterations, "repeats": args.repeats,
-                              "cpus": os.cpu_count(), "load_before": os.getloadavg(),
-                              "pure": pure(args.iterations, args.repeats)}
+    result: dict[str, Any] = {
+        "iterations": args.iterations,
+        "repeats": args.repeats,
+        "cpus": os.cpu_count(),
+        "load_before": os.getloadavg(),
+        "pure": pure(args.iterations, args.repeats),
+    }
     if not args.no_service:
         result["service"] = asyncio.run(service(args.nats_url, args.iterations, args.repeats))
     result["load_after"] = os.getloadavg()

@@ -61,8 +61,9 @@ class AuthorityClient:
                 break
             except nats.errors.NoRespondersError:
                 if left <= backoff:
-                    raise NoResponders(f"no authority worker listens on {subject}; is it "
-                                       "running?") from None
+                    raise NoResponders(
+                        f"no authority worker listens on {subject}; is it running?"
+                    ) from None
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.5)
             except (TimeoutError, nats.errors.TimeoutError):
@@ -73,12 +74,14 @@ class AuthorityClient:
         assert isinstance(reply, expected)
         return reply
 
-    async def change(self, op: str, record: AuthorityRecord,
-                     endorsements: tuple[Endorsement, ...] = ()) -> AuthorityRecord:
+    async def change(
+        self, op: str, record: AuthorityRecord, endorsements: tuple[Endorsement, ...] = ()
+    ) -> AuthorityRecord:
         return await self.call(op, AuthorityChange(record, endorsements), AuthorityRecord)
 
-    async def set_policy(self, policy: QuorumPolicy,
-                         endorsements: tuple[Endorsement, ...] = ()) -> QuorumPolicy:
+    async def set_policy(
+        self, policy: QuorumPolicy, endorsements: tuple[Endorsement, ...] = ()
+    ) -> QuorumPolicy:
         return await self.call("set-policy", PolicyChange(policy, endorsements), QuorumPolicy)
 
     async def get_policy(self, category: str) -> QuorumPolicy:
@@ -87,10 +90,12 @@ class AuthorityClient:
     async def list(self) -> AuthorityList:
         return await self.call("list", ListRequest(), AuthorityList)
 
-    async def evaluate(self, category: str, digest: bytes,
-                       endorsements: tuple[Endorsement, ...] = ()) -> PolicyVerdict:
-        return await self.call("evaluate", EvaluateRequest(category, digest, endorsements),
-                               PolicyVerdict)
+    async def evaluate(
+        self, category: str, digest: bytes, endorsements: tuple[Endorsement, ...] = ()
+    ) -> PolicyVerdict:
+        return await self.call(
+            "evaluate", EvaluateRequest(category, digest, endorsements), PolicyVerdict
+        )
 
     async def record(self, public_key: bytes) -> AuthorityRecord | None:
         for record in (await self.list()).authorities:

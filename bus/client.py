@@ -62,22 +62,34 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def signed_request(identity: AgentIdentity, message: bytes | str,
-                   request_id: str | None = None) -> VerificationRequest:
+def signed_request(
+    identity: AgentIdentity, message: bytes | str, request_id: str | None = None
+) -> VerificationRequest:
     """Sign ``message`` with ``identity`` and wrap it as a VerificationRequest."""
     data = message.encode() if isinstance(message, str) else message
-    return VerificationRequest(request_id=request_id or new_request_id(), message=data,
-                               signature=identity.sign(data), public_key=identity.public_key)
+    return VerificationRequest(
+        request_id=request_id or new_request_id(),
+        message=data,
+        signature=identity.sign(data),
+        public_key=identity.public_key,
+    )
 
 
 class VerifyClient:
     """Client for the consensus network. Use ``async with VerifyClient.connect(...)``."""
 
-    def __init__(self, nc: Client, *, prefix: str = "ap", timeout: float = 10.0,
-                 retries: int = 2, owns_connection: bool = False,
-                 verify_certificates: bool = True,
-                 threshold: Fraction = DEFAULT_THRESHOLD,
-                 tally_keys: Collection[bytes] | None = None) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        prefix: str = "ap",
+        timeout: float = 10.0,
+        retries: int = 2,
+        owns_connection: bool = False,
+        verify_certificates: bool = True,
+        threshold: Fraction = DEFAULT_THRESHOLD,
+        tally_keys: Collection[bytes] | None = None,
+    ) -> None:
         self.nc = nc
         self.subjects = Subjects(prefix)
         self.timeout = timeout
@@ -103,12 +115,17 @@ class VerifyClient:
     async def __aenter__(self) -> VerifyClient:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.close()
 
-    async def submit_raw(self, data: bytes, *, timeout: float | None = None,
-                         request_id: str | None = None) -> ConsensusResult | ErrorReply:
+    async def submit_raw(
+        self, data: bytes, *, timeout: float | None = None, request_id: str | None = None
+    ) -> ConsensusResult | ErrorReply:
         """Send already-encoded request bytes once; return the decoded reply."""
         if self.nc.is_closed:
             raise NotConnected("client connection is closed")
@@ -121,36 +138,46 @@ class VerifyClient:
         # One CLIENT span for the round trip; its context travels in `traceparent`.
         with messaging_span("send", subject, kind=SpanKind.CLIENT, attributes=attrs):
             msg = await self._request(data, timeout, inject_headers())
-            with messaging_span("receive", msg.subject, kind=SpanKind.CLIENT,
-                                name=f"receive {INBOX_TEMPLATE}", links=_links(msg.headers),
-                                attributes={"messaging.destination.temporary": True,
-                                            "messaging.destination.template": INBOX_TEMPLATE,
-                                            "messaging.message.body.size": len(msg.data)}):
+            with messaging_span(
+                "receive",
+                msg.subject,
+                kind=SpanKind.CLIENT,
+                name=f"receive {INBOX_TEMPLATE}",
+                links=_links(msg.headers),
+                attributes={
+                    "messaging.destination.temporary": True,
+                    "messaging.destination.template": INBOX_TEMPLATE,
+                    "messaging.message.body.size": len(msg.data),
+                },
+            ):
                 return decode_reply(msg.data)
 
-    async def _request(self, data: bytes, timeout: float | None,
-                       headers: dict[str, str] | None) -> Msg:
+    async def _request(
+        self, data: bytes, timeout: float | None, headers: dict[str, str] | None
+    ) -> Msg:
         subject = self.subjects.request
         try:
-            return await self.nc.request(subject, data, timeout=timeout or self.timeout,
-                                         headers=headers or None)
+            return await self.nc.request(
+                subject, data, timeout=timeout or self.timeout, headers=headers or None
+            )
         except nats.errors.NoRespondersError:
             raise NoResponders(f"no tally listens on {subject}; is the system up?") from None
         except (TimeoutError, nats.errors.TimeoutError):
-            raise RequestTimeout(f"no reply on {subject} within {timeout or self.timeout}s"
-                                 ) from None
+            raise RequestTimeout(
+                f"no reply on {subject} within {timeout or self.timeout}s"
+            ) from None
         except nats.errors.ConnectionClosedError:
             raise NotConnected("connection closed") from None
 
-    async def verify_with_consensus(self, request: VerificationRequest, *,
-                                    timeout: float | None = None) -> ConsensusResult:
+    async def verify_with_consensus(
+        self, request: VerificationRequest, *, timeout: float | None = None
+    ) -> ConsensusResult:
         """Decide ``request`` by consensus; retries keep the request id and bytes."""
         data = request.encode()
         attempt = 0
         while True:
             try:
-                reply = await self.submit_raw(data, timeout=timeout,
-                                              request_id=request.request_id)
+                reply = await self.submit_raw(data, timeout=timeout, request_id=request.request_id)
                 if isinstance(reply, ErrorReply):
                     raise RemoteError(reply.message, code=reply.code)
                 await self.check(reply, request.request_id, request_digest(data))
@@ -182,17 +209,23 @@ class VerifyClient:
             if self._pool.epoch == epoch:
                 return self._pool.keys
             if epoch > self._pool.epoch:
-                raise CertificateInvalid(f"certificate names pool epoch {epoch}, which does not "
-                                         f"exist yet (the pool is at {self._pool.epoch})")
+                raise CertificateInvalid(
+                    f"certificate names pool epoch {epoch}, which does not "
+                    f"exist yet (the pool is at {self._pool.epoch})"
+                )
             keys = (await membership.pool_at(self.nc, self.subjects, epoch)).keys
             if len(self._old_pools) >= 16:
                 self._old_pools.pop(next(iter(self._old_pools)))
             self._old_pools[epoch] = keys
             return keys
 
-    async def verify_many(self, requests: Sequence[VerificationRequest], *,
-                          concurrency: int = 256, timeout: float | None = None
-                          ) -> list[ConsensusResult | AgenticPaymentsError]:
+    async def verify_many(
+        self,
+        requests: Sequence[VerificationRequest],
+        *,
+        concurrency: int = 256,
+        timeout: float | None = None,
+    ) -> list[ConsensusResult | AgenticPaymentsError]:
         """Decide many requests concurrently; errors are returned in place, not raised."""
         gate = asyncio.Semaphore(concurrency)
 

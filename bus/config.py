@@ -46,8 +46,10 @@ class NatsConfig:
         if self.inbox_prefix is not None:
             tokens = self.inbox_prefix.split(".")
             if not all(_INBOX_TOKEN.match(t) for t in tokens):
-                raise ConfigError(f"inbox prefix {self.inbox_prefix!r} must be dot-separated "
-                                  "tokens without wildcards or spaces")
+                raise ConfigError(
+                    f"inbox prefix {self.inbox_prefix!r} must be dot-separated "
+                    "tokens without wildcards or spaces"
+                )
         if self.tls_key and not self.tls_cert:
             raise ConfigError("NATS_TLS_KEY is set without NATS_TLS_CERT")
         if bool(self.user) != bool(self.password):

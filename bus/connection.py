@@ -22,8 +22,9 @@ from schemas.errors import NotConnected
 log = logging.getLogger("agentic_payments.bus")
 
 
-async def connect(config: NatsConfig, *, name: str, connect_timeout: float = 2.0,
-                  initial_attempts: int = 3) -> Client:
+async def connect(
+    config: NatsConfig, *, name: str, connect_timeout: float = 2.0, initial_attempts: int = 3
+) -> Client:
     """Open a connection or raise NotConnected (never a nats-py exception)."""
 
     async def on_error(exc: Exception) -> None:
@@ -82,8 +83,10 @@ async def connect(config: NatsConfig, *, name: str, connect_timeout: float = 2.0
                 await nc.close()
         reason = str(exc) or type(exc).__name__
         if isinstance(exc, TimeoutError):
-            reason = (f"no usable connection within {overall:.0f}s (TLS handshake or "
-                      "authorization failing?)")
+            reason = (
+                f"no usable connection within {overall:.0f}s (TLS handshake or "
+                "authorization failing?)"
+            )
         raise NotConnected(f"cannot connect to NATS at {config.url}: {reason}") from None
     nc.options["max_reconnect_attempts"] = -1  # reconnect forever from now on
     return nc
@@ -94,8 +97,9 @@ async def is_reachable(url: str, timeout: float = 1.0) -> bool:
     parsed = urlparse(url if "://" in url else f"nats://{url}")
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(parsed.hostname or "127.0.0.1",
-                                                           parsed.port or 4222)
+            reader, writer = await asyncio.open_connection(
+                parsed.hostname or "127.0.0.1", parsed.port or 4222
+            )
             try:
                 line = await reader.readline()
             finally:

@@ -54,13 +54,19 @@ async def ensure_audit_stream(nc: Client, subjects: Subjects, days: float) -> No
     Every certificate a tally produces is published there (TIMEOUTs included),
     kept ``days`` days. An existing stream is left as the operator configured it.
     """
-    await ensure_stream(nc, subjects.audit_stream, [subjects.decisions_all],
-                        max_age_s=days * 86400, description="agentic-payments decisions")
+    await ensure_stream(
+        nc,
+        subjects.audit_stream,
+        [subjects.decisions_all],
+        max_age_s=days * 86400,
+        description="agentic-payments decisions",
+    )
 
 
 class DecisionStore:
-    def __init__(self, nc: Client, subjects: Subjects,
-                 on_error: Callable[[str, BaseException, bool], None]) -> None:
+    def __init__(
+        self, nc: Client, subjects: Subjects, on_error: Callable[[str, BaseException, bool], None]
+    ) -> None:
         self._on_error = on_error
         self._acks: dict[str, tuple[float, str]] = {}
         self._nc = nc
@@ -82,15 +88,20 @@ class DecisionStore:
             replicas = js_replicas()
             with contextlib.suppress(Exception):  # a concurrent creator may win the race
                 await self._js.create_key_value(
-                    bucket=self.bucket, history=1, ttl=DECISION_TTL_S, direct=True,
+                    bucket=self.bucket,
+                    history=1,
+                    ttl=DECISION_TTL_S,
+                    direct=True,
                     replicas=replicas,
-                    description="agentic-payments certificates by request id")
+                    description="agentic-payments certificates by request id",
+                )
             self._kv = await self._js.key_value(self.bucket)
         info = await self._js.stream_info(self._stream)
         self._direct = bool(info.config.allow_direct)
         if not self._direct:
-            log.warning("bucket %s has no direct gets; lookups fall back to one get per key",
-                        self.bucket)
+            log.warning(
+                "bucket %s has no direct gets; lookups fall back to one get per key", self.bucket
+            )
         self._inbox = self._nc.new_inbox()
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
 
@@ -109,7 +120,7 @@ class DecisionStore:
         found: dict[str, bytes] = {}
         items = list(keys)
         for start in range(0, len(items), MAX_BATCH):
-            chunk = items[start:start + MAX_BATCH]
+            chunk = items[start : start + MAX_BATCH]
             raw = await (self._batch_get(chunk) if self._direct else self._get_each(chunk))
             found.update({keys[k]: v for k, v in raw.items()})
         return found
@@ -135,8 +146,11 @@ class DecisionStore:
         self._batches[token] = (future, results)
         request = {"multi_last": [self._subject_prefix + k for k in keys], "batch": len(keys)}
         try:
-            await self._nc.publish(f"$JS.API.DIRECT.GET.{self._stream}",
-                                   json.dumps(request).encode(), reply=f"{self._inbox}.{token}")
+            await self._nc.publish(
+                f"$JS.API.DIRECT.GET.{self._stream}",
+                json.dumps(request).encode(),
+                reply=f"{self._inbox}.{token}",
+            )
             await asyncio.wait_for(future, LOOKUP_TIMEOUT_S)
         except TimeoutError:
             raise TransportError("decision lookup timed out") from None
@@ -158,14 +172,17 @@ class DecisionStore:
         if status is None:
             subject = headers.get("Nats-Subject", "")
             if subject.startswith(self._subject_prefix) and msg.data:
-                results[subject[len(self._subject_prefix):]] = msg.data
+                results[subject[len(self._subject_prefix) :]] = msg.data
             return
         if not future.done():
             if status in ("204", "404"):  # end of batch / nothing found
                 future.set_result(None)
             else:
-                future.set_exception(TransportError(
-                    f"decision lookup failed: status {status} {headers.get('Description', '')}"))
+                future.set_exception(
+                    TransportError(
+                        f"decision lookup failed: status {status} {headers.get('Description', '')}"
+                    )
+                )
 
     # ------------------------------------------------------------------ writes
     async def store(self, request_id: str, data: bytes) -> None:
@@ -178,16 +195,20 @@ class DecisionStore:
         """
         self._expire_acks()
         if len(self._acks) >= MAX_OUTSTANDING_ACKS:
-            self._on_error(request_id, TransportError("too many unacknowledged decision writes"),
-                           False)
+            self._on_error(
+                request_id, TransportError("too many unacknowledged decision writes"), False
+            )
             return
         self._seq += 1
         token = f"a{self._seq}"
         self._acks[token] = (time.monotonic(), request_id)
         try:
-            await self._nc.publish(self._subject_prefix + decision_key(request_id), data,
-                                   reply=f"{self._inbox}.{token}",
-                                   headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+            await self._nc.publish(
+                self._subject_prefix + decision_key(request_id),
+                data,
+                reply=f"{self._inbox}.{token}",
+                headers={"Nats-Expected-Last-Subject-Sequence": "0"},
+            )
         except Exception as exc:
             self._acks.pop(token, None)
             self._on_error(request_id, exc, False)
@@ -199,8 +220,9 @@ class DecisionStore:
         request_id = sent[1]
         status = (msg.headers or {}).get("Status")
         if status == "503":
-            self._on_error(request_id,
-                           TransportError("no JetStream stream for the decisions bucket"), False)
+            self._on_error(
+                request_id, TransportError("no JetStream stream for the decisions bucket"), False
+            )
             return
         try:
             reply = json.loads(msg.data)
@@ -210,8 +232,7 @@ class DecisionStore:
         error = reply.get("error") if isinstance(reply, dict) else None
         if error:
             already = error.get("err_code") == WRONG_LAST_SEQUENCE
-            self._on_error(request_id, TransportError(f"decision write refused: {error}"),
-                           already)
+            self._on_error(request_id, TransportError(f"decision write refused: {error}"), already)
 
     def _expire_acks(self) -> None:
         deadline = time.monotonic() - ACK_TIMEOUT_S

@@ -38,8 +38,9 @@ def tick_interval(heartbeat_s: float, watchdog_s: float | None) -> float:
     return min(heartbeat_s, watchdog_s / 2)
 
 
-def making_progress(last_beat: float | None, now: float, heartbeat_s: float,
-                    interval_s: float) -> bool:
+def making_progress(
+    last_beat: float | None, now: float, heartbeat_s: float, interval_s: float
+) -> bool:
     """Has the heartbeat loop ticked within two heartbeats (plus one keep-alive tick)?
 
     ``last_beat`` None means no beat yet: not progress.
@@ -50,8 +51,15 @@ def making_progress(last_beat: float | None, now: float, heartbeat_s: float,
 
 
 class Keepalive:
-    def __init__(self, kind: str, worker_id: str, *, data_dir: Path, heartbeat_s: float,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        worker_id: str,
+        *,
+        data_dir: Path,
+        heartbeat_s: float,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         env = os.environ if env is None else env
         self.notifier = Notifier(env)
         self.interval_s = tick_interval(heartbeat_s, self.notifier.watchdog_s)
@@ -65,8 +73,13 @@ class Keepalive:
         self._stopped = False
 
     def _record(self) -> liveness.LivenessRecord:
-        return liveness.LivenessRecord(kind=self.kind, worker_id=self.worker_id,
-                                       pid=os.getpid(), ts=time.time(), ttl_s=self.ttl_s)
+        return liveness.LivenessRecord(
+            kind=self.kind,
+            worker_id=self.worker_id,
+            pid=os.getpid(),
+            ts=time.time(),
+            ttl_s=self.ttl_s,
+        )
 
     def beat(self) -> None:
         """One proof of life: watchdog ping and liveness file (none once stopping)."""
@@ -100,5 +113,8 @@ class Keepalive:
                 self.beat()
             else:
                 self.skipped += 1
-                log.warning("%s %s: no progress (heartbeat loop stalled): withholding the "
-                            "watchdog ping", self.kind, self.worker_id)
+                log.warning(
+                    "%s %s: no progress (heartbeat loop stalled): withholding the watchdog ping",
+                    self.kind,
+                    self.worker_id,
+                )

@@ -37,18 +37,21 @@ class KeyClient:
         delay = 0.05
         while True:
             try:
-                msg = await self.nc.request(self.subjects.keys_op(op), payload,
-                                            timeout=max(0.01, deadline - loop.time()))
+                msg = await self.nc.request(
+                    self.subjects.keys_op(op), payload, timeout=max(0.01, deadline - loop.time())
+                )
                 return decode_key_reply(msg.data)
             except nats.errors.NoRespondersError:
                 if loop.time() + delay >= deadline:
-                    raise NoResponders("no key manager answers (is 'worker keys' running?)") \
-                        from None
+                    raise NoResponders(
+                        "no key manager answers (is 'worker keys' running?)"
+                    ) from None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
             except nats.errors.TimeoutError:
-                raise RequestTimeout(f"no reply from the key manager within {self.timeout}s") \
-                    from None
+                raise RequestTimeout(
+                    f"no reply from the key manager within {self.timeout}s"
+                ) from None
 
     async def call(self, op: str, request: KeyRequest) -> Any:
         reply = await self.raw(op, request.encode())

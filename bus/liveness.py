@@ -47,9 +47,17 @@ class LivenessRecord:
     ttl_s: float
 
     def encode(self) -> bytes:
-        return json.dumps({"v": LIVENESS_VERSION, "kind": self.kind, "id": self.worker_id,
-                           "pid": self.pid, "ts": self.ts, "ttl_s": self.ttl_s},
-                          sort_keys=True).encode()
+        return json.dumps(
+            {
+                "v": LIVENESS_VERSION,
+                "kind": self.kind,
+                "id": self.worker_id,
+                "pid": self.pid,
+                "ts": self.ts,
+                "ttl_s": self.ttl_s,
+            },
+            sort_keys=True,
+        ).encode()
 
     @classmethod
     def parse(cls, data: bytes) -> LivenessRecord:
@@ -77,8 +85,14 @@ class Verdict:
     reason: str
 
 
-def verdict(record: LivenessRecord | None, now: float, max_age_s: float | None = None,
-            *, kind: str | None = None, worker_id: str | None = None) -> Verdict:
+def verdict(
+    record: LivenessRecord | None,
+    now: float,
+    max_age_s: float | None = None,
+    *,
+    kind: str | None = None,
+    worker_id: str | None = None,
+) -> Verdict:
     """Fresh means written at most ``max_age_s`` (default: the record's ttl) ago.
 
     A timestamp in the future by more than the allowed age is treated as stale
@@ -87,8 +101,9 @@ def verdict(record: LivenessRecord | None, now: float, max_age_s: float | None =
     """
     if record is None:
         return Verdict(False, None, "no liveness file")
-    if (kind is not None and record.kind != kind) or \
-            (worker_id is not None and record.worker_id != worker_id):
+    if (kind is not None and record.kind != kind) or (
+        worker_id is not None and record.worker_id != worker_id
+    ):
         return Verdict(False, None, f"file belongs to {record.kind} {record.worker_id}")
     limit = record.ttl_s if max_age_s is None else max_age_s
     age = now - record.ts

@@ -42,9 +42,16 @@ class MemberRecord:
     registered_at_ms: int = 0
 
     def encode(self) -> bytes:
-        return encode({"type": "member", "v": 1, "worker_id": self.worker_id,
-                       "public_key": self.public_key, "status": self.status,
-                       "registered_at_ms": self.registered_at_ms})
+        return encode(
+            {
+                "type": "member",
+                "v": 1,
+                "worker_id": self.worker_id,
+                "public_key": self.public_key,
+                "status": self.status,
+                "registered_at_ms": self.registered_at_ms,
+            }
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> MemberRecord:
@@ -75,18 +82,27 @@ class PoolView:
         """Active keys. Quarantine applies to the key, not the id: a key quarantined
         under any id is out of the pool even if another id holds it actively."""
         quarantined = {m.public_key for m in self.members if m.status == QUARANTINED}
-        return frozenset(m.public_key for m in self.members
-                         if m.status == ACTIVE and m.public_key not in quarantined)
+        return frozenset(
+            m.public_key
+            for m in self.members
+            if m.status == ACTIVE and m.public_key not in quarantined
+        )
 
 
 async def members_bucket(nc: Client, subjects: Subjects) -> Any:
     """Bind the membership bucket, creating it on first use (history 5)."""
-    return await ensure_bucket(nc, subjects.members_bucket, history=5, forbid_ttl=True,
-                               description="agentic-payments verifier pool")
+    return await ensure_bucket(
+        nc,
+        subjects.members_bucket,
+        history=5,
+        forbid_ttl=True,
+        description="agentic-payments verifier pool",
+    )
 
 
-async def register(nc: Client, subjects: Subjects, worker_id: str, public_key: bytes, *,
-                   check_holders: bool = True) -> bool:
+async def register(
+    nc: Client, subjects: Subjects, worker_id: str, public_key: bytes, *, check_holders: bool = True
+) -> bool:
     """Make ``worker_id`` an active member with ``public_key``; True if anything changed.
 
     ``check_holders`` refuses a key another id holds (``admit``, an operator's tool).
@@ -97,16 +113,26 @@ async def register(nc: Client, subjects: Subjects, worker_id: str, public_key: b
     kv = await members_bucket(nc, subjects)
     record = MemberRecord(worker_id, public_key, ACTIVE, time.time_ns() // 1_000_000)
     if check_holders:
-        holders = list(dict.fromkeys(
-            m.worker_id for m in (await read_pool(nc, subjects)).members
-            if m.public_key == public_key and m.worker_id != worker_id))
+        holders = list(
+            dict.fromkeys(
+                m.worker_id
+                for m in (await read_pool(nc, subjects)).members
+                if m.public_key == public_key and m.worker_id != worker_id
+            )
+        )
         if holders:  # one key, one member: two ids would count one verifier twice
-            raise ConfigError(f"public key already registered as {', '.join(holders)}; "
-                              f"one key may hold only one pool seat")
+            raise ConfigError(
+                f"public key already registered as {', '.join(holders)}; "
+                f"one key may hold only one pool seat"
+            )
     try:
         await kv.get(quarantine_key(worker_id))
-        log.warning("%s is quarantined; not re-registering it (an operator clears it with "
-                    "'members remove %s')", worker_id, worker_id)
+        log.warning(
+            "%s is quarantined; not re-registering it (an operator clears it with "
+            "'members remove %s')",
+            worker_id,
+            worker_id,
+        )
         return False
     except KeyNotFoundError:
         pass
@@ -124,8 +150,12 @@ async def register(nc: Client, subjects: Subjects, worker_id: str, public_key: b
             if current.public_key == public_key and current.status == ACTIVE:
                 return False
             if current.status == QUARANTINED:
-                log.warning("%s is quarantined; not re-registering it (an operator clears "
-                            "it with 'members remove %s')", worker_id, worker_id)
+                log.warning(
+                    "%s is quarantined; not re-registering it (an operator clears "
+                    "it with 'members remove %s')",
+                    worker_id,
+                    worker_id,
+                )
                 return False
         except CodecError:
             pass
@@ -162,8 +192,9 @@ def quarantine_key(worker_id: str) -> str:
     return f"{QUARANTINE_PREFIX}{worker_id}"
 
 
-async def quarantine(nc: Client, subjects: Subjects, worker_id: str,
-                     public_key: bytes) -> int | None:
+async def quarantine(
+    nc: Client, subjects: Subjects, worker_id: str, public_key: bytes
+) -> int | None:
     """Quarantine ``worker_id``'s key if it is an active member with ``public_key``.
 
     Writes (create-only) the record ``quarantined.<worker_id>``; the pool
@@ -257,8 +288,11 @@ class PoolWatcher:
         self._nc = nc
         self._subjects = subjects
         self._mirror: BucketMirror[MemberRecord] = BucketMirror(
-            nc, subjects.members_bucket, lambda _key, value: MemberRecord.decode(value),
-            on_change=self._publish)
+            nc,
+            subjects.members_bucket,
+            lambda _key, value: MemberRecord.decode(value),
+            on_change=self._publish,
+        )
         self.view = PoolView(0, ())
 
     @property

@@ -26,10 +26,21 @@ import nkeys  # type: ignore[import-untyped]
 from bus.permissions import permissions
 from bus.subjects import Subjects
 
-UNLIMITED_ACCOUNT = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
-                     "wildcards": True, "conn": -1, "leaf": -1,
-                     # JetStream for the account (streams, consumers, storage)
-                     "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
+UNLIMITED_ACCOUNT = {
+    "subs": -1,
+    "data": -1,
+    "payload": -1,
+    "imports": -1,
+    "exports": -1,
+    "wildcards": True,
+    "conn": -1,
+    "leaf": -1,
+    # JetStream for the account (streams, consumers, storage)
+    "mem_storage": -1,
+    "disk_storage": -1,
+    "streams": -1,
+    "consumer": -1,
+}
 
 
 @dataclass(frozen=True)
@@ -51,11 +62,16 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def encode_jwt(issuer: NKey, subject: str, name: str, nats: dict[str, Any],
-               issued_at: int | None = None) -> str:
-    claims: dict[str, Any] = {"iat": issued_at if issued_at is not None else int(time.time()),
-                              "iss": issuer.public, "sub": subject, "name": name,
-                              "nats": nats}
+def encode_jwt(
+    issuer: NKey, subject: str, name: str, nats: dict[str, Any], issued_at: int | None = None
+) -> str:
+    claims: dict[str, Any] = {
+        "iat": issued_at if issued_at is not None else int(time.time()),
+        "iss": issuer.public,
+        "sub": subject,
+        "name": name,
+        "nats": nats,
+    }
     digest = hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).digest()
     claims["jti"] = base64.b32encode(digest).decode().rstrip("=")
     header = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
@@ -72,16 +88,23 @@ def account_jwt(operator: NKey, account: NKey, name: str, *, jetstream: bool = T
     if not jetstream:  # the system account must not have JetStream
         for key in ("mem_storage", "disk_storage", "streams", "consumer"):
             limits.pop(key)
-    return encode_jwt(operator, account.public, name,
-                      {"type": "account", "version": 2, "limits": limits})
+    return encode_jwt(
+        operator, account.public, name, {"type": "account", "version": 2, "limits": limits}
+    )
 
 
 def user_jwt(account: NKey, user_public: str, role: str, name: str, subjects: Subjects) -> str:
     """A user JWT with the role's permissions (bus/permissions.py) built in."""
     perms = permissions(role, name, subjects)
-    nats: dict[str, Any] = {"type": "user", "version": 2, "subs": -1, "data": -1,
-                            "payload": -1, "pub": {"allow": list(perms.publish)},
-                            "sub": {"allow": list(perms.subscribe)}}
+    nats: dict[str, Any] = {
+        "type": "user",
+        "version": 2,
+        "subs": -1,
+        "data": -1,
+        "payload": -1,
+        "pub": {"allow": list(perms.publish)},
+        "sub": {"allow": list(perms.subscribe)},
+    }
     if perms.allow_responses:
         nats["resp"] = {"max": 1, "ttl": 0}
     return encode_jwt(account, user_public, name, nats)
@@ -89,15 +112,17 @@ def user_jwt(account: NKey, user_public: str, role: str, name: str, subjects: Su
 
 def creds_file(user_jwt_text: str, user_seed: str) -> str:
     """The ``.creds`` text nats-py reads from NATS_CREDS."""
-    return ("-----BEGIN NATS USER JWT-----\n"
-            f"{user_jwt_text}\n"
-            "------END NATS USER JWT------\n\n"
-            "************************* IMPORTANT *************************\n"
-            "NKEY Seed printed below can be used to sign and prove identity.\n"
-            "NKEYs are sensitive and should be treated as secrets.\n\n"
-            "-----BEGIN USER NKEY SEED-----\n"
-            f"{user_seed}\n"
-            "------END USER NKEY SEED------\n")
+    return (
+        "-----BEGIN NATS USER JWT-----\n"
+        f"{user_jwt_text}\n"
+        "------END NATS USER JWT------\n\n"
+        "************************* IMPORTANT *************************\n"
+        "NKEY Seed printed below can be used to sign and prove identity.\n"
+        "NKEYs are sensitive and should be treated as secrets.\n\n"
+        "-----BEGIN USER NKEY SEED-----\n"
+        f"{user_seed}\n"
+        "------END USER NKEY SEED------\n"
+    )
 
 
 def operator_conf(operator_jwt_text: str, accounts: dict[str, str], system_account: str) -> str:
@@ -109,5 +134,7 @@ def operator_conf(operator_jwt_text: str, accounts: dict[str, str], system_accou
     if system_account not in accounts:
         raise ValueError("the system account must be one of the preloaded accounts")
     preload = "\n".join(f'  {pub}: "{jwt}"' for pub, jwt in accounts.items())
-    return (f'operator: "{operator_jwt_text}"\nsystem_account: {system_account}\n'
-            f"resolver: MEMORY\nresolver_preload: {{\n{preload}\n}}\n")
+    return (
+        f'operator: "{operator_jwt_text}"\nsystem_account: {system_account}\n'
+        f"resolver: MEMORY\nresolver_preload: {{\n{preload}\n}}\n"
+    )

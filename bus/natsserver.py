@@ -59,17 +59,33 @@ class NatsServer:
                 self.process.wait(5)
 
 
-def start_nats_server(store_dir: str | os.PathLike[str], *, host: str = "127.0.0.1",
-                      port: int = -1, timeout: float = 15.0, jetstream: bool = True,
-                      extra_args: list[str] | None = None) -> NatsServer:
+def start_nats_server(
+    store_dir: str | os.PathLike[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = -1,
+    timeout: float = 15.0,
+    jetstream: bool = True,
+    extra_args: list[str] | None = None,
+) -> NatsServer:
     """Start nats-server (with JetStream unless told otherwise); return once it is ready."""
     store = Path(store_dir)
     store.mkdir(parents=True, exist_ok=True)
     js = ["-js", "-sd", str(store)] if jetstream else []
-    cmd = [find_nats_server(), "-a", host, "-p", str(port), *js,
-           "-n", f"agentic-payments-{os.getpid()}", *(extra_args or [])]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    cmd = [
+        find_nats_server(),
+        "-a",
+        host,
+        "-p",
+        str(port),
+        *js,
+        "-n",
+        f"agentic-payments-{os.getpid()}",
+        *(extra_args or []),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     server = NatsServer(proc, host, port, store)
     ready = threading.Event()
 

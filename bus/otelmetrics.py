@@ -30,8 +30,7 @@ from bus.stats import ProcessingStats
 from schemas.messages import Health
 
 METER_NAME = "agentic-payments"
-HEALTH_VALUE = {Health.HEALTHY: 0, Health.DEGRADED: 1, Health.UNHEALTHY: 2,
-                Health.SHUTTING_DOWN: 3}
+HEALTH_VALUE = {Health.HEALTHY: 0, Health.DEGRADED: 1, Health.UNHEALTHY: 2, Health.SHUTTING_DOWN: 3}
 _SUCCESS = {"outcome": "success"}
 _FAILURE = {"outcome": "failure"}
 
@@ -39,37 +38,55 @@ _FAILURE = {"outcome": "failure"}
 class WorkerInstruments:
     """OTel instruments for one worker; create after ``setup_metrics`` returned True."""
 
-    def __init__(self, kind: str, stats: ProcessingStats, health: Callable[[], Health],
-                 gauges: Callable[[], Mapping[str, float]],
-                 meter: metrics.Meter | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        stats: ProcessingStats,
+        health: Callable[[], Health],
+        gauges: Callable[[], Mapping[str, float]],
+        meter: metrics.Meter | None = None,
+    ) -> None:
         self.kind = kind
         self.stats = stats
         self._health = health
         self._gauges = gauges
         meter = meter or metrics.get_meter(METER_NAME)
         self.duration = meter.create_histogram(
-            "ap.worker.processing.duration", unit="ms",
-            description="time to process one task (a request decided, a ballot voted)")
+            "ap.worker.processing.duration",
+            unit="ms",
+            description="time to process one task (a request decided, a ballot voted)",
+        )
         meter.create_observable_counter(
-            "ap.worker.tasks", callbacks=[self._observe_tasks], unit="{task}",
-            description="tasks processed, by outcome (a failure is an error in our code)")
+            "ap.worker.tasks",
+            callbacks=[self._observe_tasks],
+            unit="{task}",
+            description="tasks processed, by outcome (a failure is an error in our code)",
+        )
         meter.create_observable_counter(
-            "ap.worker.events", callbacks=[self._observe_events], unit="{event}",
-            description="named worker counters (rejections by code, decisions, ...)")
+            "ap.worker.events",
+            callbacks=[self._observe_events],
+            unit="{event}",
+            description="named worker counters (rejections by code, decisions, ...)",
+        )
         meter.create_observable_gauge(
-            "ap.worker.health", callbacks=[self._observe_health],
-            description="0 healthy, 1 degraded, 2 unhealthy, 3 shutting down")
+            "ap.worker.health",
+            callbacks=[self._observe_health],
+            description="0 healthy, 1 degraded, 2 unhealthy, 3 shutting down",
+        )
         for name in gauges():
-            meter.create_observable_gauge(f"ap.{kind}.{name}",
-                                          callbacks=[self._gauge_callback(name)])
+            meter.create_observable_gauge(
+                f"ap.{kind}.{name}", callbacks=[self._gauge_callback(name)]
+            )
         stats.on_record = self.record
 
     def record(self, duration_ms: float, ok: bool) -> None:
         self.duration.record(duration_ms, _SUCCESS if ok else _FAILURE)
 
     def _observe_tasks(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(self.stats.successes, _SUCCESS),
-                Observation(self.stats.failures, _FAILURE)]
+        return [
+            Observation(self.stats.successes, _SUCCESS),
+            Observation(self.stats.failures, _FAILURE),
+        ]
 
     def _observe_events(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(n, {"event": name}) for name, n in list(self.stats.counters.items())]
@@ -81,4 +98,5 @@ class WorkerInstruments:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             value = self._gauges().get(name)
             return [] if value is None else [Observation(value)]
+
         return observe

@@ -48,8 +48,17 @@ from dataclasses import dataclass, field
 from bus.state import AREAS
 from bus.subjects import Subjects, check_token, service_name
 
-ROLES = ("admin", "client", "verifier", "tally", "keys", "trust", "authority", "anomaly",
-         "recovery")
+ROLES = (
+    "admin",
+    "client",
+    "verifier",
+    "tally",
+    "keys",
+    "trust",
+    "authority",
+    "anomaly",
+    "recovery",
+)
 #: Service roles whose subjects are not in bus/subjects.py yet (request/reply under
 #: ``{prefix}.<role>.>``); the integrator adjusts these when they land.
 SERVICE_ROLES = ("keys", "trust", "authority")
@@ -105,12 +114,21 @@ def stream_owner(stream: str) -> list[str]:
 
 def stream_reader(stream: str) -> list[str]:
     """Read ``stream``: info, message gets, direct gets, (ordered) consumers."""
-    return [*_js(f"STREAM.INFO.{stream}", f"STREAM.MSG.GET.{stream}",
-                 f"DIRECT.GET.{stream}", f"DIRECT.GET.{stream}.>",
-                 f"CONSUMER.CREATE.{stream}", f"CONSUMER.CREATE.{stream}.>",
-                 f"CONSUMER.INFO.{stream}.>", f"CONSUMER.DELETE.{stream}.>",
-                 f"CONSUMER.MSG.NEXT.{stream}.>"),
-            f"$JS.FC.{stream}.>", f"$JS.ACK.{stream}.>"]
+    return [
+        *_js(
+            f"STREAM.INFO.{stream}",
+            f"STREAM.MSG.GET.{stream}",
+            f"DIRECT.GET.{stream}",
+            f"DIRECT.GET.{stream}.>",
+            f"CONSUMER.CREATE.{stream}",
+            f"CONSUMER.CREATE.{stream}.>",
+            f"CONSUMER.INFO.{stream}.>",
+            f"CONSUMER.DELETE.{stream}.>",
+            f"CONSUMER.MSG.NEXT.{stream}.>",
+        ),
+        f"$JS.FC.{stream}.>",
+        f"$JS.ACK.{stream}.>",
+    ]
 
 
 def kv_reader(bucket: str) -> list[str]:
@@ -124,8 +142,12 @@ def kv_lookup(bucket: str) -> list[str]:
     consumers on it could have JetStream deliver its own bytes to any subject (a
     forged ballot or decision); writers of a stream get lookups only."""
     stream = f"KV_{bucket}"
-    return _js(f"STREAM.INFO.{stream}", f"STREAM.MSG.GET.{stream}", f"DIRECT.GET.{stream}",
-               f"DIRECT.GET.{stream}.>")
+    return _js(
+        f"STREAM.INFO.{stream}",
+        f"STREAM.MSG.GET.{stream}",
+        f"DIRECT.GET.{stream}",
+        f"DIRECT.GET.{stream}.>",
+    )
 
 
 def kv_owner(bucket: str) -> list[str]:
@@ -140,15 +162,24 @@ def kv_writer(bucket: str, keys: Iterable[str] = (">",)) -> list[str]:
 def micro_service(kind: str, subjects: Subjects, worker_id: str) -> list[str]:
     """What the runtime subscribes to for ``$SRV.PING/INFO/STATS`` and its status endpoint."""
     name = service_name(kind)
-    return ["$SRV.PING", "$SRV.INFO", "$SRV.STATS", f"$SRV.*.{name}", f"$SRV.*.{name}.*",
-            subjects.status(kind, worker_id)]
+    return [
+        "$SRV.PING",
+        "$SRV.INFO",
+        "$SRV.STATS",
+        f"$SRV.*.{name}",
+        f"$SRV.*.{name}.*",
+        subjects.status(kind, worker_id),
+    ]
 
 
 def telemetry(kind: str, subjects: Subjects, worker_id: str) -> list[str]:
     """Own heartbeats and metrics, and a request to its own status endpoint (the
     runtime's start-up barrier proving the server has its subscriptions)."""
-    return [subjects.heartbeat(kind, worker_id), subjects.metrics(kind, worker_id),
-            subjects.status(kind, worker_id)]
+    return [
+        subjects.heartbeat(kind, worker_id),
+        subjects.metrics(kind, worker_id),
+        subjects.status(kind, worker_id),
+    ]
 
 
 def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
@@ -174,49 +205,94 @@ def permissions(role: str, name: str, subjects: Subjects) -> Permissions:
         pub += [subjects.request, *kv_reader(members)]
         responses = False
     elif role == "verifier":
-        pub += [subjects.votes_all, *telemetry(role, subjects, name),
-                *kv_owner(members), *kv_lookup(members),
-                *kv_writer(members, [name]), *kv_owner(state), *kv_reader(state)]
+        pub += [
+            subjects.votes_all,
+            *telemetry(role, subjects, name),
+            *kv_owner(members),
+            *kv_lookup(members),
+            *kv_writer(members, [name]),
+            *kv_owner(state),
+            *kv_reader(state),
+        ]
         sub += [subjects.ballot, *micro_service(role, subjects, name)]
     elif role == "tally":
         decisions = subjects.decisions_bucket
-        pub += [subjects.ballot, subjects.decisions_all, subjects.equivocation,
-                *telemetry(role, subjects, name),
-                *kv_owner(members), *kv_reader(members), *kv_owner(state), *kv_reader(state),
-                *kv_owner(decisions), *kv_reader(decisions), *kv_writer(decisions),
-                *stream_owner(subjects.audit_stream)]
+        pub += [
+            subjects.ballot,
+            subjects.decisions_all,
+            subjects.equivocation,
+            *telemetry(role, subjects, name),
+            *kv_owner(members),
+            *kv_reader(members),
+            *kv_owner(state),
+            *kv_reader(state),
+            *kv_owner(decisions),
+            *kv_reader(decisions),
+            *kv_writer(decisions),
+            *stream_owner(subjects.audit_stream),
+        ]
         sub += [subjects.request, subjects.votes(name), *micro_service(role, subjects, name)]
     elif role in SERVICE_ROLES:
         areas = [f"{area}.>" for area, owner in AREAS.items() if owner == role]
-        pub += [f"{p}.{role}.>", *telemetry(role, subjects, name),
-                *kv_owner(state), *kv_reader(state), *kv_writer(state, areas),
-                *kv_owner(f"{p}_{role}"), *kv_reader(f"{p}_{role}"),
-                *kv_writer(f"{p}_{role}"),
-                # the key manager purges old revisions of a revoked or destroyed key
-                *_js(f"STREAM.PURGE.KV_{p}_{role}")]
+        pub += [
+            f"{p}.{role}.>",
+            *telemetry(role, subjects, name),
+            *kv_owner(state),
+            *kv_reader(state),
+            *kv_writer(state, areas),
+            *kv_owner(f"{p}_{role}"),
+            *kv_reader(f"{p}_{role}"),
+            *kv_writer(f"{p}_{role}"),
+            # the key manager purges old revisions of a revoked or destroyed key
+            *_js(f"STREAM.PURGE.KV_{p}_{role}"),
+        ]
         sub += [f"{p}.{role}.>", *micro_service(role, subjects, name)]
     elif role == "anomaly":
-        telemetry_streams = [*stream_owner(subjects.heartbeat_stream),
-                             *stream_owner(subjects.metrics_stream)]
-        pub += [subjects.alerts_all, *telemetry(role, subjects, name), *telemetry_streams,
-                *stream_owner(subjects.alerts_stream), *stream_reader(subjects.alerts_stream),
-                *stream_reader(subjects.metrics_stream),
-                *stream_reader(subjects.audit_stream), *kv_reader(members),
-                # quarantine records only: it can neither add members nor edit one
-                *kv_writer(members, ["quarantined.>"])]
-        sub += [subjects.metrics_all, subjects.heartbeat_all, subjects.votes_all,
-                subjects.decisions_all, subjects.equivocation,
-                *micro_service(role, subjects, name)]
+        telemetry_streams = [
+            *stream_owner(subjects.heartbeat_stream),
+            *stream_owner(subjects.metrics_stream),
+        ]
+        pub += [
+            subjects.alerts_all,
+            *telemetry(role, subjects, name),
+            *telemetry_streams,
+            *stream_owner(subjects.alerts_stream),
+            *stream_reader(subjects.alerts_stream),
+            *stream_reader(subjects.metrics_stream),
+            *stream_reader(subjects.audit_stream),
+            *kv_reader(members),
+            # quarantine records only: it can neither add members nor edit one
+            *kv_writer(members, ["quarantined.>"]),
+        ]
+        sub += [
+            subjects.metrics_all,
+            subjects.heartbeat_all,
+            subjects.votes_all,
+            subjects.decisions_all,
+            subjects.equivocation,
+            *micro_service(role, subjects, name),
+        ]
     elif role == "recovery":
         recovery = subjects.recovery_bucket
-        pub += [subjects.alerts_all, *telemetry(role, subjects, name), "$SRV.PING.>",
-                "$SRV.PING", subjects.supervisor_restart("*"),
-                *stream_owner(subjects.alerts_stream),
-                *stream_owner(subjects.heartbeat_stream), *stream_owner(subjects.metrics_stream),
-                *stream_reader(subjects.heartbeat_stream),
-                *kv_owner(recovery), *kv_reader(recovery), *kv_writer(recovery)]
-        sub += [subjects.heartbeat_all, subjects.recovery_history,
-                *micro_service(role, subjects, name)]
+        pub += [
+            subjects.alerts_all,
+            *telemetry(role, subjects, name),
+            "$SRV.PING.>",
+            "$SRV.PING",
+            subjects.supervisor_restart("*"),
+            *stream_owner(subjects.alerts_stream),
+            *stream_owner(subjects.heartbeat_stream),
+            *stream_owner(subjects.metrics_stream),
+            *stream_reader(subjects.heartbeat_stream),
+            *kv_owner(recovery),
+            *kv_reader(recovery),
+            *kv_writer(recovery),
+        ]
+        sub += [
+            subjects.heartbeat_all,
+            subjects.recovery_history,
+            *micro_service(role, subjects, name),
+        ]
     return Permissions(publish=_dedupe(pub), subscribe=_dedupe(sub), allow_responses=responses)
 
 
@@ -248,16 +324,29 @@ def parse_user(spec: str) -> tuple[str, str]:
     """``ROLE:NAME`` → (role, name); raises ValueError with a readable message."""
     match = _ROLE_NAME.match(spec)
     if not match or match.group(1) not in ROLES:
-        raise ValueError(f"user {spec!r} must be ROLE:NAME with ROLE one of {', '.join(ROLES)} "
-                         "and NAME 1-64 characters of A-Z a-z 0-9 _ -")
+        raise ValueError(
+            f"user {spec!r} must be ROLE:NAME with ROLE one of {', '.join(ROLES)} "
+            "and NAME 1-64 characters of A-Z a-z 0-9 _ -"
+        )
     return match.group(1), match.group(2)
 
 
 #: The users of the checked-in deploy/nats/auth.conf: one per worker of a small
 #: deployment (four verifiers tolerate one Byzantine) and one demo client.
-DEFAULT_USERS = ("admin:admin", "tally:t1", "verifier:v1", "verifier:v2", "verifier:v3",
-                 "verifier:v4", "client:demo", "keys:keys1", "trust:trust1",
-                 "authority:authority1", "anomaly:anomaly1", "recovery:recovery1")
+DEFAULT_USERS = (
+    "admin:admin",
+    "tally:t1",
+    "verifier:v1",
+    "verifier:v2",
+    "verifier:v3",
+    "verifier:v4",
+    "client:demo",
+    "keys:keys1",
+    "trust:trust1",
+    "authority:authority1",
+    "anomaly:anomaly1",
+    "recovery:recovery1",
+)
 
 
 def _quote(text: str) -> str:
@@ -274,9 +363,11 @@ def _list(items: Sequence[str], indent: str) -> str:
 def render_user(user: User, subjects: Subjects, auth: str) -> str:
     perms = permissions(user.role, user.name, subjects)
     ind = "      "
-    lines = [f"    # {user.role} {user.name}"
-             + (f" (inbox prefix {inbox_prefix(user.name)})" if user.role != "admin" else ""),
-             "    {"]
+    lines = [
+        f"    # {user.role} {user.name}"
+        + (f" (inbox prefix {inbox_prefix(user.name)})" if user.role != "admin" else ""),
+        "    {",
+    ]
     if auth == "nkey":
         if not user.nkey.startswith("U"):
             raise ValueError(f"user {user.name} needs a public user nkey (U...)")
@@ -306,9 +397,12 @@ def render_auth_conf(users: Sequence[User], subjects: Subjects, auth: str) -> st
         raise ValueError("user names must be unique")
     header = (
         "# Generated by `agentic-payments nats-config` from bus/permissions.py — do not edit.\n"
-        f"# prefix: {subjects.prefix}; auth: {auth}; regenerate after changing subjects.\n")
+        f"# prefix: {subjects.prefix}; auth: {auth}; regenerate after changing subjects.\n"
+    )
     if auth == "env-password":
-        header += ("# Passwords come from the server's environment: "
-                   "AP_NATS_PASSWORD_<NAME> (upper case, - as _).\n")
+        header += (
+            "# Passwords come from the server's environment: "
+            "AP_NATS_PASSWORD_<NAME> (upper case, - as _).\n"
+        )
     body = "\n".join(render_user(u, subjects, auth) for u in users)
     return f"{header}authorization {{\n  users = [\n{body}\n  ]\n}}\n"

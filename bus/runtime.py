@@ -113,8 +113,6 @@ class RuntimeConfig:
             raise ConfigError("drain timeout cannot be negative")
 
 
-
-
 class Worker:
     """Base of every worker process; subclasses set ``kind`` and implement ``setup``."""
 
@@ -138,8 +136,9 @@ class Worker:
         self._hb_seq = 0
         self.otel_metrics: WorkerInstruments | None = None
         # systemd READY/STOPPING/WATCHDOG and the local liveness file (bus/keepalive.py)
-        self.keepalive = Keepalive(self.kind, self.worker_id, data_dir=runtime.data_dir,
-                                   heartbeat_s=runtime.heartbeat_s)
+        self.keepalive = Keepalive(
+            self.kind, self.worker_id, data_dir=runtime.data_dir, heartbeat_s=runtime.heartbeat_s
+        )
         self._beat_at: float | None = None
 
     # ------------------------------------------------------------ subclass API
@@ -162,13 +161,15 @@ class Worker:
 
     async def subscribe_intake(self, subject: str, cb: MsgHandler, queue: str = "") -> None:
         """A work subscription: drained first at shutdown (stop taking work)."""
-        self._intake.append(await self.client.subscribe(subject, queue=queue, cb=cb,
-                                                        pending_msgs_limit=65536))
+        self._intake.append(
+            await self.client.subscribe(subject, queue=queue, cb=cb, pending_msgs_limit=65536)
+        )
 
     async def subscribe(self, subject: str, cb: MsgHandler, queue: str = "") -> None:
         """A subscription kept until the held work is finished (e.g. vote replies)."""
-        self._subs.append(await self.client.subscribe(subject, queue=queue, cb=cb,
-                                                      pending_msgs_limit=65536))
+        self._subs.append(
+            await self.client.subscribe(subject, queue=queue, cb=cb, pending_msgs_limit=65536)
+        )
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -195,38 +196,56 @@ class Worker:
 
     def heartbeat(self) -> Heartbeat:
         self._hb_seq += 1
-        return Heartbeat(kind=self.kind, worker_id=self.worker_id, instance=self.instance,
-                         seq=self._hb_seq, ts_ms=now_ms(), interval_s=self.runtime.heartbeat_s,
-                         health=self.health().value, pid=os.getpid(),
-                         host=socket.gethostname()[:255],
-                         generation=self.runtime.generation)
+        return Heartbeat(
+            kind=self.kind,
+            worker_id=self.worker_id,
+            instance=self.instance,
+            seq=self._hb_seq,
+            ts_ms=now_ms(),
+            interval_s=self.runtime.heartbeat_s,
+            health=self.health().value,
+            pid=os.getpid(),
+            host=socket.gethostname()[:255],
+            generation=self.runtime.generation,
+        )
 
     def metrics(self) -> MetricsSnapshot:
         s = self.stats
-        return MetricsSnapshot(kind=self.kind, worker_id=self.worker_id, instance=self.instance,
-                               ts_ms=now_ms(), tasks=s.tasks, successes=s.successes,
-                               failures=s.failures, avg_ms=round(s.avg_ms, 3),
-                               p99_ms=round(s.p99_ms, 3), health=self.health().value,
-                               counters=dict(s.counters))
+        return MetricsSnapshot(
+            kind=self.kind,
+            worker_id=self.worker_id,
+            instance=self.instance,
+            ts_ms=now_ms(),
+            tasks=s.tasks,
+            successes=s.successes,
+            failures=s.failures,
+            avg_ms=round(s.avg_ms, 3),
+            p99_ms=round(s.p99_ms, 3),
+            health=self.health().value,
+            counters=dict(s.counters),
+        )
 
     async def _publish_heartbeat(self) -> None:
         self._beat_at = time.monotonic()  # progress evidence for the keep-alive
         if self.nc is not None and self.nc.is_connected:
-            await self.nc.publish(self.subjects.heartbeat(self.kind, self.worker_id),
-                                  self.heartbeat().encode())
+            await self.nc.publish(
+                self.subjects.heartbeat(self.kind, self.worker_id), self.heartbeat().encode()
+            )
 
     async def _publish_metrics(self) -> None:
         if self.nc is not None and self.nc.is_connected:
-            await self.nc.publish(self.subjects.metrics(self.kind, self.worker_id),
-                                  self.metrics().encode())
+            await self.nc.publish(
+                self.subjects.metrics(self.kind, self.worker_id), self.metrics().encode()
+            )
 
     async def _every(self, seconds: float, action: Callable[[], Awaitable[None]]) -> None:
         while True:
             try:
                 await action()
             except Exception:  # a publish failure must not kill the loop
-                log.warning("periodic %s failed", getattr(action, "__name__", action),
-                            exc_info=True)
+                log.warning(
+                    "periodic %s failed", getattr(action, "__name__", action), exc_info=True
+                )
             await asyncio.sleep(seconds)
 
     async def _status(self, request: Request) -> None:
@@ -235,41 +254,60 @@ class Worker:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._stop_requested = asyncio.Event()
-        resource = {"service.instance.id": f"{self.worker_id}-{self.instance}",
-                    "agentic_payments.worker_id": self.worker_id,
-                    "agentic_payments.prefix": self.subjects.prefix}
+        resource = {
+            "service.instance.id": f"{self.worker_id}-{self.instance}",
+            "agentic_payments.worker_id": self.worker_id,
+            "agentic_payments.prefix": self.subjects.prefix,
+        }
         setup_tracing(service_name(self.kind), resource)
         metrics_on = setup_metrics(service_name(self.kind), resource)
         self.nc = await connect(self.runtime.nats, name=f"{self.kind}-{self.worker_id}")
-        metadata = {"worker_id": self.worker_id, "kind": self.kind, "instance": self.instance,
-                    "prefix": self.subjects.prefix, **self.extra_metadata()}
+        metadata = {
+            "worker_id": self.worker_id,
+            "kind": self.kind,
+            "instance": self.instance,
+            "prefix": self.subjects.prefix,
+            **self.extra_metadata(),
+        }
         self.service = await add_service(
-            self.nc, name=service_name(self.kind), version=VERSION,
+            self.nc,
+            name=service_name(self.kind),
+            version=VERSION,
             description=(self.__class__.__doc__ or self.kind).strip().splitlines()[0],
-            metadata=metadata)
-        await self.service.add_endpoint(EndpointConfig(
-            name="status", handler=self._status,
-            subject=self.subjects.status(self.kind, self.worker_id),
-            queue_group=f"status-{self.instance}"))
+            metadata=metadata,
+        )
+        await self.service.add_endpoint(
+            EndpointConfig(
+                name="status",
+                handler=self._status,
+                subject=self.subjects.status(self.kind, self.worker_id),
+                queue_group=f"status-{self.instance}",
+            )
+        )
         try:
             await self.setup()
         except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
-            raise NotConnected(f"JetStream is not available on {self.runtime.nats.url} "
-                               f"(start nats-server with -js): {exc}") from None
+            raise NotConnected(
+                f"JetStream is not available on {self.runtime.nats.url} "
+                f"(start nats-server with -js): {exc}"
+            ) from None
         await self.nc.flush()
         await self._subscriptions_barrier()
         if metrics_on and self.otel_metrics is None:  # after setup: gauges() may need its state
-            self.otel_metrics = WorkerInstruments(self.kind, self.stats, self.health,
-                                                  self.gauges)
+            self.otel_metrics = WorkerInstruments(self.kind, self.stats, self.health, self.gauges)
         self._loops = [
             asyncio.create_task(self._every(self.runtime.heartbeat_s, self._publish_heartbeat)),
             asyncio.create_task(self._every(self.runtime.metrics_s, self._publish_metrics)),
             asyncio.create_task(self.keepalive.run(self._making_progress)),
         ]
-        self.keepalive.ready(f"serving as {self.kind} {self.worker_id} on "
-                             f"{self.subjects.prefix}")
-        log.info("%s %s started (instance %s, prefix %s)", self.kind, self.worker_id,
-                 self.instance, self.subjects.prefix)
+        self.keepalive.ready(f"serving as {self.kind} {self.worker_id} on {self.subjects.prefix}")
+        log.info(
+            "%s %s started (instance %s, prefix %s)",
+            self.kind,
+            self.worker_id,
+            self.instance,
+            self.subjects.prefix,
+        )
 
     async def _subscriptions_barrier(self) -> None:
         """Return only once the server has every subscription made so far.
@@ -281,15 +319,21 @@ class Worker:
         proves the server processed them.
         """
         try:
-            await self.client.request(self.subjects.status(self.kind, self.worker_id), b"",
-                                      timeout=5.0)
+            await self.client.request(
+                self.subjects.status(self.kind, self.worker_id), b"", timeout=5.0
+            )
         except Exception as exc:  # never fatal: the worker still works, just maybe later
-            log.warning("%s %s: subscription barrier failed (%s)", self.kind, self.worker_id,
-                        exc.__class__.__name__)
+            log.warning(
+                "%s %s: subscription barrier failed (%s)",
+                self.kind,
+                self.worker_id,
+                exc.__class__.__name__,
+            )
 
     def _making_progress(self) -> bool:
-        return making_progress(self._beat_at, time.monotonic(), self.runtime.heartbeat_s,
-                               self.keepalive.interval_s)
+        return making_progress(
+            self._beat_at, time.monotonic(), self.runtime.heartbeat_s, self.keepalive.interval_s
+        )
 
     def request_stop(self) -> None:
         """Signal handler: ask ``run`` to stop (safe from a signal, safe twice)."""
@@ -318,8 +362,12 @@ class Worker:
         try:
             await asyncio.wait_for(self.wait_idle(), self.runtime.drain_timeout_s)
         except TimeoutError:
-            log.warning("%s %s: work still held after %.1fs; stopping anyway", self.kind,
-                        self.worker_id, self.runtime.drain_timeout_s)
+            log.warning(
+                "%s %s: work still held after %.1fs; stopping anyway",
+                self.kind,
+                self.worker_id,
+                self.runtime.drain_timeout_s,
+            )
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.drain()  # type: ignore[no-untyped-call]
@@ -351,16 +399,22 @@ class Worker:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop()
 
 
 def configure_logging(kind: str, worker_id: str) -> None:
     level = os.environ.get("AP_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(
-        level=getattr(logging, level, logging.INFO), stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s {kind}/{worker_id} %(name)s: %(message)s")
+        level=getattr(logging, level, logging.INFO),
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s {kind}/{worker_id} %(name)s: %(message)s",
+    )
 
 
 def run_worker(factory: Callable[[], Worker]) -> int:

@@ -39,9 +39,9 @@ T = TypeVar("T")
 
 #: Key prefixes in the state bucket and the service that owns each.
 AREAS = {
-    "key": "keys",          # key.<public key hex>        -> key status (revocation, expiry)
-    "anchor": "trust",      # anchor.<public key hex>     -> trust anchor
-    "cert": "trust",        # cert.<serial>               -> trust certificate
+    "key": "keys",  # key.<public key hex>        -> key status (revocation, expiry)
+    "anchor": "trust",  # anchor.<public key hex>     -> trust anchor
+    "cert": "trust",  # cert.<serial>               -> trust certificate
     "authority": "authority",  # authority.<public key hex> -> authority record
     "policy": "authority",  # policy.<category>           -> quorum policy
 }
@@ -61,8 +61,14 @@ def state_key(area: str, name: str) -> str:
 OPEN_RETRY_S = 30.0
 
 
-async def ensure_bucket(nc: Client, name: str, *, history: int = STATE_HISTORY,
-                        description: str = "", forbid_ttl: bool = False) -> Any:
+async def ensure_bucket(
+    nc: Client,
+    name: str,
+    *,
+    history: int = STATE_HISTORY,
+    description: str = "",
+    forbid_ttl: bool = False,
+) -> Any:
     """Open KV bucket ``name``, creating it (direct gets allowed) if it is missing.
 
     JetStream API timeouts are retried with back-off for up to OPEN_RETRY_S;
@@ -80,9 +86,11 @@ async def ensure_bucket(nc: Client, name: str, *, history: int = STATE_HISTORY,
             if forbid_ttl:
                 config = (await kv.status()).stream_info.config
                 if config.max_age:
-                    raise ConfigError(f"bucket {name} expires records after {config.max_age}s:"
-                                      " a revocation or quarantine would silently lapse; "
-                                      "recreate it without a TTL")
+                    raise ConfigError(
+                        f"bucket {name} expires records after {config.max_age}s:"
+                        " a revocation or quarantine would silently lapse; "
+                        "recreate it without a TTL"
+                    )
             return kv
         except (nats.errors.TimeoutError, TimeoutError):
             if loop.time() + delay > deadline:
@@ -99,9 +107,13 @@ async def _open_or_create(nc: Client, name: str, history: int, description: str)
     except BucketNotFoundError:
         pass
     try:
-        return await js.create_key_value(bucket=name, history=history, direct=True,
-                                         replicas=js_replicas(),
-                                         description=description)
+        return await js.create_key_value(
+            bucket=name,
+            history=history,
+            direct=True,
+            replicas=js_replicas(),
+            description=description,
+        )
     except (nats.errors.TimeoutError, TimeoutError):
         raise
     except Exception:  # created concurrently by another worker
@@ -109,8 +121,9 @@ async def _open_or_create(nc: Client, name: str, history: int, description: str)
 
 
 async def state_bucket(nc: Client, subjects: Subjects) -> Any:
-    return await ensure_bucket(nc, subjects.state_bucket, forbid_ttl=True,
-                               description="agentic-payments verdict state")
+    return await ensure_bucket(
+        nc, subjects.state_bucket, forbid_ttl=True, description="agentic-payments verdict state"
+    )
 
 
 class BucketMirror(Generic[T]):
@@ -122,9 +135,15 @@ class BucketMirror(Generic[T]):
     initial replay is done.
     """
 
-    def __init__(self, nc: Client, bucket: str, decode: Callable[[str, bytes], T], *,
-                 on_change: Callable[[], None] | None = None,
-                 keep_unreadable: bool = False) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        bucket: str,
+        decode: Callable[[str, bytes], T],
+        *,
+        on_change: Callable[[], None] | None = None,
+        keep_unreadable: bool = False,
+    ) -> None:
         self._nc = nc
         self._bucket = bucket
         self._decode = decode
@@ -217,8 +236,12 @@ class BucketMirror(Generic[T]):
                 behind_since = now
             elif now - behind_since >= STALL_RESTART_S:
                 self.failures += 1
-                log.warning("watch of %s is behind the bucket (%d < %d); restarting it",
-                            self._bucket, self.revision, last)
+                log.warning(
+                    "watch of %s is behind the bucket (%d < %d); restarting it",
+                    self._bucket,
+                    self.revision,
+                    last,
+                )
                 behind_since = None
                 if self._task is not None:
                     self._task.cancel()

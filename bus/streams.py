@@ -17,8 +17,15 @@ from bus.config import js_replicas
 from bus.subjects import Subjects
 
 
-async def ensure_stream(nc: Client, name: str, subjects: list[str], *, max_age_s: float,
-                        description: str, max_bytes: int = -1) -> bool:
+async def ensure_stream(
+    nc: Client,
+    name: str,
+    subjects: list[str],
+    *,
+    max_age_s: float,
+    description: str,
+    max_bytes: int = -1,
+) -> bool:
     """Create stream ``name`` over ``subjects`` if missing; True if this call created it."""
     js = nc.jetstream()
     try:
@@ -27,18 +34,34 @@ async def ensure_stream(nc: Client, name: str, subjects: list[str], *, max_age_s
     except NotFoundError:
         pass
     with contextlib.suppress(BadRequestError):  # created concurrently by another worker
-        await js.add_stream(name=name, subjects=subjects, max_age=max_age_s,
-                            max_bytes=max_bytes, description=description,
-                            num_replicas=js_replicas())
+        await js.add_stream(
+            name=name,
+            subjects=subjects,
+            max_age=max_age_s,
+            max_bytes=max_bytes,
+            description=description,
+            num_replicas=js_replicas(),
+        )
         return True
     return False
 
 
-async def ensure_telemetry_streams(nc: Client, subjects: Subjects, *,
-                                   max_age_s: float = 3600.0) -> None:
+async def ensure_telemetry_streams(
+    nc: Client, subjects: Subjects, *, max_age_s: float = 3600.0
+) -> None:
     """Heartbeats and metrics snapshots, kept ``max_age_s`` so a restarted
     anomaly or recovery worker catches up on recent history."""
-    await ensure_stream(nc, subjects.heartbeat_stream, [subjects.heartbeat_all],
-                        max_age_s=max_age_s, description="agentic-payments heartbeats")
-    await ensure_stream(nc, subjects.metrics_stream, [subjects.metrics_all],
-                        max_age_s=max_age_s, description="agentic-payments metrics snapshots")
+    await ensure_stream(
+        nc,
+        subjects.heartbeat_stream,
+        [subjects.heartbeat_all],
+        max_age_s=max_age_s,
+        description="agentic-payments heartbeats",
+    )
+    await ensure_stream(
+        nc,
+        subjects.metrics_stream,
+        [subjects.metrics_all],
+        max_age_s=max_age_s,
+        description="agentic-payments metrics snapshots",
+    )

@@ -123,11 +123,13 @@ class Subjects:
         """Trust service operations, request/reply in queue group 'trust'; ``trust_op`` is
         one of add-anchor, remove-anchor, add-cert, revoke-cert, validate, list."""
         return f"{self.prefix}.trust.{trust_op}"
+
     # -- authority coordinator (workers/authority/worker.py) ------------------------------
     def authority(self, authority_op: str) -> str:
         """Authority coordinator operation (request/reply, queue group 'authority'):
         add, activate, deactivate, set-level, set-policy, get-policy, list, evaluate."""
         return f"{self.prefix}.authority.{authority_op}"
+
     # -- recovery worker and local supervisor (workers/recovery/worker.py, supervisor.py) --
     @property
     def recovery_history(self) -> str:
@@ -192,7 +194,6 @@ def telemetry_source(subjects: Subjects, subject: str) -> tuple[str, str] | None
     own), so readers trust it over the kind and id inside the payload.
     """
     parts = subject.split(".")
-    if (len(parts) == 4 and parts[0] == subjects.prefix
-            and parts[1] in ("heartbeat", "metrics")):
+    if len(parts) == 4 and parts[0] == subjects.prefix and parts[1] in ("heartbeat", "metrics"):
         return parts[2], parts[3]
     return None

@@ -67,14 +67,22 @@ def _exporters(signal: str) -> list[str]:
     if raw:
         names = [n.strip() for n in raw.split(",") if n.strip()]
         return [] if "none" in names else names
-    endpoint = (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-                or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"))
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+    )
     return ["otlp"] if endpoint else []
 
 
 def _protocol(signal: str) -> str:
-    return (os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
-            or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip().lower()
+    return (
+        (
+            os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
+            or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            or "http/protobuf"
+        )
+        .strip()
+        .lower()
+    )
 
 
 def _resource(service_name: str, extra: Mapping[str, str] | None = None) -> Any:
@@ -84,7 +92,8 @@ def _resource(service_name: str, extra: Mapping[str, str] | None = None) -> Any:
     # passed in would override both, so the default name is passed only if neither names one.
     named = os.environ.get("OTEL_SERVICE_NAME") or any(
         item.split("=", 1)[0].strip() == "service.name"
-        for item in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","))
+        for item in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(",")
+    )
     attrs: dict[str, Any] = dict(extra or {})
     if not named:
         attrs["service.name"] = service_name
@@ -103,14 +112,21 @@ def _otlp_exporter(signal: str) -> Any:
         package = "opentelemetry.exporter.otlp.proto.http"
         hint = "agentic-payments[otlp]"
     else:
-        log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported (http/protobuf, grpc); "
-                    "no %s exported", protocol, signal)
+        log.warning(
+            "OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported (http/protobuf, grpc); no %s exported",
+            protocol,
+            signal,
+        )
         return None
     try:
         mod = __import__(f"{package}.{module}", fromlist=[cls])
     except ImportError:
-        log.warning("OTLP %s export requested but %s is not installed: pip install '%s'",
-                    signal, package, hint)
+        log.warning(
+            "OTLP %s export requested but %s is not installed: pip install '%s'",
+            signal,
+            package,
+            hint,
+        )
         return None
     return getattr(mod, cls)()
 
@@ -126,14 +142,14 @@ def untrusted_parent_sampler() -> Any:
     if os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() != "parentbased_traceidratio":
         return None
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
     try:
         ratio = float(os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
     except ValueError:
         ratio = 1.0
     ratio = min(max(ratio, 0.0), 1.0)
     by_id = TraceIdRatioBased(ratio)
-    return ParentBased(root=by_id, remote_parent_sampled=by_id,
-                       remote_parent_not_sampled=by_id)
+    return ParentBased(root=by_id, remote_parent_sampled=by_id, remote_parent_not_sampled=by_id)
 
 
 def setup_tracing(service_name: str, resource: Mapping[str, str] | None = None) -> bool:
@@ -148,8 +164,11 @@ def setup_tracing(service_name: str, resource: Mapping[str, str] | None = None) 
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
     # shutdown_on_exit=False: the SDK's own atexit shutdown is unbounded (see shutdown_telemetry)
-    provider = TracerProvider(resource=_resource(service_name, resource), shutdown_on_exit=False,
-                              sampler=untrusted_parent_sampler())
+    provider = TracerProvider(
+        resource=_resource(service_name, resource),
+        shutdown_on_exit=False,
+        sampler=untrusted_parent_sampler(),
+    )
     added = 0
     for name in names:
         exporter: Any = None
@@ -197,8 +216,13 @@ def setup_metrics(service_name: str, resource: Mapping[str, str] | None = None) 
             readers.append(PeriodicExportingMetricReader(exporter))
     if not readers:
         return False
-    metrics.set_meter_provider(MeterProvider(resource=_resource(service_name, resource),
-                                             metric_readers=readers, shutdown_on_exit=False))
+    metrics.set_meter_provider(
+        MeterProvider(
+            resource=_resource(service_name, resource),
+            metric_readers=readers,
+            shutdown_on_exit=False,
+        )
+    )
     _metrics_on = True
     return True
 
@@ -214,7 +238,8 @@ def shutdown_telemetry(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
     from opentelemetry import metrics
 
     providers = ([trace.get_tracer_provider()] if _traces_on else []) + (
-        [metrics.get_meter_provider()] if _metrics_on else [])
+        [metrics.get_meter_provider()] if _metrics_on else []
+    )
     if not providers:
         return
 
@@ -231,8 +256,11 @@ def shutdown_telemetry(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
-        log.warning("telemetry not flushed within %.1fs (is the OTLP endpoint reachable?); "
-                    "exiting without it", timeout_s)
+        log.warning(
+            "telemetry not flushed within %.1fs (is the OTLP endpoint reachable?); "
+            "exiting without it",
+            timeout_s,
+        )
 
 
 shutdown_tracing = shutdown_telemetry
@@ -251,8 +279,9 @@ def tracer() -> trace.Tracer:
 
 
 # ---------------------------------------------------------------- propagation
-def inject_headers(headers: dict[str, str] | None = None,
-                   context: Context | None = None) -> dict[str, str]:
+def inject_headers(
+    headers: dict[str, str] | None = None, context: Context | None = None
+) -> dict[str, str]:
     """Headers carrying the current (or given) trace context."""
     carrier: dict[str, str] = dict(headers or {})
     propagate.inject(carrier, context=context)
@@ -323,8 +352,9 @@ def context_of(span_context: SpanContext | None) -> Context | None:
 
 
 # ---------------------------------------------------------------- spans
-def messaging_attributes(operation: str, subject: str,
-                         attributes: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def messaging_attributes(
+    operation: str, subject: str, attributes: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     attrs: dict[str, Any] = {
         "messaging.system": "nats",
         "messaging.destination.name": subject,
@@ -335,23 +365,44 @@ def messaging_attributes(operation: str, subject: str,
     return attrs
 
 
-def start_messaging_span(operation: str, subject: str, *, kind: SpanKind,
-                         parent: Context | None = None, links: list[Link] | None = None,
-                         attributes: Mapping[str, Any] | None = None,
-                         name: str | None = None, start_time: int | None = None) -> Span:
+def start_messaging_span(
+    operation: str,
+    subject: str,
+    *,
+    kind: SpanKind,
+    parent: Context | None = None,
+    links: list[Link] | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    name: str | None = None,
+    start_time: int | None = None,
+) -> Span:
     """A started (not current) messaging span; the caller ends it."""
-    return tracer().start_span(name or f"{operation} {subject}", context=parent, kind=kind,
-                               links=links, start_time=start_time,
-                               attributes=messaging_attributes(operation, subject, attributes))
+    return tracer().start_span(
+        name or f"{operation} {subject}",
+        context=parent,
+        kind=kind,
+        links=links,
+        start_time=start_time,
+        attributes=messaging_attributes(operation, subject, attributes),
+    )
 
 
 @contextmanager
-def messaging_span(operation: str, subject: str, *, kind: SpanKind,
-                   parent: Context | None = None, links: list[Link] | None = None,
-                   attributes: Mapping[str, Any] | None = None,
-                   name: str | None = None) -> Iterator[Span]:
-    with tracer().start_as_current_span(name or f"{operation} {subject}", context=parent,
-                                        kind=kind, links=links,
-                                        attributes=messaging_attributes(operation, subject,
-                                                                        attributes)) as span:
+def messaging_span(
+    operation: str,
+    subject: str,
+    *,
+    kind: SpanKind,
+    parent: Context | None = None,
+    links: list[Link] | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    name: str | None = None,
+) -> Iterator[Span]:
+    with tracer().start_as_current_span(
+        name or f"{operation} {subject}",
+        context=parent,
+        kind=kind,
+        links=links,
+        attributes=messaging_attributes(operation, subject, attributes),
+    ) as span:
         yield span

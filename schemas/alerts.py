@@ -67,15 +67,38 @@ class Alert(WireMessage):
 
     TYPE: ClassVar[str] = "alert"
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "alert_id", "severity", "code", "subject_kind", "subject_id", "summary",
-        "ts_ms", "source_kind", "source_id", "signer", "details", "sig")
+        "type",
+        "v",
+        "alert_id",
+        "severity",
+        "code",
+        "subject_kind",
+        "subject_id",
+        "summary",
+        "ts_ms",
+        "source_kind",
+        "source_id",
+        "signer",
+        "details",
+        "sig",
+    )
 
     def _body(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "alert_id": self.alert_id,
-                "severity": self.severity, "code": self.code,
-                "subject_kind": self.subject_kind, "subject_id": self.subject_id,
-                "summary": self.summary, "ts_ms": self.ts_ms, "source_kind": self.source_kind,
-                "source_id": self.source_id, "signer": self.signer, "details": self.details}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "alert_id": self.alert_id,
+            "severity": self.severity,
+            "code": self.code,
+            "subject_kind": self.subject_kind,
+            "subject_id": self.subject_id,
+            "summary": self.summary,
+            "ts_ms": self.ts_ms,
+            "source_kind": self.source_kind,
+            "source_id": self.source_id,
+            "signer": self.signer,
+            "details": self.details,
+        }
 
     def signing_bytes(self) -> bytes:
         """DOMAIN_ALERT || msgpack(every field but sig, as a map with sorted keys)."""
@@ -89,24 +112,49 @@ class Alert(WireMessage):
     def from_wire(cls, obj: Any) -> Alert:
         obj = _header(obj, cls.TYPE)
         return cls(
-            alert_id=_str(obj, "alert_id", 64), severity=_enum(obj, "severity", Severity).value,
-            code=_str(obj, "code", 64), subject_kind=_str(obj, "subject_kind", 32),
-            subject_id=_str(obj, "subject_id", 64), summary=_str(obj, "summary", 1024),
-            ts_ms=_int(obj, "ts_ms"), source_kind=_str(obj, "source_kind", 32),
+            alert_id=_str(obj, "alert_id", 64),
+            severity=_enum(obj, "severity", Severity).value,
+            code=_str(obj, "code", 64),
+            subject_kind=_str(obj, "subject_kind", 32),
+            subject_id=_str(obj, "subject_id", 64),
+            summary=_str(obj, "summary", 1024),
+            ts_ms=_int(obj, "ts_ms"),
+            source_kind=_str(obj, "source_kind", 32),
             source_id=_str(obj, "source_id", 64),
             signer=_bytes(obj, "signer", exact=PUBLIC_KEY_BYTES),
-            details=_scalar_map(obj, "details"), sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES))
+            details=_scalar_map(obj, "details"),
+            sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES),
+        )
 
     def signature_ok(self) -> bool:
         return verify_signature(self.signer, self.signing_bytes(), self.sig)
 
 
-def sign_alert(identity: AgentIdentity, *, alert_id: str, severity: Severity, code: str,
-               subject_kind: str, subject_id: str, summary: str, ts_ms: int,
-               source_kind: str, source_id: str,
-               details: dict[str, Any] | None = None) -> Alert:
-    unsigned = Alert(alert_id=alert_id, severity=severity.value, code=code,
-                     subject_kind=subject_kind, subject_id=subject_id, summary=summary[:1024],
-                     ts_ms=ts_ms, source_kind=source_kind, source_id=source_id,
-                     signer=identity.public_key, details=dict(details or {}))
+def sign_alert(
+    identity: AgentIdentity,
+    *,
+    alert_id: str,
+    severity: Severity,
+    code: str,
+    subject_kind: str,
+    subject_id: str,
+    summary: str,
+    ts_ms: int,
+    source_kind: str,
+    source_id: str,
+    details: dict[str, Any] | None = None,
+) -> Alert:
+    unsigned = Alert(
+        alert_id=alert_id,
+        severity=severity.value,
+        code=code,
+        subject_kind=subject_kind,
+        subject_id=subject_id,
+        summary=summary[:1024],
+        ts_ms=ts_ms,
+        source_kind=source_kind,
+        source_id=source_id,
+        signer=identity.public_key,
+        details=dict(details or {}),
+    )
     return replace(unsigned, sig=identity.sign(unsigned.signing_bytes()))

@@ -95,10 +95,10 @@ def check_category(value: Any, name: str = "category") -> str:
 def parse_fraction(text: Any, name: str = "threshold") -> Fraction:
     """``"n/d"`` in lowest terms with 0 < n <= d; anything else is a SchemaViolation."""
     if not isinstance(text, str):
-        raise SchemaViolation(f"{name} must be a string like \"2/3\"")
+        raise SchemaViolation(f'{name} must be a string like "2/3"')
     match = _FRACTION.match(text)
     if not match:
-        raise SchemaViolation(f"{name} {text!r} must be an exact fraction \"n/d\", not a float")
+        raise SchemaViolation(f'{name} {text!r} must be an exact fraction "n/d", not a float')
     num, den = int(match.group(1)), int(match.group(2))
     if not 0 < num <= den or math.gcd(num, den) != 1:
         raise SchemaViolation(f"{name} {text!r} must be in lowest terms and in (0, 1]")
@@ -131,6 +131,7 @@ def _maps(obj: Any, name: str, max_len: int) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------ records
 
+
 @dataclass(frozen=True)
 class AuthorityRecord(WireMessage):
     """One authority (state key ``authority.<public key hex>``)."""
@@ -143,7 +144,14 @@ class AuthorityRecord(WireMessage):
 
     TYPE: ClassVar[str] = "authority_record"
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "public_key", "name", "trust_level", "active", "serial")
+        "type",
+        "v",
+        "public_key",
+        "name",
+        "trust_level",
+        "active",
+        "serial",
+    )
 
     def __post_init__(self) -> None:
         TrustLevel(self.trust_level)
@@ -153,17 +161,26 @@ class AuthorityRecord(WireMessage):
         return rank(self.trust_level)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "public_key": self.public_key,
-                "name": self.name, "trust_level": self.trust_level, "active": self.active,
-                "serial": self.serial}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "public_key": self.public_key,
+            "name": self.name,
+            "trust_level": self.trust_level,
+            "active": self.active,
+            "serial": self.serial,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> AuthorityRecord:
         obj = _header(obj, cls.TYPE)
-        return cls(public_key=_bytes(obj, "public_key", exact=PUBLIC_KEY_BYTES),
-                   name=_str(obj, "name", MAX_NAME),
-                   trust_level=_enum(obj, "trust_level", TrustLevel).value,
-                   active=_bool(obj, "active"), serial=_int(obj, "serial", lo=1))
+        return cls(
+            public_key=_bytes(obj, "public_key", exact=PUBLIC_KEY_BYTES),
+            name=_str(obj, "name", MAX_NAME),
+            trust_level=_enum(obj, "trust_level", TrustLevel).value,
+            active=_bool(obj, "active"),
+            serial=_int(obj, "serial", lo=1),
+        )
 
     def digest(self) -> bytes:
         return hashlib.sha256(self.encode()).digest()
@@ -189,17 +206,23 @@ class PolicyGroup:
             raise SchemaViolation(f"group k={self.k} exceeds its {len(self.members)} members")
 
     def to_wire(self) -> dict[str, Any]:
-        return {"name": self.name, "k": self.k, "min_trust_level": self.min_trust_level,
-                "members": list(self.members)}
+        return {
+            "name": self.name,
+            "k": self.k,
+            "min_trust_level": self.min_trust_level,
+            "members": list(self.members),
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> PolicyGroup:
         if not isinstance(obj, dict):
             raise SchemaViolation("a policy group must be a map")
-        return cls(name=_str(obj, "name", 64, min_len=0), k=_int(obj, "k", lo=1,
-                                                                 hi=MAX_GROUP_MEMBERS),
-                   min_trust_level=_enum(obj, "min_trust_level", TrustLevel).value,
-                   members=_key_list(obj, "members", MAX_GROUP_MEMBERS))
+        return cls(
+            name=_str(obj, "name", 64, min_len=0),
+            k=_int(obj, "k", lo=1, hi=MAX_GROUP_MEMBERS),
+            min_trust_level=_enum(obj, "min_trust_level", TrustLevel).value,
+            members=_key_list(obj, "members", MAX_GROUP_MEMBERS),
+        )
 
 
 @dataclass(frozen=True)
@@ -215,8 +238,15 @@ class QuorumPolicy(WireMessage):
 
     TYPE: ClassVar[str] = "quorum_policy"
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "category", "serial", "min_authorities", "min_trust_level", "threshold",
-        "groups")
+        "type",
+        "v",
+        "category",
+        "serial",
+        "min_authorities",
+        "min_trust_level",
+        "threshold",
+        "groups",
+    )
 
     def __post_init__(self) -> None:
         check_category(self.category)
@@ -231,22 +261,28 @@ class QuorumPolicy(WireMessage):
             raise SchemaViolation("serial must be >= 1")
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "category": self.category,
-                "serial": self.serial, "min_authorities": self.min_authorities,
-                "min_trust_level": self.min_trust_level,
-                "threshold": format_fraction(self.threshold),
-                "groups": [g.to_wire() for g in self.groups]}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "category": self.category,
+            "serial": self.serial,
+            "min_authorities": self.min_authorities,
+            "min_trust_level": self.min_trust_level,
+            "threshold": format_fraction(self.threshold),
+            "groups": [g.to_wire() for g in self.groups],
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> QuorumPolicy:
         obj = _header(obj, cls.TYPE)
-        return cls(category=check_category(_need(obj, "category")),
-                   serial=_int(obj, "serial", lo=1),
-                   min_authorities=_int(obj, "min_authorities", lo=1, hi=MAX_MIN_AUTHORITIES),
-                   min_trust_level=_enum(obj, "min_trust_level", TrustLevel).value,
-                   threshold=parse_fraction(_need(obj, "threshold")),
-                   groups=tuple(PolicyGroup.from_wire(g)
-                                for g in _maps(obj, "groups", MAX_GROUPS)))
+        return cls(
+            category=check_category(_need(obj, "category")),
+            serial=_int(obj, "serial", lo=1),
+            min_authorities=_int(obj, "min_authorities", lo=1, hi=MAX_MIN_AUTHORITIES),
+            min_trust_level=_enum(obj, "min_trust_level", TrustLevel).value,
+            threshold=parse_fraction(_need(obj, "threshold")),
+            groups=tuple(PolicyGroup.from_wire(g) for g in _maps(obj, "groups", MAX_GROUPS)),
+        )
 
     def digest(self) -> bytes:
         """What a policy-admin endorsement of this exact policy signs."""
@@ -254,6 +290,7 @@ class QuorumPolicy(WireMessage):
 
 
 # ------------------------------------------------------------------ endorsements
+
 
 def endorsement_signing_bytes(category: str, message_digest: bytes) -> bytes:
     """``DOMAIN_ENDORSEMENT || msgpack([1, category (str), message_digest (bin 32)])``."""
@@ -279,19 +316,26 @@ class Endorsement(WireMessage):
     FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "authority_key", "signature")
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "authority_key": self.authority_key,
-                "signature": self.signature}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "authority_key": self.authority_key,
+            "signature": self.signature,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> Endorsement:
         obj = _header(obj, cls.TYPE)
-        return cls(authority_key=_bytes(obj, "authority_key", exact=PUBLIC_KEY_BYTES),
-                   signature=_bytes(obj, "signature", exact=SIGNATURE_BYTES))
+        return cls(
+            authority_key=_bytes(obj, "authority_key", exact=PUBLIC_KEY_BYTES),
+            signature=_bytes(obj, "signature", exact=SIGNATURE_BYTES),
+        )
 
 
 def sign_endorsement(identity: AgentIdentity, category: str, digest: bytes) -> Endorsement:
-    return Endorsement(identity.public_key,
-                       identity.sign(endorsement_signing_bytes(category, digest)))
+    return Endorsement(
+        identity.public_key, identity.sign(endorsement_signing_bytes(category, digest))
+    )
 
 
 def _endorsements(obj: Any) -> tuple[Endorsement, ...]:
@@ -299,6 +343,7 @@ def _endorsements(obj: Any) -> tuple[Endorsement, ...]:
 
 
 # ------------------------------------------------------------------ service requests
+
 
 @dataclass(frozen=True)
 class AuthorityChange(WireMessage):
@@ -313,14 +358,19 @@ class AuthorityChange(WireMessage):
     FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "record", "endorsements")
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "record": self.record.to_wire(),
-                "endorsements": [e.to_wire() for e in self.endorsements]}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "record": self.record.to_wire(),
+            "endorsements": [e.to_wire() for e in self.endorsements],
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> AuthorityChange:
         obj = _header(obj, cls.TYPE)
-        return cls(record=AuthorityRecord.from_wire(_need(obj, "record")),
-                   endorsements=_endorsements(obj))
+        return cls(
+            record=AuthorityRecord.from_wire(_need(obj, "record")), endorsements=_endorsements(obj)
+        )
 
 
 @dataclass(frozen=True)
@@ -334,14 +384,19 @@ class PolicyChange(WireMessage):
     FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "policy", "endorsements")
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "policy": self.policy.to_wire(),
-                "endorsements": [e.to_wire() for e in self.endorsements]}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "policy": self.policy.to_wire(),
+            "endorsements": [e.to_wire() for e in self.endorsements],
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> PolicyChange:
         obj = _header(obj, cls.TYPE)
-        return cls(policy=QuorumPolicy.from_wire(_need(obj, "policy")),
-                   endorsements=_endorsements(obj))
+        return cls(
+            policy=QuorumPolicy.from_wire(_need(obj, "policy")), endorsements=_endorsements(obj)
+        )
 
 
 @dataclass(frozen=True)
@@ -391,18 +446,24 @@ class AuthorityList(WireMessage):
     LIMITS: ClassVar[Limits] = BALLOT_LIMITS
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION,
-                "authorities": [a.to_wire() for a in self.authorities],
-                "policies": [p.to_wire() for p in self.policies], "revision": self.revision}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "authorities": [a.to_wire() for a in self.authorities],
+            "policies": [p.to_wire() for p in self.policies],
+            "revision": self.revision,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> AuthorityList:
         obj = _header(obj, cls.TYPE)
-        return cls(authorities=tuple(AuthorityRecord.from_wire(a)
-                                     for a in _list(obj, "authorities", MAX_LISTED)),
-                   policies=tuple(QuorumPolicy.from_wire(p)
-                                  for p in _list(obj, "policies", MAX_LISTED)),
-                   revision=_int(obj, "revision"))
+        return cls(
+            authorities=tuple(
+                AuthorityRecord.from_wire(a) for a in _list(obj, "authorities", MAX_LISTED)
+            ),
+            policies=tuple(QuorumPolicy.from_wire(p) for p in _list(obj, "policies", MAX_LISTED)),
+            revision=_int(obj, "revision"),
+        )
 
 
 @dataclass(frozen=True)
@@ -414,20 +475,25 @@ class EvaluateRequest(WireMessage):
     endorsements: tuple[Endorsement, ...] = ()
 
     TYPE: ClassVar[str] = "policy_evaluate"
-    FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "category", "message_digest",
-                                         "endorsements")
+    FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "category", "message_digest", "endorsements")
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "category": self.category,
-                "message_digest": self.message_digest,
-                "endorsements": [e.to_wire() for e in self.endorsements]}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "category": self.category,
+            "message_digest": self.message_digest,
+            "endorsements": [e.to_wire() for e in self.endorsements],
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> EvaluateRequest:
         obj = _header(obj, cls.TYPE)
-        return cls(category=check_category(_need(obj, "category")),
-                   message_digest=_bytes(obj, "message_digest", exact=DIGEST_BYTES),
-                   endorsements=_endorsements(obj))
+        return cls(
+            category=check_category(_need(obj, "category")),
+            message_digest=_bytes(obj, "message_digest", exact=DIGEST_BYTES),
+            endorsements=_endorsements(obj),
+        )
 
 
 class IgnoredReason(enum.StrEnum):
@@ -456,31 +522,56 @@ class PolicyVerdict(WireMessage):
 
     TYPE: ClassVar[str] = "policy_verdict"
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "ok", "code", "reason", "category", "policy_category", "required",
-        "counted", "ignored", "revision")
+        "type",
+        "v",
+        "ok",
+        "code",
+        "reason",
+        "category",
+        "policy_category",
+        "required",
+        "counted",
+        "ignored",
+        "revision",
+    )
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "ok": self.ok, "code": self.code,
-                "reason": self.reason, "category": self.category,
-                "policy_category": self.policy_category, "required": self.required,
-                "counted": list(self.counted),
-                "ignored": [{"authority_key": k, "reason": r} for k, r in self.ignored],
-                "revision": self.revision}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "ok": self.ok,
+            "code": self.code,
+            "reason": self.reason,
+            "category": self.category,
+            "policy_category": self.policy_category,
+            "required": self.required,
+            "counted": list(self.counted),
+            "ignored": [{"authority_key": k, "reason": r} for k, r in self.ignored],
+            "revision": self.revision,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> PolicyVerdict:
         obj = _header(obj, cls.TYPE)
         ignored = []
         for item in _maps(obj, "ignored", MAX_ENDORSEMENTS):
-            ignored.append((_bytes(item, "authority_key", exact=PUBLIC_KEY_BYTES),
-                            _enum(item, "reason", IgnoredReason).value))
-        return cls(ok=_bool(obj, "ok"), code=_str(obj, "code", 64),
-                   reason=_str(obj, "reason", 1024, min_len=0),
-                   category=check_category(_need(obj, "category")),
-                   policy_category=_str(obj, "policy_category", 64, min_len=0),
-                   required=_int(obj, "required"),
-                   counted=_key_list(obj, "counted", MAX_ENDORSEMENTS),
-                   ignored=tuple(ignored), revision=_int(obj, "revision"))
+            ignored.append(
+                (
+                    _bytes(item, "authority_key", exact=PUBLIC_KEY_BYTES),
+                    _enum(item, "reason", IgnoredReason).value,
+                )
+            )
+        return cls(
+            ok=_bool(obj, "ok"),
+            code=_str(obj, "code", 64),
+            reason=_str(obj, "reason", 1024, min_len=0),
+            category=check_category(_need(obj, "category")),
+            policy_category=_str(obj, "policy_category", 64, min_len=0),
+            required=_int(obj, "required"),
+            counted=_key_list(obj, "counted", MAX_ENDORSEMENTS),
+            ignored=tuple(ignored),
+            revision=_int(obj, "revision"),
+        )
 
 
 #: The request type each service operation accepts.
@@ -496,11 +587,21 @@ OPERATIONS: dict[str, type[WireMessage]] = {
 }
 
 ALL_AUTHORITY_MESSAGES: tuple[type[WireMessage], ...] = (
-    AuthorityRecord, QuorumPolicy, Endorsement, AuthorityChange, PolicyChange, PolicyQuery,
-    ListRequest, AuthorityList, EvaluateRequest, PolicyVerdict)
+    AuthorityRecord,
+    QuorumPolicy,
+    Endorsement,
+    AuthorityChange,
+    PolicyChange,
+    PolicyQuery,
+    ListRequest,
+    AuthorityList,
+    EvaluateRequest,
+    PolicyVerdict,
+)
 
 
 # ------------------------------------------------------------------ state records
+
 
 def decode_state_record(key: str, value: bytes) -> AuthorityRecord | QuorumPolicy | None:
     """Decode a ``{prefix}_state`` record of the authority areas.
@@ -529,4 +630,3 @@ def decode_reply(data: bytes, expected: type[WireMessage]) -> Any:
     if isinstance(obj, dict) and obj.get("type") == ErrorReply.TYPE:
         return ErrorReply.from_wire(obj)
     return expected.from_wire(obj)
-

@@ -35,7 +35,8 @@ def sign_certificate(identity: AgentIdentity, result: ConsensusResult) -> Consen
 def certificate_signed_by(result: ConsensusResult, tally_key: bytes) -> bool:
     """Whether ``result`` carries a valid signature by ``tally_key`` (nothing else checked)."""
     return result.tally_key == tally_key and verify_signature(
-        tally_key, certificate_signing_bytes(result), result.sig)
+        tally_key, certificate_signing_bytes(result), result.sig
+    )
 
 
 def verify_certificate(
@@ -84,14 +85,21 @@ def verify_certificate(
             raise CertificateInvalid(f"vote {i} repeats a verifier")
         seen.add(vote.verifier_key)
         leaf = merkle.leaf_hash(
-            entry_bytes(result.request_id, result.request_digest, vote.valid, vote.reason))
+            entry_bytes(result.request_id, result.request_digest, vote.valid, vote.reason)
+        )
         root = merkle.root_from_proof(leaf, vote.index, vote.count, vote.path)
         if root is None:
             raise CertificateInvalid(f"vote {i} has a malformed Merkle path")
-        body = vote_signing_bytes(ballot_id=result.ballot_id, epoch=result.epoch,
-                                  tally_id=result.tally_id, verifier_key=vote.verifier_key,
-                                  ts_ms=vote.ts_ms, count=vote.count, root=root,
-                                  state_rev=result.state_rev)
+        body = vote_signing_bytes(
+            ballot_id=result.ballot_id,
+            epoch=result.epoch,
+            tally_id=result.tally_id,
+            verifier_key=vote.verifier_key,
+            ts_ms=vote.ts_ms,
+            count=vote.count,
+            root=root,
+            state_rev=result.state_rev,
+        )
         if not verify_signature(vote.verifier_key, body, vote.sig):
             raise CertificateInvalid(f"vote {i} signature does not verify for this request")
         leaf_counts["valid" if vote.valid else "invalid"] += 1
@@ -99,7 +107,8 @@ def verify_certificate(
     if (result.votes_for, result.votes_against) != (leaf_counts["valid"], leaf_counts["invalid"]):
         raise CertificateInvalid(
             f"counts {result.votes_for}/{result.votes_against} do not match the signed votes "
-            f"{leaf_counts['valid']}/{leaf_counts['invalid']}")
+            f"{leaf_counts['valid']}/{leaf_counts['invalid']}"
+        )
     if result.total_votes != len(result.votes):
         raise CertificateInvalid("total_votes does not match the number of votes")
     try:
@@ -109,4 +118,5 @@ def verify_certificate(
     if not rule.consistent(decision, result.votes_for, result.votes_against):
         raise CertificateInvalid(
             f"decision {decision} does not follow from {result.votes_for} for, "
-            f"{result.votes_against} against with n={rule.n}, q={rule.q}")
+            f"{result.votes_against} against with n={rule.n}, q={rule.q}"
+        )

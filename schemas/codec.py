@@ -90,8 +90,16 @@ def decode(data: bytes, limits: Limits = REQUEST_LIMITS) -> Any:
         )
     except MalformedPayload:
         raise
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
-            msgpack.StackError, RecursionError, UnicodeDecodeError, OverflowError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+        RecursionError,
+        UnicodeDecodeError,
+        OverflowError,
+    ) as exc:
         raise MalformedPayload(f"not valid MessagePack: {type(exc).__name__}: {exc}") from None
     except Exception as exc:  # the C unpacker raises a few undocumented types
         raise MalformedPayload(f"not valid MessagePack: {type(exc).__name__}") from None

@@ -217,6 +217,8 @@ class ChainInvalid(AgenticPaymentsError):
             "CHAIN_MALFORMED",
         }
     )
+
+
 # -- authority coordinator (workers/authority/worker.py) --------------------------------
 class AuthorityError(AgenticPaymentsError):
     """The authority coordinator refused a change or a query."""
@@ -258,6 +260,8 @@ class StateConflict(AuthorityError):
     """Another writer changed the record first (compare-and-set lost); re-read and retry."""
 
     code = "STATE_CONFLICT"
+
+
 # -- key manager (workers/keys/worker.py) ---------------------------------------------
 class MasterKeyInvalid(ConfigError):
     """The key manager's master key is missing or malformed (exit 78)."""
@@ -305,6 +309,8 @@ class KeyUpdateConflict(KeyManagementError):
     """Concurrent updates kept winning the compare-and-set; retry."""
 
     code = "KEY_UPDATE_CONFLICT"
+
+
 class RespawnFailed(AgenticPaymentsError):
     """A recovery backend (local supervisor, systemd, Kubernetes) could not respawn a worker."""
 

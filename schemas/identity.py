@@ -74,8 +74,13 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
     try:
         nacl.bindings.crypto_sign_open(signature + message, public_key)
         return True
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError,
-            nacl.exceptions.TypeError, ValueError, TypeError):
+    except (
+        nacl.exceptions.BadSignatureError,
+        nacl.exceptions.ValueError,
+        nacl.exceptions.TypeError,
+        ValueError,
+        TypeError,
+    ):
         return False
 
 

@@ -92,9 +92,12 @@ REFUSAL_CODES: tuple[str, ...] = tuple(r.value for r in Refusal)
 #: Operations on ``{prefix}.keys.<op>`` and the request fields each takes
 #: (required, optional). Every request is a ``key_request`` map.
 OPS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    "create": (frozenset({"name", "purpose"}),
-               frozenset({"auto_rotate_period_s", "expires_after_s", "deletion_allowed",
-                          "deletion_wait_s"})),
+    "create": (
+        frozenset({"name", "purpose"}),
+        frozenset(
+            {"auto_rotate_period_s", "expires_after_s", "deletion_allowed", "deletion_wait_s"}
+        ),
+    ),
     "rotate": (frozenset({"name"}), frozenset()),
     "revoke": (frozenset({"name", "reason"}), frozenset({"version"})),
     "disable": (frozenset({"name"}), frozenset()),
@@ -103,31 +106,56 @@ OPS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "get": (frozenset({"name"}), frozenset()),
     "list": (frozenset(), frozenset()),
     "sign": (frozenset({"name", "message"}), frozenset({"version"})),
-    "config": (frozenset({"name"}),
-               frozenset({"min_verify_version", "min_sign_version", "auto_rotate_period_s",
-                          "expires_after_s", "deletion_allowed", "deletion_wait_s"})),
+    "config": (
+        frozenset({"name"}),
+        frozenset(
+            {
+                "min_verify_version",
+                "min_sign_version",
+                "auto_rotate_period_s",
+                "expires_after_s",
+                "deletion_allowed",
+                "deletion_wait_s",
+            }
+        ),
+    ),
     "sweep": (frozenset(), frozenset()),
 }
-REQUEST_FIELDS = ("type", "v", "name", "purpose", "reason", "version", "message",
-                  "min_verify_version", "min_sign_version", "auto_rotate_period_s",
-                  "expires_after_s", "deletion_allowed", "deletion_wait_s")
+REQUEST_FIELDS = (
+    "type",
+    "v",
+    "name",
+    "purpose",
+    "reason",
+    "version",
+    "message",
+    "min_verify_version",
+    "min_sign_version",
+    "auto_rotate_period_s",
+    "expires_after_s",
+    "deletion_allowed",
+    "deletion_wait_s",
+)
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
 
 
 def check_key_name(name: str) -> str:
     """A key name: 1-64 characters of A-Z a-z 0-9 _ - . (it is a KV key)."""
     if not 1 <= len(name) <= MAX_NAME or not set(name) <= _NAME_CHARS or name[0] == ".":
-        raise SchemaViolation(f"key name must be 1..{MAX_NAME} characters of A-Z a-z 0-9 _ - . "
-                              "not starting with '.'")
+        raise SchemaViolation(
+            f"key name must be 1..{MAX_NAME} characters of A-Z a-z 0-9 _ - . not starting with '.'"
+        )
     return name
 
 
-def _opt_int(obj: Mapping[str, Any], name: str, default: int = 0, *, lo: int = 0,
-             hi: int = INT_MAX) -> int:
+def _opt_int(
+    obj: Mapping[str, Any], name: str, default: int = 0, *, lo: int = 0, hi: int = INT_MAX
+) -> int:
     return _int(obj, name, lo=lo, hi=hi) if name in obj else default
 
 
 # --------------------------------------------------------------------- requests
+
 
 @dataclass(frozen=True)
 class KeyRequest(WireMessage):
@@ -165,8 +193,14 @@ class KeyRequest(WireMessage):
             wire["version"] = self.version
         if self.message:
             wire["message"] = self.message
-        for opt in ("min_verify_version", "min_sign_version", "auto_rotate_period_s",
-                    "expires_after_s", "deletion_allowed", "deletion_wait_s"):
+        for opt in (
+            "min_verify_version",
+            "min_sign_version",
+            "auto_rotate_period_s",
+            "expires_after_s",
+            "deletion_allowed",
+            "deletion_wait_s",
+        ):
             value = getattr(self, opt)
             if value is not None:
                 wire[opt] = value
@@ -187,8 +221,9 @@ class KeyRequest(WireMessage):
             missing = sorted(f for f in required if f not in obj)
             if missing:
                 raise SchemaViolation(f"{op} needs field(s) {', '.join(missing)}")
-            extra = sorted(f for f in set(obj) & set(REQUEST_FIELDS[2:])
-                           if f not in required | optional)
+            extra = sorted(
+                f for f in set(obj) & set(REQUEST_FIELDS[2:]) if f not in required | optional
+            )
             if extra:
                 raise SchemaViolation(f"{op} does not take field(s) {', '.join(extra)}")
         name = check_key_name(_str(obj, "name", MAX_NAME)) if "name" in obj else ""
@@ -199,15 +234,19 @@ class KeyRequest(WireMessage):
         def opt(name: str, lo: int = 0) -> int | None:
             return _int(obj, name, lo=lo, hi=INT_MAX // 1000) if name in obj else None
 
-        return cls(name=name, purpose=purpose, reason=reason,
-                   version=_opt_int(obj, "version", hi=MAX_VERSIONS), message=message,
-                   min_verify_version=opt("min_verify_version", 1),
-                   min_sign_version=opt("min_sign_version", 1),
-                   auto_rotate_period_s=opt("auto_rotate_period_s"),
-                   expires_after_s=opt("expires_after_s"),
-                   deletion_allowed=_bool(obj, "deletion_allowed")
-                   if "deletion_allowed" in obj else None,
-                   deletion_wait_s=opt("deletion_wait_s"))
+        return cls(
+            name=name,
+            purpose=purpose,
+            reason=reason,
+            version=_opt_int(obj, "version", hi=MAX_VERSIONS),
+            message=message,
+            min_verify_version=opt("min_verify_version", 1),
+            min_sign_version=opt("min_sign_version", 1),
+            auto_rotate_period_s=opt("auto_rotate_period_s"),
+            expires_after_s=opt("expires_after_s"),
+            deletion_allowed=_bool(obj, "deletion_allowed") if "deletion_allowed" in obj else None,
+            deletion_wait_s=opt("deletion_wait_s"),
+        )
 
     @classmethod
     def decode_for(cls, op: str, data: bytes) -> KeyRequest:
@@ -215,6 +254,7 @@ class KeyRequest(WireMessage):
 
 
 # --------------------------------------------------------------------- stored record
+
 
 @dataclass(frozen=True)
 class KeyVersion:
@@ -233,9 +273,14 @@ class KeyVersion:
         return self.revoked_at_ms > 0
 
     def public_wire(self) -> dict[str, Any]:
-        return {"version": self.version, "public_key": self.public_key,
-                "created_at_ms": self.created_at_ms, "expires_at_ms": self.expires_at_ms,
-                "revoked_at_ms": self.revoked_at_ms, "revoked_reason": self.revoked_reason}
+        return {
+            "version": self.version,
+            "public_key": self.public_key,
+            "created_at_ms": self.created_at_ms,
+            "expires_at_ms": self.expires_at_ms,
+            "revoked_at_ms": self.revoked_at_ms,
+            "revoked_reason": self.revoked_reason,
+        }
 
     def to_wire(self) -> dict[str, Any]:
         return {**self.public_wire(), "sealed_seed": self.sealed_seed}
@@ -250,11 +295,15 @@ class KeyVersion:
             if sealed and len(sealed) != SEALED_SEED_BYTES:
                 raise SchemaViolation(f"sealed_seed must be {SEALED_SEED_BYTES} bytes or empty")
         reason = _str(obj, "revoked_reason", MAX_REASON, min_len=0)
-        return cls(version=_int(obj, "version", lo=1, hi=MAX_VERSIONS),
-                   public_key=_bytes(obj, "public_key", exact=PUBLIC_KEY_BYTES),
-                   sealed_seed=sealed, created_at_ms=_int(obj, "created_at_ms"),
-                   expires_at_ms=_int(obj, "expires_at_ms"),
-                   revoked_at_ms=_int(obj, "revoked_at_ms"), revoked_reason=reason)
+        return cls(
+            version=_int(obj, "version", lo=1, hi=MAX_VERSIONS),
+            public_key=_bytes(obj, "public_key", exact=PUBLIC_KEY_BYTES),
+            sealed_seed=sealed,
+            created_at_ms=_int(obj, "created_at_ms"),
+            expires_at_ms=_int(obj, "expires_at_ms"),
+            revoked_at_ms=_int(obj, "revoked_at_ms"),
+            revoked_reason=reason,
+        )
 
 
 @dataclass(frozen=True)
@@ -269,21 +318,25 @@ class KeyPolicy:
     deletion_wait_ms: int = 24 * 3600 * 1000
 
     def to_wire(self) -> dict[str, Any]:
-        return {"min_verify_version": self.min_verify_version,
-                "min_sign_version": self.min_sign_version,
-                "auto_rotate_period_ms": self.auto_rotate_period_ms,
-                "expires_after_ms": self.expires_after_ms,
-                "deletion_allowed": self.deletion_allowed,
-                "deletion_wait_ms": self.deletion_wait_ms}
+        return {
+            "min_verify_version": self.min_verify_version,
+            "min_sign_version": self.min_sign_version,
+            "auto_rotate_period_ms": self.auto_rotate_period_ms,
+            "expires_after_ms": self.expires_after_ms,
+            "deletion_allowed": self.deletion_allowed,
+            "deletion_wait_ms": self.deletion_wait_ms,
+        }
 
     @classmethod
     def from_wire(cls, obj: Mapping[str, Any]) -> KeyPolicy:
-        return cls(min_verify_version=_int(obj, "min_verify_version", lo=1, hi=MAX_VERSIONS),
-                   min_sign_version=_int(obj, "min_sign_version", lo=1, hi=MAX_VERSIONS),
-                   auto_rotate_period_ms=_int(obj, "auto_rotate_period_ms"),
-                   expires_after_ms=_int(obj, "expires_after_ms"),
-                   deletion_allowed=_bool(obj, "deletion_allowed"),
-                   deletion_wait_ms=_int(obj, "deletion_wait_ms"))
+        return cls(
+            min_verify_version=_int(obj, "min_verify_version", lo=1, hi=MAX_VERSIONS),
+            min_sign_version=_int(obj, "min_sign_version", lo=1, hi=MAX_VERSIONS),
+            auto_rotate_period_ms=_int(obj, "auto_rotate_period_ms"),
+            expires_after_ms=_int(obj, "expires_after_ms"),
+            deletion_allowed=_bool(obj, "deletion_allowed"),
+            deletion_wait_ms=_int(obj, "deletion_wait_ms"),
+        )
 
 
 @dataclass(frozen=True)
@@ -311,34 +364,51 @@ class KeyRecord:
         return None
 
     def _common_wire(self) -> dict[str, Any]:
-        return {"v": VERSION, "name": self.name, "purpose": self.purpose,
-                "state": self.state, "created_at_ms": self.created_at_ms,
-                "deletion_due_ms": self.deletion_due_ms, "updated_at_ms": self.updated_at_ms,
-                **self.policy.to_wire()}
+        return {
+            "v": VERSION,
+            "name": self.name,
+            "purpose": self.purpose,
+            "state": self.state,
+            "created_at_ms": self.created_at_ms,
+            "deletion_due_ms": self.deletion_due_ms,
+            "updated_at_ms": self.updated_at_ms,
+            **self.policy.to_wire(),
+        }
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, **self._common_wire(),
-                "versions": [v.to_wire() for v in self.versions]}
+        return {
+            "type": self.TYPE,
+            **self._common_wire(),
+            "versions": [v.to_wire() for v in self.versions],
+        }
 
     def encode(self) -> bytes:
         from schemas.codec import encode
+
         return encode(self.to_wire())
 
     @classmethod
-    def from_wire(cls, obj: Any, *, type_name: str = "key_record",
-                  private: bool = True) -> KeyRecord:
+    def from_wire(
+        cls, obj: Any, *, type_name: str = "key_record", private: bool = True
+    ) -> KeyRecord:
         obj = _header(obj, type_name)
-        versions = tuple(KeyVersion.from_wire(v, private=private)
-                         for v in _list(obj, "versions", MAX_VERSIONS, min_len=1))
+        versions = tuple(
+            KeyVersion.from_wire(v, private=private)
+            for v in _list(obj, "versions", MAX_VERSIONS, min_len=1)
+        )
         for i, ver in enumerate(versions, start=1):
             if ver.version != i:
                 raise SchemaViolation("versions must be numbered 1, 2, 3 ... in order")
-        return cls(name=check_key_name(_str(obj, "name", MAX_NAME)),
-                   purpose=_enum(obj, "purpose", KeyPurpose).value,
-                   state=_enum(obj, "state", KeyState).value,
-                   created_at_ms=_int(obj, "created_at_ms"), policy=KeyPolicy.from_wire(obj),
-                   versions=versions, deletion_due_ms=_int(obj, "deletion_due_ms"),
-                   updated_at_ms=_int(obj, "updated_at_ms"))
+        return cls(
+            name=check_key_name(_str(obj, "name", MAX_NAME)),
+            purpose=_enum(obj, "purpose", KeyPurpose).value,
+            state=_enum(obj, "state", KeyState).value,
+            created_at_ms=_int(obj, "created_at_ms"),
+            policy=KeyPolicy.from_wire(obj),
+            versions=versions,
+            deletion_due_ms=_int(obj, "deletion_due_ms"),
+            updated_at_ms=_int(obj, "updated_at_ms"),
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> KeyRecord:
@@ -346,14 +416,22 @@ class KeyRecord:
 
     def info(self) -> KeyInfo:
         """What a client may see: everything but the sealed seeds."""
-        return KeyInfo(record=KeyRecord(
-            name=self.name, purpose=self.purpose, state=self.state,
-            created_at_ms=self.created_at_ms, policy=self.policy,
-            versions=tuple(replace(v, sealed_seed=b"") for v in self.versions),
-            deletion_due_ms=self.deletion_due_ms, updated_at_ms=self.updated_at_ms))
+        return KeyInfo(
+            record=KeyRecord(
+                name=self.name,
+                purpose=self.purpose,
+                state=self.state,
+                created_at_ms=self.created_at_ms,
+                policy=self.policy,
+                versions=tuple(replace(v, sealed_seed=b"") for v in self.versions),
+                deletion_due_ms=self.deletion_due_ms,
+                updated_at_ms=self.updated_at_ms,
+            )
+        )
 
 
 # --------------------------------------------------------------------- public status
+
 
 @dataclass(frozen=True)
 class KeyStatus(WireMessage):
@@ -381,9 +459,22 @@ class KeyStatus(WireMessage):
 
     TYPE: ClassVar[str] = "key_status"
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "public_key", "name", "version", "purpose", "state", "verify_allowed",
-        "created_at_ms", "expires_at_ms", "revoked", "revoked_at_ms", "revoked_reason",
-        "updated_at_ms", "source_revision")
+        "type",
+        "v",
+        "public_key",
+        "name",
+        "version",
+        "purpose",
+        "state",
+        "verify_allowed",
+        "created_at_ms",
+        "expires_at_ms",
+        "revoked",
+        "revoked_at_ms",
+        "revoked_reason",
+        "updated_at_ms",
+        "source_revision",
+    )
 
     @property
     def revoked(self) -> bool:
@@ -407,37 +498,66 @@ class KeyStatus(WireMessage):
 
     def same_content(self, other: KeyStatus) -> bool:
         """Equal but for the bookkeeping fields (updated_at_ms, source_revision)."""
-        return (self.public_key, self.name, self.version, self.purpose, self.state,
-                self.verify_allowed, self.created_at_ms, self.expires_at_ms,
-                self.revoked_at_ms, self.revoked_reason) == (
-                    other.public_key, other.name, other.version, other.purpose, other.state,
-                    other.verify_allowed, other.created_at_ms, other.expires_at_ms,
-                    other.revoked_at_ms, other.revoked_reason)
+        return (
+            self.public_key,
+            self.name,
+            self.version,
+            self.purpose,
+            self.state,
+            self.verify_allowed,
+            self.created_at_ms,
+            self.expires_at_ms,
+            self.revoked_at_ms,
+            self.revoked_reason,
+        ) == (
+            other.public_key,
+            other.name,
+            other.version,
+            other.purpose,
+            other.state,
+            other.verify_allowed,
+            other.created_at_ms,
+            other.expires_at_ms,
+            other.revoked_at_ms,
+            other.revoked_reason,
+        )
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "public_key": self.public_key,
-                "name": self.name, "version": self.version, "purpose": self.purpose,
-                "state": self.state, "verify_allowed": self.verify_allowed,
-                "created_at_ms": self.created_at_ms, "expires_at_ms": self.expires_at_ms,
-                "revoked": self.revoked, "revoked_at_ms": self.revoked_at_ms,
-                "revoked_reason": self.revoked_reason, "updated_at_ms": self.updated_at_ms,
-                "source_revision": self.source_revision}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "public_key": self.public_key,
+            "name": self.name,
+            "version": self.version,
+            "purpose": self.purpose,
+            "state": self.state,
+            "verify_allowed": self.verify_allowed,
+            "created_at_ms": self.created_at_ms,
+            "expires_at_ms": self.expires_at_ms,
+            "revoked": self.revoked,
+            "revoked_at_ms": self.revoked_at_ms,
+            "revoked_reason": self.revoked_reason,
+            "updated_at_ms": self.updated_at_ms,
+            "source_revision": self.source_revision,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> KeyStatus:
         obj = _header(obj, cls.TYPE)
-        status = cls(public_key=_bytes(obj, "public_key", exact=PUBLIC_KEY_BYTES),
-                     name=check_key_name(_str(obj, "name", MAX_NAME)),
-                     version=_int(obj, "version", lo=1, hi=MAX_VERSIONS),
-                     purpose=_enum(obj, "purpose", KeyPurpose).value,
-                     state=_enum(obj, "state", KeyState).value,
-                     verify_allowed=_bool(obj, "verify_allowed"),
-                     created_at_ms=_int(obj, "created_at_ms"),
-                     expires_at_ms=_int(obj, "expires_at_ms"),
-                     revoked_at_ms=_int(obj, "revoked_at_ms"),
-                     revoked_reason=_str(obj, "revoked_reason", MAX_REASON, min_len=0),
-                     updated_at_ms=_int(obj, "updated_at_ms"),
-                     source_revision=_int(obj, "source_revision"))
+        status = cls(
+            public_key=_bytes(obj, "public_key", exact=PUBLIC_KEY_BYTES),
+            name=check_key_name(_str(obj, "name", MAX_NAME)),
+            version=_int(obj, "version", lo=1, hi=MAX_VERSIONS),
+            purpose=_enum(obj, "purpose", KeyPurpose).value,
+            state=_enum(obj, "state", KeyState).value,
+            verify_allowed=_bool(obj, "verify_allowed"),
+            created_at_ms=_int(obj, "created_at_ms"),
+            expires_at_ms=_int(obj, "expires_at_ms"),
+            revoked_at_ms=_int(obj, "revoked_at_ms"),
+            revoked_reason=_str(obj, "revoked_reason", MAX_REASON, min_len=0),
+            updated_at_ms=_int(obj, "updated_at_ms"),
+            source_revision=_int(obj, "source_revision"),
+        )
         if _bool(obj, "revoked") != status.revoked:
             raise SchemaViolation("revoked must be true exactly when revoked_at_ms > 0")
         return status
@@ -454,6 +574,7 @@ def decode_state_record(key: str, value: bytes) -> KeyStatus:
 
 # --------------------------------------------------------------------- replies, event
 
+
 @dataclass(frozen=True)
 class KeyInfo(WireMessage):
     """Reply to create/rotate/revoke/disable/enable/delete/get/config: the key
@@ -464,13 +585,29 @@ class KeyInfo(WireMessage):
     TYPE: ClassVar[str] = "key_info"
     LIMITS: ClassVar[Limits] = REPLY_LIMITS
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "name", "purpose", "state", "created_at_ms", "deletion_due_ms",
-        "updated_at_ms", "min_verify_version", "min_sign_version", "auto_rotate_period_ms",
-        "expires_after_ms", "deletion_allowed", "deletion_wait_ms", "versions")
+        "type",
+        "v",
+        "name",
+        "purpose",
+        "state",
+        "created_at_ms",
+        "deletion_due_ms",
+        "updated_at_ms",
+        "min_verify_version",
+        "min_sign_version",
+        "auto_rotate_period_ms",
+        "expires_after_ms",
+        "deletion_allowed",
+        "deletion_wait_ms",
+        "versions",
+    )
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, **self.record._common_wire(),
-                "versions": [v.public_wire() for v in self.record.versions]}
+        return {
+            "type": self.TYPE,
+            **self.record._common_wire(),
+            "versions": [v.public_wire() for v in self.record.versions],
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> KeyInfo:
@@ -478,11 +615,18 @@ class KeyInfo(WireMessage):
 
     def as_json(self) -> dict[str, Any]:
         rec = self.record
-        return {"name": rec.name, "purpose": rec.purpose, "state": rec.state,
-                "latest_version": rec.latest.version, "created_at_ms": rec.created_at_ms,
-                "deletion_due_ms": rec.deletion_due_ms, **rec.policy.to_wire(),
-                "versions": [{**v.public_wire(), "public_key": v.public_key.hex()}
-                             for v in rec.versions]}
+        return {
+            "name": rec.name,
+            "purpose": rec.purpose,
+            "state": rec.state,
+            "latest_version": rec.latest.version,
+            "created_at_ms": rec.created_at_ms,
+            "deletion_due_ms": rec.deletion_due_ms,
+            **rec.policy.to_wire(),
+            "versions": [
+                {**v.public_wire(), "public_key": v.public_key.hex()} for v in rec.versions
+            ],
+        }
 
 
 @dataclass(frozen=True)
@@ -515,20 +659,27 @@ class KeySignature(WireMessage):
 
     TYPE: ClassVar[str] = "key_signature"
     LIMITS: ClassVar[Limits] = REPLY_LIMITS
-    FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "name", "version", "public_key",
-                                         "signature")
+    FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "name", "version", "public_key", "signature")
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "name": self.name, "version": self.version,
-                "public_key": self.public_key, "signature": self.signature}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "name": self.name,
+            "version": self.version,
+            "public_key": self.public_key,
+            "signature": self.signature,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> KeySignature:
         obj = _header(obj, cls.TYPE)
-        return cls(name=check_key_name(_str(obj, "name", MAX_NAME)),
-                   version=_int(obj, "version", lo=1, hi=MAX_VERSIONS),
-                   public_key=_bytes(obj, "public_key", exact=PUBLIC_KEY_BYTES),
-                   signature=_bytes(obj, "signature", exact=SIGNATURE_BYTES))
+        return cls(
+            name=check_key_name(_str(obj, "name", MAX_NAME)),
+            version=_int(obj, "version", lo=1, hi=MAX_VERSIONS),
+            public_key=_bytes(obj, "public_key", exact=PUBLIC_KEY_BYTES),
+            signature=_bytes(obj, "signature", exact=SIGNATURE_BYTES),
+        )
 
 
 @dataclass(frozen=True)
@@ -542,12 +693,16 @@ class KeySweep(WireMessage):
 
     TYPE: ClassVar[str] = "key_sweep"
     LIMITS: ClassVar[Limits] = REPLY_LIMITS
-    FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "rotated", "destroyed",
-                                         "statuses_written")
+    FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "rotated", "destroyed", "statuses_written")
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "rotated": list(self.rotated),
-                "destroyed": list(self.destroyed), "statuses_written": self.statuses_written}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "rotated": list(self.rotated),
+            "destroyed": list(self.destroyed),
+            "statuses_written": self.statuses_written,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> KeySweep:
@@ -559,8 +714,11 @@ class KeySweep(WireMessage):
                 raise SchemaViolation(f"{field_name} must be key names")
             return tuple(check_key_name(n) for n in items)
 
-        return cls(rotated=names("rotated"), destroyed=names("destroyed"),
-                   statuses_written=_int(obj, "statuses_written"))
+        return cls(
+            rotated=names("rotated"),
+            destroyed=names("destroyed"),
+            statuses_written=_int(obj, "statuses_written"),
+        )
 
 
 DOMAIN_KEY_REVOKED = b"agentic-payments/key-revoked/v1\x00"
@@ -587,23 +745,41 @@ class KeyRevoked(WireMessage):
     sig: bytes = bytes(SIGNATURE_BYTES)
 
     TYPE: ClassVar[str] = "key_revoked"
-    FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "name", "version", "public_key",
-                                         "reason", "revoked_at_ms", "worker_id", "signer",
-                                         "sig")
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "type",
+        "v",
+        "name",
+        "version",
+        "public_key",
+        "reason",
+        "revoked_at_ms",
+        "worker_id",
+        "signer",
+        "sig",
+    )
 
     def _body(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "name": self.name, "version": self.version,
-                "public_key": self.public_key, "reason": self.reason,
-                "revoked_at_ms": self.revoked_at_ms, "worker_id": self.worker_id,
-                "signer": self.signer}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "name": self.name,
+            "version": self.version,
+            "public_key": self.public_key,
+            "reason": self.reason,
+            "revoked_at_ms": self.revoked_at_ms,
+            "worker_id": self.worker_id,
+            "signer": self.signer,
+        }
 
     def signing_bytes(self) -> bytes:
         from schemas.codec import encode
+
         body = self._body()
         return DOMAIN_KEY_REVOKED + encode({k: body[k] for k in sorted(body)})
 
     def signature_ok(self) -> bool:
         from schemas.identity import verify_signature
+
         return verify_signature(self.signer, self.signing_bytes(), self.sig)
 
     def to_wire(self) -> dict[str, Any]:
@@ -612,14 +788,16 @@ class KeyRevoked(WireMessage):
     @classmethod
     def from_wire(cls, obj: Any) -> KeyRevoked:
         obj = _header(obj, cls.TYPE)
-        return cls(name=check_key_name(_str(obj, "name", MAX_NAME)),
-                   version=_int(obj, "version", lo=1, hi=MAX_VERSIONS),
-                   public_key=_bytes(obj, "public_key", exact=PUBLIC_KEY_BYTES),
-                   reason=_str(obj, "reason", MAX_REASON),
-                   revoked_at_ms=_int(obj, "revoked_at_ms", lo=1),
-                   worker_id=_str(obj, "worker_id", 64),
-                   signer=_bytes(obj, "signer", exact=PUBLIC_KEY_BYTES),
-                   sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES))
+        return cls(
+            name=check_key_name(_str(obj, "name", MAX_NAME)),
+            version=_int(obj, "version", lo=1, hi=MAX_VERSIONS),
+            public_key=_bytes(obj, "public_key", exact=PUBLIC_KEY_BYTES),
+            reason=_str(obj, "reason", MAX_REASON),
+            revoked_at_ms=_int(obj, "revoked_at_ms", lo=1),
+            worker_id=_str(obj, "worker_id", 64),
+            signer=_bytes(obj, "signer", exact=PUBLIC_KEY_BYTES),
+            sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES),
+        )
 
 
 def decode_key_reply(data: bytes) -> Any:
@@ -628,13 +806,30 @@ def decode_key_reply(data: bytes) -> Any:
 
     obj = decode(data, REPLY_LIMITS)
     kind = obj.get("type") if isinstance(obj, dict) else None
-    classes: dict[str, Any] = {c.TYPE: c for c in (KeyInfo, KeyList, KeySignature, KeySweep,
-                                                    ErrorReply)}
+    classes: dict[str, Any] = {
+        c.TYPE: c for c in (KeyInfo, KeyList, KeySignature, KeySweep, ErrorReply)
+    }
     if kind not in classes:
         raise SchemaViolation(f"unexpected reply type {kind!r}")
     return classes[kind].from_wire(obj)
 
 
-__all__ = ["DOMAIN_KEY_REVOKED", "OPS", "REFUSAL_CODES", "KeyInfo", "KeyList", "KeyPolicy",
-           "KeyPurpose", "KeyRecord", "KeyRequest", "KeyRevoked", "KeySignature", "KeyState",
-           "KeyStatus", "KeySweep", "KeyVersion", "Refusal", "decode_state_record"]
+__all__ = [
+    "DOMAIN_KEY_REVOKED",
+    "OPS",
+    "REFUSAL_CODES",
+    "KeyInfo",
+    "KeyList",
+    "KeyPolicy",
+    "KeyPurpose",
+    "KeyRecord",
+    "KeyRequest",
+    "KeyRevoked",
+    "KeySignature",
+    "KeyState",
+    "KeyStatus",
+    "KeySweep",
+    "KeyVersion",
+    "Refusal",
+    "decode_state_record",
+]

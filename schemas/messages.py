@@ -53,6 +53,7 @@ class Health(enum.StrEnum):
 
 # --------------------------------------------------------------------- helpers
 
+
 def _need(obj: Mapping[str, Any], name: str) -> Any:
     if name not in obj:
         raise SchemaViolation(f"missing field {name!r}")
@@ -70,8 +71,9 @@ def _str(obj: Mapping[str, Any], name: str, max_len: int, *, min_len: int = 1) -
     return value
 
 
-def _bytes(obj: Mapping[str, Any], name: str, *, exact: int | None = None,
-           max_len: int = MAX_MESSAGE_BYTES) -> bytes:
+def _bytes(
+    obj: Mapping[str, Any], name: str, *, exact: int | None = None, max_len: int = MAX_MESSAGE_BYTES
+) -> bytes:
     value = _need(obj, name)
     if not isinstance(value, bytes):
         raise SchemaViolation(f"{name} must be MessagePack bin, got {type(value).__name__}")
@@ -134,12 +136,14 @@ def _header(obj: Any, type_name: str, *, type_required: bool = True) -> Mapping[
         raise SchemaViolation("missing field 'v' (message version)")
     if isinstance(version, bool) or not isinstance(version, int) or version != VERSION:
         raise UnsupportedVersion(
-            f"{type_name} version {version!r} is not supported (this build speaks {VERSION})")
+            f"{type_name} version {version!r} is not supported (this build speaks {VERSION})"
+        )
     return obj
 
 
-def _scalar_map(obj: Mapping[str, Any], name: str,
-                max_entries: int = MAX_METADATA_ENTRIES) -> dict[str, Any]:
+def _scalar_map(
+    obj: Mapping[str, Any], name: str, max_entries: int = MAX_METADATA_ENTRIES
+) -> dict[str, Any]:
     value = obj.get(name, {})
     if value is None:
         return {}
@@ -178,6 +182,7 @@ class WireMessage:
 
 # -------------------------------------------------------------------- messages
 
+
 @dataclass(frozen=True)
 class VerificationRequest(WireMessage):
     """A signed payment authorization to verify by consensus.
@@ -202,13 +207,26 @@ class VerificationRequest(WireMessage):
 
     TYPE: ClassVar[str] = "verification_request"
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "request_id", "message", "signature", "public_key", "metadata", "chain",
-        "category", "endorsements")
+        "type",
+        "v",
+        "request_id",
+        "message",
+        "signature",
+        "public_key",
+        "metadata",
+        "chain",
+        "category",
+        "endorsements",
+    )
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
-            "type": self.TYPE, "v": VERSION, "request_id": self.request_id,
-            "message": self.message, "signature": self.signature, "public_key": self.public_key,
+            "type": self.TYPE,
+            "v": VERSION,
+            "request_id": self.request_id,
+            "message": self.message,
+            "signature": self.signature,
+            "public_key": self.public_key,
         }
         if self.metadata:
             wire["metadata"] = self.metadata
@@ -236,7 +254,9 @@ class VerificationRequest(WireMessage):
             signature=_bytes(obj, "signature", exact=SIGNATURE_BYTES),
             public_key=_bytes(obj, "public_key", exact=PUBLIC_KEY_BYTES),
             metadata=_scalar_map(obj, "metadata"),
-            chain=_chain(obj), category=_category(obj), endorsements=_endorsements(obj),
+            chain=_chain(obj),
+            category=_category(obj),
+            endorsements=_endorsements(obj),
         )
 
 
@@ -269,11 +289,17 @@ def _endorsements(obj: Mapping[str, Any]) -> tuple[tuple[bytes, bytes], ...]:
     items = _list(obj, "endorsements", MAX_ENDORSEMENTS)
     out = []
     for item in items:
-        if (not isinstance(item, list) or len(item) != 2
-                or not isinstance(item[0], bytes) or len(item[0]) != PUBLIC_KEY_BYTES
-                or not isinstance(item[1], bytes) or len(item[1]) != SIGNATURE_BYTES):
-            raise SchemaViolation("an endorsement is [authority public key (bin 32), "
-                                  "signature (bin 64)]")
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], bytes)
+            or len(item[0]) != PUBLIC_KEY_BYTES
+            or not isinstance(item[1], bytes)
+            or len(item[1]) != SIGNATURE_BYTES
+        ):
+            raise SchemaViolation(
+                "an endorsement is [authority public key (bin 32), signature (bin 64)]"
+            )
         out.append((item[0], item[1]))
     return tuple(out)
 
@@ -296,15 +322,30 @@ class Ballot(WireMessage):
 
     TYPE: ClassVar[str] = "ballot"
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "ballot_id", "epoch", "tally_id", "deadline_ms", "requests", "state_rev",
-        "issued_ms")
+        "type",
+        "v",
+        "ballot_id",
+        "epoch",
+        "tally_id",
+        "deadline_ms",
+        "requests",
+        "state_rev",
+        "issued_ms",
+    )
     LIMITS: ClassVar[Limits] = BALLOT_LIMITS
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "ballot_id": self.ballot_id,
-                "epoch": self.epoch, "tally_id": self.tally_id,
-                "deadline_ms": self.deadline_ms, "requests": list(self.requests),
-                "state_rev": self.state_rev, "issued_ms": self.issued_ms}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "ballot_id": self.ballot_id,
+            "epoch": self.epoch,
+            "tally_id": self.tally_id,
+            "deadline_ms": self.deadline_ms,
+            "requests": list(self.requests),
+            "state_rev": self.state_rev,
+            "issued_ms": self.issued_ms,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> Ballot:
@@ -313,9 +354,12 @@ class Ballot(WireMessage):
         if not all(isinstance(r, bytes) for r in raw):
             raise SchemaViolation("requests must be an array of bin")
         return cls(
-            ballot_id=_str(obj, "ballot_id", 64), epoch=_int(obj, "epoch"),
-            tally_id=_str(obj, "tally_id", 64), deadline_ms=_int(obj, "deadline_ms"),
-            requests=tuple(raw), state_rev=_int(obj, "state_rev"),
+            ballot_id=_str(obj, "ballot_id", 64),
+            epoch=_int(obj, "epoch"),
+            tally_id=_str(obj, "tally_id", 64),
+            deadline_ms=_int(obj, "deadline_ms"),
+            requests=tuple(raw),
+            state_rev=_int(obj, "state_rev"),
             issued_ms=_int(obj, "issued_ms"),
         )
 
@@ -368,27 +412,46 @@ class Vote(WireMessage):
 
     TYPE: ClassVar[str] = "vote"
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "ballot_id", "epoch", "tally_id", "verifier_key", "ts_ms", "entries", "sig",
-        "state_rev")
+        "type",
+        "v",
+        "ballot_id",
+        "epoch",
+        "tally_id",
+        "verifier_key",
+        "ts_ms",
+        "entries",
+        "sig",
+        "state_rev",
+    )
     LIMITS: ClassVar[Limits] = BALLOT_LIMITS
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "ballot_id": self.ballot_id,
-                "epoch": self.epoch, "tally_id": self.tally_id,
-                "verifier_key": self.verifier_key, "ts_ms": self.ts_ms,
-                "entries": [e.to_wire() for e in self.entries], "sig": self.sig,
-                "state_rev": self.state_rev}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "ballot_id": self.ballot_id,
+            "epoch": self.epoch,
+            "tally_id": self.tally_id,
+            "verifier_key": self.verifier_key,
+            "ts_ms": self.ts_ms,
+            "entries": [e.to_wire() for e in self.entries],
+            "sig": self.sig,
+            "state_rev": self.state_rev,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> Vote:
         obj = _header(obj, cls.TYPE)
         entries = _list(obj, "entries", MAX_BALLOT_REQUESTS, min_len=1)
         return cls(
-            ballot_id=_str(obj, "ballot_id", 64), epoch=_int(obj, "epoch"),
+            ballot_id=_str(obj, "ballot_id", 64),
+            epoch=_int(obj, "epoch"),
             tally_id=_str(obj, "tally_id", 64),
             verifier_key=_bytes(obj, "verifier_key", exact=PUBLIC_KEY_BYTES),
-            ts_ms=_int(obj, "ts_ms"), entries=tuple(VoteEntry.from_wire(e) for e in entries),
-            sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES), state_rev=_int(obj, "state_rev"),
+            ts_ms=_int(obj, "ts_ms"),
+            entries=tuple(VoteEntry.from_wire(e) for e in entries),
+            sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES),
+            state_rev=_int(obj, "state_rev"),
         )
 
 
@@ -407,12 +470,27 @@ class VoteProof:
     sig: bytes
 
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "verifier_key", "ts_ms", "count", "index", "valid", "reason", "path", "sig")
+        "verifier_key",
+        "ts_ms",
+        "count",
+        "index",
+        "valid",
+        "reason",
+        "path",
+        "sig",
+    )
 
     def to_wire(self) -> dict[str, Any]:
-        return {"verifier_key": self.verifier_key, "ts_ms": self.ts_ms, "count": self.count,
-                "index": self.index, "valid": self.valid, "reason": self.reason,
-                "path": list(self.path), "sig": self.sig}
+        return {
+            "verifier_key": self.verifier_key,
+            "ts_ms": self.ts_ms,
+            "count": self.count,
+            "index": self.index,
+            "valid": self.valid,
+            "reason": self.reason,
+            "path": list(self.path),
+            "sig": self.sig,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> VoteProof:
@@ -424,9 +502,12 @@ class VoteProof:
         count = _int(obj, "count", lo=1, hi=MAX_BALLOT_REQUESTS)
         return cls(
             verifier_key=_bytes(obj, "verifier_key", exact=PUBLIC_KEY_BYTES),
-            ts_ms=_int(obj, "ts_ms"), count=count,
-            index=_int(obj, "index", hi=count - 1), valid=_bool(obj, "valid"),
-            reason=_str(obj, "reason", 64), path=tuple(path),
+            ts_ms=_int(obj, "ts_ms"),
+            count=count,
+            index=_int(obj, "index", hi=count - 1),
+            valid=_bool(obj, "valid"),
+            reason=_str(obj, "reason", 64),
+            path=tuple(path),
             sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES),
         )
 
@@ -461,9 +542,28 @@ class ConsensusResult(WireMessage):
     TYPE: ClassVar[str] = "certificate"
     LIMITS: ClassVar[Limits] = BALLOT_LIMITS
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "request_id", "request_digest", "decision", "votes_for", "votes_against",
-        "total_votes", "n", "q", "f", "threshold", "epoch", "ballot_id", "votes", "tally_id",
-        "tally_key", "decided_at_ms", "latency_ms", "sig", "state_rev")
+        "type",
+        "v",
+        "request_id",
+        "request_digest",
+        "decision",
+        "votes_for",
+        "votes_against",
+        "total_votes",
+        "n",
+        "q",
+        "f",
+        "threshold",
+        "epoch",
+        "ballot_id",
+        "votes",
+        "tally_id",
+        "tally_key",
+        "decided_at_ms",
+        "latency_ms",
+        "sig",
+        "state_rev",
+    )
 
     @property
     def approved(self) -> bool:
@@ -471,20 +571,52 @@ class ConsensusResult(WireMessage):
 
     def signing_body(self) -> list[Any]:
         """Fixed-order array the tally signs (everything but ``sig``)."""
-        return [2, self.request_id, self.request_digest, self.decision, self.votes_for,
-                self.votes_against, self.total_votes, self.n, self.q, self.f, self.threshold,
-                self.epoch, self.ballot_id, [v.to_wire() for v in self.votes], self.tally_id,
-                self.tally_key, self.decided_at_ms, self.latency_ms, self.state_rev]
+        return [
+            2,
+            self.request_id,
+            self.request_digest,
+            self.decision,
+            self.votes_for,
+            self.votes_against,
+            self.total_votes,
+            self.n,
+            self.q,
+            self.f,
+            self.threshold,
+            self.epoch,
+            self.ballot_id,
+            [v.to_wire() for v in self.votes],
+            self.tally_id,
+            self.tally_key,
+            self.decided_at_ms,
+            self.latency_ms,
+            self.state_rev,
+        ]
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "request_id": self.request_id,
-                "request_digest": self.request_digest, "decision": self.decision,
-                "votes_for": self.votes_for, "votes_against": self.votes_against,
-                "total_votes": self.total_votes, "n": self.n, "q": self.q, "f": self.f,
-                "threshold": self.threshold, "epoch": self.epoch, "ballot_id": self.ballot_id,
-                "votes": [v.to_wire() for v in self.votes], "tally_id": self.tally_id,
-                "tally_key": self.tally_key, "decided_at_ms": self.decided_at_ms,
-                "latency_ms": self.latency_ms, "sig": self.sig, "state_rev": self.state_rev}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "request_id": self.request_id,
+            "request_digest": self.request_digest,
+            "decision": self.decision,
+            "votes_for": self.votes_for,
+            "votes_against": self.votes_against,
+            "total_votes": self.total_votes,
+            "n": self.n,
+            "q": self.q,
+            "f": self.f,
+            "threshold": self.threshold,
+            "epoch": self.epoch,
+            "ballot_id": self.ballot_id,
+            "votes": [v.to_wire() for v in self.votes],
+            "tally_id": self.tally_id,
+            "tally_key": self.tally_key,
+            "decided_at_ms": self.decided_at_ms,
+            "latency_ms": self.latency_ms,
+            "sig": self.sig,
+            "state_rev": self.state_rev,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> ConsensusResult:
@@ -496,23 +628,32 @@ class ConsensusResult(WireMessage):
         return cls(
             request_id=_str(obj, "request_id", MAX_REQUEST_ID),
             request_digest=_bytes(obj, "request_digest", exact=DIGEST_BYTES),
-            decision=decision, votes_for=_int(obj, "votes_for"),
-            votes_against=_int(obj, "votes_against"), total_votes=_int(obj, "total_votes"),
-            n=_int(obj, "n"), q=_int(obj, "q"), f=_int(obj, "f"),
-            threshold=_str(obj, "threshold", 32), epoch=_int(obj, "epoch"),
+            decision=decision,
+            votes_for=_int(obj, "votes_for"),
+            votes_against=_int(obj, "votes_against"),
+            total_votes=_int(obj, "total_votes"),
+            n=_int(obj, "n"),
+            q=_int(obj, "q"),
+            f=_int(obj, "f"),
+            threshold=_str(obj, "threshold", 32),
+            epoch=_int(obj, "epoch"),
             ballot_id=_str(obj, "ballot_id", 64),
             votes=tuple(VoteProof.from_wire(v) for v in votes),
             tally_id=_str(obj, "tally_id", 64),
             tally_key=_bytes(obj, "tally_key", exact=PUBLIC_KEY_BYTES),
-            decided_at_ms=_int(obj, "decided_at_ms"), latency_ms=_float(obj, "latency_ms"),
-            sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES), state_rev=_int(obj, "state_rev"),
+            decided_at_ms=_int(obj, "decided_at_ms"),
+            latency_ms=_float(obj, "latency_ms"),
+            sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES),
+            state_rev=_int(obj, "state_rev"),
         )
 
     def summary(self) -> str:
-        return (f"{self.decision}: {self.votes_for}/{self.n} approved, "
-                f"{self.votes_against} rejected (q={self.q}, f={self.f}, "
-                f"threshold={self.threshold}, epoch={self.epoch}, state={self.state_rev}, "
-                f"{self.latency_ms:.1f} ms)")
+        return (
+            f"{self.decision}: {self.votes_for}/{self.n} approved, "
+            f"{self.votes_against} rejected (q={self.q}, f={self.f}, "
+            f"threshold={self.threshold}, epoch={self.epoch}, state={self.state_rev}, "
+            f"{self.latency_ms:.1f} ms)"
+        )
 
 
 @dataclass(frozen=True)
@@ -535,23 +676,49 @@ class Heartbeat(WireMessage):
 
     TYPE: ClassVar[str] = "heartbeat"
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "kind", "worker_id", "instance", "seq", "ts_ms", "interval_s", "health",
-        "pid", "host", "generation")
+        "type",
+        "v",
+        "kind",
+        "worker_id",
+        "instance",
+        "seq",
+        "ts_ms",
+        "interval_s",
+        "health",
+        "pid",
+        "host",
+        "generation",
+    )
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "kind": self.kind, "worker_id": self.worker_id,
-                "instance": self.instance, "seq": self.seq, "ts_ms": self.ts_ms,
-                "interval_s": self.interval_s, "health": self.health, "pid": self.pid,
-                "host": self.host, "generation": self.generation}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "kind": self.kind,
+            "worker_id": self.worker_id,
+            "instance": self.instance,
+            "seq": self.seq,
+            "ts_ms": self.ts_ms,
+            "interval_s": self.interval_s,
+            "health": self.health,
+            "pid": self.pid,
+            "host": self.host,
+            "generation": self.generation,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> Heartbeat:
         obj = _header(obj, cls.TYPE)
         return cls(
-            kind=_str(obj, "kind", 32), worker_id=_str(obj, "worker_id", 64),
-            instance=_str(obj, "instance", 64), seq=_int(obj, "seq"), ts_ms=_int(obj, "ts_ms"),
-            interval_s=_float(obj, "interval_s"), health=_enum(obj, "health", Health).value,
-            pid=_int(obj, "pid"), host=_str(obj, "host", 255),
+            kind=_str(obj, "kind", 32),
+            worker_id=_str(obj, "worker_id", 64),
+            instance=_str(obj, "instance", 64),
+            seq=_int(obj, "seq"),
+            ts_ms=_int(obj, "ts_ms"),
+            interval_s=_float(obj, "interval_s"),
+            health=_enum(obj, "health", Health).value,
+            pid=_int(obj, "pid"),
+            host=_str(obj, "host", 255),
             generation=_int(obj, "generation"),
         )
 
@@ -575,14 +742,37 @@ class MetricsSnapshot(WireMessage):
     TYPE: ClassVar[str] = "metrics"
     LIMITS: ClassVar[Limits] = Limits(max_map=MAX_COUNTERS + 16)
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "kind", "worker_id", "instance", "ts_ms", "tasks", "successes",
-        "failures", "avg_ms", "p99_ms", "health", "counters")
+        "type",
+        "v",
+        "kind",
+        "worker_id",
+        "instance",
+        "ts_ms",
+        "tasks",
+        "successes",
+        "failures",
+        "avg_ms",
+        "p99_ms",
+        "health",
+        "counters",
+    )
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "kind": self.kind, "worker_id": self.worker_id,
-                "instance": self.instance, "ts_ms": self.ts_ms, "tasks": self.tasks,
-                "successes": self.successes, "failures": self.failures, "avg_ms": self.avg_ms,
-                "p99_ms": self.p99_ms, "health": self.health, "counters": self.counters}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "kind": self.kind,
+            "worker_id": self.worker_id,
+            "instance": self.instance,
+            "ts_ms": self.ts_ms,
+            "tasks": self.tasks,
+            "successes": self.successes,
+            "failures": self.failures,
+            "avg_ms": self.avg_ms,
+            "p99_ms": self.p99_ms,
+            "health": self.health,
+            "counters": self.counters,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> MetricsSnapshot:
@@ -591,11 +781,16 @@ class MetricsSnapshot(WireMessage):
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in counters.values()):
             raise SchemaViolation("counters values must be integers")
         return cls(
-            kind=_str(obj, "kind", 32), worker_id=_str(obj, "worker_id", 64),
-            instance=_str(obj, "instance", 64), ts_ms=_int(obj, "ts_ms"),
-            tasks=_int(obj, "tasks"), successes=_int(obj, "successes"),
-            failures=_int(obj, "failures"), avg_ms=_float(obj, "avg_ms"),
-            p99_ms=_float(obj, "p99_ms"), health=_enum(obj, "health", Health).value,
+            kind=_str(obj, "kind", 32),
+            worker_id=_str(obj, "worker_id", 64),
+            instance=_str(obj, "instance", 64),
+            ts_ms=_int(obj, "ts_ms"),
+            tasks=_int(obj, "tasks"),
+            successes=_int(obj, "successes"),
+            failures=_int(obj, "failures"),
+            avg_ms=_float(obj, "avg_ms"),
+            p99_ms=_float(obj, "p99_ms"),
+            health=_enum(obj, "health", Health).value,
             counters=counters,
         )
 
@@ -612,8 +807,12 @@ class ErrorReply(WireMessage):
     FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "code", "message", "request_id")
 
     def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {"type": self.TYPE, "v": VERSION, "code": self.code,
-                                "message": self.message}
+        wire: dict[str, Any] = {
+            "type": self.TYPE,
+            "v": VERSION,
+            "code": self.code,
+            "message": self.message,
+        }
         if self.request_id is not None:
             wire["request_id"] = self.request_id
         return wire
@@ -621,10 +820,12 @@ class ErrorReply(WireMessage):
     @classmethod
     def from_wire(cls, obj: Any) -> ErrorReply:
         obj = _header(obj, cls.TYPE)
-        rid = _str(obj, "request_id", MAX_REQUEST_ID) if obj.get("request_id") is not None \
-            else None
-        return cls(code=_str(obj, "code", 64), message=_str(obj, "message", 4096, min_len=0),
-                   request_id=rid)
+        rid = _str(obj, "request_id", MAX_REQUEST_ID) if obj.get("request_id") is not None else None
+        return cls(
+            code=_str(obj, "code", 64),
+            message=_str(obj, "message", 4096, min_len=0),
+            request_id=rid,
+        )
 
 
 def decode_reply(data: bytes) -> ConsensusResult | ErrorReply:
@@ -636,4 +837,11 @@ def decode_reply(data: bytes) -> ConsensusResult | ErrorReply:
 
 
 ALL_MESSAGES: tuple[type[WireMessage], ...] = (
-    VerificationRequest, Ballot, Vote, ConsensusResult, Heartbeat, MetricsSnapshot, ErrorReply)
+    VerificationRequest,
+    Ballot,
+    Vote,
+    ConsensusResult,
+    Heartbeat,
+    MetricsSnapshot,
+    ErrorReply,
+)

@@ -26,21 +26,21 @@ HISTORY_LIMITS = Limits(max_bytes=1024 * 1024, max_array=MAX_HISTORY)
 
 
 class Outcome(enum.StrEnum):
-    PENDING = "pending"        # claimed, backend asked
-    RESPAWNED = "respawned"    # the backend says it respawned; no heartbeat yet
-    RECOVERED = "recovered"    # a heartbeat of a newer generation arrived
-    FAILED = "failed"          # the backend failed, or no new heartbeat within the grace
-    GAVE_UP = "gave_up"        # the policy is exhausted; escalated with a critical alert
+    PENDING = "pending"  # claimed, backend asked
+    RESPAWNED = "respawned"  # the backend says it respawned; no heartbeat yet
+    RECOVERED = "recovered"  # a heartbeat of a newer generation arrived
+    FAILED = "failed"  # the backend failed, or no new heartbeat within the grace
+    GAVE_UP = "gave_up"  # the policy is exhausted; escalated with a critical alert
 
 
 class RestartCode(enum.StrEnum):
-    RESTARTED = "RESTARTED"          # killed (if still running) and spawned again
+    RESTARTED = "RESTARTED"  # killed (if still running) and spawned again
     ALREADY_NEWER = "ALREADY_NEWER"  # a newer generation than the dead one already runs
     UNKNOWN_WORKER = "UNKNOWN_WORKER"
-    STOPPING = "STOPPING"            # the supervisor is shutting down
+    STOPPING = "STOPPING"  # the supervisor is shutting down
     SPAWN_FAILED = "SPAWN_FAILED"
-    ALIVE = "ALIVE"                  # its local liveness file is fresh: not killed
-    CONFIG_EXIT = "CONFIG_EXIT"      # it exited 78 (bad configuration): not restarted
+    ALIVE = "ALIVE"  # its local liveness file is fresh: not killed
+    CONFIG_EXIT = "CONFIG_EXIT"  # it exited 78 (bad configuration): not restarted
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,23 @@ class RecoveryAttempt(WireMessage):
 
     TYPE: ClassVar[str] = "recovery_attempt"
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "kind", "worker_id", "attempt", "dead_generation", "outcome", "backend",
-        "recovery_id", "last_seen_ms", "detected_ms", "requested_ms", "respawned_ms",
-        "first_heartbeat_ms", "new_generation", "detail")
+        "type",
+        "v",
+        "kind",
+        "worker_id",
+        "attempt",
+        "dead_generation",
+        "outcome",
+        "backend",
+        "recovery_id",
+        "last_seen_ms",
+        "detected_ms",
+        "requested_ms",
+        "respawned_ms",
+        "first_heartbeat_ms",
+        "new_generation",
+        "detail",
+    )
 
     @property
     def key(self) -> str:
@@ -79,15 +93,21 @@ class RecoveryAttempt(WireMessage):
     def from_wire(cls, obj: Any) -> RecoveryAttempt:
         obj = _header(obj, cls.TYPE)
         return cls(
-            kind=_str(obj, "kind", 32), worker_id=_str(obj, "worker_id", 64),
-            attempt=_int(obj, "attempt", lo=1), dead_generation=_int(obj, "dead_generation"),
-            outcome=_enum(obj, "outcome", Outcome).value, backend=_str(obj, "backend", 32),
-            recovery_id=_str(obj, "recovery_id", 64), last_seen_ms=_int(obj, "last_seen_ms"),
-            detected_ms=_int(obj, "detected_ms"), requested_ms=_int(obj, "requested_ms"),
+            kind=_str(obj, "kind", 32),
+            worker_id=_str(obj, "worker_id", 64),
+            attempt=_int(obj, "attempt", lo=1),
+            dead_generation=_int(obj, "dead_generation"),
+            outcome=_enum(obj, "outcome", Outcome).value,
+            backend=_str(obj, "backend", 32),
+            recovery_id=_str(obj, "recovery_id", 64),
+            last_seen_ms=_int(obj, "last_seen_ms"),
+            detected_ms=_int(obj, "detected_ms"),
+            requested_ms=_int(obj, "requested_ms"),
             respawned_ms=_int(obj, "respawned_ms"),
             first_heartbeat_ms=_int(obj, "first_heartbeat_ms"),
             new_generation=_int(obj, "new_generation"),
-            detail=_str(obj, "detail", 1024, min_len=0))
+            detail=_str(obj, "detail", 1024, min_len=0),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         out = {f: getattr(self, f) for f in self.FIELDS[2:]}
@@ -107,15 +127,22 @@ class HistoryQuery(WireMessage):
     FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "kind", "worker_id", "limit")
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": 1, "kind": self.kind, "worker_id": self.worker_id,
-                "limit": self.limit}
+        return {
+            "type": self.TYPE,
+            "v": 1,
+            "kind": self.kind,
+            "worker_id": self.worker_id,
+            "limit": self.limit,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> HistoryQuery:
         obj = _header(obj, cls.TYPE)
-        return cls(kind=_str(obj, "kind", 32, min_len=0),
-                   worker_id=_str(obj, "worker_id", 64, min_len=0),
-                   limit=_int(obj, "limit", lo=1, hi=MAX_HISTORY))
+        return cls(
+            kind=_str(obj, "kind", 32, min_len=0),
+            worker_id=_str(obj, "worker_id", 64, min_len=0),
+            limit=_int(obj, "limit", lo=1, hi=MAX_HISTORY),
+        )
 
 
 @dataclass(frozen=True)
@@ -134,8 +161,11 @@ class HistoryReply(WireMessage):
     @classmethod
     def from_wire(cls, obj: Any) -> HistoryReply:
         obj = _header(obj, cls.TYPE)
-        return cls(attempts=tuple(RecoveryAttempt.from_wire(a)
-                                  for a in _list(obj, "attempts", MAX_HISTORY)))
+        return cls(
+            attempts=tuple(
+                RecoveryAttempt.from_wire(a) for a in _list(obj, "attempts", MAX_HISTORY)
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -149,19 +179,34 @@ class RestartRequest(WireMessage):
     reason: str = ""
 
     TYPE: ClassVar[str] = "restart_request"
-    FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "kind", "worker_id", "dead_generation",
-                                         "reason")
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "type",
+        "v",
+        "kind",
+        "worker_id",
+        "dead_generation",
+        "reason",
+    )
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": 1, "kind": self.kind, "worker_id": self.worker_id,
-                "dead_generation": self.dead_generation, "reason": self.reason}
+        return {
+            "type": self.TYPE,
+            "v": 1,
+            "kind": self.kind,
+            "worker_id": self.worker_id,
+            "dead_generation": self.dead_generation,
+            "reason": self.reason,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> RestartRequest:
         obj = _header(obj, cls.TYPE)
-        return cls(kind=_str(obj, "kind", 32), worker_id=_str(obj, "worker_id", 64),
-                   dead_generation=_int(obj, "dead_generation"),
-                   reason=_str(obj, "reason", 256, min_len=0))
+        return cls(
+            kind=_str(obj, "kind", 32),
+            worker_id=_str(obj, "worker_id", 64),
+            dead_generation=_int(obj, "dead_generation"),
+            reason=_str(obj, "reason", 256, min_len=0),
+        )
 
 
 @dataclass(frozen=True)
@@ -175,22 +220,49 @@ class RestartReply(WireMessage):
     message: str = ""
 
     TYPE: ClassVar[str] = "restart_reply"
-    FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "ok", "code", "kind", "worker_id", "pid",
-                                         "generation", "message")
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "type",
+        "v",
+        "ok",
+        "code",
+        "kind",
+        "worker_id",
+        "pid",
+        "generation",
+        "message",
+    )
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": 1, "ok": self.ok, "code": self.code, "kind": self.kind,
-                "worker_id": self.worker_id, "pid": self.pid, "generation": self.generation,
-                "message": self.message}
+        return {
+            "type": self.TYPE,
+            "v": 1,
+            "ok": self.ok,
+            "code": self.code,
+            "kind": self.kind,
+            "worker_id": self.worker_id,
+            "pid": self.pid,
+            "generation": self.generation,
+            "message": self.message,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> RestartReply:
         obj = _header(obj, cls.TYPE)
-        return cls(ok=_bool(obj, "ok"), code=_enum(obj, "code", RestartCode).value,
-                   kind=_str(obj, "kind", 32), worker_id=_str(obj, "worker_id", 64),
-                   pid=_int(obj, "pid"), generation=_int(obj, "generation"),
-                   message=_str(obj, "message", 1024, min_len=0))
+        return cls(
+            ok=_bool(obj, "ok"),
+            code=_enum(obj, "code", RestartCode).value,
+            kind=_str(obj, "kind", 32),
+            worker_id=_str(obj, "worker_id", 64),
+            pid=_int(obj, "pid"),
+            generation=_int(obj, "generation"),
+            message=_str(obj, "message", 1024, min_len=0),
+        )
 
 
 RECOVERY_MESSAGES: tuple[type[WireMessage], ...] = (
-    RecoveryAttempt, HistoryQuery, HistoryReply, RestartRequest, RestartReply)
+    RecoveryAttempt,
+    HistoryQuery,
+    HistoryReply,
+    RestartRequest,
+    RestartReply,
+)

@@ -38,5 +38,6 @@ def vote_signing_bytes(
     root: bytes,
     state_rev: int,
 ) -> bytes:
-    return DOMAIN_VOTE + encode([2, ballot_id, epoch, tally_id, verifier_key, ts_ms, count, root,
-                                 state_rev])
+    return DOMAIN_VOTE + encode(
+        [2, ballot_id, epoch, tally_id, verifier_key, ts_ms, count, root, state_rev]
+    )

@@ -59,7 +59,8 @@ PURPOSE_VERIFIER = "verifier"
 PURPOSE_AUTHORITY = "authority"
 PURPOSE_CA = "ca"
 PURPOSES: frozenset[str] = frozenset(
-    {PURPOSE_PAYMENT, PURPOSE_VERIFIER, PURPOSE_AUTHORITY, PURPOSE_CA})
+    {PURPOSE_PAYMENT, PURPOSE_VERIFIER, PURPOSE_AUTHORITY, PURPOSE_CA}
+)
 PATH_LEN_UNLIMITED = -1
 MAX_PATH_LEN = 64
 MAX_SERIAL = 64
@@ -94,8 +95,9 @@ def _purposes(obj: Mapping[str, Any], name: str = "purposes") -> tuple[str, ...]
         raise SchemaViolation(f"{name} must be an array of strings")
     unknown = set(raw) - PURPOSES
     if unknown:
-        raise SchemaViolation(f"{name}: unknown purpose(s) {sorted(unknown)}; "
-                              f"known: {sorted(PURPOSES)}")
+        raise SchemaViolation(
+            f"{name}: unknown purpose(s) {sorted(unknown)}; known: {sorted(PURPOSES)}"
+        )
     if len(set(raw)) != len(raw) or list(raw) != sorted(raw):
         raise SchemaViolation(f"{name} must be sorted and without duplicates")
     return tuple(raw)
@@ -121,33 +123,62 @@ class TrustCertificate(WireMessage):
 
     TYPE: ClassVar[str] = "trust_cert"
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "serial", "subject_key", "issuer_key", "not_before_ms", "not_after_ms",
-        "purposes", "path_len", "sig")
+        "type",
+        "v",
+        "serial",
+        "subject_key",
+        "issuer_key",
+        "not_before_ms",
+        "not_after_ms",
+        "purposes",
+        "path_len",
+        "sig",
+    )
 
     def signing_bytes(self) -> bytes:
         return DOMAIN_TRUST_CERT + encode(
-            [VERSION, self.serial, self.subject_key, self.issuer_key, self.not_before_ms,
-             self.not_after_ms, list(self.purposes), self.path_len])
+            [
+                VERSION,
+                self.serial,
+                self.subject_key,
+                self.issuer_key,
+                self.not_before_ms,
+                self.not_after_ms,
+                list(self.purposes),
+                self.path_len,
+            ]
+        )
 
     def signature_ok(self) -> bool:
         return verify_signature(self.issuer_key, self.signing_bytes(), self.sig)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "serial": self.serial,
-                "subject_key": self.subject_key, "issuer_key": self.issuer_key,
-                "not_before_ms": self.not_before_ms, "not_after_ms": self.not_after_ms,
-                "purposes": list(self.purposes), "path_len": self.path_len, "sig": self.sig}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "serial": self.serial,
+            "subject_key": self.subject_key,
+            "issuer_key": self.issuer_key,
+            "not_before_ms": self.not_before_ms,
+            "not_after_ms": self.not_after_ms,
+            "purposes": list(self.purposes),
+            "path_len": self.path_len,
+            "sig": self.sig,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> TrustCertificate:
         obj = _header(obj, cls.TYPE)
         cert = cls(
-            serial=_serial(obj), subject_key=_bytes(obj, "subject_key", exact=PUBLIC_KEY_BYTES),
+            serial=_serial(obj),
+            subject_key=_bytes(obj, "subject_key", exact=PUBLIC_KEY_BYTES),
             issuer_key=_bytes(obj, "issuer_key", exact=PUBLIC_KEY_BYTES),
-            not_before_ms=_int(obj, "not_before_ms"), not_after_ms=_int(obj, "not_after_ms"),
-            purposes=_purposes(obj), path_len=_int(obj, "path_len", lo=PATH_LEN_UNLIMITED,
-                                                   hi=MAX_PATH_LEN),
-            sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES))
+            not_before_ms=_int(obj, "not_before_ms"),
+            not_after_ms=_int(obj, "not_after_ms"),
+            purposes=_purposes(obj),
+            path_len=_int(obj, "path_len", lo=PATH_LEN_UNLIMITED, hi=MAX_PATH_LEN),
+            sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES),
+        )
         if cert.not_after_ms <= cert.not_before_ms:
             raise SchemaViolation("not_after_ms must be after not_before_ms")
         return cert
@@ -159,14 +190,27 @@ class TrustCertificate(WireMessage):
         return cls.from_wire(decode(data, REQUEST_LIMITS))
 
 
-def issue(issuer: AgentIdentity, *, serial: str, subject_key: bytes, not_before_ms: int,
-          not_after_ms: int, purposes: tuple[str, ...] | list[str] | frozenset[str],
-          path_len: int = 0) -> TrustCertificate:
+def issue(
+    issuer: AgentIdentity,
+    *,
+    serial: str,
+    subject_key: bytes,
+    not_before_ms: int,
+    not_after_ms: int,
+    purposes: tuple[str, ...] | list[str] | frozenset[str],
+    path_len: int = 0,
+) -> TrustCertificate:
     """Build and sign a certificate (validated exactly as a receiver would)."""
     unsigned = TrustCertificate(
-        serial=serial, subject_key=subject_key, issuer_key=issuer.public_key,
-        not_before_ms=not_before_ms, not_after_ms=not_after_ms,
-        purposes=tuple(sorted(set(purposes))), path_len=path_len, sig=bytes(SIGNATURE_BYTES))
+        serial=serial,
+        subject_key=subject_key,
+        issuer_key=issuer.public_key,
+        not_before_ms=not_before_ms,
+        not_after_ms=not_after_ms,
+        purposes=tuple(sorted(set(purposes))),
+        path_len=path_len,
+        sig=bytes(SIGNATURE_BYTES),
+    )
     TrustCertificate.from_wire(unsigned.to_wire())  # refuse what a receiver would refuse
     return replace(unsigned, sig=issuer.sign(unsigned.signing_bytes()))
 
@@ -184,15 +228,22 @@ class TrustAnchor(WireMessage):
     FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "public_key", "label", "added_ms")
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "public_key": self.public_key,
-                "label": self.label, "added_ms": self.added_ms}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "public_key": self.public_key,
+            "label": self.label,
+            "added_ms": self.added_ms,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> TrustAnchor:
         obj = _header(obj, cls.TYPE)
-        return cls(public_key=_bytes(obj, "public_key", exact=PUBLIC_KEY_BYTES),
-                   label=_str(obj, "label", MAX_LABEL, min_len=0),
-                   added_ms=_int(obj, "added_ms"))
+        return cls(
+            public_key=_bytes(obj, "public_key", exact=PUBLIC_KEY_BYTES),
+            label=_str(obj, "label", MAX_LABEL, min_len=0),
+            added_ms=_int(obj, "added_ms"),
+        )
 
 
 @dataclass(frozen=True)
@@ -212,16 +263,24 @@ class TrustCertRecord(WireMessage):
         return TrustCertificate.decode(self.cert)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "cert": self.cert, "revoked": self.revoked,
-                "reason": self.reason, "revoked_ms": self.revoked_ms}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "cert": self.cert,
+            "revoked": self.revoked,
+            "reason": self.reason,
+            "revoked_ms": self.revoked_ms,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> TrustCertRecord:
         obj = _header(obj, cls.TYPE)
-        record = cls(cert=_bytes(obj, "cert", max_len=MAX_CERT_BYTES),
-                     revoked=_bool(obj, "revoked"), reason=_str(obj, "reason", MAX_REASON,
-                                                                min_len=0),
-                     revoked_ms=_int(obj, "revoked_ms"))
+        record = cls(
+            cert=_bytes(obj, "cert", max_len=MAX_CERT_BYTES),
+            revoked=_bool(obj, "revoked"),
+            reason=_str(obj, "reason", MAX_REASON, min_len=0),
+            revoked_ms=_int(obj, "revoked_ms"),
+        )
         record.certificate  # noqa: B018 - the stored bytes must be a valid certificate
         return record
 
@@ -254,8 +313,9 @@ def decode_state_record(key: str, value: bytes) -> object:
         cert = record.certificate
         if name != cert.serial:
             raise SchemaViolation(f"{key}: certificate record with serial {cert.serial!r}")
-        return StoredCert(cert=cert, revoked=record.revoked, reason=record.reason,
-                          revoked_ms=record.revoked_ms)
+        return StoredCert(
+            cert=cert, revoked=record.revoked, reason=record.reason, revoked_ms=record.revoked_ms
+        )
     return value
 
 
@@ -269,8 +329,7 @@ class AddAnchorRequest(WireMessage):
     FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "public_key", "label")
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "public_key": self.public_key,
-                "label": self.label}
+        return {"type": self.TYPE, "v": VERSION, "public_key": self.public_key, "label": self.label}
 
     @classmethod
     def from_wire(cls, obj: Any) -> AddAnchorRequest:
@@ -347,11 +406,23 @@ class ValidateRequest(WireMessage):
 
     TYPE: ClassVar[str] = "trust_validate"
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "leaf_key", "purpose", "presented", "now_ms", "min_revision")
+        "type",
+        "v",
+        "leaf_key",
+        "purpose",
+        "presented",
+        "now_ms",
+        "min_revision",
+    )
 
     def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {"type": self.TYPE, "v": VERSION, "leaf_key": self.leaf_key,
-                                "purpose": self.purpose, "presented": list(self.presented)}
+        wire: dict[str, Any] = {
+            "type": self.TYPE,
+            "v": VERSION,
+            "leaf_key": self.leaf_key,
+            "purpose": self.purpose,
+            "presented": list(self.presented),
+        }
         if self.now_ms is not None:
             wire["now_ms"] = self.now_ms
         if self.min_revision is not None:
@@ -366,11 +437,16 @@ class ValidateRequest(WireMessage):
             raise SchemaViolation(f"purpose must be one of {sorted(PURPOSES)}")
         presented = _list(obj, "presented", MAX_PRESENTED) if "presented" in obj else []
         if not all(isinstance(p, bytes) and len(p) <= MAX_CERT_BYTES for p in presented):
-            raise SchemaViolation(f"presented must be an array of bin of at most "
-                                  f"{MAX_CERT_BYTES} bytes")
-        return cls(leaf_key=_bytes(obj, "leaf_key", exact=PUBLIC_KEY_BYTES), purpose=purpose,
-                   presented=tuple(presented), now_ms=_opt_int(obj, "now_ms"),
-                   min_revision=_opt_int(obj, "min_revision"))
+            raise SchemaViolation(
+                f"presented must be an array of bin of at most {MAX_CERT_BYTES} bytes"
+            )
+        return cls(
+            leaf_key=_bytes(obj, "leaf_key", exact=PUBLIC_KEY_BYTES),
+            purpose=purpose,
+            presented=tuple(presented),
+            now_ms=_opt_int(obj, "now_ms"),
+            min_revision=_opt_int(obj, "min_revision"),
+        )
 
 
 @dataclass(frozen=True)
@@ -398,19 +474,29 @@ class TrustAck(WireMessage):
     detail: str = ""
 
     TYPE: ClassVar[str] = "trust_ack"
-    FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "op", "key", "changed", "revision",
-                                         "detail")
+    FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "op", "key", "changed", "revision", "detail")
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "op": self.op, "key": self.key,
-                "changed": self.changed, "revision": self.revision, "detail": self.detail}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "op": self.op,
+            "key": self.key,
+            "changed": self.changed,
+            "revision": self.revision,
+            "detail": self.detail,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> TrustAck:
         obj = _header(obj, cls.TYPE)
-        return cls(op=_str(obj, "op", 32), key=_str(obj, "key", 256),
-                   changed=_bool(obj, "changed"), revision=_int(obj, "revision"),
-                   detail=_str(obj, "detail", 1024, min_len=0))
+        return cls(
+            op=_str(obj, "op", 32),
+            key=_str(obj, "key", 256),
+            changed=_bool(obj, "changed"),
+            revision=_int(obj, "revision"),
+            detail=_str(obj, "detail", 1024, min_len=0),
+        )
 
 
 @dataclass(frozen=True)
@@ -429,14 +515,33 @@ class ChainReply(WireMessage):
 
     TYPE: ClassVar[str] = "trust_chain_result"
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "v", "ok", "code", "reason", "failed_link", "path", "signature_checks",
-        "expires_ms", "revision", "now_ms")
+        "type",
+        "v",
+        "ok",
+        "code",
+        "reason",
+        "failed_link",
+        "path",
+        "signature_checks",
+        "expires_ms",
+        "revision",
+        "now_ms",
+    )
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION, "ok": self.ok, "code": self.code,
-                "reason": self.reason, "failed_link": self.failed_link,
-                "path": list(self.path), "signature_checks": self.signature_checks,
-                "expires_ms": self.expires_ms, "revision": self.revision, "now_ms": self.now_ms}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "ok": self.ok,
+            "code": self.code,
+            "reason": self.reason,
+            "failed_link": self.failed_link,
+            "path": list(self.path),
+            "signature_checks": self.signature_checks,
+            "expires_ms": self.expires_ms,
+            "revision": self.revision,
+            "now_ms": self.now_ms,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> ChainReply:
@@ -447,11 +552,17 @@ class ChainReply(WireMessage):
             raise SchemaViolation("path must be an array of bin")
         _need(obj, "failed_link")
         _need(obj, "expires_ms")
-        return cls(ok=_bool(obj, "ok"), code=code, reason=_str(obj, "reason", 4096, min_len=0),
-                   failed_link=_opt_int(obj, "failed_link"), path=tuple(path),
-                   signature_checks=_int(obj, "signature_checks"),
-                   expires_ms=_opt_int(obj, "expires_ms"), revision=_int(obj, "revision"),
-                   now_ms=_int(obj, "now_ms"))
+        return cls(
+            ok=_bool(obj, "ok"),
+            code=code,
+            reason=_str(obj, "reason", 4096, min_len=0),
+            failed_link=_opt_int(obj, "failed_link"),
+            path=tuple(path),
+            signature_checks=_int(obj, "signature_checks"),
+            expires_ms=_opt_int(obj, "expires_ms"),
+            revision=_int(obj, "revision"),
+            now_ms=_int(obj, "now_ms"),
+        )
 
 
 @dataclass(frozen=True)
@@ -464,24 +575,28 @@ class TrustListing(WireMessage):
     truncated: bool = False
 
     TYPE: ClassVar[str] = "trust_listing"
-    FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "anchors", "certs", "revision",
-                                         "truncated")
+    FIELDS: ClassVar[tuple[str, ...]] = ("type", "v", "anchors", "certs", "revision", "truncated")
     LIMITS: ClassVar[Limits] = LISTING_LIMITS
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "v": VERSION,
-                "anchors": [a.to_wire() for a in self.anchors],
-                "certs": [c.to_wire() for c in self.certs], "revision": self.revision,
-                "truncated": self.truncated}
+        return {
+            "type": self.TYPE,
+            "v": VERSION,
+            "anchors": [a.to_wire() for a in self.anchors],
+            "certs": [c.to_wire() for c in self.certs],
+            "revision": self.revision,
+            "truncated": self.truncated,
+        }
 
     @classmethod
     def from_wire(cls, obj: Any) -> TrustListing:
         obj = _header(obj, cls.TYPE)
-        return cls(anchors=tuple(TrustAnchor.from_wire(a)
-                                 for a in _list(obj, "anchors", MAX_LISTED)),
-                   certs=tuple(TrustCertRecord.from_wire(c)
-                               for c in _list(obj, "certs", MAX_LISTED)),
-                   revision=_int(obj, "revision"), truncated=_bool(obj, "truncated"))
+        return cls(
+            anchors=tuple(TrustAnchor.from_wire(a) for a in _list(obj, "anchors", MAX_LISTED)),
+            certs=tuple(TrustCertRecord.from_wire(c) for c in _list(obj, "certs", MAX_LISTED)),
+            revision=_int(obj, "revision"),
+            truncated=_bool(obj, "truncated"),
+        )
 
 
 #: The request message of each service operation ({prefix}.trust.<op>).
@@ -494,8 +609,14 @@ OPS: dict[str, type[WireMessage]] = {
     "list": ListRequest,
 }
 TRUST_MESSAGES: tuple[type[WireMessage], ...] = (
-    TrustCertificate, TrustAnchor, TrustCertRecord, *OPS.values(), TrustAck, ChainReply,
-    TrustListing)
+    TrustCertificate,
+    TrustAnchor,
+    TrustCertRecord,
+    *OPS.values(),
+    TrustAck,
+    ChainReply,
+    TrustListing,
+)
 
 
 def decode_trust_reply(data: bytes) -> Any:
@@ -508,4 +629,3 @@ def decode_trust_reply(data: bytes) -> Any:
         if kind == cls.TYPE:
             return cls.from_wire(obj)
     raise SchemaViolation(f"unexpected reply type {kind!r}")
-

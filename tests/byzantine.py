@@ -58,11 +58,15 @@ async def main(worker_id: str, mode: str) -> None:
         if mode == "lie":
             out = [sign_vote(me, ballot, flipped(honest), ts).encode()]
         elif mode == "equivocate":
-            out = [sign_vote(me, ballot, honest, ts).encode(),
-                   sign_vote(me, ballot, flipped(honest), ts).encode()]
+            out = [
+                sign_vote(me, ballot, honest, ts).encode(),
+                sign_vote(me, ballot, flipped(honest), ts).encode(),
+            ]
         elif mode == "replay":  # an old signed vote, relabelled for this ballot
-            out = [replace(Vote.decode(old), ballot_id=ballot.ballot_id).encode()
-                   for old in previous[-1:]]
+            out = [
+                replace(Vote.decode(old), ballot_id=ballot.ballot_id).encode()
+                for old in previous[-1:]
+            ]
             previous.append(sign_vote(me, ballot, flipped(honest), ts).encode())
         elif mode == "unknown-key":
             out = [sign_vote(stranger, ballot, flipped(honest), ts).encode()]

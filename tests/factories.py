@@ -16,8 +16,12 @@ from workers.consensus.judge import judge
 
 def request(signer: AgentIdentity, message: bytes, rid: str, *, tamper: bool = False) -> bytes:
     sig = signer.sign(message)
-    return VerificationRequest(request_id=rid, message=message + (b"!" if tamper else b""),
-                               signature=sig, public_key=signer.public_key).encode()
+    return VerificationRequest(
+        request_id=rid,
+        message=message + (b"!" if tamper else b""),
+        signature=sig,
+        public_key=signer.public_key,
+    ).encode()
 
 
 @dataclass
@@ -34,27 +38,45 @@ class Scenario:
         self.agent = AgentIdentity.generate()
         self.tally = AgentIdentity.generate()
         if not self.raws:
-            self.raws = [request(self.agent, b"pay 10", "r-good"),
-                         request(self.agent, b"pay 20", "r-bad", tamper=True)]
+            self.raws = [
+                request(self.agent, b"pay 10", "r-good"),
+                request(self.agent, b"pay 20", "r-bad", tamper=True),
+            ]
 
     @property
     def pool(self) -> frozenset[bytes]:
         return frozenset(v.public_key for v in self.verifiers)
 
     def ballot(self, ballot_id: str = "b1", epoch: int | None = None) -> Ballot:
-        return Ballot(ballot_id=ballot_id, epoch=self.epoch if epoch is None else epoch,
-                      tally_id=self.tally_id, deadline_ms=2**40, requests=tuple(self.raws))
+        return Ballot(
+            ballot_id=ballot_id,
+            epoch=self.epoch if epoch is None else epoch,
+            tally_id=self.tally_id,
+            deadline_ms=2**40,
+            requests=tuple(self.raws),
+        )
 
     def round(self, ballot_id: str = "b1") -> BallotRound:
         return BallotRound(
-            ballot_id=ballot_id, epoch=self.epoch, tally_id=self.tally_id, pool=self.pool,
+            ballot_id=ballot_id,
+            epoch=self.epoch,
+            tally_id=self.tally_id,
+            pool=self.pool,
             rule=QuorumRule(self.n, self.threshold),
             request_ids=tuple(judge(r).request_id for r in self.raws),
-            digests=tuple(request_digest(r) for r in self.raws))
+            digests=tuple(request_digest(r) for r in self.raws),
+        )
 
-    def vote(self, i: int, *, ballot: Ballot | None = None, lie: bool = False,
-             ts_ms: int = 1000, signer: AgentIdentity | None = None,
-             state_rev: int | None = None) -> Vote:
+    def vote(
+        self,
+        i: int,
+        *,
+        ballot: Ballot | None = None,
+        lie: bool = False,
+        ts_ms: int = 1000,
+        signer: AgentIdentity | None = None,
+        state_rev: int | None = None,
+    ) -> Vote:
         ballot = ballot or self.ballot()
         entries = [judge(r) for r in ballot.requests]
         if lie:

@@ -42,32 +42,61 @@ class Cluster:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ, NATS_URL=self.nats_url, AP_PREFIX=self.prefix,
-                   AP_DATA_DIR=str(self.data_dir), PYTHONPATH=str(ROOT))
+        env = dict(
+            os.environ,
+            NATS_URL=self.nats_url,
+            AP_PREFIX=self.prefix,
+            AP_DATA_DIR=str(self.data_dir),
+            PYTHONPATH=str(ROOT),
+        )
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         return env
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = (self.data_dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen([sys.executable, *args], env=self.env(), stdout=log,
-                                stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, *args], env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
         log.close()
         self.processes[name] = proc
         return proc
 
     def start_tally(self, worker_id: str = "t1", *extra: str) -> subprocess.Popen[bytes]:
-        return self._spawn(f"tally-{worker_id}", ["-m", "workers.cli", "worker", "tally",
-                                                   "--id", worker_id, "--heartbeat-s", "1",
-                                                   *extra])
+        return self._spawn(
+            f"tally-{worker_id}",
+            [
+                "-m",
+                "workers.cli",
+                "worker",
+                "tally",
+                "--id",
+                worker_id,
+                "--heartbeat-s",
+                "1",
+                *extra,
+            ],
+        )
 
     def start_verifier(self, worker_id: str, *extra: str) -> subprocess.Popen[bytes]:
-        return self._spawn(f"verifier-{worker_id}", ["-m", "workers.cli", "worker", "verifier",
-                                                      "--id", worker_id, "--heartbeat-s", "1",
-                                                      *extra])
+        return self._spawn(
+            f"verifier-{worker_id}",
+            [
+                "-m",
+                "workers.cli",
+                "worker",
+                "verifier",
+                "--id",
+                worker_id,
+                "--heartbeat-s",
+                "1",
+                *extra,
+            ],
+        )
 
     def start_byzantine(self, worker_id: str, mode: str) -> subprocess.Popen[bytes]:
-        return self._spawn(f"byzantine-{worker_id}", ["-m", "tests.byzantine", "--id", worker_id,
-                                                       "--mode", mode])
+        return self._spawn(
+            f"byzantine-{worker_id}", ["-m", "tests.byzantine", "--id", worker_id, "--mode", mode]
+        )
 
     def log(self, name: str) -> str:
         path = self.data_dir / f"{name}.log"

@@ -23,8 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER",
-         5: "CONSUMER"}
+KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
 
 
 def _value(v: AnyValue) -> Any:
@@ -119,15 +118,23 @@ class OtlpReceiver:
             resource = _attrs(rs.resource.attributes)
             for ss in rs.scope_spans:
                 for s in ss.spans:
-                    records.append(SpanRecord(
-                        trace_id=s.trace_id.hex(), span_id=s.span_id.hex(),
-                        parent_span_id=s.parent_span_id.hex(), name=s.name,
-                        kind=KINDS.get(s.kind, str(s.kind)),
-                        service=str(resource.get("service.name", "")), resource=resource,
-                        attributes=_attrs(s.attributes),
-                        links=tuple((link.trace_id.hex(), link.span_id.hex())
-                                    for link in s.links),
-                        start_ns=s.start_time_unix_nano, end_ns=s.end_time_unix_nano))
+                    records.append(
+                        SpanRecord(
+                            trace_id=s.trace_id.hex(),
+                            span_id=s.span_id.hex(),
+                            parent_span_id=s.parent_span_id.hex(),
+                            name=s.name,
+                            kind=KINDS.get(s.kind, str(s.kind)),
+                            service=str(resource.get("service.name", "")),
+                            resource=resource,
+                            attributes=_attrs(s.attributes),
+                            links=tuple(
+                                (link.trace_id.hex(), link.span_id.hex()) for link in s.links
+                            ),
+                            start_ns=s.start_time_unix_nano,
+                            end_ns=s.end_time_unix_nano,
+                        )
+                    )
         with self._lock:
             self.requests += 1
             self.spans.extend(records)
@@ -141,8 +148,11 @@ class OtlpReceiver:
                 for m in sm.metrics:
                     data = getattr(m, m.WhichOneof("data") or "sum", None)
                     points = len(data.data_points) if data is not None else 0
-                    records.append(MetricRecord(m.name, str(resource.get("service.name", "")),
-                                                resource, points))
+                    records.append(
+                        MetricRecord(
+                            m.name, str(resource.get("service.name", "")), resource, points
+                        )
+                    )
         with self._lock:
             self.requests += 1
             self.metrics.extend(records)

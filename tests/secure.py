@@ -14,8 +14,16 @@ from bus.subjects import Subjects
 from tests.helpers import ROOT, Cluster
 from workers.cli.nats_config import build_jwt_users, build_users
 
-USERS = ["admin:admin", "tally:t1", "verifier:v1", "verifier:v2", "verifier:v3",
-         "verifier:v4", "client:alice", "client:bob"]
+USERS = [
+    "admin:admin",
+    "tally:t1",
+    "verifier:v1",
+    "verifier:v2",
+    "verifier:v3",
+    "verifier:v4",
+    "client:alice",
+    "client:bob",
+]
 
 
 @dataclass
@@ -34,15 +42,18 @@ class SecureServer:
 
     def config(self, name: str, *, inbox_prefix: str | None = "own") -> NatsConfig:
         extra = self.users[name].extra
-        return NatsConfig(url=self.url, prefix=self.prefix,
-                          nkey_seed=extra.get("NATS_NKEY_SEED"),
-                          creds=extra.get("NATS_CREDS"),
-                          inbox_prefix=extra["NATS_INBOX_PREFIX"] if inbox_prefix == "own"
-                          else inbox_prefix)
+        return NatsConfig(
+            url=self.url,
+            prefix=self.prefix,
+            nkey_seed=extra.get("NATS_NKEY_SEED"),
+            creds=extra.get("NATS_CREDS"),
+            inbox_prefix=extra["NATS_INBOX_PREFIX"] if inbox_prefix == "own" else inbox_prefix,
+        )
 
 
-def start_secure_server(tmp: Path, prefix: str, specs: list[str] | None = None,
-                        extra_conf: str = "", auth: str = "nkey") -> SecureServer:
+def start_secure_server(
+    tmp: Path, prefix: str, specs: list[str] | None = None, extra_conf: str = "", auth: str = "nkey"
+) -> SecureServer:
     """nats-server with JetStream and users for ``specs`` (role:name): nkey users in
     the server config, or (``auth="jwt"``) operator mode with a .creds per user."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -71,8 +82,9 @@ class SecureCluster(Cluster):
         worker_id = name.split("-", 1)[1]
         env = {**self.env(), **self.secure.env(worker_id)}
         log = (self.data_dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen([sys.executable, *args], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
         log.close()
         self.processes[name] = proc
         return proc

@@ -29,15 +29,30 @@ def requests(agent: AgentIdentity, count: int, tag: str) -> list[tuple[Verificat
     for i in range(count):
         req = signed_request(agent, f"pay {i} EUR to merchant-{i}", f"{tag}-{i}")
         if i % 2:
-            req = VerificationRequest(req.request_id, req.message + b" (altered)", req.signature,
-                                      req.public_key)
+            req = VerificationRequest(
+                req.request_id, req.message + b" (altered)", req.signature, req.public_key
+            )
         out.append((req, i % 2 == 0))
     return out
 
 
 def start_anomaly(cluster: Cluster, *extra: str) -> None:
-    cluster._spawn("anomaly-a1", ["-m", "workers.cli", "worker", "anomaly", "--id", "a1",
-                                  "--heartbeat-s", "1", "--metrics-s", "1", *extra])
+    cluster._spawn(
+        "anomaly-a1",
+        [
+            "-m",
+            "workers.cli",
+            "worker",
+            "anomaly",
+            "--id",
+            "a1",
+            "--heartbeat-s",
+            "1",
+            "--metrics-s",
+            "1",
+            *extra,
+        ],
+    )
 
 
 async def anomaly_counters(nc: Client, prefix: str, timeout: float = 2.0) -> dict[str, int]:
@@ -45,8 +60,9 @@ async def anomaly_counters(nc: Client, prefix: str, timeout: float = 2.0) -> dic
     return MetricsSnapshot.decode(reply.data).counters
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, cluster: Cluster,
-                timeout: float = 60.0) -> None:
+async def until(
+    check: Callable[[], Awaitable[bool]], what: str, cluster: Cluster, timeout: float = 60.0
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -62,10 +78,12 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, cluster: Cluste
         await asyncio.sleep(0.2)
 
 
-async def decide(cluster: Cluster, batch: list[tuple[VerificationRequest, bool]]
-                 ) -> list[ConsensusResult]:
-    async with await VerifyClient.connect(NatsConfig(url=cluster.nats_url, prefix=cluster.prefix),
-                                          timeout=15.0, retries=0) as client:
+async def decide(
+    cluster: Cluster, batch: list[tuple[VerificationRequest, bool]]
+) -> list[ConsensusResult]:
+    async with await VerifyClient.connect(
+        NatsConfig(url=cluster.nats_url, prefix=cluster.prefix), timeout=15.0, retries=0
+    ) as client:
         results = await client.verify_many([r for r, _ in batch], concurrency=4)
     out = []
     for (_, good), result in zip(batch, results, strict=True):
@@ -77,7 +95,8 @@ async def decide(cluster: Cluster, batch: list[tuple[VerificationRequest, bool]]
 
 @pytest.mark.parametrize("mode", ["lie", "equivocate"])
 async def test_byzantine_verifier_is_quarantined_and_the_pool_keeps_deciding(
-        cluster: Cluster, mode: str) -> None:
+    cluster: Cluster, mode: str
+) -> None:
     for i in range(1, 4):
         cluster.start_verifier(f"v{i}")
     cluster.start_byzantine("b1", mode)
@@ -94,14 +113,16 @@ async def test_byzantine_verifier_is_quarantined_and_the_pool_keeps_deciding(
 
         async def quarantined() -> bool:
             pool = await membership.read_pool(nc, subjects)
-            return any(m.worker_id == "b1" and m.status == membership.QUARANTINED
-                       for m in pool.members)
+            return any(
+                m.worker_id == "b1" and m.status == membership.QUARANTINED for m in pool.members
+            )
 
         await until(quarantined, "b1 quarantined", cluster)
         after = await membership.read_pool(nc, subjects)
         assert after.epoch > before.epoch
-        assert after.keys == before.keys - {m.public_key for m in before.members
-                                            if m.worker_id == "b1"}
+        assert after.keys == before.keys - {
+            m.public_key for m in before.members if m.worker_id == "b1"
+        }
         assert len(after.keys) == 3
 
         alerts = [a for a, ok in await read_alerts(nc, subjects, 600) if ok]
@@ -109,8 +130,9 @@ async def test_byzantine_verifier_is_quarantined_and_the_pool_keeps_deciding(
         assert critical, alerts
         assert {a.subject_id for a in critical} == {"b1"}
         # an equivocator also signs a flipped vote: whichever evidence is seen first wins
-        assert critical[0].code in ({"BYZANTINE_VOTE"} if mode == "lie"
-                                    else {"BYZANTINE_VOTE", "EQUIVOCATION"})
+        assert critical[0].code in (
+            {"BYZANTINE_VOTE"} if mode == "lie" else {"BYZANTINE_VOTE", "EQUIVOCATION"}
+        )
         if mode == "equivocate":
             assert (await anomaly_counters(nc, cluster.prefix)).get("equivocations", 0) >= 1
         assert critical[0].details["quarantined"] is True
@@ -161,9 +183,11 @@ async def test_forged_votes_quarantine_nobody(cluster: Cluster) -> None:
 
         async def all_seen() -> bool:
             c = await anomaly_counters(nc, cluster.prefix)
-            return (c.get("decisions_checked", 0) >= 12
-                    and c.get("vote_ignored_bad_signature", 0) >= 1
-                    and c.get("vote_ignored_not_member", 0) >= 1)
+            return (
+                c.get("decisions_checked", 0) >= 12
+                and c.get("vote_ignored_bad_signature", 0) >= 1
+                and c.get("vote_ignored_not_member", 0) >= 1
+            )
 
         await until(all_seen, "the anomaly worker to see the forged votes", cluster)
         counters = await anomaly_counters(nc, cluster.prefix)
@@ -192,17 +216,21 @@ async def test_no_quarantine_below_the_minimum_pool(cluster: Cluster) -> None:
         await cluster.wait_tally()
         agent = AgentIdentity.generate()
         async with await VerifyClient.connect(
-                NatsConfig(url=cluster.nats_url, prefix=cluster.prefix), timeout=15.0,
-                retries=0) as client:
+            NatsConfig(url=cluster.nats_url, prefix=cluster.prefix), timeout=15.0, retries=0
+        ) as client:
             await client.verify_many([r for r, _ in requests(agent, 4, "small")])
 
         async def alerted() -> bool:
-            return any(a.severity == Severity.CRITICAL
-                       for a, _ in await read_alerts(nc, subjects, 600))
+            return any(
+                a.severity == Severity.CRITICAL for a, _ in await read_alerts(nc, subjects, 600)
+            )
 
         await until(alerted, "a critical alert", cluster)
-        critical = [a for a, ok in await read_alerts(nc, subjects, 600)
-                    if ok and a.severity == Severity.CRITICAL]
+        critical = [
+            a
+            for a, ok in await read_alerts(nc, subjects, 600)
+            if ok and a.severity == Severity.CRITICAL
+        ]
         assert critical[0].subject_id == "b1"
         assert critical[0].details["quarantined"] is False
         assert "below the minimum" in str(critical[0].details["reason"])
@@ -241,13 +269,18 @@ async def test_rate_limit_delays_the_second_quarantine(cluster: Cluster) -> None
         first_at = time.monotonic()
 
         async def second_alerted() -> bool:
-            return any(a.severity == Severity.CRITICAL and not a.details["quarantined"]
-                       for a, _ in await read_alerts(nc, subjects, 600))
+            return any(
+                a.severity == Severity.CRITICAL and not a.details["quarantined"]
+                for a, _ in await read_alerts(nc, subjects, 600)
+            )
 
         await until(second_alerted, "the other liar alerted, not quarantined", cluster)
         assert len(await out()) == 1
-        held = [a for a, _ in await read_alerts(nc, subjects, 600)
-                if a.severity == Severity.CRITICAL and not a.details["quarantined"]]
+        held = [
+            a
+            for a, _ in await read_alerts(nc, subjects, 600)
+            if a.severity == Severity.CRITICAL and not a.details["quarantined"]
+        ]
         assert "rate limit" in str(held[0].details["reason"])
 
         async def both_out() -> bool:

@@ -27,15 +27,17 @@ def requests(agent: AgentIdentity, count: int, tag: str) -> list[tuple[Verificat
     for i in range(count):
         req = signed_request(agent, f"pay {i} EUR to merchant-{i}", f"{tag}-{i}")
         if i % 2:
-            req = VerificationRequest(req.request_id, req.message + b" (altered)", req.signature,
-                                      req.public_key)
+            req = VerificationRequest(
+                req.request_id, req.message + b" (altered)", req.signature, req.public_key
+            )
         out.append((req, i % 2 == 0))
     return out
 
 
 async def client_for(cluster: Cluster) -> VerifyClient:
-    return await VerifyClient.connect(NatsConfig(url=cluster.nats_url, prefix=cluster.prefix),
-                                      timeout=15.0, retries=0)
+    return await VerifyClient.connect(
+        NatsConfig(url=cluster.nats_url, prefix=cluster.prefix), timeout=15.0, retries=0
+    )
 
 
 async def test_honest_pool_decides_valid_and_invalid(cluster: Cluster) -> None:
@@ -116,12 +118,15 @@ async def test_misbehaving_voter_is_rejected(cluster: Cluster, mode: str) -> Non
                 assert not any(v.verifier_key in byz and v.valid != good for v in result.votes)
         status = await nc.request(f"{cluster.prefix}.status.tally.t1", b"", timeout=2)
     from schemas.messages import MetricsSnapshot
+
     counters = MetricsSnapshot.decode(status.data).counters
-    expected = {"equivocate": "vote_rejected_VOTE_EQUIVOCATION",
-                "replay": "vote_rejected_VOTE_MISMATCH",
-                "unknown-key": "vote_rejected_VOTE_NOT_MEMBER",
-                "forge": "vote_rejected_VOTE_BAD_SIGNATURE",
-                "garbage": "vote_rejected_MALFORMED_PAYLOAD"}[mode]
+    expected = {
+        "equivocate": "vote_rejected_VOTE_EQUIVOCATION",
+        "replay": "vote_rejected_VOTE_MISMATCH",
+        "unknown-key": "vote_rejected_VOTE_NOT_MEMBER",
+        "forge": "vote_rejected_VOTE_BAD_SIGNATURE",
+        "garbage": "vote_rejected_MALFORMED_PAYLOAD",
+    }[mode]
     assert counters.get(expected, 0) > 0, counters
     if mode == "equivocate":
         await asyncio.sleep(0.2)
@@ -135,7 +140,8 @@ async def test_verifier_killed_mid_stream(cluster: Cluster) -> None:
     async with await client_for(cluster) as client:
         batch = requests(agent, 300, "kill")
         task = asyncio.create_task(  # noqa: RUF006 - awaited below
-            client.verify_many([r for r, _ in batch], concurrency=32))
+            client.verify_many([r for r, _ in batch], concurrency=32)
+        )
         await asyncio.sleep(0.3)
         cluster.kill("verifier-v2", signal.SIGKILL)
         results = await task
@@ -152,13 +158,21 @@ async def test_malformed_payloads_get_errors_and_workers_keep_serving(cluster: C
     subject = f"{cluster.prefix}.verify.request"
     from schemas.codec import encode
     from schemas.messages import decode_reply
+
     cases = {
         b"\xc1": "MALFORMED_PAYLOAD",
         b"\x92\x01": "MALFORMED_PAYLOAD",
         b"\x00" * 300_000: "PAYLOAD_TOO_LARGE",
         encode({"type": "verification_request", "v": 9}): "UNSUPPORTED_VERSION",
-        encode({"v": 1, "request_id": "x", "message": b"m", "signature": b"s" * 63,
-                "public_key": b"k" * 32}): "SCHEMA_VIOLATION",
+        encode(
+            {
+                "v": 1,
+                "request_id": "x",
+                "message": b"m",
+                "signature": b"s" * 63,
+                "public_key": b"k" * 32,
+            }
+        ): "SCHEMA_VIOLATION",
         encode([1, 2, 3]): "SCHEMA_VIOLATION",
     }
     for payload, code in cases.items():
@@ -181,8 +195,9 @@ async def test_retry_returns_same_certificate(cluster: Cluster) -> None:
         first = await client.verify_with_consensus(req)
         again = await asyncio.gather(*(client.verify_with_consensus(req) for _ in range(5)))
         assert all(a == first for a in again)
-        other = VerificationRequest("idem-1", b"pay twice", agent.sign(b"pay twice"),
-                                    agent.public_key)
+        other = VerificationRequest(
+            "idem-1", b"pay twice", agent.sign(b"pay twice"), agent.public_key
+        )
         with pytest.raises(RemoteError) as err:
             await client.verify_with_consensus(other)
         assert err.value.code == "REQUEST_ID_CONFLICT"
@@ -215,6 +230,7 @@ async def test_membership_change_moves_epoch(cluster: Cluster) -> None:
         assert before.epoch == pool.epoch
         nc = await connect(NatsConfig(url=cluster.nats_url, prefix=cluster.prefix), name="t")
         from bus.subjects import Subjects
+
         cluster.start_verifier("v5")
         await cluster.wait_pool(5)
         await asyncio.sleep(0.3)
@@ -233,7 +249,8 @@ async def test_sigterm_exits_zero_after_finishing_work(cluster: Cluster) -> None
     async with await client_for(cluster) as client:
         batch = requests(agent, 100, "term")
         task = asyncio.create_task(  # noqa: RUF006 - awaited below
-            client.verify_many([r for r, _ in batch], concurrency=50))
+            client.verify_many([r for r, _ in batch], concurrency=50)
+        )
         await asyncio.sleep(0.05)
         cluster.kill("tally-t1", signal.SIGTERM)
         results = await task
@@ -258,18 +275,23 @@ async def test_cli_verify_json_and_exit_codes(cluster: Cluster) -> None:
     AgentIdentity.generate().save(key)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "workers.cli", *args], env=cluster.env(),
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "workers.cli", *args],
+            env=cluster.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
-    ok = await asyncio.to_thread(cli, "verify", "--key", str(key), "--message", "pay 5",
-                                 "--json")
+    ok = await asyncio.to_thread(cli, "verify", "--key", str(key), "--message", "pay 5", "--json")
     assert ok.returncode == 0, ok.stderr
     body = json.loads(ok.stdout)
     assert body["decision"] == "VALID" and body["n"] == 4 and body["votes_for"] >= 3
     sig = AgentIdentity.load(key).sign(b"pay 5").hex()
     pub = AgentIdentity.load(key).public_key_hex
-    bad = await asyncio.to_thread(cli, "verify", "--public-key", pub, "--signature", sig,
-                                  "--message", "pay 6")
+    bad = await asyncio.to_thread(
+        cli, "verify", "--public-key", pub, "--signature", sig, "--message", "pay 6"
+    )
     assert bad.returncode == 1 and "INVALID" in bad.stdout
     members = await asyncio.to_thread(cli, "members", "list", "--json")
     assert len(json.loads(members.stdout)["members"]) == 4
@@ -278,6 +300,7 @@ async def test_cli_verify_json_and_exit_codes(cluster: Cluster) -> None:
 async def test_every_wycheproof_vector_through_the_network(cluster: Cluster) -> None:
     """All 151 vectors, end to end: 4 verifier processes must agree with Wycheproof."""
     from tests.unit.test_wycheproof import CASES
+
     pool = await cluster.start_system(4)
     reqs, expected, malformed = [], [], []
     for i, case in enumerate(CASES):

@@ -31,10 +31,17 @@ def env_of(cluster: Cluster, **extra: str) -> dict[str, str]:
     return env
 
 
-def cli(cluster: Cluster, *args: str, env: dict[str, str] | None = None
-        ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "workers.cli", *args], cwd=ROOT,
-                          env=env or env_of(cluster), capture_output=True, text=True, timeout=120)
+def cli(
+    cluster: Cluster, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args],
+        cwd=ROOT,
+        env=env or env_of(cluster),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def cli_json(cluster: Cluster, *args: str) -> Any:
@@ -43,12 +50,28 @@ def cli_json(cluster: Cluster, *args: str) -> Any:
     return json.loads(done.stdout)
 
 
-def start_keys(cluster: Cluster, *extra: str, env: dict[str, str] | None = None
-               ) -> subprocess.Popen[bytes]:
+def start_keys(
+    cluster: Cluster, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     log = (cluster.data_dir / "keys-keys1.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "keys", "--id",
-                             "keys1", "--heartbeat-s", "1", *extra], env=env or env_of(cluster),
-                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "workers.cli",
+            "worker",
+            "keys",
+            "--id",
+            "keys1",
+            "--heartbeat-s",
+            "1",
+            *extra,
+        ],
+        env=env or env_of(cluster),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
     log.close()
     cluster.processes["keys-keys1"] = proc
     return proc
@@ -83,10 +106,17 @@ def test_keys_cli_with_json_against_a_worker(cluster: Cluster, tmp_path: Path) -
     start_keys(cluster, "--master-key-file", str(master_file))
     wait_serving(cluster)
 
-    created = cli_json(cluster, "keys", "create", "payer", "--purpose", "agent_identity",
-                       "--auto-rotate-period-s", "86400")
-    assert (created["name"], created["state"], created["latest_version"]) == (
-        "payer", "Enabled", 1)
+    created = cli_json(
+        cluster,
+        "keys",
+        "create",
+        "payer",
+        "--purpose",
+        "agent_identity",
+        "--auto-rotate-period-s",
+        "86400",
+    )
+    assert (created["name"], created["state"], created["latest_version"]) == ("payer", "Enabled", 1)
     assert created["auto_rotate_period_ms"] == 86_400_000
     rotated = cli_json(cluster, "keys", "rotate", "payer")
     assert rotated["latest_version"] == 2
@@ -97,10 +127,12 @@ def test_keys_cli_with_json_against_a_worker(cluster: Cluster, tmp_path: Path) -
     assert len(seeds) == 2
     signed = cli_json(cluster, "keys", "sign", "payer", "--message", "pay 12.50 EUR")
     assert (signed["version"], signed["public_key"]) == (2, v2_key)
-    assert verify_signature(bytes.fromhex(v2_key), b"pay 12.50 EUR",
-                            bytes.fromhex(signed["signature"]))
-    revoked = cli_json(cluster, "keys", "revoke", "payer", "--reason", "compromised",
-                       "--version", "1")
+    assert verify_signature(
+        bytes.fromhex(v2_key), b"pay 12.50 EUR", bytes.fromhex(signed["signature"])
+    )
+    revoked = cli_json(
+        cluster, "keys", "revoke", "payer", "--reason", "compromised", "--version", "1"
+    )
     assert revoked["versions"][0]["revoked_reason"] == "compromised"
     assert revoked["versions"][0]["revoked_at_ms"] > 0
     assert revoked["versions"][1]["revoked_at_ms"] == 0
@@ -144,8 +176,9 @@ def test_worker_without_master_key_creates_a_development_one(cluster: Cluster) -
     created = cluster.data_dir / "keys" / "master.key"
     assert created.stat().st_mode & 0o777 == 0o600
     assert "development master key" in cluster.log("keys-keys1")
-    assert cli_json(cluster, "keys", "create", "dev", "--purpose", "authentication")["name"] \
-        == "dev"
+    assert (
+        cli_json(cluster, "keys", "create", "dev", "--purpose", "authentication")["name"] == "dev"
+    )
 
 
 def test_keys_cli_without_a_key_manager_exits_69(cluster: Cluster) -> None:
@@ -153,10 +186,19 @@ def test_keys_cli_without_a_key_manager_exits_69(cluster: Cluster) -> None:
     assert done.returncode == 69, done.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ["keys", "--help"], ["keys", "create", "--help"], ["keys", "rotate", "--help"],
-    ["keys", "revoke", "--help"], ["keys", "list", "--help"], ["keys", "sign", "--help"],
-    ["keys", "init-master", "--help"], ["worker", "keys", "--help"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["keys", "--help"],
+        ["keys", "create", "--help"],
+        ["keys", "rotate", "--help"],
+        ["keys", "revoke", "--help"],
+        ["keys", "list", "--help"],
+        ["keys", "sign", "--help"],
+        ["keys", "init-master", "--help"],
+        ["worker", "keys", "--help"],
+    ],
+)
 def test_help(cluster: Cluster, args: list[str]) -> None:
     done = cli(cluster, *args)
     assert done.returncode == 0 and "usage:" in done.stdout

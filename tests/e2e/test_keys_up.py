@@ -23,17 +23,38 @@ def test_up_starts_the_key_manager_with_a_development_master_key(tmp_path: Path)
     env = {**os.environ, "NATS_URL": url, "AP_PREFIX": "ap", "PYTHONPATH": str(ROOT)}
     for name in ("AP_DATA_DIR", "AP_MASTER_KEY", "AP_MASTER_KEY_FILE"):
         env.pop(name, None)
-    up = subprocess.Popen([sys.executable, "-m", "workers.cli", "up", "--verifiers", "3",
-                           "--heartbeat-s", "1"], cwd=tmp_path, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "up", "--verifiers", "3", "--heartbeat-s", "1"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         created = None
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             created = subprocess.run(
-                [sys.executable, "-m", "workers.cli", "keys", "create", "up-key", "--purpose",
-                 "authentication", "--json", "--timeout", "3"],
-                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+                [
+                    sys.executable,
+                    "-m",
+                    "workers.cli",
+                    "keys",
+                    "create",
+                    "up-key",
+                    "--purpose",
+                    "authentication",
+                    "--json",
+                    "--timeout",
+                    "3",
+                ],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             if created.returncode == 0:
                 break
             time.sleep(1)

@@ -49,6 +49,7 @@ def hub_conf(p: str, port: int, leaf_port: int, store: Path) -> str:
     ]
   }}
 """
+
     return f"""server_name: hub
 listen: 127.0.0.1:{port}
 jetstream {{ store_dir: "{store}", domain: hub }}
@@ -93,13 +94,17 @@ def hub_and_leaf(tmp_path: Path) -> Iterator[tuple[NatsServer, NatsServer, str]]
         d = tmp_path / "hub"
         d.mkdir()
         (d / "hub.conf").write_text(hub_conf(prefix, port, leaf_listen, d / "js"))
-        servers.append(start_nats_server(d, port=port, jetstream=False,
-                                         extra_args=["-c", str(d / "hub.conf")]))
+        servers.append(
+            start_nats_server(d, port=port, jetstream=False, extra_args=["-c", str(d / "hub.conf")])
+        )
         d = tmp_path / "leaf"
         d.mkdir()
         (d / "leaf.conf").write_text(leaf_conf(leaf_port, leaf_listen, d / "js"))
-        servers.append(start_nats_server(d, port=leaf_port, jetstream=False,
-                                         extra_args=["-c", str(d / "leaf.conf")]))
+        servers.append(
+            start_nats_server(
+                d, port=leaf_port, jetstream=False, extra_args=["-c", str(d / "leaf.conf")]
+            )
+        )
         yield servers[0], servers[1], prefix
     finally:
         for server in servers:
@@ -107,7 +112,8 @@ def hub_and_leaf(tmp_path: Path) -> Iterator[tuple[NatsServer, NatsServer, str]]
 
 
 async def test_two_organizations_decide_through_accounts_and_a_leafnode(
-        hub_and_leaf: tuple[NatsServer, NatsServer, str], tmp_path: Path) -> None:
+    hub_and_leaf: tuple[NatsServer, NatsServer, str], tmp_path: Path
+) -> None:
     hub, leaf, prefix = hub_and_leaf
     s = Subjects(prefix)
     consortium = NatsConfig(url=with_user(hub.url, "consortium"), prefix=prefix)
@@ -125,17 +131,30 @@ async def test_two_organizations_decide_through_accounts_and_a_leafnode(
         # (two verifiers per organization share that bucket: wait for both)
         for c in procs:
             await c.wait_pool(2, timeout=40)
-        keys = {vid: AgentIdentity.load(c.data_dir / "keys" / f"verifier-{vid}.key").public_key
-                for vid, c in zip(orgs, procs, strict=True)}
+        keys = {
+            vid: AgentIdentity.load(c.data_dir / "keys" / f"verifier-{vid}.key").public_key
+            for vid, c in zip(orgs, procs, strict=True)
+        }
         # the consortium admits the four keys into ITS pool
         admin = await connect(consortium, name="consortium-admin")
         try:
             for vid, key in keys.items():  # the operator command, as a process
                 arg = key.hex() if vid != "v4" else did_key(key)
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "workers.cli", "admit", vid, arg, "--json",
-                    "--nats-url", consortium.url, "--prefix", prefix, cwd=ROOT,
-                    stdout=asyncio.subprocess.PIPE)
+                    sys.executable,
+                    "-m",
+                    "workers.cli",
+                    "admit",
+                    vid,
+                    arg,
+                    "--json",
+                    "--nats-url",
+                    consortium.url,
+                    "--prefix",
+                    prefix,
+                    cwd=ROOT,
+                    stdout=asyncio.subprocess.PIPE,
+                )
                 out, _ = await proc.communicate()
                 assert proc.returncode == 0 and json.loads(out)["changed"] is True
             pool = await membership.read_pool(admin, s)
@@ -165,11 +184,13 @@ async def test_two_organizations_decide_through_accounts_and_a_leafnode(
             agent = AgentIdentity.generate()
             async with await VerifyClient.connect(consortium, timeout=15) as client:
                 results = await client.verify_many(
-                    [signed_request(agent, f"pay {i}") for i in range(10)])
+                    [signed_request(agent, f"pay {i}") for i in range(10)]
+                )
             assert [getattr(r, "decision", r) for r in results] == ["VALID"] * 10
             voters = {v.verifier_key for r in results for v in r.votes}  # type: ignore[union-attr]
-            assert voters & {keys["v1"], keys["v2"]} and voters & {keys["v3"], keys["v4"]}, \
+            assert voters & {keys["v1"], keys["v2"]} and voters & {keys["v3"], keys["v4"]}, (
                 "votes from both organizations"
+            )
 
             await asyncio.sleep(0.5)
             a_keys = {keys["v1"], keys["v2"]}

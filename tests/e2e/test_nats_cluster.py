@@ -44,14 +44,17 @@ RATE_PER_S = 160.0
 KILL_AFTER_S = 4.0
 
 
-def cluster_conf(name: str, client_port: int, route_port: int, routes: list[int],
-                 store: Path, http_port: int) -> str:
+def cluster_conf(
+    name: str, client_port: int, route_port: int, routes: list[int], store: Path, http_port: int
+) -> str:
     route_urls = "\n".join(f"    nats-route://127.0.0.1:{p}" for p in routes)
-    return (f'server_name: {name}\nlisten: 127.0.0.1:{client_port}\n'
-            f'http: 127.0.0.1:{http_port}\n'
-            f'jetstream {{ store_dir: "{store}" }}\n'
-            f'cluster {{\n  name: ap-test\n  listen: 127.0.0.1:{route_port}\n'
-            f'  routes: [\n{route_urls}\n  ]\n}}\n')
+    return (
+        f"server_name: {name}\nlisten: 127.0.0.1:{client_port}\n"
+        f"http: 127.0.0.1:{http_port}\n"
+        f'jetstream {{ store_dir: "{store}" }}\n'
+        f"cluster {{\n  name: ap-test\n  listen: 127.0.0.1:{route_port}\n"
+        f"  routes: [\n{route_urls}\n  ]\n}}\n"
+    )
 
 
 @dataclass
@@ -71,11 +74,21 @@ def nats_cluster(tmp_path: Path) -> Iterator[dict[str, Node]]:
             d = tmp_path / name
             d.mkdir()
             conf = d / "server.conf"
-            conf.write_text(cluster_conf(name, client_ports[i], route_ports[i], route_ports,
-                                         d / "js", http_ports[i]))
-            servers[name] = Node(start_nats_server(d, port=client_ports[i], jetstream=False,
-                                                   extra_args=["-c", str(conf), "-n", name],
-                                                   timeout=30), http_ports[i])
+            conf.write_text(
+                cluster_conf(
+                    name, client_ports[i], route_ports[i], route_ports, d / "js", http_ports[i]
+                )
+            )
+            servers[name] = Node(
+                start_nats_server(
+                    d,
+                    port=client_ports[i],
+                    jetstream=False,
+                    extra_args=["-c", str(conf), "-n", name],
+                    timeout=30,
+                ),
+                http_ports[i],
+            )
         yield servers
     finally:
         for node in servers.values():
@@ -117,8 +130,12 @@ def connection_names(node: Node) -> set[str]:
     return {str(c.get("name", "")) for c in data.get("connections") or []}
 
 
-async def decide(client: VerifyClient, req: VerificationRequest, attempts: int = 8,
-                 extra: list[str] | None = None) -> ConsensusResult | AgenticPaymentsError:
+async def decide(
+    client: VerifyClient,
+    req: VerificationRequest,
+    attempts: int = 8,
+    extra: list[str] | None = None,
+) -> ConsensusResult | AgenticPaymentsError:
     """Ask until a final decision: a TIMEOUT is not final, so ask again (same id).
     ``extra`` collects why a first answer was not final (for the summary)."""
     last: ConsensusResult | AgenticPaymentsError = AgenticPaymentsError("never asked")
@@ -138,9 +155,9 @@ async def decide(client: VerifyClient, req: VerificationRequest, attempts: int =
     return last
 
 
-async def test_kill_one_of_three_servers_under_load(nats_cluster: dict[str, Node],
-                                                   tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_kill_one_of_three_servers_under_load(
+    nats_cluster: dict[str, Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     urls = ",".join(n.server.url for n in nats_cluster.values())
     prefix = f"c{uuid.uuid4().hex[:10]}"
     config = NatsConfig(url=urls, prefix=prefix)
@@ -150,15 +167,19 @@ async def test_kill_one_of_three_servers_under_load(nats_cluster: dict[str, Node
     try:
         await workers.start_system(4)
         subjects = Subjects(prefix)
-        for stream in (f"KV_{subjects.members_bucket}", f"KV_{subjects.decisions_bucket}",
-                       subjects.audit_stream):
+        for stream in (
+            f"KV_{subjects.members_bucket}",
+            f"KV_{subjects.decisions_bucket}",
+            subjects.audit_stream,
+        ):
             _, replicas = await stream_leader(config, stream)
             assert replicas == 3, stream
         leader, _ = await stream_leader(config, f"KV_{subjects.decisions_bucket}")
         # the victim: the server the tally is connected to (its in-flight requests
         # and ballots die with it), else the decisions bucket's leader
-        held = {n: await asyncio.to_thread(connection_names, srv)
-                for n, srv in nats_cluster.items()}
+        held = {
+            n: await asyncio.to_thread(connection_names, srv) for n, srv in nats_cluster.items()
+        }
         victim_name = next((n for n, names in held.items() if "tally-t1" in names), leader)
         victim = nats_cluster[victim_name].server
         on_victim = sorted(held[victim_name])
@@ -190,13 +211,18 @@ async def test_kill_one_of_three_servers_under_load(nats_cluster: dict[str, Node
             assert killed_at is not None
             assert victim.process.wait(5) == -signal.SIGKILL
             latency.sort()
-            print(f"\nkilled {victim_name} (decisions leader {leader}, holding {on_victim}) "
-                  f"at {killed_at:.1f}s; {REQUESTS} requests in "
-                  f"{time.monotonic() - started:.1f}s; re-asked {len(reasks)} times "
-                  f"({sorted(set(reasks))}); latency median {latency[len(latency) // 2]:.3f}s "
-                  f"p99 {latency[int(len(latency) * 0.99)]:.3f}s max {latency[-1]:.3f}s")
-            failed = [(i, r) for i, r in enumerate(results)
-                      if not isinstance(r, ConsensusResult) or r.decision != "VALID"]
+            print(
+                f"\nkilled {victim_name} (decisions leader {leader}, holding {on_victim}) "
+                f"at {killed_at:.1f}s; {REQUESTS} requests in "
+                f"{time.monotonic() - started:.1f}s; re-asked {len(reasks)} times "
+                f"({sorted(set(reasks))}); latency median {latency[len(latency) // 2]:.3f}s "
+                f"p99 {latency[int(len(latency) * 0.99)]:.3f}s max {latency[-1]:.3f}s"
+            )
+            failed = [
+                (i, r)
+                for i, r in enumerate(results)
+                if not isinstance(r, ConsensusResult) or r.decision != "VALID"
+            ]
             assert not failed, f"{len(failed)} not VALID, e.g. {failed[:5]}"
             # the decisions survived the server: a repeat gets the same certificate
             sample = list(range(0, REQUESTS, 7))
@@ -204,8 +230,11 @@ async def test_kill_one_of_three_servers_under_load(nats_cluster: dict[str, Node
             for i, cert in zip(sample, again, strict=True):
                 first = results[i]
                 assert isinstance(cert, ConsensusResult) and isinstance(first, ConsensusResult)
-                assert (cert.decision, cert.ballot_id, cert.epoch) == \
-                    (first.decision, first.ballot_id, first.epoch), i
+                assert (cert.decision, cert.ballot_id, cert.epoch) == (
+                    first.decision,
+                    first.ballot_id,
+                    first.epoch,
+                ), i
         finally:
             await client.close()
         # every worker survived the server loss (reconnected, still running)

@@ -59,24 +59,51 @@ async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
 
 def specs(*extra: ProcSpec, recovery_args: tuple[str, ...] = ()) -> list[ProcSpec]:
     common = ["--heartbeat-s", HB]
-    out = [ProcSpec(f"verifier-v{i}", ["worker", "verifier", "--id", f"v{i}", *common])
-           for i in range(1, 4)]
+    out = [
+        ProcSpec(f"verifier-v{i}", ["worker", "verifier", "--id", f"v{i}", *common])
+        for i in range(1, 4)
+    ]
     out.append(ProcSpec("tally-t1", ["worker", "tally", "--id", "t1", *common]))
-    out.append(ProcSpec("recovery-r1", [
-        "worker", "recovery", "--id", "r1", *common, "--missed", "4", "--backoff-s", "0.2",
-        "--startup-grace-s", "15", "--max-retries", "3", *recovery_args]))
+    out.append(
+        ProcSpec(
+            "recovery-r1",
+            [
+                "worker",
+                "recovery",
+                "--id",
+                "r1",
+                *common,
+                "--missed",
+                "4",
+                "--backoff-s",
+                "0.2",
+                "--startup-grace-s",
+                "15",
+                "--max-retries",
+                "3",
+                *recovery_args,
+            ],
+        )
+    )
     return out + list(extra)
 
 
 @contextlib.asynccontextmanager
-async def system(nats_url: str, prefix: str, tmp_path: Path, nc: Client,
-                 proc_specs: list[ProcSpec]) -> AsyncIterator[tuple[LocalSupervisor, Watch]]:
+async def system(
+    nats_url: str, prefix: str, tmp_path: Path, nc: Client, proc_specs: list[ProcSpec]
+) -> AsyncIterator[tuple[LocalSupervisor, Watch]]:
     watch = Watch()
     subjects = Subjects(prefix)
     await nc.subscribe(subjects.heartbeat_all, cb=watch.on_heartbeat)
     await nc.subscribe(subjects.alerts_all, cb=watch.on_alert)
-    env = dict(os.environ, NATS_URL=nats_url, AP_PREFIX=prefix, PYTHONPATH=str(ROOT),
-               AP_DATA_DIR=str(tmp_path), AP_SUPERVISOR=f"sup-{prefix}")
+    env = dict(
+        os.environ,
+        NATS_URL=nats_url,
+        AP_PREFIX=prefix,
+        PYTHONPATH=str(ROOT),
+        AP_DATA_DIR=str(tmp_path),
+        AP_SUPERVISOR=f"sup-{prefix}",
+    )
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     sup = LocalSupervisor(proc_specs, env=env, log_dir=tmp_path / "logs")
     assert sup.delegate_restarts
@@ -89,8 +116,9 @@ async def system(nats_url: str, prefix: str, tmp_path: Path, nc: Client,
         for kind, worker_id in wanted:
             while True:
                 try:
-                    await js.get_last_msg(subjects.heartbeat_stream,
-                                          subjects.heartbeat(kind, worker_id))
+                    await js.get_last_msg(
+                        subjects.heartbeat_stream, subjects.heartbeat(kind, worker_id)
+                    )
                     break
                 except Exception:
                     assert time.monotonic() < deadline, f"{kind}/{worker_id} not in the stream"
@@ -101,32 +129,43 @@ async def system(nats_url: str, prefix: str, tmp_path: Path, nc: Client,
 
 
 def logs(tmp_path: Path) -> str:
-    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-                     for p in sorted((tmp_path / "logs").glob("*.log")))
+    return "\n".join(
+        f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+        for p in sorted((tmp_path / "logs").glob("*.log"))
+    )
 
 
 async def history(nc: Client, prefix: str, kind: str, worker_id: str) -> list[RecoveryAttempt]:
     for _ in range(3):  # a loaded machine may miss one 5 s deadline
         try:
-            reply = await fetch_history(nc, Subjects(prefix), HistoryQuery(kind, worker_id),
-                                        5.0)
+            reply = await fetch_history(nc, Subjects(prefix), HistoryQuery(kind, worker_id), 5.0)
             return list(reply.attempts)
         except Exception:
             await asyncio.sleep(0.5)
     return []
 
 
-async def kill_and_expect_recovery(nc: Client, prefix: str, tmp_path: Path,
-                                   sup: LocalSupervisor, watch: Watch, kind: str,
-                                   worker_id: str, sig: int = signal.SIGKILL) -> None:
+async def kill_and_expect_recovery(
+    nc: Client,
+    prefix: str,
+    tmp_path: Path,
+    sup: LocalSupervisor,
+    watch: Watch,
+    kind: str,
+    worker_id: str,
+    sig: int = signal.SIGKILL,
+) -> None:
     spec = sup.find(kind, worker_id)
     assert spec is not None and spec.process is not None
     old_gen, old_pid, spawns = spec.generation, spec.process.pid, spec.spawns
     assert watch.latest[(kind, worker_id)].generation == old_gen
     os.kill(old_pid, sig)
     try:
-        await until(lambda: watch.latest[(kind, worker_id)].generation > old_gen, 60,
-                    f"a new generation of {kind}/{worker_id}")
+        await until(
+            lambda: watch.latest[(kind, worker_id)].generation > old_gen,
+            60,
+            f"a new generation of {kind}/{worker_id}",
+        )
         attempts: list[RecoveryAttempt] = []
 
         async def recovered() -> bool:
@@ -158,8 +197,8 @@ async def kill_and_expect_recovery(nc: Client, prefix: str, tmp_path: Path,
 
 @pytest.mark.parametrize(("kind", "worker_id"), [("verifier", "v2"), ("tally", "t1")])
 async def test_kill_9_is_respawned_by_the_recovery_worker(
-        nats_url: str, prefix: str, tmp_path: Path, nc: Client, kind: str,
-        worker_id: str) -> None:
+    nats_url: str, prefix: str, tmp_path: Path, nc: Client, kind: str, worker_id: str
+) -> None:
     async with system(nats_url, prefix, tmp_path, nc, specs()) as (sup, watch):
         await kill_and_expect_recovery(nc, prefix, tmp_path, sup, watch, kind, worker_id)
         stale = [a for a in watch.alerts if a.code == "WORKER_STALE"]
@@ -168,62 +207,95 @@ async def test_kill_9_is_respawned_by_the_recovery_worker(
         # the same history from the CLI
         env = dict(os.environ, NATS_URL=nats_url, AP_PREFIX=prefix, PYTHONPATH=str(ROOT))
         cli = [sys.executable, "-m", "workers.cli", "recovery", "history"]
-        out = await asyncio.to_thread(subprocess.run, [*cli, "--worker", f"{kind}/{worker_id}",
-                                                       "--json"], env=env, cwd=ROOT,
-                                      capture_output=True, text=True, timeout=60)
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [*cli, "--worker", f"{kind}/{worker_id}", "--json"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         rows = json.loads(out.stdout)["attempts"]
         assert [(r["kind"], r["worker_id"], r["outcome"]) for r in rows] == [
-            (kind, worker_id, "recovered")]
+            (kind, worker_id, "recovered")
+        ]
         assert 0 <= rows[0]["detection_ms"] < 10_000
-        human = await asyncio.to_thread(subprocess.run, cli, env=env, cwd=ROOT,
-                                        capture_output=True, text=True, timeout=60)
+        human = await asyncio.to_thread(
+            subprocess.run, cli, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
         assert human.returncode == 0 and f"{kind}/{worker_id}" in human.stdout
-        bad = await asyncio.to_thread(subprocess.run, [*cli, "--worker", "nonsense"], env=env,
-                                      cwd=ROOT, capture_output=True, text=True, timeout=60)
+        bad = await asyncio.to_thread(
+            subprocess.run,
+            [*cli, "--worker", "nonsense"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert bad.returncode == 78 and "CONFIG_INVALID" in bad.stderr
         nobody = await asyncio.to_thread(
-            subprocess.run, [*cli, "--prefix", f"{prefix}x", "--timeout", "1"], env=env,
-            cwd=ROOT, capture_output=True, text=True, timeout=60)
+            subprocess.run,
+            [*cli, "--prefix", f"{prefix}x", "--timeout", "1"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert nobody.returncode == 69 and "no recovery worker answered" in nobody.stderr
 
 
-SERVICE_KINDS = [("keys", "k1"), ("trust", "trust1"), ("authority", "auth1"),
-                 ("anomaly", "anomaly1")]
+SERVICE_KINDS = [
+    ("keys", "k1"),
+    ("trust", "trust1"),
+    ("authority", "auth1"),
+    ("anomaly", "anomaly1"),
+]
 
 
 @pytest.mark.parametrize(("kind", "worker_id"), SERVICE_KINDS)
 async def test_kill_9_of_a_service_worker_is_respawned(
-        nats_url: str, prefix: str, tmp_path: Path, nc: Client, kind: str,
-        worker_id: str) -> None:
+    nats_url: str, prefix: str, tmp_path: Path, nc: Client, kind: str, worker_id: str
+) -> None:
     """Every other worker kind too: the key manager, trust, authority and anomaly workers."""
-    service = ProcSpec(f"{kind}-{worker_id}", ["worker", kind, "--id", worker_id,
-                                               "--heartbeat-s", HB])
+    service = ProcSpec(
+        f"{kind}-{worker_id}", ["worker", kind, "--id", worker_id, "--heartbeat-s", HB]
+    )
     async with system(nats_url, prefix, tmp_path, nc, specs(service)) as (sup, watch):
         await kill_and_expect_recovery(nc, prefix, tmp_path, sup, watch, kind, worker_id)
 
 
 async def test_recovery_worker_killed_is_respawned_by_its_peer(
-        nats_url: str, prefix: str, tmp_path: Path, nc: Client) -> None:
-    peer = ProcSpec("recovery-r2", ["worker", "recovery", "--id", "r2", "--heartbeat-s", HB,
-                                    "--kinds", "recovery"])
+    nats_url: str, prefix: str, tmp_path: Path, nc: Client
+) -> None:
+    peer = ProcSpec(
+        "recovery-r2",
+        ["worker", "recovery", "--id", "r2", "--heartbeat-s", HB, "--kinds", "recovery"],
+    )
     async with system(nats_url, prefix, tmp_path, nc, specs(peer)) as (sup, watch):
         # r1 watches every kind (r2 included); r2 is the peer that could respawn r1.
         await kill_and_expect_recovery(nc, prefix, tmp_path, sup, watch, "recovery", "r2")
 
 
 async def test_hung_worker_is_killed_and_respawned(
-        nats_url: str, prefix: str, tmp_path: Path, nc: Client) -> None:
+    nats_url: str, prefix: str, tmp_path: Path, nc: Client
+) -> None:
     async with system(nats_url, prefix, tmp_path, nc, specs()) as (sup, watch):
-        await kill_and_expect_recovery(nc, prefix, tmp_path, sup, watch, "verifier", "v3",
-                                       sig=signal.SIGSTOP)
+        await kill_and_expect_recovery(
+            nc, prefix, tmp_path, sup, watch, "verifier", "v3", sig=signal.SIGSTOP
+        )
 
 
 async def test_crash_loop_is_bounded_and_escalated(
-        nats_url: str, prefix: str, tmp_path: Path, nc: Client) -> None:
+    nats_url: str, prefix: str, tmp_path: Path, nc: Client
+) -> None:
     # a per-worker policy (the default for everyone else stays 3 retries, 15 s grace)
-    proc_specs = specs(recovery_args=(
-        "--policy", "verifier/v1:max_retries=2,startup_grace_s=3,base_s=0.3"))
+    proc_specs = specs(
+        recovery_args=("--policy", "verifier/v1:max_retries=2,startup_grace_s=3,base_s=0.3")
+    )
     async with system(nats_url, prefix, tmp_path, nc, proc_specs) as (sup, watch):
         spec = sup.find("verifier", "v1")
         assert spec is not None and spec.process is not None
@@ -233,8 +305,11 @@ async def test_crash_loop_is_bounded_and_escalated(
         spec.args += ["--nats-url", "nats://127.0.0.1:1"]
         os.kill(spec.process.pid, signal.SIGKILL)
         try:
-            await until(lambda: any(a.code == "RECOVERY_GAVE_UP" for a in watch.alerts), 90,
-                        "the give-up alert")
+            await until(
+                lambda: any(a.code == "RECOVERY_GAVE_UP" for a in watch.alerts),
+                90,
+                "the give-up alert",
+            )
         except AssertionError:
             raise AssertionError(logs(tmp_path)) from None
         try:
@@ -256,7 +331,8 @@ async def test_crash_loop_is_bounded_and_escalated(
 
 
 async def test_a_configuration_error_is_escalated_without_retrying(
-        nats_url: str, prefix: str, tmp_path: Path, nc: Client) -> None:
+    nats_url: str, prefix: str, tmp_path: Path, nc: Client
+) -> None:
     """Exit 78 cannot be cured by restarting: the supervisor refuses (CONFIG_EXIT) and the
     recovery worker gives up at once, with the cause in the attempt history."""
     async with system(nats_url, prefix, tmp_path, nc, specs()) as (sup, watch):
@@ -266,8 +342,11 @@ async def test_a_configuration_error_is_escalated_without_retrying(
         spec.args += ["--key-file", str(tmp_path)]  # a directory: EXIT_CONFIG from now on
         os.kill(spec.process.pid, signal.SIGKILL)
         try:
-            await until(lambda: any(a.code == "RECOVERY_GAVE_UP" for a in watch.alerts), 90,
-                        "the give-up alert")
+            await until(
+                lambda: any(a.code == "RECOVERY_GAVE_UP" for a in watch.alerts),
+                90,
+                "the give-up alert",
+            )
             assert "CONFIG_EXIT" in (tmp_path / "logs" / "recovery-r1.log").read_text()
             assert spec.spawns == spawns + 1  # the one respawn that revealed the error
             assert spec.process.returncode == 78
@@ -275,8 +354,7 @@ async def test_a_configuration_error_is_escalated_without_retrying(
             raise AssertionError(f"{exc}\n{logs(tmp_path)}") from None
 
 
-def test_up_runs_the_recovery_worker_and_it_respawns_a_killed_verifier(
-        tmp_path: Path) -> None:
+def test_up_runs_the_recovery_worker_and_it_respawns_a_killed_verifier(tmp_path: Path) -> None:
     """`agentic-payments up` as a user runs it: kill -9 a verifier, the recovery worker
     (not the supervisor by itself) brings it back; Ctrl-C still stops everything."""
     import re
@@ -285,13 +363,22 @@ def test_up_runs_the_recovery_worker_and_it_respawns_a_killed_verifier(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{port}", "AP_PREFIX": "ap",
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "NATS_URL": f"nats://127.0.0.1:{port}",
+        "AP_PREFIX": "ap",
+        "PYTHONPATH": str(ROOT),
+    }
     env.pop("AP_DATA_DIR", None)
     env.pop("AP_SUPERVISOR", None)
-    up = subprocess.Popen([sys.executable, "-m", "workers.cli", "up", "--heartbeat-s", "0.5"],
-                          cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "up", "--heartbeat-s", "0.5"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     cli = [sys.executable, "-m", "workers.cli"]
     lines: list[str] = []
     try:
@@ -305,12 +392,15 @@ def test_up_runs_the_recovery_worker_and_it_respawns_a_killed_verifier(
         victim = int(pids["verifier-v2"])
 
         def run(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([*cli, *args], cwd=tmp_path, env=env, capture_output=True,
-                                  text=True, timeout=60)
+            return subprocess.run(
+                [*cli, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+            )
 
         deadline = time.monotonic() + 60
-        while run("check", "--kind", "verifier", "--id", "v2").returncode != 0 or \
-                run("check", "--kind", "recovery", "--id", "recovery1").returncode != 0:
+        while (
+            run("check", "--kind", "verifier", "--id", "v2").returncode != 0
+            or run("check", "--kind", "recovery", "--id", "recovery1").returncode != 0
+        ):
             assert time.monotonic() < deadline, "workers did not come up"
             time.sleep(0.5)
         time.sleep(2.0)  # the recovery worker has v2 in its heartbeat history

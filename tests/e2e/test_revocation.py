@@ -35,8 +35,9 @@ def now_ms() -> int:
 
 async def test_no_valid_decision_after_the_revocation_bound(cluster: Cluster) -> None:
     await cluster.start_system(4)
-    cluster._spawn("keys", ["-m", "workers.cli", "worker", "keys", "--id", "k1",
-                            "--heartbeat-s", "1"])
+    cluster._spawn(
+        "keys", ["-m", "workers.cli", "worker", "keys", "--id", "k1", "--heartbeat-s", "1"]
+    )
     config = NatsConfig(url=cluster.nats_url, prefix=cluster.prefix)
     nc = await connect(config, name="test-keys")
     keys = KeyClient(nc, cluster.prefix, timeout=20)
@@ -46,13 +47,19 @@ async def test_no_valid_decision_after_the_revocation_bound(cluster: Cluster) ->
         for i in range(240):
             message = f"pay {i} EUR to merchant-7".encode()
             signed = await keys.sign("agent-7", message)
-            requests.append(VerificationRequest(request_id=f"rev-{i}", message=message,
-                                                signature=signed.signature,
-                                                public_key=signed.public_key))
+            requests.append(
+                VerificationRequest(
+                    request_id=f"rev-{i}",
+                    message=message,
+                    signature=signed.signature,
+                    public_key=signed.public_key,
+                )
+            )
         results: list[ConsensusResult] = []
         revoked_at: list[int] = []
 
         async with await VerifyClient.connect(config, retries=2, timeout=15) as client:
+
             async def one(req: VerificationRequest) -> None:
                 results.append(await client.verify_with_consensus(req))
 
@@ -77,9 +84,11 @@ async def test_no_valid_decision_after_the_revocation_bound(cluster: Cluster) ->
     invalid = [r for r in results if r.decision == "INVALID"]
     assert valid and invalid, "the flow must straddle the revocation"
     last_valid = max(r.decided_at_ms for r in valid)
-    print(f"\nobserved: last VALID decided {last_valid - t_revoked} ms after the revoke reply; "
-          f"{len(valid)} VALID, {len(invalid)} INVALID, "
-          f"{len(results) - len(valid) - len(invalid)} other")
+    print(
+        f"\nobserved: last VALID decided {last_valid - t_revoked} ms after the revoke reply; "
+        f"{len(valid)} VALID, {len(invalid)} INVALID, "
+        f"{len(results) - len(valid) - len(invalid)} other"
+    )
     late = [r for r in results if r.decided_at_ms > t_revoked + REVOCATION_BOUND_MS]
     assert late, "some decisions must come after the bound"
     for r in late:

@@ -58,8 +58,7 @@ class FakeSystemd:
         except BlockingIOError:
             pass
 
-    def wait_for(self, key: str, timeout: float, count: int = 1,
-                 since: float = 0.0) -> list[float]:
+    def wait_for(self, key: str, timeout: float, count: int = 1, since: float = 0.0) -> list[float]:
         """Times of messages carrying ``key``; waits until ``count`` of them arrived."""
         deadline = time.monotonic() + timeout
         while True:
@@ -75,22 +74,43 @@ class FakeSystemd:
         self.sock.close()
 
 
-def _spawn(cluster: Cluster, notify_socket: str, extra_env: dict[str, str],
-           worker_id: str) -> subprocess.Popen[bytes]:
+def _spawn(
+    cluster: Cluster, notify_socket: str, extra_env: dict[str, str], worker_id: str
+) -> subprocess.Popen[bytes]:
     env = cluster.env()
     env.update(NOTIFY_SOCKET=notify_socket, **extra_env)
     log = (cluster.data_dir / f"verifier-{worker_id}.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "verifier",
-                             "--id", worker_id, "--heartbeat-s", "1"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "workers.cli",
+            "worker",
+            "verifier",
+            "--id",
+            worker_id,
+            "--heartbeat-s",
+            "1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
     log.close()
     cluster.processes[f"verifier-{worker_id}"] = proc
     return proc
 
 
 def _check(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "workers.cli", "check", *args],
-                          env=cluster.env(), capture_output=True, text=True, timeout=60, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", "check", *args],
+        env=cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture
@@ -104,8 +124,9 @@ def systemd(tmp_path: Path) -> Iterator[tuple[FakeSystemd, str]]:
         Path(path).unlink(missing_ok=True)
 
 
-def test_ready_watchdog_stopping_and_liveness(cluster: Cluster,
-                                              systemd: tuple[FakeSystemd, str]) -> None:
+def test_ready_watchdog_stopping_and_liveness(
+    cluster: Cluster, systemd: tuple[FakeSystemd, str]
+) -> None:
     fake, path = systemd
     proc = _spawn(cluster, path, {"WATCHDOG_USEC": "2000000"}, "v1")
     ready = fake.wait_for("READY", timeout=60)

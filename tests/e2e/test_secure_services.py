@@ -29,8 +29,13 @@ from workers.trust.worker import TrustClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SERVICES = [("keys", "keys1"), ("trust", "trust1"), ("authority", "authority1"),
-            ("anomaly", "anomaly1"), ("recovery", "recovery1")]
+SERVICES = [
+    ("keys", "keys1"),
+    ("trust", "trust1"),
+    ("authority", "authority1"),
+    ("anomaly", "anomaly1"),
+    ("recovery", "recovery1"),
+]
 
 
 @pytest.fixture
@@ -51,8 +56,10 @@ async def test_every_service_works_under_its_role(secure_cluster: SecureCluster)
     assert c.secure is not None
     await c.start_system(4)
     for kind, wid in SERVICES:
-        c._spawn(f"{kind}-{wid}", ["-m", "workers.cli", "worker", kind, "--id", wid,
-                                   "--heartbeat-s", "1"])
+        c._spawn(
+            f"{kind}-{wid}",
+            ["-m", "workers.cli", "worker", kind, "--id", wid, "--heartbeat-s", "1"],
+        )
     admin = await connect(c.admin(), name="test-operator")
     try:
         keys = KeyClient(admin, c.prefix, timeout=30)
@@ -66,18 +73,29 @@ async def test_every_service_works_under_its_role(secure_cluster: SecureCluster)
             except Exception:
                 await asyncio.sleep(0.1)
         authority = AuthorityClient(admin, c.prefix, timeout=30)
-        await authority.change("add", AuthorityRecord(AgentIdentity.generate().public_key,
-                                                      "bank", "High", True))
+        await authority.change(
+            "add", AuthorityRecord(AgentIdentity.generate().public_key, "bank", "High", True)
+        )
         async with await VerifyClient.connect(c.secure.config("alice"), timeout=15) as client:
             for i, s in enumerate(signed):
-                cert = await client.verify_with_consensus(VerificationRequest(
-                    request_id=f"s-{i}", message=f"pay {i}".encode(), signature=s.signature,
-                    public_key=s.public_key))
+                cert = await client.verify_with_consensus(
+                    VerificationRequest(
+                        request_id=f"s-{i}",
+                        message=f"pay {i}".encode(),
+                        signature=s.signature,
+                        public_key=s.public_key,
+                    )
+                )
                 assert cert.decision == "VALID"
             await keys.revoke("agent-s", "test")
-            cert = await client.verify_with_consensus(VerificationRequest(
-                request_id="s-after", message=b"pay 0", signature=signed[0].signature,
-                public_key=signed[0].public_key))
+            cert = await client.verify_with_consensus(
+                VerificationRequest(
+                    request_id="s-after",
+                    message=b"pay 0",
+                    signature=signed[0].signature,
+                    public_key=signed[0].public_key,
+                )
+            )
             assert cert.decision == "INVALID"
         await asyncio.sleep(3)  # heartbeats, metrics, stream consumers, sweeps run a while
         found = await discover(admin, c.prefix, wait=1.5)

@@ -49,8 +49,12 @@ async def test_system_decides_under_role_permissions(secure_cluster: SecureClust
         results = await client.verify_many(good)
         assert [getattr(r, "decision", r) for r in results] == ["VALID"] * 20
         bad = signed_request(agent, "pay 1")
-        forged = type(bad)(request_id=bad.request_id, message=b"pay 1000000",
-                           signature=bad.signature, public_key=bad.public_key)
+        forged = type(bad)(
+            request_id=bad.request_id,
+            message=b"pay 1000000",
+            signature=bad.signature,
+            public_key=bad.public_key,
+        )
         result = await client.verify_with_consensus(forged)
         assert result.decision == "INVALID"
         # a retry with the same id is answered from the decisions bucket

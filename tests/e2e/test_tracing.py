@@ -33,8 +33,10 @@ import pytest
 from schemas.identity import AgentIdentity
 from tests.helpers import ROOT, Cluster
 
-pytest.importorskip("opentelemetry.exporter.otlp.proto.http",
-                    reason="needs the otlp extra: pip install -e '.[otlp]'")
+pytest.importorskip(
+    "opentelemetry.exporter.otlp.proto.http",
+    reason="needs the otlp extra: pip install -e '.[otlp]'",
+)
 from tests.otlp_receiver import OtlpReceiver, SpanRecord
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -54,9 +56,13 @@ class TracedCluster(Cluster):
 
 
 def otel_env(endpoint: str) -> dict[str, str]:
-    return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_TRACES_EXPORTER": "otlp",
-            "OTEL_METRICS_EXPORTER": "otlp", "OTEL_METRIC_EXPORT_INTERVAL": "500",
-            "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
 
 
 @pytest.fixture
@@ -68,17 +74,30 @@ def receiver() -> Iterator[OtlpReceiver]:
         r.stop()
 
 
-async def run_system_and_client(c: TracedCluster, count: int, invalid: int
-                                ) -> list[dict[str, str]]:
+async def run_system_and_client(c: TracedCluster, count: int, invalid: int) -> list[dict[str, str]]:
     for i in range(1, VERIFIERS + 1):
         c.start_verifier(f"v{i}")
     await c.wait_pool(VERIFIERS)
     c.start_tally("t1")
     await c.wait_tally()
     proc = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "workers.cli", "trace", "--count", str(count),
-                         "--invalid", str(invalid), "--json"],
-        env=c.env(), cwd=ROOT, capture_output=True, timeout=120)
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "workers.cli",
+            "trace",
+            "--count",
+            str(count),
+            "--invalid",
+            str(invalid),
+            "--json",
+        ],
+        env=c.env(),
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     requests: list[dict[str, str]] = json.loads(proc.stdout)["requests"]
     assert len(requests) == count
@@ -99,12 +118,20 @@ def request_trace(spans: list[SpanRecord], trace_id: str) -> list[SpanRecord]:
 
 def trace_complete(trace: list[SpanRecord], prefix: str) -> bool:
     names = [s.name for s in trace]
-    return (names.count(f"process {prefix}.ballot") >= VERIFIERS
-            and "receive _INBOX" in names and "send _INBOX" in names)
+    return (
+        names.count(f"process {prefix}.ballot") >= VERIFIERS
+        and "receive _INBOX" in names
+        and "send _INBOX" in names
+    )
 
 
-def check_trace(trace: list[SpanRecord], prefix: str, request_id: str, decision: str,
-                service: Callable[[SpanRecord], str] = lambda s: s.service) -> None:
+def check_trace(
+    trace: list[SpanRecord],
+    prefix: str,
+    request_id: str,
+    decision: str,
+    service: Callable[[SpanRecord], str] = lambda s: s.service,
+) -> None:
     """The whole request path in one trace, parents right, messaging attributes set."""
     assert len({s.trace_id for s in trace}) == 1
     for s in trace:
@@ -165,10 +192,12 @@ async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60
         await asyncio.sleep(0.2)
 
 
-async def test_one_trace_per_request_across_processes(receiver: OtlpReceiver, nats_url: str,
-                                                      prefix: str, tmp_path: Path) -> None:
-    c = TracedCluster(nats_url=nats_url, prefix=prefix, data_dir=tmp_path,
-                      otel_env=otel_env(receiver.endpoint))
+async def test_one_trace_per_request_across_processes(
+    receiver: OtlpReceiver, nats_url: str, prefix: str, tmp_path: Path
+) -> None:
+    c = TracedCluster(
+        nats_url=nats_url, prefix=prefix, data_dir=tmp_path, otel_env=otel_env(receiver.endpoint)
+    )
     try:
         results = await run_system_and_client(c, count=6, invalid=2)
         assert sorted(r["decision"] for r in results) == ["INVALID"] * 2 + ["VALID"] * 4
@@ -176,8 +205,7 @@ async def test_one_trace_per_request_across_processes(receiver: OtlpReceiver, na
 
         def all_traces_complete() -> bool:
             spans, _ = receiver.snapshot()
-            return all(trace_complete(request_trace(spans, r["trace_id"]), prefix)
-                       for r in results)
+            return all(trace_complete(request_trace(spans, r["trace_id"]), prefix) for r in results)
 
         await wait_for(all_traces_complete, "every request's spans")
         spans, _ = receiver.snapshot()
@@ -187,20 +215,25 @@ async def test_one_trace_per_request_across_processes(receiver: OtlpReceiver, na
             check_trace(trace, prefix, r["request_id"], r["decision"])
             traces.add(r["trace_id"])
         assert len(traces) == len(results)  # one trace per request, not one per ballot
-        instances = {s.resource["service.instance.id"] for s in spans
-                     if s.service == "agentic-payments-verifier"}
+        instances = {
+            s.resource["service.instance.id"]
+            for s in spans
+            if s.service == "agentic-payments-verifier"
+        }
         assert len(instances) == VERIFIERS
 
         def metrics_arrived() -> bool:
             _, metrics = receiver.snapshot()
             got = {(m.service, m.name) for m in metrics if m.points}
-            return {("agentic-payments-tally", "ap.worker.tasks"),
-                    ("agentic-payments-tally", "ap.worker.processing.duration"),
-                    ("agentic-payments-tally", "ap.tally.pending"),
-                    ("agentic-payments-tally", "ap.tally.pool_size"),
-                    ("agentic-payments-verifier", "ap.worker.tasks"),
-                    ("agentic-payments-verifier", "ap.worker.events"),
-                    ("agentic-payments-verifier", "ap.verifier.remembered_votes")} <= got
+            return {
+                ("agentic-payments-tally", "ap.worker.tasks"),
+                ("agentic-payments-tally", "ap.worker.processing.duration"),
+                ("agentic-payments-tally", "ap.tally.pending"),
+                ("agentic-payments-tally", "ap.tally.pool_size"),
+                ("agentic-payments-verifier", "ap.worker.tasks"),
+                ("agentic-payments-verifier", "ap.worker.events"),
+                ("agentic-payments-verifier", "ap.verifier.remembered_votes"),
+            } <= got
 
         await wait_for(metrics_arrived, "worker metrics")
     finally:
@@ -208,18 +241,23 @@ async def test_one_trace_per_request_across_processes(receiver: OtlpReceiver, na
     assert all(code == 0 for code in codes.values()), codes
 
 
-async def test_worker_stops_promptly_when_the_collector_is_down(nats_url: str, prefix: str,
-                                                                tmp_path: Path) -> None:
+async def test_worker_stops_promptly_when_the_collector_is_down(
+    nats_url: str, prefix: str, tmp_path: Path
+) -> None:
     """An unreachable OTLP endpoint makes the exporter retry with back-off; a worker
     asked to stop must still exit 0 quickly (bounded flush, no atexit hang)."""
     dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
-    c = TracedCluster(nats_url=nats_url, prefix=prefix, data_dir=tmp_path,
-                      otel_env=otel_env(dead))
+    c = TracedCluster(nats_url=nats_url, prefix=prefix, data_dir=tmp_path, otel_env=otel_env(dead))
     try:
         c.start_verifier("v1")
         await c.wait_pool(1)
-        await wait_for(lambda: "Transient error" in c.log("verifier-v1")
-                       or "Failed to export" in c.log("verifier-v1"), "a failed export")
+        await wait_for(
+            lambda: (
+                "Transient error" in c.log("verifier-v1")
+                or "Failed to export" in c.log("verifier-v1")
+            ),
+            "a failed export",
+        )
     finally:
         started = time.monotonic()
         codes = c.stop_all(timeout=30)
@@ -249,16 +287,26 @@ def phoenix_spans(base: str) -> list[SpanRecord]:
     records: list[SpanRecord] = []
     cursor = ""
     while True:
-        page = _get_json(f"{base}/v1/projects/default/spans?limit=1000"
-                         + (f"&cursor={cursor}" if cursor else ""))
+        page = _get_json(
+            f"{base}/v1/projects/default/spans?limit=1000" + (f"&cursor={cursor}" if cursor else "")
+        )
         for s in page["data"]:
             attrs = _flatten(s.get("attributes") or {})
-            records.append(SpanRecord(
-                trace_id=s["context"]["trace_id"], span_id=s["context"]["span_id"],
-                parent_span_id=s.get("parent_id") or "", name=s["name"],
-                kind=str(s.get("span_kind", "")).upper(),
-                service=str(attrs.get("service.name", "")), resource={}, attributes=attrs,
-                links=(), start_ns=0, end_ns=0))
+            records.append(
+                SpanRecord(
+                    trace_id=s["context"]["trace_id"],
+                    span_id=s["context"]["span_id"],
+                    parent_span_id=s.get("parent_id") or "",
+                    name=s["name"],
+                    kind=str(s.get("span_kind", "")).upper(),
+                    service=str(attrs.get("service.name", "")),
+                    resource={},
+                    attributes=attrs,
+                    links=(),
+                    start_ns=0,
+                    end_ns=0,
+                )
+            )
         cursor = page.get("next_cursor") or ""
         if not cursor:
             return records
@@ -274,19 +322,27 @@ def _flatten(attrs: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-@pytest.mark.skipif(not PHOENIX, reason="set AP_TEST_PHOENIX=/path/to/phoenix (an Arize Phoenix "
-                    "install in its own venv) to run the real-backend tracing test")
+@pytest.mark.skipif(
+    not PHOENIX,
+    reason="set AP_TEST_PHOENIX=/path/to/phoenix (an Arize Phoenix "
+    "install in its own venv) to run the real-backend tracing test",
+)
 async def test_traces_reach_phoenix(nats_url: str, prefix: str, tmp_path: Path) -> None:
     port, grpc_port = _free_port(), _free_port()
-    env = dict(os.environ, PHOENIX_WORKING_DIR=str(tmp_path / "phoenix"),
-               PHOENIX_PORT=str(port), PHOENIX_GRPC_PORT=str(grpc_port))
+    env = dict(
+        os.environ,
+        PHOENIX_WORKING_DIR=str(tmp_path / "phoenix"),
+        PHOENIX_PORT=str(port),
+        PHOENIX_GRPC_PORT=str(grpc_port),
+    )
     log = (tmp_path / "phoenix.log").open("wb")
     server = subprocess.Popen(  # noqa: ASYNC220 (a server we keep running, not awaited)
-        [PHOENIX, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        [PHOENIX, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     base = f"http://127.0.0.1:{port}"
-    c = TracedCluster(nats_url=nats_url, prefix=prefix, data_dir=tmp_path,
-                      otel_env=otel_env(base))
+    c = TracedCluster(nats_url=nats_url, prefix=prefix, data_dir=tmp_path, otel_env=otel_env(base))
     try:
+
         def up() -> bool:
             assert server.poll() is None, (tmp_path / "phoenix.log").read_text()
             try:
@@ -300,27 +356,32 @@ async def test_traces_reach_phoenix(nats_url: str, prefix: str, tmp_path: Path) 
 
         def complete() -> bool:
             spans = phoenix_spans(base)
-            return all(trace_complete(request_trace(spans, r["trace_id"]), prefix)
-                       for r in results)
+            return all(trace_complete(request_trace(spans, r["trace_id"]), prefix) for r in results)
 
         await wait_for(complete, "spans in phoenix", timeout=60)
         spans = phoenix_spans(base)
         for r in results:
             trace = request_trace(spans, r["trace_id"])
             names = sorted(s.name for s in trace)
-            assert names == sorted(["agentic-payments trace", f"send {prefix}.verify.request",
-                                    f"process {prefix}.verify.request", f"send {prefix}.ballot",
-                                    *[f"process {prefix}.ballot"] * VERIFIERS,
-                                    f"process {prefix}.vote.t1", "send _INBOX",
-                                    "receive _INBOX"]), names
+            assert names == sorted(
+                [
+                    "agentic-payments trace",
+                    f"send {prefix}.verify.request",
+                    f"process {prefix}.verify.request",
+                    f"send {prefix}.ballot",
+                    *[f"process {prefix}.ballot"] * VERIFIERS,
+                    f"process {prefix}.vote.t1",
+                    "send _INBOX",
+                    "receive _INBOX",
+                ]
+            ), names
             by_id = {s.span_id: s for s in trace}
             root = [s for s in trace if not s.parent_span_id]
             assert [s.name for s in root] == ["agentic-payments trace"]
             assert all(s.parent_span_id in by_id for s in trace if s.parent_span_id)
             # Phoenix keeps span attributes (not resource ones, nor links, and reports
             # its own span kinds): check the messaging ones and the parents by name
-            parent_name = {s.name: by_id[s.parent_span_id].name for s in trace
-                           if s.parent_span_id}
+            parent_name = {s.name: by_id[s.parent_span_id].name for s in trace if s.parent_span_id}
             assert parent_name == {
                 f"send {prefix}.verify.request": "agentic-payments trace",
                 f"process {prefix}.verify.request": f"send {prefix}.verify.request",
@@ -328,14 +389,19 @@ async def test_traces_reach_phoenix(nats_url: str, prefix: str, tmp_path: Path) 
                 f"process {prefix}.ballot": f"send {prefix}.ballot",
                 f"process {prefix}.vote.t1": f"process {prefix}.verify.request",
                 "send _INBOX": f"process {prefix}.verify.request",
-                "receive _INBOX": f"send {prefix}.verify.request"}
-            assert all(s.attributes.get("messaging.system") == "nats"
-                       for s in trace if s.parent_span_id)
+                "receive _INBOX": f"send {prefix}.verify.request",
+            }
+            assert all(
+                s.attributes.get("messaging.system") == "nats" for s in trace if s.parent_span_id
+            )
             verifiers = [s for s in trace if s.name == f"process {prefix}.ballot"]
-            assert len({v.attributes["agentic_payments.verifier_key"]
-                        for v in verifiers}) == VERIFIERS
-            assert all(v.attributes["agentic_payments.valid"] is (r["decision"] == "VALID")
-                       for v in verifiers)
+            assert (
+                len({v.attributes["agentic_payments.verifier_key"] for v in verifiers}) == VERIFIERS
+            )
+            assert all(
+                v.attributes["agentic_payments.valid"] is (r["decision"] == "VALID")
+                for v in verifiers
+            )
     finally:
         c.stop_all()
         server.terminate()
@@ -346,20 +412,38 @@ async def test_traces_reach_phoenix(nats_url: str, prefix: str, tmp_path: Path) 
         log.close()
 
 
-async def test_verify_command_is_traced_into_the_tally(receiver: OtlpReceiver, nats_url: str,
-                                                      prefix: str, tmp_path: Path) -> None:
+async def test_verify_command_is_traced_into_the_tally(
+    receiver: OtlpReceiver, nats_url: str, prefix: str, tmp_path: Path
+) -> None:
     """`agentic-payments verify` exports its client span when OTEL_* asks, and the
     tally's spans join the same trace."""
-    c = TracedCluster(nats_url=nats_url, prefix=prefix, data_dir=tmp_path,
-                      otel_env=otel_env(receiver.endpoint))
+    c = TracedCluster(
+        nats_url=nats_url, prefix=prefix, data_dir=tmp_path, otel_env=otel_env(receiver.endpoint)
+    )
     try:
         await c.start_system(VERIFIERS)
         key = tmp_path / "agent.key"
         AgentIdentity.load_or_create(key)
         run = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "workers.cli", "verify", "--key", str(key),
-                             "--message", "pay 1", "--timeout", "15"],
-            env=c.env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "workers.cli",
+                "verify",
+                "--key",
+                str(key),
+                "--message",
+                "pay 1",
+                "--timeout",
+                "15",
+            ],
+            env=c.env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert run.returncode == 0, run.stderr
 
         def joined() -> bool:

@@ -27,26 +27,44 @@ def test_up_demo_and_ctrl_c(tmp_path: Path) -> None:
     url = f"nats://127.0.0.1:{free_port()}"
     env = {**os.environ, "NATS_URL": url, "AP_PREFIX": "ap", "PYTHONPATH": str(ROOT)}
     env.pop("AP_DATA_DIR", None)
-    up = subprocess.Popen([sys.executable, "-m", "workers.cli", "up", "--heartbeat-s", "1"],
-                          cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "up", "--heartbeat-s", "1"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         demo = None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            demo = subprocess.run([sys.executable, "-m", "workers.cli", "demo", "--timeout", "3"],
-                                  cwd=tmp_path, env=env, capture_output=True, text=True,
-                                  timeout=60)
+            demo = subprocess.run(
+                [sys.executable, "-m", "workers.cli", "demo", "--timeout", "3"],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             if demo.returncode == 0:
                 break
             time.sleep(1)
-        assert demo is not None and demo.returncode == 0, (demo.stdout if demo else "",
-                                                           demo.stderr if demo else "")
+        assert demo is not None and demo.returncode == 0, (
+            demo.stdout if demo else "",
+            demo.stderr if demo else "",
+        )
         assert "Consensus: " in demo.stdout and "agents approved (VALID" in demo.stdout
         assert "re-checked offline" in demo.stdout
         assert "INVALID" in demo.stdout
-        status = subprocess.run([sys.executable, "-m", "workers.cli", "status"], cwd=tmp_path,
-                                env=env, capture_output=True, text=True, timeout=30)
+        status = subprocess.run(
+            [sys.executable, "-m", "workers.cli", "status"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert status.stdout.count("verifier ") >= 4 and "tally" in status.stdout
         assert status.returncode == 0 and "PROBLEM" not in status.stdout, status.stdout
     finally:

@@ -41,10 +41,23 @@ async def test_chain_and_policy_are_under_consensus(cluster: Cluster, tmp_path: 
     agent = AgentIdentity.load_or_create(agent_file)
     bank, auditor = AgentIdentity.generate(), AgentIdentity.generate()
     now = now_ms()
-    ca_cert = issue(root, serial="ca-e2e", subject_key=ca.public_key, not_before_ms=now - DAY,
-                    not_after_ms=now + DAY, purposes=(PURPOSE_CA, PURPOSE_PAYMENT), path_len=0)
-    leaf = issue(ca, serial="leaf-e2e", subject_key=agent.public_key, not_before_ms=now - DAY,
-                 not_after_ms=now + DAY, purposes=(PURPOSE_PAYMENT,))
+    ca_cert = issue(
+        root,
+        serial="ca-e2e",
+        subject_key=ca.public_key,
+        not_before_ms=now - DAY,
+        not_after_ms=now + DAY,
+        purposes=(PURPOSE_CA, PURPOSE_PAYMENT),
+        path_len=0,
+    )
+    leaf = issue(
+        ca,
+        serial="leaf-e2e",
+        subject_key=agent.public_key,
+        not_before_ms=now - DAY,
+        not_after_ms=now + DAY,
+        purposes=(PURPOSE_PAYMENT,),
+    )
     nc = await connect(config, name="test-setup")
     try:
         trust = TrustClient(nc, cluster.prefix, timeout=20)
@@ -58,8 +71,9 @@ async def test_chain_and_policy_are_under_consensus(cluster: Cluster, tmp_path: 
         await trust.add_cert(ca_cert)
         authority = AuthorityClient(nc, cluster.prefix, timeout=20)
         await authority.change("add", AuthorityRecord(bank.public_key, "bank", "High", True))
-        await authority.change("add", AuthorityRecord(auditor.public_key, "auditor", "Medium",
-                                                      True))
+        await authority.change(
+            "add", AuthorityRecord(auditor.public_key, "auditor", "Medium", True)
+        )
         await authority.set_policy(QuorumPolicy("policy-admin", 1, "High", Fraction(1)))
         default = QuorumPolicy("default", 2, "Medium", Fraction(1, 2))
         admin = sign_endorsement(bank, "policy-admin", hashlib.sha256(default.encode()).digest())
@@ -69,24 +83,53 @@ async def test_chain_and_policy_are_under_consensus(cluster: Cluster, tmp_path: 
 
     message = b"pay 42 EUR to merchant-9"
     digest = hashlib.sha256(message).digest()
-    endorsements = tuple((e.authority_key, e.signature) for e in (
-        sign_endorsement(bank, "travel", digest), sign_endorsement(auditor, "travel", digest)))
+    endorsements = tuple(
+        (e.authority_key, e.signature)
+        for e in (
+            sign_endorsement(bank, "travel", digest),
+            sign_endorsement(auditor, "travel", digest),
+        )
+    )
 
     def req(rid: str, **kw: object) -> VerificationRequest:
-        return VerificationRequest(request_id=rid, message=message, signature=agent.sign(message),
-                                   public_key=agent.public_key, **kw)  # type: ignore[arg-type]
+        return VerificationRequest(
+            request_id=rid,
+            message=message,
+            signature=agent.sign(message),
+            public_key=agent.public_key,
+            **kw,
+        )  # type: ignore[arg-type]
 
     cases = {
         "chain-ok": (req("c1", chain=(leaf.encode(),)), "VALID", "OK"),
-        "chain-missing-ca": (req("c2", chain=(issue(
-            AgentIdentity.generate(), serial="stray", subject_key=agent.public_key,
-            not_before_ms=now - DAY, not_after_ms=now + DAY,
-            purposes=(PURPOSE_PAYMENT,)).encode(),)), "INVALID", "CHAIN_NO_ANCHOR:1"),
+        "chain-missing-ca": (
+            req(
+                "c2",
+                chain=(
+                    issue(
+                        AgentIdentity.generate(),
+                        serial="stray",
+                        subject_key=agent.public_key,
+                        not_before_ms=now - DAY,
+                        not_after_ms=now + DAY,
+                        purposes=(PURPOSE_PAYMENT,),
+                    ).encode(),
+                ),
+            ),
+            "INVALID",
+            "CHAIN_NO_ANCHOR:1",
+        ),
         "policy-met": (req("p1", category="travel", endorsements=endorsements), "VALID", "OK"),
-        "policy-one-short": (req("p2", category="travel", endorsements=endorsements[:1]),
-                             "INVALID", "POLICY_NOT_MET"),
-        "both": (req("b1", chain=(leaf.encode(),), category="travel",
-                     endorsements=endorsements), "VALID", "OK"),
+        "policy-one-short": (
+            req("p2", category="travel", endorsements=endorsements[:1]),
+            "INVALID",
+            "POLICY_NOT_MET",
+        ),
+        "both": (
+            req("b1", chain=(leaf.encode(),), category="travel", endorsements=endorsements),
+            "VALID",
+            "OK",
+        ),
     }
     async with await VerifyClient.connect(config, timeout=15) as client:
         for name, (request, decision, reason) in cases.items():
@@ -96,16 +139,44 @@ async def test_chain_and_policy_are_under_consensus(cluster: Cluster, tmp_path: 
     # the same through the CLI: verify --chain-file --category --endorsement
     leaf_file = tmp_path / "leaf.cert"
     leaf_file.write_bytes(leaf.encode())
-    args = [sys.executable, "-m", "workers.cli", "verify", "--key", str(agent_file),
-            "--message", message.decode(), "--chain-file", str(leaf_file), "--category",
-            "travel", "--json", "--timeout", "15"]
+    args = [
+        sys.executable,
+        "-m",
+        "workers.cli",
+        "verify",
+        "--key",
+        str(agent_file),
+        "--message",
+        message.decode(),
+        "--chain-file",
+        str(leaf_file),
+        "--category",
+        "travel",
+        "--json",
+        "--timeout",
+        "15",
+    ]
     for key, sig in endorsements:
         args += ["--endorsement", f"{key.hex()}:{sig.hex()}"]
-    run = await asyncio.to_thread(subprocess.run, args, env=cluster.env(), cwd=ROOT,
-                                  capture_output=True, text=True, timeout=60)
+    run = await asyncio.to_thread(
+        subprocess.run,
+        args,
+        env=cluster.env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["decision"] == "VALID"
-    short = await asyncio.to_thread(subprocess.run, args[:-2], env=cluster.env(), cwd=ROOT,
-                                    capture_output=True, text=True, timeout=60)
+    short = await asyncio.to_thread(
+        subprocess.run,
+        args[:-2],
+        env=cluster.env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert short.returncode == 1
     assert json.loads(short.stdout)["decision"] == "INVALID"

@@ -28,15 +28,23 @@ pytestmark = pytest.mark.integration
 
 
 def runtime(config: NatsConfig, tmp_path: Path, worker_id: str = "a1") -> RuntimeConfig:
-    return RuntimeConfig(worker_id=worker_id, nats=config, heartbeat_s=30, metrics_s=30,
-                         drain_timeout_s=2, data_dir=tmp_path)
+    return RuntimeConfig(
+        worker_id=worker_id,
+        nats=config,
+        heartbeat_s=30,
+        metrics_s=30,
+        drain_timeout_s=2,
+        data_dir=tmp_path,
+    )
 
 
 @asynccontextmanager
-async def anomaly(config: NatsConfig, tmp_path: Path, method: Method = Method.SIGMA,
-                  worker_id: str = "a1") -> AsyncIterator[AnomalyWorker]:
-    worker = AnomalyWorker(runtime(config, tmp_path, worker_id),
-                           AnomalyOptions(baseline=BaselineConfig(method=method)))
+async def anomaly(
+    config: NatsConfig, tmp_path: Path, method: Method = Method.SIGMA, worker_id: str = "a1"
+) -> AsyncIterator[AnomalyWorker]:
+    worker = AnomalyWorker(
+        runtime(config, tmp_path, worker_id), AnomalyOptions(baseline=BaselineConfig(method=method))
+    )
     await worker.start()
     try:
         await asyncio.wait_for(worker.replayed.wait(), 30)
@@ -59,11 +67,18 @@ class Feeder:
         for ms in interval_ms:
             self.tasks += per_interval
             self.total_ms += ms * per_interval
-            snap = MetricsSnapshot(kind="tally", worker_id=self.worker_id, instance="i1",
-                                   ts_ms=time.time_ns() // 1_000_000, tasks=self.tasks,
-                                   successes=self.tasks, failures=0,
-                                   avg_ms=round(self.total_ms / self.tasks, 3), p99_ms=0.0,
-                                   health="Healthy")
+            snap = MetricsSnapshot(
+                kind="tally",
+                worker_id=self.worker_id,
+                instance="i1",
+                ts_ms=time.time_ns() // 1_000_000,
+                tasks=self.tasks,
+                successes=self.tasks,
+                failures=0,
+                avg_ms=round(self.total_ms / self.tasks, 3),
+                p99_ms=0.0,
+                health="Healthy",
+            )
             await js.publish(self.subjects.metrics("tally", self.worker_id), snap.encode())
 
     async def normal(self, count: int) -> None:
@@ -91,7 +106,8 @@ async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
 
 @pytest.mark.parametrize("method", [Method.SIGMA, Method.MAD])
 async def test_spike_raises_one_signed_alert_on_its_severity_subject_and_in_the_stream(
-        nats_config: NatsConfig, nc: Client, tmp_path: Path, method: Method) -> None:
+    nats_config: NatsConfig, nc: Client, tmp_path: Path, method: Method
+) -> None:
     subjects = Subjects(nats_config.prefix)
     got = await collect(nc, subjects.alerts_all)
     async with anomaly(nats_config, tmp_path, method) as worker:
@@ -108,8 +124,11 @@ async def test_spike_raises_one_signed_alert_on_its_severity_subject_and_in_the_
         assert subject == subjects.alert(alert.severity)
         # MAD is not moved by the earlier spike and the burst itself; sigma is (the burst
         # samples in the window inflate the stddev), so it may report a lower severity
-        assert alert.severity == Severity.HIGH if method is Method.MAD else \
-            alert.severity != Severity.CRITICAL
+        assert (
+            alert.severity == Severity.HIGH
+            if method is Method.MAD
+            else alert.severity != Severity.CRITICAL
+        )
         assert (alert.subject_kind, alert.subject_id) == ("tally", "t1")
         assert alert.details["metric"] == "processing_ms"
         assert alert.details["method"] == method.value
@@ -121,8 +140,9 @@ async def test_spike_raises_one_signed_alert_on_its_severity_subject_and_in_the_
         assert len(got) == 2
 
 
-async def test_restart_catches_up_from_the_stream(nats_config: NatsConfig, nc: Client,
-                                                  tmp_path: Path) -> None:
+async def test_restart_catches_up_from_the_stream(
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     """History published while no anomaly worker ran is replayed: the baseline is warm at
     once (without the replay, 3 spikes would fall in the warm-up and say nothing), and an
     alert raised before a restart is not raised again by the replay."""
@@ -144,26 +164,38 @@ async def test_restart_catches_up_from_the_stream(nats_config: NatsConfig, nc: C
         # and it still watches: the baseline it rebuilt raises the next anomaly
         await feeder.normal(40)
         await feeder.send([200.0, 200.0, 200.0])
-        await until(lambda: any(a.code == "METRIC_ANOMALY" and a.alert_id != first.alert_id
-                                for _, a in got))
+        await until(
+            lambda: any(a.code == "METRIC_ANOMALY" and a.alert_id != first.alert_id for _, a in got)
+        )
 
 
-@pytest.mark.parametrize("payload", [
-    b"\xc1", b"", b"\x92\x01", b"\xdb" + b"\xff" * 8,
-    encode({"type": "metrics", "v": 99}), b"\x91" + b"\x00" * (900 * 1024)])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xc1",
+        b"",
+        b"\x92\x01",
+        b"\xdb" + b"\xff" * 8,
+        encode({"type": "metrics", "v": 99}),
+        b"\x91" + b"\x00" * (900 * 1024),
+    ],
+)
 async def test_bad_input_is_counted_and_the_worker_keeps_serving(
-        nats_config: NatsConfig, nc: Client, tmp_path: Path, payload: bytes) -> None:
+    nats_config: NatsConfig, nc: Client, tmp_path: Path, payload: bytes
+) -> None:
     subjects = Subjects(nats_config.prefix)
     async with anomaly(nats_config, tmp_path) as worker:
         await nc.jetstream().publish(subjects.metrics("tally", "t1"), payload)
-        for subject in (subjects.votes("t1"), subjects.decision("VALID"),
-                        subjects.equivocation):
+        for subject in (subjects.votes("t1"), subjects.decision("VALID"), subjects.equivocation):
             await nc.publish(subject, payload)
-        await until(lambda: any(k.startswith("metrics_rejected_")
-                                for k in worker.stats.counters))
-        await until(lambda: any(k.startswith("vote_ignored_") for k in worker.stats.counters)
-                    and any(k.startswith("decision_ignored_") for k in worker.stats.counters)
-                    and any(k.startswith("evidence_ignored_") for k in worker.stats.counters))
+        await until(lambda: any(k.startswith("metrics_rejected_") for k in worker.stats.counters))
+        await until(
+            lambda: (
+                any(k.startswith("vote_ignored_") for k in worker.stats.counters)
+                and any(k.startswith("decision_ignored_") for k in worker.stats.counters)
+                and any(k.startswith("evidence_ignored_") for k in worker.stats.counters)
+            )
+        )
         reply = await nc.request(subjects.status("anomaly", "a1"), b"", timeout=5)
         assert MetricsSnapshot.decode(reply.data).worker_id == "a1"
         got = await collect(nc, subjects.alerts_all)
@@ -173,8 +205,9 @@ async def test_bad_input_is_counted_and_the_worker_keeps_serving(
         await until(lambda: len(got) >= 1)
 
 
-async def test_alerts_cli_reads_the_stream(nats_config: NatsConfig, nc: Client, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+async def test_alerts_cli_reads_the_stream(
+    nats_config: NatsConfig, nc: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from workers.cli.main import main
 
     subjects = Subjects(nats_config.prefix)
@@ -191,14 +224,23 @@ async def test_alerts_cli_reads_the_stream(nats_config: NatsConfig, nc: Client, 
         await until(lambda: len(got) >= 1)
     assert await asyncio.to_thread(main, argv) == 0
     import json
+
     out = json.loads(capsys.readouterr().out)
     assert [a["alert_id"] for a in out["alerts"]] == [a.alert_id for _, a in got]
     assert all(a["signature_ok"] and a["code"] == "METRIC_ANOMALY" for a in out["alerts"])
     assert await asyncio.to_thread(main, [*argv, "--severity", "critical"]) == 1
 
 
-@pytest.mark.parametrize("bad", [["--warmup", "1"], ["--window", "1"], ["--min-pool", "2"],
-                                 ["--byzantine-after", "0"], ["--raise-after", "0"]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--warmup", "1"],
+        ["--window", "1"],
+        ["--min-pool", "2"],
+        ["--byzantine-after", "0"],
+        ["--raise-after", "0"],
+    ],
+)
 def test_bad_worker_configuration_exits_78(bad: list[str], tmp_path: Path) -> None:
     from workers.cli.main import main
 
@@ -234,7 +276,8 @@ async def test_quarantine_is_compare_and_set_and_sticks(nc: Client, prefix: str)
 
 
 async def test_forged_certificate_blames_nobody_a_real_one_catches_the_liar(
-        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     """Votes and certificates published by hand: a certificate signed by an attacker that
     claims the opposite outcome (so that honest votes would look like lies) is ignored;
     the real certificate makes the one lying member's signed vote Byzantine evidence."""
@@ -258,15 +301,26 @@ async def test_forged_certificate_blames_nobody_a_real_one_catches_the_liar(
         ballot_round = sc.round()
         for vote in votes:
             ballot_round.offer(vote)
-        real = sign_certificate(sc.tally, ballot_round.certificate(
-            0, tally_key=sc.tally.public_key, decided_at_ms=1, latency_ms=1.0))
+        real = sign_certificate(
+            sc.tally,
+            ballot_round.certificate(
+                0, tally_key=sc.tally.public_key, decided_at_ms=1, latency_ms=1.0
+            ),
+        )
         assert real.decision == "VALID"
-        forged = sign_certificate(AgentIdentity.generate(), replace(
-            real, decision="INVALID", votes_for=real.votes_against,
-            votes_against=real.votes_for))
+        forged = sign_certificate(
+            AgentIdentity.generate(),
+            replace(
+                real, decision="INVALID", votes_for=real.votes_against, votes_against=real.votes_for
+            ),
+        )
         await nc.publish(subjects.decision("INVALID"), forged.encode())
-        await until(lambda: worker.stats.counters["votes_checked"] >= 4
-                    and worker.stats.counters["decision_ignored_CERTIFICATE_INVALID"] >= 1)
+        await until(
+            lambda: (
+                worker.stats.counters["votes_checked"] >= 4
+                and worker.stats.counters["decision_ignored_CERTIFICATE_INVALID"] >= 1
+            )
+        )
         await asyncio.sleep(0.3)
         assert got == []
         assert worker.stats.counters["byzantine_votes"] == 0

@@ -44,8 +44,6 @@ pytestmark = pytest.mark.integration
 DIGEST = message_digest(b"pay 12.50 EUR to merchant-42")
 
 
-
-
 def admin_ids() -> dict[str, AgentIdentity]:
     return {n: AgentIdentity.generate() for n in ("root", "high", "med", "low")}
 
@@ -54,10 +52,12 @@ LEVELS = {"root": "Root", "high": "High", "med": "Medium", "low": "Low"}
 
 
 @contextlib.asynccontextmanager
-async def authority(nats_config: NatsConfig, tmp_path: Path,
-                    worker_id: str = "a1") -> AsyncIterator[AuthorityWorker]:
-    worker = AuthorityWorker(RuntimeConfig(worker_id=worker_id, nats=nats_config,
-                                           data_dir=tmp_path, heartbeat_s=1))
+async def authority(
+    nats_config: NatsConfig, tmp_path: Path, worker_id: str = "a1"
+) -> AsyncIterator[AuthorityWorker]:
+    worker = AuthorityWorker(
+        RuntimeConfig(worker_id=worker_id, nats=nats_config, data_dir=tmp_path, heartbeat_s=1)
+    )
     await worker.start()
     try:
         yield worker
@@ -76,8 +76,9 @@ def record(ident: AgentIdentity, name: str, level: str) -> AuthorityRecord:
     return AuthorityRecord(ident.public_key, name, level, True, 1)
 
 
-def endorse(idents: list[AgentIdentity], digest: bytes,
-            category: str = ADMIN_CATEGORY) -> tuple[Endorsement, ...]:
+def endorse(
+    idents: list[AgentIdentity], digest: bytes, category: str = ADMIN_CATEGORY
+) -> tuple[Endorsement, ...]:
     return tuple(sign_endorsement(i, category, digest) for i in idents)
 
 
@@ -91,8 +92,9 @@ async def bootstrap(client: AuthorityClient, ids: dict[str, AgentIdentity]) -> N
     await client.set_policy(ADMIN)  # open only while no policy-admin policy exists
 
 
-async def test_bootstrap_then_every_change_is_governed(nats_config: NatsConfig, nc: Client,
-                                                        tmp_path: Path) -> None:
+async def test_bootstrap_then_every_change_is_governed(
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     ids = admin_ids()
     client = AuthorityClient(nc, nats_config.prefix)
     async with authority(nats_config, tmp_path):
@@ -106,17 +108,21 @@ async def test_bootstrap_then_every_change_is_governed(nats_config: NatsConfig, 
 
         # afterwards an unendorsed change is refused, whatever it is
         await refused(client.set_policy(payments), "POLICY_NOT_MET")
-        await refused(client.set_policy(dataclasses.replace(ADMIN, min_authorities=1,
-                                                            serial=2)), "POLICY_NOT_MET")
+        await refused(
+            client.set_policy(dataclasses.replace(ADMIN, min_authorities=1, serial=2)),
+            "POLICY_NOT_MET",
+        )
         stranger = AgentIdentity.generate()
         newcomer = record(stranger, "newcomer", "Root")
         await refused(client.change("add", newcomer), "POLICY_NOT_MET")
         # a newcomer cannot endorse itself in, nor can under-level or too few admins
-        await refused(client.change("add", newcomer, endorse([stranger], newcomer.digest())),
-                      "POLICY_NOT_MET")
-        await refused(client.change("add", newcomer, endorse([ids["root"], ids["med"]],
-                                                             newcomer.digest())),
-                      "POLICY_NOT_MET")
+        await refused(
+            client.change("add", newcomer, endorse([stranger], newcomer.digest())), "POLICY_NOT_MET"
+        )
+        await refused(
+            client.change("add", newcomer, endorse([ids["root"], ids["med"]], newcomer.digest())),
+            "POLICY_NOT_MET",
+        )
         # endorsements over another digest do not count
         await refused(client.set_policy(payments, endorse(admins, DIGEST)), "POLICY_NOT_MET")
 
@@ -124,8 +130,9 @@ async def test_bootstrap_then_every_change_is_governed(nats_config: NatsConfig, 
         assert stored == payments
         assert await client.get_policy("payments") == payments
         # replaying the same endorsed change: serial must move on
-        await refused(client.set_policy(payments, endorse(admins, payments.digest())),
-                      "CHANGE_INVALID")
+        await refused(
+            client.set_policy(payments, endorse(admins, payments.digest())), "CHANGE_INVALID"
+        )
         v2 = dataclasses.replace(payments, min_authorities=3, serial=2)
         await client.set_policy(v2, endorse(admins, v2.digest()))
         assert (await client.get_policy("payments")).min_authorities == 3
@@ -134,49 +141,56 @@ async def test_bootstrap_then_every_change_is_governed(nats_config: NatsConfig, 
         assert added == newcomer
         # the policy-admin policy governs its own change
         admin2 = dataclasses.replace(ADMIN, min_authorities=3, serial=2)
-        await refused(client.set_policy(admin2, endorse([ids["root"]], admin2.digest())),
-                      "POLICY_NOT_MET")
+        await refused(
+            client.set_policy(admin2, endorse([ids["root"]], admin2.digest())), "POLICY_NOT_MET"
+        )
         await client.set_policy(admin2, endorse(admins, admin2.digest()))
         listing = await client.list()
-        assert {p.category: p.serial for p in listing.policies} == {ADMIN_CATEGORY: 2,
-                                                                   "payments": 2}
+        assert {p.category: p.serial for p in listing.policies} == {
+            ADMIN_CATEGORY: 2,
+            "payments": 2,
+        }
         assert len(listing.authorities) == 5
         assert listing.revision > 0
 
 
-async def test_authority_lifecycle_and_evaluate(nats_config: NatsConfig, nc: Client,
-                                                tmp_path: Path) -> None:
+async def test_authority_lifecycle_and_evaluate(
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     ids = admin_ids()
     client = AuthorityClient(nc, nats_config.prefix)
     async with authority(nats_config, tmp_path):
         for name, ident in ids.items():
             await client.change("add", record(ident, name, LEVELS[name]))
-        await refused(client.change("add", record(ids["med"], "again", "High")),
-                      "AUTHORITY_EXISTS")
+        await refused(client.change("add", record(ids["med"], "again", "High")), "AUTHORITY_EXISTS")
         unknown = record(AgentIdentity.generate(), "ghost", "High")
-        await refused(client.change("deactivate", dataclasses.replace(unknown, active=False,
-                                                                      serial=2)),
-                      "AUTHORITY_UNKNOWN")
+        await refused(
+            client.change("deactivate", dataclasses.replace(unknown, active=False, serial=2)),
+            "AUTHORITY_UNKNOWN",
+        )
         # no policy at all: refused, never allowed
-        verdict = await client.evaluate("payments", DIGEST, endorse([ids["med"]], DIGEST,
-                                                                    "payments"))
+        verdict = await client.evaluate(
+            "payments", DIGEST, endorse([ids["med"]], DIGEST, "payments")
+        )
         assert (verdict.ok, verdict.code) == (False, "POLICY_MISSING")
         await client.set_policy(ROOT_ADMIN)  # here the Root authority alone governs
         admins = [ids["root"]]
         # changes that would make policy-admin impossible to meet are refused
         root = await client.record(ids["root"].public_key)
         assert root is not None
-        for op, change in (("deactivate", dataclasses.replace(root, active=False, serial=2)),
-                           ("set-level", dataclasses.replace(root, trust_level="High",
-                                                             serial=2))):
-            error = await refused(client.change(op, change, endorse(admins, change.digest())),
-                                  "CHANGE_INVALID")
+        for op, change in (
+            ("deactivate", dataclasses.replace(root, active=False, serial=2)),
+            ("set-level", dataclasses.replace(root, trust_level="High", serial=2)),
+        ):
+            error = await refused(
+                client.change(op, change, endorse(admins, change.digest())), "CHANGE_INVALID"
+            )
             assert "lock out" in str(error)
         impossible = dataclasses.replace(ROOT_ADMIN, min_authorities=2, serial=2)
-        await refused(client.set_policy(impossible, endorse(admins, impossible.digest())),
-                      "CHANGE_INVALID")
-        default = QuorumPolicy("default", 2, "Medium", Fraction(1, 2),
-                               (PolicyGroup(1, "High"),))
+        await refused(
+            client.set_policy(impossible, endorse(admins, impossible.digest())), "CHANGE_INVALID"
+        )
+        default = QuorumPolicy("default", 2, "Medium", Fraction(1, 2), (PolicyGroup(1, "High"),))
         await client.set_policy(default, endorse(admins, default.digest()))
         with_med_high = endorse([ids["med"], ids["high"]], DIGEST, "payments")
         verdict = await client.evaluate("payments", DIGEST, with_med_high)
@@ -189,7 +203,7 @@ async def test_authority_lifecycle_and_evaluate(nats_config: NatsConfig, nc: Cli
         assert [r for _, r in verdict.ignored] == ["DUPLICATE", "BELOW_TRUST_LEVEL"]
 
         # deactivate high: its endorsement is ignored; activate again: counted again
-        current = (await client.record(ids["high"].public_key))
+        current = await client.record(ids["high"].public_key)
         assert current is not None
         off = dataclasses.replace(current, active=False, serial=current.serial + 1)
         await refused(client.change("deactivate", off), "POLICY_NOT_MET")
@@ -198,17 +212,23 @@ async def test_authority_lifecycle_and_evaluate(nats_config: NatsConfig, nc: Cli
         assert not verdict.ok and verdict.ignored == ((ids["high"].public_key, "INACTIVE"),)
         on = dataclasses.replace(off, active=True, serial=off.serial + 1)
         # an inactive authority cannot endorse its own reactivation
-        await refused(client.change("activate", on, endorse([ids["high"]], on.digest())),
-                      "POLICY_NOT_MET")
+        await refused(
+            client.change("activate", on, endorse([ids["high"]], on.digest())), "POLICY_NOT_MET"
+        )
         # wrong shapes of change are refused before any endorsement is looked at
-        await refused(client.change("activate", dataclasses.replace(on, serial=9)),
-                      "CHANGE_INVALID")
-        await refused(client.change("activate", dataclasses.replace(on, trust_level="Root")),
-                      "CHANGE_INVALID")
-        await refused(client.change("set-level", dataclasses.replace(on, name="renamed")),
-                      "CHANGE_INVALID")
-        await refused(client.change("deactivate", dataclasses.replace(off, serial=off.serial)),
-                      "CHANGE_INVALID")
+        await refused(
+            client.change("activate", dataclasses.replace(on, serial=9)), "CHANGE_INVALID"
+        )
+        await refused(
+            client.change("activate", dataclasses.replace(on, trust_level="Root")), "CHANGE_INVALID"
+        )
+        await refused(
+            client.change("set-level", dataclasses.replace(on, name="renamed")), "CHANGE_INVALID"
+        )
+        await refused(
+            client.change("deactivate", dataclasses.replace(off, serial=off.serial)),
+            "CHANGE_INVALID",
+        )
         await client.change("activate", on, endorse([ids["root"]], on.digest()))
         assert (await client.evaluate("payments", DIGEST, with_med_high)).ok
         med = await client.record(ids["med"].public_key)
@@ -252,28 +272,45 @@ def _with(data: bytes, **changes: object) -> bytes:
 
 @pytest.mark.parametrize("op", list(OPERATIONS))
 async def test_bad_input_gets_a_code_and_service_keeps_serving(
-        nats_config: NatsConfig, nc: Client, tmp_path: Path, op: str) -> None:
+    nats_config: NatsConfig, nc: Client, tmp_path: Path, op: str
+) -> None:
     subjects = Subjects(nats_config.prefix)
     valid = _valid_requests()[op]
     bad = {
         "MALFORMED_PAYLOAD": [b"\xc1", b"", b"\x92\x01", b"\x81\x01\x02"],
         "PAYLOAD_TOO_LARGE": [b"\x00" * (256 * 1024 + 1)],
         "UNSUPPORTED_VERSION": [_with(valid, v=2)],
-        "SCHEMA_VIOLATION": [_with(valid, type="verification_request"),
-                             msgpack.packb([1, 2]), msgpack.packb({"type": "x", "v": 1})],
+        "SCHEMA_VIOLATION": [
+            _with(valid, type="verification_request"),
+            msgpack.packb([1, 2]),
+            msgpack.packb({"type": "x", "v": 1}),
+        ],
     }
     if op in ("add", "activate", "deactivate", "set-level"):
         bad["SCHEMA_VIOLATION"] += [
             _with(valid, record={**msgpack.unpackb(valid)["record"], "public_key": b"short"}),
-            _with(valid, endorsements=[{"type": "endorsement", "v": 1,
-                                        "authority_key": bytes(32), "signature": bytes(63)}])]
+            _with(
+                valid,
+                endorsements=[
+                    {
+                        "type": "endorsement",
+                        "v": 1,
+                        "authority_key": bytes(32),
+                        "signature": bytes(63),
+                    }
+                ],
+            ),
+        ]
     if op == "evaluate":
-        bad["SCHEMA_VIOLATION"] += [_with(valid, message_digest=bytes(31)),
-                                    _with(valid, category="a.b")]
+        bad["SCHEMA_VIOLATION"] += [
+            _with(valid, message_digest=bytes(31)),
+            _with(valid, category="a.b"),
+        ]
     if op == "set-policy":
         bad["SCHEMA_VIOLATION"] += [
             _with(valid, policy={**ADMIN.to_wire(), "threshold": "0.67"}),
-            _with(valid, policy={**ADMIN.to_wire(), "threshold": 0.5})]
+            _with(valid, policy={**ADMIN.to_wire(), "threshold": 0.5}),
+        ]
     client = AuthorityClient(nc, nats_config.prefix)
     async with authority(nats_config, tmp_path) as worker:
         await client.list()  # reachable (the client retries "no responders" briefly)
@@ -287,16 +324,18 @@ async def test_bad_input_gets_a_code_and_service_keeps_serving(
         assert worker.stats.failures == 0
 
 
-async def test_concurrent_instances_compare_and_set(nats_config: NatsConfig, nc: Client,
-                                                    tmp_path: Path) -> None:
+async def test_concurrent_instances_compare_and_set(
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     """Two workers in the queue group race to create the same authority: exactly one wins."""
     client = AuthorityClient(nc, nats_config.prefix)
     async with authority(nats_config, tmp_path, "a1"), authority(nats_config, tmp_path, "a2"):
         for _ in range(5):
             ident = AgentIdentity.generate()
             attempts = [record(ident, f"n{i}", "High") for i in range(6)]
-            results = await asyncio.gather(*(client.change("add", r) for r in attempts),
-                                           return_exceptions=True)
+            results = await asyncio.gather(
+                *(client.change("add", r) for r in attempts), return_exceptions=True
+            )
             winners = [r for r in results if isinstance(r, AuthorityRecord)]
             losers = [r for r in results if isinstance(r, RemoteError)]
             assert len(winners) == 1 and len(losers) == 5, results
@@ -306,7 +345,8 @@ async def test_concurrent_instances_compare_and_set(nats_config: NatsConfig, nc:
 
 
 async def test_malformed_state_record_is_skipped_and_blocks_governance(
-        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     subjects = Subjects(nats_config.prefix)
     kv = await state_bucket(nc, subjects)
     await kv.put("policy.payments", b"\xc1garbage")
@@ -319,8 +359,9 @@ async def test_malformed_state_record_is_skipped_and_blocks_governance(
         await refused(client.get_policy("payments"), "POLICY_MISSING")
         # fail closed: while a governance record is unreadable (it might be the
         # policy-admin policy), no change is accepted; repairing it reopens changes
-        await refused(client.change("add", record(AgentIdentity.generate(), "root", "Root")),
-                      "CHANGE_INVALID")
+        await refused(
+            client.change("add", record(AgentIdentity.generate(), "root", "Root")), "CHANGE_INVALID"
+        )
         await kv.delete("policy.payments")
         await kv.delete("policy.refunds")  # a record under another category's key
         await client.change("add", record(AgentIdentity.generate(), "root", "Root"))
@@ -335,8 +376,9 @@ async def test_no_worker_is_no_responders(nats_config: NatsConfig, nc: Client) -
     assert getattr(info.value, "code", None) in ("NO_RESPONDERS", "TIMEOUT")
 
 
-async def test_verifier_path_reads_the_same_state(nats_config: NatsConfig, nc: Client,
-                                                  tmp_path: Path) -> None:
+async def test_verifier_path_reads_the_same_state(
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     """What the integrator wires into verifiers: a BucketMirror of {prefix}_state decoded with
     decode_state_record, evaluated with evaluate_from_state — same answer as the service."""
     from bus.state import BucketMirror
@@ -349,8 +391,9 @@ async def test_verifier_path_reads_the_same_state(nats_config: NatsConfig, nc: C
         await bootstrap(client, ids)
         default = QuorumPolicy("default", 2, "Medium", Fraction(2, 3))
         await client.set_policy(default, endorse([ids["root"], ids["high"]], default.digest()))
-        mirror: BucketMirror[object] = BucketMirror(nc, Subjects(nats_config.prefix).state_bucket,
-                                                    decode_state_record)
+        mirror: BucketMirror[object] = BucketMirror(
+            nc, Subjects(nats_config.prefix).state_bucket, decode_state_record
+        )
         await mirror.start()
         try:
             signers = endorse([ids["med"], ids["high"], ids["low"]], DIGEST, "payments")
@@ -359,7 +402,10 @@ async def test_verifier_path_reads_the_same_state(nats_config: NatsConfig, nc: C
             local = evaluate_from_state(mirror.items, "payments", DIGEST, signers)
             assert local.ok and service.ok
             assert (local.counted, local.ignored, local.required) == (
-                service.counted, service.ignored, service.required)
+                service.counted,
+                service.ignored,
+                service.required,
+            )
             assert local.policy_category == service.policy_category == "default"
         finally:
             await mirror.stop()

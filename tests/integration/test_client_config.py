@@ -31,22 +31,63 @@ def _openssl(*args: str) -> None:
 def make_pki(d: Path) -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
     d.mkdir(parents=True, exist_ok=True)
-    files = {n: d / f"{n}.pem" for n in ("ca", "ca-key", "server", "server-key", "client",
-                                           "client-key")}
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", str(files["ca-key"]), "-out", str(files["ca"]), "-days", "2",
-             "-subj", "/CN=agentic-payments test CA")
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-                                 "extendedKeyUsage=serverAuth"),
-                      ("client", "extendedKeyUsage=clientAuth")):
+    files = {
+        n: d / f"{n}.pem" for n in ("ca", "ca-key", "server", "server-key", "client", "client-key")
+    }
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        str(files["ca-key"]),
+        "-out",
+        str(files["ca"]),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=agentic-payments test CA",
+    )
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
         csr, extfile = d / f"{name}.csr", d / f"{name}.ext"
         extfile.write_text(ext + "\n")
-        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                 "-keyout", str(files[f"{name}-key"]), "-out", str(csr),
-                 "-subj", f"/CN=agentic-payments {name}")
-        _openssl("x509", "-req", "-in", str(csr), "-CA", str(files["ca"]), "-CAkey",
-                 str(files["ca-key"]), "-CAcreateserial", "-out", str(files[name]),
-                 "-days", "2", "-extfile", str(extfile))
+        _openssl(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(files[f"{name}-key"]),
+            "-out",
+            str(csr),
+            "-subj",
+            f"/CN=agentic-payments {name}",
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(files["ca"]),
+            "-CAkey",
+            str(files["ca-key"]),
+            "-CAcreateserial",
+            "-out",
+            str(files[name]),
+            "-days",
+            "2",
+            "-extfile",
+            str(extfile),
+        )
     return files
 
 
@@ -55,8 +96,9 @@ needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="no o
 
 @needs_openssl
 @pytest.mark.parametrize("mutual", [False, True], ids=["server-tls", "mutual-tls"])
-async def test_tls_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                    mutual: bool) -> None:
+async def test_tls_from_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mutual: bool
+) -> None:
     pki = make_pki(tmp_path / "pki")
     args = ["--tls", "--tlscert", str(pki["server"]), "--tlskey", str(pki["server-key"])]
     if mutual:
@@ -93,7 +135,8 @@ async def test_tls_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 async def test_user_password_nkey_and_inbox_from_environment(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     prefix = f"s{uuid.uuid4().hex[:10]}"
     extra = 'authorization { users = [ {user: "ops", password: "s3cret"} ] }'
     # one user/password server, one nkey server with the role config
@@ -133,14 +176,17 @@ async def test_user_password_nkey_and_inbox_from_environment(
         secure.server.stop()
 
 
-@pytest.mark.parametrize(("kwargs", "needle"), [
-    ({"inbox_prefix": "_INBOX.*"}, "inbox prefix"),
-    ({"inbox_prefix": "bad prefix"}, "inbox prefix"),
-    ({"inbox_prefix": "_INBOX..x"}, "inbox prefix"),
-    ({"tls_key": "k.pem"}, "NATS_TLS_KEY"),
-    ({"user": "u"}, "NATS_USER"),
-    ({"password": "p"}, "NATS_USER"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"inbox_prefix": "_INBOX.*"}, "inbox prefix"),
+        ({"inbox_prefix": "bad prefix"}, "inbox prefix"),
+        ({"inbox_prefix": "_INBOX..x"}, "inbox prefix"),
+        ({"tls_key": "k.pem"}, "NATS_TLS_KEY"),
+        ({"user": "u"}, "NATS_USER"),
+        ({"password": "p"}, "NATS_USER"),
+    ],
+)
 def test_bad_client_settings_are_config_errors(kwargs: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         NatsConfig(**kwargs)  # type: ignore[arg-type]

@@ -23,32 +23,75 @@ from bus.natsserver import NatsServer, start_nats_server
 from tests.helpers import ROOT, free_ports
 from tests.integration.test_client_config import _openssl
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl CLI")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl CLI"),
+]
 
 
 def route_pki(d: Path) -> None:
     """certs/ca.pem and a route certificate for both ends of a route."""
     certs = d / "certs"
     certs.mkdir(parents=True)
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", str(certs / "ca-key.pem"), "-out", str(certs / "ca.pem"), "-days", "2",
-             "-subj", "/CN=cluster CA")
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        str(certs / "ca-key.pem"),
+        "-out",
+        str(certs / "ca.pem"),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=cluster CA",
+    )
     ext = certs / "route.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:nats-1,DNS:nats-2,"
-                   "DNS:nats-3\nextendedKeyUsage=serverAuth,clientAuth\n")
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", str(certs / "route-key.pem"), "-out", str(certs / "route.csr"),
-             "-subj", "/CN=route")
-    _openssl("x509", "-req", "-in", str(certs / "route.csr"), "-CA", str(certs / "ca.pem"),
-             "-CAkey", str(certs / "ca-key.pem"), "-CAcreateserial", "-out",
-             str(certs / "route.pem"), "-days", "2", "-extfile", str(ext))
+    ext.write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:nats-1,DNS:nats-2,"
+        "DNS:nats-3\nextendedKeyUsage=serverAuth,clientAuth\n"
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        str(certs / "route-key.pem"),
+        "-out",
+        str(certs / "route.csr"),
+        "-subj",
+        "/CN=route",
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(certs / "route.csr"),
+        "-CA",
+        str(certs / "ca.pem"),
+        "-CAkey",
+        str(certs / "ca-key.pem"),
+        "-CAcreateserial",
+        "-out",
+        str(certs / "route.pem"),
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+    )
 
 
 def node_conf(name: str, client: int, route: int, routes: list[int], certs: Path) -> str:
     """deploy/nats/cluster.conf's cluster block (TLS included) on loopback ports."""
     text = (ROOT / "deploy/nats/cluster.conf").read_text()
-    block = text[text.index("cluster {"):text.index("include ./auth.conf")]
+    block = text[text.index("cluster {") : text.index("include ./auth.conf")]
     block = block.replace("listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{route}")
     urls = "\n".join(f"    nats-route://127.0.0.1:{p}" for p in routes)
     block = re.sub(r"routes: \[.*?\]", f"routes: [\n{urls}\n  ]", block, flags=re.S)
@@ -66,12 +109,29 @@ def nodes(tmp_path: Path) -> Iterator[list[NatsServer]]:
         for name, client, route in (("a", c1, r1), ("b", c2, r2)):
             conf = tmp_path / f"{name}.conf"
             conf.write_text(node_conf(name, client, route, [r1, r2], tmp_path / "certs"))
-            servers.append(start_nats_server(tmp_path / name, port=client, jetstream=False,
-                                             extra_args=["-c", str(conf), "-n", name]))
-        rogue = start_nats_server(tmp_path / "rogue", port=c3, jetstream=False,
-                                  extra_args=["-n", "rogue", "--cluster_name", "agentic-payments",
-                                              "--cluster", f"nats://127.0.0.1:{r3}",
-                                              "--routes", f"nats-route://127.0.0.1:{r1}"])
+            servers.append(
+                start_nats_server(
+                    tmp_path / name,
+                    port=client,
+                    jetstream=False,
+                    extra_args=["-c", str(conf), "-n", name],
+                )
+            )
+        rogue = start_nats_server(
+            tmp_path / "rogue",
+            port=c3,
+            jetstream=False,
+            extra_args=[
+                "-n",
+                "rogue",
+                "--cluster_name",
+                "agentic-payments",
+                "--cluster",
+                f"nats://127.0.0.1:{r3}",
+                "--routes",
+                f"nats-route://127.0.0.1:{r1}",
+            ],
+        )
         servers.append(rogue)
         yield servers
     finally:

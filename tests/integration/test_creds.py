@@ -37,18 +37,24 @@ pytestmark = pytest.mark.integration
 
 
 async def test_creds_from_environment_carry_role_permissions(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     prefix = f"j{uuid.uuid4().hex[:10]}"
     s = Subjects(prefix)
     operator = NKey.generate(nkeys.PREFIX_BYTE_OPERATOR)
     account = NKey.generate(nkeys.PREFIX_BYTE_ACCOUNT)
     system = NKey.generate(nkeys.PREFIX_BYTE_ACCOUNT)
     conf = tmp_path / "server.conf"
-    conf.write_text(operator_conf(
-        operator_jwt(operator),
-        {account.public: account_jwt(operator, account, "AP"),
-         system.public: account_jwt(operator, system, "SYS", jetstream=False)},
-        system.public))
+    conf.write_text(
+        operator_conf(
+            operator_jwt(operator),
+            {
+                account.public: account_jwt(operator, account, "AP"),
+                system.public: account_jwt(operator, system, "SYS", jetstream=False),
+            },
+            system.public,
+        )
+    )
     creds: dict[str, Path] = {}
     for role, name in (("admin", "admin"), ("client", "alice"), ("verifier", "v1")):
         user = NKey.generate(nkeys.PREFIX_BYTE_USER)
@@ -58,9 +64,15 @@ async def test_creds_from_environment_carry_role_permissions(
         creds[name] = path
     server = start_nats_server(tmp_path / "js", extra_args=["-c", str(conf)])
     try:
-        admin = await connect(NatsConfig(url=server.url, prefix=prefix,
-                                         creds=str(creds["admin"]),
-                                         inbox_prefix=inbox_prefix("admin")), name="admin")
+        admin = await connect(
+            NatsConfig(
+                url=server.url,
+                prefix=prefix,
+                creds=str(creds["admin"]),
+                inbox_prefix=inbox_prefix("admin"),
+            ),
+            name="admin",
+        )
         await membership.register(admin, s, "v1", bytes(32))
         got: list[Msg] = []
 
@@ -94,8 +106,7 @@ async def test_creds_from_environment_carry_role_permissions(
         await v1.publish(s.decision("VALID"), b"forged")
         await v1.flush()
         async with asyncio.timeout(5):
-            while len([e for e in errors if "permissions violation" in e]) < 2 \
-                    or not got:  # noqa: ASYNC110 - lists filled by callbacks
+            while len([e for e in errors if "permissions violation" in e]) < 2 or not got:  # noqa: ASYNC110 - lists filled by callbacks
                 await asyncio.sleep(0.02)
         await asyncio.sleep(0.3)
         assert [m.subject for m in got] == [s.request]

@@ -24,8 +24,9 @@ async def _stored(store: DecisionStore, ids: list[str]) -> None:
 
 
 @pytest.mark.parametrize("direct", [True, False])
-async def test_batched_lookup_and_create_only(nats_config: NatsConfig, nc: Client,
-                                              direct: bool) -> None:
+async def test_batched_lookup_and_create_only(
+    nats_config: NatsConfig, nc: Client, direct: bool
+) -> None:
     subjects = Subjects(nats_config.prefix)
     if not direct:  # an older bucket without direct gets: one get per key
         await nc.jetstream().create_key_value(bucket=subjects.decisions_bucket, history=1)

@@ -31,12 +31,14 @@ pytestmark = pytest.mark.integration
 
 
 def rt(nats_config: NatsConfig, tmp_path: Path, worker_id: str) -> RuntimeConfig:
-    return RuntimeConfig(worker_id=worker_id, nats=nats_config, data_dir=tmp_path,
-                         drain_timeout_s=2)
+    return RuntimeConfig(
+        worker_id=worker_id, nats=nats_config, data_dir=tmp_path, drain_timeout_s=2
+    )
 
 
-async def start_verifiers(nats_config: NatsConfig, tmp_path: Path,
-                          count: int = 4) -> list[VerifierWorker]:
+async def start_verifiers(
+    nats_config: NatsConfig, tmp_path: Path, count: int = 4
+) -> list[VerifierWorker]:
     workers = [VerifierWorker(rt(nats_config, tmp_path, f"v{i}")) for i in range(1, count + 1)]
     for w in workers:
         await w.start()
@@ -50,11 +52,18 @@ class System:
 
 
 @contextlib.asynccontextmanager
-async def running(nats_config: NatsConfig, tmp_path: Path, *, verifiers: int = 4,
-                  options: TallyOptions | None = None) -> AsyncIterator[System]:
+async def running(
+    nats_config: NatsConfig,
+    tmp_path: Path,
+    *,
+    verifiers: int = 4,
+    options: TallyOptions | None = None,
+) -> AsyncIterator[System]:
     """Verifiers and a tally in this process; everything stopped on the way out."""
-    system = System(TallyWorker(rt(nats_config, tmp_path, "t1"), options),
-                    await start_verifiers(nats_config, tmp_path, verifiers))
+    system = System(
+        TallyWorker(rt(nats_config, tmp_path, "t1"), options),
+        await start_verifiers(nats_config, tmp_path, verifiers),
+    )
     await system.tally.start()
     try:
         yield system
@@ -66,20 +75,38 @@ async def running(nats_config: NatsConfig, tmp_path: Path, *, verifiers: int = 4
 
 @pytest.mark.parametrize("forged_decision", ["VALID", "TIMEOUT"])
 async def test_forged_certificate_in_the_bucket_is_not_served(
-        nats_config: NatsConfig, nc: Client, tmp_path: Path, forged_decision: str) -> None:
+    nats_config: NatsConfig, nc: Client, tmp_path: Path, forged_decision: str
+) -> None:
     async with running(nats_config, tmp_path) as system:
         tally = system.tally
         agent, attacker = AgentIdentity.generate(), AgentIdentity.generate()
         bad = signed_request(agent, "steal", "poisoned-1")
         bad = replace(bad, message=b"steal everything")  # signature no longer matches
         from schemas.signing import request_digest
+
         assert tally._pool is not None
-        forged = sign_certificate(attacker, ConsensusResult(
-            request_id="poisoned-1", request_digest=request_digest(bad.encode()),
-            decision=forged_decision, votes_for=4 if forged_decision == "VALID" else 0,
-            votes_against=0, total_votes=0, n=4, q=3, f=1,
-            threshold="2/3", epoch=tally._pool.view.epoch, ballot_id="x", votes=(),
-            tally_id="evil", tally_key=attacker.public_key, decided_at_ms=1, latency_ms=1.0))
+        forged = sign_certificate(
+            attacker,
+            ConsensusResult(
+                request_id="poisoned-1",
+                request_digest=request_digest(bad.encode()),
+                decision=forged_decision,
+                votes_for=4 if forged_decision == "VALID" else 0,
+                votes_against=0,
+                total_votes=0,
+                n=4,
+                q=3,
+                f=1,
+                threshold="2/3",
+                epoch=tally._pool.view.epoch,
+                ballot_id="x",
+                votes=(),
+                tally_id="evil",
+                tally_key=attacker.public_key,
+                decided_at_ms=1,
+                latency_ms=1.0,
+            ),
+        )
         kv = await nc.jetstream().key_value(Subjects(nats_config.prefix).decisions_bucket)
         await kv.put(decision_key("poisoned-1"), forged.encode())
         async with await VerifyClient.connect(nats_config) as client:
@@ -92,12 +119,14 @@ async def test_forged_certificate_in_the_bucket_is_not_served(
 
 
 async def test_timeout_is_not_final_and_byte_budget_overloads(
-        nats_config: NatsConfig, tmp_path: Path) -> None:
+    nats_config: NatsConfig, tmp_path: Path
+) -> None:
     verifiers = await start_verifiers(nats_config, tmp_path)
     for v in verifiers:  # still members, but nobody votes
         await v.stop()
-    tally = TallyWorker(rt(nats_config, tmp_path, "t1"),
-                        TallyOptions(deadline_s=1.0, max_pending_bytes=600))
+    tally = TallyWorker(
+        rt(nats_config, tmp_path, "t1"), TallyOptions(deadline_s=1.0, max_pending_bytes=600)
+    )
     await tally.start()
     agent = AgentIdentity.generate()
     reqs = [signed_request(agent, f"pay {i}", f"budget-{i}") for i in range(8)]
@@ -122,7 +151,8 @@ def test_max_batch_beyond_what_verifiers_accept_is_a_config_error() -> None:
 
 
 async def test_republished_ballot_gets_the_same_vote_not_equivocation(
-        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     async with running(nats_config, tmp_path) as system:
         tally, verifiers = system.tally, system.verifiers
         subjects = Subjects(nats_config.prefix)
@@ -152,14 +182,25 @@ async def test_republished_ballot_gets_the_same_vote_not_equivocation(
 
 
 async def test_malformed_member_record_is_skipped(
-        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     async with running(nats_config, tmp_path, verifiers=3) as system:
         tally, verifiers = system.tally, system.verifiers
         subjects = Subjects(nats_config.prefix)
         kv = await membership.members_bucket(nc, subjects)
-        await kv.put("junk", encode({"type": "member", "v": 1, "worker_id": "junk",
-                                     "public_key": b"k" * 32, "status": "active",
-                                     "registered_at_ms": "not a number"}))
+        await kv.put(
+            "junk",
+            encode(
+                {
+                    "type": "member",
+                    "v": 1,
+                    "worker_id": "junk",
+                    "public_key": b"k" * 32,
+                    "status": "active",
+                    "registered_at_ms": "not a number",
+                }
+            ),
+        )
         await kv.put("junk2", b"\xc1")
         extra = VerifierWorker(rt(nats_config, tmp_path, "v4"))
         await extra.start()
@@ -169,8 +210,7 @@ async def test_malformed_member_record_is_skipped(
         pool = await membership.read_pool(nc, subjects)
         assert {m.worker_id for m in pool.members} == {"v1", "v2", "v3", "v4"}
         async with await VerifyClient.connect(nats_config) as client:
-            cert = await client.verify_with_consensus(signed_request(AgentIdentity.generate(),
-                                                                     "y"))
+            cert = await client.verify_with_consensus(signed_request(AgentIdentity.generate(), "y"))
         assert cert.n == 4 and cert.decision == "VALID"
 
 
@@ -187,7 +227,8 @@ async def test_remote_errors_keep_their_codes(nats_config: NatsConfig, tmp_path:
 
 
 async def test_client_rejects_certificates_from_a_rogue_tally(
-        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     async with running(nats_config, tmp_path) as system:
         tally = system.tally
         agent, rogue = AgentIdentity.generate(), AgentIdentity.generate()
@@ -203,12 +244,19 @@ async def test_client_rejects_certificates_from_a_rogue_tally(
         await nc.subscribe(subjects.request, queue="tally", cb=rogue_tally)
         forged_req = replace(signed_request(agent, "pay 2", "steal-1"), message=b"pay 2000")
         from schemas.signing import request_digest
+
         cases = {
             "another request": genuine.encode(),  # a real certificate, wrong request
-            "do not match the signed votes": sign_certificate(rogue, replace(  # no real votes
-                genuine, request_id="steal-1",
-                request_digest=request_digest(forged_req.encode()), votes=(),
-                total_votes=0)).encode(),
+            "do not match the signed votes": sign_certificate(
+                rogue,
+                replace(  # no real votes
+                    genuine,
+                    request_id="steal-1",
+                    request_digest=request_digest(forged_req.encode()),
+                    votes=(),
+                    total_votes=0,
+                ),
+            ).encode(),
         }
         async with await VerifyClient.connect(nats_config, retries=0) as client:
             for needle, answer in cases.items():
@@ -218,17 +266,20 @@ async def test_client_rejects_certificates_from_a_rogue_tally(
 
 
 async def test_requests_held_past_the_drain_get_shutting_down(
-        nats_config: NatsConfig, tmp_path: Path) -> None:
+    nats_config: NatsConfig, tmp_path: Path
+) -> None:
     verifiers = await start_verifiers(nats_config, tmp_path)
     for v in verifiers:  # members that never vote: the request stays held
         await v.stop()
-    runtime = RuntimeConfig(worker_id="t1", nats=nats_config, data_dir=tmp_path,
-                            drain_timeout_s=0.3)
+    runtime = RuntimeConfig(
+        worker_id="t1", nats=nats_config, data_dir=tmp_path, drain_timeout_s=0.3
+    )
     tally = TallyWorker(runtime, TallyOptions(deadline_s=30))
     await tally.start()
     async with await VerifyClient.connect(nats_config, retries=0) as client:
-        task = asyncio.create_task(client.verify_with_consensus(
-            signed_request(AgentIdentity.generate(), "held")))
+        task = asyncio.create_task(
+            client.verify_with_consensus(signed_request(AgentIdentity.generate(), "held"))
+        )
         await asyncio.sleep(0.3)
         await tally.stop()
         with pytest.raises(RemoteError) as err:
@@ -237,7 +288,8 @@ async def test_requests_held_past_the_drain_get_shutting_down(
 
 
 async def test_client_rechecks_old_epoch_certificates_and_other_thresholds(
-        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     options = TallyOptions(threshold=Fraction(3, 4))
     async with running(nats_config, tmp_path, options=options) as system:
         verifiers = system.verifiers
@@ -264,20 +316,23 @@ async def test_client_rechecks_old_epoch_certificates_and_other_thresholds(
 
 def test_verifier_vote_cache_is_bounded(nats_config: NatsConfig, tmp_path: Path) -> None:
     from workers.consensus import verifier as vmod
+
     worker = VerifierWorker(rt(nats_config, tmp_path, "v1"))
     now = 1_000_000
     for i in range(100):  # hostile far-future deadlines, 1 MiB votes
         worker._remember(bytes([i]) * 32, 2**52, b"x" * 1024 * 1024, now)
     assert worker._voted_bytes <= vmod.MAX_REMEMBERED_BYTES
-    assert all(exp <= now + vmod.MAX_REMEMBER_MS + vmod.CLOCK_SKEW_MS
-               for exp, _ in worker._voted.values())
+    assert all(
+        exp <= now + vmod.MAX_REMEMBER_MS + vmod.CLOCK_SKEW_MS for exp, _ in worker._voted.values()
+    )
     later = now + vmod.MAX_REMEMBER_MS + vmod.CLOCK_SKEW_MS + 1
     worker._remember(b"z" * 32, later + 10, b"y", later)
     assert list(worker._voted) == [b"z" * 32]  # everything capped has expired
 
 
 async def test_stored_certificate_for_another_request_is_not_served(
-        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     async with running(nats_config, tmp_path) as system:
         tally = system.tally
         agent = AgentIdentity.generate()
@@ -291,15 +346,18 @@ async def test_stored_certificate_for_another_request_is_not_served(
 
 
 async def test_stopping_tally_takes_no_new_work_and_conflicts_while_pending(
-        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     import nats.errors
 
     from schemas.messages import ErrorReply, decode_reply
+
     verifiers = await start_verifiers(nats_config, tmp_path)
     for v in verifiers:  # members that never vote: requests stay pending
         await v.stop()
-    runtime = RuntimeConfig(worker_id="t1", nats=nats_config, data_dir=tmp_path,
-                            drain_timeout_s=1.0)
+    runtime = RuntimeConfig(
+        worker_id="t1", nats=nats_config, data_dir=tmp_path, drain_timeout_s=1.0
+    )
     tally = TallyWorker(runtime, TallyOptions(deadline_s=30))
     await tally.start()
     subject = Subjects(nats_config.prefix).request
@@ -321,10 +379,12 @@ async def test_stopping_tally_takes_no_new_work_and_conflicts_while_pending(
 
 
 async def test_verifier_ignores_ballots_long_past_their_deadline(
-        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     from bus.runtime import now_ms
     from schemas.messages import Ballot
     from workers.consensus import verifier as vmod
+
     verifiers = await start_verifiers(nats_config, tmp_path, 1)
     votes: list[bytes] = []
 
@@ -334,8 +394,9 @@ async def test_verifier_ignores_ballots_long_past_their_deadline(
     await nc.subscribe("spy.late", cb=collect)
     raw = signed_request(AgentIdentity.generate(), "x").encode()
     for deadline, tag in ((now_ms() - vmod.CLOCK_SKEW_MS - 1000, "late"), (now_ms() + 5000, "ok")):
-        ballot = Ballot(ballot_id=tag, epoch=1, tally_id="t1", deadline_ms=deadline,
-                        requests=(raw,))
+        ballot = Ballot(
+            ballot_id=tag, epoch=1, tally_id="t1", deadline_ms=deadline, requests=(raw,)
+        )
         await nc.publish(Subjects(nats_config.prefix).ballot, ballot.encode(), reply="spy.late")
     await asyncio.sleep(0.5)
     try:

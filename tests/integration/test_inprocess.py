@@ -38,8 +38,9 @@ def tracing() -> None:
 @pytest.fixture
 async def system(nats_config: NatsConfig, tmp_path: Path) -> AsyncIterator[TallyWorker]:
     def rt(worker_id: str) -> RuntimeConfig:
-        return RuntimeConfig(worker_id=worker_id, nats=nats_config, data_dir=tmp_path,
-                             drain_timeout_s=3)
+        return RuntimeConfig(
+            worker_id=worker_id, nats=nats_config, data_dir=tmp_path, drain_timeout_s=3
+        )
 
     verifiers = [VerifierWorker(rt(f"v{i}")) for i in range(1, 5)]
     for v in verifiers:
@@ -55,20 +56,25 @@ async def system(nats_config: NatsConfig, tmp_path: Path) -> AsyncIterator[Tally
 
 
 async def test_trace_context_flows_client_to_tally_to_verifiers(
-        system: TallyWorker, nats_config: NatsConfig) -> None:
+    system: TallyWorker, nats_config: NatsConfig
+) -> None:
     EXPORTER.clear()
     tracer = trace.get_tracer("test")
     async with await VerifyClient.connect(nats_config) as client:
         with tracer.start_as_current_span("checkout") as root:
             cert = await client.verify_with_consensus(
-                signed_request(AgentIdentity.generate(), "traced payment"))
+                signed_request(AgentIdentity.generate(), "traced payment")
+            )
     assert cert.decision == "VALID"
     trace_id = root.get_span_context().trace_id
     p = nats_config.prefix
 
     def named(name: str) -> list[ReadableSpan]:
-        return [s for s in EXPORTER.get_finished_spans()
-                if s.name == name and s.context.trace_id == trace_id]
+        return [
+            s
+            for s in EXPORTER.get_finished_spans()
+            if s.name == name and s.context.trace_id == trace_id
+        ]
 
     # every verifier's span ends when its vote is out, maybe after the decision
     deadline = asyncio.get_running_loop().time() + 10
@@ -84,8 +90,9 @@ async def test_trace_context_flows_client_to_tally_to_verifiers(
     (ballot,) = named(f"send {p}.ballot")
     assert ballot.parent is not None and ballot.parent.span_id == process.context.span_id
     verifier_spans = named(f"process {p}.ballot")
-    assert all(v.parent is not None and v.parent.span_id == ballot.context.span_id
-               for v in verifier_spans)
+    assert all(
+        v.parent is not None and v.parent.span_id == ballot.context.span_id for v in verifier_spans
+    )
     assert len({v.attributes["agentic_payments.verifier_key"] for v in verifier_spans}) == 4
     (votes,) = named(f"process {p}.vote.t1")
     assert votes.parent is not None and votes.parent.span_id == process.context.span_id
@@ -99,8 +106,9 @@ async def test_trace_context_flows_client_to_tally_to_verifiers(
     assert [link.context.span_id for link in receive.links] == [reply.context.span_id]
 
 
-async def test_batching_under_load_and_certificates(system: TallyWorker,
-                                                    nats_config: NatsConfig) -> None:
+async def test_batching_under_load_and_certificates(
+    system: TallyWorker, nats_config: NatsConfig
+) -> None:
     agent = AgentIdentity.generate()
     reqs = [signed_request(agent, f"pay {i}") for i in range(400)]
     async with await VerifyClient.connect(nats_config) as client:
@@ -115,15 +123,15 @@ async def test_batching_under_load_and_certificates(system: TallyWorker,
 
 
 async def test_lost_decisions_bucket_is_visible_and_serving_continues(
-        system: TallyWorker, nats_config: NatsConfig, nc: Client) -> None:
+    system: TallyWorker, nats_config: NatsConfig, nc: Client
+) -> None:
     agent = AgentIdentity.generate()
     async with await VerifyClient.connect(nats_config) as client:
         first = await client.verify_with_consensus(signed_request(agent, "before"))
         assert first.decision == "VALID"
         assert system.health().value == "Healthy"
         await nc.jetstream().delete_key_value(f"{nats_config.prefix}_decisions")
-        results = await client.verify_many([signed_request(agent, f"after {i}")
-                                            for i in range(5)])
+        results = await client.verify_many([signed_request(agent, f"after {i}") for i in range(5)])
     assert all(getattr(r, "decision", None) == "VALID" for r in results)
     for _ in range(50):
         if system.stats.counters["decision_store_errors"]:
@@ -134,7 +142,8 @@ async def test_lost_decisions_bucket_is_visible_and_serving_continues(
 
 
 async def test_decision_from_bucket_wins_over_a_new_round(
-        system: TallyWorker, nats_config: NatsConfig) -> None:
+    system: TallyWorker, nats_config: NatsConfig
+) -> None:
     agent = AgentIdentity.generate()
     req = signed_request(agent, "once only", "durable-1")
     async with await VerifyClient.connect(nats_config) as client:
@@ -152,8 +161,10 @@ async def test_decision_from_bucket_wins_over_a_new_round(
 
 
 async def test_every_certificate_lands_in_the_audit_stream(
-        system: TallyWorker, nats_config: NatsConfig, nc: Client) -> None:
+    system: TallyWorker, nats_config: NatsConfig, nc: Client
+) -> None:
     from schemas.messages import ConsensusResult, VerificationRequest
+
     agent = AgentIdentity.generate()
     good = signed_request(agent, "audited")
     bad = VerificationRequest("audit-bad", b"forged", good.signature, good.public_key)
@@ -169,6 +180,8 @@ async def test_every_certificate_lands_in_the_audit_stream(
     info = await js.stream_info(stream)
     assert info.state.messages == 2 and info.config.max_age == 30 * 86400
     stored = [await js.get_msg(stream, seq) for seq in (1, 2)]
-    assert [m.subject for m in stored] == [f"{nats_config.prefix}.decision.VALID",
-                                           f"{nats_config.prefix}.decision.INVALID"]
+    assert [m.subject for m in stored] == [
+        f"{nats_config.prefix}.decision.VALID",
+        f"{nats_config.prefix}.decision.INVALID",
+    ]
     assert [ConsensusResult.decode(m.data) for m in stored] == sent

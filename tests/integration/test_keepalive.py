@@ -57,9 +57,16 @@ async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
 
 
 async def test_pings_stop_while_the_heartbeat_loop_is_stuck(
-        nats_config: NatsConfig, tmp_path: Path, notify: socket.socket) -> None:
-    runtime = RuntimeConfig(worker_id="v1", nats=nats_config, heartbeat_s=0.2, metrics_s=1,
-                            drain_timeout_s=2, data_dir=tmp_path)
+    nats_config: NatsConfig, tmp_path: Path, notify: socket.socket
+) -> None:
+    runtime = RuntimeConfig(
+        worker_id="v1",
+        nats=nats_config,
+        heartbeat_s=0.2,
+        metrics_s=1,
+        drain_timeout_s=2,
+        data_dir=tmp_path,
+    )
     worker = VerifierWorker(runtime)
     stuck = asyncio.Event()
     release = asyncio.Event()
@@ -89,8 +96,7 @@ async def test_pings_stop_while_the_heartbeat_loop_is_stuck(
             assert b"WATCHDOG=1" not in received(notify)
             record = liveness.read(path)
             assert record is not None
-            await until(lambda: not liveness.verdict(liveness.read(path), time.time())
-                        .alive)
+            await until(lambda: not liveness.verdict(liveness.read(path), time.time()).alive)
 
             release.set()
             await until(lambda: worker.keepalive.pings > pings_when_stuck + 2)

@@ -34,16 +34,19 @@ pytestmark = pytest.mark.integration
 MASTER = os.urandom(32)
 
 
-def make_worker(nats_config: NatsConfig, tmp_path: Path, worker_id: str = "keys1",
-                sweep_s: float = 3600.0) -> KeysWorker:
-    runtime = RuntimeConfig(worker_id=worker_id, nats=nats_config, data_dir=tmp_path,
-                            drain_timeout_s=2)
+def make_worker(
+    nats_config: NatsConfig, tmp_path: Path, worker_id: str = "keys1", sweep_s: float = 3600.0
+) -> KeysWorker:
+    runtime = RuntimeConfig(
+        worker_id=worker_id, nats=nats_config, data_dir=tmp_path, drain_timeout_s=2
+    )
     return KeysWorker(runtime, MasterKey(bytearray(MASTER), "test"), sweep_interval_s=sweep_s)
 
 
 @pytest.fixture
-async def keys(nats_config: NatsConfig, nc: Client, tmp_path: Path,
-               caplog: pytest.LogCaptureFixture) -> AsyncIterator[KeyClient]:
+async def keys(
+    nats_config: NatsConfig, nc: Client, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[KeyClient]:
     caplog.set_level(logging.DEBUG)
     worker = make_worker(nats_config, tmp_path)
     await worker.start()
@@ -89,8 +92,8 @@ def keys_worker_key(tmp_path: Path) -> bytes:
 
 
 async def test_lifecycle_statuses_and_no_key_leaks(
-        keys: KeyClient, nc: Client, prefix: str, caplog: pytest.LogCaptureFixture,
-        tmp_path: Path) -> None:
+    keys: KeyClient, nc: Client, prefix: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
     events: list[KeyRevoked] = []
 
     async def on_event(msg: Msg) -> None:
@@ -104,7 +107,11 @@ async def test_lifecycle_statuses_and_no_key_leaks(
     assert (created.record.state, v1.version) == ("Enabled", 1)
     st = await status_of(nc, prefix, v1.public_key)
     assert (st.name, st.version, st.purpose, st.refusal(int(time.time() * 1000))) == (
-        "agent-1", 1, "agent_identity", None)
+        "agent-1",
+        1,
+        "agent_identity",
+        None,
+    )
 
     rotated = await keys.rotate("agent-1")
     replies.append(rotated.encode())
@@ -129,7 +136,10 @@ async def test_lifecycle_statuses_and_no_key_leaks(
     assert (await status_of(nc, prefix, v2.public_key)).refusal(0) is None
     await eventually(lambda: asyncio.sleep(0, len(events) == 1))
     assert (events[0].name, events[0].version, events[0].public_key) == (
-        "agent-1", 1, v1.public_key)
+        "agent-1",
+        1,
+        v1.public_key,
+    )
     assert events[0].signature_ok() and events[0].signer == keys_worker_key(tmp_path)
     assert not replace(events[0], reason="other").signature_ok()
     assert await error_code(keys.sign("agent-1", b"x", version=1)) == "KEY_VERSION_INVALID"
@@ -141,7 +151,6 @@ async def test_lifecycle_statuses_and_no_key_leaks(
     raw, record = await stored(nc, prefix, "agent-1")
     assert record.versions[0].sealed_seed == b"" and len(seeds(record)) == 1  # erased
     kv = await nc.jetstream().key_value(Subjects(prefix).keys_bucket)
-
 
     async def purged() -> bool:  # older revisions with v1's seed are purged
         return len(await kv.history("agent-1")) == 1
@@ -220,8 +229,9 @@ async def test_auto_rotation_on_demand(keys: KeyClient) -> None:
     assert len((await keys.get("manual")).record.versions) == 1
 
 
-async def test_auto_rotation_on_schedule(nats_config: NatsConfig, nc: Client,
-                                         tmp_path: Path) -> None:
+async def test_auto_rotation_on_schedule(
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     worker = make_worker(nats_config, tmp_path, sweep_s=0.3)
     await worker.start()
     try:
@@ -237,7 +247,8 @@ async def test_auto_rotation_on_schedule(nats_config: NatsConfig, nc: Client,
 
 
 async def test_concurrent_rotations_on_two_managers_are_serialised_by_cas(
-        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     workers = [make_worker(nats_config, tmp_path, f"keys{i}") for i in (1, 2)]
     for w in workers:
         await w.start()
@@ -261,24 +272,28 @@ def _req(**fields: Any) -> bytes:
     return msgpack.packb({"type": "key_request", "v": 1, **fields}, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize(("op", "payload", "code"), [
-    ("create", b"\xc1\xc1", "MALFORMED_PAYLOAD"),
-    ("create", b"", "MALFORMED_PAYLOAD"),
-    ("get", b"\x92\x01", "MALFORMED_PAYLOAD"),                       # truncated array
-    ("sign", _req(name="a", message=b"x" * 300_000), "PAYLOAD_TOO_LARGE"),
-    ("get", msgpack.packb({"type": "key_request", "v": 2, "name": "a"}), "UNSUPPORTED_VERSION"),
-    ("create", _req(name="a", purpose="agent_identity", version="1"), "SCHEMA_VIOLATION"),
-    ("create", _req(name="x" * 65, purpose="agent_identity"), "SCHEMA_VIOLATION"),
-    ("create", _req(name="a", purpose="launch_codes"), "SCHEMA_VIOLATION"),
-    ("sign", _req(name="a", message="not-bin"), "SCHEMA_VIOLATION"),
-    ("revoke", _req(name="a"), "SCHEMA_VIOLATION"),                   # reason missing
-    ("get", _req(name="nobody"), "KEY_NOT_FOUND"),
-    ("rotate", _req(name="nobody"), "KEY_NOT_FOUND"),
-    ("sign", _req(name="nobody", message=b"x"), "KEY_NOT_FOUND"),
-    ("revoke", _req(name="nobody", reason="r"), "KEY_NOT_FOUND"),
-])
+@pytest.mark.parametrize(
+    ("op", "payload", "code"),
+    [
+        ("create", b"\xc1\xc1", "MALFORMED_PAYLOAD"),
+        ("create", b"", "MALFORMED_PAYLOAD"),
+        ("get", b"\x92\x01", "MALFORMED_PAYLOAD"),  # truncated array
+        ("sign", _req(name="a", message=b"x" * 300_000), "PAYLOAD_TOO_LARGE"),
+        ("get", msgpack.packb({"type": "key_request", "v": 2, "name": "a"}), "UNSUPPORTED_VERSION"),
+        ("create", _req(name="a", purpose="agent_identity", version="1"), "SCHEMA_VIOLATION"),
+        ("create", _req(name="x" * 65, purpose="agent_identity"), "SCHEMA_VIOLATION"),
+        ("create", _req(name="a", purpose="launch_codes"), "SCHEMA_VIOLATION"),
+        ("sign", _req(name="a", message="not-bin"), "SCHEMA_VIOLATION"),
+        ("revoke", _req(name="a"), "SCHEMA_VIOLATION"),  # reason missing
+        ("get", _req(name="nobody"), "KEY_NOT_FOUND"),
+        ("rotate", _req(name="nobody"), "KEY_NOT_FOUND"),
+        ("sign", _req(name="nobody", message=b"x"), "KEY_NOT_FOUND"),
+        ("revoke", _req(name="nobody", reason="r"), "KEY_NOT_FOUND"),
+    ],
+)
 async def test_bad_input_gets_a_code_and_service_keeps_serving(
-        keys: KeyClient, op: str, payload: bytes, code: str) -> None:
+    keys: KeyClient, op: str, payload: bytes, code: str
+) -> None:
     reply = await keys.raw(op, payload)
     assert isinstance(reply, ErrorReply) and reply.code == code, reply
     assert isinstance(await keys.raw("list", _req()), KeyList)
@@ -286,8 +301,7 @@ async def test_bad_input_gets_a_code_and_service_keeps_serving(
     assert isinstance(info, KeyInfo) and info.record.name == "still-here"
 
 
-async def test_duplicate_create_and_revoke_twice(keys: KeyClient, nc: Client,
-                                                 prefix: str) -> None:
+async def test_duplicate_create_and_revoke_twice(keys: KeyClient, nc: Client, prefix: str) -> None:
     first = await keys.create("dup", "agent_identity")
     assert await error_code(keys.create("dup", "authentication")) == "KEY_EXISTS"
     assert (await keys.get("dup")).record.latest.public_key == first.record.latest.public_key
@@ -311,7 +325,8 @@ async def test_sweep_repairs_a_missing_status(keys: KeyClient, nc: Client, prefi
 
 
 async def test_corrupt_stored_record_is_an_internal_error_not_a_crash(
-        keys: KeyClient, nc: Client, prefix: str) -> None:
+    keys: KeyClient, nc: Client, prefix: str
+) -> None:
     await keys.create("good", "authentication")
     kv = await nc.jetstream().key_value(Subjects(prefix).keys_bucket)
     await kv.put("broken", b"\x81\xa4type\xaakey_record")
@@ -323,7 +338,8 @@ async def test_corrupt_stored_record_is_an_internal_error_not_a_crash(
 
 
 async def test_a_stale_writer_never_overwrites_a_newer_status(
-        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     worker = make_worker(nats_config, tmp_path)
     await worker.start()
     try:
@@ -340,15 +356,17 @@ async def test_a_stale_writer_never_overwrites_a_newer_status(
 
 
 async def test_a_master_key_that_does_not_open_the_stored_keys_is_refused(
-        nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
     worker = make_worker(nats_config, tmp_path)
     await worker.start()
     try:
         await KeyClient(nc, nats_config.prefix, timeout=10).create("mine", "authentication")
     finally:
         await worker.stop()
-    runtime = RuntimeConfig(worker_id="keys2", nats=nats_config, data_dir=tmp_path,
-                            drain_timeout_s=2)
+    runtime = RuntimeConfig(
+        worker_id="keys2", nats=nats_config, data_dir=tmp_path, drain_timeout_s=2
+    )
     wrong = KeysWorker(runtime, MasterKey(bytearray(os.urandom(32)), "wrong"))
     with pytest.raises(MasterKeyInvalid):
         await wrong.start()

@@ -24,8 +24,9 @@ async def test_a_key_holds_one_seat(nats_config: NatsConfig, nc: Client) -> None
     assert not await membership.register(nc, subjects, "v2", key)  # itself again: a no-op
 
 
-async def test_quarantine_applies_to_the_key_not_the_id(nats_config: NatsConfig,
-                                                        nc: Client) -> None:
+async def test_quarantine_applies_to_the_key_not_the_id(
+    nats_config: NatsConfig, nc: Client
+) -> None:
     subjects = Subjects(nats_config.prefix)
     key = AgentIdentity.generate().public_key
     kv = await membership.members_bucket(nc, subjects)
@@ -40,7 +41,8 @@ async def test_quarantine_applies_to_the_key_not_the_id(nats_config: NatsConfig,
 
 
 async def test_a_quarantined_verifier_cannot_undo_it_by_rewriting_its_record(
-        nats_config: NatsConfig, nc: Client) -> None:
+    nats_config: NatsConfig, nc: Client
+) -> None:
     subjects = Subjects(nats_config.prefix)
     key = AgentIdentity.generate().public_key
     await membership.register(nc, subjects, "v3", key)

@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
-DOC = yaml.safe_load((Path(__file__).resolve().parents[2] / "schemas" / "asyncapi.yaml")
-                     .read_text(encoding="utf-8"))
+DOC = yaml.safe_load(
+    (Path(__file__).resolve().parents[2] / "schemas" / "asyncapi.yaml").read_text(encoding="utf-8")
+)
 SCHEMAS = DOC["components"]["schemas"]
 DOMAIN_VOTE = bytes.fromhex(DOC["x-signing"]["domains"]["vote"]["hex"])
 DOMAIN_CERTIFICATE = bytes.fromhex(DOC["x-signing"]["domains"]["certificate"]["hex"])
@@ -44,11 +45,15 @@ def request_subject(prefix: str) -> str:
     return DOC["channels"]["verifyRequest"]["address"].replace("{prefix}", prefix)
 
 
-def request_map(signer: nacl.signing.SigningKey, message: bytes, **override: Any
-                ) -> dict[str, Any]:
-    obj = {"type": "verification_request", "v": 1, "request_id": uuid.uuid4().hex,
-           "message": message, "signature": signer.sign(message).signature,
-           "public_key": bytes(signer.verify_key)}
+def request_map(signer: nacl.signing.SigningKey, message: bytes, **override: Any) -> dict[str, Any]:
+    obj = {
+        "type": "verification_request",
+        "v": 1,
+        "request_id": uuid.uuid4().hex,
+        "message": message,
+        "signature": signer.sign(message).signature,
+        "public_key": bytes(signer.verify_key),
+    }
     obj.update(override)
     return obj
 
@@ -65,7 +70,8 @@ async def ask(nc: Any, prefix: str, payload: bytes) -> tuple[bytes, dict[str, An
 async def pool_keys(nc: Any, prefix: str) -> tuple[set[bytes], int]:
     """Active public keys of the members bucket and its latest revision (the epoch)."""
     kv = await nc.jetstream().key_value(
-        DOC["x-kv-buckets"]["members"]["name"].replace("{prefix}", prefix))
+        DOC["x-kv-buckets"]["members"]["name"].replace("{prefix}", prefix)
+    )
     keys, revision = set(), 0
     for key in await kv.keys():
         entry = await kv.get(key)
@@ -104,12 +110,27 @@ def signature_ok(key: bytes, body: bytes, sig: bytes) -> bool:
 def check_certificate(cert: dict[str, Any], raw_request: bytes, pool: set[bytes]) -> None:
     """'Verifying a certificate offline' from info.description, step by step."""
     assert cert["request_digest"] == hashlib.sha256(raw_request).digest()
-    body = [2, cert["request_id"], cert["request_digest"], cert["decision"], cert["votes_for"],
-            cert["votes_against"], cert["total_votes"], cert["n"], cert["q"], cert["f"],
-            cert["threshold"], cert["epoch"], cert["ballot_id"],
-            [{k: vote[k] for k in PROOF_KEYS} for vote in cert["votes"]],
-            cert["tally_id"], cert["tally_key"], cert["decided_at_ms"],
-            float(cert["latency_ms"]), cert["state_rev"]]
+    body = [
+        2,
+        cert["request_id"],
+        cert["request_digest"],
+        cert["decision"],
+        cert["votes_for"],
+        cert["votes_against"],
+        cert["total_votes"],
+        cert["n"],
+        cert["q"],
+        cert["f"],
+        cert["threshold"],
+        cert["epoch"],
+        cert["ballot_id"],
+        [{k: vote[k] for k in PROOF_KEYS} for vote in cert["votes"]],
+        cert["tally_id"],
+        cert["tally_key"],
+        cert["decided_at_ms"],
+        float(cert["latency_ms"]),
+        cert["state_rev"],
+    ]
     assert signature_ok(cert["tally_key"], DOMAIN_CERTIFICATE + pack(body), cert["sig"])
 
     n = cert["n"]
@@ -123,12 +144,23 @@ def check_certificate(cert: dict[str, Any], raw_request: bytes, pool: set[bytes]
         assert vote["verifier_key"] in pool and vote["verifier_key"] not in seen
         seen.add(vote["verifier_key"])
         entry = pack([cert["request_id"], cert["request_digest"], vote["valid"], vote["reason"]])
-        root = merkle_root(hashlib.sha256(b"\x00" + entry).digest(), vote["index"],
-                           vote["count"], vote["path"])
+        root = merkle_root(
+            hashlib.sha256(b"\x00" + entry).digest(), vote["index"], vote["count"], vote["path"]
+        )
         assert root is not None
-        signed = DOMAIN_VOTE + pack([2, cert["ballot_id"], cert["epoch"], cert["tally_id"],
-                                     vote["verifier_key"], vote["ts_ms"], vote["count"], root,
-                                     cert["state_rev"]])
+        signed = DOMAIN_VOTE + pack(
+            [
+                2,
+                cert["ballot_id"],
+                cert["epoch"],
+                cert["tally_id"],
+                vote["verifier_key"],
+                vote["ts_ms"],
+                vote["count"],
+                root,
+                cert["state_rev"],
+            ]
+        )
         assert signature_ok(vote["verifier_key"], signed, vote["sig"])
         counts[vote["valid"]] += 1
     assert (cert["votes_for"], cert["votes_against"]) == (counts[True], counts[False])

@@ -113,8 +113,8 @@ async def test_client_cannot_publish_a_vote_or_a_ballot(secure: SecureServer) ->
         await alice.nc.publish(s.ballot, b"fake ballot")
         await alice.nc.publish(s.request, b"a request")  # control: allowed
         await alice.nc.flush()
-        await alice.wait_error(f"publish to \"{s.votes('t1')}\"")
-        await alice.wait_error(f"publish to \"{s.ballot}\"")
+        await alice.wait_error(f'publish to "{s.votes("t1")}"')
+        await alice.wait_error(f'publish to "{s.ballot}"')
         await wait_for(requests, 1)
         await asyncio.sleep(0.3)
         assert votes == [] and ballots == []
@@ -122,8 +122,11 @@ async def test_client_cannot_publish_a_vote_or_a_ballot(secure: SecureServer) ->
 
 async def test_client_reads_only_its_own_replies(secure: SecureServer) -> None:
     s = Subjects(secure.prefix)
-    async with conn(secure.config("alice")) as alice, conn(secure.config("bob")) as bob, \
-            conn(secure.config("admin")) as admin:
+    async with (
+        conn(secure.config("alice")) as alice,
+        conn(secure.config("bob")) as bob,
+        conn(secure.config("admin")) as admin,
+    ):
         # a responder standing in for the tally (admin may answer anything)
         async def answer(msg: Msg) -> None:
             await msg.respond(b"reply for " + msg.data)
@@ -136,15 +139,18 @@ async def test_client_reads_only_its_own_replies(secure: SecureServer) -> None:
         for subject in ("_INBOX.bob.>", s.ballot, ">"):
             await alice.nc.subscribe(subject)
             await alice.nc.flush()
-            await alice.wait_error(f"subscription to \"{subject}\"")
+            await alice.wait_error(f'subscription to "{subject}"')
         assert not alice.errors or all("publish" not in e.lower() for e in alice.errors)
 
 
 async def test_client_without_its_inbox_prefix_gets_no_reply(secure: SecureServer) -> None:
     """The default _INBOX is not readable: the private inbox prefix is required."""
     s = Subjects(secure.prefix)
-    async with conn(secure.config("admin")) as admin, \
-            conn(secure.config("alice", inbox_prefix=None)) as alice:
+    async with (
+        conn(secure.config("admin")) as admin,
+        conn(secure.config("alice", inbox_prefix=None)) as alice,
+    ):
+
         async def answer(msg: Msg) -> None:
             await msg.respond(b"ok")
 
@@ -152,11 +158,12 @@ async def test_client_without_its_inbox_prefix_gets_no_reply(secure: SecureServe
         await admin.nc.flush()
         with pytest.raises(Exception):  # noqa: B017 - nats-py's timeout type varies
             await alice.nc.request(s.request, b"x", timeout=1)
-        await alice.wait_error("subscription to \"_INBOX.")
+        await alice.wait_error('subscription to "_INBOX.')
 
 
-async def test_unknown_nkey_and_wrong_role_cannot_connect_or_act(secure: SecureServer,
-                                                                 tmp_path: Path) -> None:
+async def test_unknown_nkey_and_wrong_role_cannot_connect_or_act(
+    secure: SecureServer, tmp_path: Path
+) -> None:
     from workers.cli.nats_config import new_user_nkey
 
     seed, _ = new_user_nkey()
@@ -164,12 +171,15 @@ async def test_unknown_nkey_and_wrong_role_cannot_connect_or_act(secure: SecureS
     seed_file.write_text(seed)
     seed_file.chmod(0o600)
     with pytest.raises(NotConnected):
-        await connect(NatsConfig(url=secure.url, prefix=secure.prefix,
-                                 nkey_seed=str(seed_file)), name="stranger",
-                      initial_attempts=1)
+        await connect(
+            NatsConfig(url=secure.url, prefix=secure.prefix, nkey_seed=str(seed_file)),
+            name="stranger",
+            initial_attempts=1,
+        )
     with pytest.raises(NotConnected):  # no credentials at all
-        await connect(NatsConfig(url=secure.url, prefix=secure.prefix), name="anon",
-                      initial_attempts=1)
+        await connect(
+            NatsConfig(url=secure.url, prefix=secure.prefix), name="anon", initial_attempts=1
+        )
 
 
 async def test_verifier_can_write_only_its_own_member_record(secure: SecureServer) -> None:
@@ -182,14 +192,15 @@ async def test_verifier_can_write_only_its_own_member_record(secure: SecureServe
             assert ack.seq >= 1
             with pytest.raises(Exception):  # noqa: B017 - no responders / timeout
                 await js.publish(f"$KV.{s.members_bucket}.v2", b"sybil", timeout=1)
-            await v1.wait_error(f"publish to \"$KV.{s.members_bucket}.v2\"")
+            await v1.wait_error(f'publish to "$KV.{s.members_bucket}.v2"')
         assert (await kv.get("v1")).value == b"mine"
         keys = await kv.keys()
         assert "v2" not in keys
 
 
 async def test_verifier_cannot_make_jetstream_deliver_its_bytes_as_a_ballot(
-        secure: SecureServer) -> None:
+    secure: SecureServer,
+) -> None:
     """A verifier writes its own member record (arbitrary bytes); if it could also create
     a consumer on that stream, JetStream would deliver the record to any deliver subject
     — e.g. the ballot subject — without checking the verifier's publish permissions."""
@@ -201,12 +212,13 @@ async def test_verifier_cannot_make_jetstream_deliver_its_bytes_as_a_ballot(
         await membership.members_bucket(admin.nc, s)  # the operator's bucket
         kv = await v1.nc.jetstream().key_value(s.members_bucket)
         await kv.put("v1", b"\\x89a forged ballot")  # allowed: its own record
-        assert await membership.register(v1.nc, s, "v1",
-                                         AgentIdentity.generate().public_key,
-                                         check_holders=False)  # registration still works
+        assert await membership.register(
+            v1.nc, s, "v1", AgentIdentity.generate().public_key, check_holders=False
+        )  # registration still works
         ballots, _ = await collect(admin.nc, s.ballot)
         with pytest.raises(Exception):  # noqa: B017 - the server's permission error
             await v1.nc.jetstream().add_consumer(
-                f"KV_{s.members_bucket}", deliver_subject=s.ballot, ack_policy="none")
+                f"KV_{s.members_bucket}", deliver_subject=s.ballot, ack_policy="none"
+            )
         await asyncio.sleep(0.5)
         assert ballots == []

@@ -29,14 +29,14 @@ async def _until(predicate: object, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_mirror_follows_writes_revision_and_skips_malformed(nc: Client,
-                                                                  prefix: str) -> None:
+async def test_mirror_follows_writes_revision_and_skips_malformed(nc: Client, prefix: str) -> None:
     subjects = Subjects(prefix)
     kv = await state_bucket(nc, subjects)
     rev1 = await kv.create(state_key("key", "aa"), b"ok:1")
     changes: list[int] = []
-    mirror: BucketMirror[str] = BucketMirror(nc, subjects.state_bucket, _decode,
-                                             on_change=lambda: changes.append(1))
+    mirror: BucketMirror[str] = BucketMirror(
+        nc, subjects.state_bucket, _decode, on_change=lambda: changes.append(1)
+    )
     await mirror.start()
     try:
         assert mirror.revision == rev1
@@ -63,6 +63,7 @@ def test_state_key_refuses_unknown_area() -> None:
 async def test_a_state_bucket_with_a_ttl_is_refused(nats_config: NatsConfig, nc: Client) -> None:
     """Whoever creates the bucket first must not be able to make revocations lapse."""
     from schemas.errors import ConfigError
+
     subjects = Subjects(nats_config.prefix)
     await nc.jetstream().create_key_value(bucket=subjects.state_bucket, ttl=60)
     with pytest.raises(ConfigError, match="expires records"):

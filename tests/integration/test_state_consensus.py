@@ -37,11 +37,13 @@ Start = Callable[[int], AsyncIterator[TallyWorker]]
 def start(nats_config: NatsConfig, tmp_path: Path) -> Callable[[int], object]:
     async def run(ahead: int) -> AsyncIterator[TallyWorker]:
         def rt(worker_id: str) -> RuntimeConfig:
-            return RuntimeConfig(worker_id=worker_id, nats=nats_config, data_dir=tmp_path,
-                                 drain_timeout_s=2)
+            return RuntimeConfig(
+                worker_id=worker_id, nats=nats_config, data_dir=tmp_path, drain_timeout_s=2
+            )
 
         workers: list[VerifierWorker] = [
-            (AheadVerifier if i <= ahead else VerifierWorker)(rt(f"v{i}")) for i in range(1, 5)]
+            (AheadVerifier if i <= ahead else VerifierWorker)(rt(f"v{i}")) for i in range(1, 5)
+        ]
         for worker in workers:
             await worker.start()
         tally = TallyWorker(rt("t1"), TallyOptions(deadline_s=2))
@@ -52,6 +54,7 @@ def start(nats_config: NatsConfig, tmp_path: Path) -> Callable[[int], object]:
             await tally.stop()
             for worker in workers:
                 await worker.stop()
+
     return run
 
 
@@ -62,7 +65,8 @@ async def _verify(nats_config: NatsConfig, n: int = 3) -> list[object]:
 
 
 async def test_one_verifier_ahead_is_outvoted_at_the_ballot_revision(
-        start: Callable[[int], AsyncIterator[TallyWorker]], nats_config: NatsConfig) -> None:
+    start: Callable[[int], AsyncIterator[TallyWorker]], nats_config: NatsConfig
+) -> None:
     async for tally in start(1):
         results = await _verify(nats_config)
         assert all(isinstance(r, ConsensusResult) and r.decision == "VALID" for r in results)
@@ -76,7 +80,8 @@ async def test_one_verifier_ahead_is_outvoted_at_the_ballot_revision(
 
 
 async def test_too_many_ahead_rebalots_a_bounded_number_of_times_then_times_out(
-        start: Callable[[int], AsyncIterator[TallyWorker]], nats_config: NatsConfig) -> None:
+    start: Callable[[int], AsyncIterator[TallyWorker]], nats_config: NatsConfig
+) -> None:
     async for tally in start(2):  # n=4, q=3: two ahead leave only two at the ballot's revision
         results = await _verify(nats_config, n=2)
         assert all(isinstance(r, ConsensusResult) and r.decision == "TIMEOUT" for r in results)

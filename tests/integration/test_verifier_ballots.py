@@ -21,10 +21,10 @@ from workers.consensus.verifier import VerifierWorker
 pytestmark = pytest.mark.integration
 
 
-async def test_one_vote_per_ballot_id(nats_config: NatsConfig, nc: Client,
-                                      tmp_path: Path) -> None:
-    worker = VerifierWorker(RuntimeConfig(worker_id="v1", nats=nats_config, data_dir=tmp_path,
-                                          drain_timeout_s=1))
+async def test_one_vote_per_ballot_id(nats_config: NatsConfig, nc: Client, tmp_path: Path) -> None:
+    worker = VerifierWorker(
+        RuntimeConfig(worker_id="v1", nats=nats_config, data_dir=tmp_path, drain_timeout_s=1)
+    )
     await worker.start()
     try:
         subjects = Subjects(nats_config.prefix)
@@ -38,9 +38,14 @@ async def test_one_vote_per_ballot_id(nats_config: NatsConfig, nc: Client,
         await nc.subscribe(inbox, cb=collect)
 
         def ballot(message: bytes) -> bytes:
-            return Ballot(ballot_id="b-1", epoch=1, tally_id="t1", deadline_ms=now_ms() + 5000,
-                          requests=(request(agent, message, "r1"),),
-                          issued_ms=now_ms()).encode()
+            return Ballot(
+                ballot_id="b-1",
+                epoch=1,
+                tally_id="t1",
+                deadline_ms=now_ms() + 5000,
+                requests=(request(agent, message, "r1"),),
+                issued_ms=now_ms(),
+            ).encode()
 
         first = ballot(b"pay 1")
         for data in (first, ballot(b"pay 2"), first):  # same id, other bytes; then a replay

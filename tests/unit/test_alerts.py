@@ -10,9 +10,19 @@ from schemas.identity import AgentIdentity
 
 
 def _alert(identity: AgentIdentity) -> Alert:
-    return sign_alert(identity, alert_id="a1", severity=Severity.CRITICAL, code="BYZANTINE_VOTE",
-                      subject_kind="verifier", subject_id="v3", summary="voted against", ts_ms=5,
-                      source_kind="anomaly", source_id="anomaly1", details={"request_id": "r1"})
+    return sign_alert(
+        identity,
+        alert_id="a1",
+        severity=Severity.CRITICAL,
+        code="BYZANTINE_VOTE",
+        subject_kind="verifier",
+        subject_id="v3",
+        summary="voted against",
+        ts_ms=5,
+        source_kind="anomaly",
+        source_id="anomaly1",
+        details={"request_id": "r1"},
+    )
 
 
 def test_roundtrip_keeps_a_valid_signature() -> None:
@@ -22,9 +32,17 @@ def test_roundtrip_keeps_a_valid_signature() -> None:
     assert back.signature_ok()
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("severity", "low"), ("code", "ALL_CLEAR"), ("subject_id", "v4"), ("summary", "fine"),
-    ("ts_ms", 6), ("details", {"request_id": "r2"})])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("severity", "low"),
+        ("code", "ALL_CLEAR"),
+        ("subject_id", "v4"),
+        ("summary", "fine"),
+        ("ts_ms", 6),
+        ("details", {"request_id": "r2"}),
+    ],
+)
 def test_any_changed_field_breaks_the_signature(field: str, value: object) -> None:
     alert = _alert(AgentIdentity.generate())
     assert not dataclasses.replace(alert, **{field: value}).signature_ok()
@@ -36,8 +54,9 @@ def test_another_signer_key_breaks_the_signature() -> None:
     assert not dataclasses.replace(alert, signer=other).signature_ok()
 
 
-@pytest.mark.parametrize("bad", [{"severity": "urgent"}, {"v": 2}, {"sig": b"x" * 63},
-                                 {"signer": b"k" * 31}])
+@pytest.mark.parametrize(
+    "bad", [{"severity": "urgent"}, {"v": 2}, {"sig": b"x" * 63}, {"signer": b"k" * 31}]
+)
 def test_strict_decoding(bad: dict[str, object]) -> None:
     wire = {**_alert(AgentIdentity.generate()).to_wire(), **bad}
     with pytest.raises(CodecError):

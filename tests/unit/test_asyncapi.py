@@ -68,7 +68,8 @@ MAP_CLASSES: tuple[type, ...] = (*ALL_MESSAGES, VoteProof)
 #: Fields a sender may leave out (everything else is required).
 OPTIONAL: dict[type, set[str]] = {
     VerificationRequest: {"metadata", "chain", "category", "endorsements"},
-    ErrorReply: {"request_id"}}
+    ErrorReply: {"request_id"},
+}
 MSGPACK_TYPES = {"bin", "str", "int", "bool", "float64", "array", "map", "bin|str"}
 PARAM = re.compile(r"\{([a-z_]+)\}")
 
@@ -108,6 +109,7 @@ def render(address: str, **values: str) -> str:
 
 
 # ================================================================ structure
+
 
 def test_document_structure() -> None:
     assert DOC["asyncapi"] == "3.0.0"
@@ -157,6 +159,7 @@ def test_schema_names_an_existing_python_class(name: str) -> None:
 
 # ================================================================ fields
 
+
 @pytest.mark.parametrize("cls", MAP_CLASSES, ids=lambda c: c.__name__)
 def test_properties_are_exactly_the_fields(cls: type) -> None:
     schema = schema_for(cls)
@@ -188,15 +191,17 @@ def test_message_codec_limits(cls: type) -> None:
         assert limits == dataclasses.asdict(cls.LIMITS)  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("name", "limits"), [("request", codec.REQUEST_LIMITS),
-                                              ("ballot", codec.BALLOT_LIMITS)])
+@pytest.mark.parametrize(
+    ("name", "limits"), [("request", codec.REQUEST_LIMITS), ("ballot", codec.BALLOT_LIMITS)]
+)
 def test_codec_limits(name: str, limits: codec.Limits) -> None:
     assert DOC["x-codec-limits"][name] == dataclasses.asdict(limits)
 
 
-@pytest.mark.parametrize(("schema", "field"), [
-    (name, field) for name, schema in SCHEMAS.items()
-    for field in schema.get("properties", {})])
+@pytest.mark.parametrize(
+    ("schema", "field"),
+    [(name, field) for name, schema in SCHEMAS.items() for field in schema.get("properties", {})],
+)
 def test_every_property_has_a_msgpack_type(schema: str, field: str) -> None:
     prop = SCHEMAS[schema]["properties"][field]
     assert prop.get("x-msgpack") in MSGPACK_TYPES
@@ -220,26 +225,29 @@ def test_member_record_matches_its_encoding() -> None:
     assert schema["properties"]["type"]["const"] == wire["type"]
 
 
-@pytest.mark.parametrize(("schema", "path", "key", "expected"), [
-    ("VerificationRequest", "request_id", "maxLength", MAX_REQUEST_ID),
-    ("VerificationRequest", "message", "x-max-bytes", MAX_MESSAGE_BYTES),
-    ("VerificationRequest", "signature", "x-bytes", SIGNATURE_BYTES),
-    ("VerificationRequest", "public_key", "x-bytes", PUBLIC_KEY_BYTES),
-    ("VerificationRequest", "metadata", "maxProperties", MAX_METADATA_ENTRIES),
-    ("Ballot", "requests", "maxItems", MAX_BALLOT_REQUESTS),
-    ("Vote", "entries", "maxItems", MAX_BALLOT_REQUESTS),
-    ("Vote", "verifier_key", "x-bytes", PUBLIC_KEY_BYTES),
-    ("Vote", "sig", "x-bytes", SIGNATURE_BYTES),
-    ("VoteProof", "count", "maximum", MAX_BALLOT_REQUESTS),
-    ("VoteProof", "sig", "x-bytes", SIGNATURE_BYTES),
-    ("ConsensusResult", "request_digest", "x-bytes", DIGEST_BYTES),
-    ("ConsensusResult", "tally_key", "x-bytes", PUBLIC_KEY_BYTES),
-    ("ConsensusResult", "request_id", "maxLength", MAX_REQUEST_ID),
-    ("ConsensusResult", "decision", "enum", [d.value for d in Decision]),
-    ("Heartbeat", "health", "enum", [h.value for h in Health]),
-    ("MetricsSnapshot", "health", "enum", [h.value for h in Health]),
-    ("MetricsSnapshot", "counters", "maxProperties", MAX_COUNTERS),
-])
+@pytest.mark.parametrize(
+    ("schema", "path", "key", "expected"),
+    [
+        ("VerificationRequest", "request_id", "maxLength", MAX_REQUEST_ID),
+        ("VerificationRequest", "message", "x-max-bytes", MAX_MESSAGE_BYTES),
+        ("VerificationRequest", "signature", "x-bytes", SIGNATURE_BYTES),
+        ("VerificationRequest", "public_key", "x-bytes", PUBLIC_KEY_BYTES),
+        ("VerificationRequest", "metadata", "maxProperties", MAX_METADATA_ENTRIES),
+        ("Ballot", "requests", "maxItems", MAX_BALLOT_REQUESTS),
+        ("Vote", "entries", "maxItems", MAX_BALLOT_REQUESTS),
+        ("Vote", "verifier_key", "x-bytes", PUBLIC_KEY_BYTES),
+        ("Vote", "sig", "x-bytes", SIGNATURE_BYTES),
+        ("VoteProof", "count", "maximum", MAX_BALLOT_REQUESTS),
+        ("VoteProof", "sig", "x-bytes", SIGNATURE_BYTES),
+        ("ConsensusResult", "request_digest", "x-bytes", DIGEST_BYTES),
+        ("ConsensusResult", "tally_key", "x-bytes", PUBLIC_KEY_BYTES),
+        ("ConsensusResult", "request_id", "maxLength", MAX_REQUEST_ID),
+        ("ConsensusResult", "decision", "enum", [d.value for d in Decision]),
+        ("Heartbeat", "health", "enum", [h.value for h in Health]),
+        ("MetricsSnapshot", "health", "enum", [h.value for h in Health]),
+        ("MetricsSnapshot", "counters", "maxProperties", MAX_COUNTERS),
+    ],
+)
 def test_constants(schema: str, path: str, key: str, expected: Any) -> None:
     assert SCHEMAS[schema]["properties"][path][key] == expected
 
@@ -254,12 +262,16 @@ def test_path_hash_size_and_verdict_reasons() -> None:
 def test_verdict_state_refusal_codes_are_documented() -> None:
     from schemas.errors import ChainInvalid
     from schemas.keys import REFUSAL_CODES
+
     for doc in (SCHEMAS["VoteProof"]["properties"]["reason"], schema_for(VoteEntry)["items"][3]):
         codes = doc["x-refusal-codes"]
         assert set(codes["key"]) == set(REFUSAL_CODES)
         assert set(codes["chain"]) == set(ChainInvalid.REASONS)
-        assert set(codes["policy"]) == {"POLICY_MISSING", "POLICY_NOT_MET",
-                                        "POLICY_GOVERNANCE_CATEGORY"}
+        assert set(codes["policy"]) == {
+            "POLICY_MISSING",
+            "POLICY_NOT_MET",
+            "POLICY_GOVERNANCE_CATEGORY",
+        }
 
 
 def test_quorum_constants() -> None:
@@ -270,14 +282,16 @@ def test_quorum_constants() -> None:
 
 # ================================================================ errors and signing
 
+
 def test_error_codes() -> None:
     code = SCHEMAS["ErrorReply"]["properties"]["code"]
     assert set(code["x-error-codes"]) == WIRE_ERROR_CODES
     assert all(text.strip() for text in code["x-error-codes"].values())
 
 
-@pytest.mark.parametrize(("name", "tag"), [("vote", signing.DOMAIN_VOTE),
-                                           ("certificate", signing.DOMAIN_CERTIFICATE)])
+@pytest.mark.parametrize(
+    ("name", "tag"), [("vote", signing.DOMAIN_VOTE), ("certificate", signing.DOMAIN_CERTIFICATE)]
+)
 def test_domain_tags(name: str, tag: bytes) -> None:
     domain = DOC["x-signing"]["domains"][name]
     assert bytes.fromhex(domain["hex"]) == tag
@@ -287,6 +301,7 @@ def test_domain_tags(name: str, tag: bytes) -> None:
 
 
 # ================================================================ subjects and buckets
+
 
 def _subjects() -> dict[str, str]:
     """Every name Subjects produces, with {param} placeholders for its arguments."""
@@ -304,8 +319,11 @@ def _subjects() -> dict[str, str]:
 
 
 SUBJECTS = _subjects()
-ADDRESSES = {name: render(ch["address"], prefix=DEFAULT_PREFIX)
-             for name, ch in CHANNELS.items() if ch.get("address")}
+ADDRESSES = {
+    name: render(ch["address"], prefix=DEFAULT_PREFIX)
+    for name, ch in CHANNELS.items()
+    if ch.get("address")
+}
 BUCKETS = {b["name"].replace("{prefix}", DEFAULT_PREFIX) for b in DOC["x-kv-buckets"].values()}
 
 
@@ -316,8 +334,9 @@ def _is_store(name: str) -> bool:
 STREAMS = {s["name"].replace("{prefix}", DEFAULT_PREFIX): s for s in DOC["x-streams"].values()}
 
 
-@pytest.mark.parametrize("name", sorted(n for n, s in SUBJECTS.items()
-                                        if not _is_store(n) and ">" not in s))
+@pytest.mark.parametrize(
+    "name", sorted(n for n, s in SUBJECTS.items() if not _is_store(n) and ">" not in s)
+)
 def test_subject_is_a_channel(name: str) -> None:
     assert SUBJECTS[name] in ADDRESSES.values()
 
@@ -370,8 +389,9 @@ def test_request_is_received_in_the_tally_queue_and_answered() -> None:
     op = ops[0]
     assert op["action"] == "receive"
     assert op["bindings"]["nats"]["queue"] == TALLY_QUEUE
-    payloads = {resolve(resolve(m["$ref"])["$ref"])["payload"]["$ref"]
-                for m in op["reply"]["messages"]}
+    payloads = {
+        resolve(resolve(m["$ref"])["$ref"])["payload"]["$ref"] for m in op["reply"]["messages"]
+    }
     assert payloads == {"#/components/schemas/ConsensusResult", "#/components/schemas/ErrorReply"}
 
 
@@ -391,7 +411,10 @@ def test_request_vector() -> None:
     request = VerificationRequest.decode(raw)
     assert request.encode() == raw
     assert (request.message, request.signature.hex(), request.public_key.hex()) == (
-        message, vec["signature_hex"], vec["public_key_hex"])
+        message,
+        vec["signature_hex"],
+        vec["public_key_hex"],
+    )
     assert verify_signature(request.public_key, request.message, request.signature)
     assert signing.request_digest(raw).hex() == vec["digest_hex"]
     assert MESSAGES["VerificationRequest"]["x-example-hex"] == vec["msgpack_hex"]
@@ -404,9 +427,15 @@ def test_entry_and_vote_signing_vectors() -> None:
     assert merkle.leaf_hash(entry).hex() == VECTORS["entry"]["leaf_hex"]
     vec = VECTORS["vote_signing"]
     body = signing.vote_signing_bytes(
-        ballot_id=vec["ballot_id"], epoch=vec["epoch"], tally_id=vec["tally_id"],
-        verifier_key=bytes.fromhex(vec["verifier_key_hex"]), ts_ms=vec["ts_ms"],
-        count=vec["count"], root=bytes.fromhex(vec["root_hex"]), state_rev=vec["state_rev"])
+        ballot_id=vec["ballot_id"],
+        epoch=vec["epoch"],
+        tally_id=vec["tally_id"],
+        verifier_key=bytes.fromhex(vec["verifier_key_hex"]),
+        ts_ms=vec["ts_ms"],
+        count=vec["count"],
+        root=bytes.fromhex(vec["root_hex"]),
+        state_rev=vec["state_rev"],
+    )
     assert body.hex() == vec["signing_bytes_hex"]
     assert merkle.root([merkle.leaf_hash(entry)]).hex() == vec["root_hex"]
 
@@ -428,23 +457,48 @@ def test_merkle_vector() -> None:
 KEY = bytes(range(PUBLIC_KEY_BYTES))
 SIG = bytes(SIGNATURE_BYTES)
 DIG = bytes(DIGEST_BYTES)
-PROOF = VoteProof(verifier_key=KEY, ts_ms=1, count=2, index=0, valid=True, reason="OK",
-                  path=(DIG,), sig=SIG)
+PROOF = VoteProof(
+    verifier_key=KEY, ts_ms=1, count=2, index=0, valid=True, reason="OK", path=(DIG,), sig=SIG
+)
 SAMPLES: dict[type, Any] = {
-    VerificationRequest: VerificationRequest("req-1", b"pay", SIG, KEY, {"k": "v"},
-                                             chain=(b"cert",), category="travel",
-                                             endorsements=((KEY, SIG),)),
+    VerificationRequest: VerificationRequest(
+        "req-1",
+        b"pay",
+        SIG,
+        KEY,
+        {"k": "v"},
+        chain=(b"cert",),
+        category="travel",
+        endorsements=((KEY, SIG),),
+    ),
     Ballot: Ballot("b1", 3, "t1", 10, (b"raw",), state_rev=7, issued_ms=5),
-    Vote: Vote("b1", 3, "t1", KEY, 5, (VoteEntry("req-1", DIG, True, "OK"),), SIG,
-               state_rev=7),
+    Vote: Vote("b1", 3, "t1", KEY, 5, (VoteEntry("req-1", DIG, True, "OK"),), SIG, state_rev=7),
     VoteProof: PROOF,
     ConsensusResult: ConsensusResult(
-        request_id="req-1", request_digest=DIG, decision="VALID", votes_for=1, votes_against=0,
-        total_votes=1, n=4, q=3, f=1, threshold="2/3", epoch=3, ballot_id="b1", votes=(PROOF,),
-        tally_id="t1", tally_key=KEY, decided_at_ms=9, latency_ms=1.5, sig=SIG, state_rev=7),
+        request_id="req-1",
+        request_digest=DIG,
+        decision="VALID",
+        votes_for=1,
+        votes_against=0,
+        total_votes=1,
+        n=4,
+        q=3,
+        f=1,
+        threshold="2/3",
+        epoch=3,
+        ballot_id="b1",
+        votes=(PROOF,),
+        tally_id="t1",
+        tally_key=KEY,
+        decided_at_ms=9,
+        latency_ms=1.5,
+        sig=SIG,
+        state_rev=7,
+    ),
     Heartbeat: Heartbeat("verifier", "v1", "abc", 1, 2, 1.0, "Healthy", 3, "host"),
-    MetricsSnapshot: MetricsSnapshot("tally", "t1", "abc", 2, 3, 2, 1, 1.5, 2.5, "Degraded",
-                                     {"decision_VALID": 2}),
+    MetricsSnapshot: MetricsSnapshot(
+        "tally", "t1", "abc", 2, 3, 2, 1, 1.5, 2.5, "Degraded", {"decision_VALID": 2}
+    ),
     ErrorReply: ErrorReply("OVERLOADED", "busy", "req-1"),
 }
 INT_MAX = 2**63 - 1
@@ -485,8 +539,9 @@ def _wrong_types(kind: str) -> dict[str, Any]:
     }[kind]
 
 
-def _string_cases(cls: type, name: str, prop: dict[str, Any], err: type[Exception]
-                  ) -> Iterator[Case]:
+def _string_cases(
+    cls: type, name: str, prop: dict[str, Any], err: type[Exception]
+) -> Iterator[Case]:
     if "enum" in prop:
         yield Case(cls, name, "enum-other", _const("NOT_A_MEMBER"), err)
         for value in prop["enum"]:
@@ -511,8 +566,9 @@ def _string_cases(cls: type, name: str, prop: dict[str, Any], err: type[Exceptio
 def _map_cases(cls: type, name: str, prop: dict[str, Any]) -> Iterator[Case]:
     hi = prop["maxProperties"]
     yield Case(cls, name, "max-entries", _const({f"k{i}": i for i in range(hi)}), None)
-    yield Case(cls, name, "max-entries+1", _const({f"k{i}": i for i in range(hi + 1)}),
-               SchemaViolation)
+    yield Case(
+        cls, name, "max-entries+1", _const({f"k{i}": i for i in range(hi + 1)}), SchemaViolation
+    )
     key_len = prop["propertyNames"]["maxLength"]
     yield Case(cls, name, "key-max-length", _const({"k" * key_len: 1}), None)
     yield Case(cls, name, "key-max-length+1", _const({"k" * (key_len + 1): 1}), SchemaViolation)
@@ -543,8 +599,7 @@ def _array_cases(cls: type, name: str, prop: dict[str, Any]) -> Iterator[Case]:
         if "x-max-bytes" in items:  # a codec limit: checked by decode(), not from_wire
             size = items["x-max-bytes"]
             yield Case(cls, name, "item-max-bytes", _const([bytes(size)]), None, True)
-            yield Case(cls, name, "item-max-bytes+1", _const([bytes(size + 1)]), CodecError,
-                       True)
+            yield Case(cls, name, "item-max-bytes+1", _const([bytes(size + 1)]), CodecError, True)
 
 
 def _cases_for(cls: type) -> Iterator[Case]:
@@ -574,10 +629,20 @@ def _cases_for(cls: type) -> Iterator[Case]:
                 yield Case(cls, name, "minimum-1", _const(lo - 1), err)
                 if "x-below-field" in prop:  # e.g. VoteProof.index < count
                     other = prop["x-below-field"]
-                    yield Case(cls, name, "below-other",
-                               lambda _, c=cls, o=other: SAMPLES[c].to_wire()[o] - 1, None)
-                    yield Case(cls, name, "equal-other",
-                               lambda _, c=cls, o=other: SAMPLES[c].to_wire()[o], err)
+                    yield Case(
+                        cls,
+                        name,
+                        "below-other",
+                        lambda _, c=cls, o=other: SAMPLES[c].to_wire()[o] - 1,
+                        None,
+                    )
+                    yield Case(
+                        cls,
+                        name,
+                        "equal-other",
+                        lambda _, c=cls, o=other: SAMPLES[c].to_wire()[o],
+                        err,
+                    )
                 else:
                     yield Case(cls, name, "maximum", _const(hi), None)
                 yield Case(cls, name, "maximum+1", _const(hi + 1), err)
@@ -655,7 +720,7 @@ def _entry_cases() -> Iterator[Any]:
         name = schema["x-fields"][i]
 
         def put(value: Any, i: int = i) -> list[Any]:
-            return [*base[:i], value, *base[i + 1:]]
+            return [*base[:i], value, *base[i + 1 :]]
 
         yield pytest.param(put(wrong[item["x-msgpack"]]), False, id=f"{name}-wrong-type")
         if "maxLength" in item:

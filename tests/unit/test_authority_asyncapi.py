@@ -33,22 +33,25 @@ def test_schema_fields(cls: Any) -> None:
         assert schema["properties"]["type"]["const"] == cls.TYPE
 
 
-@pytest.mark.parametrize(("schema", "field", "key", "expected"), [
-    ("AuthorityRecord", "trust_level", "enum", LEVELS),
-    ("AuthorityRecord", "name", "maxLength", authority.MAX_NAME),
-    ("QuorumPolicy", "min_trust_level", "enum", LEVELS),
-    ("QuorumPolicy", "groups", "maxItems", authority.MAX_GROUPS),
-    ("QuorumPolicy", "min_authorities", "maximum", authority.MAX_MIN_AUTHORITIES),
-    ("PolicyGroup", "min_trust_level", "enum", LEVELS),
-    ("PolicyGroup", "members", "maxItems", authority.MAX_GROUP_MEMBERS),
-    ("PolicyGroup", "k", "maximum", authority.MAX_GROUP_MEMBERS),
-    ("EvaluateRequest", "endorsements", "maxItems", authority.MAX_ENDORSEMENTS),
-    ("AuthorityChange", "endorsements", "maxItems", authority.MAX_ENDORSEMENTS),
-    ("PolicyChange", "endorsements", "maxItems", authority.MAX_ENDORSEMENTS),
-    ("EvaluateRequest", "message_digest", "x-bytes", authority.DIGEST_BYTES),
-    ("AuthorityList", "authorities", "maxItems", authority.MAX_LISTED),
-    ("AuthorityList", "policies", "maxItems", authority.MAX_LISTED),
-])
+@pytest.mark.parametrize(
+    ("schema", "field", "key", "expected"),
+    [
+        ("AuthorityRecord", "trust_level", "enum", LEVELS),
+        ("AuthorityRecord", "name", "maxLength", authority.MAX_NAME),
+        ("QuorumPolicy", "min_trust_level", "enum", LEVELS),
+        ("QuorumPolicy", "groups", "maxItems", authority.MAX_GROUPS),
+        ("QuorumPolicy", "min_authorities", "maximum", authority.MAX_MIN_AUTHORITIES),
+        ("PolicyGroup", "min_trust_level", "enum", LEVELS),
+        ("PolicyGroup", "members", "maxItems", authority.MAX_GROUP_MEMBERS),
+        ("PolicyGroup", "k", "maximum", authority.MAX_GROUP_MEMBERS),
+        ("EvaluateRequest", "endorsements", "maxItems", authority.MAX_ENDORSEMENTS),
+        ("AuthorityChange", "endorsements", "maxItems", authority.MAX_ENDORSEMENTS),
+        ("PolicyChange", "endorsements", "maxItems", authority.MAX_ENDORSEMENTS),
+        ("EvaluateRequest", "message_digest", "x-bytes", authority.DIGEST_BYTES),
+        ("AuthorityList", "authorities", "maxItems", authority.MAX_LISTED),
+        ("AuthorityList", "policies", "maxItems", authority.MAX_LISTED),
+    ],
+)
 def test_constants(schema: str, field: str, key: str, expected: Any) -> None:
     assert DOC["components"]["schemas"][schema]["properties"][field][key] == expected
 
@@ -60,13 +63,22 @@ def test_ignored_reasons() -> None:
 
 def test_operations_channel_and_queue() -> None:
     assert DOC["components"]["parameters"]["authority_op"]["enum"] == list(OPERATIONS)
-    requests = {resolve(m["$ref"])["payload"]["$ref"].rsplit("/", 1)[1]
-                for m in CHANNELS["authority"]["messages"].values()}
+    requests = {
+        resolve(m["$ref"])["payload"]["$ref"].rsplit("/", 1)[1]
+        for m in CHANNELS["authority"]["messages"].values()
+    }
     assert requests == {cls.__name__ for cls in OPERATIONS.values()}
-    replies = {resolve(m["$ref"])["payload"]["$ref"].rsplit("/", 1)[1]
-               for m in CHANNELS["authorityReply"]["messages"].values()}
-    assert replies == {"AuthorityRecord", "QuorumPolicy", "AuthorityList", "PolicyVerdict",
-                       "ErrorReply"}
+    replies = {
+        resolve(m["$ref"])["payload"]["$ref"].rsplit("/", 1)[1]
+        for m in CHANNELS["authorityReply"]["messages"].values()
+    }
+    assert replies == {
+        "AuthorityRecord",
+        "QuorumPolicy",
+        "AuthorityList",
+        "PolicyVerdict",
+        "ErrorReply",
+    }
     assert DOC_OPS["authority"]["bindings"]["nats"]["queue"] == AUTHORITY_QUEUE
 
 

@@ -36,15 +36,23 @@ K2 = bytes(range(1, 33))
 SIG = bytes(64)
 DIG = bytes(32)
 REC = AuthorityRecord(K, "bank-a", "High", True, 3)
-POL = QuorumPolicy("payments", 2, "Medium", Fraction(2, 3),
-                   (PolicyGroup(1, "High", (K, K2), "ops"),), 4)
+POL = QuorumPolicy(
+    "payments", 2, "Medium", Fraction(2, 3), (PolicyGroup(1, "High", (K, K2), "ops"),), 4
+)
 END = Endorsement(K, SIG)
 SAMPLES: list[Any] = [
-    REC, POL, END, AuthorityChange(REC, (END,)), PolicyChange(POL, (END, END)),
-    PolicyQuery("default"), ListRequest(), AuthorityList((REC,), (POL,), 9),
+    REC,
+    POL,
+    END,
+    AuthorityChange(REC, (END,)),
+    PolicyChange(POL, (END, END)),
+    PolicyQuery("default"),
+    ListRequest(),
+    AuthorityList((REC,), (POL,), 9),
     EvaluateRequest("payments", DIG, (END,)),
-    PolicyVerdict(False, "POLICY_NOT_MET", "1 of 2", "payments", "default", 2, (K,),
-                  ((K2, "INACTIVE"),), 7),
+    PolicyVerdict(
+        False, "POLICY_NOT_MET", "1 of 2", "payments", "default", 2, (K,), ((K2, "INACTIVE"),), 7
+    ),
 ]
 
 
@@ -90,52 +98,59 @@ def _mutate(obj: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 _DEL = object()
 
 
-@pytest.mark.parametrize(("cls", "base", "path", "value"), [
-    (AuthorityRecord, REC, "public_key", bytes(31)),
-    (AuthorityRecord, REC, "public_key", bytes(33)),
-    (AuthorityRecord, REC, "public_key", "00" * 32),
-    (AuthorityRecord, REC, "trust_level", "Supreme"),
-    (AuthorityRecord, REC, "trust_level", "high"),
-    (AuthorityRecord, REC, "active", 1),
-    (AuthorityRecord, REC, "serial", 0),
-    (AuthorityRecord, REC, "serial", True),
-    (AuthorityRecord, REC, "name", ""),
-    (AuthorityRecord, REC, "name", "a\nb"),
-    (AuthorityRecord, REC, "name", "n" * 129),
-    (AuthorityRecord, REC, "name", _DEL),
-    (QuorumPolicy, POL, "threshold", 0.67),
-    (QuorumPolicy, POL, "threshold", "0.67"),
-    (QuorumPolicy, POL, "threshold", "4/6"),
-    (QuorumPolicy, POL, "threshold", "0/3"),
-    (QuorumPolicy, POL, "threshold", "4/3"),
-    (QuorumPolicy, POL, "threshold", "2/0"),
-    (QuorumPolicy, POL, "threshold", " 2/3"),
-    (QuorumPolicy, POL, "min_authorities", 0),
-    (QuorumPolicy, POL, "min_authorities", 1025),
-    (QuorumPolicy, POL, "category", "a.b"),
-    (QuorumPolicy, POL, "category", "x" * 65),
-    (QuorumPolicy, POL, "category", ""),
-    (QuorumPolicy, POL, "groups", {}),
-    (QuorumPolicy, POL, "groups", [1]),
-    (QuorumPolicy, POL, "groups", [{"name": "", "k": 1, "min_trust_level": "Low",
-                                    "members": []}] * 17),
-    (QuorumPolicy, POL, "groups.0.k", 0),
-    (QuorumPolicy, POL, "groups.0.k", 3),          # 3 of 2 members
-    (QuorumPolicy, POL, "groups.0.members", [K, K]),
-    (QuorumPolicy, POL, "groups.0.members", [bytes(31)]),
-    (QuorumPolicy, POL, "groups.0.min_trust_level", "Top"),
-    (QuorumPolicy, POL, "groups.0.k", _DEL),
-    (Endorsement, END, "signature", bytes(63)),
-    (Endorsement, END, "authority_key", bytes(32 + 1)),
-    (Endorsement, END, "signature", _DEL),
-    (EvaluateRequest, EvaluateRequest("p", DIG, (END,)), "message_digest", bytes(31)),
-    (EvaluateRequest, EvaluateRequest("p", DIG, (END,)), "endorsements", [END.to_wire()] * 65),
-    (EvaluateRequest, EvaluateRequest("p", DIG, (END,)), "endorsements.0.v", 2),
-    (AuthorityChange, AuthorityChange(REC, ()), "record.trust_level", "Root!"),
-    (AuthorityChange, AuthorityChange(REC, ()), "record", _DEL),
-    (PolicyChange, PolicyChange(POL, ()), "policy.threshold", "1/1.0"),
-    (PolicyQuery, PolicyQuery("p"), "category", "p q"),
-])
+@pytest.mark.parametrize(
+    ("cls", "base", "path", "value"),
+    [
+        (AuthorityRecord, REC, "public_key", bytes(31)),
+        (AuthorityRecord, REC, "public_key", bytes(33)),
+        (AuthorityRecord, REC, "public_key", "00" * 32),
+        (AuthorityRecord, REC, "trust_level", "Supreme"),
+        (AuthorityRecord, REC, "trust_level", "high"),
+        (AuthorityRecord, REC, "active", 1),
+        (AuthorityRecord, REC, "serial", 0),
+        (AuthorityRecord, REC, "serial", True),
+        (AuthorityRecord, REC, "name", ""),
+        (AuthorityRecord, REC, "name", "a\nb"),
+        (AuthorityRecord, REC, "name", "n" * 129),
+        (AuthorityRecord, REC, "name", _DEL),
+        (QuorumPolicy, POL, "threshold", 0.67),
+        (QuorumPolicy, POL, "threshold", "0.67"),
+        (QuorumPolicy, POL, "threshold", "4/6"),
+        (QuorumPolicy, POL, "threshold", "0/3"),
+        (QuorumPolicy, POL, "threshold", "4/3"),
+        (QuorumPolicy, POL, "threshold", "2/0"),
+        (QuorumPolicy, POL, "threshold", " 2/3"),
+        (QuorumPolicy, POL, "min_authorities", 0),
+        (QuorumPolicy, POL, "min_authorities", 1025),
+        (QuorumPolicy, POL, "category", "a.b"),
+        (QuorumPolicy, POL, "category", "x" * 65),
+        (QuorumPolicy, POL, "category", ""),
+        (QuorumPolicy, POL, "groups", {}),
+        (QuorumPolicy, POL, "groups", [1]),
+        (
+            QuorumPolicy,
+            POL,
+            "groups",
+            [{"name": "", "k": 1, "min_trust_level": "Low", "members": []}] * 17,
+        ),
+        (QuorumPolicy, POL, "groups.0.k", 0),
+        (QuorumPolicy, POL, "groups.0.k", 3),  # 3 of 2 members
+        (QuorumPolicy, POL, "groups.0.members", [K, K]),
+        (QuorumPolicy, POL, "groups.0.members", [bytes(31)]),
+        (QuorumPolicy, POL, "groups.0.min_trust_level", "Top"),
+        (QuorumPolicy, POL, "groups.0.k", _DEL),
+        (Endorsement, END, "signature", bytes(63)),
+        (Endorsement, END, "authority_key", bytes(32 + 1)),
+        (Endorsement, END, "signature", _DEL),
+        (EvaluateRequest, EvaluateRequest("p", DIG, (END,)), "message_digest", bytes(31)),
+        (EvaluateRequest, EvaluateRequest("p", DIG, (END,)), "endorsements", [END.to_wire()] * 65),
+        (EvaluateRequest, EvaluateRequest("p", DIG, (END,)), "endorsements.0.v", 2),
+        (AuthorityChange, AuthorityChange(REC, ()), "record.trust_level", "Root!"),
+        (AuthorityChange, AuthorityChange(REC, ()), "record", _DEL),
+        (PolicyChange, PolicyChange(POL, ()), "policy.threshold", "1/1.0"),
+        (PolicyQuery, PolicyQuery("p"), "category", "p q"),
+    ],
+)
 def test_rejected(cls: Any, base: Any, path: str, value: Any) -> None:
     wire = _mutate(base.to_wire(), path, value)
     with pytest.raises(CodecError) as info:
@@ -148,8 +163,9 @@ def test_oversized_payload() -> None:
         EvaluateRequest.decode(b"\x00" * (256 * 1024 + 1))
 
 
-@pytest.mark.parametrize(("text", "value"), [("2/3", Fraction(2, 3)), ("1/1", Fraction(1)),
-                                             ("1/100", Fraction(1, 100))])
+@pytest.mark.parametrize(
+    ("text", "value"), [("2/3", Fraction(2, 3)), ("1/1", Fraction(1)), ("1/100", Fraction(1, 100))]
+)
 def test_fraction_accepted(text: str, value: Fraction) -> None:
     assert parse_fraction(text) == value
 
@@ -157,8 +173,14 @@ def test_fraction_accepted(text: str, value: Fraction) -> None:
 def test_policy_encoding_is_canonical_and_digest_changes_with_serial() -> None:
     same = QuorumPolicy.decode(POL.encode())
     assert same.encode() == POL.encode() and same.digest() == POL.digest()
-    bumped = QuorumPolicy(POL.category, POL.min_authorities, POL.min_trust_level,
-                          POL.threshold, POL.groups, POL.serial + 1)
+    bumped = QuorumPolicy(
+        POL.category,
+        POL.min_authorities,
+        POL.min_trust_level,
+        POL.threshold,
+        POL.groups,
+        POL.serial + 1,
+    )
     assert bumped.digest() != POL.digest()
 
 
@@ -168,8 +190,9 @@ def test_endorsement_signing_bytes_and_domain() -> None:
     ident = AgentIdentity.from_seed(bytes(32))
     e = sign_endorsement(ident, "payments", DIG)
     assert verify_signature(ident.public_key, body, e.signature)
-    assert not verify_signature(ident.public_key, endorsement_signing_bytes("refunds", DIG),
-                                e.signature)
+    assert not verify_signature(
+        ident.public_key, endorsement_signing_bytes("refunds", DIG), e.signature
+    )
     with pytest.raises(SchemaViolation):
         endorsement_signing_bytes("payments", bytes(31))
     with pytest.raises(SchemaViolation):

@@ -88,17 +88,20 @@ def test_same_verdicts_resigned_are_a_duplicate_not_equivocation() -> None:
     assert not r.equivocations and r.valid[0] == 1
 
 
-@pytest.mark.parametrize(("mutate", "code"), [
-    ("other_ballot", "VOTE_UNKNOWN_BALLOT"),
-    ("other_epoch", "VOTE_WRONG_EPOCH"),
-    ("other_tally", "VOTE_MISMATCH"),
-    ("non_member", "VOTE_NOT_MEMBER"),
-    ("other_request", "VOTE_MISMATCH"),
-    ("other_digest", "VOTE_MISMATCH"),
-    ("missing_entry", "VOTE_MISMATCH"),
-    ("forged_key", "VOTE_BAD_SIGNATURE"),
-    ("flipped_after_signing", "VOTE_BAD_SIGNATURE"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "code"),
+    [
+        ("other_ballot", "VOTE_UNKNOWN_BALLOT"),
+        ("other_epoch", "VOTE_WRONG_EPOCH"),
+        ("other_tally", "VOTE_MISMATCH"),
+        ("non_member", "VOTE_NOT_MEMBER"),
+        ("other_request", "VOTE_MISMATCH"),
+        ("other_digest", "VOTE_MISMATCH"),
+        ("missing_entry", "VOTE_MISMATCH"),
+        ("forged_key", "VOTE_BAD_SIGNATURE"),
+        ("flipped_after_signing", "VOTE_BAD_SIGNATURE"),
+    ],
+)
 def test_replayed_forged_and_foreign_votes(mutate: str, code: str) -> None:
     s = Scenario()
     r = s.round()
@@ -128,8 +131,10 @@ def test_replayed_forged_and_foreign_votes(mutate: str, code: str) -> None:
         vote = replace(stolen, verifier_key=s.verifiers[1].public_key)
     else:
         e = honest.entries[0]
-        vote = replace(honest, entries=(VoteEntry(e.request_id, e.digest, not e.valid,
-                                                  e.reason), *honest.entries[1:]))
+        vote = replace(
+            honest,
+            entries=(VoteEntry(e.request_id, e.digest, not e.valid, e.reason), *honest.entries[1:]),
+        )
     with pytest.raises(VoteRejected) as err:
         r.offer(vote)
     assert err.value.code == code

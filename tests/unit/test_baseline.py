@@ -37,16 +37,26 @@ def run(det: SeriesDetector, xs: list[float]) -> list[tuple[int, EventKind, Seve
     return out
 
 
-@pytest.mark.parametrize(("score_value", "severity"), [
-    (3.0, Severity.LOW), (4.99, Severity.LOW), (5.0, Severity.MEDIUM), (7.9, Severity.MEDIUM),
-    (8.0, Severity.HIGH), (1e9, Severity.HIGH), (math.inf, Severity.HIGH)])
+@pytest.mark.parametrize(
+    ("score_value", "severity"),
+    [
+        (3.0, Severity.LOW),
+        (4.99, Severity.LOW),
+        (5.0, Severity.MEDIUM),
+        (7.9, Severity.MEDIUM),
+        (8.0, Severity.HIGH),
+        (1e9, Severity.HIGH),
+        (math.inf, Severity.HIGH),
+    ],
+)
 def test_severity_bands(score_value: float, severity: Severity) -> None:
     assert severity_for(score_value) is severity
 
 
 @pytest.mark.parametrize("method", BOTH)
-@pytest.mark.parametrize(("warmup", "samples", "scored"), [
-    (20, 19, False), (20, 20, True), (5, 4, False), (5, 5, True)])
+@pytest.mark.parametrize(
+    ("warmup", "samples", "scored"), [(20, 19, False), (20, 20, True), (5, 4, False), (5, 5, True)]
+)
 def test_warmup(method: Method, warmup: int, samples: int, scored: bool) -> None:
     cfg = BaselineConfig(method=method, warmup=warmup)
     assert (score(noisy(samples), 100.0, cfg) is not None) is scored
@@ -59,15 +69,19 @@ def test_no_alert_during_warmup_even_for_huge_values(method: Method) -> None:
 
 
 @pytest.mark.parametrize("method", BOTH)
-@pytest.mark.parametrize(("flat", "x", "min_spread", "rel", "anomalous"), [
-    (0.0, 0.0, 0.02, 0.05, False),     # flat zero, same value: score 0, not 0/0
-    (0.0, 0.01, 0.02, 0.05, False),    # tiny absolute change under the floor
-    (0.0, 0.2, 0.02, 0.05, True),      # 10 floors away
-    (100.0, 104.0, 1e-9, 0.05, False),  # 4 % of the level: within rel floor x 3
-    (100.0, 120.0, 1e-9, 0.05, True),   # 20 % of the level: score 4
-])
-def test_zero_variance_guard(method: Method, flat: float, x: float, min_spread: float,
-                             rel: float, anomalous: bool) -> None:
+@pytest.mark.parametrize(
+    ("flat", "x", "min_spread", "rel", "anomalous"),
+    [
+        (0.0, 0.0, 0.02, 0.05, False),  # flat zero, same value: score 0, not 0/0
+        (0.0, 0.01, 0.02, 0.05, False),  # tiny absolute change under the floor
+        (0.0, 0.2, 0.02, 0.05, True),  # 10 floors away
+        (100.0, 104.0, 1e-9, 0.05, False),  # 4 % of the level: within rel floor x 3
+        (100.0, 120.0, 1e-9, 0.05, True),  # 20 % of the level: score 4
+    ],
+)
+def test_zero_variance_guard(
+    method: Method, flat: float, x: float, min_spread: float, rel: float, anomalous: bool
+) -> None:
     cfg = BaselineConfig(method=method, min_spread=min_spread, rel_spread=rel)
     s = score([flat] * 50, x, cfg)
     assert s is not None and math.isfinite(s.score)
@@ -76,10 +90,13 @@ def test_zero_variance_guard(method: Method, flat: float, x: float, min_spread: 
 
 
 @pytest.mark.parametrize("method", BOTH)
-@pytest.mark.parametrize(("spike_len", "raise_after", "expect_raised"), [
-    (1, 3, False), (2, 3, False), (3, 3, True), (5, 3, True), (1, 1, True)])
-def test_spike_and_hysteresis_raise(method: Method, spike_len: int, raise_after: int,
-                                    expect_raised: bool) -> None:
+@pytest.mark.parametrize(
+    ("spike_len", "raise_after", "expect_raised"),
+    [(1, 3, False), (2, 3, False), (3, 3, True), (5, 3, True), (1, 1, True)],
+)
+def test_spike_and_hysteresis_raise(
+    method: Method, spike_len: int, raise_after: int, expect_raised: bool
+) -> None:
     det = SeriesDetector(BaselineConfig(method=method, raise_after=raise_after, clear_after=3))
     events = run(det, noisy(60) + [40.0] * spike_len + noisy(10, seed=3))
     raised = [e for e in events if e[1] is EventKind.RAISED]
@@ -88,8 +105,9 @@ def test_spike_and_hysteresis_raise(method: Method, spike_len: int, raise_after:
         assert raised[0][0] == 60 + raise_after - 1
         # 30 sigma away; with sigma the spike samples already in the window inflate the
         # stddev, so the raising (third) sample scores lower — the robust MAD does not care
-        assert raised[0][2] is (Severity.HIGH if method is Method.MAD or raise_after == 1
-                                else Severity.MEDIUM)
+        assert raised[0][2] is (
+            Severity.HIGH if method is Method.MAD or raise_after == 1 else Severity.MEDIUM
+        )
         assert events[-1][1] is EventKind.CLEARED  # back to normal afterwards
 
 
@@ -101,8 +119,7 @@ def test_hysteresis_does_not_flap(method: Method) -> None:
     base = noisy(60)
     alternating = [40.0 if i % 2 else 10.0 for i in range(20)]
     assert run(det, base + alternating) == []
-    det2 = SeriesDetector(BaselineConfig(method=method, window=100, raise_after=3,
-                                         clear_after=3))
+    det2 = SeriesDetector(BaselineConfig(method=method, window=100, raise_after=3, clear_after=3))
     events = run(det2, [*base, 40.0, 40.0, 40.0, 10.0, 40.0, 10.0, 10.0, 10.0])
     kinds = [k for _, k, _ in events]
     assert kinds.count(EventKind.RAISED) == 1
@@ -155,29 +172,57 @@ def test_window_is_bounded() -> None:
     assert len(det.samples) == 10
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"window": 1}, {"warmup": 1}, {"warmup": 101}, {"threshold": 0}, {"threshold": math.nan},
-    {"raise_after": 0}, {"clear_after": 0}, {"min_spread": 0}, {"rel_spread": -0.1}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"window": 1},
+        {"warmup": 1},
+        {"warmup": 101},
+        {"threshold": 0},
+        {"threshold": math.nan},
+        {"raise_after": 0},
+        {"clear_after": 0},
+        {"min_spread": 0},
+        {"rel_spread": -0.1},
+    ],
+)
 def test_bad_config_is_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         BaselineConfig(**kwargs)  # type: ignore[arg-type]
 
 
 def snap(instance: str, tasks: int, failures: int, avg_ms: float) -> MetricsSnapshot:
-    return MetricsSnapshot(kind="tally", worker_id="t1", instance=instance, ts_ms=0, tasks=tasks,
-                           successes=tasks - failures, failures=failures, avg_ms=avg_ms,
-                           p99_ms=0.0, health="Healthy")
+    return MetricsSnapshot(
+        kind="tally",
+        worker_id="t1",
+        instance=instance,
+        ts_ms=0,
+        tasks=tasks,
+        successes=tasks - failures,
+        failures=failures,
+        avg_ms=avg_ms,
+        p99_ms=0.0,
+        health="Healthy",
+    )
 
 
-@pytest.mark.parametrize(("prev", "cur", "expected"), [
-    (None, snap("a", 10, 0, 2.0), {}),
-    (snap("a", 10, 0, 2.0), snap("b", 20, 0, 2.0), {}),  # another instance: counters reset
-    (snap("a", 10, 0, 2.0), snap("a", 10, 0, 2.0), {}),  # no task in the interval
-    (snap("a", 10, 0, 2.0), snap("a", 20, 0, 3.0), {"processing_ms": 4.0, "failure_rate": 0.0}),
-    (snap("a", 10, 1, 2.0), snap("a", 30, 6, 2.0), {"processing_ms": 2.0, "failure_rate": 0.25}),
-])
-def test_interval_samples(prev: MetricsSnapshot | None, cur: MetricsSnapshot,
-                          expected: dict[str, float]) -> None:
+@pytest.mark.parametrize(
+    ("prev", "cur", "expected"),
+    [
+        (None, snap("a", 10, 0, 2.0), {}),
+        (snap("a", 10, 0, 2.0), snap("b", 20, 0, 2.0), {}),  # another instance: counters reset
+        (snap("a", 10, 0, 2.0), snap("a", 10, 0, 2.0), {}),  # no task in the interval
+        (snap("a", 10, 0, 2.0), snap("a", 20, 0, 3.0), {"processing_ms": 4.0, "failure_rate": 0.0}),
+        (
+            snap("a", 10, 1, 2.0),
+            snap("a", 30, 6, 2.0),
+            {"processing_ms": 2.0, "failure_rate": 0.25},
+        ),
+    ],
+)
+def test_interval_samples(
+    prev: MetricsSnapshot | None, cur: MetricsSnapshot, expected: dict[str, float]
+) -> None:
     got = interval_samples(prev, cur)
     assert got.keys() == expected.keys()
     for key, value in expected.items():

@@ -19,21 +19,32 @@ from workers.anomaly.byzantine_rules import (
 GOOD, BAD = "r-good", "r-bad"  # Scenario's requests: r-good VALID, r-bad INVALID
 
 
-def decide_all(ledger: VoteLedger, sc: Scenario, ballot_id: str = "b1",
-               decisions: tuple[str, str] = ("VALID", "INVALID")) -> list[tuple[int, str]]:
+def decide_all(
+    ledger: VoteLedger,
+    sc: Scenario,
+    ballot_id: str = "b1",
+    decisions: tuple[str, str] = ("VALID", "INVALID"),
+) -> list[tuple[int, str]]:
     out = []
     for raw, rid, decision in zip(sc.raws, (GOOD, BAD), decisions, strict=True):
         for d in ledger.add_decision(ballot_id, rid, request_digest(raw), decision):
-            out.append((sc.verifiers.index(next(v for v in sc.verifiers
-                                                if v.public_key == d.verifier_key)),
-                        d.request_id))
+            out.append(
+                (
+                    sc.verifiers.index(
+                        next(v for v in sc.verifiers if v.public_key == d.verifier_key)
+                    ),
+                    d.request_id,
+                )
+            )
     return out
 
 
-@pytest.mark.parametrize(("liars", "votes_first"), [
-    ((), True), ((), False), ((3,), True), ((3,), False), ((2, 3), True)])
+@pytest.mark.parametrize(
+    ("liars", "votes_first"), [((), True), ((), False), ((3,), True), ((3,), False), ((2, 3), True)]
+)
 def test_disagreement_found_whether_vote_or_decision_comes_first(
-        liars: tuple[int, ...], votes_first: bool) -> None:
+    liars: tuple[int, ...], votes_first: bool
+) -> None:
     sc = Scenario()
     ledger = VoteLedger()
     found: list[tuple[int, str]] = []
@@ -76,8 +87,10 @@ def test_each_disagreement_is_reported_once() -> None:
     assert ledger.add_vote(sc.vote(1, lie=True)) == ([], None)  # same verdicts: duplicate
 
 
-@pytest.mark.parametrize(("first_lies", "second_lies", "equivocates"), [
-    (False, False, False), (True, True, False), (False, True, True), (True, False, True)])
+@pytest.mark.parametrize(
+    ("first_lies", "second_lies", "equivocates"),
+    [(False, False, False), (True, True, False), (False, True, True), (True, False, True)],
+)
 def test_equivocation(first_lies: bool, second_lies: bool, equivocates: bool) -> None:
     sc = Scenario()
     ledger = VoteLedger()
@@ -106,36 +119,47 @@ def test_agreements_and_bounded_memory() -> None:
 Q = QuarantineMode
 
 
-@pytest.mark.parametrize(("mode", "active", "is_member", "now", "recent", "action", "why"), [
-    (Q.OFF, 7, True, 1000.0, (), Action.IGNORE, "off"),
-    (Q.ALERT_ONLY, 7, True, 1000.0, (), Action.ALERT, "alert-only"),
-    (Q.QUARANTINE, 4, True, 1000.0, (), Action.QUARANTINE, "allows"),
-    (Q.QUARANTINE, 3, True, 1000.0, (), Action.ALERT, "below the minimum"),
-    (Q.QUARANTINE, 7, False, 1000.0, (), Action.ALERT, "not an active member"),
-    (Q.QUARANTINE, 7, True, 1000.0, (970.0,), Action.ALERT, "rate limit"),
-    (Q.QUARANTINE, 7, True, 1000.0, (940.0,), Action.QUARANTINE, "allows"),
-    (Q.QUARANTINE, 9, True, 4000.0, (1000.0, 2000.0, 3000.0), Action.ALERT, "last hour"),
-    (Q.QUARANTINE, 9, True, 4700.0, (1000.0, 2000.0, 3000.0), Action.QUARANTINE, "allows"),
-])
-def test_quarantine_policy(mode: QuarantineMode, active: int, is_member: bool, now: float,
-                           recent: tuple[float, ...], action: Action, why: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "active", "is_member", "now", "recent", "action", "why"),
+    [
+        (Q.OFF, 7, True, 1000.0, (), Action.IGNORE, "off"),
+        (Q.ALERT_ONLY, 7, True, 1000.0, (), Action.ALERT, "alert-only"),
+        (Q.QUARANTINE, 4, True, 1000.0, (), Action.QUARANTINE, "allows"),
+        (Q.QUARANTINE, 3, True, 1000.0, (), Action.ALERT, "below the minimum"),
+        (Q.QUARANTINE, 7, False, 1000.0, (), Action.ALERT, "not an active member"),
+        (Q.QUARANTINE, 7, True, 1000.0, (970.0,), Action.ALERT, "rate limit"),
+        (Q.QUARANTINE, 7, True, 1000.0, (940.0,), Action.QUARANTINE, "allows"),
+        (Q.QUARANTINE, 9, True, 4000.0, (1000.0, 2000.0, 3000.0), Action.ALERT, "last hour"),
+        (Q.QUARANTINE, 9, True, 4700.0, (1000.0, 2000.0, 3000.0), Action.QUARANTINE, "allows"),
+    ],
+)
+def test_quarantine_policy(
+    mode: QuarantineMode,
+    active: int,
+    is_member: bool,
+    now: float,
+    recent: tuple[float, ...],
+    action: Action,
+    why: str,
+) -> None:
     policy = QuarantinePolicy(mode=mode, min_pool=3, min_interval_s=60, max_per_hour=3)
-    verdict = decide_quarantine(policy, active=active, is_member=is_member, now=now,
-                                recent=recent)
+    verdict = decide_quarantine(policy, active=active, is_member=is_member, now=now, recent=recent)
     assert verdict.action is action
     assert why in verdict.reason
 
 
 def test_min_pool_is_configurable_upwards() -> None:
     policy = QuarantinePolicy(min_pool=5)
-    assert decide_quarantine(policy, active=5, is_member=True, now=0, recent=()).action \
-        is Action.ALERT
-    assert decide_quarantine(policy, active=6, is_member=True, now=0, recent=()).action \
+    assert (
+        decide_quarantine(policy, active=5, is_member=True, now=0, recent=()).action is Action.ALERT
+    )
+    assert (
+        decide_quarantine(policy, active=6, is_member=True, now=0, recent=()).action
         is Action.QUARANTINE
+    )
 
 
-@pytest.mark.parametrize("kwargs", [{"min_pool": 2}, {"min_interval_s": -1},
-                                    {"max_per_hour": 0}])
+@pytest.mark.parametrize("kwargs", [{"min_pool": 2}, {"min_interval_s": -1}, {"max_per_hour": 0}])
 def test_bad_policy_is_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         QuarantinePolicy(**kwargs)  # type: ignore[arg-type]
@@ -150,6 +174,7 @@ def _other_question(s: Scenario, kind: str):  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
     from tests.factories import request
+
     if kind == "other requests":  # same ballot id, other contents (a rogue publisher)
         ballot = replace(s.ballot(), requests=(request(s.agent, b"pay 99", "r-other"),))
         return s.vote(0, ballot=ballot)
@@ -177,6 +202,6 @@ def test_a_vote_judged_under_another_state_is_not_a_disagreement() -> None:
     s = Scenario()
     ledger = VoteLedger()
     ledger.add_vote(s.vote(0, lie=True, state_rev=9))  # judged under a newer state
-    ledger.add_vote(s.vote(1, lie=True))               # same state as the certificate, lying
+    ledger.add_vote(s.vote(1, lie=True))  # same state as the certificate, lying
     found = ledger.add_decision("b1", "r-good", request_digest(s.raws[0]), "VALID", 0)
     assert [d.verifier_key for d in found] == [s.verifiers[1].public_key]

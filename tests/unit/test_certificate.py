@@ -14,8 +14,9 @@ from schemas.messages import ConsensusResult
 from tests.factories import Scenario
 
 
-def decided(s: Scenario, voters: list[int], index: int = 0,
-            liars: tuple[int, ...] = ()) -> ConsensusResult:
+def decided(
+    s: Scenario, voters: list[int], index: int = 0, liars: tuple[int, ...] = ()
+) -> ConsensusResult:
     r = s.round()
     for i in voters:
         r.offer(s.vote(i, lie=i in liars))
@@ -50,21 +51,24 @@ def _resign(s: Scenario, cert: ConsensusResult) -> ConsensusResult:
     return sign_certificate(s.tally, cert)
 
 
-@pytest.mark.parametrize(("case", "message"), [
-    ("tally_sig", "tally signature"),
-    ("wrong_tally", "unexpected tally"),
-    ("tampered_vote", "signature does not verify"),
-    ("vote_other_request", "signature does not verify"),
-    ("too_few_votes", "does not follow"),
-    ("inflated_counts", "do not match"),
-    ("wrong_keys", "outside the pool"),
-    ("smaller_pool_claimed", "pool has"),
-    ("wrong_q", "q/f"),
-    ("duplicate_voter", "repeats a verifier"),
-    ("bad_path", "Merkle path"),
-    ("decision_flip", "does not follow"),
-    ("lower_threshold", "not the expected"),
-])
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("tally_sig", "tally signature"),
+        ("wrong_tally", "unexpected tally"),
+        ("tampered_vote", "signature does not verify"),
+        ("vote_other_request", "signature does not verify"),
+        ("too_few_votes", "does not follow"),
+        ("inflated_counts", "do not match"),
+        ("wrong_keys", "outside the pool"),
+        ("smaller_pool_claimed", "pool has"),
+        ("wrong_q", "q/f"),
+        ("duplicate_voter", "repeats a verifier"),
+        ("bad_path", "Merkle path"),
+        ("decision_flip", "does not follow"),
+        ("lower_threshold", "not the expected"),
+    ],
+)
 def test_tampering_is_caught(case: str, message: str) -> None:
     s = Scenario()
     cert = decided(s, [0, 1, 2])
@@ -84,8 +88,9 @@ def test_tampering_is_caught(case: str, message: str) -> None:
     elif case == "inflated_counts":
         cert = _resign(s, replace(cert, votes_for=4, total_votes=3))
     elif case == "wrong_keys":
-        pool = frozenset([*list(pool)[:1], *(AgentIdentity.generate().public_key
-                                             for _ in range(3))])
+        pool = frozenset(
+            [*list(pool)[:1], *(AgentIdentity.generate().public_key for _ in range(3))]
+        )
     elif case == "smaller_pool_claimed":
         cert = _resign(s, replace(cert, n=3, q=2, f=0))
     elif case == "wrong_q":
@@ -94,13 +99,15 @@ def test_tampering_is_caught(case: str, message: str) -> None:
         cert = _resign(s, replace(cert, votes=(cert.votes[0], cert.votes[0], cert.votes[1])))
     elif case == "bad_path":
         v = cert.votes[0]
-        cert = _resign(s, replace(cert, votes=(replace(v, path=(*v.path, b"\0" * 32)),
-                                               *cert.votes[1:])))
+        cert = _resign(
+            s, replace(cert, votes=(replace(v, path=(*v.path, b"\0" * 32)), *cert.votes[1:]))
+        )
     elif case == "decision_flip":
         cert = _resign(s, replace(cert, decision="INVALID"))
     elif case == "lower_threshold":  # one liar + "1/4" would make q=1
-        cert = _resign(s, replace(cert, threshold="1/4", q=1, votes=cert.votes[:1], votes_for=1,
-                                  total_votes=1))
+        cert = _resign(
+            s, replace(cert, threshold="1/4", q=1, votes=cert.votes[:1], votes_for=1, total_votes=1)
+        )
     with pytest.raises(CertificateInvalid, match=message):
         verify_certificate(cert, pool, **kwargs)
 
@@ -109,8 +116,17 @@ def test_tampering_is_caught(case: str, message: str) -> None:
 def test_unsafe_thresholds_rejected_even_when_not_pinned(threshold: str) -> None:
     s = Scenario()
     cert = decided(s, [0, 1, 2])
-    forged = _resign(s, replace(cert, threshold=threshold, q=1 if threshold == "1/4" else 2,
-                                votes=cert.votes[:1], votes_for=1, total_votes=1))
+    forged = _resign(
+        s,
+        replace(
+            cert,
+            threshold=threshold,
+            q=1 if threshold == "1/4" else 2,
+            votes=cert.votes[:1],
+            votes_for=1,
+            total_votes=1,
+        ),
+    )
     with pytest.raises(CertificateInvalid, match="both form"):
         verify_certificate(forged, s.pool, threshold=None)
 

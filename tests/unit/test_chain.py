@@ -31,16 +31,31 @@ def ident(name: str) -> AgentIdentity:
     return AgentIdentity.from_seed(name.encode().ljust(32, b"."))
 
 
-ROOT, ROOT2, I1, I2, A, B, LEAF, EVIL = (ident(n) for n in (
-    "root", "root2", "i1", "i2", "a", "b", "leaf", "evil"))
+ROOT, ROOT2, I1, I2, A, B, LEAF, EVIL = (
+    ident(n) for n in ("root", "root2", "i1", "i2", "a", "b", "leaf", "evil")
+)
 CA = (PURPOSE_CA, PURPOSE_PAYMENT)
 
 
-def cert(issuer: AgentIdentity, subject: AgentIdentity, serial: str, *,
-         purposes: tuple[str, ...] = CA, path_len: int = PATH_LEN_UNLIMITED,
-         nb: int = NOW - DAY, na: int = NOW + DAY) -> TrustCertificate:
-    return issue(issuer, serial=serial, subject_key=subject.public_key, not_before_ms=nb,
-                 not_after_ms=na, purposes=purposes, path_len=path_len)
+def cert(
+    issuer: AgentIdentity,
+    subject: AgentIdentity,
+    serial: str,
+    *,
+    purposes: tuple[str, ...] = CA,
+    path_len: int = PATH_LEN_UNLIMITED,
+    nb: int = NOW - DAY,
+    na: int = NOW + DAY,
+) -> TrustCertificate:
+    return issue(
+        issuer,
+        serial=serial,
+        subject_key=subject.public_key,
+        not_before_ms=nb,
+        not_after_ms=na,
+        purposes=purposes,
+        path_len=path_len,
+    )
 
 
 def leaf_cert(issuer: AgentIdentity = I2, serial: str = "leaf", **kw: Any) -> TrustCertificate:
@@ -51,15 +66,22 @@ def leaf_cert(issuer: AgentIdentity = I2, serial: str = "leaf", **kw: Any) -> Tr
 
 @dataclass
 class World:
-    certs: list[TrustCertificate] = field(default_factory=lambda: [
-        leaf_cert(), cert(I1, I2, "i2"), cert(ROOT, I1, "i1")])
+    certs: list[TrustCertificate] = field(
+        default_factory=lambda: [leaf_cert(), cert(I1, I2, "i2"), cert(ROOT, I1, "i1")]
+    )
     anchors: list[bytes] = field(default_factory=lambda: [ROOT.public_key])
     kwargs: dict[str, Any] = field(default_factory=dict)
     purpose: str = PURPOSE_PAYMENT
 
     def run(self) -> ChainResult:
-        return build_chain(LEAF.public_key, self.certs, self.anchors, purpose=self.purpose,
-                           now_ms=NOW, **self.kwargs)
+        return build_chain(
+            LEAF.public_key,
+            self.certs,
+            self.anchors,
+            purpose=self.purpose,
+            now_ms=NOW,
+            **self.kwargs,
+        )
 
     def swap(self, serial: str, new: TrustCertificate) -> World:
         self.certs = [new if c.serial == serial else c for c in self.certs]
@@ -86,8 +108,7 @@ class Row:
 
 def _loop(w: World) -> World:
     # leaf <- A, A <- B, B <- A (cross-signed loop), and B <- ROOT elsewhere.
-    w.certs = [leaf_cert(A), cert(B, A, "a-by-b"), cert(A, B, "b-by-a"),
-               cert(ROOT, B, "b-by-root")]
+    w.certs = [leaf_cert(A), cert(B, A, "a-by-b"), cert(A, B, "b-by-a"), cert(ROOT, B, "b-by-root")]
     return w
 
 
@@ -98,6 +119,7 @@ def _loop_only(w: World) -> World:
 
 def _long_chain(n: int) -> Callable[[World], World]:
     """A chain of n + 1 certificates: leaf <- k0 <- ... <- k(n-1) <- ROOT."""
+
     def setup(w: World) -> World:
         keys = [ident(f"chain{i}") for i in range(n)]
         w.certs = [leaf_cert(keys[0])]
@@ -105,6 +127,7 @@ def _long_chain(n: int) -> Callable[[World], World]:
             w.certs.append(cert(keys[i + 1], keys[i], f"c{i}"))
         w.certs.append(cert(ROOT, keys[-1], f"c{n - 1}"))
         return w
+
     return setup
 
 
@@ -128,67 +151,162 @@ def _wide(w: World) -> World:
 
 ROWS = [
     Row("valid", lambda w: w, True, path=("leaf", "i2", "i1")),
-    Row("valid-direct-from-anchor", lambda w: setattr(w, "anchors", [I2.public_key]) or w,
-        True, path=("leaf",)),
-    Row("expired-middle-link", lambda w: w.swap("i2", cert(I1, I2, "i2", na=NOW)), False,
-        chain.CHAIN_EXPIRED, 1),
-    Row("not-yet-valid-top", lambda w: w.swap("i1", cert(ROOT, I1, "i1", nb=NOW + 1)), False,
-        chain.CHAIN_NOT_YET_VALID, 2),
-    Row("expired-leaf", lambda w: w.swap("leaf", leaf_cert(na=NOW - 5)), False,
-        chain.CHAIN_EXPIRED, 0),
-    Row("valid-at-not-before", lambda w: w.swap("leaf", leaf_cert(nb=NOW)), True,
-        path=("leaf", "i2", "i1")),
+    Row(
+        "valid-direct-from-anchor",
+        lambda w: setattr(w, "anchors", [I2.public_key]) or w,
+        True,
+        path=("leaf",),
+    ),
+    Row(
+        "expired-middle-link",
+        lambda w: w.swap("i2", cert(I1, I2, "i2", na=NOW)),
+        False,
+        chain.CHAIN_EXPIRED,
+        1,
+    ),
+    Row(
+        "not-yet-valid-top",
+        lambda w: w.swap("i1", cert(ROOT, I1, "i1", nb=NOW + 1)),
+        False,
+        chain.CHAIN_NOT_YET_VALID,
+        2,
+    ),
+    Row(
+        "expired-leaf",
+        lambda w: w.swap("leaf", leaf_cert(na=NOW - 5)),
+        False,
+        chain.CHAIN_EXPIRED,
+        0,
+    ),
+    Row(
+        "valid-at-not-before",
+        lambda w: w.swap("leaf", leaf_cert(nb=NOW)),
+        True,
+        path=("leaf", "i2", "i1"),
+    ),
     Row("cross-signed-loop-then-anchor", _loop, True, path=("leaf", "a-by-b", "b-by-root")),
     Row("cross-signed-loop-only", _loop_only, False, chain.CHAIN_LOOP, 2),
-    Row("self-signed-leaf", lambda w: setattr(w, "certs", [leaf_cert(LEAF)]) or w, False,
-        chain.CHAIN_LOOP, 0),
-    Row("path-too-long", lambda w: w.swap("i1", cert(ROOT, I1, "i1", path_len=0)), False,
-        chain.CHAIN_PATH_LENGTH, 2),
-    Row("path-len-exactly-enough", lambda w: w.swap("i1", cert(ROOT, I1, "i1", path_len=1)),
-        True, path=("leaf", "i2", "i1")),
-    Row("leaf-wrong-purpose",
-        lambda w: w.swap("leaf", leaf_cert(purposes=(PURPOSE_VERIFIER,))), False,
-        chain.CHAIN_PURPOSE, 0),
-    Row("intermediate-not-ca",
-        lambda w: w.swap("i2", cert(I1, I2, "i2", purposes=(PURPOSE_PAYMENT,))), False,
-        chain.CHAIN_PURPOSE, 1),
-    Row("intermediate-lacks-purpose",
+    Row(
+        "self-signed-leaf",
+        lambda w: setattr(w, "certs", [leaf_cert(LEAF)]) or w,
+        False,
+        chain.CHAIN_LOOP,
+        0,
+    ),
+    Row(
+        "path-too-long",
+        lambda w: w.swap("i1", cert(ROOT, I1, "i1", path_len=0)),
+        False,
+        chain.CHAIN_PATH_LENGTH,
+        2,
+    ),
+    Row(
+        "path-len-exactly-enough",
+        lambda w: w.swap("i1", cert(ROOT, I1, "i1", path_len=1)),
+        True,
+        path=("leaf", "i2", "i1"),
+    ),
+    Row(
+        "leaf-wrong-purpose",
+        lambda w: w.swap("leaf", leaf_cert(purposes=(PURPOSE_VERIFIER,))),
+        False,
+        chain.CHAIN_PURPOSE,
+        0,
+    ),
+    Row(
+        "intermediate-not-ca",
+        lambda w: w.swap("i2", cert(I1, I2, "i2", purposes=(PURPOSE_PAYMENT,))),
+        False,
+        chain.CHAIN_PURPOSE,
+        1,
+    ),
+    Row(
+        "intermediate-lacks-purpose",
         lambda w: w.swap("i1", cert(ROOT, I1, "i1", purposes=(PURPOSE_CA, PURPOSE_VERIFIER))),
-        False, chain.CHAIN_PURPOSE, 2),
-    Row("revoked-intermediate-serial",
-        lambda w: w.kwargs.update(revoked_serials={"i2": "key compromise"}) or w, False,
-        chain.CHAIN_REVOKED, 1),
-    Row("revoked-intermediate-key",
-        lambda w: w.kwargs.update(key_refusal=refuse(I1.public_key)) or w, False,
-        chain.CHAIN_REVOKED, 1),
-    Row("revoked-anchor-key",
-        lambda w: w.kwargs.update(key_refusal=refuse(ROOT.public_key)) or w, False,
-        chain.CHAIN_REVOKED, 2),
-    Row("revoked-leaf-key",
-        lambda w: w.kwargs.update(key_refusal=refuse(LEAF.public_key)) or w, False,
-        chain.CHAIN_REVOKED, 0),
-    Row("bad-signature-middle", lambda w: w.swap("i2", _bad_sig(cert(I1, I2, "i2"))), False,
-        chain.CHAIN_SIGNATURE, 1),
-    Row("signed-by-wrong-key",
+        False,
+        chain.CHAIN_PURPOSE,
+        2,
+    ),
+    Row(
+        "revoked-intermediate-serial",
+        lambda w: w.kwargs.update(revoked_serials={"i2": "key compromise"}) or w,
+        False,
+        chain.CHAIN_REVOKED,
+        1,
+    ),
+    Row(
+        "revoked-intermediate-key",
+        lambda w: w.kwargs.update(key_refusal=refuse(I1.public_key)) or w,
+        False,
+        chain.CHAIN_REVOKED,
+        1,
+    ),
+    Row(
+        "revoked-anchor-key",
+        lambda w: w.kwargs.update(key_refusal=refuse(ROOT.public_key)) or w,
+        False,
+        chain.CHAIN_REVOKED,
+        2,
+    ),
+    Row(
+        "revoked-leaf-key",
+        lambda w: w.kwargs.update(key_refusal=refuse(LEAF.public_key)) or w,
+        False,
+        chain.CHAIN_REVOKED,
+        0,
+    ),
+    Row(
+        "bad-signature-middle",
+        lambda w: w.swap("i2", _bad_sig(cert(I1, I2, "i2"))),
+        False,
+        chain.CHAIN_SIGNATURE,
+        1,
+    ),
+    Row(
+        "signed-by-wrong-key",
         lambda w: w.swap("i1", replace(cert(EVIL, I1, "i1"), issuer_key=ROOT.public_key)),
-        False, chain.CHAIN_SIGNATURE, 2),
-    Row("budget-exhausted", lambda w: w.kwargs.update(max_signature_checks=2) or w, False,
-        chain.CHAIN_BUDGET, 2),
-    Row("budget-exactly-enough", lambda w: w.kwargs.update(max_signature_checks=3) or w, True,
-        path=("leaf", "i2", "i1")),
+        False,
+        chain.CHAIN_SIGNATURE,
+        2,
+    ),
+    Row(
+        "budget-exhausted",
+        lambda w: w.kwargs.update(max_signature_checks=2) or w,
+        False,
+        chain.CHAIN_BUDGET,
+        2,
+    ),
+    Row(
+        "budget-exactly-enough",
+        lambda w: w.kwargs.update(max_signature_checks=3) or w,
+        True,
+        path=("leaf", "i2", "i1"),
+    ),
     Row("budget-wide-fanout", _wide, False, chain.CHAIN_BUDGET, 0),
     Row("depth-exceeded", _long_chain(11 - 1), False, chain.CHAIN_DEPTH, 10),
     Row("depth-exactly-max", _long_chain(10 - 1), True),
-    Row("depth-custom", lambda w: w.kwargs.update(max_depth=2) or w, False,
-        chain.CHAIN_DEPTH, 2),
-    Row("no-anchor", lambda w: setattr(w, "anchors", [ROOT2.public_key]) or w, False,
-        chain.CHAIN_NO_ANCHOR, 3),
-    Row("no-certificate-for-leaf", lambda w: setattr(w, "certs", []) or w, False,
-        chain.CHAIN_NO_ANCHOR, 0),
-    Row("first-branch-bad-second-good", _two_paths_first_bad, True,
-        path=("leaf", "i2", "i1")),
-    Row("first-leaf-cert-bad-signature", _two_leaf_certs_first_bad_sig, True,
-        path=("leaf", "i2", "i1")),
+    Row("depth-custom", lambda w: w.kwargs.update(max_depth=2) or w, False, chain.CHAIN_DEPTH, 2),
+    Row(
+        "no-anchor",
+        lambda w: setattr(w, "anchors", [ROOT2.public_key]) or w,
+        False,
+        chain.CHAIN_NO_ANCHOR,
+        3,
+    ),
+    Row(
+        "no-certificate-for-leaf",
+        lambda w: setattr(w, "certs", []) or w,
+        False,
+        chain.CHAIN_NO_ANCHOR,
+        0,
+    ),
+    Row("first-branch-bad-second-good", _two_paths_first_bad, True, path=("leaf", "i2", "i1")),
+    Row(
+        "first-leaf-cert-bad-signature",
+        _two_leaf_certs_first_bad_sig,
+        True,
+        path=("leaf", "i2", "i1"),
+    ),
 ]
 
 
@@ -241,8 +359,9 @@ def test_result_map_round_trips_the_path() -> None:
 
 # ------------------------------------------------------------------ from state
 def _items(world: World, revoked: dict[str, str] | None = None) -> dict[str, object]:
-    items: dict[str, object] = {f"anchor.{k.hex()}": TrustAnchor(k, "root", 1)
-                                for k in world.anchors}
+    items: dict[str, object] = {
+        f"anchor.{k.hex()}": TrustAnchor(k, "root", 1) for k in world.anchors
+    }
     for c in world.certs:
         reason = (revoked or {}).get(c.serial)
         items[f"cert.{c.serial}"] = StoredCert(c, reason is not None, reason or "")
@@ -251,14 +370,21 @@ def _items(world: World, revoked: dict[str, str] | None = None) -> dict[str, obj
 
 
 def test_validate_from_state_valid() -> None:
-    result = validate_from_state(_items(World()), LEAF.public_key, [], PURPOSE_PAYMENT, NOW,
-                                 chain.no_refusal)
+    result = validate_from_state(
+        _items(World()), LEAF.public_key, [], PURPOSE_PAYMENT, NOW, chain.no_refusal
+    )
     assert result.ok and len(result.path) == 3
 
 
 def test_validate_from_state_revoked_record() -> None:
-    result = validate_from_state(_items(World(), {"i1": "compromised"}), LEAF.public_key, [],
-                                 PURPOSE_PAYMENT, NOW, chain.no_refusal)
+    result = validate_from_state(
+        _items(World(), {"i1": "compromised"}),
+        LEAF.public_key,
+        [],
+        PURPOSE_PAYMENT,
+        NOW,
+        chain.no_refusal,
+    )
     assert (result.code, result.failed_link) == (chain.CHAIN_REVOKED, 2)
     assert "compromised" in result.reason
 
@@ -267,8 +393,9 @@ def test_presented_certificate_with_a_revoked_serial_is_revoked() -> None:
     world = World()
     items = _items(world, {"i2": "compromised"})
     presented = [cert(I1, I2, "i2").encode()]  # the same certificate, carried by the request
-    result = validate_from_state(items, LEAF.public_key, presented, PURPOSE_PAYMENT, NOW,
-                                 chain.no_refusal)
+    result = validate_from_state(
+        items, LEAF.public_key, presented, PURPOSE_PAYMENT, NOW, chain.no_refusal
+    )
     assert (result.code, result.failed_link) == (chain.CHAIN_REVOKED, 1)
 
 
@@ -297,8 +424,10 @@ def test_cache_hit_within_validity() -> None:
     assert cache.hits == 2
 
 
-@pytest.mark.parametrize(("now", "hit"), [
-    (NOW + 99, True), (NOW + 100, False), (NOW + 10 * DAY, False), (NOW - DAY - 1, False)])
+@pytest.mark.parametrize(
+    ("now", "hit"),
+    [(NOW + 99, True), (NOW + 100, False), (NOW + 10 * DAY, False), (NOW - DAY - 1, False)],
+)
 def test_cache_expires_at_earliest_not_after(now: int, hit: bool) -> None:
     cache = ChainCache()
     result = World().swap("i2", cert(I1, I2, "i2", na=NOW + 100)).run()
@@ -315,8 +444,9 @@ def test_cache_invalidated_by_revision() -> None:
     assert cache.get(7, LEAF.public_key, PURPOSE_PAYMENT, [], NOW) is None  # gone for good
 
 
-@pytest.mark.parametrize(("purpose", "presented"), [
-    (PURPOSE_VERIFIER, ()), (PURPOSE_PAYMENT, (b"x",))])
+@pytest.mark.parametrize(
+    ("purpose", "presented"), [(PURPOSE_VERIFIER, ()), (PURPOSE_PAYMENT, (b"x",))]
+)
 def test_cache_keyed_by_purpose_and_presented(purpose: str, presented: tuple[bytes, ...]) -> None:
     cache = ChainCache()
     cache.put(1, LEAF.public_key, PURPOSE_PAYMENT, [], World().run())
@@ -341,16 +471,16 @@ def test_cache_hit_rechecks_key_refusal(refused: AgentIdentity) -> None:
     cache = ChainCache()
     cache.put(1, LEAF.public_key, PURPOSE_PAYMENT, [], World().run())
     assert cache.get(1, LEAF.public_key, PURPOSE_PAYMENT, [], NOW, chain.no_refusal)
-    assert cache.get(1, LEAF.public_key, PURPOSE_PAYMENT, [], NOW,
-                     refuse(refused.public_key)) is None
+    assert (
+        cache.get(1, LEAF.public_key, PURPOSE_PAYMENT, [], NOW, refuse(refused.public_key)) is None
+    )
     assert len(cache) == 0
 
 
 # ------------------------------------------------------------------ index
 def test_index_is_reused_and_presented_certificates_do_not_leak_into_it() -> None:
     world = World()
-    index = chain.TrustIndex.from_state(_items(dataclasses.replace(world,
-                                                                   certs=world.certs[1:])))
+    index = chain.TrustIndex.from_state(_items(dataclasses.replace(world, certs=world.certs[1:])))
     before = dict(index.by_subject)
     leaf = world.certs[0].encode()
     assert index.validate(LEAF.public_key, [leaf], PURPOSE_PAYMENT, NOW).ok
@@ -361,19 +491,23 @@ def test_index_is_reused_and_presented_certificates_do_not_leak_into_it() -> Non
 def test_presented_duplicate_of_a_stored_certificate_counts_once() -> None:
     world = World()
     index = chain.TrustIndex.from_state(_items(world))
-    result = index.validate(LEAF.public_key, [c.encode() for c in world.certs],
-                            PURPOSE_PAYMENT, NOW)
+    result = index.validate(
+        LEAF.public_key, [c.encode() for c in world.certs], PURPOSE_PAYMENT, NOW
+    )
     assert result.ok and result.signature_checks == 3
 
 
 def test_index_matches_build_chain_on_every_row() -> None:
     for row in ROWS:
         world = row.setup(World())
-        index = chain.TrustIndex.build(world.certs, world.anchors,
-                                       world.kwargs.get("revoked_serials", ()))
+        index = chain.TrustIndex.build(
+            world.certs, world.anchors, world.kwargs.get("revoked_serials", ())
+        )
         kwargs = {k: v for k, v in world.kwargs.items() if k != "revoked_serials"}
-        assert index.search(LEAF.public_key, purpose=world.purpose, now_ms=NOW,
-                            **kwargs) == world.run(), row.name
+        assert (
+            index.search(LEAF.public_key, purpose=world.purpose, now_ms=NOW, **kwargs)
+            == world.run()
+        ), row.name
 
 
 def test_raise_for_failure() -> None:

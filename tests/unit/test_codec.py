@@ -32,10 +32,14 @@ def test_random_bytes_never_crash_any_message_decoder(data: bytes) -> None:
 
 
 json_like = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.text(max_size=20)
     | st.binary(max_size=20),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5)
+    ),
     max_leaves=20,
 )
 
@@ -49,20 +53,23 @@ def test_structured_garbage_never_crashes_message_decoders(obj: object) -> None:
             kind.decode(data)
 
 
-@pytest.mark.parametrize(("payload", "error"), [
-    (b"", MalformedPayload),
-    (b"\xc1", MalformedPayload),
-    (b"\x92\x01", MalformedPayload),  # truncated array
-    (encode({"a": 1}) + b"\x00", MalformedPayload),  # trailing bytes
-    (msgpack.packb(msgpack.ExtType(5, b"x")), MalformedPayload),
-    (msgpack.packb(msgpack.Timestamp(1)), MalformedPayload),
-    (msgpack.packb({1: 2}), MalformedPayload),  # non-string key
-    (b"\x82\xa1a\x01\xa1a\x02", MalformedPayload),  # key "a" twice
-    (b"\x91" * 40 + b"\x00", MalformedPayload),  # too deep
-    (b"\x00" * (REQUEST_LIMITS.max_bytes + 1), PayloadTooLarge),
-    (msgpack.packb("x" * 70000), MalformedPayload),  # string over max_str
-    (msgpack.packb(list(range(5000))), MalformedPayload),  # array over max_array
-])
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (b"", MalformedPayload),
+        (b"\xc1", MalformedPayload),
+        (b"\x92\x01", MalformedPayload),  # truncated array
+        (encode({"a": 1}) + b"\x00", MalformedPayload),  # trailing bytes
+        (msgpack.packb(msgpack.ExtType(5, b"x")), MalformedPayload),
+        (msgpack.packb(msgpack.Timestamp(1)), MalformedPayload),
+        (msgpack.packb({1: 2}), MalformedPayload),  # non-string key
+        (b"\x82\xa1a\x01\xa1a\x02", MalformedPayload),  # key "a" twice
+        (b"\x91" * 40 + b"\x00", MalformedPayload),  # too deep
+        (b"\x00" * (REQUEST_LIMITS.max_bytes + 1), PayloadTooLarge),
+        (msgpack.packb("x" * 70000), MalformedPayload),  # string over max_str
+        (msgpack.packb(list(range(5000))), MalformedPayload),  # array over max_array
+    ],
+)
 def test_bad_payloads(payload: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
         decode(payload)

@@ -104,8 +104,9 @@ def test_every_kind_has_a_unit_and_a_manifest() -> None:
 
 
 # ------------------------------------------------------------------ systemd
-needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                           reason="systemd-analyze is not installed")
+needs_systemd_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
 
 
 def _instance_copies(tmp_path: Path, kinds: list[str]) -> list[Path]:
@@ -130,11 +131,23 @@ def _verify(tmp_path: Path, units: list[Path]) -> list[str]:
     stderr, so every stderr line naming one of our files counts as a problem.
     """
     names = [u.name for u in units] + ["agentic-payments.target"]
-    proc = subprocess.run(["systemd-analyze", "verify", *[str(u) for u in units],
-                           str(tmp_path / "agentic-payments.target")],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    problems = [line for line in (proc.stdout + proc.stderr).splitlines()
-                if str(tmp_path) in line or any(n in line for n in names)]
+    proc = subprocess.run(
+        [
+            "systemd-analyze",
+            "verify",
+            *[str(u) for u in units],
+            str(tmp_path / "agentic-payments.target"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    problems = [
+        line
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if str(tmp_path) in line or any(n in line for n in names)
+    ]
     if proc.returncode != 0:
         problems.append(f"exit {proc.returncode}: {proc.stderr.strip()}")
     return problems
@@ -147,13 +160,17 @@ def test_systemd_analyze_verify_every_unit(tmp_path: Path) -> None:
 
 
 @needs_systemd_analyze
-@pytest.mark.parametrize(("find", "replace", "expected"), [
-    ("\nNoNewPrivileges=yes", "\nNoNewPrivilegez=yes", "Unknown key"),
-    ("\nType=notify", "\nType=notifyy", "Failed to parse service type"),
-    ("\nRestart=on-failure", "\nRestart=sometimes", "Failed to parse"),
-])
-def test_systemd_verify_check_catches_mistakes(tmp_path: Path, find: str, replace: str,
-                                               expected: str) -> None:
+@pytest.mark.parametrize(
+    ("find", "replace", "expected"),
+    [
+        ("\nNoNewPrivileges=yes", "\nNoNewPrivilegez=yes", "Unknown key"),
+        ("\nType=notify", "\nType=notifyy", "Failed to parse service type"),
+        ("\nRestart=on-failure", "\nRestart=sometimes", "Failed to parse"),
+    ],
+)
+def test_systemd_verify_check_catches_mistakes(
+    tmp_path: Path, find: str, replace: str, expected: str
+) -> None:
     """The checker above is not blind: a broken copy of a unit is reported."""
     (unit,) = _instance_copies(tmp_path, ["tally"])
     unit.write_text(unit.read_text().replace(find, replace, 1))
@@ -175,9 +192,13 @@ def test_systemd_verify_reports_missing_binary(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", sorted(EXPECTED_KINDS))
 def test_systemd_security_exposure_is_low(tmp_path: Path, kind: str) -> None:
     (unit,) = _instance_copies(tmp_path, [kind])
-    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager",
-                           str(unit)], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path)
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", proc.stdout)
     if match is None and "offline" in proc.stderr:
         pytest.skip("this systemd-analyze has no --offline security mode")
@@ -197,10 +218,16 @@ def test_systemd_unit_promises(kind: str) -> None:
     assert values(u, "StartLimitBurst") and values(u, "StartLimitIntervalSec")
     assert one["ExecStart"].split()[:5] == [INSTALLED_BIN, "worker", kind, "--id", "%i"]
     assert "/etc/agentic-payments/agentic-payments.env" in values(s, "EnvironmentFile")
-    for key, expected in [("DynamicUser", "yes"), ("ProtectSystem", "strict"),
-                          ("NoNewPrivileges", "yes"), ("ProtectHome", "yes"),
-                          ("PrivateTmp", "yes"), ("CapabilityBoundingSet", ""),
-                          ("RestrictSUIDSGID", "yes"), ("UMask", "0077")]:
+    for key, expected in [
+        ("DynamicUser", "yes"),
+        ("ProtectSystem", "strict"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("RestrictSUIDSGID", "yes"),
+        ("UMask", "0077"),
+    ]:
         assert one.get(key) == expected, f"{key}={one.get(key)!r}"
     env = dict(v.split("=", 1) for v in values(s, "Environment"))
     assert env["AP_DATA_DIR"] == f"%S/agentic-payments/{kind}-%i"
@@ -244,13 +271,14 @@ def test_unit_and_manifest_command_lines_parse(kind: str) -> None:
     """The worker command the unit and the manifest run is one the CLI accepts."""
     if kind not in worker_kinds_in_cli():
         pytest.skip(f"worker kind {kind!r} is not in this branch's CLI yet")
-    exec_start = values(parse_unit((SYSTEMD / f"agentic-payments-{kind}@.service")
-                                   .read_text())["Service"], "ExecStart")[0]
+    exec_start = values(
+        parse_unit((SYSTEMD / f"agentic-payments-{kind}@.service").read_text())["Service"],
+        "ExecStart",
+    )[0]
     argv = [a for a in exec_start.split()[1:] if not a.startswith("$")]
     build_parser().parse_args([a.replace("%i", "i1") for a in argv])
     container = workloads()[kind]["spec"]["template"]["spec"]["containers"][0]
-    build_parser().parse_args([a.replace("$(AP_WORKER_ID)", "pod-1")
-                               for a in container["args"]])
+    build_parser().parse_args([a.replace("$(AP_WORKER_ID)", "pod-1") for a in container["args"]])
 
 
 # ------------------------------------------------------------------ Kubernetes
@@ -266,12 +294,17 @@ def test_kubernetes_validate_every_manifest() -> None:
     assert checked >= len(EXPECTED_KINDS) + 5
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda d: d["spec"]["template"]["spec"]["containers"][0].update(livenessProb={}),
-    lambda d: d["spec"].update(replicas="two"),
-    lambda d: d["spec"]["template"]["spec"]["containers"][0].pop("image") and
-    d["spec"]["template"]["spec"]["containers"][0].pop("name"),
-])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].update(livenessProb={}),
+        lambda d: d["spec"].update(replicas="two"),
+        lambda d: (
+            d["spec"]["template"]["spec"]["containers"][0].pop("image")
+            and d["spec"]["template"]["spec"]["containers"][0].pop("name")
+        ),
+    ],
+)
 def test_kubernetes_validate_catches_mistakes(mutate: Any) -> None:
     import kubernetes_validate
 
@@ -310,8 +343,9 @@ def test_workload_shape(kind: str) -> None:
     env = {e["name"]: e for e in main_c["env"]}
     assert env["AP_WORKER_KIND"]["value"] == kind
     assert env["AP_WORKER_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert [e["name"] for e in main_c["env"]].index("AP_WORKER_ID") < \
-        [e["name"] for e in main_c["env"]].index("OTEL_RESOURCE_ATTRIBUTES")
+    assert [e["name"] for e in main_c["env"]].index("AP_WORKER_ID") < [
+        e["name"] for e in main_c["env"]
+    ].index("OTEL_RESOURCE_ATTRIBUTES")
     assert env["AP_LIVENESS_DIR"]["value"] == "/run/agentic-payments"
     assert main_c["envFrom"] == [{"configMapRef": {"name": "agentic-payments-config"}}]
     # liveness: local file, no NATS; readiness: the NATS status request
@@ -330,16 +364,25 @@ def test_workload_shape(kind: str) -> None:
 def test_verifiers_keep_their_identity_and_have_a_pdb() -> None:
     sts = workloads()["verifier"]
     claims = {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}
-    mounts = {m["name"]: m["mountPath"] for m in
-              sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    mounts = {
+        m["name"]: m["mountPath"]
+        for m in sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    }
     assert mounts["data"] == "/var/lib/agentic-payments" and "data" in claims
     assert sts["spec"]["replicas"] >= 4  # n >= 3f + 1 with f = 1
-    service = next(d for d in all_documents() if d["kind"] == "Service"
-                   and d["metadata"]["name"] == sts["spec"]["serviceName"])
+    service = next(
+        d
+        for d in all_documents()
+        if d["kind"] == "Service" and d["metadata"]["name"] == sts["spec"]["serviceName"]
+    )
     assert service["spec"]["clusterIP"] == "None"
     pdbs = [d for d in all_documents() if d["kind"] == "PodDisruptionBudget"]
-    verifier_pdb = [p for p in pdbs if p["spec"]["selector"]["matchLabels"].items()
-                    <= sts["spec"]["template"]["metadata"]["labels"].items()]
+    verifier_pdb = [
+        p
+        for p in pdbs
+        if p["spec"]["selector"]["matchLabels"].items()
+        <= sts["spec"]["template"]["metadata"]["labels"].items()
+    ]
     assert len(verifier_pdb) == 1
     # a disruption must leave a 2/3 quorum of the pool: n - maxUnavailable >= ceil(2n/3)
     n = sts["spec"]["replicas"]
@@ -353,32 +396,46 @@ def test_recovery_rbac_is_pods_in_its_namespace_only() -> None:
     assert any(d["kind"] == "ServiceAccount" and d["metadata"]["name"] == sa_name for d in docs)
     assert not any(d["kind"] in ("ClusterRole", "ClusterRoleBinding") for d in docs)
     binding = next(d for d in docs if d["kind"] == "RoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa_name,
-                                    "namespace": "agentic-payments"}]
-    role = next(d for d in docs if d["kind"] == "Role"
-                and d["metadata"]["name"] == binding["roleRef"]["name"])
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa_name, "namespace": "agentic-payments"}
+    ]
+    role = next(
+        d
+        for d in docs
+        if d["kind"] == "Role" and d["metadata"]["name"] == binding["roleRef"]["name"]
+    )
     assert role["metadata"]["namespace"] == "agentic-payments"
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"],
-                              "verbs": ["get", "list", "delete"]}]
-    env = {e["name"]: e.get("value") for e in
-           recovery["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "delete"]}
+    ]
+    env = {
+        e["name"]: e.get("value")
+        for e in recovery["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["AP_RECOVERY_BACKEND"] == "kubernetes"
 
 
 def test_keys_and_anomaly_get_their_secrets() -> None:
-    examples = {d["metadata"]["name"]: d for d in
-                documents(K8S / "examples" / "secrets.example.yaml")}
-    for kind, secret, filename in [("keys", "agentic-payments-keys-master", "master.key"),
-                                   ("anomaly", "agentic-payments-anomaly-key", "anomaly.key")]:
+    examples = {
+        d["metadata"]["name"]: d for d in documents(K8S / "examples" / "secrets.example.yaml")
+    }
+    for kind, secret, filename in [
+        ("keys", "agentic-payments-keys-master", "master.key"),
+        ("anomaly", "agentic-payments-anomaly-key", "anomaly.key"),
+    ]:
         pod = workloads()[kind]["spec"]["template"]["spec"]
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes["secret"]["secret"]["secretName"] == secret
         assert filename in examples[secret]["stringData"]
         init = pod["initContainers"][0]
-        assert f"-m 0600 /etc/agentic-payments/secret/{filename} " \
-               f"/run/agentic-payments/secrets/{filename}" in init["command"][-1]
-    keys_env = {e["name"]: e.get("value") for e in
-                workloads()["keys"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert (
+            f"-m 0600 /etc/agentic-payments/secret/{filename} "
+            f"/run/agentic-payments/secrets/{filename}" in init["command"][-1]
+        )
+    keys_env = {
+        e["name"]: e.get("value")
+        for e in workloads()["keys"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert keys_env["AP_MASTER_KEY_FILE"] == "/run/agentic-payments/secrets/master.key"
 
 
@@ -407,8 +464,8 @@ def test_nats_helm_values_ask_for_a_3_node_jetstream_cluster() -> None:
 
 # ------------------------------------------------------------------ the probe command
 def test_liveness_probe_command_as_the_manifests_run_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``agentic-payments check --liveness`` with kind/id/dir from the pod env."""
     monkeypatch.setenv("AP_WORKER_KIND", "tally")
     monkeypatch.setenv("AP_WORKER_ID", "tally-5d8f7-abcde")
@@ -416,14 +473,19 @@ def test_liveness_probe_command_as_the_manifests_run_it(
     path = tmp_path / "tally-tally-5d8f7-abcde.alive"
     assert main(["check", "--liveness"]) == 1
     assert "no liveness file" in capsys.readouterr().out
-    record = liveness.LivenessRecord(kind="tally", worker_id="tally-5d8f7-abcde", pid=1,
-                                     ts=time.time(), ttl_s=16.0)
+    record = liveness.LivenessRecord(
+        kind="tally", worker_id="tally-5d8f7-abcde", pid=1, ts=time.time(), ttl_s=16.0
+    )
     liveness.write(path, record)
     assert main(["check", "--liveness"]) == 0
     assert main(["check", "--liveness", "--json"]) == 0
     assert '"alive": true' in capsys.readouterr().out
-    liveness.write(path, liveness.LivenessRecord(kind="tally", worker_id="tally-5d8f7-abcde",
-                                                 pid=1, ts=time.time() - 60, ttl_s=16.0))
+    liveness.write(
+        path,
+        liveness.LivenessRecord(
+            kind="tally", worker_id="tally-5d8f7-abcde", pid=1, ts=time.time() - 60, ttl_s=16.0
+        ),
+    )
     assert main(["check", "--liveness"]) == 1
     assert "stale" in capsys.readouterr().out
     assert main(["check", "--liveness", "--max-age", "120"]) == 0

@@ -16,10 +16,15 @@ from schemas.identity import (
 )
 
 
-@pytest.mark.parametrize(("raw", "text"), [
-    (b"hello world", "StV1DL6CwTryKyV"), (b"\x00\x00\x01", "112"), (b"", ""),
-    (bytes.fromhex("0000287fb4cd"), "11233QC4"),
-])
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        (b"hello world", "StV1DL6CwTryKyV"),
+        (b"\x00\x00\x01", "112"),
+        (b"", ""),
+        (bytes.fromhex("0000287fb4cd"), "11233QC4"),
+    ],
+)
 def test_base58_known_vectors(raw: bytes, text: str) -> None:
     assert b58encode(raw) == text
     assert b58decode(text) == raw

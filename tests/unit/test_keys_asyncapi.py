@@ -31,13 +31,28 @@ from schemas.keys import (
 from tests.unit.test_asyncapi import DOC, MESSAGES, SCHEMAS, schema_for
 
 PK = bytes(range(32))
-RECORD = KeyRecord(name="k", purpose="authentication", state="Enabled", created_at_ms=1,
-                   policy=KeyPolicy(), versions=(KeyVersion(1, PK, bytes(72), 1),))
+RECORD = KeyRecord(
+    name="k",
+    purpose="authentication",
+    state="Enabled",
+    created_at_ms=1,
+    policy=KeyPolicy(),
+    versions=(KeyVersion(1, PK, bytes(72), 1),),
+)
 SAMPLES: dict[type, Any] = {
-    KeyRequest: KeyRequest(name="k", purpose="authentication", reason="r", version=1,
-                           message=b"m", min_verify_version=1, min_sign_version=1,
-                           auto_rotate_period_s=1, expires_after_s=1, deletion_allowed=True,
-                           deletion_wait_s=1),
+    KeyRequest: KeyRequest(
+        name="k",
+        purpose="authentication",
+        reason="r",
+        version=1,
+        message=b"m",
+        min_verify_version=1,
+        min_sign_version=1,
+        auto_rotate_period_s=1,
+        expires_after_s=1,
+        deletion_allowed=True,
+        deletion_wait_s=1,
+    ),
     KeyInfo: RECORD.info(),
     KeyList: KeyList((RECORD.info(),)),
     KeySignature: KeySignature("k", 1, PK, bytes(64)),
@@ -65,12 +80,15 @@ def test_properties_are_the_wire_fields(cls: type) -> None:
 def test_required_per_op() -> None:
     per_op = schema_for(KeyRequest)["x-required-per-op"]
     assert {op: set(fields) for op, fields in per_op.items()} == {
-        op: set(req) for op, (req, _) in OPS.items()}
+        op: set(req) for op, (req, _) in OPS.items()
+    }
     assert DOC["components"]["parameters"]["keys_op"]["enum"] == list(OPS)
 
 
-@pytest.mark.parametrize(("schema", "prop"), [
-    ("KeyRequest", "purpose"), ("KeyInfo", "purpose"), ("KeyStatus", "purpose")])
+@pytest.mark.parametrize(
+    ("schema", "prop"),
+    [("KeyRequest", "purpose"), ("KeyInfo", "purpose"), ("KeyStatus", "purpose")],
+)
 def test_purpose_enum(schema: str, prop: str) -> None:
     assert SCHEMAS[schema]["properties"][prop]["enum"] == [p.value for p in KeyPurpose]
 
@@ -89,8 +107,11 @@ def test_refusal_codes_and_limits() -> None:
     assert SCHEMAS["KeyInfo"]["properties"]["versions"]["maxItems"] == MAX_VERSIONS
 
 
-@pytest.mark.parametrize("cls", [KeyRequest, KeyInfo, KeyList, KeySignature, KeySweep,
-                                 KeyRevoked], ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls",
+    [KeyRequest, KeyInfo, KeyList, KeySignature, KeySweep, KeyRevoked],
+    ids=lambda c: c.__name__,
+)
 def test_message_limits(cls: Any) -> None:
     ref = f"#/components/schemas/{cls.__name__}"
     found = [m for m in MESSAGES.values() if m["payload"].get("$ref") == ref]

@@ -20,11 +20,26 @@ from workers.recovery.staleness import (
 KEY = ("verifier", "v1")
 
 
-def hb(gen: int = 1, seq: int = 1, *, interval: float = 1.0, health: str = "Healthy",
-       instance: str | None = None) -> Heartbeat:
-    return Heartbeat(kind="verifier", worker_id="v1", instance=instance or f"i{gen}", seq=seq,
-                     ts_ms=0, interval_s=interval, health=health, pid=100 + gen, host="h",
-                     generation=gen)
+def hb(
+    gen: int = 1,
+    seq: int = 1,
+    *,
+    interval: float = 1.0,
+    health: str = "Healthy",
+    instance: str | None = None,
+) -> Heartbeat:
+    return Heartbeat(
+        kind="verifier",
+        worker_id="v1",
+        instance=instance or f"i{gen}",
+        seq=seq,
+        ts_ms=0,
+        interval_s=interval,
+        health=health,
+        pid=100 + gen,
+        host="h",
+        generation=gen,
+    )
 
 
 def fixed(value: float) -> Iterator[float]:
@@ -38,18 +53,22 @@ def tracker(missed: int = 3, rand: float = 0.5, **policy: float) -> Tracker:
 
 
 # ---------------------------------------------------------------- stale after N missed
-@pytest.mark.parametrize(("missed", "interval", "quiet", "stale"), [
-    (3, 1.0, 2.9, False),
-    (3, 1.0, 3.0, False),   # exactly N intervals: not yet
-    (3, 1.0, 3.01, True),
-    (1, 1.0, 1.01, True),
-    (5, 0.2, 0.99, False),
-    (5, 0.2, 1.01, True),
-    (3, 5.0, 14.9, False),
-    (3, 5.0, 15.1, True),
-])
-def test_stale_after_n_missed_intervals(missed: int, interval: float, quiet: float,
-                                        stale: bool) -> None:
+@pytest.mark.parametrize(
+    ("missed", "interval", "quiet", "stale"),
+    [
+        (3, 1.0, 2.9, False),
+        (3, 1.0, 3.0, False),  # exactly N intervals: not yet
+        (3, 1.0, 3.01, True),
+        (1, 1.0, 1.01, True),
+        (5, 0.2, 0.99, False),
+        (5, 0.2, 1.01, True),
+        (3, 5.0, 14.9, False),
+        (3, 5.0, 15.1, True),
+    ],
+)
+def test_stale_after_n_missed_intervals(
+    missed: int, interval: float, quiet: float, stale: bool
+) -> None:
     t = tracker(missed=missed)
     assert t.observe(hb(interval=interval), 100.0) == Seen.NEW
     actions = t.due(100.0 + quiet)
@@ -71,13 +90,16 @@ def test_heartbeats_keep_it_alive() -> None:
 
 
 # ---------------------------------------------------------------- generations
-@pytest.mark.parametrize(("sequence", "expected"), [
-    ([1, 1], [Seen.NEW, Seen.OK]),
-    ([1, 2], [Seen.NEW, Seen.NEW_GENERATION]),
-    ([2, 1], [Seen.NEW, Seen.ZOMBIE]),
-    ([1, 3, 2], [Seen.NEW, Seen.NEW_GENERATION, Seen.ZOMBIE]),
-    ([5, 5, 4, 6, 5], [Seen.NEW, Seen.OK, Seen.ZOMBIE, Seen.NEW_GENERATION, Seen.ZOMBIE]),
-])
+@pytest.mark.parametrize(
+    ("sequence", "expected"),
+    [
+        ([1, 1], [Seen.NEW, Seen.OK]),
+        ([1, 2], [Seen.NEW, Seen.NEW_GENERATION]),
+        ([2, 1], [Seen.NEW, Seen.ZOMBIE]),
+        ([1, 3, 2], [Seen.NEW, Seen.NEW_GENERATION, Seen.ZOMBIE]),
+        ([5, 5, 4, 6, 5], [Seen.NEW, Seen.OK, Seen.ZOMBIE, Seen.NEW_GENERATION, Seen.ZOMBIE]),
+    ],
+)
 def test_older_generations_are_zombies(sequence: list[int], expected: list[Seen]) -> None:
     t = tracker()
     got = [t.observe(hb(gen, seq=i + 1), float(i)) for i, gen in enumerate(sequence)]
@@ -88,8 +110,8 @@ def test_older_generations_are_zombies(sequence: list[int], expected: list[Seen]
 def test_zombie_heartbeats_do_not_keep_a_dead_worker_alive() -> None:
     t = tracker()
     t.observe(hb(1), 0.0)
-    t.observe(hb(2), 1.0)          # the replacement
-    for i in range(10):            # the zombie keeps talking, the replacement is silent
+    t.observe(hb(2), 1.0)  # the replacement
+    for i in range(10):  # the zombie keeps talking, the replacement is silent
         assert t.observe(hb(1, seq=i + 2), 2.0 + i) == Seen.ZOMBIE
     kinds = [a.kind for a in t.due(5.0)]
     assert ActionKind.STALE in kinds
@@ -100,7 +122,7 @@ def test_respawned_generation_raises_the_floor() -> None:
     t.observe(hb(1), 0.0)
     assert [a.kind for a in t.due(4.0)] == [ActionKind.STALE, ActionKind.RESPAWN]
     t.respawned(KEY, 7)
-    assert t.observe(hb(1, seq=2), 4.1) == Seen.ZOMBIE   # the hung process woke up
+    assert t.observe(hb(1, seq=2), 4.1) == Seen.ZOMBIE  # the hung process woke up
     assert t.workers[KEY].status == Status.RECOVERING
     assert t.observe(hb(7), 4.5) == Seen.RECOVERED
     assert t.workers[KEY].status == Status.ALIVE
@@ -111,7 +133,7 @@ def test_a_silent_respawned_generation_is_named_dead_by_the_next_attempt() -> No
     t.observe(hb(1), 0.0)
     first = [a for a in t.due(3.5) if a.kind == ActionKind.RESPAWN]
     assert [(a.attempt, a.generation) for a in first] == [(1, 1)]
-    t.respawned(KEY, 7)          # generation 7 was spawned but never said a word
+    t.respawned(KEY, 7)  # generation 7 was spawned but never said a word
     second = [a for a in t.due(6.1) if a.kind == ActionKind.RESPAWN]
     assert [(a.attempt, a.generation) for a in second] == [(2, 7)]
 
@@ -127,17 +149,20 @@ def test_shutting_down_is_not_respawned() -> None:
 
 
 # ---------------------------------------------------------------- backoff
-@pytest.mark.parametrize(("failed", "rand", "expected"), [
-    (0, 0.5, 0.0),
-    (1, 0.5, 0.5),
-    (2, 0.5, 1.0),
-    (3, 0.5, 2.0),
-    (4, 0.5, 4.0),
-    (10, 0.5, 30.0),     # capped
-    (1, 0.0, 0.4),       # jitter -20 %
-    (1, 0.999999, 0.6),  # jitter +20 % (bound)
-    (10, 0.0, 24.0),
-])
+@pytest.mark.parametrize(
+    ("failed", "rand", "expected"),
+    [
+        (0, 0.5, 0.0),
+        (1, 0.5, 0.5),
+        (2, 0.5, 1.0),
+        (3, 0.5, 2.0),
+        (4, 0.5, 4.0),
+        (10, 0.5, 30.0),  # capped
+        (1, 0.0, 0.4),  # jitter -20 %
+        (1, 0.999999, 0.6),  # jitter +20 % (bound)
+        (10, 0.0, 24.0),
+    ],
+)
 def test_backoff_grows_with_bounded_jitter(failed: int, rand: float, expected: float) -> None:
     assert RetryPolicy().backoff(failed, rand) == pytest.approx(expected, abs=1e-5)
 
@@ -151,18 +176,26 @@ def test_jitter_stays_in_bounds(failed: int) -> None:
     assert len(set(values)) > 50  # jitter really varies
 
 
-@pytest.mark.parametrize("bad", [
-    {"max_retries": 0}, {"base_s": -1.0}, {"factor": 0.5}, {"jitter": 1.0},
-    {"startup_grace_s": 0.0}, {"max_backoff_s": 0.1, "base_s": 1.0},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_retries": 0},
+        {"base_s": -1.0},
+        {"factor": 0.5},
+        {"jitter": 1.0},
+        {"startup_grace_s": 0.0},
+        {"max_backoff_s": 0.1, "base_s": 1.0},
+    ],
+)
 def test_bad_policy_is_a_config_error(bad: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         RetryPolicy(**bad)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- the retry schedule
-def run_until_give_up(t: Tracker, start: float, step: float = 0.01,
-                      limit: float = 500.0) -> list[tuple[float, ActionKind, int]]:
+def run_until_give_up(
+    t: Tracker, start: float, step: float = 0.01, limit: float = 500.0
+) -> list[tuple[float, ActionKind, int]]:
     events: list[tuple[float, ActionKind, int]] = []
     for i in range(int((limit - start) / step)):
         now = start + i * step
@@ -173,14 +206,18 @@ def run_until_give_up(t: Tracker, start: float, step: float = 0.01,
     return events
 
 
-@pytest.mark.parametrize(("max_retries", "grace", "times"), [
-    # attempt n+1 at: failure (attempt time + grace) + backoff(n) with rand 0.5 (no jitter)
-    (1, 1.0, [3.01, 4.01]),
-    (3, 1.0, [3.01, 4.51, 6.51, 7.51]),
-    (4, 2.0, [3.01, 5.51, 8.51, 12.51, 14.51]),
-])
-def test_crash_loop_is_bounded_then_given_up(max_retries: int, grace: float,
-                                             times: list[float]) -> None:
+@pytest.mark.parametrize(
+    ("max_retries", "grace", "times"),
+    [
+        # attempt n+1 at: failure (attempt time + grace) + backoff(n) with rand 0.5 (no jitter)
+        (1, 1.0, [3.01, 4.01]),
+        (3, 1.0, [3.01, 4.51, 6.51, 7.51]),
+        (4, 2.0, [3.01, 5.51, 8.51, 12.51, 14.51]),
+    ],
+)
+def test_crash_loop_is_bounded_then_given_up(
+    max_retries: int, grace: float, times: list[float]
+) -> None:
     t = tracker(max_retries=max_retries, startup_grace_s=grace)
     t.observe(hb(1), 0.0)
     events = run_until_give_up(t, 0.0)
@@ -197,7 +234,7 @@ def test_backend_failure_fails_the_attempt_at_once() -> None:
     t.observe(hb(1), 0.0)
     assert [a.kind for a in t.due(3.5)] == [ActionKind.STALE, ActionKind.RESPAWN]
     t.respawn_failed(KEY, 3.6)
-    assert t.due(3.7) == []                     # backoff(1) = 0.5 s
+    assert t.due(3.7) == []  # backoff(1) = 0.5 s
     actions = t.due(4.11)
     assert [(a.kind, a.attempt) for a in actions] == [(ActionKind.RESPAWN, 2)]
 
@@ -216,8 +253,14 @@ def test_short_recoveries_do_not_reset_the_budget() -> None:
         gen += 1
         assert t.observe(hb(gen), now + 0.5) == Seen.RECOVERED
         now += 0.5
-    assert kinds == [ActionKind.STALE, ActionKind.RESPAWN, ActionKind.STALE,
-                     ActionKind.RESPAWN, ActionKind.STALE, ActionKind.GIVE_UP]
+    assert kinds == [
+        ActionKind.STALE,
+        ActionKind.RESPAWN,
+        ActionKind.STALE,
+        ActionKind.RESPAWN,
+        ActionKind.STALE,
+        ActionKind.GIVE_UP,
+    ]
 
 
 def test_a_lasting_recovery_resets_the_budget() -> None:
@@ -228,8 +271,10 @@ def test_a_lasting_recovery_resets_the_budget() -> None:
     for i in range(15):  # up for 15 s > reset_after_s
         t.observe(hb(2, seq=i + 2), 5.0 + i)
     actions = t.due(25.0)
-    assert [(a.kind, a.attempt) for a in actions] == [(ActionKind.STALE, 0),
-                                                      (ActionKind.RESPAWN, 1)]
+    assert [(a.kind, a.attempt) for a in actions] == [
+        (ActionKind.STALE, 0),
+        (ActionKind.RESPAWN, 1),
+    ]
 
 
 def test_new_generation_after_give_up_is_tracked_afresh() -> None:
@@ -242,8 +287,18 @@ def test_new_generation_after_give_up_is_tracked_afresh() -> None:
 
 def test_workers_are_independent() -> None:
     t = tracker()
-    other = Heartbeat(kind="tally", worker_id="t1", instance="x", seq=1, ts_ms=0,
-                      interval_s=10.0, health="Healthy", pid=1, host="h", generation=1)
+    other = Heartbeat(
+        kind="tally",
+        worker_id="t1",
+        instance="x",
+        seq=1,
+        ts_ms=0,
+        interval_s=10.0,
+        health="Healthy",
+        pid=1,
+        host="h",
+        generation=1,
+    )
     t.observe(hb(1), 0.0)
     t.observe(other, 0.0)
     assert {a.key for a in t.due(4.0)} == {KEY}
@@ -256,47 +311,91 @@ def test_missed_must_be_positive(missed: int) -> None:
 
 
 # ---------------------------------------------------------------- per-worker policies
-@pytest.mark.parametrize(("text", "target", "changed"), [
-    ("tally:max_retries=10", "tally", {"max_retries": 10}),
-    ("verifier/v1:base_s=2,jitter=0", "verifier/v1", {"base_s": 2.0, "jitter": 0.0}),
-    ("keys:startup_grace_s=20, reset_after_s=5", "keys",
-     {"startup_grace_s": 20.0, "reset_after_s": 5.0}),
-])
+@pytest.mark.parametrize(
+    ("text", "target", "changed"),
+    [
+        ("tally:max_retries=10", "tally", {"max_retries": 10}),
+        ("verifier/v1:base_s=2,jitter=0", "verifier/v1", {"base_s": 2.0, "jitter": 0.0}),
+        (
+            "keys:startup_grace_s=20, reset_after_s=5",
+            "keys",
+            {"startup_grace_s": 20.0, "reset_after_s": 5.0},
+        ),
+    ],
+)
 def test_parse_policy_override(text: str, target: str, changed: dict[str, float]) -> None:
     base = RetryPolicy()
     got_target, policy = parse_policy_override(text, base)
     assert got_target == target
-    for name in ("max_retries", "base_s", "factor", "max_backoff_s", "jitter",
-                 "startup_grace_s", "reset_after_s"):
+    for name in (
+        "max_retries",
+        "base_s",
+        "factor",
+        "max_backoff_s",
+        "jitter",
+        "startup_grace_s",
+        "reset_after_s",
+    ):
         assert getattr(policy, name) == changed.get(name, getattr(base, name))
 
 
-@pytest.mark.parametrize("text", [
-    "tally", "tally:", ":max_retries=1", "tally:max_retries", "tally:retries=3",
-    "tally:max_retries=x", "tally:max_retries=0", "tally:jitter=1.5", "tally:base_s=nan",
-    "tally:max_backoff_s=inf",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "tally",
+        "tally:",
+        ":max_retries=1",
+        "tally:max_retries",
+        "tally:retries=3",
+        "tally:max_retries=x",
+        "tally:max_retries=0",
+        "tally:jitter=1.5",
+        "tally:base_s=nan",
+        "tally:max_backoff_s=inf",
+    ],
+)
 def test_bad_policy_override(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_policy_override(text, RetryPolicy())
 
 
-@pytest.mark.parametrize(("key", "max_retries"), [
-    (("verifier", "v1"), 1),   # its own policy
-    (("verifier", "v2"), 2),   # the kind's policy
-    (("tally", "t1"), 3),      # the default
-])
+@pytest.mark.parametrize(
+    ("key", "max_retries"),
+    [
+        (("verifier", "v1"), 1),  # its own policy
+        (("verifier", "v2"), 2),  # the kind's policy
+        (("tally", "t1"), 3),  # the default
+    ],
+)
 def test_policy_lookup_order(key: tuple[str, str], max_retries: int) -> None:
-    t = Tracker(RetryPolicy(max_retries=3), overrides={
-        "verifier": RetryPolicy(max_retries=2), "verifier/v1": RetryPolicy(max_retries=1)})
+    t = Tracker(
+        RetryPolicy(max_retries=3),
+        overrides={
+            "verifier": RetryPolicy(max_retries=2),
+            "verifier/v1": RetryPolicy(max_retries=1),
+        },
+    )
     assert t.policy_for(key).max_retries == max_retries
 
 
 def test_each_worker_is_bounded_by_its_own_policy() -> None:
-    t = Tracker(RetryPolicy(max_retries=3, startup_grace_s=1.0), rand=lambda: 0.5,
-                overrides={"verifier/v1": RetryPolicy(max_retries=1, startup_grace_s=1.0)})
-    other = Heartbeat(kind="verifier", worker_id="v2", instance="x", seq=1, ts_ms=0,
-                      interval_s=1.0, health="Healthy", pid=1, host="h", generation=1)
+    t = Tracker(
+        RetryPolicy(max_retries=3, startup_grace_s=1.0),
+        rand=lambda: 0.5,
+        overrides={"verifier/v1": RetryPolicy(max_retries=1, startup_grace_s=1.0)},
+    )
+    other = Heartbeat(
+        kind="verifier",
+        worker_id="v2",
+        instance="x",
+        seq=1,
+        ts_ms=0,
+        interval_s=1.0,
+        health="Healthy",
+        pid=1,
+        host="h",
+        generation=1,
+    )
     t.observe(hb(1), 0.0)
     t.observe(other, 0.0)
     respawns: dict[tuple[str, str], int] = {}
@@ -310,8 +409,18 @@ def test_each_worker_is_bounded_by_its_own_policy() -> None:
 
 # ---------------------------------------------------------------- review findings
 def _hb(kind: str, wid: str, gen: int, seq: int, interval: float = 1.0) -> Heartbeat:
-    return Heartbeat(kind=kind, worker_id=wid, instance=f"i{gen}", seq=seq, ts_ms=0,
-                     interval_s=interval, health="Healthy", pid=gen, host="h", generation=gen)
+    return Heartbeat(
+        kind=kind,
+        worker_id=wid,
+        instance=f"i{gen}",
+        seq=seq,
+        ts_ms=0,
+        interval_s=interval,
+        health="Healthy",
+        pid=gen,
+        host="h",
+        generation=gen,
+    )
 
 
 def test_a_backlogged_heartbeat_of_the_dead_generation_does_not_cancel_recovery() -> None:

@@ -18,8 +18,9 @@ def test_every_leaf_proves_to_the_root(count: int) -> None:
         if count > 1:
             other = (i + 1) % count
             assert merkle.root_from_proof(leaf, other, count, merkle.proof(tree, i)) != root
-        assert merkle.root_from_proof(merkle.leaf_hash(b"x"), i, count,
-                                      merkle.proof(tree, i)) != root
+        assert (
+            merkle.root_from_proof(merkle.leaf_hash(b"x"), i, count, merkle.proof(tree, i)) != root
+        )
 
 
 def test_known_root_for_three_leaves() -> None:
@@ -28,8 +29,9 @@ def test_known_root_for_three_leaves() -> None:
     assert merkle.root([a, b, c]) == hashlib.sha256(b"\x01" + ab + c).digest()
 
 
-@pytest.mark.parametrize(("index", "count", "path_len"), [(-1, 4, 2), (4, 4, 2), (0, 4, 1),
-                                                          (0, 4, 3), (0, 0, 0)])
+@pytest.mark.parametrize(
+    ("index", "count", "path_len"), [(-1, 4, 2), (4, 4, 2), (0, 4, 1), (0, 4, 3), (0, 0, 0)]
+)
 def test_malformed_proofs_are_none(index: int, count: int, path_len: int) -> None:
     assert merkle.root_from_proof(b"\0" * 32, index, count, [b"\1" * 32] * path_len) is None
 

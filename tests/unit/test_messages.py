@@ -18,26 +18,35 @@ from schemas.messages import (
 
 
 def good() -> dict[str, Any]:
-    return {"type": "verification_request", "v": 1, "request_id": "r1", "message": b"m",
-            "signature": b"s" * 64, "public_key": b"k" * 32}
+    return {
+        "type": "verification_request",
+        "v": 1,
+        "request_id": "r1",
+        "message": b"m",
+        "signature": b"s" * 64,
+        "public_key": b"k" * 32,
+    }
 
 
-@pytest.mark.parametrize(("change", "error", "needle"), [
-    ({"v": 2}, UnsupportedVersion, "version 2"),
-    ({"v": None}, SchemaViolation, "'v'"),
-    ({"type": "vote"}, SchemaViolation, "expected type"),
-    ({"request_id": ""}, SchemaViolation, "request_id"),
-    ({"request_id": "x" * 129}, SchemaViolation, "request_id"),
-    ({"request_id": "a\nb"}, SchemaViolation, "control"),
-    ({"request_id": 5}, SchemaViolation, "request_id"),
-    ({"signature": b"s" * 63}, SchemaViolation, "signature must be 64 bytes, got 63"),
-    ({"signature": "s" * 64}, SchemaViolation, "bin"),
-    ({"public_key": b"k" * 33}, SchemaViolation, "public_key must be 32 bytes"),
-    ({"message": b"m" * (64 * 1024 + 1)}, SchemaViolation, "message"),
-    ({"message": 7}, SchemaViolation, "message"),
-    ({"metadata": {"k": [1]}}, SchemaViolation, "metadata"),
-    ({"metadata": [1]}, SchemaViolation, "metadata"),
-])
+@pytest.mark.parametrize(
+    ("change", "error", "needle"),
+    [
+        ({"v": 2}, UnsupportedVersion, "version 2"),
+        ({"v": None}, SchemaViolation, "'v'"),
+        ({"type": "vote"}, SchemaViolation, "expected type"),
+        ({"request_id": ""}, SchemaViolation, "request_id"),
+        ({"request_id": "x" * 129}, SchemaViolation, "request_id"),
+        ({"request_id": "a\nb"}, SchemaViolation, "control"),
+        ({"request_id": 5}, SchemaViolation, "request_id"),
+        ({"signature": b"s" * 63}, SchemaViolation, "signature must be 64 bytes, got 63"),
+        ({"signature": "s" * 64}, SchemaViolation, "bin"),
+        ({"public_key": b"k" * 33}, SchemaViolation, "public_key must be 32 bytes"),
+        ({"message": b"m" * (64 * 1024 + 1)}, SchemaViolation, "message"),
+        ({"message": 7}, SchemaViolation, "message"),
+        ({"metadata": {"k": [1]}}, SchemaViolation, "metadata"),
+        ({"metadata": [1]}, SchemaViolation, "metadata"),
+    ],
+)
 def test_request_validation(change: dict[str, Any], error: type[Exception], needle: str) -> None:
     obj = good()
     obj.update(change)

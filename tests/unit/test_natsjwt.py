@@ -34,14 +34,19 @@ def claims_of(jwt: str, issuer: NKey) -> dict[str, Any]:
 
 @pytest.fixture
 def keys() -> tuple[NKey, NKey, NKey]:
-    return (NKey.generate(nkeys.PREFIX_BYTE_OPERATOR), NKey.generate(nkeys.PREFIX_BYTE_ACCOUNT),
-            NKey.generate(nkeys.PREFIX_BYTE_USER))
+    return (
+        NKey.generate(nkeys.PREFIX_BYTE_OPERATOR),
+        NKey.generate(nkeys.PREFIX_BYTE_ACCOUNT),
+        NKey.generate(nkeys.PREFIX_BYTE_USER),
+    )
 
 
-@pytest.mark.parametrize(("role", "name"), [("client", "alice"), ("verifier", "v1"),
-                                            ("tally", "t1"), ("admin", "admin")])
-def test_user_jwt_carries_role_permissions(keys: tuple[NKey, NKey, NKey], role: str,
-                                           name: str) -> None:
+@pytest.mark.parametrize(
+    ("role", "name"), [("client", "alice"), ("verifier", "v1"), ("tally", "t1"), ("admin", "admin")]
+)
+def test_user_jwt_carries_role_permissions(
+    keys: tuple[NKey, NKey, NKey], role: str, name: str
+) -> None:
     _, account, user = keys
     claims = claims_of(user_jwt(account, user.public, role, name, S), account)
     perms = permissions(role, name, S)
@@ -83,8 +88,23 @@ def test_creds_file_layout(keys: tuple[NKey, NKey, NKey]) -> None:
 
 def test_cli_jwt_writes_creds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "jwt"
-    assert cli_main(["nats-config", "--auth", "jwt", "--out", str(out), "--user",
-                     "client:shop", "--user", "verifier:v1", "--json"]) == 0
+    assert (
+        cli_main(
+            [
+                "nats-config",
+                "--auth",
+                "jwt",
+                "--out",
+                str(out),
+                "--user",
+                "client:shop",
+                "--user",
+                "verifier:v1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert [u["name"] for u in data["users"]] == ["shop", "v1"]
     conf = (out / "auth.conf").read_text()

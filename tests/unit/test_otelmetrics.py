@@ -20,28 +20,39 @@ def collect(reader: InMemoryMetricReader) -> dict[str, list[tuple[dict[str, Any]
     for rm in data.resource_metrics:
         for sm in rm.scope_metrics:
             for m in sm.metrics:
-                out[m.name] = [(dict(p.attributes or {}),
-                                getattr(p, "value", None) if hasattr(p, "value")
-                                else (p.count, p.sum)) for p in m.data.data_points]
+                out[m.name] = [
+                    (
+                        dict(p.attributes or {}),
+                        getattr(p, "value", None) if hasattr(p, "value") else (p.count, p.sum),
+                    )
+                    for p in m.data.data_points
+                ]
     return out
 
 
-@pytest.mark.parametrize(("records", "counters", "health", "expected_health"), [
-    ([], {}, Health.HEALTHY, 0),
-    ([(1.5, True), (2.5, True)], {"requests_judged": 64}, Health.HEALTHY, 0),
-    ([(1.0, True), (3.0, False)], {"vote_rejected_VOTE_NOT_MEMBER": 2}, Health.DEGRADED, 1),
-    ([(9.0, False)] * 3, {}, Health.UNHEALTHY, 2),
-    ([(1.0, True)], {"a": 1, "b": 2}, Health.SHUTTING_DOWN, 3),
-])
-def test_instruments_mirror_the_stats(records: list[tuple[float, bool]],
-                                      counters: dict[str, int], health: Health,
-                                      expected_health: int) -> None:
+@pytest.mark.parametrize(
+    ("records", "counters", "health", "expected_health"),
+    [
+        ([], {}, Health.HEALTHY, 0),
+        ([(1.5, True), (2.5, True)], {"requests_judged": 64}, Health.HEALTHY, 0),
+        ([(1.0, True), (3.0, False)], {"vote_rejected_VOTE_NOT_MEMBER": 2}, Health.DEGRADED, 1),
+        ([(9.0, False)] * 3, {}, Health.UNHEALTHY, 2),
+        ([(1.0, True)], {"a": 1, "b": 2}, Health.SHUTTING_DOWN, 3),
+    ],
+)
+def test_instruments_mirror_the_stats(
+    records: list[tuple[float, bool]],
+    counters: dict[str, int],
+    health: Health,
+    expected_health: int,
+) -> None:
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     stats = ProcessingStats()
     levels = {"pending": 7.0, "open_ballots": 2.0}
-    WorkerInstruments("tally", stats, lambda: health, lambda: levels,
-                      meter=provider.get_meter("test"))
+    WorkerInstruments(
+        "tally", stats, lambda: health, lambda: levels, meter=provider.get_meter("test")
+    )
     for duration, ok in records:
         stats.record(duration, ok)
     for name, n in counters.items():

@@ -34,20 +34,23 @@ ROOT = Path(__file__).resolve().parents[2]
 S = Subjects("ap")
 
 
-@pytest.mark.parametrize(("pattern", "subject", "expected"), [
-    ("ap.decision.>", "ap.decision.VALID", True),
-    ("ap.decision.>", "ap.decision", False),
-    ("ap.vote.>", "ap.vote.t1", True),
-    ("ap.*.x", "ap.y.x", True),
-    ("ap.*.x", "ap.y.z", False),
-    ("ap.*", "ap.>", False),
-    (">", "anything.at.all", True),
-    ("_INBOX.alice.>", "_INBOX.bob.x", False),
-    ("_INBOX.alice.>", "_INBOX.alice.abc.1", True),
-    ("_INBOX.alice.>", "_INBOX.>", False),
-    ("ap.ballot", "ap.ballot", True),
-    ("ap.ballot", "ap.ballot.x", False),
-])
+@pytest.mark.parametrize(
+    ("pattern", "subject", "expected"),
+    [
+        ("ap.decision.>", "ap.decision.VALID", True),
+        ("ap.decision.>", "ap.decision", False),
+        ("ap.vote.>", "ap.vote.t1", True),
+        ("ap.*.x", "ap.y.x", True),
+        ("ap.*.x", "ap.y.z", False),
+        ("ap.*", "ap.>", False),
+        (">", "anything.at.all", True),
+        ("_INBOX.alice.>", "_INBOX.bob.x", False),
+        ("_INBOX.alice.>", "_INBOX.alice.abc.1", True),
+        ("_INBOX.alice.>", "_INBOX.>", False),
+        ("ap.ballot", "ap.ballot", True),
+        ("ap.ballot", "ap.ballot.x", False),
+    ],
+)
 def test_pattern_covers(pattern: str, subject: str, expected: bool) -> None:
     assert pattern_covers(pattern, subject) is expected
 
@@ -134,9 +137,16 @@ def test_subscribe_rules(role: str, name: str, subject: str, allowed: bool) -> N
     assert permissions(role, name, S).may_subscribe(subject) is allowed
 
 
-@pytest.mark.parametrize(("role", "responses"), [
-    ("client", False), ("verifier", True), ("tally", True), ("anomaly", True), ("admin", False),
-])
+@pytest.mark.parametrize(
+    ("role", "responses"),
+    [
+        ("client", False),
+        ("verifier", True),
+        ("tally", True),
+        ("anomaly", True),
+        ("admin", False),
+    ],
+)
 def test_allow_responses(role: str, responses: bool) -> None:
     assert permissions(role, "x1", S).allow_responses is responses
 
@@ -152,10 +162,18 @@ def test_every_role_reads_only_its_own_inbox_and_publishes_no_inbox(role: str) -
     assert ">" not in perms.publish and ">" not in perms.subscribe
 
 
-@pytest.mark.parametrize(("spec", "ok"), [
-    ("verifier:v1", True), ("client:shop-1", True), ("root:x", False), ("verifier", False),
-    ("verifier:a.b", False), ("verifier:*", False), ("client:" + "x" * 65, False),
-])
+@pytest.mark.parametrize(
+    ("spec", "ok"),
+    [
+        ("verifier:v1", True),
+        ("client:shop-1", True),
+        ("root:x", False),
+        ("verifier", False),
+        ("verifier:a.b", False),
+        ("verifier:*", False),
+        ("client:" + "x" * 65, False),
+    ],
+)
 def test_parse_user(spec: str, ok: bool) -> None:
     if ok:
         assert parse_user(spec)[0] in ROLES
@@ -176,8 +194,9 @@ def test_render_refuses_duplicates_and_bad_auth() -> None:
 def test_checked_in_auth_conf_is_the_rendering() -> None:
     users = build_users(list(DEFAULT_USERS), "env-password", None)
     expected = render_auth_conf(users, S, "env-password")
-    assert (ROOT / "deploy/nats/auth.conf").read_text() == expected, \
+    assert (ROOT / "deploy/nats/auth.conf").read_text() == expected, (
         "regenerate: agentic-payments nats-config > deploy/nats/auth.conf"
+    )
     assert cli_main(["nats-config", "--check", str(ROOT / "deploy/nats/auth.conf")]) == 0
 
 
@@ -188,13 +207,31 @@ def test_check_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "differs" in capsys.readouterr().err
 
 
-def test_nkey_rendering_writes_private_seeds(tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_nkey_rendering_writes_private_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
 
     out = tmp_path / "secrets"
-    assert cli_main(["nats-config", "--auth", "nkey", "--out", str(out), "--prefix", "p1",
-                     "--user", "verifier:v1", "--user", "client:shop", "--json"]) == 0
+    assert (
+        cli_main(
+            [
+                "nats-config",
+                "--auth",
+                "nkey",
+                "--out",
+                str(out),
+                "--prefix",
+                "p1",
+                "--user",
+                "verifier:v1",
+                "--user",
+                "client:shop",
+                "--json",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert [u["name"] for u in data["users"]] == ["v1", "shop"]
     conf = (out / "auth.conf").read_text()
@@ -214,13 +251,13 @@ def test_nkey_without_out_is_a_config_error(capsys: pytest.CaptureFixture[str]) 
     assert cli_main(["nats-config", "--user", "root:x"]) == 78
 
 
-@pytest.mark.parametrize("conf", ["server.conf", "cluster.conf", "leafnode.conf",
-                                  "accounts.conf"])
+@pytest.mark.parametrize("conf", ["server.conf", "cluster.conf", "leafnode.conf", "accounts.conf"])
 def test_deploy_configs_are_valid_for_nats_server(conf: str, tmp_path: Path) -> None:
     """``nats-server -t`` parses the sample configs (with the env passwords set)."""
     path = ROOT / "deploy/nats" / conf
     if conf == "cluster.conf":  # needs its route certificates: a copy with a test PKI
         from tests.integration.test_cluster_routes import route_pki
+
         copy = tmp_path / "nats"
         shutil.copytree(path.parent, copy)
         route_pki(copy)
@@ -228,9 +265,18 @@ def test_deploy_configs_are_valid_for_nats_server(conf: str, tmp_path: Path) -> 
     env = dict(os.environ)
     for spec in DEFAULT_USERS:
         env[User(*parse_user(spec)).password_env] = "test-password"
-    env.update(AP_NATS_PASSWORD_ORG_A="x", AP_NATS_PASSWORD_ORG_B="x",
-               AP_NATS_PASSWORD_CONSORTIUM="x",
-               AP_NATS_HUB_URL="nats-leaf://org_a:x@127.0.0.1:7422")
-    proc = subprocess.run([find_nats_server(), "-c", str(path), "-t"], env=env,
-                          capture_output=True, text=True, timeout=30, cwd=path.parent)
+    env.update(
+        AP_NATS_PASSWORD_ORG_A="x",
+        AP_NATS_PASSWORD_ORG_B="x",
+        AP_NATS_PASSWORD_CONSORTIUM="x",
+        AP_NATS_HUB_URL="nats-leaf://org_a:x@127.0.0.1:7422",
+    )
+    proc = subprocess.run(
+        [find_nats_server(), "-c", str(path), "-t"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=path.parent,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

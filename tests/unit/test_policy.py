@@ -33,13 +33,26 @@ DIGEST = hashlib.sha256(b"pay 10 EUR to merchant-42").digest()
 OTHER_DIGEST = hashlib.sha256(b"pay 10000 EUR to merchant-42").digest()
 CAT = "payments"
 
-IDS = {name: AgentIdentity.from_seed(bytes([i + 1]) * 32)
-       for i, name in enumerate(["root", "high", "high2", "med", "med2", "low", "untrusted",
-                                 "off", "stranger"])}
-LEVELS = {"root": "Root", "high": "High", "high2": "High", "med": "Medium", "med2": "Medium",
-          "low": "Low", "untrusted": "Untrusted", "off": "High"}
-AUTHORITIES = {IDS[n].public_key: AuthorityRecord(IDS[n].public_key, n, level, n != "off")
-               for n, level in LEVELS.items()}
+IDS = {
+    name: AgentIdentity.from_seed(bytes([i + 1]) * 32)
+    for i, name in enumerate(
+        ["root", "high", "high2", "med", "med2", "low", "untrusted", "off", "stranger"]
+    )
+}
+LEVELS = {
+    "root": "Root",
+    "high": "High",
+    "high2": "High",
+    "med": "Medium",
+    "med2": "Medium",
+    "low": "Low",
+    "untrusted": "Untrusted",
+    "off": "High",
+}
+AUTHORITIES = {
+    IDS[n].public_key: AuthorityRecord(IDS[n].public_key, n, level, n != "off")
+    for n, level in LEVELS.items()
+}
 
 
 def key(name: str) -> bytes:
@@ -54,13 +67,17 @@ def endorse(name: str, mode: str = "good", category: str = CAT) -> Endorsement:
     if mode == "other-digest":
         return sign_endorsement(IDS[name], category, OTHER_DIGEST)
     if mode == "forged":  # signed by someone else, claimed by name
-        return Endorsement(key(name), sign_endorsement(IDS["stranger"], category,
-                                                        DIGEST).signature)
+        return Endorsement(key(name), sign_endorsement(IDS["stranger"], category, DIGEST).signature)
     raise AssertionError(mode)
 
 
-def policy(min_authorities: int = 1, level: str = "Low", threshold: str = "1/100",
-           groups: tuple[PolicyGroup, ...] = (), category: str = CAT) -> QuorumPolicy:
+def policy(
+    min_authorities: int = 1,
+    level: str = "Low",
+    threshold: str = "1/100",
+    groups: tuple[PolicyGroup, ...] = (),
+    category: str = CAT,
+) -> QuorumPolicy:
     num, den = threshold.split("/")
     return QuorumPolicy(category, min_authorities, level, Fraction(int(num), int(den)), groups)
 
@@ -85,57 +102,142 @@ TRAP = (PolicyGroup(1, "Medium", name="any-medium"), PolicyGroup(1, "High", name
 
 CASES = [
     Case("one-good", policy(), s("med"), True, ("med",)),
-    Case("duplicate-signer-counted-once", policy(min_authorities=2), s("med", "med"), False,
-         ("med",), (("med", "DUPLICATE"),)),
-    Case("duplicate-then-second-signer", policy(min_authorities=2), s("med", "med", "high"),
-         True, ("med", "high"), (("med", "DUPLICATE"),)),
-    Case("bad-then-good-from-same-authority", policy(),
-         (("med", "forged"), ("med", "good")), True, ("med",), (("med", "BAD_SIGNATURE"),)),
-    Case("one-signer-cannot-fill-two-slots",
-         policy(groups=(PolicyGroup(2, "High"),)), s("high", "high"), False, ("high",),
-         (("high", "DUPLICATE"),)),
-    Case("one-signer-two-groups", policy(groups=(*TRAP[::-1], PolicyGroup(1, "Root"))),
-         s("root", "med"), False, ("root", "med")),
+    Case(
+        "duplicate-signer-counted-once",
+        policy(min_authorities=2),
+        s("med", "med"),
+        False,
+        ("med",),
+        (("med", "DUPLICATE"),),
+    ),
+    Case(
+        "duplicate-then-second-signer",
+        policy(min_authorities=2),
+        s("med", "med", "high"),
+        True,
+        ("med", "high"),
+        (("med", "DUPLICATE"),),
+    ),
+    Case(
+        "bad-then-good-from-same-authority",
+        policy(),
+        (("med", "forged"), ("med", "good")),
+        True,
+        ("med",),
+        (("med", "BAD_SIGNATURE"),),
+    ),
+    Case(
+        "one-signer-cannot-fill-two-slots",
+        policy(groups=(PolicyGroup(2, "High"),)),
+        s("high", "high"),
+        False,
+        ("high",),
+        (("high", "DUPLICATE"),),
+    ),
+    Case(
+        "one-signer-two-groups",
+        policy(groups=(*TRAP[::-1], PolicyGroup(1, "Root"))),
+        s("root", "med"),
+        False,
+        ("root", "med"),
+    ),
     Case("inactive-ignored", policy(), s("off"), False, (), (("off", "INACTIVE"),)),
-    Case("inactive-does-not-block-others", policy(), s("off", "low"), True, ("low",),
-         (("off", "INACTIVE"),)),
-    Case("below-level-ignored", policy(level="Medium"), s("low", "untrusted"), False, (),
-         (("low", "BELOW_TRUST_LEVEL"), ("untrusted", "BELOW_TRUST_LEVEL"))),
+    Case(
+        "inactive-does-not-block-others",
+        policy(),
+        s("off", "low"),
+        True,
+        ("low",),
+        (("off", "INACTIVE"),),
+    ),
+    Case(
+        "below-level-ignored",
+        policy(level="Medium"),
+        s("low", "untrusted"),
+        False,
+        (),
+        (("low", "BELOW_TRUST_LEVEL"), ("untrusted", "BELOW_TRUST_LEVEL")),
+    ),
     Case("at-level-counted", policy(level="Medium"), s("med"), True, ("med",)),
-    Case("unknown-ignored", policy(), s("stranger"), False, (),
-         (("stranger", "UNKNOWN_AUTHORITY"),)),
-    Case("forged-signature", policy(), (("high", "forged"),), False, (),
-         (("high", "BAD_SIGNATURE"),)),
-    Case("wrong-category-signature", policy(), (("high", "other-category"),), False, (),
-         (("high", "BAD_SIGNATURE"),)),
-    Case("wrong-digest-signature", policy(), (("high", "other-digest"),), False, (),
-         (("high", "BAD_SIGNATURE"),)),
+    Case(
+        "unknown-ignored", policy(), s("stranger"), False, (), (("stranger", "UNKNOWN_AUTHORITY"),)
+    ),
+    Case(
+        "forged-signature", policy(), (("high", "forged"),), False, (), (("high", "BAD_SIGNATURE"),)
+    ),
+    Case(
+        "wrong-category-signature",
+        policy(),
+        (("high", "other-category"),),
+        False,
+        (),
+        (("high", "BAD_SIGNATURE"),),
+    ),
+    Case(
+        "wrong-digest-signature",
+        policy(),
+        (("high", "other-digest"),),
+        False,
+        (),
+        (("high", "BAD_SIGNATURE"),),
+    ),
     Case("greedy-trap-passes", policy(groups=TRAP), s("high", "med"), True, ("high", "med")),
-    Case("greedy-trap-reversed-order", policy(groups=TRAP), s("med", "high"), True,
-         ("med", "high")),
-    Case("trap-without-high-fails", policy(groups=TRAP), s("med", "med2"), False,
-         ("med", "med2")),
-    Case("member-list-group", policy(groups=(PolicyGroup(2, "Low", (key("low"), key("med"),
-                                                                    key("root"))),)),
-         s("high", "root", "low"), True, ("high", "root", "low")),
-    Case("member-list-group-short", policy(groups=(PolicyGroup(2, "Low", (key("low"),
-                                                                          key("med"))),)),
-         s("high", "root", "low"), False, ("high", "root", "low")),
+    Case(
+        "greedy-trap-reversed-order", policy(groups=TRAP), s("med", "high"), True, ("med", "high")
+    ),
+    Case("trap-without-high-fails", policy(groups=TRAP), s("med", "med2"), False, ("med", "med2")),
+    Case(
+        "member-list-group",
+        policy(groups=(PolicyGroup(2, "Low", (key("low"), key("med"), key("root"))),)),
+        s("high", "root", "low"),
+        True,
+        ("high", "root", "low"),
+    ),
+    Case(
+        "member-list-group-short",
+        policy(groups=(PolicyGroup(2, "Low", (key("low"), key("med"))),)),
+        s("high", "root", "low"),
+        False,
+        ("high", "root", "low"),
+    ),
     # exact fractions: 7 active at Untrusted+ (off is inactive); 2/3 of 7 -> ceil(14/3) = 5
-    Case("two-thirds-of-seven-needs-5", policy(threshold="2/3", level="Untrusted"),
-         s("root", "high", "high2", "med"), False, ("root", "high", "high2", "med")),
-    Case("two-thirds-of-seven-with-5", policy(threshold="2/3", level="Untrusted"),
-         s("root", "high", "high2", "med", "med2"), True,
-         ("root", "high", "high2", "med", "med2")),
+    Case(
+        "two-thirds-of-seven-needs-5",
+        policy(threshold="2/3", level="Untrusted"),
+        s("root", "high", "high2", "med"),
+        False,
+        ("root", "high", "high2", "med"),
+    ),
+    Case(
+        "two-thirds-of-seven-with-5",
+        policy(threshold="2/3", level="Untrusted"),
+        s("root", "high", "high2", "med", "med2"),
+        True,
+        ("root", "high", "high2", "med", "med2"),
+    ),
     # 3 eligible at High+: 2/3 of 3 is exactly 2 (0.67 * 3 = 2.01 -> 3 is the float bug)
-    Case("two-thirds-of-three-needs-2", policy(level="High", threshold="2/3"),
-         s("root", "high"), True, ("root", "high")),
-    Case("min-authorities-beats-threshold", policy(min_authorities=3, level="High",
-                                                   threshold="1/3"),
-         s("root", "high"), False, ("root", "high")),
+    Case(
+        "two-thirds-of-three-needs-2",
+        policy(level="High", threshold="2/3"),
+        s("root", "high"),
+        True,
+        ("root", "high"),
+    ),
+    Case(
+        "min-authorities-beats-threshold",
+        policy(min_authorities=3, level="High", threshold="1/3"),
+        s("root", "high"),
+        False,
+        ("root", "high"),
+    ),
     # 6 active at Low+: 2/3 of 6 is 4
-    Case("two-thirds-of-six-is-4", policy(threshold="2/3"), s("root", "high", "high2", "med"),
-         True, ("root", "high", "high2", "med")),
+    Case(
+        "two-thirds-of-six-is-4",
+        policy(threshold="2/3"),
+        s("root", "high", "high2", "med"),
+        True,
+        ("root", "high", "high2", "med"),
+    ),
 ]
 
 
@@ -169,14 +271,17 @@ def greedy(slots: list[list[int]]) -> list[int] | None:
     return out
 
 
-@pytest.mark.parametrize(("slots", "signers", "solvable"), [
-    ([[0, 1], [0]], 2, True),           # greedy takes 0 for slot 0 and fails slot 1
-    ([[0, 1, 2], [0, 1], [0]], 3, True),
-    ([[0], [0]], 1, False),             # one signer, two slots
-    ([[0, 1], [0, 1], [0, 1]], 2, False),
-    ([], 0, True),
-    ([[1], [0]], 2, True),
-])
+@pytest.mark.parametrize(
+    ("slots", "signers", "solvable"),
+    [
+        ([[0, 1], [0]], 2, True),  # greedy takes 0 for slot 0 and fails slot 1
+        ([[0, 1, 2], [0, 1], [0]], 3, True),
+        ([[0], [0]], 1, False),  # one signer, two slots
+        ([[0, 1], [0, 1], [0, 1]], 2, False),
+        ([], 0, True),
+        ([[1], [0]], 2, True),
+    ],
+)
 def test_matching_is_exact(slots: list[list[int]], signers: int, solvable: bool) -> None:
     matched = match_slots(slots, signers)
     assert (matched is not None) is solvable
@@ -190,14 +295,25 @@ def test_greedy_really_fails_the_trap() -> None:
     assert match_slots([[0, 1], [0]], 2) == [1, 0]
 
 
-@pytest.mark.parametrize(("threshold", "eligible", "minimum", "expected"), [
-    (Fraction(2, 3), 3, 1, 2), (Fraction(2, 3), 4, 1, 3), (Fraction(2, 3), 6, 1, 4),
-    (Fraction(2, 3), 7, 1, 5), (Fraction(1, 2), 4, 1, 2), (Fraction(1, 2), 5, 1, 3),
-    (Fraction(1, 1), 5, 1, 5), (Fraction(1, 3), 3, 2, 2), (Fraction(2, 3), 0, 1, 1),
-    (Fraction(67, 100), 3, 1, 3), (Fraction(2, 3), 300, 1, 200),
-])
-def test_required_count_is_exact(threshold: Fraction, eligible: int, minimum: int,
-                                 expected: int) -> None:
+@pytest.mark.parametrize(
+    ("threshold", "eligible", "minimum", "expected"),
+    [
+        (Fraction(2, 3), 3, 1, 2),
+        (Fraction(2, 3), 4, 1, 3),
+        (Fraction(2, 3), 6, 1, 4),
+        (Fraction(2, 3), 7, 1, 5),
+        (Fraction(1, 2), 4, 1, 2),
+        (Fraction(1, 2), 5, 1, 3),
+        (Fraction(1, 1), 5, 1, 5),
+        (Fraction(1, 3), 3, 2, 2),
+        (Fraction(2, 3), 0, 1, 1),
+        (Fraction(67, 100), 3, 1, 3),
+        (Fraction(2, 3), 300, 1, 200),
+    ],
+)
+def test_required_count_is_exact(
+    threshold: Fraction, eligible: int, minimum: int, expected: int
+) -> None:
     assert required_count(minimum, threshold, eligible) == expected
 
 
@@ -206,15 +322,19 @@ OWN = policy(min_authorities=1)
 ADMIN = policy(min_authorities=1, level="Root", category="policy-admin")
 
 
-@pytest.mark.parametrize(("policies", "category", "expected"), [
-    ({CAT: OWN, "default": DEFAULT}, CAT, OWN),
-    ({"default": DEFAULT}, CAT, DEFAULT),            # default fallback
-    ({}, CAT, None),                                 # nothing: refuse
-    ({"default": DEFAULT}, "policy-admin", None),    # governance never falls back
-    ({"policy-admin": ADMIN, "default": DEFAULT}, "policy-admin", ADMIN),
-])
-def test_resolve_policy(policies: dict[str, QuorumPolicy], category: str,
-                        expected: QuorumPolicy | None) -> None:
+@pytest.mark.parametrize(
+    ("policies", "category", "expected"),
+    [
+        ({CAT: OWN, "default": DEFAULT}, CAT, OWN),
+        ({"default": DEFAULT}, CAT, DEFAULT),  # default fallback
+        ({}, CAT, None),  # nothing: refuse
+        ({"default": DEFAULT}, "policy-admin", None),  # governance never falls back
+        ({"policy-admin": ADMIN, "default": DEFAULT}, "policy-admin", ADMIN),
+    ],
+)
+def test_resolve_policy(
+    policies: dict[str, QuorumPolicy], category: str, expected: QuorumPolicy | None
+) -> None:
     assert resolve_policy(policies, category) == expected
 
 
@@ -234,8 +354,7 @@ def test_from_state_default_fallback_and_missing() -> None:
     one = [endorse("med")]
     two = [endorse("med"), endorse("high")]
     result = evaluate_from_state(state, CAT, DIGEST, one)
-    assert (result.ok, result.code, result.policy_category) == (False, POLICY_NOT_MET,
-                                                                "default")
+    assert (result.ok, result.code, result.policy_category) == (False, POLICY_NOT_MET, "default")
     assert evaluate_from_state(state, CAT, DIGEST, two).ok
     missing = evaluate_from_state(_state(*records), CAT, DIGEST, two)
     assert (missing.ok, missing.code, missing.policy_category) == (False, POLICY_MISSING, None)
@@ -252,8 +371,7 @@ def test_endorsement_for_one_category_not_valid_for_another_sharing_default() ->
 
 def test_deactivated_authority_lowers_eligible_count() -> None:
     strict = policy(level="High", threshold="1/1")  # all of root, high, high2
-    assert not evaluate(strict, AUTHORITIES, [endorse("root"), endorse("high")], CAT,
-                        DIGEST).ok
+    assert not evaluate(strict, AUTHORITIES, [endorse("root"), endorse("high")], CAT, DIGEST).ok
     fewer = dict(AUTHORITIES)
     fewer[key("high2")] = replace(fewer[key("high2")], active=False)
     assert evaluate(strict, fewer, [endorse("root"), endorse("high")], CAT, DIGEST).ok
@@ -268,15 +386,18 @@ def test_trust_level_order(level: TrustLevel) -> None:
         assert qualifies(record, group) is (ranked.index(other) >= ranked.index(level))
 
 
-@pytest.mark.parametrize(("pol", "ok"), [
-    (policy(min_authorities=1, level="Root"), True),
-    (policy(min_authorities=2, level="Root"), False),       # one Root only
-    (policy(min_authorities=3, level="High"), True),        # root, high, high2 (off inactive)
-    (policy(min_authorities=4, level="High"), False),
-    (policy(level="High", threshold="1/1"), True),
-    (policy(groups=(PolicyGroup(2, "High"), PolicyGroup(1, "Root"))), True),
-    (policy(groups=(PolicyGroup(3, "High"), PolicyGroup(1, "Root"))), False),  # root twice
-    (policy(groups=(PolicyGroup(1, "Low", (key("off"),)),)), False),  # only member inactive
-])
+@pytest.mark.parametrize(
+    ("pol", "ok"),
+    [
+        (policy(min_authorities=1, level="Root"), True),
+        (policy(min_authorities=2, level="Root"), False),  # one Root only
+        (policy(min_authorities=3, level="High"), True),  # root, high, high2 (off inactive)
+        (policy(min_authorities=4, level="High"), False),
+        (policy(level="High", threshold="1/1"), True),
+        (policy(groups=(PolicyGroup(2, "High"), PolicyGroup(1, "Root"))), True),
+        (policy(groups=(PolicyGroup(3, "High"), PolicyGroup(1, "Root"))), False),  # root twice
+        (policy(groups=(PolicyGroup(1, "Low", (key("off"),)),)), False),  # only member inactive
+    ],
+)
 def test_satisfiable(pol: QuorumPolicy, ok: bool) -> None:
     assert (satisfiable(pol, AUTHORITIES) is None) is ok

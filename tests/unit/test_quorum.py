@@ -68,15 +68,27 @@ def test_early_decision_exactly_at_q(n: int, threshold: Fraction) -> None:
         (5, Fraction(1, 2), 3, 2, False, Decision.VALID),
     ],
 )
-def test_decision_table(n: int, threshold: Fraction, valid: int, invalid: int,
-                        timed_out: bool, expected: Decision | None) -> None:
+def test_decision_table(
+    n: int,
+    threshold: Fraction,
+    valid: int,
+    invalid: int,
+    timed_out: bool,
+    expected: Decision | None,
+) -> None:
     assert QuorumRule(n, threshold).decide(valid, invalid, timed_out=timed_out) is expected
 
 
-@pytest.mark.parametrize(("n", "threshold", "safe"), [
-    (4, Fraction(1, 2), False), (5, Fraction(1, 2), True), (4, Fraction(2, 3), True),
-    (10, Fraction(1, 2), False), (3, Fraction(1), True),
-])
+@pytest.mark.parametrize(
+    ("n", "threshold", "safe"),
+    [
+        (4, Fraction(1, 2), False),
+        (5, Fraction(1, 2), True),
+        (4, Fraction(2, 3), True),
+        (10, Fraction(1, 2), False),
+        (3, Fraction(1), True),
+    ],
+)
 def test_safety_flag(n: int, threshold: Fraction, safe: bool) -> None:
     assert QuorumRule(n, threshold).safe is safe
 
@@ -86,18 +98,26 @@ def test_impossible_counts_rejected() -> None:
         QuorumRule(4).decide(3, 2)
 
 
-@pytest.mark.parametrize(("decision", "valid", "invalid", "ok"), [
-    (Decision.VALID, 3, 0, True), (Decision.VALID, 2, 0, False),
-    (Decision.INVALID, 0, 3, True), (Decision.INVALID, 1, 2, False),
-    (Decision.NO_QUORUM, 2, 2, True), (Decision.NO_QUORUM, 2, 1, False),
-    (Decision.TIMEOUT, 2, 0, True), (Decision.TIMEOUT, 3, 0, False),
-])
+@pytest.mark.parametrize(
+    ("decision", "valid", "invalid", "ok"),
+    [
+        (Decision.VALID, 3, 0, True),
+        (Decision.VALID, 2, 0, False),
+        (Decision.INVALID, 0, 3, True),
+        (Decision.INVALID, 1, 2, False),
+        (Decision.NO_QUORUM, 2, 2, True),
+        (Decision.NO_QUORUM, 2, 1, False),
+        (Decision.TIMEOUT, 2, 0, True),
+        (Decision.TIMEOUT, 3, 0, False),
+    ],
+)
 def test_consistency_check(decision: Decision, valid: int, invalid: int, ok: bool) -> None:
     assert QuorumRule(4).consistent(decision, valid, invalid) is ok
 
 
-@pytest.mark.parametrize(("text", "value"), [("2/3", Fraction(2, 3)), ("1", Fraction(1)),
-                                              (" 3/4 ", Fraction(3, 4))])
+@pytest.mark.parametrize(
+    ("text", "value"), [("2/3", Fraction(2, 3)), ("1", Fraction(1)), (" 3/4 ", Fraction(3, 4))]
+)
 def test_parse_threshold(text: str, value: Fraction) -> None:
     assert parse_threshold(text) == value
 

@@ -23,29 +23,35 @@ from bus.sdnotify import Notifier, format_message, socket_address, watchdog_peri
 from schemas.errors import ConfigError
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    (None, None),
-    ("", None),
-    ("/run/systemd/notify", "/run/systemd/notify"),
-    ("@abstract/name", b"\0abstract/name"),
-    ("relative/path", None),
-    ("vsock:2:1234", None),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("/run/systemd/notify", "/run/systemd/notify"),
+        ("@abstract/name", b"\0abstract/name"),
+        ("relative/path", None),
+        ("vsock:2:1234", None),
+    ],
+)
 def test_socket_address(value: str | None, expected: str | bytes | None) -> None:
     assert socket_address(value) == expected
 
 
-@pytest.mark.parametrize(("env", "pid", "expected"), [
-    ({}, 10, None),
-    ({"WATCHDOG_USEC": "30000000"}, 10, 30.0),
-    ({"WATCHDOG_USEC": "500000"}, 10, 0.5),
-    ({"WATCHDOG_USEC": "0"}, 10, None),
-    ({"WATCHDOG_USEC": "-5"}, 10, None),
-    ({"WATCHDOG_USEC": "soon"}, 10, None),
-    ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "10"}, 10, 2.0),
-    ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "11"}, 10, None),
-    ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "x"}, 10, None),
-])
+@pytest.mark.parametrize(
+    ("env", "pid", "expected"),
+    [
+        ({}, 10, None),
+        ({"WATCHDOG_USEC": "30000000"}, 10, 30.0),
+        ({"WATCHDOG_USEC": "500000"}, 10, 0.5),
+        ({"WATCHDOG_USEC": "0"}, 10, None),
+        ({"WATCHDOG_USEC": "-5"}, 10, None),
+        ({"WATCHDOG_USEC": "soon"}, 10, None),
+        ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "10"}, 10, 2.0),
+        ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "11"}, 10, None),
+        ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "x"}, 10, None),
+    ],
+)
 def test_watchdog_period(env: dict[str, str], pid: int, expected: float | None) -> None:
     assert watchdog_period_s(env, pid) == expected
 
@@ -56,47 +62,63 @@ def test_format_message() -> None:
         format_message(STATUS="two\nlines")
 
 
-@pytest.mark.parametrize(("heartbeat", "watchdog", "expected"), [
-    (5.0, None, 5.0),
-    (5.0, 30.0, 5.0),
-    (5.0, 4.0, 2.0),
-    (1.0, 2.0, 1.0),
-    (10.0, 1.0, 0.5),
-])
+@pytest.mark.parametrize(
+    ("heartbeat", "watchdog", "expected"),
+    [
+        (5.0, None, 5.0),
+        (5.0, 30.0, 5.0),
+        (5.0, 4.0, 2.0),
+        (1.0, 2.0, 1.0),
+        (10.0, 1.0, 0.5),
+    ],
+)
 def test_tick_interval(heartbeat: float, watchdog: float | None, expected: float) -> None:
     assert tick_interval(heartbeat, watchdog) == expected
 
 
-@pytest.mark.parametrize(("last", "now", "heartbeat", "interval", "expected"), [
-    (None, 100.0, 5.0, 5.0, False),   # no heartbeat yet
-    (100.0, 100.0, 5.0, 5.0, True),
-    (90.0, 105.0, 5.0, 5.0, True),    # exactly 2 beats + 1 tick
-    (89.9, 105.0, 5.0, 5.0, False),   # heartbeat loop stuck
-    (100.0, 103.0, 1.0, 0.5, False),
-])
-def test_making_progress(last: float | None, now: float, heartbeat: float, interval: float,
-                         expected: bool) -> None:
+@pytest.mark.parametrize(
+    ("last", "now", "heartbeat", "interval", "expected"),
+    [
+        (None, 100.0, 5.0, 5.0, False),  # no heartbeat yet
+        (100.0, 100.0, 5.0, 5.0, True),
+        (90.0, 105.0, 5.0, 5.0, True),  # exactly 2 beats + 1 tick
+        (89.9, 105.0, 5.0, 5.0, False),  # heartbeat loop stuck
+        (100.0, 103.0, 1.0, 0.5, False),
+    ],
+)
+def test_making_progress(
+    last: float | None, now: float, heartbeat: float, interval: float, expected: bool
+) -> None:
     assert making_progress(last, now, heartbeat, interval) is expected
 
 
-def _record(ts: float = 1000.0, ttl: float = 16.0, kind: str = "verifier",
-            wid: str = "v1") -> liveness.LivenessRecord:
+def _record(
+    ts: float = 1000.0, ttl: float = 16.0, kind: str = "verifier", wid: str = "v1"
+) -> liveness.LivenessRecord:
     return liveness.LivenessRecord(kind=kind, worker_id=wid, pid=42, ts=ts, ttl_s=ttl)
 
 
-@pytest.mark.parametrize(("record", "now", "max_age", "alive", "reason"), [
-    (None, 1000.0, None, False, "no liveness file"),
-    (_record(), 1000.0, None, True, "alive"),
-    (_record(), 1016.0, None, True, "alive"),
-    (_record(), 1016.5, None, False, "stale"),
-    (_record(), 1005.0, 3.0, False, "stale"),      # --max-age overrides the ttl
-    (_record(), 1002.0, 3.0, True, "alive"),
-    (_record(ts=2000.0), 1000.0, None, False, "future"),
-    (_record(kind="tally"), 1000.0, None, False, "belongs to"),
-    (_record(wid="v2"), 1000.0, None, False, "belongs to"),
-])
-def test_liveness_verdict(record: liveness.LivenessRecord | None, now: float,
-                          max_age: float | None, alive: bool, reason: str) -> None:
+@pytest.mark.parametrize(
+    ("record", "now", "max_age", "alive", "reason"),
+    [
+        (None, 1000.0, None, False, "no liveness file"),
+        (_record(), 1000.0, None, True, "alive"),
+        (_record(), 1016.0, None, True, "alive"),
+        (_record(), 1016.5, None, False, "stale"),
+        (_record(), 1005.0, 3.0, False, "stale"),  # --max-age overrides the ttl
+        (_record(), 1002.0, 3.0, True, "alive"),
+        (_record(ts=2000.0), 1000.0, None, False, "future"),
+        (_record(kind="tally"), 1000.0, None, False, "belongs to"),
+        (_record(wid="v2"), 1000.0, None, False, "belongs to"),
+    ],
+)
+def test_liveness_verdict(
+    record: liveness.LivenessRecord | None,
+    now: float,
+    max_age: float | None,
+    alive: bool,
+    reason: str,
+) -> None:
     result = liveness.verdict(record, now, max_age, kind="verifier", worker_id="v1")
     assert result.alive is alive
     assert reason in result.reason
@@ -107,22 +129,29 @@ def test_liveness_record_roundtrip() -> None:
     assert liveness.LivenessRecord.parse(record.encode()) == record
 
 
-@pytest.mark.parametrize("data", [
-    b"",
-    b"not json",
-    b"\xff\xfe",
-    b"[]",
-    json.dumps({"v": 2, "kind": "verifier", "id": "v1", "pid": 1, "ts": 1.0,
-                "ttl_s": 1.0}).encode(),
-    json.dumps({"v": 1, "kind": "verifier", "id": "v1", "pid": "1", "ts": 1.0,
-                "ttl_s": 1.0}).encode(),
-    json.dumps({"v": 1, "kind": "verifier", "id": "v1", "pid": 1, "ts": True,
-                "ttl_s": 1.0}).encode(),
-    json.dumps({"v": 1, "kind": "verifier", "id": "v1", "pid": 1, "ts": 1.0,
-                "ttl_s": 0}).encode(),
-    json.dumps({"v": 1, "kind": 3, "id": "v1", "pid": 1, "ts": 1.0, "ttl_s": 1.0}).encode(),
-    b"{" + b" " * liveness.MAX_FILE_BYTES + b"}",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"not json",
+        b"\xff\xfe",
+        b"[]",
+        json.dumps(
+            {"v": 2, "kind": "verifier", "id": "v1", "pid": 1, "ts": 1.0, "ttl_s": 1.0}
+        ).encode(),
+        json.dumps(
+            {"v": 1, "kind": "verifier", "id": "v1", "pid": "1", "ts": 1.0, "ttl_s": 1.0}
+        ).encode(),
+        json.dumps(
+            {"v": 1, "kind": "verifier", "id": "v1", "pid": 1, "ts": True, "ttl_s": 1.0}
+        ).encode(),
+        json.dumps(
+            {"v": 1, "kind": "verifier", "id": "v1", "pid": 1, "ts": 1.0, "ttl_s": 0}
+        ).encode(),
+        json.dumps({"v": 1, "kind": 3, "id": "v1", "pid": 1, "ts": 1.0, "ttl_s": 1.0}).encode(),
+        b"{" + b" " * liveness.MAX_FILE_BYTES + b"}",
+    ],
+)
 def test_liveness_parse_rejects(data: bytes) -> None:
     with pytest.raises(ValueError):
         liveness.LivenessRecord.parse(data)
@@ -174,7 +203,8 @@ def _pending(sock: socket.socket) -> list[bytes]:
 
 
 def test_notifier_sends_and_is_noop_without_socket(
-        notify_socket: tuple[socket.socket, str]) -> None:
+    notify_socket: tuple[socket.socket, str],
+) -> None:
     sock, address = notify_socket
     assert Notifier({}).enabled is False
     assert Notifier({}).ready("x") is False
@@ -187,8 +217,7 @@ def test_notifier_sends_and_is_noop_without_socket(
     assert gone.watchdog() is False  # reported, never raised
 
 
-def test_notifier_never_blocks_on_a_full_queue(
-        notify_socket: tuple[socket.socket, str]) -> None:
+def test_notifier_never_blocks_on_a_full_queue(notify_socket: tuple[socket.socket, str]) -> None:
     """A receiver that stops reading must not stall the worker's event loop."""
     _, address = notify_socket  # bound, never read
     notifier = Notifier({"NOTIFY_SOCKET": address})
@@ -199,7 +228,8 @@ def test_notifier_never_blocks_on_a_full_queue(
 
 
 async def test_keepalive_withholds_pings_without_progress(
-        notify_socket: tuple[socket.socket, str], tmp_path: Path) -> None:
+    notify_socket: tuple[socket.socket, str], tmp_path: Path
+) -> None:
     sock, address = notify_socket
     env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}
     keep = Keepalive("verifier", "v1", data_dir=tmp_path, heartbeat_s=5.0, env=env)

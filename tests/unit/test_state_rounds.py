@@ -45,8 +45,7 @@ def test_forged_newer_revision_is_not_remembered() -> None:
 
 
 @pytest.mark.parametrize(("newer", "stale"), [(0, False), (1, False), (2, True), (3, True)])
-def test_stale_when_too_few_verifiers_remain_at_the_round_revision(newer: int,
-                                                                   stale: bool) -> None:
+def test_stale_when_too_few_verifiers_remain_at_the_round_revision(newer: int, stale: bool) -> None:
     s = Scenario()  # n=4, q=3: two verifiers ahead leave only 2 < q
     r = s.round()
     for i in range(newer):
@@ -72,8 +71,9 @@ def _certificate(s: Scenario, rev: int) -> tuple[object, frozenset[bytes]]:
     ballot = replace(s.ballot(), state_rev=rev)
     for i in range(3):
         r.offer(s.vote(i, ballot=ballot))
-    cert = sign_certificate(s.tally, r.certificate(0, tally_key=s.tally.public_key,
-                                                   decided_at_ms=1, latency_ms=1.0))
+    cert = sign_certificate(
+        s.tally, r.certificate(0, tally_key=s.tally.public_key, decided_at_ms=1, latency_ms=1.0)
+    )
     return cert, s.pool
 
 
@@ -96,8 +96,9 @@ def test_certificate_claiming_another_revision_fails() -> None:
 
 
 class FakeState:
-    def __init__(self, key: str | None = None, chain: str | None = None,
-                 policy: str | None = None) -> None:
+    def __init__(
+        self, key: str | None = None, chain: str | None = None, policy: str | None = None
+    ) -> None:
         self.answers = {"key": key, "chain": chain, "policy": policy}
         self.asked: list[str] = []
 
@@ -105,14 +106,17 @@ class FakeState:
         self.asked.append("key")
         return self.answers["key"]
 
-    def chain_refusal(self, leaf_key: bytes, chain: Sequence[bytes],
-                      now_ms: int) -> str | None:
+    def chain_refusal(self, leaf_key: bytes, chain: Sequence[bytes], now_ms: int) -> str | None:
         self.asked.append("chain")
         return self.answers["chain"]
 
-    def policy_refusal(self, category: str, message: bytes,
-                       endorsements: Sequence[tuple[bytes, bytes]],
-                       now_ms: int) -> str | None:
+    def policy_refusal(
+        self,
+        category: str,
+        message: bytes,
+        endorsements: Sequence[tuple[bytes, bytes]],
+        now_ms: int,
+    ) -> str | None:
         self.asked.append("policy")
         return self.answers["policy"]
 
@@ -123,41 +127,74 @@ AGENT = AgentIdentity.generate()
 def _raw(*, chain: bool = False, category: bool = False, tamper: bool = False) -> bytes:
     message = b"pay 5"
     return VerificationRequest(
-        request_id="r1", message=message + (b"!" if tamper else b""),
-        signature=AGENT.sign(message), public_key=AGENT.public_key,
-        chain=(b"cert",) if chain else (), category="travel" if category else "").encode()
+        request_id="r1",
+        message=message + (b"!" if tamper else b""),
+        signature=AGENT.sign(message),
+        public_key=AGENT.public_key,
+        chain=(b"cert",) if chain else (),
+        category="travel" if category else "",
+    ).encode()
 
 
-@pytest.mark.parametrize(("raw", "state", "valid", "reason", "asked"), [
-    (_raw(), FakeState(), True, "OK", ["key"]),
-    (_raw(tamper=True), FakeState(key="KEY_REVOKED"), False, "BAD_SIGNATURE", []),
-    (_raw(), FakeState(key="KEY_REVOKED"), False, "KEY_REVOKED", ["key"]),
-    (_raw(chain=True), FakeState(chain="CHAIN_EXPIRED"), False, "CHAIN_EXPIRED",
-     ["key", "chain"]),
-    (_raw(chain=True, category=True), FakeState(key="KEY_EXPIRED", chain="CHAIN_EXPIRED"),
-     False, "KEY_EXPIRED", ["key"]),
-    (_raw(category=True), FakeState(chain="CHAIN_EXPIRED", policy="POLICY_NOT_MET"), False,
-     "POLICY_NOT_MET", ["key", "policy"]),
-    (_raw(chain=True, category=True), FakeState(), True, "OK", ["key", "chain", "policy"]),
-    (_raw(), FakeState(key="X" * 100), False, "X" * 64, ["key"]),
-])
-def test_judge_checks_in_order_and_first_refusal_wins(raw: bytes, state: FakeState, valid: bool,
-                                                      reason: str, asked: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("raw", "state", "valid", "reason", "asked"),
+    [
+        (_raw(), FakeState(), True, "OK", ["key"]),
+        (_raw(tamper=True), FakeState(key="KEY_REVOKED"), False, "BAD_SIGNATURE", []),
+        (_raw(), FakeState(key="KEY_REVOKED"), False, "KEY_REVOKED", ["key"]),
+        (
+            _raw(chain=True),
+            FakeState(chain="CHAIN_EXPIRED"),
+            False,
+            "CHAIN_EXPIRED",
+            ["key", "chain"],
+        ),
+        (
+            _raw(chain=True, category=True),
+            FakeState(key="KEY_EXPIRED", chain="CHAIN_EXPIRED"),
+            False,
+            "KEY_EXPIRED",
+            ["key"],
+        ),
+        (
+            _raw(category=True),
+            FakeState(chain="CHAIN_EXPIRED", policy="POLICY_NOT_MET"),
+            False,
+            "POLICY_NOT_MET",
+            ["key", "policy"],
+        ),
+        (_raw(chain=True, category=True), FakeState(), True, "OK", ["key", "chain", "policy"]),
+        (_raw(), FakeState(key="X" * 100), False, "X" * 64, ["key"]),
+    ],
+)
+def test_judge_checks_in_order_and_first_refusal_wins(
+    raw: bytes, state: FakeState, valid: bool, reason: str, asked: list[str]
+) -> None:
     entry = judge(raw, state, 1)
     assert (entry.valid, entry.reason) == (valid, reason)
     assert state.asked == asked
 
 
-@pytest.mark.parametrize(("raw", "reason"), [
-    (_raw(), "OK"), (_raw(chain=True), "CHAIN_NO_ANCHOR"), (_raw(category=True), "POLICY_MISSING")])
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (_raw(), "OK"),
+        (_raw(chain=True), "CHAIN_NO_ANCHOR"),
+        (_raw(category=True), "POLICY_MISSING"),
+    ],
+)
 def test_without_state_chains_and_categories_cannot_pass(raw: bytes, reason: str) -> None:
     assert judge(raw, NO_STATE).reason == reason
 
 
 class BrokenState(FakeState):
-    def policy_refusal(self, category: str, message: bytes,
-                       endorsements: Sequence[tuple[bytes, bytes]],
-                       now_ms: int) -> str | None:
+    def policy_refusal(
+        self,
+        category: str,
+        message: bytes,
+        endorsements: Sequence[tuple[bytes, bytes]],
+        now_ms: int,
+    ) -> str | None:
         raise ValueError("boom")
 
 
@@ -169,6 +206,7 @@ def test_a_failing_state_check_refuses_one_request_not_the_ballot() -> None:
 @pytest.mark.parametrize("category", ["a.b", "café", "x٣", "a b", "x" * 65])
 def test_categories_outside_the_authority_alphabet_are_malformed(category: str) -> None:
     from schemas.errors import SchemaViolation
+
     wire = VerificationRequest("r", b"m", bytes(64), bytes(32)).to_wire()
     with pytest.raises(SchemaViolation):
         VerificationRequest.from_wire({**wire, "category": category})
@@ -181,13 +219,17 @@ class ExpiringState(FakeState):
         return "KEY_EXPIRED" if now_ms >= 1000 else None
 
 
-@pytest.mark.parametrize(("issued", "own", "reason"), [
-    (900, 950, "OK"),            # valid at both
-    (500, 1500, "KEY_EXPIRED"),  # a back-dated ballot cannot revive an expired key
-    (990, 1001, "KEY_EXPIRED"),  # expired by our own clock
-    (1001, 999, "KEY_EXPIRED"),  # expired at the ballot's time (within the skew)
-    (5000, 999, "OK"),           # an implausible ballot time is ignored
-])
+@pytest.mark.parametrize(
+    ("issued", "own", "reason"),
+    [
+        (900, 950, "OK"),  # valid at both
+        (500, 1500, "KEY_EXPIRED"),  # a back-dated ballot cannot revive an expired key
+        (990, 1001, "KEY_EXPIRED"),  # expired by our own clock
+        (1001, 999, "KEY_EXPIRED"),  # expired at the ballot's time (within the skew)
+        (5000, 999, "OK"),  # an implausible ballot time is ignored
+    ],
+)
 def test_judging_at_the_ballot_time_and_our_own(issued: int, own: int, reason: str) -> None:
     from workers.consensus.judge import judge_at_both
+
     assert judge_at_both(_raw(), ExpiringState(), issued, own).reason == reason

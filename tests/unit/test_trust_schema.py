@@ -42,20 +42,33 @@ from schemas.trust import (
 from workers.trust import chain
 
 DOC: dict[str, Any] = yaml.safe_load(
-    (Path(__file__).resolve().parents[2] / "schemas" / "asyncapi.yaml").read_text())
+    (Path(__file__).resolve().parents[2] / "schemas" / "asyncapi.yaml").read_text()
+)
 SCHEMAS = DOC["components"]["schemas"]
 ISSUER = AgentIdentity.from_seed(bytes(range(32)))
 SUBJECT = AgentIdentity.from_seed(bytes(range(32, 64)))
-CERT = issue(ISSUER, serial="agent-0001", subject_key=SUBJECT.public_key,
-             not_before_ms=1_700_000_000_000, not_after_ms=1_731_536_000_000,
-             purposes=["payment"], path_len=0)
-OPTIONAL = {"TrustAddAnchorRequest": {"label"}, "TrustRevokeCertRequest": {"reason"},
-            "TrustValidateRequest": {"purpose", "presented", "now_ms", "min_revision"}}
+CERT = issue(
+    ISSUER,
+    serial="agent-0001",
+    subject_key=SUBJECT.public_key,
+    not_before_ms=1_700_000_000_000,
+    not_after_ms=1_731_536_000_000,
+    purposes=["payment"],
+    path_len=0,
+)
+OPTIONAL = {
+    "TrustAddAnchorRequest": {"label"},
+    "TrustRevokeCertRequest": {"reason"},
+    "TrustValidateRequest": {"purpose", "presented", "now_ms", "min_revision"},
+}
 
 
 def schema_of(cls: type) -> tuple[str, dict[str, Any]]:
-    found = [(n, s) for n, s in SCHEMAS.items()
-             if s.get("x-python-class") == f"{cls.__module__}.{cls.__qualname__}"]
+    found = [
+        (n, s)
+        for n, s in SCHEMAS.items()
+        if s.get("x-python-class") == f"{cls.__module__}.{cls.__qualname__}"
+    ]
     assert len(found) == 1, cls
     return found[0]
 
@@ -102,30 +115,33 @@ def _wire(**changes: Any) -> dict[str, Any]:
     return wire
 
 
-@pytest.mark.parametrize(("changes", "error"), [
-    ({}, None),
-    ({"v": 2}, UnsupportedVersion),
-    ({"type": "trust_anchor"}, SchemaViolation),
-    ({"serial": None}, SchemaViolation),
-    ({"serial": "a.b"}, SchemaViolation),
-    ({"serial": "x" * 65}, SchemaViolation),
-    ({"serial": "x" * 64}, None),
-    ({"subject_key": bytes(31)}, SchemaViolation),
-    ({"issuer_key": "00" * 32}, SchemaViolation),
-    ({"sig": bytes(63)}, SchemaViolation),
-    ({"not_before_ms": -1}, SchemaViolation),
-    ({"not_after_ms": 1_700_000_000_000}, SchemaViolation),
-    ({"purposes": []}, SchemaViolation),
-    ({"purposes": ["steal"]}, SchemaViolation),
-    ({"purposes": ["payment", "ca"]}, SchemaViolation),
-    ({"purposes": ["ca", "ca"]}, SchemaViolation),
-    ({"purposes": ["authority", "ca", "payment", "verifier"]}, None),
-    ({"path_len": -1}, None),
-    ({"path_len": -2}, SchemaViolation),
-    ({"path_len": 64}, None),
-    ({"path_len": 65}, SchemaViolation),
-    ({"path_len": True}, SchemaViolation),
-])
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({}, None),
+        ({"v": 2}, UnsupportedVersion),
+        ({"type": "trust_anchor"}, SchemaViolation),
+        ({"serial": None}, SchemaViolation),
+        ({"serial": "a.b"}, SchemaViolation),
+        ({"serial": "x" * 65}, SchemaViolation),
+        ({"serial": "x" * 64}, None),
+        ({"subject_key": bytes(31)}, SchemaViolation),
+        ({"issuer_key": "00" * 32}, SchemaViolation),
+        ({"sig": bytes(63)}, SchemaViolation),
+        ({"not_before_ms": -1}, SchemaViolation),
+        ({"not_after_ms": 1_700_000_000_000}, SchemaViolation),
+        ({"purposes": []}, SchemaViolation),
+        ({"purposes": ["steal"]}, SchemaViolation),
+        ({"purposes": ["payment", "ca"]}, SchemaViolation),
+        ({"purposes": ["ca", "ca"]}, SchemaViolation),
+        ({"purposes": ["authority", "ca", "payment", "verifier"]}, None),
+        ({"path_len": -1}, None),
+        ({"path_len": -2}, SchemaViolation),
+        ({"path_len": 64}, None),
+        ({"path_len": 65}, SchemaViolation),
+        ({"path_len": True}, SchemaViolation),
+    ],
+)
 def test_certificate_decoding(changes: dict[str, Any], error: type[Exception] | None) -> None:
     raw = msgpack.packb(_wire(**changes), use_bin_type=True)
     if error is None:
@@ -144,18 +160,35 @@ def test_oversized_and_garbage_certificates() -> None:
 
 def test_signature_covers_every_field() -> None:
     assert CERT.signature_ok()
-    for change in ({"serial": "other"}, {"path_len": 1}, {"purposes": ("ca", "payment")},
-                   {"not_after_ms": CERT.not_after_ms + 1}, {"subject_key": bytes(32)}):
+    for change in (
+        {"serial": "other"},
+        {"path_len": 1},
+        {"purposes": ("ca", "payment")},
+        {"not_after_ms": CERT.not_after_ms + 1},
+        {"subject_key": bytes(32)},
+    ):
         assert not replace(CERT, **change).signature_ok(), change  # type: ignore[arg-type]
 
 
 def test_issue_refuses_what_a_receiver_refuses() -> None:
     with pytest.raises(SchemaViolation):
-        issue(ISSUER, serial="bad serial", subject_key=SUBJECT.public_key, not_before_ms=1,
-              not_after_ms=2, purposes=["payment"])
+        issue(
+            ISSUER,
+            serial="bad serial",
+            subject_key=SUBJECT.public_key,
+            not_before_ms=1,
+            not_after_ms=2,
+            purposes=["payment"],
+        )
     with pytest.raises(SchemaViolation):
-        issue(ISSUER, serial="s", subject_key=SUBJECT.public_key, not_before_ms=2,
-              not_after_ms=2, purposes=["payment"])
+        issue(
+            ISSUER,
+            serial="s",
+            subject_key=SUBJECT.public_key,
+            not_before_ms=2,
+            not_after_ms=2,
+            purposes=["payment"],
+        )
 
 
 # ------------------------------------------------------------------ state records
@@ -164,33 +197,43 @@ def test_state_records_round_trip() -> None:
     assert decode_state_record(f"anchor.{ISSUER.public_key.hex()}", anchor.encode()) == anchor
     record = TrustCertRecord(CERT.encode(), True, "lost", 9)
     assert decode_state_record("cert.agent-0001", record.encode()) == StoredCert(
-        CERT, True, "lost", 9)
+        CERT, True, "lost", 9
+    )
     assert decode_state_record("key.abc", b"\x01\x02") == b"\x01\x02"
 
 
-@pytest.mark.parametrize(("key", "value"), [
-    ("anchor.00", TrustAnchor(ISSUER.public_key, "", 1).encode()),
-    ("cert.other", TrustCertRecord(CERT.encode()).encode()),
-    ("cert.agent-0001", TrustCertRecord(b"junk").encode()),
-    ("cert.agent-0001", b"\xc1"),
-    ("anchor.x", TrustCertRecord(CERT.encode()).encode()),
-])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("anchor.00", TrustAnchor(ISSUER.public_key, "", 1).encode()),
+        ("cert.other", TrustCertRecord(CERT.encode()).encode()),
+        ("cert.agent-0001", TrustCertRecord(b"junk").encode()),
+        ("cert.agent-0001", b"\xc1"),
+        ("anchor.x", TrustCertRecord(CERT.encode()).encode()),
+    ],
+)
 def test_malformed_state_records(key: str, value: bytes) -> None:
     with pytest.raises(CodecError):
         decode_state_record(key, value)
 
 
 # ------------------------------------------------------------------ service messages
-@pytest.mark.parametrize("message", [
-    AddCertRequest(CERT.encode()), ListRequest(),
-    ValidateRequest(SUBJECT.public_key, "verifier", (CERT.encode(),), 7, 3),
-    ValidateRequest(SUBJECT.public_key),
-    TrustAck("add-cert", "cert.x", True, 4, "stored"),
-    ChainReply(False, "CHAIN_LOOP", "link 2: loop", 2, (), 3, None, 9, 10),
-    ChainReply(True, None, "ok", None, (CERT.encode(),), 1, 5, 9, 10),
-    TrustListing((TrustAnchor(ISSUER.public_key, "r", 1),), (TrustCertRecord(CERT.encode()),),
-                 12, False),
-], ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize(
+    "message",
+    [
+        AddCertRequest(CERT.encode()),
+        ListRequest(),
+        ValidateRequest(SUBJECT.public_key, "verifier", (CERT.encode(),), 7, 3),
+        ValidateRequest(SUBJECT.public_key),
+        TrustAck("add-cert", "cert.x", True, 4, "stored"),
+        ChainReply(False, "CHAIN_LOOP", "link 2: loop", 2, (), 3, None, 9, 10),
+        ChainReply(True, None, "ok", None, (CERT.encode(),), 1, 5, 9, 10),
+        TrustListing(
+            (TrustAnchor(ISSUER.public_key, "r", 1),), (TrustCertRecord(CERT.encode()),), 12, False
+        ),
+    ],
+    ids=lambda m: type(m).__name__,
+)
 def test_messages_round_trip(message: Any) -> None:
     assert type(message).decode(message.encode()) == message
     if not isinstance(message, (AddCertRequest, ListRequest, ValidateRequest)):
@@ -199,12 +242,14 @@ def test_messages_round_trip(message: Any) -> None:
 
 def test_validate_request_limits() -> None:
     base = ValidateRequest(SUBJECT.public_key).to_wire()
-    for change, error in (({"presented": [b"x"] * 17}, SchemaViolation),
-                          ({"presented": [b"x" * 1025]}, SchemaViolation),
-                          ({"presented": ["x"]}, SchemaViolation),
-                          ({"purpose": "steal"}, SchemaViolation),
-                          ({"now_ms": -1}, SchemaViolation),
-                          ({"v": 3}, UnsupportedVersion)):
+    for change, error in (
+        ({"presented": [b"x"] * 17}, SchemaViolation),
+        ({"presented": [b"x" * 1025]}, SchemaViolation),
+        ({"presented": ["x"]}, SchemaViolation),
+        ({"purpose": "steal"}, SchemaViolation),
+        ({"now_ms": -1}, SchemaViolation),
+        ({"v": 3}, UnsupportedVersion),
+    ):
         with pytest.raises(error):
             ValidateRequest.from_wire({**base, **change})
 

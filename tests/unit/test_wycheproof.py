@@ -22,9 +22,14 @@ from workers.consensus.judge import judge
 NAME = "wycheproof_ed25519_test.json"
 # AP_VECTORS_DIR, else ../shared/vectors beside the checkout (as CI lays it out), else the
 # copy in tests/data (Wycheproof, Apache-2.0) so the suite runs on a fresh machine too
-_CANDIDATES = [Path(os.environ["AP_VECTORS_DIR"]) / NAME] if os.environ.get("AP_VECTORS_DIR") \
-    else [Path(__file__).resolve().parents[3] / "shared" / "vectors" / NAME,
-          Path(__file__).resolve().parents[1] / "data" / NAME]
+_CANDIDATES = (
+    [Path(os.environ["AP_VECTORS_DIR"]) / NAME]
+    if os.environ.get("AP_VECTORS_DIR")
+    else [
+        Path(__file__).resolve().parents[3] / "shared" / "vectors" / NAME,
+        Path(__file__).resolve().parents[1] / "data" / NAME,
+    ]
+)
 VECTORS = next((p for p in _CANDIDATES if p.is_file()), _CANDIDATES[-1])
 
 
@@ -34,8 +39,15 @@ def _cases() -> list[Any]:
     for group in data["testGroups"]:
         pk = bytes.fromhex(group["publicKey"]["pk"])
         for t in group["tests"]:
-            cases.append(pytest.param(pk, bytes.fromhex(t["msg"]), bytes.fromhex(t["sig"]),
-                                      t["result"] == "valid", id=f"tc{t['tcId']}"))
+            cases.append(
+                pytest.param(
+                    pk,
+                    bytes.fromhex(t["msg"]),
+                    bytes.fromhex(t["sig"]),
+                    t["result"] == "valid",
+                    id=f"tc{t['tcId']}",
+                )
+            )
     return cases
 
 
@@ -58,8 +70,16 @@ def test_verify_signature(pk: bytes, msg: bytes, sig: bytes, valid: bool) -> Non
 
 @pytest.mark.parametrize(("pk", "msg", "sig", "valid"), CASES)
 def test_verifier_judge(pk: bytes, msg: bytes, sig: bytes, valid: bool) -> None:
-    raw = encode({"type": "verification_request", "v": 1, "request_id": "w",
-                  "message": msg, "signature": sig, "public_key": pk})
+    raw = encode(
+        {
+            "type": "verification_request",
+            "v": 1,
+            "request_id": "w",
+            "message": msg,
+            "signature": sig,
+            "public_key": pk,
+        }
+    )
     entry = judge(raw)
     assert entry.valid is valid
     assert entry.request_id == "w"

@@ -57,7 +57,10 @@ from schemas.messages import MetricsSnapshot
 MAD_TO_SIGMA = 1.4826
 #: Score bands: the lowest score of each statistical severity.
 SEVERITY_BANDS: tuple[tuple[float, Severity], ...] = (
-    (8.0, Severity.HIGH), (5.0, Severity.MEDIUM), (0.0, Severity.LOW))
+    (8.0, Severity.HIGH),
+    (5.0, Severity.MEDIUM),
+    (0.0, Severity.LOW),
+)
 
 
 class Method(enum.StrEnum):
@@ -168,8 +171,9 @@ class SeriesDetector:
             if self.raised is None and self.anomalous_run >= self.config.raise_after:
                 self.raised = severity
                 return Event(EventKind.RAISED, severity, s)
-            if self.raised is not None and (SEVERITY_ORDER.index(severity)
-                                            > SEVERITY_ORDER.index(self.raised)):
+            if self.raised is not None and (
+                SEVERITY_ORDER.index(severity) > SEVERITY_ORDER.index(self.raised)
+            ):
                 self.raised = severity
                 return Event(EventKind.ESCALATED, severity, s)
             return None
@@ -181,8 +185,9 @@ class SeriesDetector:
         return None
 
 
-def interval_samples(previous: MetricsSnapshot | None, current: MetricsSnapshot
-                     ) -> dict[str, float]:
+def interval_samples(
+    previous: MetricsSnapshot | None, current: MetricsSnapshot
+) -> dict[str, float]:
     """Per-interval samples between two consecutive snapshots of one worker.
 
     ``processing_ms`` is the mean task time of the tasks finished in the
@@ -191,10 +196,16 @@ def interval_samples(previous: MetricsSnapshot | None, current: MetricsSnapshot
     the failed fraction of them. Nothing when there is no earlier snapshot of
     the same instance (a restart resets the counters) or no task finished.
     """
-    if (previous is None or previous.instance != current.instance
-            or current.tasks <= previous.tasks or current.failures < previous.failures):
+    if (
+        previous is None
+        or previous.instance != current.instance
+        or current.tasks <= previous.tasks
+        or current.failures < previous.failures
+    ):
         return {}
     done = current.tasks - previous.tasks
     total_ms = current.avg_ms * current.tasks - previous.avg_ms * previous.tasks
-    return {"processing_ms": max(0.0, total_ms / done),
-            "failure_rate": min(1.0, (current.failures - previous.failures) / done)}
+    return {
+        "processing_ms": max(0.0, total_ms / done),
+        "failure_rate": min(1.0, (current.failures - previous.failures) / done),
+    }

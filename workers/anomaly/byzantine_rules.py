@@ -87,10 +87,12 @@ class VoteLedger:
             if previous.entries == vote.entries:
                 return [], None  # a duplicate (or the same verdicts re-signed)
             same_question = (
-                previous.tally_id == vote.tally_id and previous.epoch == vote.epoch
+                previous.tally_id == vote.tally_id
+                and previous.epoch == vote.epoch
                 and previous.state_rev == vote.state_rev
                 and [(e.request_id, e.digest) for e in previous.entries]
-                == [(e.request_id, e.digest) for e in vote.entries])
+                == [(e.request_id, e.digest) for e in vote.entries]
+            )
             if not same_question:
                 # different requests (a ballot id reused by a rogue publisher) or another
                 # verdict state (e.g. a revocation between a replay and a restart): two
@@ -100,8 +102,14 @@ class VoteLedger:
         entry.votes[vote.verifier_key] = vote
         return self._compare(entry, vote.ballot_id, [vote]), None
 
-    def add_decision(self, ballot_id: str, request_id: str, digest: bytes,
-                     decision: str, state_rev: int | None = None) -> list[Disagreement]:
+    def add_decision(
+        self,
+        ballot_id: str,
+        request_id: str,
+        digest: bytes,
+        decision: str,
+        state_rev: int | None = None,
+    ) -> list[Disagreement]:
         """A verified certificate's outcome; returns disagreements of votes seen so far.
 
         Only votes judged under the certificate's verdict-state revision are compared:
@@ -129,8 +137,11 @@ class VoteLedger:
                 key = (vote.verifier_key, e.request_id)
                 if (e.valid != (decided[1] == "VALID")) and key not in entry.reported:
                     entry.reported.add(key)
-                    found.append(Disagreement(vote.verifier_key, ballot_id, e.request_id,
-                                              e.valid, decided[1]))
+                    found.append(
+                        Disagreement(
+                            vote.verifier_key, ballot_id, e.request_id, e.valid, decided[1]
+                        )
+                    )
         return found
 
     def agreements(self, ballot_id: str, request_id: str) -> dict[bytes, bool]:
@@ -190,8 +201,9 @@ class Verdict:
     reason: str
 
 
-def decide_quarantine(policy: QuarantinePolicy, *, active: int, is_member: bool,
-                      now: float, recent: Sequence[float]) -> Verdict:
+def decide_quarantine(
+    policy: QuarantinePolicy, *, active: int, is_member: bool, now: float, recent: Sequence[float]
+) -> Verdict:
     """What to do about a verifier with Byzantine evidence against it.
 
     ``active`` is the current active pool size, ``is_member`` whether the
@@ -205,12 +217,19 @@ def decide_quarantine(policy: QuarantinePolicy, *, active: int, is_member: bool,
     if not is_member:
         return Verdict(Action.ALERT, "not an active member (already quarantined or removed)")
     if active - 1 < policy.min_pool:
-        return Verdict(Action.ALERT, f"quarantine would leave {active - 1} active verifiers, "
-                                     f"below the minimum {policy.min_pool}")
+        return Verdict(
+            Action.ALERT,
+            f"quarantine would leave {active - 1} active verifiers, "
+            f"below the minimum {policy.min_pool}",
+        )
     if recent and now - max(recent) < policy.min_interval_s:
-        return Verdict(Action.ALERT, f"rate limit: last quarantine {now - max(recent):.0f}s ago, "
-                                     f"minimum interval {policy.min_interval_s:.0f}s")
+        return Verdict(
+            Action.ALERT,
+            f"rate limit: last quarantine {now - max(recent):.0f}s ago, "
+            f"minimum interval {policy.min_interval_s:.0f}s",
+        )
     if sum(1 for t in recent if now - t < 3600) >= policy.max_per_hour:
-        return Verdict(Action.ALERT, f"rate limit: {policy.max_per_hour} quarantines in the "
-                                     "last hour")
+        return Verdict(
+            Action.ALERT, f"rate limit: {policy.max_per_hour} quarantines in the last hour"
+        )
     return Verdict(Action.QUARANTINE, "policy allows quarantine")

@@ -52,23 +52,37 @@ or the stream is unavailable."""
 
 
 def _worker_factory(args: argparse.Namespace) -> AnomalyWorker:
-    baseline = BaselineConfig(window=args.window, method=Method(args.method), warmup=args.warmup,
-                              threshold=args.score_threshold, raise_after=args.raise_after,
-                              clear_after=args.clear_after, rel_spread=args.rel_spread)
-    policy = QuarantinePolicy(mode=QuarantineMode(args.quarantine), min_pool=args.min_pool,
-                              min_interval_s=args.quarantine_interval_s,
-                              max_per_hour=args.max_quarantines_per_hour)
-    options = AnomalyOptions(baseline=baseline, policy=policy,
-                             byzantine_after=args.byzantine_after, realert_s=args.realert_s,
-                             history_s=args.history_s, alerts_days=args.alerts_days)
-    return AnomalyWorker(_runtime(args, args.id), options,
-                         key_file=Path(args.key_file) if args.key_file else None)
+    baseline = BaselineConfig(
+        window=args.window,
+        method=Method(args.method),
+        warmup=args.warmup,
+        threshold=args.score_threshold,
+        raise_after=args.raise_after,
+        clear_after=args.clear_after,
+        rel_spread=args.rel_spread,
+    )
+    policy = QuarantinePolicy(
+        mode=QuarantineMode(args.quarantine),
+        min_pool=args.min_pool,
+        min_interval_s=args.quarantine_interval_s,
+        max_per_hour=args.max_quarantines_per_hour,
+    )
+    options = AnomalyOptions(
+        baseline=baseline,
+        policy=policy,
+        byzantine_after=args.byzantine_after,
+        realert_s=args.realert_s,
+        history_s=args.history_s,
+        alerts_days=args.alerts_days,
+    )
+    return AnomalyWorker(
+        _runtime(args, args.id), options, key_file=Path(args.key_file) if args.key_file else None
+    )
 
 
 async def read_alerts(nc: Any, subjects: Subjects, since_s: float) -> list[tuple[Alert, bool]]:
     """Alerts stored in the last ``since_s`` seconds, with whether each signature holds."""
-    return [(alert, alert.signature_ok()) for alert in await recent_alerts(nc, subjects,
-                                                                            since_s)]
+    return [(alert, alert.signature_ok()) for alert in await recent_alerts(nc, subjects, since_s)]
 
 
 async def _alerts(args: argparse.Namespace) -> int:
@@ -77,25 +91,44 @@ async def _alerts(args: argparse.Namespace) -> int:
         try:
             found = await read_alerts(nc, Subjects(config.prefix), args.since_s)
         except NotFoundError:
-            print(f"error [NOT_FOUND]: no alerts stream {Subjects(config.prefix).alerts_stream} "
-                  "(is an anomaly worker running?)", file=sys.stderr)
+            print(
+                f"error [NOT_FOUND]: no alerts stream {Subjects(config.prefix).alerts_stream} "
+                "(is an anomaly worker running?)",
+                file=sys.stderr,
+            )
             return 69
     least = SEVERITY_ORDER.index(Severity(args.severity))
     rows = [(a, ok) for a, ok in found if SEVERITY_ORDER.index(Severity(a.severity)) >= least]
-    rows = rows[-args.limit:]
-    data = {"alerts": [{"alert_id": a.alert_id, "severity": a.severity, "code": a.code,
-                        "subject_kind": a.subject_kind, "subject_id": a.subject_id,
-                        "summary": a.summary, "ts_ms": a.ts_ms, "source_kind": a.source_kind,
-                        "source_id": a.source_id, "signer": a.signer.hex(),
-                        "signature_ok": ok, "details": a.details} for a, ok in rows]}
+    rows = rows[-args.limit :]
+    data = {
+        "alerts": [
+            {
+                "alert_id": a.alert_id,
+                "severity": a.severity,
+                "code": a.code,
+                "subject_kind": a.subject_kind,
+                "subject_id": a.subject_id,
+                "summary": a.summary,
+                "ts_ms": a.ts_ms,
+                "source_kind": a.source_kind,
+                "source_id": a.source_id,
+                "signer": a.signer.hex(),
+                "signature_ok": ok,
+                "details": a.details,
+            }
+            for a, ok in rows
+        ]
+    }
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
         for a, ok in rows:
             when = datetime.datetime.fromtimestamp(a.ts_ms / 1000, datetime.UTC)
-            print(f"{when:%Y-%m-%d %H:%M:%S} {a.severity:<8} {a.code:<22} "
-                  f"{a.subject_kind}/{a.subject_id}  {a.summary}"
-                  f"{'' if ok else '  [BAD SIGNATURE]'}")
+            print(
+                f"{when:%Y-%m-%d %H:%M:%S} {a.severity:<8} {a.code:<22} "
+                f"{a.subject_kind}/{a.subject_id}  {a.summary}"
+                f"{'' if ok else '  [BAD SIGNATURE]'}"
+            )
         if not rows:
             print("no alerts")
     return 0 if rows else 1
@@ -106,59 +139,116 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, kinds: Any) -> None:
-    worker = kinds.add_parser("anomaly", help="metric anomalies and Byzantine verifiers",
-                              description=WORKER_HELP,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    worker = kinds.add_parser(
+        "anomaly",
+        help="metric anomalies and Byzantine verifiers",
+        description=WORKER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     worker.add_argument("--id", default="anomaly1", help="worker id (default anomaly1)")
-    worker.add_argument("--key-file", help="Ed25519 key signing the alerts (default "
-                        "DATA_DIR/keys/anomaly-ID.key, created if missing)")
-    worker.add_argument("--method", choices=[m.value for m in Method], default="sigma",
-                        help="baseline statistic: sigma (mean/stddev, the 3-sigma rule) or mad "
-                             "(median/MAD, robust to outliers) (default sigma)")
+    worker.add_argument(
+        "--key-file",
+        help="Ed25519 key signing the alerts (default "
+        "DATA_DIR/keys/anomaly-ID.key, created if missing)",
+    )
+    worker.add_argument(
+        "--method",
+        choices=[m.value for m in Method],
+        default="sigma",
+        help="baseline statistic: sigma (mean/stddev, the 3-sigma rule) or mad "
+        "(median/MAD, robust to outliers) (default sigma)",
+    )
     worker.add_argument("--window", type=int, default=100, help="samples per baseline (100)")
-    worker.add_argument("--warmup", type=int, default=20,
-                        help="samples needed before anything is scored (20)")
-    worker.add_argument("--score-threshold", type=_positive, default=3.0,
-                        help="score from which a sample is anomalous (3.0)")
-    worker.add_argument("--raise-after", type=int, default=3,
-                        help="anomalous samples in a row that raise an alert (3)")
-    worker.add_argument("--clear-after", type=int, default=3,
-                        help="normal samples in a row that clear it (3)")
-    worker.add_argument("--rel-spread", type=_non_negative, default=0.05,
-                        help="zero-variance guard: spread is at least this fraction of the "
-                             "centre (0.05), and at least a per-metric absolute floor")
-    worker.add_argument("--quarantine", choices=[m.value for m in QuarantineMode],
-                        default="quarantine",
-                        help="Byzantine verifiers: off (count only), alert-only, or "
-                             "quarantine (alert and take out of the pool) (default quarantine)")
-    worker.add_argument("--min-pool", type=int, default=3,
-                        help="never quarantine below this many active verifiers (3, minimum 3)")
-    worker.add_argument("--quarantine-interval-s", type=_non_negative, default=60.0,
-                        help="at most one quarantine per this many seconds (60)")
-    worker.add_argument("--max-quarantines-per-hour", type=int, default=3,
-                        help="at most this many quarantines in any hour (3)")
-    worker.add_argument("--byzantine-after", type=int, default=1,
-                        help="signed votes against a certified outcome before a verifier is "
-                             "Byzantine (1)")
-    worker.add_argument("--realert-s", type=_positive, default=300.0,
-                        help="alert again about a Byzantine verifier still in the pool after "
-                             "this long (300); quarantine is re-evaluated on every offence, so "
-                             "a rate-limited one goes as soon as the limit allows")
-    worker.add_argument("--history-s", type=_positive, default=3600.0,
-                        help="max age of the heartbeat/metrics streams if this worker creates "
-                             "them (3600)")
-    worker.add_argument("--alerts-days", type=_positive, default=30.0,
-                        help="retention of the alerts stream if this worker creates it (30)")
+    worker.add_argument(
+        "--warmup", type=int, default=20, help="samples needed before anything is scored (20)"
+    )
+    worker.add_argument(
+        "--score-threshold",
+        type=_positive,
+        default=3.0,
+        help="score from which a sample is anomalous (3.0)",
+    )
+    worker.add_argument(
+        "--raise-after",
+        type=int,
+        default=3,
+        help="anomalous samples in a row that raise an alert (3)",
+    )
+    worker.add_argument(
+        "--clear-after", type=int, default=3, help="normal samples in a row that clear it (3)"
+    )
+    worker.add_argument(
+        "--rel-spread",
+        type=_non_negative,
+        default=0.05,
+        help="zero-variance guard: spread is at least this fraction of the "
+        "centre (0.05), and at least a per-metric absolute floor",
+    )
+    worker.add_argument(
+        "--quarantine",
+        choices=[m.value for m in QuarantineMode],
+        default="quarantine",
+        help="Byzantine verifiers: off (count only), alert-only, or "
+        "quarantine (alert and take out of the pool) (default quarantine)",
+    )
+    worker.add_argument(
+        "--min-pool",
+        type=int,
+        default=3,
+        help="never quarantine below this many active verifiers (3, minimum 3)",
+    )
+    worker.add_argument(
+        "--quarantine-interval-s",
+        type=_non_negative,
+        default=60.0,
+        help="at most one quarantine per this many seconds (60)",
+    )
+    worker.add_argument(
+        "--max-quarantines-per-hour",
+        type=int,
+        default=3,
+        help="at most this many quarantines in any hour (3)",
+    )
+    worker.add_argument(
+        "--byzantine-after",
+        type=int,
+        default=1,
+        help="signed votes against a certified outcome before a verifier is Byzantine (1)",
+    )
+    worker.add_argument(
+        "--realert-s",
+        type=_positive,
+        default=300.0,
+        help="alert again about a Byzantine verifier still in the pool after "
+        "this long (300); quarantine is re-evaluated on every offence, so "
+        "a rate-limited one goes as soon as the limit allows",
+    )
+    worker.add_argument(
+        "--history-s",
+        type=_positive,
+        default=3600.0,
+        help="max age of the heartbeat/metrics streams if this worker creates them (3600)",
+    )
+    worker.add_argument(
+        "--alerts-days",
+        type=_positive,
+        default=30.0,
+        help="retention of the alerts stream if this worker creates it (30)",
+    )
     _worker_common(worker)
     worker.set_defaults(worker_factory=_worker_factory)
 
-    alerts = sub.add_parser("alerts", help="read recent signed alerts",
-                            description=ALERTS_HELP)
+    alerts = sub.add_parser("alerts", help="read recent signed alerts", description=ALERTS_HELP)
     _common(alerts)
-    alerts.add_argument("--since-s", type=_positive, default=3600.0,
-                        help="how far back to read, seconds (3600)")
-    alerts.add_argument("--severity", choices=[s.value for s in Severity], default="low",
-                        help="least severity shown (low)")
+    alerts.add_argument(
+        "--since-s", type=_positive, default=3600.0, help="how far back to read, seconds (3600)"
+    )
+    alerts.add_argument(
+        "--severity",
+        choices=[s.value for s in Severity],
+        default="low",
+        help="least severity shown (low)",
+    )
     alerts.add_argument("--limit", type=int, default=100, help="most alerts shown (100)")
     alerts.add_argument("--json", action="store_true", help="machine-readable output")
     alerts.set_defaults(func=cmd_alerts)

@@ -123,8 +123,13 @@ class AnomalyWorker(Worker):
 
     kind = "anomaly"
 
-    def __init__(self, runtime: RuntimeConfig, options: AnomalyOptions | None = None, *,
-                 key_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        runtime: RuntimeConfig,
+        options: AnomalyOptions | None = None,
+        *,
+        key_file: Path | None = None,
+    ) -> None:
         super().__init__(runtime)
         self.options = options or AnomalyOptions()
         self.key_file = key_file or runtime.data_dir / "keys" / f"anomaly-{self.worker_id}.key"
@@ -143,17 +148,23 @@ class AnomalyWorker(Worker):
         self._metrics_sub: Any = None
 
     def extra_metadata(self) -> dict[str, str]:
-        return {"public_key": self.identity.public_key_hex,
-                "method": self.options.baseline.method.value,
-                "quarantine": self.options.policy.mode.value}
+        return {
+            "public_key": self.identity.public_key_hex,
+            "method": self.options.baseline.method.value,
+            "quarantine": self.options.policy.mode.value,
+        }
 
     # ------------------------------------------------------------------ setup
     async def setup(self) -> None:
         nc = self.client
         await ensure_telemetry_streams(nc, self.subjects, max_age_s=self.options.history_s)
-        await ensure_stream(nc, self.subjects.alerts_stream, [self.subjects.alerts_all],
-                            max_age_s=self.options.alerts_days * 86400,
-                            description="agentic-payments signed alerts")
+        await ensure_stream(
+            nc,
+            self.subjects.alerts_stream,
+            [self.subjects.alerts_all],
+            max_age_s=self.options.alerts_days * 86400,
+            description="agentic-payments signed alerts",
+        )
         self._pool = PoolWatcher(nc, self.subjects)
         await self._pool.start()
         self._remember_view()
@@ -164,9 +175,13 @@ class AnomalyWorker(Worker):
         if self._replay_end == 0:
             self.replayed.set()
         self._metrics_sub = await js.subscribe(
-            self.subjects.metrics_all, stream=self.subjects.metrics_stream,
-            ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, cb=self._on_metrics,
-            pending_msgs_limit=65536)
+            self.subjects.metrics_all,
+            stream=self.subjects.metrics_stream,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            cb=self._on_metrics,
+            pending_msgs_limit=65536,
+        )
         await self.subscribe_intake(self.subjects.votes_all, self._on_vote)
         await self.subscribe_intake(self.subjects.decisions_all, self._on_decision)
         await self.subscribe_intake(self.subjects.equivocation, self._on_equivocation)
@@ -180,32 +195,56 @@ class AnomalyWorker(Worker):
 
     async def _own_recent_alert_ids(self) -> set[str]:
         """Ids of the alerts this worker id published within the history window."""
-        return {a.alert_id for a in await recent_alerts(self.client, self.subjects,
-                                                         self.options.history_s)
-                if a.source_id == self.worker_id and a.source_kind == self.kind}
+        return {
+            a.alert_id
+            for a in await recent_alerts(self.client, self.subjects, self.options.history_s)
+            if a.source_id == self.worker_id and a.source_kind == self.kind
+        }
 
     # ------------------------------------------------------------------ alerts
-    async def publish_alert(self, *, aid: str, severity: Severity, code: str, subject_kind: str,
-                            subject_id: str, summary: str, details: dict[str, Any]) -> Alert | None:
+    async def publish_alert(
+        self,
+        *,
+        aid: str,
+        severity: Severity,
+        code: str,
+        subject_kind: str,
+        subject_id: str,
+        summary: str,
+        details: dict[str, Any],
+    ) -> Alert | None:
         if aid in self._known_alerts:
             self.stats.count("alerts_already_published")
             return None
-        alert = sign_alert(self.identity, alert_id=aid, severity=severity, code=code,
-                           subject_kind=subject_kind, subject_id=subject_id, summary=summary,
-                           ts_ms=now_ms(), source_kind=self.kind, source_id=self.worker_id,
-                           details=details)
+        alert = sign_alert(
+            self.identity,
+            alert_id=aid,
+            severity=severity,
+            code=code,
+            subject_kind=subject_kind,
+            subject_id=subject_id,
+            summary=summary,
+            ts_ms=now_ms(),
+            source_kind=self.kind,
+            source_id=self.worker_id,
+            details=details,
+        )
         subject = self.subjects.alert(severity.value)
         try:
             await self.client.jetstream().publish(subject, alert.encode(), timeout=5.0)
         except Exception as exc:  # the stream may be gone: still tell live subscribers
-            log.warning("alert not stored in %s (%s); publishing it live only",
-                        self.subjects.alerts_stream, exc)
+            log.warning(
+                "alert not stored in %s (%s); publishing it live only",
+                self.subjects.alerts_stream,
+                exc,
+            )
             self.stats.count("alert_store_errors")
             await self.client.publish(subject, alert.encode())
         self._known_alerts.add(aid)
         self.stats.count(f"alerts_{severity.value}")
-        log.warning("alert %s %s %s/%s: %s", severity.value, code, subject_kind, subject_id,
-                    summary)
+        log.warning(
+            "alert %s %s %s/%s: %s", severity.value, code, subject_kind, subject_id, summary
+        )
         return alert
 
     # ------------------------------------------------------------------ metrics
@@ -213,9 +252,10 @@ class AnomalyWorker(Worker):
         key = (kind, worker_id, metric)
         det = self._series.get(key)
         if det is None:
-            config = replace(self.options.baseline,
-                             min_spread=METRIC_FLOORS.get(metric,
-                                                          self.options.baseline.min_spread))
+            config = replace(
+                self.options.baseline,
+                min_spread=METRIC_FLOORS.get(metric, self.options.baseline.min_spread),
+            )
             det = self._series[key] = SeriesDetector(config)
             while len(self._series) > MAX_SERIES:
                 self._series.popitem(last=False)
@@ -246,8 +286,9 @@ class AnomalyWorker(Worker):
             for metric, value in samples.items():
                 event = self.detector(snap.kind, snap.worker_id, metric).observe(value)
                 if event is not None:
-                    await self._metric_event(snap.kind, snap.worker_id, metric, event,
-                                             f"m{seq}", snap.ts_ms)
+                    await self._metric_event(
+                        snap.kind, snap.worker_id, metric, event, f"m{seq}", snap.ts_ms
+                    )
         except Exception:
             ok = False
             log.exception("failed to process a metrics snapshot")
@@ -257,23 +298,37 @@ class AnomalyWorker(Worker):
             if meta.sequence.stream >= self._replay_end or meta.num_pending == 0:
                 self.replayed.set()  # caught up (also if the last message aged out meanwhile)
 
-    async def _metric_event(self, kind: str, worker_id: str, metric: str, event: Event,
-                            origin: str, sample_ts_ms: int) -> None:
+    async def _metric_event(
+        self, kind: str, worker_id: str, metric: str, event: Event, origin: str, sample_ts_ms: int
+    ) -> None:
         s = event.score
-        verb = {EventKind.RAISED: "is anomalous", EventKind.ESCALATED: "got worse",
-                EventKind.CLEARED: "is back to normal"}[event.kind]
+        verb = {
+            EventKind.RAISED: "is anomalous",
+            EventKind.ESCALATED: "got worse",
+            EventKind.CLEARED: "is back to normal",
+        }[event.kind]
         await self.publish_alert(
             aid=alert_id(self.worker_id, kind, worker_id, metric, origin, event.kind),
             severity=event.severity,
             code=CODE_METRIC_CLEARED if event.kind is EventKind.CLEARED else CODE_METRIC,
-            subject_kind=kind, subject_id=worker_id,
-            summary=(f"{metric} of {kind} {worker_id} {verb}: {s.value:.4g} vs baseline "
-                     f"{s.centre:.4g} ± {s.spread:.4g} (score {s.score:.1f}, "
-                     f"{self.options.baseline.method.value})"),
-            details={"metric": metric, "event": event.kind.value, "value": s.value,
-                     "centre": s.centre, "spread": s.spread, "score": round(s.score, 3),
-                     "method": self.options.baseline.method.value,
-                     "sample_ts_ms": sample_ts_ms})
+            subject_kind=kind,
+            subject_id=worker_id,
+            summary=(
+                f"{metric} of {kind} {worker_id} {verb}: {s.value:.4g} vs baseline "
+                f"{s.centre:.4g} ± {s.spread:.4g} (score {s.score:.1f}, "
+                f"{self.options.baseline.method.value})"
+            ),
+            details={
+                "metric": metric,
+                "event": event.kind.value,
+                "value": s.value,
+                "centre": s.centre,
+                "spread": s.spread,
+                "score": round(s.score, 3),
+                "method": self.options.baseline.method.value,
+                "sample_ts_ms": sample_ts_ms,
+            },
+        )
 
     # ------------------------------------------------------------------ votes
     def _remember_view(self) -> membership.PoolView:
@@ -331,20 +386,26 @@ class AnomalyWorker(Worker):
             self.stats.count(f"decision_ignored_{exc.code}")
             return
         self.stats.count("decisions_checked")
-        disagreements = self._ledger.add_decision(cert.ballot_id, cert.request_id,
-                                                  cert.request_digest, cert.decision,
-                                                  cert.state_rev)
+        disagreements = self._ledger.add_decision(
+            cert.ballot_id, cert.request_id, cert.request_digest, cert.decision, cert.state_rev
+        )
         names = {m.public_key: m.worker_id for m in view.members}
         for key, agreed in self._ledger.agreements(cert.ballot_id, cert.request_id).items():
             worker_id = names.get(key)
             if worker_id is None:
                 continue
             event = self.detector("verifier", worker_id, "vote_disagreement").observe(
-                0.0 if agreed else 1.0)
+                0.0 if agreed else 1.0
+            )
             if event is not None:
-                await self._metric_event("verifier", worker_id, "vote_disagreement", event,
-                                         f"d{cert.ballot_id}/{cert.request_id}",
-                                         cert.decided_at_ms)
+                await self._metric_event(
+                    "verifier",
+                    worker_id,
+                    "vote_disagreement",
+                    event,
+                    f"d{cert.ballot_id}/{cert.request_id}",
+                    cert.decided_at_ms,
+                )
         if disagreements:
             await self._disagreed(disagreements, cert.epoch)
 
@@ -361,8 +422,14 @@ class AnomalyWorker(Worker):
             self.stats.count(f"evidence_ignored_{exc.code}")
             return
         a, b = self._verified_vote(first), self._verified_vote(second)
-        if (a is None or b is None or a.verifier_key != b.verifier_key
-                or a.ballot_id != b.ballot_id or a.epoch != b.epoch or a.entries == b.entries):
+        if (
+            a is None
+            or b is None
+            or a.verifier_key != b.verifier_key
+            or a.ballot_id != b.ballot_id
+            or a.epoch != b.epoch
+            or a.entries == b.entries
+        ):
             self.stats.count("evidence_ignored_unproven")
             return
         await self._equivocated(Equivocation(a.verifier_key, a.ballot_id, a, b), a.epoch)
@@ -386,23 +453,39 @@ class AnomalyWorker(Worker):
             if self._offences[key] < self.options.byzantine_after:
                 continue
             first = items[0]
-            await self._byzantine(key, epoch, CODE_BYZANTINE_VOTE,
-                                  f"signed {len(items)} verdict(s) against the certified "
-                                  f"outcome (e.g. {first.request_id}: voted "
-                                  f"{'VALID' if first.voted_valid else 'INVALID'}, decided "
-                                  f"{first.decision})",
-                                  {"ballot_id": first.ballot_id, "request_id": first.request_id,
-                                   "decision": first.decision, "offences": self._offences[key]})
+            await self._byzantine(
+                key,
+                epoch,
+                CODE_BYZANTINE_VOTE,
+                f"signed {len(items)} verdict(s) against the certified "
+                f"outcome (e.g. {first.request_id}: voted "
+                f"{'VALID' if first.voted_valid else 'INVALID'}, decided "
+                f"{first.decision})",
+                {
+                    "ballot_id": first.ballot_id,
+                    "request_id": first.request_id,
+                    "decision": first.decision,
+                    "offences": self._offences[key],
+                },
+            )
 
     async def _equivocated(self, ev: Equivocation, epoch: int) -> None:
         self.stats.count("equivocations")
-        await self._byzantine(ev.verifier_key, epoch, CODE_EQUIVOCATION,
-                              f"signed two different votes for ballot {ev.ballot_id}",
-                              {"ballot_id": ev.ballot_id, "first_ts_ms": ev.first.ts_ms,
-                               "second_ts_ms": ev.second.ts_ms})
+        await self._byzantine(
+            ev.verifier_key,
+            epoch,
+            CODE_EQUIVOCATION,
+            f"signed two different votes for ballot {ev.ballot_id}",
+            {
+                "ballot_id": ev.ballot_id,
+                "first_ts_ms": ev.first.ts_ms,
+                "second_ts_ms": ev.second.ts_ms,
+            },
+        )
 
-    async def _byzantine(self, key: bytes, epoch: int, code: str, what: str,
-                         details: dict[str, Any]) -> None:
+    async def _byzantine(
+        self, key: bytes, epoch: int, code: str, what: str, details: dict[str, Any]
+    ) -> None:
         now = time.monotonic()
         handled = self._handled.get(key)
         if handled is not None and handled[1]:
@@ -410,23 +493,31 @@ class AnomalyWorker(Worker):
         assert self._pool is not None
         view = self._pool.view
         worker_id = self._member(key, epoch)
-        record = next((m for m in view.members
-                       if m.public_key == key and m.status == ACTIVE), None)
+        record = next((m for m in view.members if m.public_key == key and m.status == ACTIVE), None)
         is_member = record is not None and key in view.keys
-        verdict = decide_quarantine(self.options.policy, active=len(view.keys),
-                                    is_member=is_member, now=now, recent=self._quarantines)
+        verdict = decide_quarantine(
+            self.options.policy,
+            active=len(view.keys),
+            is_member=is_member,
+            now=now,
+            recent=self._quarantines,
+        )
         if verdict.action is Action.IGNORE:
             self.stats.count("byzantine_ignored_by_policy")
             return
-        if (verdict.action is Action.ALERT and handled is not None
-                and now - handled[0] < self.options.realert_s):
+        if (
+            verdict.action is Action.ALERT
+            and handled is not None
+            and now - handled[0] < self.options.realert_s
+        ):
             return  # alerted recently; re-evaluated (e.g. the rate limit) on every offence
         quarantined = False
         new_epoch = 0
         if verdict.action is Action.QUARANTINE and record is not None:
             try:
-                revision = await membership.quarantine(self.client, self.subjects,
-                                                       record.worker_id, key)
+                revision = await membership.quarantine(
+                    self.client, self.subjects, record.worker_id, key
+                )
             except Exception as exc:
                 log.error("could not quarantine %s: %s", record.worker_id, exc)
                 revision = None
@@ -436,15 +527,28 @@ class AnomalyWorker(Worker):
                 self._quarantines = [t for t in self._quarantines if now - t < 3600]
                 self.stats.count("quarantines")
         self._handled[key] = (now, quarantined)
-        action = (f"quarantined: out of the pool from epoch {new_epoch}" if quarantined
-                  else f"not quarantined ({verdict.reason})")
+        action = (
+            f"quarantined: out of the pool from epoch {new_epoch}"
+            if quarantined
+            else f"not quarantined ({verdict.reason})"
+        )
         await self.publish_alert(
-            aid=alert_id(self.worker_id, code, key.hex(), now_ms()), severity=Severity.CRITICAL,
-            code=code, subject_kind="verifier", subject_id=worker_id[:64],
+            aid=alert_id(self.worker_id, code, key.hex(), now_ms()),
+            severity=Severity.CRITICAL,
+            code=code,
+            subject_kind="verifier",
+            subject_id=worker_id[:64],
             summary=f"Byzantine verifier {worker_id}: {what}; {action}",
-            details={**details, "verifier_key": key.hex(), "epoch": epoch,
-                     "quarantined": quarantined, "new_epoch": new_epoch,
-                     "policy": self.options.policy.mode.value, "reason": verdict.reason})
+            details={
+                **details,
+                "verifier_key": key.hex(),
+                "epoch": epoch,
+                "quarantined": quarantined,
+                "new_epoch": new_epoch,
+                "policy": self.options.policy.mode.value,
+                "reason": verdict.reason,
+            },
+        )
 
 
 async def recent_alerts(nc: Client, subjects: Subjects, since_s: float) -> list[Alert]:
@@ -456,9 +560,14 @@ async def recent_alerts(nc: Client, subjects: Subjects, since_s: float) -> list[
         return out
     start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=since_s)
     sub = await js.pull_subscribe(
-        subjects.alerts_all, stream=subjects.alerts_stream,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
-                              opt_start_time=start, inactive_threshold=30.0))
+        subjects.alerts_all,
+        stream=subjects.alerts_stream,
+        config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=start,
+            inactive_threshold=30.0,
+        ),
+    )
     try:
         while True:
             try:

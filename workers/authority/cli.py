@@ -82,15 +82,20 @@ def _endorsement_arg(text: str) -> Endorsement:
     key, sep, sig = text.partition(":")
     if not sep:
         raise ConfigError("an endorsement is PUBLIC_KEY_HEX:SIGNATURE_HEX")
-    return Endorsement(_hex(key, PUBLIC_KEY_BYTES, "endorsement key"),
-                       _hex(sig, SIGNATURE_BYTES, "endorsement signature"))
+    return Endorsement(
+        _hex(key, PUBLIC_KEY_BYTES, "endorsement key"),
+        _hex(sig, SIGNATURE_BYTES, "endorsement signature"),
+    )
 
 
-def _endorsements(args: argparse.Namespace, category: str,
-                  digest: bytes) -> tuple[Endorsement, ...]:
+def _endorsements(
+    args: argparse.Namespace, category: str, digest: bytes
+) -> tuple[Endorsement, ...]:
     out = [_endorsement_arg(text) for text in args.endorsement or ()]
-    out += [sign_endorsement(AgentIdentity.load(path), category, digest)
-            for path in getattr(args, "sign_with", None) or ()]
+    out += [
+        sign_endorsement(AgentIdentity.load(path), category, digest)
+        for path in getattr(args, "sign_with", None) or ()
+    ]
     return tuple(out)
 
 
@@ -111,35 +116,55 @@ def _group(text: str) -> PolicyGroup:
     try:
         k = int(parts[0])
         level = TrustLevel(parts[1]).value
-        members = tuple(_hex(h, PUBLIC_KEY_BYTES, "group member")
-                        for h in parts[2].split(",") if h) if len(parts) == 3 else ()
+        members = (
+            tuple(_hex(h, PUBLIC_KEY_BYTES, "group member") for h in parts[2].split(",") if h)
+            if len(parts) == 3
+            else ()
+        )
         return PolicyGroup(k=k, min_trust_level=level, members=members)
     except (ValueError, CodecError) as exc:
         raise ConfigError(f"group {text!r}: {exc}") from None
 
 
 def _record_json(record: AuthorityRecord) -> dict[str, Any]:
-    return {"public_key": record.public_key.hex(), "name": record.name,
-            "trust_level": record.trust_level, "active": record.active,
-            "serial": record.serial}
+    return {
+        "public_key": record.public_key.hex(),
+        "name": record.name,
+        "trust_level": record.trust_level,
+        "active": record.active,
+        "serial": record.serial,
+    }
 
 
 def _policy_json(policy: QuorumPolicy) -> dict[str, Any]:
-    return {"category": policy.category, "serial": policy.serial,
-            "min_authorities": policy.min_authorities,
-            "min_trust_level": policy.min_trust_level,
-            "threshold": f"{policy.threshold.numerator}/{policy.threshold.denominator}",
-            "groups": [{"name": g.name, "k": g.k, "min_trust_level": g.min_trust_level,
-                        "members": [m.hex() for m in g.members]} for g in policy.groups]}
+    return {
+        "category": policy.category,
+        "serial": policy.serial,
+        "min_authorities": policy.min_authorities,
+        "min_trust_level": policy.min_trust_level,
+        "threshold": f"{policy.threshold.numerator}/{policy.threshold.denominator}",
+        "groups": [
+            {
+                "name": g.name,
+                "k": g.k,
+                "min_trust_level": g.min_trust_level,
+                "members": [m.hex() for m in g.members],
+            }
+            for g in policy.groups
+        ],
+    }
 
 
 def _policy_text(policy: QuorumPolicy) -> str:
-    groups = "".join(f"\n  group {g.name or i + 1}: {g.k} of "
-                     f"{len(g.members) or 'any'} at {g.min_trust_level}+"
-                     for i, g in enumerate(policy.groups))
-    return (f"policy {policy.category} (serial {policy.serial}): at least "
-            f"{policy.min_authorities} and {policy.threshold} of the eligible authorities "
-            f"at {policy.min_trust_level}+{groups}")
+    groups = "".join(
+        f"\n  group {g.name or i + 1}: {g.k} of {len(g.members) or 'any'} at {g.min_trust_level}+"
+        for i, g in enumerate(policy.groups)
+    )
+    return (
+        f"policy {policy.category} (serial {policy.serial}): at least "
+        f"{policy.min_authorities} and {policy.threshold} of the eligible authorities "
+        f"at {policy.min_trust_level}+{groups}"
+    )
 
 
 def _print(args: argparse.Namespace, human: str, data: dict[str, Any]) -> None:
@@ -149,8 +174,7 @@ def _print(args: argparse.Namespace, human: str, data: dict[str, Any]) -> None:
         print(human)
 
 
-def _run(args: argparse.Namespace,
-         body: Callable[[AuthorityClient], Awaitable[int]]) -> int:
+def _run(args: argparse.Namespace, body: Callable[[AuthorityClient], Awaitable[int]]) -> int:
     async def main() -> int:
         config = _nats(args)
         async with _connection(config, "agentic-payments-authority") as nc:
@@ -159,35 +183,53 @@ def _run(args: argparse.Namespace,
                 return await body(client)
             except RemoteError as exc:
                 if args.json:
-                    print(json.dumps({"ok": False, "code": exc.code, "message": str(exc)},
-                                     indent=2, sort_keys=True))
+                    print(
+                        json.dumps(
+                            {"ok": False, "code": exc.code, "message": str(exc)},
+                            indent=2,
+                            sort_keys=True,
+                        )
+                    )
                 print(f"refused [{exc.code}]: {exc}", file=sys.stderr)
                 return EXIT_NOT_VALID
+
     return asyncio.run(main())
 
 
-async def _submit_change(args: argparse.Namespace, client: AuthorityClient, op: str,
-                         record: AuthorityRecord) -> int:
+async def _submit_change(
+    args: argparse.Namespace, client: AuthorityClient, op: str, record: AuthorityRecord
+) -> int:
     digest = record.digest()
     if args.digest_only:
-        _print(args, f"{ADMIN_CATEGORY} endorsements must sign digest {digest.hex()}",
-               {"category": ADMIN_CATEGORY, "digest": digest.hex(),
-                "record": _record_json(record)})
+        _print(
+            args,
+            f"{ADMIN_CATEGORY} endorsements must sign digest {digest.hex()}",
+            {"category": ADMIN_CATEGORY, "digest": digest.hex(), "record": _record_json(record)},
+        )
         return 0
     stored = await client.change(op, record, _endorsements(args, ADMIN_CATEGORY, digest))
-    _print(args, f"{op}: {stored.name} {stored.public_key.hex()} {stored.trust_level} "
-           f"{'active' if stored.active else 'inactive'} (serial {stored.serial})",
-           {"ok": True, "op": op, "record": _record_json(stored)})
+    _print(
+        args,
+        f"{op}: {stored.name} {stored.public_key.hex()} {stored.trust_level} "
+        f"{'active' if stored.active else 'inactive'} (serial {stored.serial})",
+        {"ok": True, "op": op, "record": _record_json(stored)},
+    )
     return 0
 
 
 # ---------------------------------------------------------------- commands
 def cmd_add(args: argparse.Namespace) -> int:
-    record = AuthorityRecord(public_key=_public_key(args), name=args.name,
-                             trust_level=args.level, active=not args.inactive, serial=1)
+    record = AuthorityRecord(
+        public_key=_public_key(args),
+        name=args.name,
+        trust_level=args.level,
+        active=not args.inactive,
+        serial=1,
+    )
 
     async def body(client: AuthorityClient) -> int:
         return await _submit_change(args, client, "add", record)
+
     return _run(args, body)
 
 
@@ -205,8 +247,8 @@ def cmd_update(args: argparse.Namespace) -> int:
             changes["active"] = False
         else:
             changes["trust_level"] = args.level
-        return await _submit_change(args, client, args.op,
-                                    dataclasses.replace(current, **changes))
+        return await _submit_change(args, client, args.op, dataclasses.replace(current, **changes))
+
     return _run(args, body)
 
 
@@ -226,20 +268,32 @@ def cmd_set_policy(args: argparse.Namespace) -> int:
                 raise
             serial = 1
         try:
-            policy = QuorumPolicy(category=category, min_authorities=args.min_authorities,
-                                  min_trust_level=args.min_level, threshold=threshold,
-                                  groups=groups, serial=serial)
+            policy = QuorumPolicy(
+                category=category,
+                min_authorities=args.min_authorities,
+                min_trust_level=args.min_level,
+                threshold=threshold,
+                groups=groups,
+                serial=serial,
+            )
         except CodecError as exc:
             raise ConfigError(str(exc)) from None
         digest = policy.digest()
         if args.digest_only:
-            _print(args, f"{ADMIN_CATEGORY} endorsements must sign digest {digest.hex()}",
-                   {"category": ADMIN_CATEGORY, "digest": digest.hex(),
-                    "policy": _policy_json(policy)})
+            _print(
+                args,
+                f"{ADMIN_CATEGORY} endorsements must sign digest {digest.hex()}",
+                {
+                    "category": ADMIN_CATEGORY,
+                    "digest": digest.hex(),
+                    "policy": _policy_json(policy),
+                },
+            )
             return 0
         stored = await client.set_policy(policy, _endorsements(args, ADMIN_CATEGORY, digest))
         _print(args, _policy_text(stored), {"ok": True, "policy": _policy_json(stored)})
         return 0
+
     return _run(args, body)
 
 
@@ -250,6 +304,7 @@ def cmd_get_policy(args: argparse.Namespace) -> int:
         policy = await client.get_policy(category)
         _print(args, _policy_text(policy), {"ok": True, "policy": _policy_json(policy)})
         return 0
+
     return _run(args, body)
 
 
@@ -257,15 +312,23 @@ def cmd_list(args: argparse.Namespace) -> int:
     async def body(client: AuthorityClient) -> int:
         listing = await client.list()
         lines = [f"state revision {listing.revision}; {len(listing.authorities)} authorities"]
-        lines += [f"  {r.name:<16} {r.trust_level:<9} "
-                  f"{'active' if r.active else 'inactive':<8} {r.public_key.hex()}"
-                  for r in listing.authorities]
+        lines += [
+            f"  {r.name:<16} {r.trust_level:<9} "
+            f"{'active' if r.active else 'inactive':<8} {r.public_key.hex()}"
+            for r in listing.authorities
+        ]
         lines += [_policy_text(p) for p in listing.policies]
-        _print(args, "\n".join(lines),
-               {"revision": listing.revision,
+        _print(
+            args,
+            "\n".join(lines),
+            {
+                "revision": listing.revision,
                 "authorities": [_record_json(r) for r in listing.authorities],
-                "policies": [_policy_json(p) for p in listing.policies]})
+                "policies": [_policy_json(p) for p in listing.policies],
+            },
+        )
         return 0
+
     return _run(args, body)
 
 
@@ -276,17 +339,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     async def body(client: AuthorityClient) -> int:
         verdict = await client.evaluate(category, digest, endorsements)
-        _print(args, f"{'MET' if verdict.ok else verdict.code}: {verdict.reason} "
-               f"(policy {verdict.policy_category or 'none'}, state revision "
-               f"{verdict.revision})" + "".join(f"\n  ignored {k.hex()}: {r}"
-                                                for k, r in verdict.ignored),
-               {"ok": verdict.ok, "code": verdict.code, "reason": verdict.reason,
-                "category": verdict.category, "policy_category": verdict.policy_category,
-                "required": verdict.required, "counted": [k.hex() for k in verdict.counted],
-                "ignored": [{"authority_key": k.hex(), "reason": r}
-                            for k, r in verdict.ignored],
-                "revision": verdict.revision, "digest": digest.hex()})
+        _print(
+            args,
+            f"{'MET' if verdict.ok else verdict.code}: {verdict.reason} "
+            f"(policy {verdict.policy_category or 'none'}, state revision "
+            f"{verdict.revision})"
+            + "".join(f"\n  ignored {k.hex()}: {r}" for k, r in verdict.ignored),
+            {
+                "ok": verdict.ok,
+                "code": verdict.code,
+                "reason": verdict.reason,
+                "category": verdict.category,
+                "policy_category": verdict.policy_category,
+                "required": verdict.required,
+                "counted": [k.hex() for k in verdict.counted],
+                "ignored": [{"authority_key": k.hex(), "reason": r} for k, r in verdict.ignored],
+                "revision": verdict.revision,
+                "digest": digest.hex(),
+            },
+        )
         return 0 if verdict.ok else EXIT_NOT_VALID
+
     return _run(args, body)
 
 
@@ -295,32 +368,52 @@ def cmd_endorse(args: argparse.Namespace) -> int:
     category = _category(args.category)
     digest = _digest(args)
     e = sign_endorsement(identity, category, digest)
-    _print(args, f"{e.authority_key.hex()}:{e.signature.hex()}",
-           {"category": category, "digest": digest.hex(), "authority_key": e.authority_key.hex(),
+    _print(
+        args,
+        f"{e.authority_key.hex()}:{e.signature.hex()}",
+        {
+            "category": category,
+            "digest": digest.hex(),
+            "authority_key": e.authority_key.hex(),
             "signature": e.signature.hex(),
-            "endorsement": f"{e.authority_key.hex()}:{e.signature.hex()}"})
+            "endorsement": f"{e.authority_key.hex()}:{e.signature.hex()}",
+        },
+    )
     return 0
 
 
 # ---------------------------------------------------------------- parser
 def _client_options(parser: argparse.ArgumentParser) -> None:
     _common(parser)
-    parser.add_argument("--timeout", type=_positive, default=5.0,
-                        help="seconds to wait for the authority worker (default 5)")
+    parser.add_argument(
+        "--timeout",
+        type=_positive,
+        default=5.0,
+        help="seconds to wait for the authority worker (default 5)",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _change_options(parser: argparse.ArgumentParser) -> None:
     _client_options(parser)
-    parser.add_argument("--endorsement", action="append", metavar="KEY:SIG",
-                        help="a policy-admin endorsement of the change's digest, from "
-                             "'authority endorse' (repeatable)")
-    parser.add_argument("--sign-with", action="append", metavar="KEYFILE",
-                        help="endorse the change here with this authority key file "
-                             "(repeatable)")
-    parser.add_argument("--digest-only", action="store_true",
-                        help="print the digest policy-admin authorities must endorse; "
-                             "change nothing")
+    parser.add_argument(
+        "--endorsement",
+        action="append",
+        metavar="KEY:SIG",
+        help="a policy-admin endorsement of the change's digest, from "
+        "'authority endorse' (repeatable)",
+    )
+    parser.add_argument(
+        "--sign-with",
+        action="append",
+        metavar="KEYFILE",
+        help="endorse the change here with this authority key file (repeatable)",
+    )
+    parser.add_argument(
+        "--digest-only",
+        action="store_true",
+        help="print the digest policy-admin authorities must endorse; change nothing",
+    )
 
 
 def _key_options(parser: argparse.ArgumentParser) -> None:
@@ -330,23 +423,31 @@ def _key_options(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: Any, kinds: Any) -> None:
     worker = kinds.add_parser(
-        "authority", help="authority registry and quorum policies",
+        "authority",
+        help="authority registry and quorum policies",
         description="The authority coordinator: answers PREFIX.authority.<op> (queue group "
-                    "'authority'; run several) with authorities and per-category quorum "
-                    "policies kept in the KV bucket PREFIX_state.")
+        "'authority'; run several) with authorities and per-category quorum "
+        "policies kept in the KV bucket PREFIX_state.",
+    )
     worker.add_argument("--id", default="authority1", help="worker id (default authority1)")
     _worker_common(worker)
     worker.set_defaults(worker_factory=lambda args: AuthorityWorker(_runtime(args, args.id)))
 
     top = sub.add_parser(
-        "authority", help="manage authorities and quorum policies, evaluate endorsements",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "authority",
+        help="manage authorities and quorum policies, evaluate endorsements",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ops = top.add_subparsers(dest="op", required=True, metavar="OP")
 
-    add = ops.add_parser("add", help="register an authority",
-                         description="Register an authority (public key, name, trust level). "
-                         "Open while no policy-admin policy exists (bootstrap); afterwards it "
-                         "needs policy-admin endorsements.")
+    add = ops.add_parser(
+        "add",
+        help="register an authority",
+        description="Register an authority (public key, name, trust level). "
+        "Open while no policy-admin policy exists (bootstrap); afterwards it "
+        "needs policy-admin endorsements.",
+    )
     _key_options(add)
     add.add_argument("--name", required=True, help="a human name for the authority")
     add.add_argument("--level", required=True, choices=LEVELS, help="trust level")
@@ -354,11 +455,17 @@ def register(sub: Any, kinds: Any) -> None:
     _change_options(add)
     add.set_defaults(func=cmd_add)
 
-    for op, text in (("activate", "count the authority's endorsements again"),
-                     ("deactivate", "ignore the authority's endorsements from now on"),
-                     ("set-level", "change the authority's trust level")):
-        parser = ops.add_parser(op, help=text, description=f"{text[0].upper()}{text[1:]}. "
-                                "Needs policy-admin endorsements once that policy exists.")
+    for op, text in (
+        ("activate", "count the authority's endorsements again"),
+        ("deactivate", "ignore the authority's endorsements from now on"),
+        ("set-level", "change the authority's trust level"),
+    ):
+        parser = ops.add_parser(
+            op,
+            help=text,
+            description=f"{text[0].upper()}{text[1:]}. "
+            "Needs policy-admin endorsements once that policy exists.",
+        )
         _key_options(parser)
         if op == "set-level":
             parser.add_argument("--level", required=True, choices=LEVELS, help="new level")
@@ -366,7 +473,8 @@ def register(sub: Any, kinds: Any) -> None:
         parser.set_defaults(func=cmd_update)
 
     policy = ops.add_parser(
-        "set-policy", help="set a category's quorum policy",
+        "set-policy",
+        help="set a category's quorum policy",
         description="Set the quorum policy of CATEGORY: endorsements must come from at least "
         "--min-authorities distinct active authorities at --min-level or above, and from at "
         "least --threshold (an exact fraction n/d) of all such authorities; each --group "
@@ -375,22 +483,41 @@ def register(sub: Any, kinds: Any) -> None:
         "'policy-admin' governs every change. The first policy-admin policy can be set "
         "without endorsements (bootstrap); other categories need it to exist.",
         epilog="Example: authority set-policy payments --min-authorities 2 --min-level Medium "
-               "--threshold 2/3 --group 1:High --sign-with admin.key")
+        "--threshold 2/3 --group 1:High --sign-with admin.key",
+    )
     policy.add_argument("category", help="category name (1-64 of A-Z a-z 0-9 _ -)")
-    policy.add_argument("--min-authorities", type=int, required=True,
-                        help="minimum number of distinct endorsing authorities")
-    policy.add_argument("--min-level", default="Low", choices=LEVELS,
-                        help="endorsements below this trust level are ignored (default Low)")
-    policy.add_argument("--threshold", default="1/2",
-                        help="exact fraction n/d of the eligible authorities (default 1/2)")
-    policy.add_argument("--group", action="append", metavar="K:LEVEL[:HEX,...]",
-                        help="a nested k-of-n group (repeatable)")
+    policy.add_argument(
+        "--min-authorities",
+        type=int,
+        required=True,
+        help="minimum number of distinct endorsing authorities",
+    )
+    policy.add_argument(
+        "--min-level",
+        default="Low",
+        choices=LEVELS,
+        help="endorsements below this trust level are ignored (default Low)",
+    )
+    policy.add_argument(
+        "--threshold",
+        default="1/2",
+        help="exact fraction n/d of the eligible authorities (default 1/2)",
+    )
+    policy.add_argument(
+        "--group",
+        action="append",
+        metavar="K:LEVEL[:HEX,...]",
+        help="a nested k-of-n group (repeatable)",
+    )
     _change_options(policy)
     policy.set_defaults(func=cmd_set_policy)
 
-    get = ops.add_parser("get-policy", help="show a category's own policy",
-                         description="Show CATEGORY's own policy (exit 1 with POLICY_MISSING "
-                         "if it has none; evaluation would then use 'default').")
+    get = ops.add_parser(
+        "get-policy",
+        help="show a category's own policy",
+        description="Show CATEGORY's own policy (exit 1 with POLICY_MISSING "
+        "if it has none; evaluation would then use 'default').",
+    )
     get.add_argument("category")
     _client_options(get)
     get.set_defaults(func=cmd_get_policy)
@@ -400,24 +527,32 @@ def register(sub: Any, kinds: Any) -> None:
     listing.set_defaults(func=cmd_list)
 
     evaluate = ops.add_parser(
-        "evaluate", help="check endorsements against a category's policy",
+        "evaluate",
+        help="check endorsements against a category's policy",
         description="Ask the authority worker whether the endorsements satisfy CATEGORY's "
         "policy (or the default policy) for a message. Exit 0 if met, 1 if not "
-        "(POLICY_NOT_MET) or if no policy applies (POLICY_MISSING).")
+        "(POLICY_NOT_MET) or if no policy applies (POLICY_MISSING).",
+    )
     evaluate.add_argument("category")
     evaluate.add_argument("--digest", help="SHA-256 of the endorsed message, hex")
     evaluate.add_argument("--message", help="the endorsed message text")
     evaluate.add_argument("--message-file", help="read the endorsed message from a file")
-    evaluate.add_argument("--endorsement", action="append", metavar="KEY:SIG",
-                          help="an endorsement from 'authority endorse' (repeatable)")
+    evaluate.add_argument(
+        "--endorsement",
+        action="append",
+        metavar="KEY:SIG",
+        help="an endorsement from 'authority endorse' (repeatable)",
+    )
     _client_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     endorse = ops.add_parser(
-        "endorse", help="sign an endorsement with an authority key file (offline)",
+        "endorse",
+        help="sign an endorsement with an authority key file (offline)",
         description="Sign (CATEGORY, SHA-256 of the message) with an authority key and print "
         "the endorsement as KEY:SIG for --endorsement. For a policy-admin change, use "
-        "--category policy-admin --digest DIGEST from the change's --digest-only.")
+        "--category policy-admin --digest DIGEST from the change's --digest-only.",
+    )
     endorse.add_argument("--key", required=True, help="authority key file (from keygen)")
     endorse.add_argument("--category", required=True, help="category endorsed")
     endorse.add_argument("--digest", help="SHA-256 of the endorsed message, hex")

@@ -107,13 +107,20 @@ def match_slots(slots: Sequence[Iterable[int]], signers: int) -> list[int] | Non
     return result
 
 
-def evaluate(policy: QuorumPolicy | None, authorities: Mapping[bytes, AuthorityRecord],
-             endorsements: Sequence[Endorsement], category: str,
-             message_digest: bytes) -> PolicyResult:
+def evaluate(
+    policy: QuorumPolicy | None,
+    authorities: Mapping[bytes, AuthorityRecord],
+    endorsements: Sequence[Endorsement],
+    category: str,
+    message_digest: bytes,
+) -> PolicyResult:
     if policy is None:
-        return PolicyResult(False, POLICY_MISSING,
-                            f"no policy for category {category!r} and no "
-                            f"{DEFAULT_CATEGORY!r} policy: refused", category)
+        return PolicyResult(
+            False,
+            POLICY_MISSING,
+            f"no policy for category {category!r} and no {DEFAULT_CATEGORY!r} policy: refused",
+            category,
+        )
     signing = endorsement_signing_bytes(category, message_digest)
     level = rank(policy.min_trust_level)
     counted: list[AuthorityRecord] = []
@@ -135,32 +142,51 @@ def evaluate(policy: QuorumPolicy | None, authorities: Mapping[bytes, AuthorityR
         else:
             seen.add(key)
             counted.append(record)
-    eligible = sum(1 for r in authorities.values()
-                   if r.active and rank(r.trust_level) >= level)
+    eligible = sum(1 for r in authorities.values() if r.active and rank(r.trust_level) >= level)
     required = required_count(policy.min_authorities, policy.threshold, eligible)
     keys = tuple(r.public_key for r in counted)
 
-    def result(ok: bool, reason: str,
-               assignment: tuple[tuple[bytes, ...], ...] = ()) -> PolicyResult:
-        return PolicyResult(ok, None if ok else POLICY_NOT_MET, reason, category,
-                            policy.category, required, keys,
-                            tuple(ignored), assignment)
+    def result(
+        ok: bool, reason: str, assignment: tuple[tuple[bytes, ...], ...] = ()
+    ) -> PolicyResult:
+        return PolicyResult(
+            ok,
+            None if ok else POLICY_NOT_MET,
+            reason,
+            category,
+            policy.category,
+            required,
+            keys,
+            tuple(ignored),
+            assignment,
+        )
 
     if len(counted) < required:
-        return result(False, f"{len(counted)} of {required} required authorities endorsed "
-                             f"(threshold {policy.threshold} of {eligible} eligible, minimum "
-                             f"{policy.min_authorities}, level {policy.min_trust_level}+)")
+        return result(
+            False,
+            f"{len(counted)} of {required} required authorities endorsed "
+            f"(threshold {policy.threshold} of {eligible} eligible, minimum "
+            f"{policy.min_authorities}, level {policy.min_trust_level}+)",
+        )
     assignment = fill_groups(policy.groups, counted)
     slots = sum(group.k for group in policy.groups)
     if assignment is None:
-        return result(False, f"the {len(counted)} counted authorities cannot fill the "
-                             f"{slots} group slots with distinct signers")
-    return result(True, f"{len(counted)} of {required} required authorities endorsed"
-                  + (f"; {slots} group slots filled" if slots else ""), assignment)
+        return result(
+            False,
+            f"the {len(counted)} counted authorities cannot fill the "
+            f"{slots} group slots with distinct signers",
+        )
+    return result(
+        True,
+        f"{len(counted)} of {required} required authorities endorsed"
+        + (f"; {slots} group slots filled" if slots else ""),
+        assignment,
+    )
 
 
-def fill_groups(groups: Sequence[PolicyGroup], signers: Sequence[AuthorityRecord]
-                ) -> tuple[tuple[bytes, ...], ...] | None:
+def fill_groups(
+    groups: Sequence[PolicyGroup], signers: Sequence[AuthorityRecord]
+) -> tuple[tuple[bytes, ...], ...] | None:
     """The keys filling each group's slots (distinct signers), or None if impossible."""
     slots: list[list[int]] = []
     slot_group: list[int] = []
@@ -172,27 +198,31 @@ def fill_groups(groups: Sequence[PolicyGroup], signers: Sequence[AuthorityRecord
     matched = match_slots(slots, len(signers))
     if matched is None:
         return None
-    return tuple(tuple(signers[matched[s]].public_key for s in range(len(slots))
-                       if slot_group[s] == gi) for gi in range(len(groups)))
+    return tuple(
+        tuple(signers[matched[s]].public_key for s in range(len(slots)) if slot_group[s] == gi)
+        for gi in range(len(groups))
+    )
 
 
-def satisfiable(policy: QuorumPolicy, authorities: Mapping[bytes, AuthorityRecord]
-                ) -> str | None:
+def satisfiable(policy: QuorumPolicy, authorities: Mapping[bytes, AuthorityRecord]) -> str | None:
     """None if the registry can meet ``policy`` (every eligible authority endorsing), else
     why not — used to refuse changes that would lock the policy-admin policy out."""
     level = rank(policy.min_trust_level)
     eligible = [r for r in authorities.values() if r.active and rank(r.trust_level) >= level]
     required = required_count(policy.min_authorities, policy.threshold, len(eligible))
     if len(eligible) < required:
-        return (f"{policy.category} would need {required} active authorities at "
-                f"{policy.min_trust_level}+ and only {len(eligible)} exist")
+        return (
+            f"{policy.category} would need {required} active authorities at "
+            f"{policy.min_trust_level}+ and only {len(eligible)} exist"
+        )
     if fill_groups(policy.groups, eligible) is None:
         return f"{policy.category}'s groups cannot be filled by distinct eligible authorities"
     return None
 
 
-def split_state(items: Mapping[str, object]) -> tuple[dict[bytes, AuthorityRecord],
-                                                      dict[str, QuorumPolicy]]:
+def split_state(
+    items: Mapping[str, object],
+) -> tuple[dict[bytes, AuthorityRecord], dict[str, QuorumPolicy]]:
     """Authorities by key and policies by category from decoded state records."""
     authorities: dict[bytes, AuthorityRecord] = {}
     policies: dict[str, QuorumPolicy] = {}
@@ -204,10 +234,15 @@ def split_state(items: Mapping[str, object]) -> tuple[dict[bytes, AuthorityRecor
     return authorities, policies
 
 
-def evaluate_from_state(items: Mapping[str, object], category: str, message_digest: bytes,
-                        endorsements: Sequence[Endorsement]) -> PolicyResult:
+def evaluate_from_state(
+    items: Mapping[str, object],
+    category: str,
+    message_digest: bytes,
+    endorsements: Sequence[Endorsement],
+) -> PolicyResult:
     """What a verifier calls: ``items`` is its decoded mirror of ``{prefix}_state``
     (values from ``schemas.authority.decode_state_record``; other areas ignored)."""
     authorities, policies = split_state(items)
-    return evaluate(resolve_policy(policies, category), authorities, endorsements, category,
-                    message_digest)
+    return evaluate(
+        resolve_policy(policies, category), authorities, endorsements, category, message_digest
+    )

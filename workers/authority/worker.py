@@ -86,13 +86,16 @@ class AuthorityWorker(Worker):
 
     async def setup(self) -> None:
         self._kv = await state_bucket(self.client, self.subjects)
-        self._mirror = BucketMirror(self.client, self.subjects.state_bucket,
-                                    decode_state_record, keep_unreadable=True)
+        self._mirror = BucketMirror(
+            self.client, self.subjects.state_bucket, decode_state_record, keep_unreadable=True
+        )
         await self._mirror.start()
         for op in OPERATIONS:
-            await self.subscribe_intake(self.subjects.authority(op),
-                                        functools.partial(self._on_request, op),
-                                        queue=AUTHORITY_QUEUE)
+            await self.subscribe_intake(
+                self.subjects.authority(op),
+                functools.partial(self._on_request, op),
+                queue=AUTHORITY_QUEUE,
+            )
         # (Worker.start ends with a subscription barrier for every worker.)
 
     async def teardown(self) -> None:
@@ -139,18 +142,26 @@ class AuthorityWorker(Worker):
                 raise PolicyMissing(f"category {request.category!r} has no policy of its own")
             return policy
         if isinstance(request, EvaluateRequest):
-            result = evaluate_from_state(self.mirror.items, request.category,
-                                         request.message_digest, request.endorsements)
+            result = evaluate_from_state(
+                self.mirror.items, request.category, request.message_digest, request.endorsements
+            )
             return PolicyVerdict(
-                ok=result.ok, code=result.code or "OK", reason=_printable(result.reason)[:1024],
-                category=request.category, policy_category=result.policy_category or "",
-                required=result.required, counted=result.counted, ignored=result.ignored,
-                revision=self.mirror.revision)
+                ok=result.ok,
+                code=result.code or "OK",
+                reason=_printable(result.reason)[:1024],
+                category=request.category,
+                policy_category=result.policy_category or "",
+                required=result.required,
+                counted=result.counted,
+                ignored=result.ignored,
+                revision=self.mirror.revision,
+            )
         authorities, policies = split_state(self.mirror.items)
         return AuthorityList(
             authorities=tuple(sorted(authorities.values(), key=lambda r: r.public_key)),
             policies=tuple(policies[c] for c in sorted(policies)),
-            revision=self.mirror.revision)
+            revision=self.mirror.revision,
+        )
 
     async def _sync(self) -> None:
         """Catch the mirror up to the bucket's last revision (read your writes)."""
@@ -160,28 +171,31 @@ class AuthorityWorker(Worker):
             raise StateConflict(f"state mirror did not reach revision {last} in time; retry")
 
     # ------------------------------------------------------------ governance
-    def _govern(self, digest: bytes, endorsements: tuple[Endorsement, ...],
-                what: str) -> bool:
+    def _govern(self, digest: bytes, endorsements: tuple[Endorsement, ...], what: str) -> bool:
         """Check the policy-admin policy; False when none exists yet (bootstrap)."""
-        unreadable = [key for key, value in self.mirror.items.items()
-                      if isinstance(value, Unreadable)
-                      and key.split(".", 1)[0] in ("authority", "policy")]
+        unreadable = [
+            key
+            for key, value in self.mirror.items.items()
+            if isinstance(value, Unreadable) and key.split(".", 1)[0] in ("authority", "policy")
+        ]
         if unreadable:  # fail closed: an unreadable policy-admin must not reopen bootstrap
-            raise ChangeInvalid(f"refused: unreadable governance records {unreadable[:3]} "
-                                "(written by a newer version?); repair them first")
+            raise ChangeInvalid(
+                f"refused: unreadable governance records {unreadable[:3]} "
+                "(written by a newer version?); repair them first"
+            )
         authorities, policies = split_state(self.mirror.items)
         admin = policies.get(ADMIN_CATEGORY)
         if admin is None:
             return False
         result = evaluate(admin, authorities, endorsements, ADMIN_CATEGORY, digest)
         if not result.ok:
-            raise PolicyNotMet(f"{what} needs {ADMIN_CATEGORY} endorsements over "
-                               f"{digest.hex()}: {result.reason}")
+            raise PolicyNotMet(
+                f"{what} needs {ADMIN_CATEGORY} endorsements over {digest.hex()}: {result.reason}"
+            )
         return True
 
     @staticmethod
-    def _no_lockout(admin: QuorumPolicy | None,
-                    authorities: dict[bytes, AuthorityRecord]) -> None:
+    def _no_lockout(admin: QuorumPolicy | None, authorities: dict[bytes, AuthorityRecord]) -> None:
         """Refuse a change after which the policy-admin policy could never be met again."""
         if admin is None:
             return
@@ -222,25 +236,34 @@ class AuthorityWorker(Worker):
                 raise AuthorityUnknown(f"no authority {new.public_key.hex()}")
             current = AuthorityRecord.decode(raw)
             if new.serial != current.serial + 1:
-                raise ChangeInvalid(f"serial must be {current.serial + 1} (current "
-                                    f"{current.serial}), got {new.serial}")
+                raise ChangeInvalid(
+                    f"serial must be {current.serial + 1} (current "
+                    f"{current.serial}), got {new.serial}"
+                )
             if new.name != current.name:
                 raise ChangeInvalid(f"{op} cannot rename an authority")
-            if op == "activate" and not (new.active and
-                                         new.trust_level == current.trust_level):
+            if op == "activate" and not (new.active and new.trust_level == current.trust_level):
                 raise ChangeInvalid("activate sets active=true and nothing else")
             if op == "deactivate" and (new.active or new.trust_level != current.trust_level):
                 raise ChangeInvalid("deactivate sets active=false and nothing else")
             if op == "set-level" and new.active != current.active:
                 raise ChangeInvalid("set-level changes the trust level and nothing else")
-        governed = self._govern(new.digest(), request.endorsements,
-                                f"{op} of authority {new.public_key.hex()[:16]}")
+        governed = self._govern(
+            new.digest(), request.endorsements, f"{op} of authority {new.public_key.hex()[:16]}"
+        )
         authorities, policies = split_state(self.mirror.items)
         self._no_lockout(policies.get(ADMIN_CATEGORY), {**authorities, new.public_key: new})
         await self._write(key, new.encode(), revision, raw is not None)
-        log.info("%s authority %s (%s, %s, active=%s, serial %d, %s)", op,
-                 new.public_key.hex(), new.name, new.trust_level, new.active, new.serial,
-                 "endorsed" if governed else "bootstrap: no policy-admin policy yet")
+        log.info(
+            "%s authority %s (%s, %s, active=%s, serial %d, %s)",
+            op,
+            new.public_key.hex(),
+            new.name,
+            new.trust_level,
+            new.active,
+            new.serial,
+            "endorsed" if governed else "bootstrap: no policy-admin policy yet",
+        )
         return new
 
     async def _set_policy(self, request: PolicyChange) -> QuorumPolicy:
@@ -251,14 +274,18 @@ class AuthorityWorker(Worker):
         expected = current.serial + 1 if current is not None else 1
         if new.serial != expected:
             raise ChangeInvalid(f"serial must be {expected}, got {new.serial}")
-        governed = self._govern(new.digest(), request.endorsements,
-                                f"policy of {new.category!r}")
+        governed = self._govern(new.digest(), request.endorsements, f"policy of {new.category!r}")
         if not governed and new.category != ADMIN_CATEGORY:
-            raise PolicyMissing(f"set the {ADMIN_CATEGORY!r} policy first: it governs every "
-                                "other policy change")
+            raise PolicyMissing(
+                f"set the {ADMIN_CATEGORY!r} policy first: it governs every other policy change"
+            )
         if new.category == ADMIN_CATEGORY:
             self._no_lockout(new, split_state(self.mirror.items)[0])
         await self._write(key, new.encode(), revision, raw is not None)
-        log.info("policy %s serial %d set (%s)", new.category, new.serial,
-                 "endorsed" if governed else "bootstrap")
+        log.info(
+            "policy %s serial %d set (%s)",
+            new.category,
+            new.serial,
+            "endorsed" if governed else "bootstrap",
+        )
         return new

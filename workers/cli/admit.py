@@ -41,9 +41,12 @@ async def _admit(args: argparse.Namespace) -> int:
         subjects = Subjects(config.prefix)
         changed = await membership.register(nc, subjects, args.id, key)
         pool = await membership.read_pool(nc, subjects)
-    _out(args, f"{args.id} {'admitted' if changed else 'already a member'}; pool epoch "
-         f"{pool.epoch}, {len(pool.keys)} active",
-         {"id": args.id, "changed": changed, "epoch": pool.epoch, "active": len(pool.keys)})
+    _out(
+        args,
+        f"{args.id} {'admitted' if changed else 'already a member'}; pool epoch "
+        f"{pool.epoch}, {len(pool.keys)} active",
+        {"id": args.id, "changed": changed, "epoch": pool.epoch, "active": len(pool.keys)},
+    )
     return 0
 
 
@@ -55,12 +58,14 @@ def register(sub: Any, kinds: Any) -> None:
     from workers.cli.main import _common, _token
 
     parser = sub.add_parser(
-        "admit", help="admit a verifier's public key into the pool (consortium operators)",
+        "admit",
+        help="admit a verifier's public key into the pool (consortium operators)",
         description="Register KEY as active pool member ID in the membership bucket of the "
         "account you connect to (compare-and-set; the pool gets a new epoch). In a "
         "multi-organization deployment the consortium runs this for each organization's "
         "verifier keys; a verifier's own start-up registration only lands in its "
-        "organization's account. Exit codes: 0 ok, 69 cannot connect, 78 bad key.")
+        "organization's account. Exit codes: 0 ok, 69 cannot connect, 78 bad key.",
+    )
     _common(parser)
     parser.add_argument("id", type=_token, help="member id (the verifier's --id)")
     parser.add_argument("public_key", help="Ed25519 public key: 64 hex digits or did:key:z6Mk…")

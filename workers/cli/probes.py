@@ -21,12 +21,21 @@ EXIT_STALE = 1
 def check_liveness(args: argparse.Namespace) -> int:
     path = liveness.liveness_path(liveness.liveness_dir(Path(args.data_dir)), args.kind, args.id)
     record = liveness.read(path)
-    result = liveness.verdict(record, time.time(), args.max_age, kind=args.kind,
-                              worker_id=args.id)
+    result = liveness.verdict(record, time.time(), args.max_age, kind=args.kind, worker_id=args.id)
     if getattr(args, "json", False):
-        print(json.dumps({"kind": args.kind, "id": args.id, "alive": result.alive,
-                          "age_s": None if result.age_s is None else round(result.age_s, 3),
-                          "reason": result.reason, "file": str(path)}, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    "kind": args.kind,
+                    "id": args.id,
+                    "alive": result.alive,
+                    "age_s": None if result.age_s is None else round(result.age_s, 3),
+                    "reason": result.reason,
+                    "file": str(path),
+                },
+                sort_keys=True,
+            )
+        )
     else:
         print(f"{args.kind} {args.id}: {result.reason} ({path})")
     return EXIT_ALIVE if result.alive else EXIT_STALE

@@ -46,9 +46,9 @@ async def _trace(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         async def one(i: int, request: VerificationRequest) -> None:
             nonlocal ok
             # A root span per request, so each request is its own trace.
-            with tracer().start_as_current_span("agentic-payments trace",
-                                                context=trace.set_span_in_context(
-                                                    trace.INVALID_SPAN)) as span:
+            with tracer().start_as_current_span(
+                "agentic-payments trace", context=trace.set_span_in_context(trace.INVALID_SPAN)
+            ) as span:
                 trace_id = f"{span.get_span_context().trace_id:032x}"
                 expected = "INVALID" if i < args.invalid else "VALID"
                 try:
@@ -58,8 +58,14 @@ async def _trace(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
                 except AgenticPaymentsError as exc:
                     decision = exc.code
                 ok = ok and decision == expected
-                rows.append({"request_id": request.request_id, "trace_id": trace_id,
-                             "decision": decision, "expected": expected})
+                rows.append(
+                    {
+                        "request_id": request.request_id,
+                        "trace_id": trace_id,
+                        "decision": decision,
+                        "expected": expected,
+                    }
+                )
 
         await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
     return (0 if ok else EXIT_NOT_VALID), {"requests": rows}
@@ -69,14 +75,17 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if not 1 <= args.count <= 10_000 or not 0 <= args.invalid <= args.count:
         raise ConfigError("--count must be 1..10000 and --invalid 0..count")
     if not setup_tracing(CLIENT_SERVICE):
-        raise ConfigError("tracing is not configured: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. "
-                          "http://127.0.0.1:6006 for Phoenix) or OTEL_TRACES_EXPORTER=console")
+        raise ConfigError(
+            "tracing is not configured: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. "
+            "http://127.0.0.1:6006 for Phoenix) or OTEL_TRACES_EXPORTER=console"
+        )
     try:
         code, data = asyncio.run(_trace(args))
     finally:
         shutdown_telemetry()
-    human = "\n".join(f"{r['request_id']}  {r['decision']:<9} trace {r['trace_id']}"
-                      for r in data["requests"])
+    human = "\n".join(
+        f"{r['request_id']}  {r['decision']:<9} trace {r['trace_id']}" for r in data["requests"]
+    )
     _out(args, human, data)
     return code
 
@@ -84,14 +93,21 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def register(sub: Any, kinds: Any) -> None:
     """Add the ``trace`` command (see workers/cli/main.py EXTENSIONS)."""
     parser = sub.add_parser(
-        "trace", help="send traced requests and print their trace ids",
+        "trace",
+        help="send traced requests and print their trace ids",
         description=(__doc__ or "").split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(parser)
     parser.add_argument("--count", type=int, default=3, help="requests to send (default 3)")
-    parser.add_argument("--invalid", type=int, default=1,
-                        help="how many of them carry a broken signature (default 1)")
-    parser.add_argument("--timeout", type=_positive, default=10.0,
-                        help="seconds per attempt (default 10)")
+    parser.add_argument(
+        "--invalid",
+        type=int,
+        default=1,
+        help="how many of them carry a broken signature (default 1)",
+    )
+    parser.add_argument(
+        "--timeout", type=_positive, default=10.0, help="seconds per attempt (default 10)"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=cmd_trace)

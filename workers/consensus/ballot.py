@@ -75,8 +75,9 @@ class BallotRound:
         if vote.ballot_id != self.ballot_id:
             raise VoteRejected("vote is for another ballot", code="VOTE_UNKNOWN_BALLOT")
         if vote.epoch != self.epoch:
-            raise VoteRejected(f"vote epoch {vote.epoch} != ballot epoch {self.epoch}",
-                               code="VOTE_WRONG_EPOCH")
+            raise VoteRejected(
+                f"vote epoch {vote.epoch} != ballot epoch {self.epoch}", code="VOTE_WRONG_EPOCH"
+            )
         if vote.tally_id != self.tally_id:
             raise VoteRejected("vote names another tally", code="VOTE_MISMATCH")
         if vote.verifier_key not in self.pool:
@@ -96,8 +97,10 @@ class BallotRound:
             # no longer reach a quorum and should be re-balloted under the new state.
             if vote.state_rev > self.state_rev:
                 self.newer_state[vote.verifier_key] = vote.state_rev
-            raise VoteRejected(f"vote judged under state {vote.state_rev}, ballot is under "
-                               f"{self.state_rev}", code="VOTE_STATE_MISMATCH")
+            raise VoteRejected(
+                f"vote judged under state {vote.state_rev}, ballot is under {self.state_rev}",
+                code="VOTE_STATE_MISMATCH",
+            )
         previous = self.votes.get(vote.verifier_key)
         if previous is not None:
             # Same verdicts re-signed (e.g. a ballot replayed to the verifier) is a
@@ -106,8 +109,9 @@ class BallotRound:
             if previous[0].entries == vote.entries:
                 raise VoteRejected("duplicate vote ignored", code="VOTE_DUPLICATE")
             self.equivocations.append(Equivocation(vote.verifier_key, previous[0], vote))
-            raise VoteRejected("a second, different vote from one verifier",
-                               code="VOTE_EQUIVOCATION")
+            raise VoteRejected(
+                "a second, different vote from one verifier", code="VOTE_EQUIVOCATION"
+            )
         self.votes[vote.verifier_key] = (vote, tree)
         newly: list[int] = []
         for i, entry in enumerate(vote.entries):
@@ -133,8 +137,9 @@ class BallotRound:
                 newly.append(i)
         return newly
 
-    def certificate(self, index: int, *, tally_key: bytes, decided_at_ms: int,
-                    latency_ms: float) -> ConsensusResult:
+    def certificate(
+        self, index: int, *, tally_key: bytes, decided_at_ms: int, latency_ms: float
+    ) -> ConsensusResult:
         """An unsigned certificate for request ``index`` (the tally signs it)."""
         decision = self.decided[index]
         if decision is None:
@@ -143,16 +148,35 @@ class BallotRound:
         for key in self._voters[index]:
             vote, tree = self.votes[key]
             entry = vote.entries[index]
-            proofs.append(VoteProof(
-                verifier_key=key, ts_ms=vote.ts_ms, count=len(vote.entries), index=index,
-                valid=entry.valid, reason=entry.reason, path=tuple(merkle.proof(tree, index)),
-                sig=vote.sig))
+            proofs.append(
+                VoteProof(
+                    verifier_key=key,
+                    ts_ms=vote.ts_ms,
+                    count=len(vote.entries),
+                    index=index,
+                    valid=entry.valid,
+                    reason=entry.reason,
+                    path=tuple(merkle.proof(tree, index)),
+                    sig=vote.sig,
+                )
+            )
         return ConsensusResult(
-            request_id=self.request_ids[index], request_digest=self.digests[index],
-            decision=decision.value, votes_for=self.valid[index],
-            votes_against=self.invalid[index], total_votes=len(proofs), n=self.rule.n,
-            q=self.rule.q, f=self.rule.f,
+            request_id=self.request_ids[index],
+            request_digest=self.digests[index],
+            decision=decision.value,
+            votes_for=self.valid[index],
+            votes_against=self.invalid[index],
+            total_votes=len(proofs),
+            n=self.rule.n,
+            q=self.rule.q,
+            f=self.rule.f,
             threshold=f"{self.rule.threshold.numerator}/{self.rule.threshold.denominator}",
-            epoch=self.epoch, ballot_id=self.ballot_id, votes=tuple(proofs),
-            tally_id=self.tally_id, tally_key=tally_key, decided_at_ms=decided_at_ms,
-            latency_ms=latency_ms, state_rev=self.state_rev)
+            epoch=self.epoch,
+            ballot_id=self.ballot_id,
+            votes=tuple(proofs),
+            tally_id=self.tally_id,
+            tally_key=tally_key,
+            decided_at_ms=decided_at_ms,
+            latency_ms=latency_ms,
+            state_rev=self.state_rev,
+        )

@@ -44,12 +44,15 @@ class VerdictState(Protocol):
 
     def key_refusal(self, public_key: bytes, now_ms: int) -> str | None: ...
 
-    def chain_refusal(self, leaf_key: bytes, chain: Sequence[bytes],
-                      now_ms: int) -> str | None: ...
+    def chain_refusal(self, leaf_key: bytes, chain: Sequence[bytes], now_ms: int) -> str | None: ...
 
-    def policy_refusal(self, category: str, message: bytes,
-                       endorsements: Sequence[tuple[bytes, bytes]],
-                       now_ms: int) -> str | None: ...
+    def policy_refusal(
+        self,
+        category: str,
+        message: bytes,
+        endorsements: Sequence[tuple[bytes, bytes]],
+        now_ms: int,
+    ) -> str | None: ...
 
 
 class NoState:
@@ -58,21 +61,25 @@ class NoState:
     def key_refusal(self, public_key: bytes, now_ms: int) -> str | None:
         return None
 
-    def chain_refusal(self, leaf_key: bytes, chain: Sequence[bytes],
-                      now_ms: int) -> str | None:
+    def chain_refusal(self, leaf_key: bytes, chain: Sequence[bytes], now_ms: int) -> str | None:
         return "CHAIN_NO_ANCHOR"
 
-    def policy_refusal(self, category: str, message: bytes,
-                       endorsements: Sequence[tuple[bytes, bytes]],
-                       now_ms: int) -> str | None:
+    def policy_refusal(
+        self,
+        category: str,
+        message: bytes,
+        endorsements: Sequence[tuple[bytes, bytes]],
+        now_ms: int,
+    ) -> str | None:
         return "POLICY_MISSING"
 
 
 NO_STATE = NoState()
 
 
-def judge(raw: bytes, state: VerdictState = NO_STATE, now_ms: int = 0,
-          also_at_ms: int | None = None) -> VoteEntry:
+def judge(
+    raw: bytes, state: VerdictState = NO_STATE, now_ms: int = 0, also_at_ms: int | None = None
+) -> VoteEntry:
     """Verdict for one raw request under ``state`` at time ``now_ms`` (and, if
     given, also at ``also_at_ms``: a refusal at either time wins)."""
     digest = request_digest(raw)
@@ -116,14 +123,14 @@ def judge_at_both(raw: bytes, state: VerdictState, issued_ms: int, own_ms: int) 
     return judge(raw, state, own_ms, also)
 
 
-def _state_refusal(request: VerificationRequest, state: VerdictState,
-                   now_ms: int) -> str | None:
+def _state_refusal(request: VerificationRequest, state: VerdictState, now_ms: int) -> str | None:
     refusal = state.key_refusal(request.public_key, now_ms)
     if refusal is None and request.chain:
         refusal = state.chain_refusal(request.public_key, request.chain, now_ms)
     if refusal is None and request.category:
-        refusal = state.policy_refusal(request.category, request.message,
-                                       request.endorsements, now_ms)
+        refusal = state.policy_refusal(
+            request.category, request.message, request.endorsements, now_ms
+        )
     return refusal
 
 

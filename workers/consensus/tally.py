@@ -128,13 +128,17 @@ class TallyOptions:
 
     def __post_init__(self) -> None:
         if not Fraction(1, 2) < self.threshold <= 1:
-            raise ConfigError(f"threshold {self.threshold} must be in (1/2, 1] so that "
-                              "VALID and INVALID quorums always intersect")
+            raise ConfigError(
+                f"threshold {self.threshold} must be in (1/2, 1] so that "
+                "VALID and INVALID quorums always intersect"
+            )
         if self.deadline_s <= 0 or self.max_batch < 1 or self.max_inflight < 1:
             raise ConfigError("deadline, max batch and max in-flight ballots must be positive")
         if self.max_batch > MAX_BALLOT_REQUESTS:
-            raise ConfigError(f"max batch {self.max_batch} exceeds the {MAX_BALLOT_REQUESTS} "
-                              "requests a verifier accepts in one ballot")
+            raise ConfigError(
+                f"max batch {self.max_batch} exceeds the {MAX_BALLOT_REQUESTS} "
+                "requests a verifier accepts in one ballot"
+            )
         if not 0 <= self.audit_days < 100_000:
             raise ConfigError("audit retention must be 0 (no stream) or a number of days")
         if self.max_pending < 1 or self.max_pending_bytes < 1 or self.cache_size < 1:
@@ -146,8 +150,13 @@ class TallyWorker(Worker):
 
     kind = "tally"
 
-    def __init__(self, runtime: RuntimeConfig, options: TallyOptions | None = None, *,
-                 key_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        runtime: RuntimeConfig,
+        options: TallyOptions | None = None,
+        *,
+        key_file: Path | None = None,
+    ) -> None:
         super().__init__(runtime)
         self.options = options or TallyOptions()
         self.key_file = key_file or runtime.data_dir / "keys" / f"tally-{self.worker_id}.key"
@@ -167,14 +176,21 @@ class TallyWorker(Worker):
         self._store_error_at = -STORE_DEGRADED_S
 
     def gauges(self) -> dict[str, float]:
-        return {**super().gauges(), "pending": len(self._pending), "queued": len(self._queue),
-                "pending_bytes": self._pending_bytes, "open_ballots": self._open_ballots,
-                "pool_size": len(self._pool.view.keys) if self._pool is not None else 0}
+        return {
+            **super().gauges(),
+            "pending": len(self._pending),
+            "queued": len(self._queue),
+            "pending_bytes": self._pending_bytes,
+            "open_ballots": self._open_ballots,
+            "pool_size": len(self._pool.view.keys) if self._pool is not None else 0,
+        }
 
     def extra_metadata(self) -> dict[str, str]:
         t = self.options.threshold
-        return {"public_key": self.identity.public_key_hex,
-                "threshold": f"{t.numerator}/{t.denominator}"}
+        return {
+            "public_key": self.identity.public_key_hex,
+            "threshold": f"{t.numerator}/{t.denominator}",
+        }
 
     # ------------------------------------------------------------------ setup
     async def setup(self) -> None:
@@ -208,9 +224,12 @@ class TallyWorker(Worker):
             self.stats.count("request_rejected_SHUTTING_DOWN")
             for reply in pending.waiters:
                 with contextlib.suppress(Exception):
-                    await self._reply_error(reply, ShuttingDown.code,
-                                            "tally stopped before a decision; retry with the "
-                                            "same request id", pending.request_id)
+                    await self._reply_error(
+                        reply,
+                        ShuttingDown.code,
+                        "tally stopped before a decision; retry with the same request id",
+                        pending.request_id,
+                    )
         with contextlib.suppress(Exception):
             await self.client.flush()
         if self._pool is not None:
@@ -232,8 +251,9 @@ class TallyWorker(Worker):
             log.exception("internal error on a request")
             self.stats.record(0.0, ok=False)
             with contextlib.suppress(Exception):
-                await self._reply_error(msg.reply, "INTERNAL", "internal error; retry with the "
-                                        "same request id")
+                await self._reply_error(
+                    msg.reply, "INTERNAL", "internal error; retry with the same request id"
+                )
 
     async def _accept(self, msg: Msg) -> None:
         received = time.perf_counter()
@@ -261,14 +281,19 @@ class TallyWorker(Worker):
                 pending.waiters.append(msg.reply)
                 self.stats.count("idempotent_joined")
             return
-        if (len(self._pending) >= self.options.max_pending
-                or self._pending_bytes + len(msg.data) > self.options.max_pending_bytes):
+        if (
+            len(self._pending) >= self.options.max_pending
+            or self._pending_bytes + len(msg.data) > self.options.max_pending_bytes
+        ):
             _end_span(span, "error.type", Overloaded.code)
             self.stats.count("request_rejected_OVERLOADED")
-            await self._reply_error(msg.reply, Overloaded.code,
-                                    "tally holds its maximum of pending requests or bytes; "
-                                    "retry with the same request id",
-                                    rid)
+            await self._reply_error(
+                msg.reply,
+                Overloaded.code,
+                "tally holds its maximum of pending requests or bytes; "
+                "retry with the same request id",
+                rid,
+            )
             return
         pending = Pending(rid, msg.data, digest, received, [msg.reply], span)
         self._pending[rid] = pending
@@ -284,15 +309,22 @@ class TallyWorker(Worker):
         """The ``process`` span of one request, child of the client's ``send`` span;
         None when the sampler drops it (then nothing downstream is traced either)."""
         span = start_messaging_span(
-            "process", msg.subject, kind=SpanKind.CONSUMER, parent=extract_context(msg.headers),
-            attributes={"messaging.consumer.group.name": TALLY_QUEUE,
-                        "messaging.message.conversation_id": rid,
-                        "messaging.message.body.size": len(msg.data),
-                        "messaging.client.id": self.worker_id})
+            "process",
+            msg.subject,
+            kind=SpanKind.CONSUMER,
+            parent=extract_context(msg.headers),
+            attributes={
+                "messaging.consumer.group.name": TALLY_QUEUE,
+                "messaging.message.conversation_id": rid,
+                "messaging.message.body.size": len(msg.data),
+                "messaging.client.id": self.worker_id,
+            },
+        )
         return span if span.is_recording() else None
 
-    def _answer_cached(self, reply: str, rid: str, digest: bytes,
-                       cached: tuple[bytes, bytes]) -> None:
+    def _answer_cached(
+        self, reply: str, rid: str, digest: bytes, cached: tuple[bytes, bytes]
+    ) -> None:
         if cached[0] != digest:
             self.spawn(self._reply_conflict(reply, rid))
             return
@@ -351,8 +383,9 @@ class TallyWorker(Worker):
             if stored.epoch == view.epoch:
                 verify_certificate(stored, view.keys, threshold=self.options.threshold)
             elif not certificate_signed_by(stored, self.identity.public_key):
-                raise CertificateInvalid(f"epoch {stored.epoch} is not the current "
-                                         f"{view.epoch} and it is not our own")
+                raise CertificateInvalid(
+                    f"epoch {stored.epoch} is not the current {view.epoch} and it is not our own"
+                )
         except (CodecError, CertificateInvalid) as exc:
             self.stats.count("decision_lookup_rejected")
             log.warning("ignoring stored certificate for %r: %s", request_id, exc)
@@ -371,8 +404,11 @@ class TallyWorker(Worker):
         while self._queue and self._open_ballots < self.options.max_inflight:
             batch: list[Pending] = []
             size = 0
-            while (self._queue and len(batch) < self.options.max_batch
-                   and size + len(self._queue[0].raw) <= MAX_BALLOT_BYTES):
+            while (
+                self._queue
+                and len(batch) < self.options.max_batch
+                and size + len(self._queue[0].raw) <= MAX_BALLOT_BYTES
+            ):
                 pending = self._dequeue()
                 if pending is not None:
                     batch.append(pending)
@@ -407,14 +443,27 @@ class TallyWorker(Worker):
         deadline_ms = issued_ms + int(self.options.deadline_s * 1000)
         state_rev = self._state.revision if self._state is not None else 0
         ballot_round = BallotRound(
-            ballot_id=ballot_id, epoch=view.epoch, tally_id=self.worker_id, pool=view.keys,
-            rule=rule, request_ids=tuple(p.request_id for p in batch),
-            digests=tuple(p.digest for p in batch), state_rev=state_rev)
-        ballot = Ballot(ballot_id=ballot_id, epoch=view.epoch, tally_id=self.worker_id,
-                        deadline_ms=deadline_ms, requests=tuple(p.raw for p in batch),
-                        state_rev=state_rev, issued_ms=issued_ms)
-        timer = asyncio.get_running_loop().call_later(self.options.deadline_s, self._expire,
-                                                      ballot_id)
+            ballot_id=ballot_id,
+            epoch=view.epoch,
+            tally_id=self.worker_id,
+            pool=view.keys,
+            rule=rule,
+            request_ids=tuple(p.request_id for p in batch),
+            digests=tuple(p.digest for p in batch),
+            state_rev=state_rev,
+        )
+        ballot = Ballot(
+            ballot_id=ballot_id,
+            epoch=view.epoch,
+            tally_id=self.worker_id,
+            deadline_ms=deadline_ms,
+            requests=tuple(p.raw for p in batch),
+            state_rev=state_rev,
+            issued_ms=issued_ms,
+        )
+        timer = asyncio.get_running_loop().call_later(
+            self.options.deadline_s, self._expire, ballot_id
+        )
         traced = any(p.span is not None for p in batch)
         self._ballots[ballot_id] = LiveBallot(ballot_round, batch, timer, traced)
         self._open_ballots += 1
@@ -425,8 +474,7 @@ class TallyWorker(Worker):
             headers = _ballot_headers([s.get_span_context() if s else None for s in spans])
         self.spawn(self._publish_ballot(ballot.encode(), headers, spans))
 
-    def _ballot_spans(self, ballot_id: str, epoch: int,
-                      batch: list[Pending]) -> list[Span | None]:
+    def _ballot_spans(self, ballot_id: str, epoch: int, batch: list[Pending]) -> list[Span | None]:
         """One ``send`` span per request, under that request's own ``process`` span.
 
         Each request's trace thus shows the ballot that carried it; the spans of
@@ -436,22 +484,33 @@ class TallyWorker(Worker):
             if pending.span is None:
                 spans.append(None)
                 continue
-            spans.append(start_messaging_span(
-                "send", self.subjects.ballot, kind=SpanKind.PRODUCER,
-                parent=trace.set_span_in_context(pending.span),
-                attributes={"messaging.message.id": ballot_id,
-                            "messaging.message.conversation_id": pending.request_id,
-                            "messaging.batch.message_count": len(batch),
-                            "agentic_payments.ballot_index": index,
-                            "agentic_payments.epoch": epoch}))
+            spans.append(
+                start_messaging_span(
+                    "send",
+                    self.subjects.ballot,
+                    kind=SpanKind.PRODUCER,
+                    parent=trace.set_span_in_context(pending.span),
+                    attributes={
+                        "messaging.message.id": ballot_id,
+                        "messaging.message.conversation_id": pending.request_id,
+                        "messaging.batch.message_count": len(batch),
+                        "agentic_payments.ballot_index": index,
+                        "agentic_payments.epoch": epoch,
+                    },
+                )
+            )
         return spans
 
-    async def _publish_ballot(self, data: bytes, headers: dict[str, str] | None,
-                              spans: list[Span | None]) -> None:
+    async def _publish_ballot(
+        self, data: bytes, headers: dict[str, str] | None, spans: list[Span | None]
+    ) -> None:
         try:
-            await self.client.publish(self.subjects.ballot, data,
-                                      reply=self.subjects.votes(self.worker_id),
-                                      headers=headers)
+            await self.client.publish(
+                self.subjects.ballot,
+                data,
+                reply=self.subjects.votes(self.worker_id),
+                headers=headers,
+            )
         finally:
             for span in spans:
                 if span is not None:
@@ -491,8 +550,11 @@ class TallyWorker(Worker):
         reach q: close its open requests and ballot them again once this tally has
         caught up with that state, rather than mixing revisions or waiting for the
         deadline. Bounded per request (MAX_STATE_REBALLOTS)."""
-        indexes = [i for i in live.round.open_indexes() if live.pendings[i].reballots
-                   < MAX_STATE_REBALLOTS and not live.pendings[i].done]
+        indexes = [
+            i
+            for i in live.round.open_indexes()
+            if live.pendings[i].reballots < MAX_STATE_REBALLOTS and not live.pendings[i].done
+        ]
         if not indexes:
             return
         live.round.abandon(indexes)
@@ -522,8 +584,9 @@ class TallyWorker(Worker):
         if value:
             live.vote_traces[vote.verifier_key] = parse_traceparents(value, len(live.pendings))
 
-    def _trace_decision(self, live: LiveBallot, index: int, pending: Pending,
-                        cert: ConsensusResult) -> None:
+    def _trace_decision(
+        self, live: LiveBallot, index: int, pending: Pending, cert: ConsensusResult
+    ) -> None:
         """The ``process`` span of the votes that decided request ``index``, linked to
         each counted verifier's span for this request (from its vote's headers)."""
         assert pending.span is not None
@@ -532,23 +595,40 @@ class TallyWorker(Worker):
             contexts = live.vote_traces.get(proof.verifier_key)
             ctx = contexts[index] if contexts else None
             if ctx is not None:
-                links.append(Link(ctx, {"agentic_payments.verifier_key": proof.verifier_key.hex(),
-                                        "agentic_payments.valid": proof.valid}))
-        decision_attrs: dict[str, str | int] = {"agentic_payments.decision": cert.decision,
-                          "agentic_payments.votes_for": cert.votes_for,
-                          "agentic_payments.votes_against": cert.votes_against,
-                          "agentic_payments.n": cert.n, "agentic_payments.q": cert.q,
-                          "agentic_payments.epoch": cert.epoch}
+                links.append(
+                    Link(
+                        ctx,
+                        {
+                            "agentic_payments.verifier_key": proof.verifier_key.hex(),
+                            "agentic_payments.valid": proof.valid,
+                        },
+                    )
+                )
+        decision_attrs: dict[str, str | int] = {
+            "agentic_payments.decision": cert.decision,
+            "agentic_payments.votes_for": cert.votes_for,
+            "agentic_payments.votes_against": cert.votes_against,
+            "agentic_payments.n": cert.n,
+            "agentic_payments.q": cert.q,
+            "agentic_payments.epoch": cert.epoch,
+        }
         start_messaging_span(
-            "process", self.subjects.votes(self.worker_id), kind=SpanKind.CONSUMER,
-            parent=trace.set_span_in_context(pending.span), links=links,
+            "process",
+            self.subjects.votes(self.worker_id),
+            kind=SpanKind.CONSUMER,
+            parent=trace.set_span_in_context(pending.span),
+            links=links,
             start_time=live.first_vote_ns or None,
-            attributes={"messaging.message.id": cert.ballot_id,
-                        "messaging.message.conversation_id": cert.request_id,
-                        "messaging.batch.message_count": len(cert.votes),
-                        **decision_attrs}).end()
-        pending.span.set_attributes({"agentic_payments.ballot_id": cert.ballot_id,
-                                     **decision_attrs})
+            attributes={
+                "messaging.message.id": cert.ballot_id,
+                "messaging.message.conversation_id": cert.request_id,
+                "messaging.batch.message_count": len(cert.votes),
+                **decision_attrs,
+            },
+        ).end()
+        pending.span.set_attributes(
+            {"agentic_payments.ballot_id": cert.ballot_id, **decision_attrs}
+        )
 
     def _expire(self, ballot_id: str) -> None:
         """Deadline: undecided requests become TIMEOUT/NO_QUORUM; the round is forgotten.
@@ -574,9 +654,15 @@ class TallyWorker(Worker):
             self.stats.record(latency_ms, ok=True)
             if pending.done:  # already answered from the decisions bucket
                 continue
-            cert = sign_certificate(self.identity, live.round.certificate(
-                i, tally_key=self.identity.public_key, decided_at_ms=now_ms(),
-                latency_ms=round(latency_ms, 3)))
+            cert = sign_certificate(
+                self.identity,
+                live.round.certificate(
+                    i,
+                    tally_key=self.identity.public_key,
+                    decided_at_ms=now_ms(),
+                    latency_ms=round(latency_ms, 3),
+                ),
+            )
             self.stats.count(f"decision_{cert.decision}")
             if pending.span is not None:
                 self._trace_decision(live, i, pending, cert)
@@ -602,8 +688,9 @@ class TallyWorker(Worker):
         if not pending.done:
             self._complete(pending, data, pending.digest, final=final, store=final)
 
-    def _complete(self, pending: Pending, data: bytes, digest: bytes, *, final: bool = True,
-                  store: bool) -> None:
+    def _complete(
+        self, pending: Pending, data: bytes, digest: bytes, *, final: bool = True, store: bool
+    ) -> None:
         """Answer every waiter of ``pending`` once. A final answer is remembered for
         retries; ``store`` also writes it to the decisions bucket."""
         pending.done = True
@@ -622,8 +709,9 @@ class TallyWorker(Worker):
         if store and self._store is not None:
             self.spawn(self._store.store(pending.request_id, data))
 
-    async def _publish_all(self, replies: list[str], data: bytes,
-                           headers: dict[str, str] | None = None) -> None:
+    async def _publish_all(
+        self, replies: list[str], data: bytes, headers: dict[str, str] | None = None
+    ) -> None:
         for reply in replies:
             await self.client.publish(reply, data, headers=headers)
 
@@ -631,16 +719,23 @@ class TallyWorker(Worker):
         """The reply under a ``send`` span (child of the request's ``process`` span)
         whose context travels in the reply's ``traceparent``; then both end."""
         send = start_messaging_span(
-            "send", pending.waiters[0], kind=SpanKind.PRODUCER, name=f"send {INBOX_TEMPLATE}",
+            "send",
+            pending.waiters[0],
+            kind=SpanKind.PRODUCER,
+            name=f"send {INBOX_TEMPLATE}",
             parent=trace.set_span_in_context(span),
-            attributes={"messaging.destination.temporary": True,
-                        "messaging.destination.template": INBOX_TEMPLATE,
-                        "messaging.message.conversation_id": pending.request_id,
-                        "messaging.message.body.size": len(data),
-                        "agentic_payments.waiters": len(pending.waiters)})
+            attributes={
+                "messaging.destination.temporary": True,
+                "messaging.destination.template": INBOX_TEMPLATE,
+                "messaging.message.conversation_id": pending.request_id,
+                "messaging.message.body.size": len(data),
+                "agentic_payments.waiters": len(pending.waiters),
+            },
+        )
         try:
-            await self._publish_all(pending.waiters, data,
-                                    inject_headers(context=trace.set_span_in_context(send)))
+            await self._publish_all(
+                pending.waiters, data, inject_headers(context=trace.set_span_in_context(send))
+            )
         finally:
             send.end()
             span.end()
@@ -666,8 +761,11 @@ class TallyWorker(Worker):
     def _store_trouble(self, counter: str, exc: BaseException) -> None:
         self.stats.count(counter)
         self._store_error_at = time.monotonic()
-        log.warning("decisions bucket: %s (%s); idempotency across restarts is degraded",
-                    exc.__class__.__name__, exc)
+        log.warning(
+            "decisions bucket: %s (%s); idempotency across restarts is degraded",
+            exc.__class__.__name__,
+            exc,
+        )
 
     def health(self) -> Health:
         health = super().health()
@@ -695,21 +793,39 @@ class TallyWorker(Worker):
 
     async def _reply_conflict(self, reply: str, rid: str) -> None:
         self.stats.count("request_rejected_REQUEST_ID_CONFLICT")
-        await self._reply_error(reply, RequestIdConflict.code,
-                                f"request id {rid!r} was already used for different bytes", rid)
+        await self._reply_error(
+            reply,
+            RequestIdConflict.code,
+            f"request id {rid!r} was already used for different bytes",
+            rid,
+        )
 
-    async def _reply_error(self, reply: str, code: str, message: str,
-                           request_id: str | None = None) -> None:
+    async def _reply_error(
+        self, reply: str, code: str, message: str, request_id: str | None = None
+    ) -> None:
         await self.client.publish(reply, ErrorReply(code, message[:4096], request_id).encode())
 
     async def _report_equivocation(self, ballot_round: BallotRound) -> None:
         evidence = ballot_round.equivocations[-1]
-        log.warning("verifier %s equivocated on ballot %s", evidence.verifier_key.hex(),
-                    ballot_round.ballot_id)
-        await self.client.publish(self.subjects.equivocation, encode({
-            "type": "equivocation", "v": 1, "verifier_key": evidence.verifier_key,
-            "ballot_id": ballot_round.ballot_id, "epoch": ballot_round.epoch,
-            "first": evidence.first.encode(), "second": evidence.second.encode()}))
+        log.warning(
+            "verifier %s equivocated on ballot %s",
+            evidence.verifier_key.hex(),
+            ballot_round.ballot_id,
+        )
+        await self.client.publish(
+            self.subjects.equivocation,
+            encode(
+                {
+                    "type": "equivocation",
+                    "v": 1,
+                    "verifier_key": evidence.verifier_key,
+                    "ballot_id": ballot_round.ballot_id,
+                    "epoch": ballot_round.epoch,
+                    "first": evidence.first.encode(),
+                    "second": evidence.second.encode(),
+                }
+            ),
+        )
 
 
 def _end_span(span: Span | None, key: str, value: str) -> None:

@@ -74,16 +74,20 @@ class StateVerdicts:
     (it empties itself when the revision changes).
     """
 
-    def __init__(self, items: Mapping[str, object], revision: int = 0, *,
-                 chain_cache: ChainCache | None = None) -> None:
+    def __init__(
+        self,
+        items: Mapping[str, object],
+        revision: int = 0,
+        *,
+        chain_cache: ChainCache | None = None,
+    ) -> None:
         self.items = items
         self.revision = revision
         self._chain_cache = chain_cache
         self._trust: TrustIndex | None = None
         self._authority: tuple[dict[bytes, AuthorityRecord], dict[str, QuorumPolicy]] | None = None
         self._unreadable_areas: frozenset[str] | None = None
-        self._policy_memo: dict[tuple[str, bytes, tuple[tuple[bytes, bytes], ...]],
-                                str | None] = {}
+        self._policy_memo: dict[tuple[str, bytes, tuple[tuple[bytes, bytes], ...]], str | None] = {}
 
     def key_refusal(self, public_key: bytes, now_ms: int) -> str | None:
         return key_refusal(self.items, public_key, now_ms)
@@ -92,12 +96,13 @@ class StateVerdicts:
         """Whether any record of these areas could not be decoded (then refuse)."""
         if self._unreadable_areas is None:
             self._unreadable_areas = frozenset(
-                key.split(".", 1)[0] for key, value in self.items.items()
-                if isinstance(value, Unreadable))
+                key.split(".", 1)[0]
+                for key, value in self.items.items()
+                if isinstance(value, Unreadable)
+            )
         return any(area in self._unreadable_areas for area in areas)
 
-    def chain_refusal(self, leaf_key: bytes, chain: Sequence[bytes],
-                      now_ms: int) -> str | None:
+    def chain_refusal(self, leaf_key: bytes, chain: Sequence[bytes], now_ms: int) -> str | None:
         def refusal(key: bytes) -> str | None:
             return self.key_refusal(key, now_ms)
 
@@ -105,8 +110,10 @@ class StateVerdicts:
             return UNREADABLE
         purpose = trust_schema.PURPOSE_PAYMENT
         cache = self._chain_cache
-        if cache is not None and cache.get(self.revision, leaf_key, purpose, chain, now_ms,
-                                           refusal) is not None:
+        if (
+            cache is not None
+            and cache.get(self.revision, leaf_key, purpose, chain, now_ms, refusal) is not None
+        ):
             return None
         if self._trust is None:
             self._trust = TrustIndex.from_state(self.items)
@@ -118,9 +125,13 @@ class StateVerdicts:
         code = result.code or "CHAIN_INVALID"
         return code if result.failed_link is None else f"{code}:{result.failed_link}"
 
-    def policy_refusal(self, category: str, message: bytes,
-                       endorsements: Sequence[tuple[bytes, bytes]],
-                       now_ms: int) -> str | None:
+    def policy_refusal(
+        self,
+        category: str,
+        message: bytes,
+        endorsements: Sequence[tuple[bytes, bytes]],
+        now_ms: int,
+    ) -> str | None:
         if category in GOVERNANCE_CATEGORIES:
             # governance endorsements approve registry and policy changes, never payments
             return "POLICY_GOVERNANCE_CATEGORY"
@@ -136,9 +147,13 @@ class StateVerdicts:
         memo_key = (category, hashlib.sha256(message).digest(), usable)
         if memo_key in self._policy_memo:
             return self._policy_memo[memo_key]
-        result = evaluate(resolve_policy(policies, category), authorities,
-                          [Endorsement(authority_key=k, signature=s) for k, s in usable],
-                          category, memo_key[1])
+        result = evaluate(
+            resolve_policy(policies, category),
+            authorities,
+            [Endorsement(authority_key=k, signature=s) for k, s in usable],
+            category,
+            memo_key[1],
+        )
         code = None if result.ok else (result.code or "POLICY_NOT_MET")
         if len(self._policy_memo) >= POLICY_MEMO_SIZE:
             self._policy_memo.clear()

@@ -55,8 +55,13 @@ class VerifierWorker(Worker):
 
     kind = "verifier"
 
-    def __init__(self, runtime: RuntimeConfig, *, key_file: Path | None = None,
-                 identity: AgentIdentity | None = None) -> None:
+    def __init__(
+        self,
+        runtime: RuntimeConfig,
+        *,
+        key_file: Path | None = None,
+        identity: AgentIdentity | None = None,
+    ) -> None:
         super().__init__(runtime)
         self.key_file = key_file or runtime.data_dir / "keys" / f"verifier-{self.worker_id}.key"
         self.identity = identity or AgentIdentity.load_or_create(self.key_file)
@@ -81,8 +86,11 @@ class VerifierWorker(Worker):
         self._voted_bytes += len(data)
         while self._voted:
             oldest, (oldest_expiry, oldest_data) = next(iter(self._voted.items()))
-            if (oldest_expiry >= now and len(self._voted) <= MAX_REMEMBERED_VOTES
-                    and self._voted_bytes <= MAX_REMEMBERED_BYTES):
+            if (
+                oldest_expiry >= now
+                and len(self._voted) <= MAX_REMEMBERED_VOTES
+                and self._voted_bytes <= MAX_REMEMBERED_BYTES
+            ):
                 break
             del self._voted[oldest]
             self._voted_bytes -= len(oldest_data)
@@ -90,19 +98,32 @@ class VerifierWorker(Worker):
             del self._ballot_ids[next(iter(self._ballot_ids))]
 
     def gauges(self) -> dict[str, float]:
-        return {**super().gauges(), "remembered_votes": len(self._voted),
-                "remembered_vote_bytes": self._voted_bytes}
+        return {
+            **super().gauges(),
+            "remembered_votes": len(self._voted),
+            "remembered_vote_bytes": self._voted_bytes,
+        }
 
     def extra_metadata(self) -> dict[str, str]:
         return {"public_key": self.identity.public_key_hex, "did": self.identity.did}
 
     async def setup(self) -> None:
-        changed = await membership.register(self.client, self.subjects, self.worker_id,
-                                            self.identity.public_key, check_holders=False)
-        log.info("verifier %s %s pool membership (%s)", self.worker_id,
-                 "registered in" if changed else "already in", self.identity.did)
-        self._state = BucketMirror(self.client, self.subjects.state_bucket, decode_state_record,
-                                   keep_unreadable=True)
+        changed = await membership.register(
+            self.client,
+            self.subjects,
+            self.worker_id,
+            self.identity.public_key,
+            check_holders=False,
+        )
+        log.info(
+            "verifier %s %s pool membership (%s)",
+            self.worker_id,
+            "registered in" if changed else "already in",
+            self.identity.did,
+        )
+        self._state = BucketMirror(
+            self.client, self.subjects.state_bucket, decode_state_record, keep_unreadable=True
+        )
         await self._state.start()
         await self.subscribe_intake(self.subjects.ballot, self._on_ballot)
 
@@ -125,8 +146,9 @@ class VerifierWorker(Worker):
                 self.stats.count("state_behind_ballot")
         revision = self._state.revision
         if self._verdicts is None or self._verdicts.revision != revision:
-            self._verdicts = StateVerdicts(self._state.items, revision,
-                                           chain_cache=self._chain_cache)
+            self._verdicts = StateVerdicts(
+                self._state.items, revision, chain_cache=self._chain_cache
+            )
         return revision, self._verdicts
 
     async def _on_ballot(self, msg: Msg) -> None:
@@ -149,8 +171,11 @@ class VerifierWorker(Worker):
         seen_hash = self._ballot_ids.get(ballot_id_key)
         if seen_hash is not None and seen_hash != ballot_hash:
             self.stats.count("ballot_id_reused")  # never sign a second vote for one ballot id
-            log.warning("ballot id %s of tally %s reused with other contents: not voting",
-                        ballot.ballot_id, ballot.tally_id)
+            log.warning(
+                "ballot id %s of tally %s reused with other contents: not voting",
+                ballot.ballot_id,
+                ballot.tally_id,
+            )
             return
         cached = self._voted.get(ballot_hash)
         if cached is not None:  # a replayed ballot gets the very same vote, never a new one
@@ -162,10 +187,10 @@ class VerifierWorker(Worker):
         try:
             state_rev, state = await self._judged_state(ballot, now)
             # one "now" for every verifier: the ballot's, unless it is implausible
-            entries = [judge_at_both(raw, state, ballot.issued_ms, now_ms())
-                       for raw in ballot.requests]
-            data = sign_vote(self.identity, ballot, entries, now_ms(),
-                             state_rev=state_rev).encode()
+            entries = [
+                judge_at_both(raw, state, ballot.issued_ms, now_ms()) for raw in ballot.requests
+            ]
+            data = sign_vote(self.identity, ballot, entries, now_ms(), state_rev=state_rev).encode()
             self._remember(ballot_hash, ballot.deadline_ms, data, now)
             self._ballot_ids[ballot_id_key] = ballot_hash
             headers = None
@@ -173,9 +198,13 @@ class VerifierWorker(Worker):
                 contexts: list[SpanContext | None] = [None] * len(entries)
                 for index, span in spans:
                     contexts[index] = span.get_span_context()
-                    span.set_attributes({"agentic_payments.valid": entries[index].valid,
-                                         "agentic_payments.reason": entries[index].reason,
-                                         "agentic_payments.state_rev": state_rev})
+                    span.set_attributes(
+                        {
+                            "agentic_payments.valid": entries[index].valid,
+                            "agentic_payments.reason": entries[index].reason,
+                            "agentic_payments.state_rev": state_rev,
+                        }
+                    )
                 headers = {TRACEPARENTS_HEADER: format_traceparents(contexts)}
             await self.client.publish(msg.reply, data, headers=headers)
             self.stats.count("requests_judged", len(entries))
@@ -202,20 +231,40 @@ class VerifierWorker(Worker):
         count = len(ballot.requests)
         headers = msg.headers or {}
         contexts = parse_traceparents(headers.get(TRACEPARENTS_HEADER), count)
-        common = {"messaging.message.id": ballot.ballot_id,
-                  "messaging.batch.message_count": count,
-                  "messaging.message.body.size": len(msg.data),
-                  "messaging.client.id": self.worker_id,
-                  "agentic_payments.verifier_key": self.identity.public_key_hex,
-                  "agentic_payments.epoch": ballot.epoch}
+        common = {
+            "messaging.message.id": ballot.ballot_id,
+            "messaging.batch.message_count": count,
+            "messaging.message.body.size": len(msg.data),
+            "messaging.client.id": self.worker_id,
+            "agentic_payments.verifier_key": self.identity.public_key_hex,
+            "agentic_payments.epoch": ballot.epoch,
+        }
         if not any(contexts):
             if "traceparent" not in headers:
                 return []
-            return [(0, start_messaging_span("process", msg.subject, kind=SpanKind.CONSUMER,
-                                             parent=extract_context(headers),
-                                             attributes=common))]
-        return [(i, start_messaging_span("process", msg.subject, kind=SpanKind.CONSUMER,
-                                         parent=context_of(ctx),
-                                         attributes={**common,
-                                                     "agentic_payments.ballot_index": i}))
-                for i, ctx in enumerate(contexts) if ctx is not None and ctx.trace_flags.sampled]
+            return [
+                (
+                    0,
+                    start_messaging_span(
+                        "process",
+                        msg.subject,
+                        kind=SpanKind.CONSUMER,
+                        parent=extract_context(headers),
+                        attributes=common,
+                    ),
+                )
+            ]
+        return [
+            (
+                i,
+                start_messaging_span(
+                    "process",
+                    msg.subject,
+                    kind=SpanKind.CONSUMER,
+                    parent=context_of(ctx),
+                    attributes={**common, "agentic_payments.ballot_index": i},
+                ),
+            )
+            for i, ctx in enumerate(contexts)
+            if ctx is not None and ctx.trace_flags.sampled
+        ]

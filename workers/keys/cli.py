@@ -36,25 +36,35 @@ log = logging.getLogger("agentic_payments.keys")
 def _make_worker(args: argparse.Namespace) -> Worker:
     runtime = _runtime(args, args.id)
     default = runtime.data_dir / "keys" / "master.key"
-    master, created = MasterKey.resolve(Path(args.master_key_file) if args.master_key_file
-                                        else None, default)
+    master, created = MasterKey.resolve(
+        Path(args.master_key_file) if args.master_key_file else None, default
+    )
     if created:
-        log.warning("no master key configured: generated a development master key at %s "
-                    "(production must supply its own: --master-key-file, AP_MASTER_KEY_FILE "
-                    "or AP_MASTER_KEY)", default)
-    return KeysWorker(runtime, master, sweep_interval_s=args.sweep_interval_s,
-                      key_file=Path(args.key_file) if args.key_file else None)
+        log.warning(
+            "no master key configured: generated a development master key at %s "
+            "(production must supply its own: --master-key-file, AP_MASTER_KEY_FILE "
+            "or AP_MASTER_KEY)",
+            default,
+        )
+    return KeysWorker(
+        runtime,
+        master,
+        sweep_interval_s=args.sweep_interval_s,
+        key_file=Path(args.key_file) if args.key_file else None,
+    )
 
 
 # ---------------------------------------------------------------- keys commands
 def _info_human(info: KeyInfo) -> str:
     rec = info.record
     pol = rec.policy
-    lines = [f"{rec.name}  {rec.purpose}  {rec.state}  latest v{rec.latest.version}  "
-             f"min verify v{pol.min_verify_version} / sign v{pol.min_sign_version}  "
-             f"auto-rotate {pol.auto_rotate_period_ms // 1000 or 'off'}"
-             f"{'s' if pol.auto_rotate_period_ms else ''}  "
-             f"deletion {'allowed' if pol.deletion_allowed else 'forbidden'}"]
+    lines = [
+        f"{rec.name}  {rec.purpose}  {rec.state}  latest v{rec.latest.version}  "
+        f"min verify v{pol.min_verify_version} / sign v{pol.min_sign_version}  "
+        f"auto-rotate {pol.auto_rotate_period_ms // 1000 or 'off'}"
+        f"{'s' if pol.auto_rotate_period_ms else ''}  "
+        f"deletion {'allowed' if pol.deletion_allowed else 'forbidden'}"
+    ]
     for ver in rec.versions:
         flags = []
         if ver.revoked:
@@ -78,23 +88,39 @@ async def _run(args: argparse.Namespace) -> int:
         action = args.action
         if action == "list":
             listed = await client.list()
-            _out(args, "\n".join(_info_human(k) for k in listed.keys) or "no keys",
-                 {"keys": [k.as_json() for k in listed.keys]})
+            _out(
+                args,
+                "\n".join(_info_human(k) for k in listed.keys) or "no keys",
+                {"keys": [k.as_json() for k in listed.keys]},
+            )
             return 0
         if action == "sign":
             sig = await client.sign(args.name, _message(args), args.version)
-            _out(args, f"key {sig.name} v{sig.version}\npublic_key: {sig.public_key.hex()}\n"
-                 f"signature:  {sig.signature.hex()}",
-                 {"name": sig.name, "version": sig.version, "public_key": sig.public_key.hex(),
-                  "signature": sig.signature.hex()})
+            _out(
+                args,
+                f"key {sig.name} v{sig.version}\npublic_key: {sig.public_key.hex()}\n"
+                f"signature:  {sig.signature.hex()}",
+                {
+                    "name": sig.name,
+                    "version": sig.version,
+                    "public_key": sig.public_key.hex(),
+                    "signature": sig.signature.hex(),
+                },
+            )
             return 0
         if action == "sweep":
             swept = await client.sweep()
-            _out(args, f"rotated: {', '.join(swept.rotated) or 'none'}\n"
-                 f"destroyed: {', '.join(swept.destroyed) or 'none'}\n"
-                 f"statuses written: {swept.statuses_written}",
-                 {"rotated": list(swept.rotated), "destroyed": list(swept.destroyed),
-                  "statuses_written": swept.statuses_written})
+            _out(
+                args,
+                f"rotated: {', '.join(swept.rotated) or 'none'}\n"
+                f"destroyed: {', '.join(swept.destroyed) or 'none'}\n"
+                f"statuses written: {swept.statuses_written}",
+                {
+                    "rotated": list(swept.rotated),
+                    "destroyed": list(swept.destroyed),
+                    "statuses_written": swept.statuses_written,
+                },
+            )
             return 0
         info: KeyInfo
         if action == "create":
@@ -111,8 +137,13 @@ async def _run(args: argparse.Namespace) -> int:
             info = await client.revoke(args.name, args.reason, args.version)
         elif action == "config":
             settings: dict[str, Any] = {}
-            for opt in ("min_verify_version", "min_sign_version", "auto_rotate_period_s",
-                        "expires_after_s", "deletion_wait_s"):
+            for opt in (
+                "min_verify_version",
+                "min_sign_version",
+                "auto_rotate_period_s",
+                "expires_after_s",
+                "deletion_wait_s",
+            ):
                 if getattr(args, opt) is not None:
                     settings[opt] = getattr(args, opt)
             if args.deletion_allowed is not None:
@@ -131,9 +162,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_init_master(args: argparse.Namespace) -> int:
     path = Path(args.out)
     write_master_key(path, force=args.force)
-    _out(args, f"wrote a new master key to {path} (mode 600); start the key manager with "
-         f"--master-key-file {path} or AP_MASTER_KEY_FILE={path}",
-         {"path": str(path), "mode": "600"})
+    _out(
+        args,
+        f"wrote a new master key to {path} (mode 600); start the key manager with "
+        f"--master-key-file {path} or AP_MASTER_KEY_FILE={path}",
+        {"path": str(path), "mode": "600"},
+    )
     return 0
 
 
@@ -153,45 +187,60 @@ def _version(text: str) -> int:
 
 def register(sub: Any, kinds: Any) -> None:
     worker = kinds.add_parser(
-        "keys", help="key manager: versioned keys, rotation, revocation, signing",
+        "keys",
+        help="key manager: versioned keys, rotation, revocation, signing",
         description="The key manager. Answers PREFIX.keys.<op> (queue group 'keys'), keeps "
         "keys in the KV bucket PREFIX_keys (seeds sealed with SecretBox under the master "
         "key) and the public status of every key version in PREFIX_state. Master key: "
         "--master-key-file, else AP_MASTER_KEY_FILE, else AP_MASTER_KEY (64 hex or 44 "
         "base64 characters), else DATA_DIR/keys/master.key — created (0600) if missing, "
-        "for development only. A missing/malformed configured key exits 78.")
+        "for development only. A missing/malformed configured key exits 78.",
+    )
     worker.add_argument("--id", default="keys1", help="worker id (default keys1)")
-    worker.add_argument("--master-key-file",
-                        help="master key file (0600), from 'keys init-master'")
-    worker.add_argument("--key-file", help="the manager's own Ed25519 identity, which signs "
-                        "revocation events (default DATA_DIR/keys/keys-ID.key, created if "
-                        "missing)")
-    worker.add_argument("--sweep-interval-s", type=_positive, default=DEFAULT_SWEEP_S,
-                        help="seconds between sweeps: auto-rotation by age, destruction "
-                             "after the deletion wait, status repair (default 3600)")
+    worker.add_argument("--master-key-file", help="master key file (0600), from 'keys init-master'")
+    worker.add_argument(
+        "--key-file",
+        help="the manager's own Ed25519 identity, which signs "
+        "revocation events (default DATA_DIR/keys/keys-ID.key, created if "
+        "missing)",
+    )
+    worker.add_argument(
+        "--sweep-interval-s",
+        type=_positive,
+        default=DEFAULT_SWEEP_S,
+        help="seconds between sweeps: auto-rotation by age, destruction "
+        "after the deletion wait, status repair (default 3600)",
+    )
     _worker_common(worker)
     worker.set_defaults(worker_factory=_make_worker)
 
     keys = sub.add_parser(
-        "keys", help="manage keys in the key manager (create, rotate, revoke, sign, ...)",
+        "keys",
+        help="manage keys in the key manager (create, rotate, revoke, sign, ...)",
         description="Talk to the key manager ('agentic-payments worker keys'). Private keys "
         "never leave it: 'sign' returns a signature. Exit 0 ok, 1 refused (error code "
         "printed), 69 no key manager / NATS, 78 bad configuration.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Example:\n  agentic-payments keys create pay-agent --purpose agent_identity "
-               "--auto-rotate-period-s 86400\n  agentic-payments keys sign pay-agent "
-               "--message 'pay 10 EUR'\n  agentic-payments keys revoke pay-agent --reason "
-               "compromised --json")
+        "--auto-rotate-period-s 86400\n  agentic-payments keys sign pay-agent "
+        "--message 'pay 10 EUR'\n  agentic-payments keys revoke pay-agent --reason "
+        "compromised --json",
+    )
     actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def action(name: str, help_text: str, *, named: bool = True) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text,
-                                                             description=help_text)
+        parser: argparse.ArgumentParser = actions.add_parser(
+            name, help=help_text, description=help_text
+        )
         if named:
             parser.add_argument("name", help="key name (1-64 of A-Z a-z 0-9 _ - .)")
         _common(parser)
-        parser.add_argument("--timeout", type=_positive, default=10.0,
-                            help="seconds to wait for the key manager (default 10)")
+        parser.add_argument(
+            "--timeout",
+            type=_positive,
+            default=10.0,
+            help="seconds to wait for the key manager (default 10)",
+        )
         parser.add_argument("--json", action="store_true", help="machine-readable output")
         parser.set_defaults(func=cmd_keys)
         return parser
@@ -199,56 +248,94 @@ def register(sub: Any, kinds: Any) -> None:
     purposes = [p.value for p in KeyPurpose]
     create = action("create", "create a key (version 1) with a purpose and a policy")
     create.add_argument("--purpose", required=True, choices=purposes, help="what the key is for")
-    create.add_argument("--auto-rotate-period-s", type=_non_negative_int,
-                        help="rotate automatically once the latest version is this old "
-                             "(0/absent: never)")
-    create.add_argument("--expires-after-s", type=_non_negative_int,
-                        help="each version expires this long after its creation "
-                             "(0/absent: never)")
-    create.add_argument("--deletion-allowed", action="store_true",
-                        help="allow 'delete' (default: the key can never be deleted)")
-    create.add_argument("--deletion-wait-s", type=_non_negative_int,
-                        help="waiting period between delete and destruction (default 86400)")
+    create.add_argument(
+        "--auto-rotate-period-s",
+        type=_non_negative_int,
+        help="rotate automatically once the latest version is this old (0/absent: never)",
+    )
+    create.add_argument(
+        "--expires-after-s",
+        type=_non_negative_int,
+        help="each version expires this long after its creation (0/absent: never)",
+    )
+    create.add_argument(
+        "--deletion-allowed",
+        action="store_true",
+        help="allow 'delete' (default: the key can never be deleted)",
+    )
+    create.add_argument(
+        "--deletion-wait-s",
+        type=_non_negative_int,
+        help="waiting period between delete and destruction (default 86400)",
+    )
     action("rotate", "add a new version (signing moves to it; old versions still verify)")
     revoke = action("revoke", "revoke a key version (default: every version) at once")
     revoke.add_argument("--reason", required=True, help="why (recorded and published)")
-    revoke.add_argument("--version", type=_version, default=0,
-                        help="only this version (default: all)")
+    revoke.add_argument(
+        "--version", type=_version, default=0, help="only this version (default: all)"
+    )
     action("list", "list every key (public parts only)", named=False)
     action("get", "show one key")
     sign = action("sign", "sign a message with a key (the private key stays in the manager)")
     group = sign.add_mutually_exclusive_group(required=True)
     group.add_argument("--message", help="message text (UTF-8)")
     group.add_argument("--message-file", help="read the message bytes from a file")
-    sign.add_argument("--version", type=_version, default=0,
-                      help="sign with this version (default: the latest)")
+    sign.add_argument(
+        "--version", type=_version, default=0, help="sign with this version (default: the latest)"
+    )
     action("disable", "disable a key (verifiers refuse it; enable undoes it)")
     action("enable", "enable a disabled key, or cancel a pending deletion")
-    action("delete", "schedule destruction after the policy's waiting period (only if the "
-                     "policy allows deletion)")
-    config = action("config", "change a key's policy (min versions, rotation, expiry, "
-                              "deletion)")
-    config.add_argument("--min-verify-version", type=_version,
-                        help="versions below this are refused by verifiers (cannot go down)")
-    config.add_argument("--min-sign-version", type=_version,
-                        help="versions below this cannot sign (>= min verify version)")
-    config.add_argument("--auto-rotate-period-s", type=_non_negative_int,
-                        help="auto-rotation period (0: off)")
-    config.add_argument("--expires-after-s", type=_non_negative_int,
-                        help="lifetime of versions created from now on (0: never expire)")
-    config.add_argument("--deletion-allowed", choices=["yes", "no"],
-                        help="whether 'delete' is allowed")
-    config.add_argument("--deletion-wait-s", type=_non_negative_int,
-                        help="waiting period between delete and destruction")
-    action("sweep", "run the scheduled sweep now: rotate keys due by age, destroy keys "
-                    "past their deletion wait, repair public statuses", named=False)
+    action(
+        "delete",
+        "schedule destruction after the policy's waiting period (only if the "
+        "policy allows deletion)",
+    )
+    config = action("config", "change a key's policy (min versions, rotation, expiry, deletion)")
+    config.add_argument(
+        "--min-verify-version",
+        type=_version,
+        help="versions below this are refused by verifiers (cannot go down)",
+    )
+    config.add_argument(
+        "--min-sign-version",
+        type=_version,
+        help="versions below this cannot sign (>= min verify version)",
+    )
+    config.add_argument(
+        "--auto-rotate-period-s", type=_non_negative_int, help="auto-rotation period (0: off)"
+    )
+    config.add_argument(
+        "--expires-after-s",
+        type=_non_negative_int,
+        help="lifetime of versions created from now on (0: never expire)",
+    )
+    config.add_argument(
+        "--deletion-allowed", choices=["yes", "no"], help="whether 'delete' is allowed"
+    )
+    config.add_argument(
+        "--deletion-wait-s",
+        type=_non_negative_int,
+        help="waiting period between delete and destruction",
+    )
+    action(
+        "sweep",
+        "run the scheduled sweep now: rotate keys due by age, destroy keys "
+        "past their deletion wait, repair public statuses",
+        named=False,
+    )
 
-    init = actions.add_parser("init-master", help="create a master key file (0600)",
-                              description="Write 32 random bytes (hex) to a new file with "
-                              "mode 0600, for --master-key-file / AP_MASTER_KEY_FILE.")
+    init = actions.add_parser(
+        "init-master",
+        help="create a master key file (0600)",
+        description="Write 32 random bytes (hex) to a new file with "
+        "mode 0600, for --master-key-file / AP_MASTER_KEY_FILE.",
+    )
     init.add_argument("--out", required=True, help="file to create")
-    init.add_argument("--force", action="store_true",
-                      help="overwrite an existing file (every key sealed under the old "
-                           "master key becomes unusable)")
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite an existing file (every key sealed under the old "
+        "master key becomes unusable)",
+    )
     init.add_argument("--json", action="store_true", help="machine-readable output")
     init.set_defaults(func=cmd_init_master)

@@ -55,8 +55,9 @@ def parse_master_key(text: str | bytes) -> bytearray:
         except (binascii.Error, ValueError):
             out = None
     if out is None or len(out) != MASTER_KEY_BYTES:
-        raise MasterKeyInvalid("the master key must be 32 bytes written as 64 hex characters "
-                               "or 44 base64 characters")
+        raise MasterKeyInvalid(
+            "the master key must be 32 bytes written as 64 hex characters or 44 base64 characters"
+        )
     return bytearray(out)
 
 
@@ -64,13 +65,16 @@ def _read_key_file(path: Path) -> bytearray:
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise MasterKeyInvalid(f"master key file {path} does not exist (create one with "
-                               "'agentic-payments keys init-master --out FILE')") from None
+        raise MasterKeyInvalid(
+            f"master key file {path} does not exist (create one with "
+            "'agentic-payments keys init-master --out FILE')"
+        ) from None
     except OSError as exc:
         raise MasterKeyInvalid(f"master key file {path}: {exc.strerror}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise MasterKeyInvalid(f"master key file {path} is readable by group or others "
-                               "(chmod 600 it)")
+        raise MasterKeyInvalid(
+            f"master key file {path} is readable by group or others (chmod 600 it)"
+        )
     try:
         data = bytearray(path.read_bytes())
     except OSError as exc:
@@ -110,8 +114,9 @@ class MasterKey:
         return f"MasterKey(source={self.source!r})"
 
     @classmethod
-    def resolve(cls, path: Path | None, default_path: Path, *,
-                env: dict[str, str] | None = None) -> tuple[MasterKey, bool]:
+    def resolve(
+        cls, path: Path | None, default_path: Path, *, env: dict[str, str] | None = None
+    ) -> tuple[MasterKey, bool]:
         """Explicit file > AP_MASTER_KEY_FILE > AP_MASTER_KEY > ``default_path``.
 
         Only ``default_path`` is created when missing (a development
@@ -148,8 +153,9 @@ class MasterKey:
         try:
             return bytearray(self._box().decrypt(sealed))
         except nacl.exceptions.CryptoError:
-            raise IdentityError("sealed key does not open under this master key "
-                                "(wrong master key?)") from None
+            raise IdentityError(
+                "sealed key does not open under this master key (wrong master key?)"
+            ) from None
 
     def generate(self) -> tuple[bytes, bytes]:
         """A new Ed25519 key: (public key, sealed seed)."""

@@ -35,8 +35,7 @@ from schemas.keys import (
     KeyVersion,
 )
 
-E, D, P, X = (KeyState.ENABLED, KeyState.DISABLED, KeyState.PENDING_DELETION,
-              KeyState.DESTROYED)
+E, D, P, X = (KeyState.ENABLED, KeyState.DISABLED, KeyState.PENDING_DELETION, KeyState.DESTROYED)
 #: op -> (states it is allowed from, resulting state or None for "unchanged").
 TRANSITIONS: dict[str, tuple[frozenset[KeyState], KeyState | None]] = {
     "disable": (frozenset({E}), D),
@@ -56,18 +55,26 @@ def transition(state: str, op: str) -> KeyState:
     allowed, target = TRANSITIONS[op]
     current = KeyState(state)
     if current not in allowed:
-        raise KeyStateConflict(f"cannot {op} a key in state {current.value} "
-                               f"(allowed from: {', '.join(sorted(s.value for s in allowed))})")
+        raise KeyStateConflict(
+            f"cannot {op} a key in state {current.value} "
+            f"(allowed from: {', '.join(sorted(s.value for s in allowed))})"
+        )
     return target if target is not None else current
 
 
-def new_version(record_versions: int, public_key: bytes, sealed_seed: bytes, now_ms: int,
-                policy: KeyPolicy) -> KeyVersion:
+def new_version(
+    record_versions: int, public_key: bytes, sealed_seed: bytes, now_ms: int, policy: KeyPolicy
+) -> KeyVersion:
     if record_versions >= MAX_VERSIONS:
         raise KeyVersionInvalid(f"a key keeps at most {MAX_VERSIONS} versions")
     expires = now_ms + policy.expires_after_ms if policy.expires_after_ms else 0
-    return KeyVersion(version=record_versions + 1, public_key=public_key,
-                      sealed_seed=sealed_seed, created_at_ms=now_ms, expires_at_ms=expires)
+    return KeyVersion(
+        version=record_versions + 1,
+        public_key=public_key,
+        sealed_seed=sealed_seed,
+        created_at_ms=now_ms,
+        expires_at_ms=expires,
+    )
 
 
 def policy_from_request(req: KeyRequest, base: KeyPolicy | None = None) -> KeyPolicy:
@@ -89,11 +96,19 @@ def policy_from_request(req: KeyRequest, base: KeyPolicy | None = None) -> KeyPo
     return replace(policy, **changes)  # type: ignore[arg-type]
 
 
-def create(name: str, purpose: str, policy: KeyPolicy, public_key: bytes, sealed_seed: bytes,
-           now_ms: int) -> KeyRecord:
+def create(
+    name: str, purpose: str, policy: KeyPolicy, public_key: bytes, sealed_seed: bytes, now_ms: int
+) -> KeyRecord:
     first = new_version(0, public_key, sealed_seed, now_ms, policy)
-    return KeyRecord(name=name, purpose=purpose, state=E.value, created_at_ms=now_ms,
-                     policy=policy, versions=(first,), updated_at_ms=now_ms)
+    return KeyRecord(
+        name=name,
+        purpose=purpose,
+        state=E.value,
+        created_at_ms=now_ms,
+        policy=policy,
+        versions=(first,),
+        updated_at_ms=now_ms,
+    )
 
 
 def rotate(rec: KeyRecord, public_key: bytes, sealed_seed: bytes, now_ms: int) -> KeyRecord:
@@ -102,8 +117,9 @@ def rotate(rec: KeyRecord, public_key: bytes, sealed_seed: bytes, now_ms: int) -
     return replace(rec, versions=(*rec.versions, version), updated_at_ms=now_ms)
 
 
-def revoke(rec: KeyRecord, version: int, reason: str, now_ms: int
-           ) -> tuple[KeyRecord, list[KeyVersion]]:
+def revoke(
+    rec: KeyRecord, version: int, reason: str, now_ms: int
+) -> tuple[KeyRecord, list[KeyVersion]]:
     """Revoke one version (or every version with ``version`` 0); returns the
     record and the versions newly revoked (already revoked ones are kept as
     they were: revocation is idempotent and its first reason stands)."""
@@ -126,17 +142,27 @@ def set_state(rec: KeyRecord, op: str, now_ms: int) -> KeyRecord:
     target = transition(rec.state, op)
     if op == "delete":
         if not rec.policy.deletion_allowed:
-            raise KeyPolicyDenied(f"the policy of key {rec.name} does not allow deletion "
-                                  "(set deletion_allowed with config first)")
-        return replace(rec, state=target.value, updated_at_ms=now_ms,
-                       deletion_due_ms=now_ms + rec.policy.deletion_wait_ms)
+            raise KeyPolicyDenied(
+                f"the policy of key {rec.name} does not allow deletion "
+                "(set deletion_allowed with config first)"
+            )
+        return replace(
+            rec,
+            state=target.value,
+            updated_at_ms=now_ms,
+            deletion_due_ms=now_ms + rec.policy.deletion_wait_ms,
+        )
     if op == "destroy":
         if not rec.policy.deletion_allowed:
             raise KeyPolicyDenied(f"the policy of key {rec.name} does not allow deletion")
         if now_ms < rec.deletion_due_ms:
             raise KeyStateConflict(f"key {rec.name} is not due for destruction yet")
-        return replace(rec, state=target.value, updated_at_ms=now_ms,
-                       versions=tuple(replace(v, sealed_seed=b"") for v in rec.versions))
+        return replace(
+            rec,
+            state=target.value,
+            updated_at_ms=now_ms,
+            versions=tuple(replace(v, sealed_seed=b"") for v in rec.versions),
+        )
     return replace(rec, state=target.value, updated_at_ms=now_ms, deletion_due_ms=0)
 
 
@@ -147,11 +173,12 @@ def configure(rec: KeyRecord, req: KeyRequest, now_ms: int) -> KeyRecord:
     if policy.min_verify_version > latest or policy.min_sign_version > latest:
         raise KeyVersionInvalid(f"min versions must be <= the latest version {latest}")
     if policy.min_sign_version < policy.min_verify_version:
-        raise KeyVersionInvalid("min_sign_version must be >= min_verify_version "
-                                "(no signing with a version verifiers refuse)")
+        raise KeyVersionInvalid(
+            "min_sign_version must be >= min_verify_version "
+            "(no signing with a version verifiers refuse)"
+        )
     if policy.min_verify_version < rec.policy.min_verify_version:
-        raise KeyVersionInvalid("min_verify_version cannot go down (retired versions "
-                                "stay retired)")
+        raise KeyVersionInvalid("min_verify_version cannot go down (retired versions stay retired)")
     return replace(rec, policy=policy, updated_at_ms=now_ms)
 
 
@@ -162,13 +189,15 @@ def signing_version(rec: KeyRecord, version: int, now_ms: int) -> KeyVersion:
     if ver is None:
         raise KeyVersionInvalid(f"key {rec.name} has no version {version}")
     if ver.version < rec.policy.min_sign_version:
-        raise KeyVersionInvalid(f"version {ver.version} is below min_sign_version "
-                                f"{rec.policy.min_sign_version}")
+        raise KeyVersionInvalid(
+            f"version {ver.version} is below min_sign_version {rec.policy.min_sign_version}"
+        )
     if ver.revoked:
         raise KeyVersionInvalid(f"version {ver.version} of key {rec.name} is revoked")
     if ver.expires_at_ms and now_ms >= ver.expires_at_ms:
-        raise KeyVersionInvalid(f"version {ver.version} of key {rec.name} has expired "
-                                "(rotate the key)")
+        raise KeyVersionInvalid(
+            f"version {ver.version} of key {rec.name} has expired (rotate the key)"
+        )
     return ver
 
 
@@ -180,13 +209,18 @@ def rotation_due(rec: KeyRecord, now_ms: int) -> bool:
     latest = rec.latest
     if latest.revoked or (latest.expires_at_ms and now_ms >= latest.expires_at_ms):
         return len(rec.versions) < MAX_VERSIONS
-    return (now_ms - latest.created_at_ms >= rec.policy.auto_rotate_period_ms
-            and len(rec.versions) < MAX_VERSIONS)
+    return (
+        now_ms - latest.created_at_ms >= rec.policy.auto_rotate_period_ms
+        and len(rec.versions) < MAX_VERSIONS
+    )
 
 
 def destruction_due(rec: KeyRecord, now_ms: int) -> bool:
-    return (rec.state == KeyState.PENDING_DELETION and rec.policy.deletion_allowed
-            and now_ms >= rec.deletion_due_ms)
+    return (
+        rec.state == KeyState.PENDING_DELETION
+        and rec.policy.deletion_allowed
+        and now_ms >= rec.deletion_due_ms
+    )
 
 
 def due_for_rotation(records: Iterable[KeyRecord], now_ms: int) -> list[str]:
@@ -199,10 +233,20 @@ def due_for_destruction(records: Iterable[KeyRecord], now_ms: int) -> list[str]:
 
 def statuses(rec: KeyRecord, source_revision: int, now_ms: int) -> list[KeyStatus]:
     """The public status of every version of ``rec``."""
-    return [KeyStatus(public_key=v.public_key, name=rec.name, version=v.version,
-                      purpose=rec.purpose, state=rec.state,
-                      verify_allowed=v.version >= rec.policy.min_verify_version,
-                      created_at_ms=v.created_at_ms, expires_at_ms=v.expires_at_ms,
-                      revoked_at_ms=v.revoked_at_ms, revoked_reason=v.revoked_reason,
-                      updated_at_ms=now_ms, source_revision=source_revision)
-            for v in rec.versions]
+    return [
+        KeyStatus(
+            public_key=v.public_key,
+            name=rec.name,
+            version=v.version,
+            purpose=rec.purpose,
+            state=rec.state,
+            verify_allowed=v.version >= rec.policy.min_verify_version,
+            created_at_ms=v.created_at_ms,
+            expires_at_ms=v.expires_at_ms,
+            revoked_at_ms=v.revoked_at_ms,
+            revoked_reason=v.revoked_reason,
+            updated_at_ms=now_ms,
+            source_revision=source_revision,
+        )
+        for v in rec.versions
+    ]

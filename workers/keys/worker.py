@@ -78,9 +78,15 @@ class KeysWorker(Worker):
 
     kind = "keys"
 
-    def __init__(self, runtime: RuntimeConfig, master_key: MasterKey, *,
-                 sweep_interval_s: float = DEFAULT_SWEEP_S, key_file: Path | None = None,
-                 identity: AgentIdentity | None = None) -> None:
+    def __init__(
+        self,
+        runtime: RuntimeConfig,
+        master_key: MasterKey,
+        *,
+        sweep_interval_s: float = DEFAULT_SWEEP_S,
+        key_file: Path | None = None,
+        identity: AgentIdentity | None = None,
+    ) -> None:
         super().__init__(runtime)
         self.master = master_key
         #: The manager's own identity, which signs KeyRevoked events (not a managed key).
@@ -91,26 +97,39 @@ class KeysWorker(Worker):
         self._state: Any = None
         self._sweeper: asyncio.Task[None] | None = None
         self._ops: dict[str, Callable[[KeyRequest], Awaitable[WireMessage]]] = {
-            "create": self._create, "rotate": self._rotate, "revoke": self._revoke,
-            "disable": self._disable, "enable": self._enable, "delete": self._delete,
-            "get": self._get_op, "list": self._list, "sign": self._sign,
-            "config": self._config, "sweep": self._sweep_op,
+            "create": self._create,
+            "rotate": self._rotate,
+            "revoke": self._revoke,
+            "disable": self._disable,
+            "enable": self._enable,
+            "delete": self._delete,
+            "get": self._get_op,
+            "list": self._list,
+            "sign": self._sign,
+            "config": self._config,
+            "sweep": self._sweep_op,
         }
         assert set(self._ops) == set(OPS)
 
     def extra_metadata(self) -> dict[str, str]:
-        return {"public_key": self.identity.public_key_hex,
-                "sweep_interval_s": str(self.sweep_interval_s)}
+        return {
+            "public_key": self.identity.public_key_hex,
+            "sweep_interval_s": str(self.sweep_interval_s),
+        }
 
     async def setup(self) -> None:
-        self._kv = await ensure_bucket(self.client, self.subjects.keys_bucket,
-                                       history=KEYS_HISTORY,
-                                       description="agentic-payments keys (sealed)")
+        self._kv = await ensure_bucket(
+            self.client,
+            self.subjects.keys_bucket,
+            history=KEYS_HISTORY,
+            description="agentic-payments keys (sealed)",
+        )
         self._state = await state_bucket(self.client, self.subjects)
         await self._check_master_key()
         for op in OPS:
-            await self.subscribe_intake(self.subjects.keys_op(op), self._on_request,
-                                        queue=KEYS_QUEUE)
+            await self.subscribe_intake(
+                self.subjects.keys_op(op), self._on_request, queue=KEYS_QUEUE
+            )
         self._sweeper = asyncio.create_task(self._sweep_loop())
 
     async def teardown(self) -> None:
@@ -138,8 +157,9 @@ class KeysWorker(Worker):
         """Drop the older revisions of a key's record (they still hold erased seeds)."""
         bucket = self.subjects.keys_bucket
         try:
-            await self.client.jetstream().purge_stream(f"KV_{bucket}",
-                                                       subject=f"$KV.{bucket}.{name}", keep=1)
+            await self.client.jetstream().purge_stream(
+                f"KV_{bucket}", subject=f"$KV.{bucket}.{name}", keep=1
+            )
         except Exception:
             self.stats.count("history_purge_failures")
             log.warning("could not purge the history of key %s", name, exc_info=True)
@@ -179,11 +199,13 @@ class KeysWorker(Worker):
         try:
             return KeyRecord.decode(entry.value), int(entry.revision)
         except CodecError as exc:  # our own store is corrupt: a failure, not bad input
-            raise AgenticPaymentsError(f"stored record of key {name!r} is corrupt "
-                                       f"[{exc.code}]") from None
+            raise AgenticPaymentsError(
+                f"stored record of key {name!r} is corrupt [{exc.code}]"
+            ) from None
 
-    async def _modify(self, name: str, change: Callable[[KeyRecord], KeyRecord]
-                      ) -> tuple[KeyRecord, int]:
+    async def _modify(
+        self, name: str, change: Callable[[KeyRecord], KeyRecord]
+    ) -> tuple[KeyRecord, int]:
         """Read, change, compare-and-set; retried while another writer wins."""
         for _ in range(CAS_ATTEMPTS):
             record, revision = await self._read(name)
@@ -250,8 +272,9 @@ class KeysWorker(Worker):
 
     async def _rotate(self, req: KeyRequest) -> WireMessage:
         public_key, sealed = self.master.generate()
-        info = await self._commit(req.name, lambda r: keypolicy.rotate(r, public_key, sealed,
-                                                                       now_ms()))
+        info = await self._commit(
+            req.name, lambda r: keypolicy.rotate(r, public_key, sealed, now_ms())
+        )
         log.info("rotated key %s to version %d", req.name, info.record.latest.version)
         return info
 
@@ -267,14 +290,23 @@ class KeysWorker(Worker):
         if newly:  # off the reply's path: the status and event matter first
             self.spawn(self._forget_history(req.name))
         for version in newly:
-            event = KeyRevoked(name=req.name, version=version.version,
-                               public_key=version.public_key, reason=version.revoked_reason,
-                               revoked_at_ms=version.revoked_at_ms, worker_id=self.worker_id,
-                               signer=self.identity.public_key)
+            event = KeyRevoked(
+                name=req.name,
+                version=version.version,
+                public_key=version.public_key,
+                reason=version.revoked_reason,
+                revoked_at_ms=version.revoked_at_ms,
+                worker_id=self.worker_id,
+                signer=self.identity.public_key,
+            )
             event = replace(event, sig=self.identity.sign(event.signing_bytes()))
             await self.client.publish(self.subjects.keys_revoked, event.encode())
-        log.info("revoked key %s version(s) %s: %s", req.name,
-                 [v.version for v in newly] or "none new", req.reason)
+        log.info(
+            "revoked key %s version(s) %s: %s",
+            req.name,
+            [v.version for v in newly] or "none new",
+            req.reason,
+        )
         return info
 
     def _state_op(self, op: str) -> Callable[[KeyRequest], Awaitable[WireMessage]]:
@@ -282,6 +314,7 @@ class KeysWorker(Worker):
             info = await self._commit(req.name, lambda r: keypolicy.set_state(r, op, now_ms()))
             log.info("%s key %s: now %s", op, req.name, info.record.state)
             return info
+
         return run
 
     async def _disable(self, req: KeyRequest) -> WireMessage:
@@ -325,8 +358,12 @@ class KeysWorker(Worker):
         record, _ = await self._read(req.name)
         version = keypolicy.signing_version(record, req.version, now_ms())
         signature = self.master.sign(version.sealed_seed, version.public_key, req.message)
-        return KeySignature(name=record.name, version=version.version,
-                            public_key=version.public_key, signature=signature)
+        return KeySignature(
+            name=record.name,
+            version=version.version,
+            public_key=version.public_key,
+            signature=signature,
+        )
 
     # ------------------------------------------------------------ sweep
     async def sweep(self) -> KeySweep:
@@ -346,9 +383,11 @@ class KeysWorker(Worker):
                 with contextlib.suppress(_NotDue):
                     record, revision = await self._modify(record.name, rotate)
                     rotated.append(record.name)
-                    log.info("auto-rotated key %s to version %d", record.name,
-                             record.latest.version)
+                    log.info(
+                        "auto-rotated key %s to version %d", record.name, record.latest.version
+                    )
             elif keypolicy.destruction_due(record, now):
+
                 def destroy(r: KeyRecord) -> KeyRecord:
                     if not keypolicy.destruction_due(r, now_ms()):
                         raise _NotDue
@@ -361,8 +400,9 @@ class KeysWorker(Worker):
                     log.info("destroyed key %s after its deletion wait", record.name)
             written += await self._publish_status(record, revision)
         self.stats.count("sweeps")
-        return KeySweep(rotated=tuple(rotated), destroyed=tuple(destroyed),
-                        statuses_written=written)
+        return KeySweep(
+            rotated=tuple(rotated), destroyed=tuple(destroyed), statuses_written=written
+        )
 
     async def _sweep_op(self, req: KeyRequest) -> WireMessage:
         return await self.sweep()

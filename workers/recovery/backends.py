@@ -91,16 +91,20 @@ def systemctl_command(systemctl: str, unit: str, *, user: bool = False) -> list[
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
-def pod_delete_request(api: str, namespace: str, pod: str, token: str
-                       ) -> tuple[str, str, dict[str, str]]:
+def pod_delete_request(
+    api: str, namespace: str, pod: str, token: str
+) -> tuple[str, str, dict[str, str]]:
     """(method, url, headers) deleting ``pod``; names are checked as DNS labels/subdomains."""
     if not _DNS_LABEL.match(namespace) or len(namespace) > 63:
         raise ConfigError(f"namespace {namespace!r} is not a DNS label")
     if len(pod) > 253 or not all(_DNS_LABEL.match(p) for p in pod.split(".")):
         raise RespawnFailed(f"pod name {pod!r} (from the heartbeat host) is not a DNS name")
     url = f"{api.rstrip('/')}/api/v1/namespaces/{namespace}/pods/{pod}"
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json",
-               "Content-Type": "application/json"}
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/json",
+        "Content-Type": "application/json",
+    }
     return "DELETE", url, headers
 
 
@@ -108,8 +112,14 @@ def pod_delete_request(api: str, namespace: str, pod: str, token: str
 class LocalBackend:
     name = "local"
 
-    def __init__(self, nc: Client, subjects: Subjects, *, supervisor: str | None = None,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        subjects: Subjects,
+        *,
+        supervisor: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         self.nc = nc
         self.subjects = subjects
         self.supervisor = supervisor
@@ -120,19 +130,23 @@ class LocalBackend:
 
     async def respawn(self, target: Target) -> Respawned:
         subject = self.subject_for(target)
-        request = RestartRequest(kind=target.kind, worker_id=target.worker_id,
-                                 dead_generation=target.generation, reason=target.reason[:256])
+        request = RestartRequest(
+            kind=target.kind,
+            worker_id=target.worker_id,
+            dead_generation=target.generation,
+            reason=target.reason[:256],
+        )
         try:
             msg = await self.nc.request(subject, request.encode(), timeout=self.timeout)
         except Exception as exc:  # no responders, timeout, connection trouble
-            raise RespawnFailed(f"no supervisor answered on {subject}: "
-                                f"{exc.__class__.__name__}") from None
+            raise RespawnFailed(
+                f"no supervisor answered on {subject}: {exc.__class__.__name__}"
+            ) from None
         try:
             obj = decode(msg.data)
             if isinstance(obj, dict) and obj.get("type") == ErrorReply.TYPE:
                 err = ErrorReply.from_wire(obj)
-                raise RespawnFailed(f"supervisor refused the request [{err.code}]: "
-                                    f"{err.message}")
+                raise RespawnFailed(f"supervisor refused the request [{err.code}]: {err.message}")
             reply = RestartReply.from_wire(obj)
         except CodecError as exc:
             raise RespawnFailed(f"bad supervisor reply [{exc.code}]: {exc}") from None
@@ -142,8 +156,11 @@ class LocalBackend:
             raise WorkerMisconfigured(f"supervisor: {reply.code} {reply.message}".strip())
         if not reply.ok:
             raise RespawnFailed(f"supervisor: {reply.code} {reply.message}".strip())
-        return Respawned(detail=f"{reply.code} by supervisor on {subject}",
-                         new_generation=reply.generation, pid=reply.pid)
+        return Respawned(
+            detail=f"{reply.code} by supervisor on {subject}",
+            new_generation=reply.generation,
+            pid=reply.pid,
+        )
 
 
 class WorkerAlive(RespawnFailed):
@@ -158,8 +175,14 @@ class WorkerMisconfigured(RespawnFailed):
 class SystemdBackend:
     name = "systemd"
 
-    def __init__(self, *, systemctl: str = "systemctl", user: bool = False,
-                 unit_template: str = DEFAULT_UNIT, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        systemctl: str = "systemctl",
+        user: bool = False,
+        unit_template: str = DEFAULT_UNIT,
+        timeout: float = 30.0,
+    ) -> None:
         self.systemctl = systemctl
         self.user = user
         self.unit_template = unit_template
@@ -170,7 +193,8 @@ class SystemdBackend:
         cmd = systemctl_command(self.systemctl, unit, user=self.user)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
         except OSError as exc:
             raise RespawnFailed(f"cannot run {self.systemctl}: {exc}") from None
         try:
@@ -188,15 +212,22 @@ class SystemdBackend:
 class KubernetesBackend:
     name = "kubernetes"
 
-    def __init__(self, *, api: str | None = None, namespace: str | None = None,
-                 token_file: Path | None = None, ca_file: Path | None = None,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        api: str | None = None,
+        namespace: str | None = None,
+        token_file: Path | None = None,
+        ca_file: Path | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         if api is None:
             host = os.environ.get("KUBERNETES_SERVICE_HOST")
             port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
             if not host:
-                raise ConfigError("not in a Kubernetes pod (KUBERNETES_SERVICE_HOST unset); "
-                                  "give --k8s-api")
+                raise ConfigError(
+                    "not in a Kubernetes pod (KUBERNETES_SERVICE_HOST unset); give --k8s-api"
+                )
             api = f"https://{host}:{port}"
         self.api = api
         self.token_file = token_file or SA_DIR / "token"
@@ -212,18 +243,19 @@ class KubernetesBackend:
         if not self.api.startswith("https://"):
             return None
         return ssl.create_default_context(
-            cafile=str(self.ca_file) if self.ca_file.exists() else None)
+            cafile=str(self.ca_file) if self.ca_file.exists() else None
+        )
 
     def _delete(self, pod: str) -> tuple[int, str]:
         # The token is re-read each time: projected service-account tokens rotate.
         token = self.token_file.read_text().strip()
         method, url, headers = pod_delete_request(self.api, self.namespace, pod, token)
-        body = json.dumps({"kind": "DeleteOptions", "apiVersion": "v1",
-                           "gracePeriodSeconds": 0}).encode()
+        body = json.dumps(
+            {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}
+        ).encode()
         req = urllib.request.Request(url, data=body, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout,
-                                        context=self._context()) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._context()) as resp:
                 return resp.status, resp.read(2048).decode(errors="replace")
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read(2048).decode(errors="replace")
@@ -236,6 +268,7 @@ class KubernetesBackend:
         if status == 404:  # already gone: its ReplicaSet is starting a new one
             return Respawned(detail=f"pod {self.namespace}/{target.host} was already deleted")
         if status not in (200, 202):
-            raise RespawnFailed(f"DELETE pod {self.namespace}/{target.host}: HTTP {status} "
-                                f"{text[:200]}")
+            raise RespawnFailed(
+                f"DELETE pod {self.namespace}/{target.host}: HTTP {status} {text[:200]}"
+            )
         return Respawned(detail=f"deleted pod {self.namespace}/{target.host} (HTTP {status})")

@@ -85,8 +85,10 @@ def parse_policy_override(text: str, base: RetryPolicy) -> tuple[str, RetryPolic
         key, eq, raw = item.partition("=")
         key = key.strip()
         if not eq or key not in _POLICY_KEYS:
-            raise ConfigError(f"policy override {text!r}: unknown setting {key!r} "
-                              f"(known: {', '.join(_POLICY_KEYS)})")
+            raise ConfigError(
+                f"policy override {text!r}: unknown setting {key!r} "
+                f"(known: {', '.join(_POLICY_KEYS)})"
+            )
         try:
             changes[key] = int(raw) if key == "max_retries" else float(raw)
             if not math.isfinite(changes[key]):
@@ -102,33 +104,33 @@ MASS_STALE_MIN = 3
 
 class Status(enum.StrEnum):
     ALIVE = "alive"
-    STALE = "stale"            # detected, an attempt is due (now or after backoff)
+    STALE = "stale"  # detected, an attempt is due (now or after backoff)
     RECOVERING = "recovering"  # an attempt was made; waiting for a newer generation
     GAVE_UP = "gave_up"
-    STOPPED = "stopped"        # said ShuttingDown: stopped on purpose
+    STOPPED = "stopped"  # said ShuttingDown: stopped on purpose
 
 
 class Seen(enum.StrEnum):
-    NEW = "new"                # first heartbeat of this worker
+    NEW = "new"  # first heartbeat of this worker
     OK = "ok"
     NEW_GENERATION = "new_generation"
-    RECOVERED = "recovered"    # new generation while an attempt was pending
-    ZOMBIE = "zombie"          # older generation than one already seen: ignored
+    RECOVERED = "recovered"  # new generation while an attempt was pending
+    ZOMBIE = "zombie"  # older generation than one already seen: ignored
     STOPPING = "stopping"
 
 
 class ActionKind(enum.StrEnum):
-    STALE = "stale"            # just detected: alert (high)
-    RESPAWN = "respawn"        # ask the backend to respawn
-    GIVE_UP = "give_up"        # policy exhausted: escalate (critical)
+    STALE = "stale"  # just detected: alert (high)
+    RESPAWN = "respawn"  # ask the backend to respawn
+    GIVE_UP = "give_up"  # policy exhausted: escalate (critical)
 
 
 @dataclass(frozen=True)
 class Action:
     kind: ActionKind
     key: WorkerKey
-    attempt: int               # the attempt number this action is about (0 for STALE)
-    generation: int            # the dead generation
+    attempt: int  # the attempt number this action is about (0 for STALE)
+    generation: int  # the dead generation
     last_seen: float
     host: str
     pid: int
@@ -147,10 +149,10 @@ class WorkerState:
     pid: int
     status: Status = Status.ALIVE
     alive_since: float = 0.0
-    attempts: int = 0              # attempts since the last lasting recovery
+    attempts: int = 0  # attempts since the last lasting recovery
     next_attempt_at: float = 0.0
     attempt_deadline: float = 0.0  # the pending attempt fails if nothing newer by then
-    min_generation: int = 0        # heartbeats below this are zombies
+    min_generation: int = 0  # heartbeats below this are zombies
     stale_since: float = 0.0
     history: list[str] = field(default_factory=list)
 
@@ -159,15 +161,28 @@ class WorkerState:
         return (self.kind, self.worker_id)
 
     def as_dict(self) -> dict[str, object]:
-        return {"kind": self.kind, "worker_id": self.worker_id, "generation": self.generation,
-                "status": self.status.value, "attempts": self.attempts, "host": self.host,
-                "pid": self.pid, "interval_s": self.interval_s, "last_seen": self.last_seen}
+        return {
+            "kind": self.kind,
+            "worker_id": self.worker_id,
+            "generation": self.generation,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "host": self.host,
+            "pid": self.pid,
+            "interval_s": self.interval_s,
+            "last_seen": self.last_seen,
+        }
 
 
 class Tracker:
-    def __init__(self, policy: RetryPolicy | None = None, *, missed: int = 3,
-                 rand: Callable[[], float] = random.random,
-                 overrides: Mapping[str, RetryPolicy] | None = None) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy | None = None,
+        *,
+        missed: int = 3,
+        rand: Callable[[], float] = random.random,
+        overrides: Mapping[str, RetryPolicy] | None = None,
+    ) -> None:
         if missed < 1:
             raise ConfigError("missed heartbeats before stale must be at least 1")
         self.policy = policy or RetryPolicy()
@@ -181,8 +196,7 @@ class Tracker:
     def policy_for(self, key: WorkerKey) -> RetryPolicy:
         """The policy of ``kind/id`` if given, else of ``kind``, else the default."""
         kind, worker_id = key
-        return self.overrides.get(f"{kind}/{worker_id}") or self.overrides.get(kind) \
-            or self.policy
+        return self.overrides.get(f"{kind}/{worker_id}") or self.overrides.get(kind) or self.policy
 
     def stale_after(self, state: WorkerState) -> float:
         return state.last_seen + self.missed * state.interval_s
@@ -193,18 +207,31 @@ class Tracker:
         state = self.workers.get(key)
         if state is None:
             self.workers[key] = WorkerState(
-                kind=hb.kind, worker_id=hb.worker_id, generation=hb.generation,
-                instance=hb.instance, seq=hb.seq, interval_s=hb.interval_s, last_seen=now,
-                host=hb.host, pid=hb.pid, alive_since=now,
-                status=Status.STOPPED if hb.health == Health.SHUTTING_DOWN else Status.ALIVE)
+                kind=hb.kind,
+                worker_id=hb.worker_id,
+                generation=hb.generation,
+                instance=hb.instance,
+                seq=hb.seq,
+                interval_s=hb.interval_s,
+                last_seen=now,
+                host=hb.host,
+                pid=hb.pid,
+                alive_since=now,
+                status=Status.STOPPED if hb.health == Health.SHUTTING_DOWN else Status.ALIVE,
+            )
             return Seen.STOPPING if hb.health == Health.SHUTTING_DOWN else Seen.NEW
         if hb.generation < max(state.generation, state.min_generation):
             return Seen.ZOMBIE
         newer = hb.generation > state.generation or (
-            hb.generation == state.generation and hb.instance != state.instance
-            and state.status in (Status.STALE, Status.RECOVERING, Status.GAVE_UP))
-        if (not newer and state.status in (Status.STALE, Status.RECOVERING)
-                and (now <= state.stale_since or hb.seq <= state.seq)):
+            hb.generation == state.generation
+            and hb.instance != state.instance
+            and state.status in (Status.STALE, Status.RECOVERING, Status.GAVE_UP)
+        )
+        if (
+            not newer
+            and state.status in (Status.STALE, Status.RECOVERING)
+            and (now <= state.stale_since or hb.seq <= state.seq)
+        ):
             # a backlogged heartbeat of the dead generation, stamped before we judged it
             # stale (or a repeat): it must not cancel the pending recovery
             return Seen.OK
@@ -222,8 +249,7 @@ class Tracker:
             state.attempts = 0  # an operator brought it back: track it afresh
         if not newer:
             return Seen.OK  # includes a hung process of the same generation waking up
-        return Seen.RECOVERED if was in (Status.STALE, Status.RECOVERING) else \
-            Seen.NEW_GENERATION
+        return Seen.RECOVERED if was in (Status.STALE, Status.RECOVERING) else Seen.NEW_GENERATION
 
     def respawned(self, key: WorkerKey, new_generation: int) -> None:
         """The backend respawned the worker as ``new_generation`` (0: unknown)."""
@@ -276,9 +302,11 @@ class Tracker:
         """
         alive = [s for s in self.workers.values() if s.status == Status.ALIVE]
         would = [s for s in alive if now > self.stale_after(s)]
-        if (len(would) >= MASS_STALE_MIN and 2 * len(would) > len(alive)
-                and now - self.blind_at > 2 * max(self.stale_after(s) - s.last_seen
-                                                  for s in would)):
+        if (
+            len(would) >= MASS_STALE_MIN
+            and 2 * len(would) > len(alive)
+            and now - self.blind_at > 2 * max(self.stale_after(s) - s.last_seen for s in would)
+        ):
             self.blind_at = now
             self.blind_suspected += 1
             for state in would:
@@ -292,8 +320,7 @@ class Tracker:
         # A respawned generation that stayed silent through its grace is dead too: the next
         # attempt names it, so the backend replaces it (kills it if it hangs at startup).
         generation = max(state.generation, state.min_generation)
-        return Action(kind, state.key, attempt, generation, state.last_seen, state.host,
-                      state.pid)
+        return Action(kind, state.key, attempt, generation, state.last_seen, state.host, state.pid)
 
     def _step(self, state: WorkerState, now: float) -> list[Action]:
         out: list[Action] = []
@@ -316,7 +343,8 @@ class Tracker:
                 return out
             state.status = Status.STALE
             state.next_attempt_at = max(
-                now, state.attempt_deadline + policy.backoff(state.attempts, self.rand()))
+                now, state.attempt_deadline + policy.backoff(state.attempts, self.rand())
+            )
         if state.status == Status.STALE and now >= state.next_attempt_at:
             if state.attempts >= policy.max_retries:
                 state.status = Status.GAVE_UP

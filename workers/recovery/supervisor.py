@@ -80,8 +80,15 @@ class ProcSpec:
 
 
 class LocalSupervisor:
-    def __init__(self, specs: list[ProcSpec], *, env: dict[str, str], log_dir: Path,
-                 delegate_restarts: bool | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        specs: list[ProcSpec],
+        *,
+        env: dict[str, str],
+        log_dir: Path,
+        delegate_restarts: bool | None = None,
+        name: str | None = None,
+    ) -> None:
         self.specs = specs
         self.env = env
         self.log_dir = log_dir
@@ -99,8 +106,7 @@ class LocalSupervisor:
         return [sys.executable, "-m", "workers.cli", *spec.args]
 
     def find(self, kind: str, worker_id: str) -> ProcSpec | None:
-        return next((s for s in self.specs if s.kind == kind and s.worker_id == worker_id),
-                    None)
+        return next((s for s in self.specs if s.kind == kind and s.worker_id == worker_id), None)
 
     async def _spawn(self, spec: ProcSpec) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -109,8 +115,8 @@ class LocalSupervisor:
         logfile = (self.log_dir / f"{spec.name}.log").open("ab")
         try:
             spec.process = await asyncio.create_subprocess_exec(
-                *self.command(spec), env=env, stdout=logfile, stderr=logfile,
-                start_new_session=True)
+                *self.command(spec), env=env, stdout=logfile, stderr=logfile, start_new_session=True
+            )
         finally:
             logfile.close()
         spec.started_at = time.monotonic()
@@ -121,11 +127,11 @@ class LocalSupervisor:
         """Spawn every worker; in delegated mode first open the control endpoint on the
         NATS server and prefix of ``env`` (NATS_URL, AP_PREFIX)."""
         if self.delegate_restarts and self._nc is None:
-            config = NatsConfig.from_env(url=self.env.get("NATS_URL"),
-                                         prefix=self.env.get("AP_PREFIX"))
+            config = NatsConfig.from_env(
+                url=self.env.get("NATS_URL"), prefix=self.env.get("AP_PREFIX")
+            )
             self._nc = await connect(config, name=f"supervisor-{self.name}")
-            self.control_subject = await self.serve(self._nc, Subjects(config.prefix),
-                                                    self.name)
+            self.control_subject = await self.serve(self._nc, Subjects(config.prefix), self.name)
         for spec in self.specs:
             await self._spawn(spec)
             self._watchers.append(asyncio.create_task(self._watch(spec)))
@@ -154,39 +160,58 @@ class LocalSupervisor:
             await msg.respond(reply.encode())
 
     async def restart(self, request: RestartRequest) -> RestartReply:
-        def answer(code: RestartCode, spec: ProcSpec | None = None, message: str = "") -> \
-                RestartReply:
+        def answer(
+            code: RestartCode, spec: ProcSpec | None = None, message: str = ""
+        ) -> RestartReply:
             ok = code in (RestartCode.RESTARTED, RestartCode.ALREADY_NEWER)
             pid = spec.process.pid if spec is not None and spec.process is not None else 0
-            return RestartReply(ok=ok, code=code.value, kind=request.kind,
-                                worker_id=request.worker_id, pid=pid,
-                                generation=spec.generation if spec else 0, message=message)
+            return RestartReply(
+                ok=ok,
+                code=code.value,
+                kind=request.kind,
+                worker_id=request.worker_id,
+                pid=pid,
+                generation=spec.generation if spec else 0,
+                message=message,
+            )
 
         spec = self.find(request.kind, request.worker_id)
         if spec is None:
-            return answer(RestartCode.UNKNOWN_WORKER,
-                          message=f"this supervisor does not run {request.kind}/"
-                                  f"{request.worker_id}")
+            return answer(
+                RestartCode.UNKNOWN_WORKER,
+                message=f"this supervisor does not run {request.kind}/{request.worker_id}",
+            )
         async with spec.lock:
             if self._stopping:
                 return answer(RestartCode.STOPPING, spec, "supervisor is stopping")
             if spec.generation > request.dead_generation and spec.running:
-                return answer(RestartCode.ALREADY_NEWER, spec,
-                              f"generation {spec.generation} already runs")
+                return answer(
+                    RestartCode.ALREADY_NEWER, spec, f"generation {spec.generation} already runs"
+                )
             old = spec.process
             if old is not None and old.returncode == EXIT_CONFIG:
                 # restarting cannot fix a bad configuration: say so, do not loop
-                return answer(RestartCode.CONFIG_EXIT, spec,
-                              f"it exited {EXIT_CONFIG} (bad configuration); fix it, see "
-                              f"{self.log_dir / f'{spec.name}.log'}")
+                return answer(
+                    RestartCode.CONFIG_EXIT,
+                    spec,
+                    f"it exited {EXIT_CONFIG} (bad configuration); fix it, see "
+                    f"{self.log_dir / f'{spec.name}.log'}",
+                )
             if old is not None and old.returncode is None and self._alive_locally(spec):
                 # its event loop still makes progress (liveness file, written without
                 # NATS): the silence is the bus's, and killing it would not help
-                return answer(RestartCode.ALIVE, spec,
-                              "its liveness file is fresh; not killing a working process")
+                return answer(
+                    RestartCode.ALIVE,
+                    spec,
+                    "its liveness file is fresh; not killing a working process",
+                )
             if old is not None and old.returncode is None:  # hung: alive but silent
-                log.warning("%s: killing silent process %s (generation %s) on request",
-                            spec.name, old.pid, spec.generation)
+                log.warning(
+                    "%s: killing silent process %s (generation %s) on request",
+                    spec.name,
+                    old.pid,
+                    spec.generation,
+                )
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(old.pid, signal.SIGKILL)
                 with contextlib.suppress(TimeoutError):
@@ -195,9 +220,13 @@ class LocalSupervisor:
                 await self._spawn(spec)
             except (OSError, ValueError) as exc:
                 return answer(RestartCode.SPAWN_FAILED, spec, str(exc))
-            log.warning("%s restarted on request (%s): pid %s generation %s", spec.name,
-                        request.reason or "no reason given", spec.process.pid
-                        if spec.process else 0, spec.generation)
+            log.warning(
+                "%s restarted on request (%s): pid %s generation %s",
+                spec.name,
+                request.reason or "no reason given",
+                spec.process.pid if spec.process else 0,
+                spec.generation,
+            )
             return answer(RestartCode.RESTARTED, spec)
 
     def _alive_locally(self, spec: ProcSpec) -> bool:
@@ -206,8 +235,9 @@ class LocalSupervisor:
             return False
         data_dir = Path(self.env.get("AP_DATA_DIR", ".agentic-payments"))
         try:
-            path = liveness.liveness_path(liveness.liveness_dir(data_dir, self.env),
-                                          spec.kind, spec.worker_id)
+            path = liveness.liveness_path(
+                liveness.liveness_dir(data_dir, self.env), spec.kind, spec.worker_id
+            )
             record = liveness.read(path)
         except Exception:
             return False
@@ -219,9 +249,12 @@ class LocalSupervisor:
     def recovery_running(self) -> bool:
         """A recovery worker process exists *and* its loop makes progress (a hung one
         does not count: the supervisor then restarts exited workers itself)."""
-        return any(s.kind == RECOVERY_KIND and s.running and
-                   (self._alive_locally(s) or time.monotonic() - s.started_at < 30)
-                   for s in self.specs)
+        return any(
+            s.kind == RECOVERY_KIND
+            and s.running
+            and (self._alive_locally(s) or time.monotonic() - s.started_at < 30)
+            for s in self.specs
+        )
 
     async def _watch(self, spec: ProcSpec) -> None:
         while not self._stopping:
@@ -235,23 +268,28 @@ class LocalSupervisor:
                 continue
             if self.delegate_restarts:  # a dead recovery worker too, if another one runs
                 if code == EXIT_CONFIG:
-                    log.error("%s exited with a configuration error (78); restart requests "
-                              "will be refused (CONFIG_EXIT). See %s", spec.name,
-                              self.log_dir / f"{spec.name}.log")
+                    log.error(
+                        "%s exited with a configuration error (78); restart requests "
+                        "will be refused (CONFIG_EXIT). See %s",
+                        spec.name,
+                        self.log_dir / f"{spec.name}.log",
+                    )
                     return
-                log.warning("%s exited with %s; the recovery worker restarts it", spec.name,
-                            code)
-                while not self._stopping and spec.process is proc \
-                        and self.recovery_running():
+                log.warning("%s exited with %s; the recovery worker restarts it", spec.name, code)
+                while not self._stopping and spec.process is proc and self.recovery_running():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(spec.respawned.wait(), 1.0)
                 if self._stopping or spec.process is not proc:
                     continue
-                log.warning("%s: no recovery worker is running; restarting it myself "
-                            "(fallback)", spec.name)
+                log.warning(
+                    "%s: no recovery worker is running; restarting it myself (fallback)", spec.name
+                )
             if code == EXIT_CONFIG:
-                log.error("%s exited with a configuration error (78); not restarting. "
-                          "See %s", spec.name, self.log_dir / f"{spec.name}.log")
+                log.error(
+                    "%s exited with a configuration error (78); not restarting. See %s",
+                    spec.name,
+                    self.log_dir / f"{spec.name}.log",
+                )
                 return
             if time.monotonic() - spec.started_at > 30:
                 spec.backoff = 0.5
@@ -272,8 +310,9 @@ class LocalSupervisor:
         if self._control is not None:
             with contextlib.suppress(Exception):
                 await self._control.unsubscribe()
-        running = [s.process for s in self.specs
-                   if s.process is not None and s.process.returncode is None]
+        running = [
+            s.process for s in self.specs if s.process is not None and s.process.returncode is None
+        ]
         for proc in running:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)

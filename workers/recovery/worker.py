@@ -76,14 +76,19 @@ class RecoveryWorker(Worker):
 
     kind = "recovery"
 
-    def __init__(self, runtime: RuntimeConfig, options: RecoveryOptions,
-                 backend_factory: Any, *, key_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        runtime: RuntimeConfig,
+        options: RecoveryOptions,
+        backend_factory: Any,
+        *,
+        key_file: Path | None = None,
+    ) -> None:
         super().__init__(runtime)
         self.options = options
         self.backend_factory = backend_factory
         self.backend: Backend | None = None
-        self.tracker = Tracker(options.policy, missed=options.missed,
-                               overrides=options.overrides)
+        self.tracker = Tracker(options.policy, missed=options.missed, overrides=options.overrides)
         self.key_file = key_file or runtime.data_dir / "keys" / f"recovery-{self.worker_id}.key"
         self.identity = AgentIdentity.load_or_create(self.key_file)
         self.kv: Any = None
@@ -102,30 +107,48 @@ class RecoveryWorker(Worker):
         js = nc.jetstream()
         self.backend = self.backend_factory(nc, self.subjects)
         await ensure_telemetry_streams(nc, self.subjects)
-        await ensure_stream(nc, self.subjects.alerts_stream, [self.subjects.alerts_all],
-                            max_age_s=ALERTS_DAYS * 86400.0,
-                            description="agentic-payments alerts")
+        await ensure_stream(
+            nc,
+            self.subjects.alerts_stream,
+            [self.subjects.alerts_all],
+            max_age_s=ALERTS_DAYS * 86400.0,
+            description="agentic-payments alerts",
+        )
         bucket = self.subjects.recovery_bucket
         try:
             self.kv = await js.key_value(bucket)
         except nats.js.errors.BucketNotFoundError:
             try:
                 self.kv = await js.create_key_value(
-                    bucket=bucket, history=1, ttl=HISTORY_TTL_S, direct=True,
-                    description="agentic-payments recovery attempt history")
+                    bucket=bucket,
+                    history=1,
+                    ttl=HISTORY_TTL_S,
+                    direct=True,
+                    description="agentic-payments recovery attempt history",
+                )
             except Exception:  # created concurrently by another recovery worker
                 self.kv = await js.key_value(bucket)
         assert self.service is not None
-        await self.service.add_endpoint(EndpointConfig(
-            name="history", handler=self._history, subject=self.subjects.recovery_history,
-            queue_group=RECOVERY_QUEUE))
+        await self.service.add_endpoint(
+            EndpointConfig(
+                name="history",
+                handler=self._history,
+                subject=self.subjects.recovery_history,
+                queue_group=RECOVERY_QUEUE,
+            )
+        )
         start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.options.replay_s)
-        config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_TIME,
-                                    opt_start_time=start)
-        self._hb_sub = await js.subscribe(self.subjects.heartbeat_all,
-                                          stream=self.subjects.heartbeat_stream,
-                                          cb=self._on_heartbeat, ordered_consumer=True,
-                                          config=config, idle_heartbeat=2.0)
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_TIME, opt_start_time=start
+        )
+        self._hb_sub = await js.subscribe(
+            self.subjects.heartbeat_all,
+            stream=self.subjects.heartbeat_stream,
+            cb=self._on_heartbeat,
+            ordered_consumer=True,
+            config=config,
+            idle_heartbeat=2.0,
+        )
         self._loops_extra = [asyncio.create_task(self._ticker())]
 
     async def wait_idle(self) -> None:
@@ -164,22 +187,28 @@ class RecoveryWorker(Worker):
             # a worker may publish only on its own subject (permissions); a payload
             # naming another worker must not make us restart (or delete) that one
             self.stats.count("heartbeat_subject_mismatch")
-            log.warning("heartbeat on %s claims to be %s/%s: ignored", msg.subject, hb.kind,
-                        hb.worker_id)
+            log.warning(
+                "heartbeat on %s claims to be %s/%s: ignored", msg.subject, hb.kind, hb.worker_id
+            )
             return
-        if (hb.kind == self.kind and hb.worker_id == self.worker_id) or \
-                (self.options.only_host and hb.host != self.options.only_host) or \
-                (self.options.kinds and hb.kind not in self.options.kinds):
+        if (
+            (hb.kind == self.kind and hb.worker_id == self.worker_id)
+            or (self.options.only_host and hb.host != self.options.only_host)
+            or (self.options.kinds and hb.kind not in self.options.kinds)
+        ):
             return
         seen = self.tracker.observe(hb, at)
         if seen == Seen.ZOMBIE:
             self.stats.count("zombie_heartbeats")
         elif seen == Seen.RECOVERED:
             self.stats.count("recovered")
-            await self._close_attempt((hb.kind, hb.worker_id), Outcome.RECOVERED,
-                                      first_heartbeat_ms=_ms(at), new_generation=hb.generation,
-                                      detail=f"heartbeat of generation {hb.generation} "
-                                             f"(pid {hb.pid})")
+            await self._close_attempt(
+                (hb.kind, hb.worker_id),
+                Outcome.RECOVERED,
+                first_heartbeat_ms=_ms(at),
+                new_generation=hb.generation,
+                detail=f"heartbeat of generation {hb.generation} (pid {hb.pid})",
+            )
 
     # ---------------------------------------------------------------- ticks
     async def _ticker(self) -> None:
@@ -200,9 +229,11 @@ class RecoveryWorker(Worker):
                     await self._act(action)
                 if self.tracker.blind_suspected != blind:
                     self.stats.count("mass_stale_held")
-                    log.warning("most workers look stale at once: holding one grace period "
-                                "(a stalled bus or recovery worker is likelier than a mass "
-                                "failure)")
+                    log.warning(
+                        "most workers look stale at once: holding one grace period "
+                        "(a stalled bus or recovery worker is likelier than a mass "
+                        "failure)"
+                    )
             except Exception:
                 log.exception("recovery tick failed")
                 self.stats.count("tick_errors")
@@ -214,26 +245,46 @@ class RecoveryWorker(Worker):
         if action.kind == ActionKind.STALE:
             self.stats.count("stale_detected")
             silent = time.time() - action.last_seen
-            log.warning("%s/%s is stale (generation %s, silent %.2fs)", kind, worker_id,
-                        action.generation, silent)
-            self.spawn(self._alert(Severity.HIGH, "WORKER_STALE", action,
-                                   f"{kind}/{worker_id} sent no heartbeat for {silent:.1f}s",
-                                   {"silent_s": round(silent, 3), "host": action.host,
-                                    "pid": action.pid}))
+            log.warning(
+                "%s/%s is stale (generation %s, silent %.2fs)",
+                kind,
+                worker_id,
+                action.generation,
+                silent,
+            )
+            self.spawn(
+                self._alert(
+                    Severity.HIGH,
+                    "WORKER_STALE",
+                    action,
+                    f"{kind}/{worker_id} sent no heartbeat for {silent:.1f}s",
+                    {"silent_s": round(silent, 3), "host": action.host, "pid": action.pid},
+                )
+            )
         elif action.kind == ActionKind.RESPAWN:
-            await self._close_attempt(action.key, Outcome.FAILED,
-                                      detail="no heartbeat of a newer generation in time")
+            await self._close_attempt(
+                action.key, Outcome.FAILED, detail="no heartbeat of a newer generation in time"
+            )
             self.spawn(self._respawn(action))
         else:
             self.stats.count("gave_up")
-            await self._close_attempt(action.key, Outcome.GAVE_UP,
-                                      detail=f"gave up after {action.attempt} attempts")
+            await self._close_attempt(
+                action.key, Outcome.GAVE_UP, detail=f"gave up after {action.attempt} attempts"
+            )
             log.error("%s/%s: gave up after %s attempts", kind, worker_id, action.attempt)
-            self.spawn(self._alert(
-                Severity.CRITICAL, "RECOVERY_GAVE_UP", action,
-                f"recovery gave up on {kind}/{worker_id} after {action.attempt} attempts",
-                {"attempts": action.attempt, "host": action.host,
-                 "max_retries": self.tracker.policy_for(action.key).max_retries}))
+            self.spawn(
+                self._alert(
+                    Severity.CRITICAL,
+                    "RECOVERY_GAVE_UP",
+                    action,
+                    f"recovery gave up on {kind}/{worker_id} after {action.attempt} attempts",
+                    {
+                        "attempts": action.attempt,
+                        "host": action.host,
+                        "max_retries": self.tracker.policy_for(action.key).max_retries,
+                    },
+                )
+            )
 
     async def _respawn(self, action: Action) -> None:
         assert self.backend is not None and self.kv is not None
@@ -241,11 +292,17 @@ class RecoveryWorker(Worker):
         state = self.tracker.workers.get(action.key)
         detected = state.stale_since if state is not None else time.time()
         record = RecoveryAttempt(
-            kind=kind, worker_id=worker_id, attempt=action.attempt,
-            dead_generation=action.generation, outcome=Outcome.PENDING.value,
-            backend=self.backend.name, recovery_id=self.worker_id,
-            last_seen_ms=_ms(action.last_seen), detected_ms=_ms(detected),
-            requested_ms=now_ms())
+            kind=kind,
+            worker_id=worker_id,
+            attempt=action.attempt,
+            dead_generation=action.generation,
+            outcome=Outcome.PENDING.value,
+            backend=self.backend.name,
+            recovery_id=self.worker_id,
+            last_seen_ms=_ms(action.last_seen),
+            detected_ms=_ms(detected),
+            requested_ms=now_ms(),
+        )
         try:
             revision = await self.kv.create(record.key, record.encode())
         except nats.js.errors.KeyWrongLastSequenceError:
@@ -255,16 +312,30 @@ class RecoveryWorker(Worker):
         except Exception as exc:  # the bus is down or slow: no claim, no respawn now
             self.stats.count("attempt_claim_failed")
             self.tracker.respawn_failed(action.key, time.time())
-            log.warning("cannot record attempt %s (%s): not respawning now", record.key,
-                        exc.__class__.__name__)
+            log.warning(
+                "cannot record attempt %s (%s): not respawning now",
+                record.key,
+                exc.__class__.__name__,
+            )
             return
         async with self._kv_lock:
             self._open[action.key] = (record, revision)
-        log.warning("respawning %s/%s (attempt %s, dead generation %s) via %s", kind,
-                    worker_id, action.attempt, action.generation, self.backend.name)
-        target = Target(kind=kind, worker_id=worker_id, generation=action.generation,
-                        host=action.host, pid=action.pid,
-                        reason=f"stale; recovery {self.worker_id} attempt {action.attempt}")
+        log.warning(
+            "respawning %s/%s (attempt %s, dead generation %s) via %s",
+            kind,
+            worker_id,
+            action.attempt,
+            action.generation,
+            self.backend.name,
+        )
+        target = Target(
+            kind=kind,
+            worker_id=worker_id,
+            generation=action.generation,
+            host=action.host,
+            pid=action.pid,
+            reason=f"stale; recovery {self.worker_id} attempt {action.attempt}",
+        )
         began = time.perf_counter()
         try:
             result = await self.backend.respawn(target)
@@ -272,8 +343,9 @@ class RecoveryWorker(Worker):
             self.stats.count("respawn_not_needed")
             self.tracker.alive_again(action.key, time.time())
             log.warning("%s/%s is alive locally (%s): not respawned", kind, worker_id, exc)
-            await self._close_attempt(action.key, Outcome.FAILED,
-                                      detail=f"not needed: {exc}"[:1024], only=record)
+            await self._close_attempt(
+                action.key, Outcome.FAILED, detail=f"not needed: {exc}"[:1024], only=record
+            )
             return
         except RespawnFailed as exc:
             self.stats.record((time.perf_counter() - began) * 1000, ok=False)
@@ -281,17 +353,24 @@ class RecoveryWorker(Worker):
             if isinstance(exc, WorkerMisconfigured):  # escalate now, with the cause
                 self.tracker.give_up(action.key, time.time())
             log.warning("respawn of %s/%s failed: %s", kind, worker_id, exc)
-            await self._close_attempt(action.key, Outcome.FAILED, detail=str(exc)[:1024],
-                                      only=record)
+            await self._close_attempt(
+                action.key, Outcome.FAILED, detail=str(exc)[:1024], only=record
+            )
             return
         self.stats.record((time.perf_counter() - began) * 1000)
         self.tracker.respawned(action.key, result.new_generation)
-        await self._update_attempt(action.key, record, outcome=Outcome.RESPAWNED.value,
-                                   respawned_ms=now_ms(), new_generation=result.new_generation,
-                                   detail=result.detail[:1024])
+        await self._update_attempt(
+            action.key,
+            record,
+            outcome=Outcome.RESPAWNED.value,
+            respawned_ms=now_ms(),
+            new_generation=result.new_generation,
+            detail=result.detail[:1024],
+        )
 
-    async def _update_attempt(self, key: WorkerKey, record: RecoveryAttempt,
-                              **changes: Any) -> None:
+    async def _update_attempt(
+        self, key: WorkerKey, record: RecoveryAttempt, **changes: Any
+    ) -> None:
         """Apply ``changes`` to the open attempt ``record`` of ``key`` (CAS on its revision)."""
         async with self._kv_lock:
             current = self._open.get(key)
@@ -310,32 +389,49 @@ class RecoveryWorker(Worker):
                 return
             self._open[key] = (new, revision)
 
-    async def _close_attempt(self, key: WorkerKey, outcome: Outcome, *, detail: str,
-                             only: RecoveryAttempt | None = None, **changes: Any) -> None:
+    async def _close_attempt(
+        self,
+        key: WorkerKey,
+        outcome: Outcome,
+        *,
+        detail: str,
+        only: RecoveryAttempt | None = None,
+        **changes: Any,
+    ) -> None:
         current = self._open.get(key)
         if current is None or (only is not None and current[0].key != only.key):
             return
         record = current[0]
-        if outcome != Outcome.GAVE_UP and record.outcome not in (Outcome.PENDING,
-                                                                 Outcome.RESPAWNED):
+        if outcome != Outcome.GAVE_UP and record.outcome not in (
+            Outcome.PENDING,
+            Outcome.RESPAWNED,
+        ):
             return
-        await self._update_attempt(key, record, outcome=outcome.value, detail=detail,
-                                   **changes)
+        await self._update_attempt(key, record, outcome=outcome.value, detail=detail, **changes)
 
-    async def _alert(self, severity: Severity, code: str, action: Action, summary: str,
-                     details: dict[str, Any]) -> None:
+    async def _alert(
+        self, severity: Severity, code: str, action: Action, summary: str, details: dict[str, Any]
+    ) -> None:
         kind, worker_id = action.key
-        alert = sign_alert(self.identity, alert_id=uuid.uuid4().hex, severity=severity,
-                           code=code, subject_kind=kind, subject_id=worker_id, summary=summary,
-                           ts_ms=now_ms(), source_kind=self.kind, source_id=self.worker_id,
-                           details={"generation": action.generation, **details})
+        alert = sign_alert(
+            self.identity,
+            alert_id=uuid.uuid4().hex,
+            severity=severity,
+            code=code,
+            subject_kind=kind,
+            subject_id=worker_id,
+            summary=summary,
+            ts_ms=now_ms(),
+            source_kind=self.kind,
+            source_id=self.worker_id,
+            details={"generation": action.generation, **details},
+        )
         await self.client.publish(self.subjects.alert(severity.value), alert.encode())
 
     # ---------------------------------------------------------------- history
     async def _history(self, request: Request) -> None:
         try:
-            query = HistoryQuery.from_wire(decode(request.data)) if request.data \
-                else HistoryQuery()
+            query = HistoryQuery.from_wire(decode(request.data)) if request.data else HistoryQuery()
         except CodecError as exc:
             self.stats.count("bad_requests")
             await request.respond(ErrorReply(exc.code, str(exc)).encode())
@@ -369,4 +465,4 @@ async def read_history(kv: Any, query: HistoryQuery) -> list[RecoveryAttempt]:
         with contextlib.suppress(Exception):
             await watcher.stop()
     found.sort(key=lambda a: (a.requested_ms, a.attempt), reverse=True)
-    return found[:query.limit]
+    return found[: query.limit]

@@ -112,9 +112,15 @@ class ChainResult:
         return self
 
     def to_map(self) -> dict[str, Any]:
-        return {"ok": self.ok, "code": self.code, "reason": self.reason,
-                "failed_link": self.failed_link, "path": [c.encode() for c in self.path],
-                "signature_checks": self.signature_checks, "expires_ms": self.expires_ms}
+        return {
+            "ok": self.ok,
+            "code": self.code,
+            "reason": self.reason,
+            "failed_link": self.failed_link,
+            "path": [c.encode() for c in self.path],
+            "signature_checks": self.signature_checks,
+            "expires_ms": self.expires_ms,
+        }
 
 
 class _BudgetExhausted(Exception):
@@ -151,8 +157,12 @@ class _Search:
         """Everything about one certificate but its signature; records a failure."""
         name = f"certificate {cert.serial!r}"
         if cert.issuer_key in on_path:
-            self.fail(link, CHAIN_LOOP, f"{name} is issued by key {cert.issuer_key.hex()[:16]}… "
-                                        "already on the path (cycle)")
+            self.fail(
+                link,
+                CHAIN_LOOP,
+                f"{name} is issued by key {cert.issuer_key.hex()[:16]}… "
+                "already on the path (cycle)",
+            )
             return False
         if cert.serial in self.revoked:
             self.fail(link, CHAIN_REVOKED, f"{name} is revoked: {self.revoked[cert.serial]}")
@@ -163,26 +173,39 @@ class _Search:
                 self.fail(link, CHAIN_REVOKED, f"{name}: {refusal}")
                 return False
         if self.now_ms < cert.not_before_ms:
-            self.fail(link, CHAIN_NOT_YET_VALID,
-                      f"{name} is not valid before {cert.not_before_ms} (now {self.now_ms})")
+            self.fail(
+                link,
+                CHAIN_NOT_YET_VALID,
+                f"{name} is not valid before {cert.not_before_ms} (now {self.now_ms})",
+            )
             return False
         if self.now_ms >= cert.not_after_ms:
-            self.fail(link, CHAIN_EXPIRED,
-                      f"{name} expired at {cert.not_after_ms} (now {self.now_ms})")
+            self.fail(
+                link, CHAIN_EXPIRED, f"{name} expired at {cert.not_after_ms} (now {self.now_ms})"
+            )
             return False
         if self.purpose not in cert.purposes:
-            self.fail(link, CHAIN_PURPOSE, f"{name} does not carry purpose {self.purpose!r} "
-                                           f"(has {', '.join(cert.purposes)})")
+            self.fail(
+                link,
+                CHAIN_PURPOSE,
+                f"{name} does not carry purpose {self.purpose!r} (has {', '.join(cert.purposes)})",
+            )
             return False
         if link >= 1:
             if PURPOSE_CA not in cert.purposes:
-                self.fail(link, CHAIN_PURPOSE, f"{name} issued link {link - 1} but does not "
-                                               f"carry purpose {PURPOSE_CA!r}")
+                self.fail(
+                    link,
+                    CHAIN_PURPOSE,
+                    f"{name} issued link {link - 1} but does not carry purpose {PURPOSE_CA!r}",
+                )
                 return False
             if cert.path_len != PATH_LEN_UNLIMITED and link - 1 > cert.path_len:
-                self.fail(link, CHAIN_PATH_LENGTH,
-                          f"{name} allows {cert.path_len} intermediate(s) below it, "
-                          f"the path has {link - 1}")
+                self.fail(
+                    link,
+                    CHAIN_PATH_LENGTH,
+                    f"{name} allows {cert.path_len} intermediate(s) below it, "
+                    f"the path has {link - 1}",
+                )
                 return False
         if link >= self.max_depth:
             self.fail(link, CHAIN_DEPTH, f"the path would exceed {self.max_depth} certificates")
@@ -199,18 +222,26 @@ class _Search:
         ok = cert.signature_ok()
         self.verified[cert] = ok
         if not ok:
-            self.fail(link, CHAIN_SIGNATURE, f"certificate {cert.serial!r}: signature does not "
-                                             f"verify under issuer {cert.issuer_key.hex()[:16]}…")
+            self.fail(
+                link,
+                CHAIN_SIGNATURE,
+                f"certificate {cert.serial!r}: signature does not "
+                f"verify under issuer {cert.issuer_key.hex()[:16]}…",
+            )
         return ok
 
-    def search(self, key: bytes, path: list[TrustCertificate],
-               on_path: set[bytes]) -> tuple[TrustCertificate, ...] | None:
+    def search(
+        self, key: bytes, path: list[TrustCertificate], on_path: set[bytes]
+    ) -> tuple[TrustCertificate, ...] | None:
         link = len(path)
         candidates = self.lookup(key)
         if not candidates:
             what = "the leaf key" if link == 0 else f"issuer of link {link - 1}"
-            self.fail(link, CHAIN_NO_ANCHOR,
-                      f"{what} {key.hex()[:16]}… is not an anchor and has no certificate")
+            self.fail(
+                link,
+                CHAIN_NO_ANCHOR,
+                f"{what} {key.hex()[:16]}… is not an anchor and has no certificate",
+            )
             return None
         for cert in candidates:
             self.steps += 1
@@ -235,8 +266,16 @@ class _Search:
 
 def _order(cert: TrustCertificate) -> tuple[Any, ...]:
     """Total order on certificates (every field), so the search order is input-independent."""
-    return (cert.serial, cert.sig, cert.subject_key, cert.issuer_key, cert.not_before_ms,
-            cert.not_after_ms, cert.purposes, cert.path_len)
+    return (
+        cert.serial,
+        cert.sig,
+        cert.subject_key,
+        cert.issuer_key,
+        cert.not_before_ms,
+        cert.not_after_ms,
+        cert.purposes,
+        cert.path_len,
+    )
 
 
 def _group(certs: Iterable[TrustCertificate]) -> dict[bytes, tuple[TrustCertificate, ...]]:
@@ -260,10 +299,17 @@ class TrustIndex:
     revoked: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, candidates: Iterable[TrustCertificate], anchors: Iterable[bytes],
-              revoked_serials: Mapping[str, str] | Iterable[str] = ()) -> TrustIndex:
-        revoked = (dict(revoked_serials) if isinstance(revoked_serials, Mapping)
-                   else {s: "revoked" for s in revoked_serials})
+    def build(
+        cls,
+        candidates: Iterable[TrustCertificate],
+        anchors: Iterable[bytes],
+        revoked_serials: Mapping[str, str] | Iterable[str] = (),
+    ) -> TrustIndex:
+        revoked = (
+            dict(revoked_serials)
+            if isinstance(revoked_serials, Mapping)
+            else {s: "revoked" for s in revoked_serials}
+        )
         return cls(frozenset(anchors), _group(candidates), revoked)
 
     @classmethod
@@ -285,9 +331,17 @@ class TrustIndex:
                 candidates.append(record.cert)
         return cls.build(candidates, anchors, revoked)
 
-    def validate(self, leaf_key: bytes, presented: Sequence[bytes], purpose: str, now_ms: int,
-                 key_refusal: KeyRefusal = no_refusal, *, max_depth: int = DEFAULT_MAX_DEPTH,
-                 max_signature_checks: int = DEFAULT_MAX_SIGNATURE_CHECKS) -> ChainResult:
+    def validate(
+        self,
+        leaf_key: bytes,
+        presented: Sequence[bytes],
+        purpose: str,
+        now_ms: int,
+        key_refusal: KeyRefusal = no_refusal,
+        *,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_signature_checks: int = DEFAULT_MAX_SIGNATURE_CHECKS,
+    ) -> ChainResult:
         """Decode ``presented`` (encoded certificates; a malformed one is CHAIN_MALFORMED,
         failed_link None) and search with them merged into this index."""
         extra: list[TrustCertificate] = []
@@ -295,16 +349,33 @@ class TrustIndex:
             try:
                 extra.append(TrustCertificate.decode(raw))
             except CodecError as exc:
-                return ChainResult(False, CHAIN_MALFORMED, f"presented certificate {index} "
-                                   f"is malformed [{exc.code}]: {exc}", None)
-        return self.search(leaf_key, extra, purpose=purpose, now_ms=now_ms,
-                           key_refusal=key_refusal, max_depth=max_depth,
-                           max_signature_checks=max_signature_checks)
+                return ChainResult(
+                    False,
+                    CHAIN_MALFORMED,
+                    f"presented certificate {index} is malformed [{exc.code}]: {exc}",
+                    None,
+                )
+        return self.search(
+            leaf_key,
+            extra,
+            purpose=purpose,
+            now_ms=now_ms,
+            key_refusal=key_refusal,
+            max_depth=max_depth,
+            max_signature_checks=max_signature_checks,
+        )
 
-    def search(self, leaf_key: bytes, extra: Iterable[TrustCertificate] = (), *, purpose: str,
-               now_ms: int, key_refusal: KeyRefusal = no_refusal,
-               max_depth: int = DEFAULT_MAX_DEPTH,
-               max_signature_checks: int = DEFAULT_MAX_SIGNATURE_CHECKS) -> ChainResult:
+    def search(
+        self,
+        leaf_key: bytes,
+        extra: Iterable[TrustCertificate] = (),
+        *,
+        purpose: str,
+        now_ms: int,
+        key_refusal: KeyRefusal = no_refusal,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_signature_checks: int = DEFAULT_MAX_SIGNATURE_CHECKS,
+    ) -> ChainResult:
         """The depth-first search of the module doc over this index plus ``extra``."""
         added = _group(extra)
         base = self.by_subject
@@ -315,50 +386,87 @@ class TrustIndex:
                 return mine
             return tuple(sorted(set(mine) | set(theirs), key=_order))
 
-        search = _Search(anchors=self.anchors, lookup=lookup, revoked=self.revoked,
-                         key_refusal=key_refusal, purpose=purpose, now_ms=now_ms,
-                         max_depth=max_depth, budget=max_signature_checks,
-                         max_steps=STEPS_PER_CHECK * max_signature_checks)
+        search = _Search(
+            anchors=self.anchors,
+            lookup=lookup,
+            revoked=self.revoked,
+            key_refusal=key_refusal,
+            purpose=purpose,
+            now_ms=now_ms,
+            max_depth=max_depth,
+            budget=max_signature_checks,
+            max_steps=STEPS_PER_CHECK * max_signature_checks,
+        )
         refusal = search.refused(leaf_key)
         if refusal is not None:
             return ChainResult(False, CHAIN_REVOKED, f"link 0: leaf {refusal}", 0)
         try:
             path = search.search(leaf_key, [], {leaf_key})
         except _BudgetExhausted as exc:
-            return ChainResult(False, CHAIN_BUDGET,
-                               f"link {exc.link}: budget of {max_signature_checks} signature "
-                               f"checks ({STEPS_PER_CHECK * max_signature_checks} certificates "
-                               "examined) exhausted", exc.link, signature_checks=search.checks)
+            return ChainResult(
+                False,
+                CHAIN_BUDGET,
+                f"link {exc.link}: budget of {max_signature_checks} signature "
+                f"checks ({STEPS_PER_CHECK * max_signature_checks} certificates "
+                "examined) exhausted",
+                exc.link,
+                signature_checks=search.checks,
+            )
         if path is not None:
-            return ChainResult(True, None, f"chain of {len(path)} certificate(s) to anchor "
-                                           f"{path[-1].issuer_key.hex()[:16]}…", None, path,
-                               search.checks)
+            return ChainResult(
+                True,
+                None,
+                f"chain of {len(path)} certificate(s) to anchor {path[-1].issuer_key.hex()[:16]}…",
+                None,
+                path,
+                search.checks,
+            )
         assert search.best is not None
         best = search.best
-        return ChainResult(False, best.code, best.reason, best.failed_link,
-                           signature_checks=search.checks)
+        return ChainResult(
+            False, best.code, best.reason, best.failed_link, signature_checks=search.checks
+        )
 
 
-def build_chain(leaf_key: bytes, candidates: Iterable[TrustCertificate],
-                anchors: Iterable[bytes], *, purpose: str, now_ms: int,
-                revoked_serials: Mapping[str, str] | Iterable[str] = (),
-                key_refusal: KeyRefusal = no_refusal, max_depth: int = DEFAULT_MAX_DEPTH,
-                max_signature_checks: int = DEFAULT_MAX_SIGNATURE_CHECKS) -> ChainResult:
+def build_chain(
+    leaf_key: bytes,
+    candidates: Iterable[TrustCertificate],
+    anchors: Iterable[bytes],
+    *,
+    purpose: str,
+    now_ms: int,
+    revoked_serials: Mapping[str, str] | Iterable[str] = (),
+    key_refusal: KeyRefusal = no_refusal,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_signature_checks: int = DEFAULT_MAX_SIGNATURE_CHECKS,
+) -> ChainResult:
     """Find a valid chain from ``leaf_key`` to any of ``anchors``; see the module doc.
 
     ``revoked_serials`` maps a revoked serial to its reason (an iterable of
     serials is accepted too). Equal candidates count once.
     """
     return TrustIndex.build(candidates, anchors, revoked_serials).search(
-        leaf_key, purpose=purpose, now_ms=now_ms, key_refusal=key_refusal,
-        max_depth=max_depth, max_signature_checks=max_signature_checks)
+        leaf_key,
+        purpose=purpose,
+        now_ms=now_ms,
+        key_refusal=key_refusal,
+        max_depth=max_depth,
+        max_signature_checks=max_signature_checks,
+    )
 
 
 # ------------------------------------------------------------------ from state
-def validate_from_state(items: Mapping[str, object], leaf_key: bytes, presented: Sequence[bytes],
-                        purpose: str, now_ms: int, key_refusal: KeyRefusal = no_refusal, *,
-                        max_depth: int = DEFAULT_MAX_DEPTH,
-                        max_signature_checks: int = DEFAULT_MAX_SIGNATURE_CHECKS) -> ChainResult:
+def validate_from_state(
+    items: Mapping[str, object],
+    leaf_key: bytes,
+    presented: Sequence[bytes],
+    purpose: str,
+    now_ms: int,
+    key_refusal: KeyRefusal = no_refusal,
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_signature_checks: int = DEFAULT_MAX_SIGNATURE_CHECKS,
+) -> ChainResult:
     """Validate against state-bucket records decoded by ``decode_state_record``.
 
     ``items`` maps state keys to decoded records (a BucketMirror's items):
@@ -370,8 +478,14 @@ def validate_from_state(items: Mapping[str, object], leaf_key: bytes, presented:
     once (``TrustIndex.from_state(items)``) and call its ``validate``.
     """
     return TrustIndex.from_state(items).validate(
-        leaf_key, presented, purpose, now_ms, key_refusal, max_depth=max_depth,
-        max_signature_checks=max_signature_checks)
+        leaf_key,
+        presented,
+        purpose,
+        now_ms,
+        key_refusal,
+        max_depth=max_depth,
+        max_signature_checks=max_signature_checks,
+    )
 
 
 # ------------------------------------------------------------------ cache
@@ -397,8 +511,7 @@ class ChainCache:
         return len(self._entries)
 
     @staticmethod
-    def _key(leaf_key: bytes, purpose: str,
-             presented: Sequence[bytes]) -> tuple[bytes, str, bytes]:
+    def _key(leaf_key: bytes, purpose: str, presented: Sequence[bytes]) -> tuple[bytes, str, bytes]:
         h = hashlib.sha256()
         for raw in presented:
             h.update(len(raw).to_bytes(4, "big") + raw)
@@ -409,8 +522,15 @@ class ChainCache:
             self._entries.clear()
             self.revision = revision
 
-    def get(self, revision: int, leaf_key: bytes, purpose: str, presented: Sequence[bytes],
-            now_ms: int, key_refusal: KeyRefusal = no_refusal) -> ChainResult | None:
+    def get(
+        self,
+        revision: int,
+        leaf_key: bytes,
+        purpose: str,
+        presented: Sequence[bytes],
+        now_ms: int,
+        key_refusal: KeyRefusal = no_refusal,
+    ) -> ChainResult | None:
         """A cached success still true at ``now_ms``, else None.
 
         ``key_refusal`` is asked again for every key of the path on a hit, so a
@@ -433,8 +553,14 @@ class ChainCache:
         self.misses += 1
         return None
 
-    def put(self, revision: int, leaf_key: bytes, purpose: str, presented: Sequence[bytes],
-            result: ChainResult) -> None:
+    def put(
+        self,
+        revision: int,
+        leaf_key: bytes,
+        purpose: str,
+        presented: Sequence[bytes],
+        result: ChainResult,
+    ) -> None:
         self._at(revision)
         if not result.ok:
             return
