@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
 
 from bus.config import NatsConfig  # noqa: E402
 from bus.connection import connect  # noqa: E402
-from bus.keyclient import KeyClient  # noqa: E402
+from bus.key_client import KeyClient  # noqa: E402
 from bus.natsserver import start_nats_server  # noqa: E402
 from bus.state import BucketMirror, state_key  # noqa: E402
 from bus.subjects import Subjects  # noqa: E402

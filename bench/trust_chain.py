@@ -128,7 +128,8 @@ async def service(nats_url: str | None, iterations: int, repeats: int) -> dict[s
     from bus.connection import connect
     from bus.natsserver import start_nats_server
     from bus.runtime import RuntimeConfig
-    from workers.trust.worker import TrustClient, TrustWorker
+    from bus.trust_client import TrustClient
+    from workers.trust.worker import TrustWorker
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-trust-"))
     server = None

@@ -17,7 +17,7 @@ import pytest
 from bus.client import VerifyClient
 from bus.config import NatsConfig
 from bus.connection import connect
-from bus.keyclient import KeyClient
+from bus.key_client import KeyClient
 from schemas.messages import ConsensusResult, VerificationRequest
 from tests.helpers import Cluster
 

@@ -19,13 +19,13 @@ import pytest
 from bus.authority_client import AuthorityClient
 from bus.client import VerifyClient
 from bus.connection import connect
-from bus.keyclient import KeyClient
+from bus.key_client import KeyClient
+from bus.trust_client import TrustClient
 from schemas.authority import AuthorityRecord
 from schemas.identity import AgentIdentity
 from schemas.messages import VerificationRequest
 from tests.secure import USERS, SecureCluster, SecureServer, start_secure_server
 from workers.cli.main import discover
-from workers.trust.worker import TrustClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -15,8 +15,8 @@ import pytest
 
 from bus.config import NatsConfig
 from bus.connection import connect
+from bus.trust_client import TrustClient
 from tests.helpers import ROOT, Cluster
-from workers.trust.worker import TrustClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

@@ -19,13 +19,13 @@ from bus.client import VerifyClient
 from bus.config import NatsConfig
 from bus.connection import connect
 from bus.runtime import now_ms
+from bus.trust_client import TrustClient
 from schemas.authority import AuthorityRecord, QuorumPolicy, sign_endorsement
 from schemas.errors import NoResponders
 from schemas.identity import AgentIdentity
 from schemas.messages import VerificationRequest
 from schemas.trust import PURPOSE_CA, PURPOSE_PAYMENT, issue
 from tests.helpers import ROOT, Cluster
-from workers.trust.worker import TrustClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 DAY = 86_400_000

@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus.config import NatsConfig
-from bus.keyclient import KeyClient
+from bus.key_client import KeyClient
 from bus.runtime import RuntimeConfig
 from bus.state import state_bucket, state_key
 from bus.subjects import Subjects

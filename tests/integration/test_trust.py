@@ -16,6 +16,7 @@ from bus.config import NatsConfig
 from bus.runtime import RuntimeConfig, now_ms
 from bus.state import state_key
 from bus.subjects import Subjects
+from bus.trust_client import TrustClient
 from schemas.errors import RemoteError
 from schemas.identity import AgentIdentity
 from schemas.messages import ErrorReply
@@ -31,7 +32,7 @@ from schemas.trust import (
     decode_trust_reply,
     issue,
 )
-from workers.trust.worker import TrustClient, TrustWorker
+from workers.trust.worker import TrustWorker
 
 pytestmark = pytest.mark.integration
 DAY = 86_400_000

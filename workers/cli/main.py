@@ -78,7 +78,7 @@ EXIT_NOT_VALID = 1
 EXTENSIONS: tuple[str, ...] = (
     "workers.cli.trace",
     "workers.anomaly.cli",
-    "workers.trust.worker",
+    "workers.trust.cli",
     "workers.authority.cli",
     "workers.keys.cli",
     "workers.recovery.cli",

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from bus.keyclient import KeyClient
+from bus.key_client import KeyClient
 from bus.runtime import Worker
 from schemas.keys import KeyInfo, KeyPurpose
 from workers.cli.main import (
