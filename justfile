@@ -30,6 +30,7 @@ bench *ARGS:
 lint:
     ruff check .
     ruff format --check .
+    lint-imports
     mypy
 
 # what CI runs, from a fresh venv
