@@ -37,7 +37,10 @@ def pure_modules() -> list[str]:
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports(no_cache=True))"
+    code = (
+        "import sys; from importlinter.cli import lint_imports; "
+        "sys.exit(lint_imports(no_cache=True))"
+    )
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=root,
