@@ -23,7 +23,7 @@ from tests.helpers import Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-#: The documented bound (README): a revocation stops VALID decisions this long after
+#: The documented bound (docs/architecture.md): a revocation stops VALID decisions this long after
 #: the revoke reply at the latest. Measured on this machine far below it (test output).
 REVOCATION_BOUND_MS = 500
 RATE_PER_S = 80

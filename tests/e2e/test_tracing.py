@@ -10,7 +10,7 @@ Worker metrics must arrive through the OTel SDK too.
 
 The opt-in Phoenix test sends the same traces to Arize Phoenix, a real OTLP
 backend, and reads them back from its REST API: set AP_TEST_PHOENIX to the
-``phoenix`` executable (installed in its own venv, see README "Tracing").
+``phoenix`` executable (installed in its own venv, see docs/tracing.md).
 """
 
 from __future__ import annotations
