@@ -8,7 +8,7 @@ That loop used to be written out at each site, each with its own attempt count
 (5, 8 or 20) and its own exception on giving up; :class:`KeyValue` is that
 loop once:
 
-* ``get`` -> an :class:`Entry` (decoded value and revision) or None;
+* ``get`` -> an :class:`Entry` (decoded value and revision) or None; ``keys``;
 * ``create`` -> the revision, or the handle's conflict error if the key exists;
 * ``put(key, value, last=)`` -> one CAS write at a revision the caller read;
 * ``update(key, change)`` -> read, apply the pure ``change(current | None)``
@@ -155,6 +155,15 @@ class KeyValue(Generic[T]):
         if raw is None:
             return None
         return Entry(key, self._decode(raw[0]), raw[1])
+
+    async def keys(self) -> list[str]:
+        """Every key holding a record (not deleted ones), sorted; [] for an empty bucket."""
+        try:
+            return sorted(await self.raw.keys())
+        except nats.js.errors.NoKeysError:
+            return []
+        except Exception as exc:
+            _transport(exc, "listing the keys of the bucket")
 
     async def last_revision(self) -> int:
         """The bucket's latest revision (its stream's last sequence)."""

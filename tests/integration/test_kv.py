@@ -90,6 +90,7 @@ async def test_get_create_put_round_trip(bucket: Any) -> None:
     handle = _handle(bucket)
     assert await handle.get(KEY) is None
     assert await handle.revision(KEY) is None
+    assert await handle.keys() == []
     revision = await handle.create(KEY, 7)
     entry = await handle.get(KEY)
     assert entry is not None and (entry.value, entry.revision) == (7, revision)
@@ -97,6 +98,10 @@ async def test_get_create_put_round_trip(bucket: Any) -> None:
     newer = await handle.put(KEY, 8, last=revision)
     assert newer > revision and await handle.last_revision() == newer
     assert (await handle.get(KEY)).value == 8  # type: ignore[union-attr]
+    await handle.create("another", 1)
+    assert await handle.keys() == ["another", KEY]
+    await handle.delete("another")
+    assert await handle.keys() == [KEY]
 
 
 @pytest.mark.parametrize(
