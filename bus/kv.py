@@ -189,7 +189,7 @@ class KeyValue(Generic[T]):
         except Exception as exc:
             if _lost_race(exc):
                 what = "exists already" if not last else f"is no longer at revision {last}"
-                raise self._conflict(f"{key} {what}") from None
+                raise self._conflict(f"{key} {what}; re-read and retry") from None
             _transport(exc, f"writing {key}")
 
     async def update(
