@@ -55,7 +55,7 @@ log = logging.getLogger("agentic_payments.kv")
 CAS_ATTEMPTS = 20
 
 #: JetStream API error codes for "wrong last sequence" (the expected revision moved).
-_WRONG_LAST_SEQUENCE = (10071, 10164)
+WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 
 T = TypeVar("T")
 R = TypeVar("R", bound="Record")
@@ -265,7 +265,7 @@ def _lost_race(exc: BaseException) -> bool:
     """Whether ``exc`` is JetStream's "wrong last sequence" (another writer won)."""
     if isinstance(exc, nats.js.errors.KeyWrongLastSequenceError):
         return True
-    return isinstance(exc, nats.js.errors.APIError) and exc.err_code in _WRONG_LAST_SEQUENCE
+    return isinstance(exc, nats.js.errors.APIError) and exc.err_code in WRONG_LAST_SEQUENCE
 
 
 def _transport(exc: BaseException, doing: str) -> NoReturn:
