@@ -125,7 +125,7 @@ class KeyValue(Generic[T]):
         conflict: type[WriteConflict] = WriteConflict,
         on_retry: Callable[[], None] | None = None,
     ) -> None:
-        self.raw = kv
+        self._kv = kv
         self._encode = encode
         self._decode = decode
         self._conflict = conflict
@@ -159,7 +159,7 @@ class KeyValue(Generic[T]):
     async def keys(self) -> list[str]:
         """Every key holding a record (not deleted ones), sorted; [] for an empty bucket."""
         try:
-            return sorted(await self.raw.keys())
+            return sorted(await self._kv.keys())
         except nats.js.errors.NoKeysError:
             return []
         except Exception as exc:
@@ -168,7 +168,7 @@ class KeyValue(Generic[T]):
     async def last_revision(self) -> int:
         """The bucket's latest revision (its stream's last sequence)."""
         try:
-            status = await self.raw.status()
+            status = await self._kv.status()
         except Exception as exc:
             _transport(exc, "reading the status of the bucket")
         return int(status.stream_info.state.last_seq)
@@ -184,8 +184,8 @@ class KeyValue(Generic[T]):
         data = self._encode(value)
         try:
             if last:
-                return int(await self.raw.update(key, data, last=last))
-            return int(await self.raw.create(key, data))
+                return int(await self._kv.update(key, data, last=last))
+            return int(await self._kv.create(key, data))
         except Exception as exc:
             if _lost_race(exc):
                 what = "exists already" if not last else f"is no longer at revision {last}"
@@ -237,7 +237,7 @@ class KeyValue(Generic[T]):
             if revision is None:
                 return None
             try:
-                await self.raw.delete(key, last=revision)
+                await self._kv.delete(key, last=revision)
             except Exception as exc:
                 if _lost_race(exc):  # nats-py does not convert this one for delete
                     self._retried()
@@ -253,7 +253,7 @@ class KeyValue(Generic[T]):
 
     async def _get_raw(self, key: str) -> tuple[bytes, int] | None:
         try:
-            entry = await self.raw.get(key)
+            entry = await self._kv.get(key)
         except nats.js.errors.KeyNotFoundError:  # includes deleted and purged keys
             return None
         except Exception as exc:
