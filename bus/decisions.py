@@ -31,6 +31,7 @@ from nats.js.errors import (
 )
 
 from bus.config import js_replicas
+from bus.kv import WRONG_LAST_SEQUENCE
 from bus.streams import ensure_stream
 from bus.subjects import Subjects
 from schemas.errors import TransportError
@@ -41,7 +42,6 @@ MAX_BATCH = 256
 LOOKUP_TIMEOUT_S = 2.0
 ACK_TIMEOUT_S = 5.0
 MAX_OUTSTANDING_ACKS = 20_000
-WRONG_LAST_SEQUENCE = 10071  # JetStream API error: the key already exists
 
 
 def decision_key(request_id: str) -> str:
@@ -191,7 +191,8 @@ class DecisionStore:
         Acks come back to our own inbox rather than through nats-py's
         ``publish_async``: in nats-py 2.16 a JetStream error ack (such as
         "wrong last sequence") raises inside its reply handler, so the future
-        never completes and its in-flight slot leaks.
+        never completes and its in-flight slot leaks. For the same reason it is not
+        a bus/kv.KeyValue create, which awaits each write: the tally pipelines these.
         """
         self._expire_acks()
         if len(self._acks) >= MAX_OUTSTANDING_ACKS:
@@ -231,7 +232,7 @@ class DecisionStore:
             return
         error = reply.get("error") if isinstance(reply, dict) else None
         if error:
-            already = error.get("err_code") == WRONG_LAST_SEQUENCE
+            already = error.get("err_code") in WRONG_LAST_SEQUENCE  # the key exists
             self._on_error(request_id, TransportError(f"decision write refused: {error}"), already)
 
     def _expire_acks(self) -> None:

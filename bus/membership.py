@@ -5,7 +5,7 @@ active members' public keys; the pool *epoch* is the bucket's latest revision
 (its stream's last sequence), so every membership change — join, key change,
 removal — gives a new, larger epoch, and every tally watching the bucket
 agrees on it without coordination. Registering again with the same key is a
-no-op, so restarts do not churn the epoch. Updates use compare-and-set.
+no-op, so restarts do not churn the epoch. Updates use compare-and-set (bus/kv.py).
 """
 
 from __future__ import annotations
@@ -18,12 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 
+from bus.kv import UNCHANGED, KeyValue, NoChange
 from bus.state import BucketMirror, ensure_bucket
 from bus.subjects import Subjects
 from schemas.codec import decode, encode
-from schemas.errors import CodecError, ConfigError, SchemaViolation, TransportError
+from schemas.errors import (
+    CodecError,
+    ConfigError,
+    SchemaViolation,
+    TransportError,
+    WriteConflict,
+)
 from schemas.identity import PUBLIC_KEY_BYTES
 
 log = logging.getLogger("agentic_payments.membership")
@@ -125,46 +132,32 @@ async def register(
                 f"public key already registered as {', '.join(holders)}; "
                 f"one key may hold only one pool seat"
             )
-    try:
-        await kv.get(quarantine_key(worker_id))
-        log.warning(
-            "%s is quarantined; not re-registering it (an operator clears it with "
-            "'members remove %s')",
-            worker_id,
-            worker_id,
-        )
+    members = KeyValue.of(kv, MemberRecord)
+    if await members.revision(quarantine_key(worker_id)) is not None:
+        _log_quarantined(worker_id)
         return False
-    except KeyNotFoundError:
-        pass
-    for _ in range(5):
-        try:
-            entry = await kv.get(worker_id)
-        except KeyNotFoundError:
-            try:
-                await kv.create(worker_id, record.encode())
-                return True
-            except KeyWrongLastSequenceError:
-                continue
-        try:
-            current = MemberRecord.decode(entry.value or b"")
-            if current.public_key == public_key and current.status == ACTIVE:
-                return False
-            if current.status == QUARANTINED:
-                log.warning(
-                    "%s is quarantined; not re-registering it (an operator clears "
-                    "it with 'members remove %s')",
-                    worker_id,
-                    worker_id,
-                )
-                return False
-        except CodecError:
-            pass
-        try:
-            await kv.update(worker_id, record.encode(), last=entry.revision)
-            return True
-        except KeyWrongLastSequenceError:
-            continue
-    raise RuntimeError(f"could not register {worker_id}: too much contention")
+
+    def change(current: MemberRecord | None) -> MemberRecord | NoChange:
+        if current is None:  # absent, or a malformed record being replaced
+            return record
+        if current.status == QUARANTINED:
+            return UNCHANGED
+        if current.public_key == public_key and current.status == ACTIVE:
+            return UNCHANGED  # registering again is a no-op: the epoch does not move
+        return record
+
+    result = await members.update(worker_id, change, replace_unreadable=True)
+    if result.value is not None and result.value.status == QUARANTINED:
+        _log_quarantined(worker_id)
+    return result.changed
+
+
+def _log_quarantined(worker_id: str) -> None:
+    log.warning(
+        "%s is quarantined; not re-registering it (an operator clears it with 'members remove %s')",
+        worker_id,
+        worker_id,
+    )
 
 
 async def remove(nc: Client, subjects: Subjects, worker_id: str) -> bool:
@@ -202,20 +195,18 @@ async def quarantine(
     bucket revision written), or None if the member is gone, holds another
     key, or is quarantined already.
     """
-    kv = await members_bucket(nc, subjects)
+    members = KeyValue.of(await members_bucket(nc, subjects), MemberRecord)
     try:
-        entry = await kv.get(worker_id)
-        current = MemberRecord.decode(entry.value or b"")
-    except (KeyNotFoundError, CodecError):
+        entry = await members.get(worker_id)
+    except CodecError:
         return None
-    if current.public_key != public_key or current.status != ACTIVE:
+    if entry is None or entry.value.public_key != public_key or entry.value.status != ACTIVE:
         return None
     record = MemberRecord(worker_id, public_key, QUARANTINED, time.time_ns() // 1_000_000)
     try:
-        revision: int = await kv.create(quarantine_key(worker_id), record.encode())
-    except KeyWrongLastSequenceError:
+        return await members.create(quarantine_key(worker_id), record)
+    except WriteConflict:
         return None  # quarantined already
-    return revision
 
 
 async def read_pool(nc: Client, subjects: Subjects) -> PoolView:

@@ -23,9 +23,10 @@ boundary so callers only ever catch ``AgenticPaymentsError``::
     │   └── ShuttingDown                      SHUTTING_DOWN
     ├── VoteRejected                          VOTE_* (see VoteRejected.REASONS)
     ├── CertificateInvalid                    CERTIFICATE_INVALID
+    ├── WriteConflict                         WRITE_CONFLICT (a KV compare-and-set lost)
     ├── TrustError                            TRUST_ERROR (trust service operations)
     │   ├── TrustNotFound                     TRUST_NOT_FOUND
-    │   ├── TrustConflict                     TRUST_CONFLICT
+    │   ├── TrustConflict                     TRUST_CONFLICT         (also a WriteConflict)
     │   └── TrustBadSignature                 TRUST_BAD_SIGNATURE
     ├── ChainInvalid                          CHAIN_* (see ChainInvalid.REASONS)
     ├── AuthorityError                        (authority coordinator refused a change)
@@ -34,19 +35,25 @@ boundary so callers only ever catch ``AgenticPaymentsError``::
     │   ├── AuthorityExists                   AUTHORITY_EXISTS
     │   ├── AuthorityUnknown                  AUTHORITY_UNKNOWN
     │   ├── ChangeInvalid                     CHANGE_INVALID
-    │   └── StateConflict                     STATE_CONFLICT
+    │   └── StateConflict                     STATE_CONFLICT         (also a WriteConflict)
     ├── KeyManagementError                    KEY_ERROR (key manager refusals)
     │   ├── KeyNotFound                       KEY_NOT_FOUND
     │   ├── KeyExists                         KEY_EXISTS
     │   ├── KeyStateConflict                  KEY_STATE_CONFLICT
     │   ├── KeyPolicyDenied                   KEY_POLICY_DENIED
     │   ├── KeyVersionInvalid                 KEY_VERSION_INVALID
-    │   └── KeyUpdateConflict                 KEY_UPDATE_CONFLICT
+    │   └── KeyUpdateConflict                 KEY_UPDATE_CONFLICT    (also a WriteConflict)
     ├── RespawnFailed                         RESPAWN_FAILED (a recovery backend failed)
     └── TransportError                        (NATS trouble, client side)
         ├── NotConnected                      NOT_CONNECTED
         ├── NoResponders                      NO_RESPONDERS
         └── RequestTimeout                    TIMEOUT
+
+``WriteConflict`` is what bus/kv.py raises when a compare-and-set write keeps
+losing (or a create finds the key taken). Each service hands its KeyValue
+handle its own subclass, so the lost race reaches the wire with the code that
+service always answered (TRUST_CONFLICT, STATE_CONFLICT, KEY_UPDATE_CONFLICT),
+while code that only cares that a write lost catches ``WriteConflict``.
 
 ``RemoteError`` wraps an ``ErrorReply`` received from a worker and keeps the
 worker's code, so a client can branch on ``err.code`` whatever the side.
@@ -186,7 +193,14 @@ class TrustNotFound(TrustError):
     code = "TRUST_NOT_FOUND"
 
 
-class TrustConflict(TrustError):
+class WriteConflict(AgenticPaymentsError):
+    """A compare-and-set write on a KV bucket lost: the key exists (create), or another
+    writer changed it under every attempt of the budget (bus/kv.py); re-read and retry."""
+
+    code = "WRITE_CONFLICT"
+
+
+class TrustConflict(TrustError, WriteConflict):
     """The serial is taken by another certificate, or the state kept changing under us."""
 
     code = "TRUST_CONFLICT"
@@ -256,7 +270,7 @@ class ChangeInvalid(AuthorityError):
     code = "CHANGE_INVALID"
 
 
-class StateConflict(AuthorityError):
+class StateConflict(AuthorityError, WriteConflict):
     """Another writer changed the record first (compare-and-set lost); re-read and retry."""
 
     code = "STATE_CONFLICT"
@@ -305,7 +319,7 @@ class KeyVersionInvalid(KeyManagementError):
     code = "KEY_VERSION_INVALID"
 
 
-class KeyUpdateConflict(KeyManagementError):
+class KeyUpdateConflict(KeyManagementError, WriteConflict):
     """Concurrent updates kept winning the compare-and-set; retry."""
 
     code = "KEY_UPDATE_CONFLICT"

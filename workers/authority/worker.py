@@ -33,8 +33,8 @@ import time
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
+from bus.kv import KeyValue
 from bus.runtime import RuntimeConfig, Worker
 from bus.state import BucketMirror, state_bucket, state_key
 from schemas.authority import (
@@ -82,10 +82,15 @@ class AuthorityWorker(Worker):
     def __init__(self, runtime: RuntimeConfig) -> None:
         super().__init__(runtime)
         self._kv: Any = None
+        self._authorities: KeyValue[AuthorityRecord]  # set by setup (the state bucket)
+        self._policies: KeyValue[QuorumPolicy]
         self._mirror: BucketMirror[object] | None = None
 
     async def setup(self) -> None:
         self._kv = await state_bucket(self.client, self.subjects)
+        # a lost compare-and-set answers STATE_CONFLICT
+        self._authorities = KeyValue.of(self._kv, AuthorityRecord, conflict=StateConflict)
+        self._policies = KeyValue.of(self._kv, QuorumPolicy, conflict=StateConflict)
         self._mirror = BucketMirror(
             self.client, self.subjects.state_bucket, decode_state_record, keep_unreadable=True
         )
@@ -204,37 +209,20 @@ class AuthorityWorker(Worker):
             raise ChangeInvalid(f"refused: it would lock out {ADMIN_CATEGORY} ({why})")
 
     # ------------------------------------------------------------ writes
-    async def _current(self, key: str) -> tuple[bytes | None, int]:
-        try:
-            entry = await self._kv.get(key)
-        except KeyNotFoundError:
-            return None, 0
-        if not entry.value:
-            return None, entry.revision or 0
-        return entry.value, entry.revision or 0
-
-    async def _write(self, key: str, data: bytes, revision: int, existed: bool) -> None:
-        try:
-            if existed or revision:
-                await self._kv.update(key, data, last=revision)
-            else:
-                await self._kv.create(key, data)
-        except KeyWrongLastSequenceError:
-            raise StateConflict(f"{key} changed concurrently; re-read and retry") from None
-
     async def _change(self, op: str, request: AuthorityChange) -> AuthorityRecord:
         new = request.record
         key = state_key("authority", new.public_key.hex())
-        raw, revision = await self._current(key)
         if op == "add":
-            if raw is not None:
+            revision = await self._authorities.revision(key)  # any record, even unreadable
+            if revision is not None:
                 raise AuthorityExists(f"authority {new.public_key.hex()} is already registered")
             if new.serial != 1:
                 raise ChangeInvalid("a new authority record has serial 1")
         else:
-            if raw is None:
+            entry = await self._authorities.get(key)  # unreadable: its CodecError answers
+            if entry is None:
                 raise AuthorityUnknown(f"no authority {new.public_key.hex()}")
-            current = AuthorityRecord.decode(raw)
+            current, revision = entry.value, entry.revision
             if new.serial != current.serial + 1:
                 raise ChangeInvalid(
                     f"serial must be {current.serial + 1} (current "
@@ -253,7 +241,9 @@ class AuthorityWorker(Worker):
         )
         authorities, policies = split_state(self.mirror.items)
         self._no_lockout(policies.get(ADMIN_CATEGORY), {**authorities, new.public_key: new})
-        await self._write(key, new.encode(), revision, raw is not None)
+        # one compare-and-set at the revision checked: the endorsements cover this exact
+        # change, so a lost race is STATE_CONFLICT for the client to re-read, never retried
+        await self._authorities.put(key, new, last=revision or 0)
         log.info(
             "%s authority %s (%s, %s, active=%s, serial %d, %s)",
             op,
@@ -269,8 +259,8 @@ class AuthorityWorker(Worker):
     async def _set_policy(self, request: PolicyChange) -> QuorumPolicy:
         new = request.policy
         key = state_key("policy", new.category)
-        raw, revision = await self._current(key)
-        current = QuorumPolicy.decode(raw) if raw is not None else None
+        entry = await self._policies.get(key)  # unreadable: its CodecError answers
+        current = entry.value if entry is not None else None
         expected = current.serial + 1 if current is not None else 1
         if new.serial != expected:
             raise ChangeInvalid(f"serial must be {expected}, got {new.serial}")
@@ -281,7 +271,7 @@ class AuthorityWorker(Worker):
             )
         if new.category == ADMIN_CATEGORY:
             self._no_lockout(new, split_state(self.mirror.items)[0])
-        await self._write(key, new.encode(), revision, raw is not None)
+        await self._policies.put(key, new, last=entry.revision if entry is not None else 0)
         log.info(
             "policy %s serial %d set (%s)",
             new.category,

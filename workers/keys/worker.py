@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 
+from bus.kv import UNCHANGED, KeyValue, NoChange
 from bus.runtime import RuntimeConfig, Worker, now_ms
 from bus.state import ensure_bucket, state_bucket, state_key
 from bus.subjects import KEYS_QUEUE
@@ -46,6 +46,7 @@ from schemas.errors import (
     KeyNotFound,
     KeyUpdateConflict,
     MasterKeyInvalid,
+    WriteConflict,
 )
 from schemas.identity import AgentIdentity
 from schemas.keys import (
@@ -64,7 +65,6 @@ from workers.keys import lifecycle as keypolicy
 from workers.keys.crypto import MasterKey, wipe
 
 log = logging.getLogger("agentic_payments.keys")
-CAS_ATTEMPTS = 20
 DEFAULT_SWEEP_S = 3600.0
 KEYS_HISTORY = 5
 
@@ -93,8 +93,8 @@ class KeysWorker(Worker):
         self.key_file = key_file or runtime.data_dir / "keys" / f"keys-{self.worker_id}.key"
         self.identity = identity or AgentIdentity.load_or_create(self.key_file)
         self.sweep_interval_s = sweep_interval_s
-        self._kv: Any = None
-        self._state: Any = None
+        self._store: KeyValue[KeyRecord]  # set by setup: {prefix}_keys
+        self._statuses: KeyValue[KeyStatus]  # set by setup: key.* in {prefix}_state
         self._sweeper: asyncio.Task[None] | None = None
         self._ops: dict[str, Callable[[KeyRequest], Awaitable[WireMessage]]] = {
             "create": self._create,
@@ -118,13 +118,26 @@ class KeysWorker(Worker):
         }
 
     async def setup(self) -> None:
-        self._kv = await ensure_bucket(
+        keys = await ensure_bucket(
             self.client,
             self.subjects.keys_bucket,
             history=KEYS_HISTORY,
             description="agentic-payments keys (sealed)",
         )
-        self._state = await state_bucket(self.client, self.subjects)
+        state = await state_bucket(self.client, self.subjects)
+        # a lost race answers KEY_UPDATE_CONFLICT; every lost race is counted
+        self._store = KeyValue.of(
+            keys,
+            KeyRecord,
+            conflict=KeyUpdateConflict,
+            on_retry=lambda: self.stats.count("cas_retries"),
+        )
+        self._statuses = KeyValue.of(
+            state,
+            KeyStatus,
+            conflict=KeyUpdateConflict,
+            on_retry=lambda: self.stats.count("state_cas_retries"),
+        )
         await self._check_master_key()
         for op in OPS:
             await self.subscribe_intake(
@@ -191,65 +204,50 @@ class KeysWorker(Worker):
             with contextlib.suppress(Exception):
                 await msg.respond(reply.encode())
 
+    @staticmethod
+    def _corrupt(name: str, exc: CodecError) -> AgenticPaymentsError:
+        """Our own store is corrupt: a failure (INTERNAL), not bad input."""
+        return AgenticPaymentsError(f"stored record of key {name!r} is corrupt [{exc.code}]")
+
     async def _read(self, name: str) -> tuple[KeyRecord, int]:
         try:
-            entry = await self._kv.get(name)
-        except KeyNotFoundError:
-            raise KeyNotFound(f"no key named {name!r}") from None
-        try:
-            return KeyRecord.decode(entry.value), int(entry.revision)
-        except CodecError as exc:  # our own store is corrupt: a failure, not bad input
-            raise AgenticPaymentsError(
-                f"stored record of key {name!r} is corrupt [{exc.code}]"
-            ) from None
+            entry = await self._store.get(name)
+        except CodecError as exc:
+            raise self._corrupt(name, exc) from None
+        if entry is None:
+            raise KeyNotFound(f"no key named {name!r}")
+        return entry.value, entry.revision
 
     async def _modify(
         self, name: str, change: Callable[[KeyRecord], KeyRecord]
     ) -> tuple[KeyRecord, int]:
         """Read, change, compare-and-set; retried while another writer wins."""
-        for _ in range(CAS_ATTEMPTS):
-            record, revision = await self._read(name)
-            updated = change(record)
-            try:
-                new_revision = await self._kv.update(name, updated.encode(), last=revision)
-            except KeyWrongLastSequenceError:
-                self.stats.count("cas_retries")
-                continue
-            return updated, int(new_revision)
-        raise KeyUpdateConflict(f"key {name!r} changed under every attempt; retry")
+
+        def apply(record: KeyRecord | None) -> KeyRecord:
+            if record is None:
+                raise KeyNotFound(f"no key named {name!r}")
+            return change(record)
+
+        try:
+            result = await self._store.update(name, apply)
+        except CodecError as exc:
+            raise self._corrupt(name, exc) from None
+        assert result.value is not None
+        return result.value, result.revision
 
     async def _publish_status(self, record: KeyRecord, revision: int) -> int:
         """Write each version's KeyStatus (CAS) unless unchanged or a newer one is there."""
         written = 0
         for status in keypolicy.statuses(record, revision, now_ms()):
+
+            def change(old: KeyStatus | None, new: KeyStatus = status) -> KeyStatus | NoChange:
+                if old is not None and (old.source_revision > revision or old.same_content(new)):
+                    return UNCHANGED
+                return new  # absent, older, or malformed (replaced)
+
             key = state_key("key", status.public_key.hex())
-            for _ in range(CAS_ATTEMPTS):
-                try:
-                    entry = await self._state.get(key)
-                except KeyNotFoundError:
-                    entry = None
-                last = 0
-                if entry is not None and entry.value:
-                    last = int(entry.revision)
-                    try:
-                        old = KeyStatus.decode(entry.value)
-                        if old.source_revision > revision or old.same_content(status):
-                            break
-                    except CodecError:
-                        log.warning("replacing malformed status %s", key)
-                elif entry is not None:
-                    last = int(entry.revision)
-                try:
-                    if last:
-                        await self._state.update(key, status.encode(), last=last)
-                    else:
-                        await self._state.create(key, status.encode())
-                    written += 1
-                    break
-                except KeyWrongLastSequenceError:
-                    self.stats.count("state_cas_retries")
-            else:
-                raise KeyUpdateConflict(f"status {key} changed under every attempt; retry")
+            if (await self._statuses.update(key, change, replace_unreadable=True)).changed:
+                written += 1
         return written
 
     async def _commit(self, name: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyInfo:
@@ -263,8 +261,8 @@ class KeysWorker(Worker):
         public_key, sealed = self.master.generate()
         record = keypolicy.create(req.name, req.purpose, policy, public_key, sealed, now_ms())
         try:
-            revision = await self._kv.create(req.name, record.encode())
-        except KeyWrongLastSequenceError:
+            revision = await self._store.create(req.name, record)
+        except WriteConflict:
             raise KeyExists(f"a key named {req.name!r} already exists") from None
         await self._publish_status(record, int(revision))
         log.info("created key %s (%s) version 1", req.name, req.purpose)
@@ -333,15 +331,9 @@ class KeysWorker(Worker):
         record, _ = await self._read(req.name)
         return record.info()
 
-    async def _names(self) -> list[str]:
-        try:
-            return sorted(await self._kv.keys())
-        except NoKeysError:
-            return []
-
     async def _records(self) -> list[tuple[KeyRecord, int]]:
         out = []
-        for name in await self._names():
+        for name in await self._store.keys():
             try:
                 out.append(await self._read(name))
             except KeyNotFound:

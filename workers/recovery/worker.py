@@ -38,12 +38,13 @@ from nats.js import api
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig
 
+from bus.kv import KeyValue
 from bus.runtime import RuntimeConfig, Worker, now_ms
 from bus.streams import ensure_stream, ensure_telemetry_streams
 from bus.subjects import RECOVERY_QUEUE, telemetry_source
 from schemas.alerts import Severity, sign_alert
 from schemas.codec import decode
-from schemas.errors import CodecError, RespawnFailed
+from schemas.errors import CodecError, RespawnFailed, WriteConflict
 from schemas.identity import AgentIdentity
 from schemas.messages import ErrorReply, Heartbeat
 from schemas.recovery import HistoryQuery, HistoryReply, Outcome, RecoveryAttempt
@@ -92,6 +93,7 @@ class RecoveryWorker(Worker):
         self.key_file = key_file or runtime.data_dir / "keys" / f"recovery-{self.worker_id}.key"
         self.identity = AgentIdentity.load_or_create(self.key_file)
         self.kv: Any = None
+        self._attempts: KeyValue[RecoveryAttempt]  # set by setup, over self.kv
         self._open: dict[WorkerKey, tuple[RecoveryAttempt, int]] = {}  # attempt, revision
         self._caught_up = asyncio.Event()
         self._hb_sub: Any = None
@@ -128,6 +130,7 @@ class RecoveryWorker(Worker):
                 )
             except Exception:  # created concurrently by another recovery worker
                 self.kv = await js.key_value(bucket)
+        self._attempts = KeyValue.of(self.kv, RecoveryAttempt)
         assert self.service is not None
         await self.service.add_endpoint(
             EndpointConfig(
@@ -304,8 +307,8 @@ class RecoveryWorker(Worker):
             requested_ms=now_ms(),
         )
         try:
-            revision = await self.kv.create(record.key, record.encode())
-        except nats.js.errors.KeyWrongLastSequenceError:
+            revision = await self._attempts.create(record.key, record)
+        except WriteConflict:
             self.stats.count("attempt_claimed_elsewhere")
             log.info("%s: claimed by another recovery worker", record.key)
             return
@@ -383,7 +386,7 @@ class RecoveryWorker(Worker):
                 changes.pop("detail", None)
             new = replace(old, **changes)
             try:
-                revision = await self.kv.update(new.key, new.encode(), last=revision)
+                revision = await self._attempts.put(new.key, new, last=revision)
             except Exception as exc:
                 log.warning("cannot update %s: %s", new.key, exc)
                 return

@@ -33,10 +33,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig
 
+from bus.kv import UNCHANGED, KeyValue, NoChange
 from bus.runtime import RuntimeConfig, Worker, now_ms
 from bus.state import BucketMirror, state_bucket, state_key
 from bus.subjects import TRUST_QUEUE
@@ -77,7 +77,6 @@ from workers.trust.chain import (
 )
 
 log = logging.getLogger("agentic_payments.trust")
-CAS_ATTEMPTS = 8
 MIRROR_WAIT_S = 5.0
 
 
@@ -107,7 +106,8 @@ class TrustWorker(Worker):
         self.cache = ChainCache(cache_entries)
         self.mirror: BucketMirror[object] | None = None
         self._index: tuple[int, TrustIndex] | None = None
-        self._kv: Any = None
+        self._anchors: KeyValue[TrustAnchor]  # set by setup (the state bucket)
+        self._certs: KeyValue[TrustCertRecord]
 
     def extra_metadata(self) -> dict[str, str]:
         return {
@@ -116,7 +116,10 @@ class TrustWorker(Worker):
         }
 
     async def setup(self) -> None:
-        self._kv = await state_bucket(self.client, self.subjects)
+        kv = await state_bucket(self.client, self.subjects)
+        # one bucket, one typed handle per record type; a lost race answers TRUST_CONFLICT
+        self._anchors = KeyValue.of(kv, TrustAnchor, conflict=TrustConflict)
+        self._certs = KeyValue.of(kv, TrustCertRecord, conflict=TrustConflict)
         # every area decoded: its own records and the key manager's statuses
         self.mirror = BucketMirror(self.client, self.subjects.state_bucket, decode_state_record)
         await self.mirror.start()
@@ -178,54 +181,32 @@ class TrustWorker(Worker):
         assert self.mirror is not None
         await self.mirror.wait_for_revision(revision, MIRROR_WAIT_S)
 
-    async def _get(self, key: str) -> Any | None:
-        try:
-            return await self._kv.get(key)
-        except KeyNotFoundError:  # includes deleted keys
-            return None
-
     # ------------------------------------------------------------ operations
     async def _add_anchor(self, req: AddAnchorRequest) -> TrustAck:
         key = state_key("anchor", req.public_key.hex())
-        for _ in range(CAS_ATTEMPTS):
-            entry = await self._get(key)
+
+        def change(current: TrustAnchor | None) -> TrustAnchor | NoChange:
             record = TrustAnchor(req.public_key, req.label, now_ms())
-            try:
-                if entry is None:
-                    revision = await self._kv.create(key, record.encode())
-                    await self._applied(revision)
-                    return self._ack("add-anchor", key, True, revision, "anchor added")
-                try:
-                    current = TrustAnchor.decode(entry.value or b"")
-                    if current.label == req.label:
-                        return self._ack(
-                            "add-anchor", key, False, entry.revision, "anchor already present"
-                        )
-                    record = replace(record, added_ms=current.added_ms)
-                except CodecError:
-                    log.warning("replacing malformed anchor record %s", key)
-                revision = await self._kv.update(key, record.encode(), last=entry.revision)
-                await self._applied(revision)
-                return self._ack("add-anchor", key, True, revision, "anchor label updated")
-            except KeyWrongLastSequenceError:
-                continue
-        raise TrustConflict(f"{key} kept changing; retry")
+            if current is None:  # absent, or a malformed record being replaced
+                return record
+            if current.label == req.label:
+                return UNCHANGED
+            return replace(record, added_ms=current.added_ms)
+
+        result = await self._anchors.update(key, change, replace_unreadable=True)
+        if not result.changed:
+            return self._ack("add-anchor", key, False, result.revision, "anchor already present")
+        await self._applied(result.revision)
+        detail = "anchor added" if result.created else "anchor label updated"
+        return self._ack("add-anchor", key, True, result.revision, detail)
 
     async def _remove_anchor(self, req: RemoveAnchorRequest) -> TrustAck:
         key = state_key("anchor", req.public_key.hex())
-        for _ in range(CAS_ATTEMPTS):
-            entry = await self._get(key)
-            if entry is None:
-                raise TrustNotFound(f"no trust anchor {req.public_key.hex()}")
-            try:
-                await self._kv.delete(key, last=entry.revision)
-            except KeyWrongLastSequenceError:
-                continue
-            status = await self._kv.status()
-            revision = int(status.stream_info.state.last_seq)
-            await self._applied(revision)
-            return self._ack("remove-anchor", key, True, revision, "anchor removed")
-        raise TrustConflict(f"{key} kept changing; retry")
+        revision = await self._anchors.delete(key)
+        if revision is None:
+            raise TrustNotFound(f"no trust anchor {req.public_key.hex()}")
+        await self._applied(revision)
+        return self._ack("remove-anchor", key, True, revision, "anchor removed")
 
     async def _add_cert(self, req: AddCertRequest) -> TrustAck:
         cert = TrustCertificate.decode(req.cert)
@@ -235,54 +216,49 @@ class TrustWorker(Worker):
             )
         raw = cert.encode()
         key = state_key("cert", cert.serial)
-        for _ in range(CAS_ATTEMPTS):
-            entry = await self._get(key)
-            if entry is not None:
-                try:
-                    current = TrustCertRecord.decode(entry.value or b"")
-                except CodecError:
-                    current = None
-                if current is not None and current.cert == raw:
-                    state = "revoked" if current.revoked else "stored"
-                    return self._ack(
-                        "add-cert", key, False, entry.revision, f"certificate already {state}"
-                    )
-                if current is not None:
-                    raise TrustConflict(f"serial {cert.serial!r} is taken by another certificate")
-            try:
-                record = TrustCertRecord(cert=raw).encode()
-                revision = (
-                    await self._kv.create(key, record)
-                    if entry is None
-                    else await self._kv.update(key, record, last=entry.revision)
-                )
-            except KeyWrongLastSequenceError:
-                continue
-            await self._applied(revision)
-            return self._ack("add-cert", key, True, revision, "certificate stored")
-        raise TrustConflict(f"{key} kept changing; retry")
+
+        def change(current: TrustCertRecord | None) -> TrustCertRecord | NoChange:
+            if current is None:  # absent, or a malformed record being replaced
+                return TrustCertRecord(cert=raw)
+            if current.cert == raw:
+                return UNCHANGED
+            raise TrustConflict(f"serial {cert.serial!r} is taken by another certificate")
+
+        result = await self._certs.update(key, change, replace_unreadable=True)
+        if not result.changed:
+            assert result.value is not None
+            state = "revoked" if result.value.revoked else "stored"
+            return self._ack(
+                "add-cert", key, False, result.revision, f"certificate already {state}"
+            )
+        await self._applied(result.revision)
+        return self._ack("add-cert", key, True, result.revision, "certificate stored")
 
     async def _revoke_cert(self, req: RevokeCertRequest) -> TrustAck:
         key = state_key("cert", req.serial)
-        for _ in range(CAS_ATTEMPTS):
-            entry = await self._get(key)
-            if entry is None:
+
+        def change(current: TrustCertRecord | None) -> TrustCertRecord | NoChange:
+            if current is None:
                 raise TrustNotFound(f"no certificate with serial {req.serial!r}")
-            current = TrustCertRecord.decode(entry.value or b"")
             if current.revoked:
-                return self._ack(
-                    "revoke-cert", key, False, entry.revision, f"already revoked: {current.reason}"
-                )
-            updated = replace(
+                return UNCHANGED
+            return replace(
                 current, revoked=True, reason=req.reason or "revoked", revoked_ms=now_ms()
             )
-            try:
-                revision = await self._kv.update(key, updated.encode(), last=entry.revision)
-            except KeyWrongLastSequenceError:
-                continue
-            await self._applied(revision)
-            return self._ack("revoke-cert", key, True, revision, "certificate revoked")
-        raise TrustConflict(f"{key} kept changing; retry")
+
+        # a malformed record is not replaced: its CodecError is the answer (fail closed)
+        result = await self._certs.update(key, change)
+        if not result.changed:
+            assert result.value is not None
+            return self._ack(
+                "revoke-cert",
+                key,
+                False,
+                result.revision,
+                f"already revoked: {result.value.reason}",
+            )
+        await self._applied(result.revision)
+        return self._ack("revoke-cert", key, True, result.revision, "certificate revoked")
 
     def _refusal_at(self, now: int) -> KeyRefusal:
         """The configured key refusal, else the key manager's statuses at ``now``."""
