@@ -1,4 +1,4 @@
-"""The CLI shows every default from where it lives.
+"""The CLI shows every default from where it lives, and ``members`` lists by default.
 
 Every option whose default means something must say so with ``%(default)s`` in
 its help, so the number printed is the number used; the worker options must
@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
+import workers.cli.operator as operator
 from bus.runtime import RuntimeConfig
 from schemas.quorum import parse_threshold
 from workers.anomaly.baseline import BaselineConfig
 from workers.anomaly.byzantine_rules import QuarantinePolicy
 from workers.anomaly.worker import AnomalyOptions
-from workers.cli.main import build_parser
+from workers.cli.main import build_parser, main
 from workers.consensus.cli import tally_options
 from workers.consensus.tally import TallyOptions
 from workers.recovery.staleness import RetryPolicy
@@ -180,3 +181,31 @@ def test_recovery_defaults_are_its_options() -> None:
         policy.reset_after_s,
     )
     assert (args.missed, args.replay_s) == (recovery.missed, recovery.replay_s)
+
+
+# ---------------------------------------------------------------- members
+def test_members_without_an_action_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    async def fake_members(args: argparse.Namespace) -> int:
+        seen.append((args.action, args.id))
+        return 0
+
+    monkeypatch.setattr(operator, "_members", fake_members)
+    assert options("members").action == options("members", "list").action == "list"
+    assert main(["members"]) == 0
+    assert main(["members", "list", "--json"]) == 0
+    assert seen == [("list", None), ("list", None)]
+
+
+def test_members_remove_still_needs_an_id(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def fake_members(args: argparse.Namespace) -> int:
+        raise AssertionError("must not run without an id")
+
+    monkeypatch.setattr(operator, "_members", fake_members)
+    with pytest.raises(SystemExit) as exc:
+        main(["members", "remove"])
+    assert exc.value.code == 2
+    assert "members remove needs an id" in capsys.readouterr().err

@@ -212,7 +212,13 @@ def register(sub: Any, kinds: Any) -> None:
         "1 not a member, 69 NATS unreachable.",
     )
     nats_options(members)
-    members.add_argument("action", choices=["list", "remove"])
+    members.add_argument(
+        "action",
+        nargs="?",
+        choices=["list", "remove"],
+        default="list",
+        help="what to do (default %(default)s)",
+    )
     members.add_argument("id", nargs="?", help="verifier id (for remove)")
     json_option(members)
 
