@@ -25,7 +25,7 @@ from schemas.authority import AuthorityRecord
 from schemas.identity import AgentIdentity
 from schemas.messages import VerificationRequest
 from tests.secure import USERS, SecureCluster, SecureServer, start_secure_server
-from workers.cli.main import discover
+from workers.cli.operator import discover
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

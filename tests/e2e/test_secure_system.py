@@ -20,7 +20,7 @@ from bus.client import VerifyClient, signed_request
 from bus.connection import connect
 from schemas.identity import AgentIdentity
 from tests.secure import SecureCluster, SecureServer, start_secure_server
-from workers.cli.main import discover
+from workers.cli.operator import discover
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

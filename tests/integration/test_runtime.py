@@ -17,7 +17,7 @@ from bus.config import NatsConfig
 from bus.runtime import EXIT_CONFIG, EXIT_CONNECT, RuntimeConfig
 from bus.subjects import Subjects
 from schemas.messages import Heartbeat, MetricsSnapshot
-from workers.cli.main import discover
+from workers.cli.operator import discover
 from workers.consensus.verifier import VerifierWorker
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from bus.membership import ACTIVE, QUARANTINED, MemberRecord, PoolView
-from workers.cli.main import _status_problems
+from workers.cli.operator import status_problems
 
 
 def pool(*ids: str, quarantined: tuple[str, ...] = ()) -> PoolView:
@@ -39,7 +39,7 @@ def rows(*ids: str, health: str = "Healthy", kind: str = "verifier") -> list[dic
 def test_status_problems(
     answering: list[dict[str, Any]], view: PoolView, expected: list[str]
 ) -> None:
-    problems = _status_problems(answering, view, Fraction(2, 3))
+    problems = status_problems(answering, view, Fraction(2, 3))
     assert len(problems) == len(expected), problems
     for problem, needle in zip(problems, expected, strict=True):
         assert needle in problem

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,18 +13,28 @@ from nats.js.errors import NotFoundError
 
 from bus.subjects import Subjects
 from schemas.alerts import SEVERITY_ORDER, Alert, Severity
+from schemas.quorum import MIN_POOL
 from workers.anomaly.baseline import BaselineConfig, Method
 from workers.anomaly.byzantine_rules import QuarantineMode, QuarantinePolicy
 from workers.anomaly.worker import AnomalyOptions, AnomalyWorker, recent_alerts
-from workers.cli.main import (
-    _common,
-    _connection,
-    _nats,
-    _non_negative,
-    _positive,
-    _runtime,
-    _worker_common,
+from workers.cli.kit import (
+    EXIT_CONNECT,
+    EXIT_NOT_VALID,
+    connection,
+    json_option,
+    nats_config,
+    nats_options,
+    non_negative,
+    output,
+    positive,
+    runtime_config,
+    worker_options,
 )
+
+#: The defaults the worker's options show; the options dataclasses are where they live.
+BASELINE = BaselineConfig()
+POLICY = QuarantinePolicy()
+OPTIONS = AnomalyOptions()
 
 WORKER_HELP = """\
 Watches {prefix}.metrics.> (replayed from the PREFIX_METRICS stream at start, so
@@ -76,7 +85,9 @@ def _worker_factory(args: argparse.Namespace) -> AnomalyWorker:
         alerts_days=args.alerts_days,
     )
     return AnomalyWorker(
-        _runtime(args, args.id), options, key_file=Path(args.key_file) if args.key_file else None
+        runtime_config(args, args.id),
+        options,
+        key_file=Path(args.key_file) if args.key_file else None,
     )
 
 
@@ -86,8 +97,8 @@ async def read_alerts(nc: Any, subjects: Subjects, since_s: float) -> list[tuple
 
 
 async def _alerts(args: argparse.Namespace) -> int:
-    config = _nats(args)
-    async with _connection(config, "agentic-payments-alerts") as nc:
+    config = nats_config(args)
+    async with connection(config, "agentic-payments-alerts") as nc:
         try:
             found = await read_alerts(nc, Subjects(config.prefix), args.since_s)
         except NotFoundError:
@@ -96,7 +107,7 @@ async def _alerts(args: argparse.Namespace) -> int:
                 "(is an anomaly worker running?)",
                 file=sys.stderr,
             )
-            return 69
+            return EXIT_CONNECT
     least = SEVERITY_ORDER.index(Severity(args.severity))
     rows = [(a, ok) for a, ok in found if SEVERITY_ORDER.index(Severity(a.severity)) >= least]
     rows = rows[-args.limit :]
@@ -119,19 +130,14 @@ async def _alerts(args: argparse.Namespace) -> int:
             for a, ok in rows
         ]
     }
-    if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        for a, ok in rows:
-            when = datetime.datetime.fromtimestamp(a.ts_ms / 1000, datetime.UTC)
-            print(
-                f"{when:%Y-%m-%d %H:%M:%S} {a.severity:<8} {a.code:<22} "
-                f"{a.subject_kind}/{a.subject_id}  {a.summary}"
-                f"{'' if ok else '  [BAD SIGNATURE]'}"
-            )
-        if not rows:
-            print("no alerts")
-    return 0 if rows else 1
+    lines = [
+        f"{datetime.datetime.fromtimestamp(a.ts_ms / 1000, datetime.UTC):%Y-%m-%d %H:%M:%S} "
+        f"{a.severity:<8} {a.code:<22} {a.subject_kind}/{a.subject_id}  {a.summary}"
+        f"{'' if ok else '  [BAD SIGNATURE]'}"
+        for a, ok in rows
+    ]
+    output(args, "\n".join(lines) or "no alerts", data)
+    return 0 if rows else EXIT_NOT_VALID
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
@@ -145,7 +151,7 @@ def register(sub: Any, kinds: Any) -> None:
         description=WORKER_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    worker.add_argument("--id", default="anomaly1", help="worker id (default anomaly1)")
+    worker.add_argument("--id", default="anomaly1", help="worker id (default %(default)s)")
     worker.add_argument(
         "--key-file",
         help="Ed25519 key signing the alerts (default "
@@ -154,101 +160,120 @@ def register(sub: Any, kinds: Any) -> None:
     worker.add_argument(
         "--method",
         choices=[m.value for m in Method],
-        default="sigma",
+        default=BASELINE.method.value,
         help="baseline statistic: sigma (mean/stddev, the 3-sigma rule) or mad "
-        "(median/MAD, robust to outliers) (default sigma)",
+        "(median/MAD, robust to outliers) (default %(default)s)",
     )
-    worker.add_argument("--window", type=int, default=100, help="samples per baseline (100)")
     worker.add_argument(
-        "--warmup", type=int, default=20, help="samples needed before anything is scored (20)"
+        "--window",
+        type=int,
+        default=BASELINE.window,
+        help="samples per baseline (default %(default)s)",
+    )
+    worker.add_argument(
+        "--warmup",
+        type=int,
+        default=BASELINE.warmup,
+        help="samples needed before anything is scored (default %(default)s)",
     )
     worker.add_argument(
         "--score-threshold",
-        type=_positive,
-        default=3.0,
-        help="score from which a sample is anomalous (3.0)",
+        type=positive,
+        default=BASELINE.threshold,
+        help="score from which a sample is anomalous (default %(default)s)",
     )
     worker.add_argument(
         "--raise-after",
         type=int,
-        default=3,
-        help="anomalous samples in a row that raise an alert (3)",
+        default=BASELINE.raise_after,
+        help="anomalous samples in a row that raise an alert (default %(default)s)",
     )
     worker.add_argument(
-        "--clear-after", type=int, default=3, help="normal samples in a row that clear it (3)"
+        "--clear-after",
+        type=int,
+        default=BASELINE.clear_after,
+        help="normal samples in a row that clear it (default %(default)s)",
     )
     worker.add_argument(
         "--rel-spread",
-        type=_non_negative,
-        default=0.05,
+        type=non_negative,
+        default=BASELINE.rel_spread,
         help="zero-variance guard: spread is at least this fraction of the "
-        "centre (0.05), and at least a per-metric absolute floor",
+        "centre (default %(default)s), and at least a per-metric absolute floor",
     )
     worker.add_argument(
         "--quarantine",
         choices=[m.value for m in QuarantineMode],
-        default="quarantine",
+        default=POLICY.mode.value,
         help="Byzantine verifiers: off (count only), alert-only, or "
-        "quarantine (alert and take out of the pool) (default quarantine)",
+        "quarantine (alert and take out of the pool) (default %(default)s)",
     )
     worker.add_argument(
         "--min-pool",
         type=int,
-        default=3,
-        help="never quarantine below this many active verifiers (3, minimum 3)",
+        default=POLICY.min_pool,
+        help="never quarantine below this many active verifiers (default %(default)s, "
+        f"minimum {MIN_POOL})",
     )
     worker.add_argument(
         "--quarantine-interval-s",
-        type=_non_negative,
-        default=60.0,
-        help="at most one quarantine per this many seconds (60)",
+        type=non_negative,
+        default=POLICY.min_interval_s,
+        help="at most one quarantine per this many seconds (default %(default)s)",
     )
     worker.add_argument(
         "--max-quarantines-per-hour",
         type=int,
-        default=3,
-        help="at most this many quarantines in any hour (3)",
+        default=POLICY.max_per_hour,
+        help="at most this many quarantines in any hour (default %(default)s)",
     )
     worker.add_argument(
         "--byzantine-after",
         type=int,
-        default=1,
-        help="signed votes against a certified outcome before a verifier is Byzantine (1)",
+        default=OPTIONS.byzantine_after,
+        help="signed votes against a certified outcome before a verifier is Byzantine "
+        "(default %(default)s)",
     )
     worker.add_argument(
         "--realert-s",
-        type=_positive,
-        default=300.0,
+        type=positive,
+        default=OPTIONS.realert_s,
         help="alert again about a Byzantine verifier still in the pool after "
-        "this long (300); quarantine is re-evaluated on every offence, so "
+        "this long (default %(default)s); quarantine is re-evaluated on every offence, so "
         "a rate-limited one goes as soon as the limit allows",
     )
     worker.add_argument(
         "--history-s",
-        type=_positive,
-        default=3600.0,
-        help="max age of the heartbeat/metrics streams if this worker creates them (3600)",
+        type=positive,
+        default=OPTIONS.history_s,
+        help="max age of the heartbeat/metrics streams if this worker creates them "
+        "(default %(default)s)",
     )
     worker.add_argument(
         "--alerts-days",
-        type=_positive,
-        default=30.0,
-        help="retention of the alerts stream if this worker creates it (30)",
+        type=positive,
+        default=OPTIONS.alerts_days,
+        help="retention of the alerts stream if this worker creates it (default %(default)s)",
     )
-    _worker_common(worker)
+    worker_options(worker)
     worker.set_defaults(worker_factory=_worker_factory)
 
     alerts = sub.add_parser("alerts", help="read recent signed alerts", description=ALERTS_HELP)
-    _common(alerts)
+    nats_options(alerts)
     alerts.add_argument(
-        "--since-s", type=_positive, default=3600.0, help="how far back to read, seconds (3600)"
+        "--since-s",
+        type=positive,
+        default=3600.0,
+        help="how far back to read, seconds (default %(default)s)",
     )
     alerts.add_argument(
         "--severity",
         choices=[s.value for s in Severity],
         default="low",
-        help="least severity shown (low)",
+        help="least severity shown (default %(default)s)",
     )
-    alerts.add_argument("--limit", type=int, default=100, help="most alerts shown (100)")
-    alerts.add_argument("--json", action="store_true", help="machine-readable output")
+    alerts.add_argument(
+        "--limit", type=int, default=100, help="most alerts shown (default %(default)s)"
+    )
+    json_option(alerts)
     alerts.set_defaults(func=cmd_alerts)

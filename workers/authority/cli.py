@@ -39,14 +39,15 @@ from schemas.authority import (
 from schemas.errors import CodecError, ConfigError, RemoteError
 from schemas.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, AgentIdentity
 from workers.authority.worker import AuthorityWorker
-from workers.cli.main import (
+from workers.cli.kit import (
     EXIT_NOT_VALID,
-    _common,
-    _connection,
-    _nats,
-    _positive,
-    _runtime,
-    _worker_common,
+    client_options,
+    connection,
+    json_option,
+    nats_config,
+    output,
+    runtime_config,
+    worker_options,
 )
 
 LEVELS = [level.value for level in TrustLevel]
@@ -167,17 +168,10 @@ def _policy_text(policy: QuorumPolicy) -> str:
     )
 
 
-def _print(args: argparse.Namespace, human: str, data: dict[str, Any]) -> None:
-    if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        print(human)
-
-
 def _run(args: argparse.Namespace, body: Callable[[AuthorityClient], Awaitable[int]]) -> int:
     async def main() -> int:
-        config = _nats(args)
-        async with _connection(config, "agentic-payments-authority") as nc:
+        config = nats_config(args)
+        async with connection(config, "agentic-payments-authority") as nc:
             client = AuthorityClient(nc, config.prefix, timeout=args.timeout)
             try:
                 return await body(client)
@@ -201,14 +195,14 @@ async def _submit_change(
 ) -> int:
     digest = record.digest()
     if args.digest_only:
-        _print(
+        output(
             args,
             f"{ADMIN_CATEGORY} endorsements must sign digest {digest.hex()}",
             {"category": ADMIN_CATEGORY, "digest": digest.hex(), "record": _record_json(record)},
         )
         return 0
     stored = await client.change(op, record, _endorsements(args, ADMIN_CATEGORY, digest))
-    _print(
+    output(
         args,
         f"{op}: {stored.name} {stored.public_key.hex()} {stored.trust_level} "
         f"{'active' if stored.active else 'inactive'} (serial {stored.serial})",
@@ -280,7 +274,7 @@ def cmd_set_policy(args: argparse.Namespace) -> int:
             raise ConfigError(str(exc)) from None
         digest = policy.digest()
         if args.digest_only:
-            _print(
+            output(
                 args,
                 f"{ADMIN_CATEGORY} endorsements must sign digest {digest.hex()}",
                 {
@@ -291,7 +285,7 @@ def cmd_set_policy(args: argparse.Namespace) -> int:
             )
             return 0
         stored = await client.set_policy(policy, _endorsements(args, ADMIN_CATEGORY, digest))
-        _print(args, _policy_text(stored), {"ok": True, "policy": _policy_json(stored)})
+        output(args, _policy_text(stored), {"ok": True, "policy": _policy_json(stored)})
         return 0
 
     return _run(args, body)
@@ -302,7 +296,7 @@ def cmd_get_policy(args: argparse.Namespace) -> int:
 
     async def body(client: AuthorityClient) -> int:
         policy = await client.get_policy(category)
-        _print(args, _policy_text(policy), {"ok": True, "policy": _policy_json(policy)})
+        output(args, _policy_text(policy), {"ok": True, "policy": _policy_json(policy)})
         return 0
 
     return _run(args, body)
@@ -318,7 +312,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             for r in listing.authorities
         ]
         lines += [_policy_text(p) for p in listing.policies]
-        _print(
+        output(
             args,
             "\n".join(lines),
             {
@@ -339,7 +333,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     async def body(client: AuthorityClient) -> int:
         verdict = await client.evaluate(category, digest, endorsements)
-        _print(
+        output(
             args,
             f"{'MET' if verdict.ok else verdict.code}: {verdict.reason} "
             f"(policy {verdict.policy_category or 'none'}, state revision "
@@ -368,7 +362,7 @@ def cmd_endorse(args: argparse.Namespace) -> int:
     category = _category(args.category)
     digest = _digest(args)
     e = sign_endorsement(identity, category, digest)
-    _print(
+    output(
         args,
         f"{e.authority_key.hex()}:{e.signature.hex()}",
         {
@@ -384,14 +378,7 @@ def cmd_endorse(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- parser
 def _client_options(parser: argparse.ArgumentParser) -> None:
-    _common(parser)
-    parser.add_argument(
-        "--timeout",
-        type=_positive,
-        default=5.0,
-        help="seconds to wait for the authority worker (default 5)",
-    )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    client_options(parser, "the authority worker", timeout=5.0)
 
 
 def _change_options(parser: argparse.ArgumentParser) -> None:
@@ -429,9 +416,9 @@ def register(sub: Any, kinds: Any) -> None:
         "'authority'; run several) with authorities and per-category quorum "
         "policies kept in the KV bucket PREFIX_state.",
     )
-    worker.add_argument("--id", default="authority1", help="worker id (default authority1)")
-    _worker_common(worker)
-    worker.set_defaults(worker_factory=lambda args: AuthorityWorker(_runtime(args, args.id)))
+    worker.add_argument("--id", default="authority1", help="worker id (default %(default)s)")
+    worker_options(worker)
+    worker.set_defaults(worker_factory=lambda args: AuthorityWorker(runtime_config(args, args.id)))
 
     top = sub.add_parser(
         "authority",
@@ -496,12 +483,12 @@ def register(sub: Any, kinds: Any) -> None:
         "--min-level",
         default="Low",
         choices=LEVELS,
-        help="endorsements below this trust level are ignored (default Low)",
+        help="endorsements below this trust level are ignored (default %(default)s)",
     )
     policy.add_argument(
         "--threshold",
         default="1/2",
-        help="exact fraction n/d of the eligible authorities (default 1/2)",
+        help="exact fraction n/d of the eligible authorities (default %(default)s)",
     )
     policy.add_argument(
         "--group",
@@ -558,5 +545,5 @@ def register(sub: Any, kinds: Any) -> None:
     endorse.add_argument("--digest", help="SHA-256 of the endorsed message, hex")
     endorse.add_argument("--message", help="the endorsed message text")
     endorse.add_argument("--message-file", help="read the endorsed message from a file")
-    endorse.add_argument("--json", action="store_true", help="machine-readable output")
+    json_option(endorse)
     endorse.set_defaults(func=cmd_endorse)

@@ -19,6 +19,7 @@ from bus import membership
 from bus.subjects import Subjects
 from schemas.errors import ConfigError, IdentityError
 from schemas.identity import public_key_from_did
+from workers.cli.kit import connection, json_option, nats_config, nats_options, output, token
 
 
 def parse_public_key(text: str) -> bytes:
@@ -33,15 +34,13 @@ def parse_public_key(text: str) -> bytes:
 
 
 async def _admit(args: argparse.Namespace) -> int:
-    from workers.cli.main import _connection, _nats, _out
-
     key = parse_public_key(args.public_key)
-    config = _nats(args)
-    async with _connection(config, "agentic-payments-admit") as nc:
+    config = nats_config(args)
+    async with connection(config, "agentic-payments-admit") as nc:
         subjects = Subjects(config.prefix)
         changed = await membership.register(nc, subjects, args.id, key)
         pool = await membership.read_pool(nc, subjects)
-    _out(
+    output(
         args,
         f"{args.id} {'admitted' if changed else 'already a member'}; pool epoch "
         f"{pool.epoch}, {len(pool.keys)} active",
@@ -55,8 +54,6 @@ def cmd_admit(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, kinds: Any) -> None:
-    from workers.cli.main import _common, _token
-
     parser = sub.add_parser(
         "admit",
         help="admit a verifier's public key into the pool (consortium operators)",
@@ -66,8 +63,8 @@ def register(sub: Any, kinds: Any) -> None:
         "verifier keys; a verifier's own start-up registration only lands in its "
         "organization's account. Exit codes: 0 ok, 69 cannot connect, 78 bad key.",
     )
-    _common(parser)
-    parser.add_argument("id", type=_token, help="member id (the verifier's --id)")
+    nats_options(parser)
+    parser.add_argument("id", type=token, help="member id (the verifier's --id)")
     parser.add_argument("public_key", help="Ed25519 public key: 64 hex digits or did:key:z6Mk…")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    json_option(parser)
     parser.set_defaults(func=cmd_admit)

@@ -239,9 +239,11 @@ def register(sub: Any, kinds: Any) -> None:
         "JWT carries the permissions; "
         "password: random passwords in NAME.env; env-password: the "
         "server reads AP_NATS_PASSWORD_<NAME> from its environment "
-        "(no secrets written; the checked-in config). Default env-password",
+        "(no secrets written; the checked-in config). Default %(default)s",
     )
-    parser.add_argument("--prefix", default=None, help="subject prefix (env AP_PREFIX, default ap)")
+    parser.add_argument(
+        "--prefix", default=None, help=f"subject prefix (env AP_PREFIX, default {DEFAULT_PREFIX})"
+    )
     parser.add_argument(
         "--out",
         default=None,

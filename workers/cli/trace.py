@@ -24,7 +24,14 @@ from bus.tracing import setup_tracing, shutdown_telemetry, tracer
 from schemas.errors import AgenticPaymentsError, ConfigError, NotConnected, TransportError
 from schemas.identity import AgentIdentity
 from schemas.messages import VerificationRequest
-from workers.cli.main import EXIT_NOT_VALID, _common, _nats, _out, _positive
+from workers.cli.kit import (
+    EXIT_NOT_VALID,
+    attempt_timeout_option,
+    json_option,
+    nats_config,
+    nats_options,
+    output,
+)
 
 CLIENT_SERVICE = "agentic-payments-client"
 
@@ -41,7 +48,7 @@ async def _trace(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     requests = [broken(r) if i < args.invalid else r for i, r in enumerate(requests)]
     rows: list[dict[str, Any]] = []
     ok = True
-    async with await VerifyClient.connect(_nats(args), timeout=args.timeout) as client:
+    async with await VerifyClient.connect(nats_config(args), timeout=args.timeout) as client:
 
         async def one(i: int, request: VerificationRequest) -> None:
             nonlocal ok
@@ -86,7 +93,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     human = "\n".join(
         f"{r['request_id']}  {r['decision']:<9} trace {r['trace_id']}" for r in data["requests"]
     )
-    _out(args, human, data)
+    output(args, human, data)
     return code
 
 
@@ -98,16 +105,16 @@ def register(sub: Any, kinds: Any) -> None:
         description=(__doc__ or "").split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(parser)
-    parser.add_argument("--count", type=int, default=3, help="requests to send (default 3)")
+    nats_options(parser)
+    parser.add_argument(
+        "--count", type=int, default=3, help="requests to send (default %(default)s)"
+    )
     parser.add_argument(
         "--invalid",
         type=int,
         default=1,
-        help="how many of them carry a broken signature (default 1)",
+        help="how many of them carry a broken signature (default %(default)s)",
     )
-    parser.add_argument(
-        "--timeout", type=_positive, default=10.0, help="seconds per attempt (default 10)"
-    )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    attempt_timeout_option(parser)
+    json_option(parser)
     parser.set_defaults(func=cmd_trace)

@@ -16,15 +16,17 @@ from typing import Any
 
 from bus.key_client import KeyClient
 from bus.runtime import Worker
-from schemas.keys import KeyInfo, KeyPurpose
-from workers.cli.main import (
-    _common,
-    _connection,
-    _nats,
-    _out,
-    _positive,
-    _runtime,
-    _worker_common,
+from schemas.keys import KeyInfo, KeyPolicy, KeyPurpose
+from workers.cli.kit import (
+    client_options,
+    connection,
+    int_at_least,
+    json_option,
+    nats_config,
+    output,
+    positive,
+    runtime_config,
+    worker_options,
 )
 from workers.keys.crypto import MasterKey, write_master_key
 from workers.keys.worker import DEFAULT_SWEEP_S, KeysWorker
@@ -34,7 +36,7 @@ log = logging.getLogger("agentic_payments.keys")
 
 # ---------------------------------------------------------------- worker keys
 def _make_worker(args: argparse.Namespace) -> Worker:
-    runtime = _runtime(args, args.id)
+    runtime = runtime_config(args, args.id)
     default = runtime.data_dir / "keys" / "master.key"
     master, created = MasterKey.resolve(
         Path(args.master_key_file) if args.master_key_file else None, default
@@ -82,13 +84,13 @@ def _message(args: argparse.Namespace) -> bytes:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    config = _nats(args)
-    async with _connection(config, "agentic-payments-keys-cli") as nc:
+    config = nats_config(args)
+    async with connection(config, "agentic-payments-keys-cli") as nc:
         client = KeyClient(nc, config.prefix, timeout=args.timeout)
         action = args.action
         if action == "list":
             listed = await client.list()
-            _out(
+            output(
                 args,
                 "\n".join(_info_human(k) for k in listed.keys) or "no keys",
                 {"keys": [k.as_json() for k in listed.keys]},
@@ -96,7 +98,7 @@ async def _run(args: argparse.Namespace) -> int:
             return 0
         if action == "sign":
             sig = await client.sign(args.name, _message(args), args.version)
-            _out(
+            output(
                 args,
                 f"key {sig.name} v{sig.version}\npublic_key: {sig.public_key.hex()}\n"
                 f"signature:  {sig.signature.hex()}",
@@ -110,7 +112,7 @@ async def _run(args: argparse.Namespace) -> int:
             return 0
         if action == "sweep":
             swept = await client.sweep()
-            _out(
+            output(
                 args,
                 f"rotated: {', '.join(swept.rotated) or 'none'}\n"
                 f"destroyed: {', '.join(swept.destroyed) or 'none'}\n"
@@ -151,7 +153,7 @@ async def _run(args: argparse.Namespace) -> int:
             info = await client.config(args.name, **settings)
         else:  # get, disable, enable, delete
             info = await getattr(client, action)(args.name)
-        _out(args, _info_human(info), info.as_json())
+        output(args, _info_human(info), info.as_json())
         return 0
 
 
@@ -162,7 +164,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_init_master(args: argparse.Namespace) -> int:
     path = Path(args.out)
     write_master_key(path, force=args.force)
-    _out(
+    output(
         args,
         f"wrote a new master key to {path} (mode 600); start the key manager with "
         f"--master-key-file {path} or AP_MASTER_KEY_FILE={path}",
@@ -171,18 +173,8 @@ def cmd_init_master(args: argparse.Namespace) -> int:
     return 0
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
-
-
-def _version(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
+_non_negative_int = int_at_least(0)
+_version = int_at_least(1)
 
 
 def register(sub: Any, kinds: Any) -> None:
@@ -196,7 +188,7 @@ def register(sub: Any, kinds: Any) -> None:
         "base64 characters), else DATA_DIR/keys/master.key — created (0600) if missing, "
         "for development only. A missing/malformed configured key exits 78.",
     )
-    worker.add_argument("--id", default="keys1", help="worker id (default keys1)")
+    worker.add_argument("--id", default="keys1", help="worker id (default %(default)s)")
     worker.add_argument("--master-key-file", help="master key file (0600), from 'keys init-master'")
     worker.add_argument(
         "--key-file",
@@ -206,12 +198,12 @@ def register(sub: Any, kinds: Any) -> None:
     )
     worker.add_argument(
         "--sweep-interval-s",
-        type=_positive,
+        type=positive,
         default=DEFAULT_SWEEP_S,
         help="seconds between sweeps: auto-rotation by age, destruction "
-        "after the deletion wait, status repair (default 3600)",
+        "after the deletion wait, status repair (default %(default)s)",
     )
-    _worker_common(worker)
+    worker_options(worker)
     worker.set_defaults(worker_factory=_make_worker)
 
     keys = sub.add_parser(
@@ -234,14 +226,7 @@ def register(sub: Any, kinds: Any) -> None:
         )
         if named:
             parser.add_argument("name", help="key name (1-64 of A-Z a-z 0-9 _ - .)")
-        _common(parser)
-        parser.add_argument(
-            "--timeout",
-            type=_positive,
-            default=10.0,
-            help="seconds to wait for the key manager (default 10)",
-        )
-        parser.add_argument("--json", action="store_true", help="machine-readable output")
+        client_options(parser, "the key manager", timeout=10.0)
         parser.set_defaults(func=cmd_keys)
         return parser
 
@@ -266,7 +251,8 @@ def register(sub: Any, kinds: Any) -> None:
     create.add_argument(
         "--deletion-wait-s",
         type=_non_negative_int,
-        help="waiting period between delete and destruction (default 86400)",
+        help="waiting period between delete and destruction "
+        f"(default {KeyPolicy().deletion_wait_ms // 1000})",
     )
     action("rotate", "add a new version (signing moves to it; old versions still verify)")
     revoke = action("revoke", "revoke a key version (default: every version) at once")
@@ -337,5 +323,5 @@ def register(sub: Any, kinds: Any) -> None:
         help="overwrite an existing file (every key sealed under the old "
         "master key becomes unusable)",
     )
-    init.add_argument("--json", action="store_true", help="machine-readable output")
+    json_option(init)
     init.set_defaults(func=cmd_init_master)

@@ -17,22 +17,33 @@ from schemas.codec import decode
 from schemas.errors import CodecError, ConfigError, NotConnected, RemoteError, RequestTimeout
 from schemas.messages import ErrorReply
 from schemas.recovery import HISTORY_LIMITS, MAX_HISTORY, HistoryQuery, HistoryReply
-from workers.cli.main import _common, _connection, _nats, _out, _positive, _runtime, _worker_common
-from workers.recovery.backends import Backend, KubernetesBackend, LocalBackend, SystemdBackend
+from workers.cli.kit import (
+    EXIT_NOT_VALID,
+    connection,
+    field_default,
+    int_at_least,
+    json_option,
+    nats_config,
+    nats_options,
+    output,
+    positive,
+    runtime_config,
+    worker_options,
+)
+from workers.recovery.backends import (
+    DEFAULT_UNIT,
+    Backend,
+    KubernetesBackend,
+    LocalBackend,
+    SystemdBackend,
+)
 from workers.recovery.staleness import RetryPolicy, parse_policy_override
 from workers.recovery.worker import RecoveryOptions, RecoveryWorker
 
 BACKENDS = ("local", "systemd", "kubernetes")
-
-
-def _int_at_least(lo: int) -> Any:
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= {lo}")
-        return value
-
-    return parse
+#: The defaults the worker's options show; ``RetryPolicy`` and ``RecoveryOptions``
+#: are where they live.
+POLICY_DEFAULTS = RetryPolicy()
 
 
 def _fraction(text: str) -> float:
@@ -85,7 +96,7 @@ def make_worker(args: argparse.Namespace) -> RecoveryWorker:
         kinds=frozenset(args.kinds.split(",")) if args.kinds else frozenset(),
     )
     return RecoveryWorker(
-        _runtime(args, args.id),
+        runtime_config(args, args.id),
         options,
         backend_factory(args),
         key_file=Path(args.key_file) if args.key_file else None,
@@ -122,8 +133,8 @@ async def _history(args: argparse.Namespace) -> int:
         if not kind or not worker_id:
             raise ConfigError("--worker must be KIND/ID, e.g. verifier/v1")
     query = HistoryQuery(kind=kind, worker_id=worker_id, limit=min(args.limit, MAX_HISTORY))
-    config = _nats(args)
-    async with _connection(config, "agentic-payments-cli") as nc:
+    config = nats_config(args)
+    async with connection(config, "agentic-payments-cli") as nc:
         reply = await fetch_history(nc, Subjects(config.prefix), query, args.timeout)
     rows = [a.as_dict() for a in reply.attempts]
     lines = [
@@ -137,7 +148,7 @@ async def _history(args: argparse.Namespace) -> int:
             f"{_when(a.first_heartbeat_ms):<12} {a.dead_generation}->"
             f"{a.new_generation or '?'}  {a.detail}"
         )
-    _out(args, "\n".join(lines) if rows else "no recovery attempts recorded", {"attempts": rows})
+    output(args, "\n".join(lines) if rows else "no recovery attempts recorded", {"attempts": rows})
     return 0
 
 
@@ -146,7 +157,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         return asyncio.run(_history(args))
     except CodecError as exc:
         print(f"error [{exc.code}]: bad reply: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_NOT_VALID
     except NotConnected:
         raise
 
@@ -183,41 +194,44 @@ def register(sub: Any, kinds: Any) -> None:
     )
     worker.add_argument(
         "--missed",
-        type=_int_at_least(1),
-        default=3,
+        type=int_at_least(1),
+        default=field_default(RecoveryOptions, "missed"),
         help="missed heartbeat intervals before a worker is stale",
     )
     worker.add_argument(
         "--max-retries",
-        type=_int_at_least(1),
-        default=5,
+        type=int_at_least(1),
+        default=POLICY_DEFAULTS.max_retries,
         help="respawn attempts before giving up and escalating",
     )
     worker.add_argument(
         "--backoff-s",
-        type=_positive,
-        default=0.5,
+        type=positive,
+        default=POLICY_DEFAULTS.base_s,
         help="delay before the 2nd attempt; doubles for each further one",
     )
     worker.add_argument(
-        "--backoff-max-s", type=_positive, default=30.0, help="longest delay between attempts"
+        "--backoff-max-s",
+        type=positive,
+        default=POLICY_DEFAULTS.max_backoff_s,
+        help="longest delay between attempts",
     )
     worker.add_argument(
         "--jitter",
         type=_fraction,
-        default=0.2,
+        default=POLICY_DEFAULTS.jitter,
         help="each delay is multiplied by a random factor in [1-jitter, 1+jitter]",
     )
     worker.add_argument(
         "--startup-grace-s",
-        type=_positive,
-        default=10.0,
+        type=positive,
+        default=POLICY_DEFAULTS.startup_grace_s,
         help="an attempt fails if no heartbeat of a newer generation arrives within this time",
     )
     worker.add_argument(
         "--reset-after-s",
-        type=_positive,
-        default=60.0,
+        type=positive,
+        default=POLICY_DEFAULTS.reset_after_s,
         help="a worker that stays up this long gets its full retry budget back",
     )
     worker.add_argument(
@@ -231,8 +245,8 @@ def register(sub: Any, kinds: Any) -> None:
     )
     worker.add_argument(
         "--replay-s",
-        type=_positive,
-        default=300.0,
+        type=positive,
+        default=field_default(RecoveryOptions, "replay_s"),
         help="heartbeat history replayed at start (catch-up after a restart)",
     )
     worker.add_argument(
@@ -249,7 +263,7 @@ def register(sub: Any, kinds: Any) -> None:
     )
     worker.add_argument(
         "--backend-timeout-s",
-        type=_positive,
+        type=positive,
         default=10.0,
         help="local backend: seconds to wait for the supervisor's reply",
     )
@@ -257,7 +271,7 @@ def register(sub: Any, kinds: Any) -> None:
     worker.add_argument("--systemd-user", action="store_true", help="systemd: use --user units")
     worker.add_argument(
         "--unit-template",
-        default="agentic-payments-{kind}@{worker_id}.service",
+        default=DEFAULT_UNIT,
         help="systemd: unit name template",
     )
     worker.add_argument(
@@ -273,7 +287,7 @@ def register(sub: Any, kinds: Any) -> None:
     worker.add_argument(
         "--k8s-ca-file", help="kubernetes: CA bundle (default: the service account CA)"
     )
-    _worker_common(worker)
+    worker_options(worker)
     worker.set_defaults(worker_factory=make_worker)
 
     recovery = sub.add_parser(
@@ -291,14 +305,16 @@ def register(sub: Any, kinds: Any) -> None:
         "stale, respawned and first heard of again, and its dead and new generation. "
         "Exit 0 on an answer, 69 if no recovery worker answers.",
     )
-    _common(history)
+    nats_options(history)
     history.add_argument("--worker", help="only this worker, as KIND/ID (verifier/v1)")
     history.add_argument(
         "--limit",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         default=50,
-        help=f"most attempts to show (at most {MAX_HISTORY})",
+        help=f"most attempts to show (at most {MAX_HISTORY}, default %(default)s)",
     )
-    history.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait")
-    history.add_argument("--json", action="store_true", help="machine-readable output")
+    history.add_argument(
+        "--timeout", type=positive, default=5.0, help="seconds to wait (default %(default)s)"
+    )
+    json_option(history)
     history.set_defaults(func=cmd_history)

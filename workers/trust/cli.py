@@ -25,13 +25,21 @@ from schemas.trust import (
     check_serial,
     issue,
 )
+from workers.cli.kit import (
+    EXIT_NOT_VALID,
+    client_options,
+    connection,
+    nats_config,
+    output,
+    positive,
+    runtime_config,
+    worker_options,
+)
 from workers.trust.chain import (
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_SIGNATURE_CHECKS,
 )
 from workers.trust.worker import TrustWorker
-
-EXIT_NOT_VALID = 1
 
 
 def _identity(path: str) -> AgentIdentity:
@@ -89,17 +97,13 @@ def _ack_json(ack: TrustAck) -> dict[str, Any]:
 async def _with_client(
     args: argparse.Namespace, body: Callable[[TrustClient], Awaitable[int]]
 ) -> int:
-    from workers.cli.main import _connection, _nats
-
-    config = _nats(args)
-    async with _connection(config, "agentic-payments-trust-cli") as nc:
+    config = nats_config(args)
+    async with connection(config, "agentic-payments-trust-cli") as nc:
         return await body(TrustClient(nc, config.prefix, args.timeout))
 
 
 def _print_ack(args: argparse.Namespace, ack: TrustAck) -> int:
-    from workers.cli.main import _out
-
-    _out(args, f"{ack.op} {ack.key}: {ack.detail} (revision {ack.revision})", _ack_json(ack))
+    output(args, f"{ack.op} {ack.key}: {ack.detail} (revision {ack.revision})", _ack_json(ack))
     return 0
 
 
@@ -122,8 +126,6 @@ def cmd_remove_anchor(args: argparse.Namespace) -> int:
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
-    from workers.cli.main import _out
-
     issuer = _identity(args.issuer_key)
     subject = _key_arg(args, "subject_key", "subject_key_file", "subject key")
     not_before = args.not_before_ms if args.not_before_ms is not None else now_ms()
@@ -144,7 +146,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
         Path(args.out).write_bytes(cert.encode())
     data = {"certificate": _cert_json(cert), "hex": cert.encode().hex(), "out": args.out}
     if args.no_store:
-        _out(
+        output(
             args,
             f"issued {cert.serial} (not stored)"
             + (f"; wrote {args.out}" if args.out else f"\n{cert.encode().hex()}"),
@@ -155,7 +157,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
     async def body(client: TrustClient) -> int:
         ack = await client.add_cert(cert)
         data["stored"] = _ack_json(ack)
-        _out(
+        output(
             args,
             f"issued {cert.serial}: {ack.detail} as {ack.key} (revision "
             f"{ack.revision})" + (f"; wrote {args.out}" if args.out else ""),
@@ -183,8 +185,6 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from workers.cli.main import _out
-
     leaf = _key_arg(args, "leaf_key", "leaf_key_file", "leaf key")
     presented = tuple(Path(p).read_bytes() for p in args.cert or [])
 
@@ -216,15 +216,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
             )
         else:
             human = f"INVALID [{reply.code}]: {reply.reason}"
-        _out(args, human, data)
+        output(args, human, data)
         return 0 if reply.ok else EXIT_NOT_VALID
 
     return asyncio.run(_with_client(args, body))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from workers.cli.main import _out
-
     async def body(client: TrustClient) -> int:
         listing = await client.list()
         anchors = [
@@ -251,7 +249,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             + (f"  REVOKED ({c['reason']})" if c["revoked"] else "")
             for c in certs
         ]
-        _out(
+        output(
             args,
             "\n".join(lines),
             {
@@ -267,16 +265,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
-    from workers.cli.main import _common, _positive
-
-    _common(parser)
-    parser.add_argument(
-        "--timeout",
-        type=_positive,
-        default=5.0,
-        help="seconds to wait for the trust service (default 5)",
-    )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    client_options(parser, "the trust service", timeout=5.0)
 
 
 def _key_options(parser: argparse.ArgumentParser, name: str, what: str) -> None:
@@ -289,8 +278,6 @@ def _key_options(parser: argparse.ArgumentParser, name: str, what: str) -> None:
 
 def register(sub: Any, kinds: Any) -> None:
     """Add ``worker trust`` and the ``trust`` command group to the CLI."""
-    from workers.cli.main import _positive, _runtime, _worker_common
-
     worker = kinds.add_parser(
         "trust",
         help="trust anchors, certificates, chain validation",
@@ -299,24 +286,24 @@ def register(sub: Any, kinds: Any) -> None:
         "as many as you like). Anchors and certificates live in the KV bucket PREFIX_state "
         "(keys anchor.<hex>, cert.<serial>).",
     )
-    worker.add_argument("--id", default="trust1", help="worker id (default trust1)")
+    worker.add_argument("--id", default="trust1", help="worker id (default %(default)s)")
     worker.add_argument(
         "--max-depth",
         type=int,
         default=DEFAULT_MAX_DEPTH,
-        help=f"most certificates in a chain (default {DEFAULT_MAX_DEPTH})",
+        help="most certificates in a chain (default %(default)s)",
     )
     worker.add_argument(
         "--max-signature-checks",
         type=int,
         default=DEFAULT_MAX_SIGNATURE_CHECKS,
         help="signature checks one validation may spend before answering "
-        f"CHAIN_BUDGET (default {DEFAULT_MAX_SIGNATURE_CHECKS})",
+        "CHAIN_BUDGET (default %(default)s)",
     )
-    _worker_common(worker)
+    worker_options(worker)
     worker.set_defaults(
         worker_factory=lambda args: TrustWorker(
-            _runtime(args, args.id),
+            runtime_config(args, args.id),
             max_depth=args.max_depth,
             max_signature_checks=args.max_signature_checks,
         )
@@ -380,19 +367,23 @@ def register(sub: Any, kinds: Any) -> None:
         "--purpose",
         action="append",
         choices=sorted(PURPOSES),
-        help="a purpose (repeat for several; default payment)",
+        help=f"a purpose (repeat for several; default {PURPOSE_PAYMENT})",
     )
     iss.add_argument(
         "--path-len",
         type=int,
         default=0,
-        help=f"intermediate CAs allowed below this one; {PATH_LEN_UNLIMITED} unlimited (default 0)",
+        help=f"intermediate CAs allowed below this one; {PATH_LEN_UNLIMITED} unlimited "
+        "(default %(default)s)",
     )
     iss.add_argument(
         "--not-before-ms", type=int, default=None, help="start of validity, Unix ms (default now)"
     )
     iss.add_argument(
-        "--valid-days", type=_positive, default=365.0, help="validity length in days (default 365)"
+        "--valid-days",
+        type=positive,
+        default=365.0,
+        help="validity length in days (default %(default)s)",
     )
     iss.add_argument("--out", help="also write the certificate (MessagePack) to this file")
     iss.add_argument(
@@ -439,7 +430,7 @@ def register(sub: Any, kinds: Any) -> None:
         "--purpose",
         default=PURPOSE_PAYMENT,
         choices=sorted(PURPOSES),
-        help="purpose the chain must allow (default payment)",
+        help="purpose the chain must allow (default %(default)s)",
     )
     val.add_argument("--cert", action="append", help="a presented certificate file (repeat)")
     val.add_argument(
