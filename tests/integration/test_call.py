@@ -1,9 +1,10 @@
-"""bus/call.py against a real nats-server: the one client call (no-responders
-retry, error mapping, typed reply)."""
+"""bus/call.py and bus/service.py against a real nats-server: the one client call
+(no-responders retry, error mapping, typed reply) and the one dispatcher behind it."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -13,6 +14,8 @@ from nats.aio.msg import Msg
 from bus.call import call, send_request
 from bus.config import NatsConfig
 from bus.connection import connect
+from bus.service import Dispatcher, operation
+from bus.stats import ProcessingStats
 from schemas.errors import (
     MalformedPayload,
     NoResponders,
@@ -20,9 +23,10 @@ from schemas.errors import (
     RemoteError,
     RequestTimeout,
     SchemaViolation,
+    TrustNotFound,
 )
-from schemas.messages import ErrorReply
-from schemas.trust import ChainReply, ListRequest, TrustAck
+from schemas.messages import ErrorReply, WireMessage
+from schemas.trust import ChainReply, ListRequest, RemoveAnchorRequest, TrustAck
 
 pytestmark = pytest.mark.integration
 ACK = TrustAck("list", "anchor.01", False, 7, "listed")
@@ -110,3 +114,39 @@ async def test_a_closed_connection_is_not_connected(nats_config: NatsConfig, pre
     await closed.close()
     with pytest.raises(NotConnected):
         await call(closed, subject(prefix), ListRequest(), TrustAck, timeout=1, service="t")
+
+
+async def test_call_and_dispatcher_round_trip(nc: Client, prefix: str) -> None:
+    async def remove(req: RemoveAnchorRequest) -> WireMessage:
+        if req.public_key == b"\x02" * 32:
+            raise TrustNotFound("no such anchor")
+        if req.public_key == b"\x03" * 32:
+            raise RuntimeError("internal detail")
+        return TrustAck("remove-anchor", "anchor.01", True, 2, "removed")
+
+    stats = ProcessingStats()
+    ops = {"remove-anchor": operation(RemoveAnchorRequest, remove)}
+    service = Dispatcher("trust", ops, stats, logging.getLogger("test.rpc"))
+    await nc.subscribe(subject(prefix), cb=service.handler("remove-anchor"))
+    await nc.flush()
+
+    async def remove_call(key: bytes) -> TrustAck:
+        request = RemoveAnchorRequest(key)
+        return await call(nc, subject(prefix), request, TrustAck, timeout=2, service="trust")
+
+    assert (await remove_call(b"\x01" * 32)).changed
+    with pytest.raises(RemoteError) as refused:
+        await remove_call(b"\x02" * 32)
+    assert refused.value.code == "TRUST_NOT_FOUND"
+    with pytest.raises(RemoteError) as failed:
+        await remove_call(b"\x03" * 32)
+    assert failed.value.code == "INTERNAL" and "detail" not in failed.value.message
+    msg = await send_request(nc, subject(prefix), b"\x92\x01", timeout=2, service="trust")
+    assert ErrorReply.decode(msg.data).code == "MALFORMED_PAYLOAD"
+    await nc.publish(subject(prefix), RemoveAnchorRequest(b"\x01" * 32).encode())  # no reply
+    await nc.flush()
+    await asyncio.sleep(0.1)
+    assert stats.counters["op_remove_anchor"] == 2
+    assert stats.counters["rejected_TRUST_NOT_FOUND"] == 1
+    assert stats.counters["rejected_MALFORMED_PAYLOAD"] == 1
+    assert (stats.tasks, stats.failures) == (5, 1)
