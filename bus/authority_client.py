@@ -1,25 +1,21 @@
 """A small client for the authority coordinator's request/reply operations.
 
 Every call sends one request to ``{prefix}.authority.<op>`` and returns the
-decoded reply; an ErrorReply becomes ``RemoteError`` carrying the worker's
-code, no responder ``NoResponders``, no reply in time ``RequestTimeout``.
-
-"No responders" is retried with a short back-off until the timeout is spent:
-the request was never delivered, so even a write is safe to resend — and a
-worker that has just started can be briefly invisible to a new connection
-(seen about once in 300 fresh starts on this machine). A timeout is not
-retried: a write may have been applied.
+decoded reply as the class the op answers; through bus/call.py, like every
+client: an ErrorReply becomes ``RemoteError`` carrying the worker's code, no
+responder ``NoResponders`` (after the bounded no-responders retry: a worker
+that has just started can be briefly invisible to a new connection, seen
+about once in 300 fresh starts on this machine), no reply in time
+``RequestTimeout`` (not retried: a write may have been applied).
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import TypeVar
 
-import nats.errors
 from nats.aio.client import Client
 
+from bus.call import call
 from bus.subjects import Subjects
 from schemas.authority import (
     OPERATIONS,
@@ -33,12 +29,11 @@ from schemas.authority import (
     PolicyQuery,
     PolicyVerdict,
     QuorumPolicy,
-    decode_reply,
 )
-from schemas.errors import NoResponders, RemoteError, RequestTimeout
-from schemas.messages import ErrorReply, WireMessage
+from schemas.messages import WireMessage
 
 R = TypeVar("R", bound=WireMessage)
+SERVICE = "authority worker"
 
 
 class AuthorityClient:
@@ -51,28 +46,9 @@ class AuthorityClient:
         if op not in OPERATIONS:
             raise ValueError(f"unknown authority operation {op!r}")
         subject = self.subjects.authority(op)
-        data = request.encode()
-        deadline = time.monotonic() + self.timeout
-        backoff = 0.05
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                msg = await self.nc.request(subject, data, timeout=max(left, 0.01))
-                break
-            except nats.errors.NoRespondersError:
-                if left <= backoff:
-                    raise NoResponders(
-                        f"no authority worker listens on {subject}; is it running?"
-                    ) from None
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 0.5)
-            except (TimeoutError, nats.errors.TimeoutError):
-                raise RequestTimeout(f"no reply on {subject} within {self.timeout}s") from None
-        reply = decode_reply(msg.data, expected)
-        if isinstance(reply, ErrorReply):
-            raise RemoteError(reply.message, code=reply.code)
-        assert isinstance(reply, expected)
-        return reply
+        return await call(
+            self.nc, subject, request, expected, timeout=self.timeout, service=SERVICE
+        )
 
     async def change(
         self, op: str, record: AuthorityRecord, endorsements: tuple[Endorsement, ...] = ()

@@ -4,7 +4,7 @@ Retries re-send the *same bytes* (same request id, same digest), which the
 tally treats idempotently: a retry after a lost reply gets the certificate of
 the original round. nats-py errors are converted to ``TransportError``
 subclasses; a worker's ErrorReply becomes ``RemoteError`` with the worker's
-stable ``code``.
+stable ``code`` (both in bus/call.py, as for every client).
 
 The client does not trust the tally: every certificate must be for the
 request it sent (id and digest of the exact bytes), and by default it is
@@ -23,12 +23,12 @@ from fractions import Fraction
 from types import TracebackType
 from typing import Any
 
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from opentelemetry.trace import Link, SpanKind
 
 from bus import membership
+from bus.call import raise_for_error, send_request
 from bus.config import NatsConfig
 from bus.connection import connect
 from bus.subjects import Subjects
@@ -130,7 +130,7 @@ class VerifyClient:
         if self.nc.is_closed:
             raise NotConnected("client connection is closed")
         if not tracing_active():
-            return decode_reply((await self._request(data, timeout, None)).data)
+            return decode_reply((await self._request(data, timeout, None)).data, ConsensusResult)
         subject = self.subjects.request
         attrs: dict[str, Any] = {"messaging.message.body.size": len(data)}
         if request_id is not None:
@@ -150,24 +150,21 @@ class VerifyClient:
                     "messaging.message.body.size": len(msg.data),
                 },
             ):
-                return decode_reply(msg.data)
+                return decode_reply(msg.data, ConsensusResult)
 
     async def _request(
         self, data: bytes, timeout: float | None, headers: dict[str, str] | None
     ) -> Msg:
-        subject = self.subjects.request
-        try:
-            return await self.nc.request(
-                subject, data, timeout=timeout or self.timeout, headers=headers or None
-            )
-        except nats.errors.NoRespondersError:
-            raise NoResponders(f"no tally listens on {subject}; is the system up?") from None
-        except (TimeoutError, nats.errors.TimeoutError):
-            raise RequestTimeout(
-                f"no reply on {subject} within {timeout or self.timeout}s"
-            ) from None
-        except nats.errors.ConnectionClosedError:
-            raise NotConnected("connection closed") from None
+        # One send: verify_with_consensus retries no responders itself (with the same bytes).
+        return await send_request(
+            self.nc,
+            self.subjects.request,
+            data,
+            timeout=timeout or self.timeout,
+            service="tally",
+            headers=headers or None,
+            attempts=1,
+        )
 
     async def verify_with_consensus(
         self, request: VerificationRequest, *, timeout: float | None = None
@@ -177,9 +174,9 @@ class VerifyClient:
         attempt = 0
         while True:
             try:
-                reply = await self.submit_raw(data, timeout=timeout, request_id=request.request_id)
-                if isinstance(reply, ErrorReply):
-                    raise RemoteError(reply.message, code=reply.code)
+                reply = raise_for_error(
+                    await self.submit_raw(data, timeout=timeout, request_id=request.request_id)
+                )
                 await self.check(reply, request.request_id, request_digest(data))
                 return reply
             except (RequestTimeout, NoResponders, RemoteError) as exc:

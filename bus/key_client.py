@@ -2,21 +2,22 @@
 
 A key manager's ErrorReply becomes ``RemoteError`` carrying the manager's
 stable code (KEY_NOT_FOUND, KEY_STATE_CONFLICT, SCHEMA_VIOLATION, ...);
-nats-py errors become ``TransportError`` subclasses.
+nats-py errors become ``TransportError`` subclasses (both in bus/call.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from typing import Any, TypeVar
 
-import nats.errors
 from nats.aio.client import Client
 
+from bus.call import call, send_request
 from bus.subjects import Subjects
-from schemas.errors import NoResponders, RemoteError, RequestTimeout, SchemaViolation
 from schemas.keys import KeyInfo, KeyList, KeyRequest, KeySignature, KeySweep, decode_key_reply
 from schemas.messages import ErrorReply
+
+R = TypeVar("R", KeyInfo, KeyList, KeySignature, KeySweep)
+SERVICE = "key manager"
 
 
 class KeyClient:
@@ -25,45 +26,24 @@ class KeyClient:
         self.subjects = Subjects(prefix)
         self.timeout = timeout
 
-    async def raw(self, op: str, payload: bytes) -> Any:
-        """Send ``payload`` to op ``op``; the decoded reply (ErrorReply included).
+    async def raw(
+        self, op: str, payload: bytes
+    ) -> KeyInfo | KeyList | KeySignature | KeySweep | ErrorReply:
+        """Send ``payload`` to op ``op``; the decoded reply, an ErrorReply included (tests, tools).
 
-        "No responders" means nobody received the request, so it is retried
-        (with back-off, within ``timeout``) for every op: a key manager that is
-        starting or restarting is waited for, and nothing runs twice.
+        Like every op (bus/call.py), "no responders" is retried: a key manager
+        that is starting or restarting is waited for, and nothing runs twice.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        delay = 0.05
-        while True:
-            try:
-                msg = await self.nc.request(
-                    self.subjects.keys_op(op), payload, timeout=max(0.01, deadline - loop.time())
-                )
-                return decode_key_reply(msg.data)
-            except nats.errors.NoRespondersError:
-                if loop.time() + delay >= deadline:
-                    raise NoResponders(
-                        "no key manager answers (is 'worker keys' running?)"
-                    ) from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
-            except nats.errors.TimeoutError:
-                raise RequestTimeout(
-                    f"no reply from the key manager within {self.timeout}s"
-                ) from None
+        subject = self.subjects.keys_op(op)
+        msg = await send_request(self.nc, subject, payload, timeout=self.timeout, service=SERVICE)
+        return decode_key_reply(msg.data)
 
-    async def call(self, op: str, request: KeyRequest) -> Any:
-        reply = await self.raw(op, request.encode())
-        if isinstance(reply, ErrorReply):
-            raise RemoteError(reply.message, code=reply.code)
-        return reply
+    async def _call(self, op: str, req: KeyRequest, expected: type[R]) -> R:
+        subject = self.subjects.keys_op(op)
+        return await call(self.nc, subject, req, expected, timeout=self.timeout, service=SERVICE)
 
     async def _info(self, op: str, request: KeyRequest) -> KeyInfo:
-        reply = await self.call(op, request)
-        if not isinstance(reply, KeyInfo):
-            raise SchemaViolation(f"{op} answered {type(reply).__name__}, not key_info")
-        return reply
+        return await self._call(op, request, KeyInfo)
 
     async def create(self, name: str, purpose: str, **policy: Any) -> KeyInfo:
         return await self._info("create", KeyRequest(name=name, purpose=purpose, **policy))
@@ -90,19 +70,11 @@ class KeyClient:
         return await self._info("config", KeyRequest(name=name, **settings))
 
     async def list(self) -> KeyList:
-        reply = await self.call("list", KeyRequest())
-        if not isinstance(reply, KeyList):
-            raise SchemaViolation("list did not answer key_list")
-        return reply
+        return await self._call("list", KeyRequest(), KeyList)
 
     async def sign(self, name: str, message: bytes, version: int = 0) -> KeySignature:
-        reply = await self.call("sign", KeyRequest(name=name, message=message, version=version))
-        if not isinstance(reply, KeySignature):
-            raise SchemaViolation("sign did not answer key_signature")
-        return reply
+        request = KeyRequest(name=name, message=message, version=version)
+        return await self._call("sign", request, KeySignature)
 
     async def sweep(self) -> KeySweep:
-        reply = await self.call("sweep", KeyRequest())
-        if not isinstance(reply, KeySweep):
-            raise SchemaViolation("sweep did not answer key_sweep")
-        return reply
+        return await self._call("sweep", KeyRequest(), KeySweep)

@@ -1,19 +1,18 @@
-"""TrustClient: the request/reply client of the trust-chain validator (``{prefix}.trust.<op>``)."""
+"""TrustClient: the request/reply client of the trust-chain validator (``{prefix}.trust.<op>``).
+
+Each op is answered by one class (TrustAck, ChainReply or TrustListing); the
+call, its no-responders retry and the error mapping are bus/call.py's.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeVar
 
-import nats.errors
 from nats.aio.client import Client
 
+from bus.call import call
 from bus.subjects import Subjects
-from schemas.errors import (
-    NoResponders,
-    RemoteError,
-    RequestTimeout,
-)
-from schemas.messages import ErrorReply, WireMessage
+from schemas.messages import WireMessage
 from schemas.trust import (
     PURPOSE_PAYMENT,
     AddAnchorRequest,
@@ -26,8 +25,10 @@ from schemas.trust import (
     TrustCertificate,
     TrustListing,
     ValidateRequest,
-    decode_trust_reply,
 )
+
+R = TypeVar("R", TrustAck, ChainReply, TrustListing)
+SERVICE = "trust worker"
 
 
 class TrustClient:
@@ -38,38 +39,24 @@ class TrustClient:
         self.subjects = Subjects(prefix)
         self.timeout = timeout
 
-    async def call(self, op: str, message: WireMessage) -> Any:
-        try:
-            reply = await self.nc.request(
-                self.subjects.trust(op), message.encode(), timeout=self.timeout
-            )
-        except nats.errors.NoRespondersError:
-            raise NoResponders(f"no trust worker answers on {self.subjects.trust(op)}") from None
-        except (nats.errors.TimeoutError, TimeoutError):
-            raise RequestTimeout(
-                f"no answer from the trust service within {self.timeout}s"
-            ) from None
-        answer = decode_trust_reply(reply.data)
-        if isinstance(answer, ErrorReply):
-            raise RemoteError(answer.message, code=answer.code)
-        return answer
+    async def call(self, op: str, message: WireMessage, expected: type[R]) -> R:
+        subject = self.subjects.trust(op)
+        return await call(
+            self.nc, subject, message, expected, timeout=self.timeout, service=SERVICE
+        )
 
     async def add_anchor(self, public_key: bytes, label: str = "") -> TrustAck:
-        ack: TrustAck = await self.call("add-anchor", AddAnchorRequest(public_key, label))
-        return ack
+        return await self.call("add-anchor", AddAnchorRequest(public_key, label), TrustAck)
 
     async def remove_anchor(self, public_key: bytes) -> TrustAck:
-        ack: TrustAck = await self.call("remove-anchor", RemoveAnchorRequest(public_key))
-        return ack
+        return await self.call("remove-anchor", RemoveAnchorRequest(public_key), TrustAck)
 
     async def add_cert(self, cert: TrustCertificate | bytes) -> TrustAck:
         raw = cert if isinstance(cert, bytes) else cert.encode()
-        ack: TrustAck = await self.call("add-cert", AddCertRequest(raw))
-        return ack
+        return await self.call("add-cert", AddCertRequest(raw), TrustAck)
 
     async def revoke_cert(self, serial: str, reason: str = "") -> TrustAck:
-        ack: TrustAck = await self.call("revoke-cert", RevokeCertRequest(serial, reason))
-        return ack
+        return await self.call("revoke-cert", RevokeCertRequest(serial, reason), TrustAck)
 
     async def validate(
         self,
@@ -80,11 +67,8 @@ class TrustClient:
         now_ms: int | None = None,
         min_revision: int | None = None,
     ) -> ChainReply:
-        reply: ChainReply = await self.call(
-            "validate", ValidateRequest(leaf_key, purpose, presented, now_ms, min_revision)
-        )
-        return reply
+        request = ValidateRequest(leaf_key, purpose, presented, now_ms, min_revision)
+        return await self.call("validate", request, ChainReply)
 
     async def list(self) -> TrustListing:
-        listing: TrustListing = await self.call("list", ListRequest())
-        return listing
+        return await self.call("list", ListRequest(), TrustListing)

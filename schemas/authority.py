@@ -34,12 +34,11 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, ClassVar
 
-from schemas.codec import BALLOT_LIMITS, Limits, decode, encode
+from schemas.codec import BALLOT_LIMITS, Limits, encode
 from schemas.errors import SchemaViolation
 from schemas.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, AgentIdentity
 from schemas.messages import (
     VERSION,
-    ErrorReply,
     WireMessage,
     _bool,
     _bytes,
@@ -622,11 +621,3 @@ def decode_state_record(key: str, value: bytes) -> AuthorityRecord | QuorumPolic
             raise SchemaViolation(f"policy under {key!r} is for category {policy.category!r}")
         return policy
     return None
-
-
-def decode_reply(data: bytes, expected: type[WireMessage]) -> Any:
-    """Decode a service reply: ``expected`` or an ErrorReply (returned, not raised)."""
-    obj = decode(data, BALLOT_LIMITS)
-    if isinstance(obj, dict) and obj.get("type") == ErrorReply.TYPE:
-        return ErrorReply.from_wire(obj)
-    return expected.from_wire(obj)

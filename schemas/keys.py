@@ -38,6 +38,7 @@ from schemas.errors import SchemaViolation
 from schemas.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from schemas.messages import (
     MAX_MESSAGE_BYTES,
+    ErrorReply,
     WireMessage,
     _bool,
     _bytes,
@@ -46,6 +47,7 @@ from schemas.messages import (
     _int,
     _list,
     _str,
+    decode_reply,
 )
 
 VERSION = 1
@@ -800,18 +802,9 @@ class KeyRevoked(WireMessage):
         )
 
 
-def decode_key_reply(data: bytes) -> Any:
-    """Decode a key manager reply into its message class (or ErrorReply)."""
-    from schemas.messages import ErrorReply
-
-    obj = decode(data, REPLY_LIMITS)
-    kind = obj.get("type") if isinstance(obj, dict) else None
-    classes: dict[str, Any] = {
-        c.TYPE: c for c in (KeyInfo, KeyList, KeySignature, KeySweep, ErrorReply)
-    }
-    if kind not in classes:
-        raise SchemaViolation(f"unexpected reply type {kind!r}")
-    return classes[kind].from_wire(obj)
+def decode_key_reply(data: bytes) -> KeyInfo | KeyList | KeySignature | KeySweep | ErrorReply:
+    """Any answer of the key manager (``KeyClient.raw``, tests and tools)."""
+    return decode_reply(data, KeyInfo, KeyList, KeySignature, KeySweep)
 
 
 __all__ = [

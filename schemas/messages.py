@@ -14,8 +14,8 @@ import enum
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from dataclasses import astuple, dataclass, field
+from typing import Any, ClassVar, TypeVar, overload
 
 from schemas.codec import BALLOT_LIMITS, REQUEST_LIMITS, Limits, decode, encode
 from schemas.errors import SchemaViolation, UnsupportedVersion
@@ -828,12 +828,53 @@ class ErrorReply(WireMessage):
         )
 
 
-def decode_reply(data: bytes) -> ConsensusResult | ErrorReply:
-    """Decode what the tally answers: a certificate or an error."""
-    obj = decode(data, BALLOT_LIMITS)
-    if isinstance(obj, dict) and obj.get("type") == ErrorReply.TYPE:
-        return ErrorReply.from_wire(obj)
-    return ConsensusResult.from_wire(obj)
+A = TypeVar("A", bound=WireMessage)
+B = TypeVar("B", bound=WireMessage)
+C = TypeVar("C", bound=WireMessage)
+D = TypeVar("D", bound=WireMessage)
+
+
+def reply_limits(classes: tuple[type[WireMessage], ...]) -> Limits:
+    """The widest of the classes' own limits: a reply may be as large as its largest class."""
+    sizes = [astuple(cls.LIMITS) for cls in classes]
+    return Limits(*(max(values) for values in zip(*sizes, strict=True)))
+
+
+@overload
+def decode_reply(data: bytes) -> ConsensusResult | ErrorReply: ...
+@overload
+def decode_reply(data: bytes, a: type[A], /) -> A | ErrorReply: ...
+@overload
+def decode_reply(data: bytes, a: type[A], b: type[B], /) -> A | B | ErrorReply: ...
+@overload
+def decode_reply(data: bytes, a: type[A], b: type[B], c: type[C], /) -> A | B | C | ErrorReply: ...
+@overload
+def decode_reply(
+    data: bytes, a: type[A], b: type[B], c: type[C], d: type[D], /
+) -> A | B | C | D | ErrorReply: ...
+def decode_reply(data: bytes, *expected: type[WireMessage]) -> WireMessage:
+    """Decode a service's answer: one of the ``expected`` classes, or an ErrorReply.
+
+    The one reply decoder of every request/reply service (the tally, keys,
+    trust, authority), so each client names what it may be answered and
+    nothing else: the ``type`` field picks the class, any other type is a
+    SchemaViolation, and the codec limits are the widest of the classes'
+    own. An ErrorReply is always accepted and *returned* (the caller decides:
+    bus/call.py raises it as RemoteError). With no class it is the tally's
+    answer to a VerificationRequest, a ConsensusResult.
+    """
+    wanted: tuple[type[WireMessage], ...] = expected or (ConsensusResult,)
+    classes: tuple[type[WireMessage], ...] = (
+        ErrorReply,
+        *(c for c in wanted if c is not ErrorReply),
+    )
+    obj = decode(data, reply_limits(classes))
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    for cls in classes:
+        if kind == cls.TYPE:
+            return cls.from_wire(obj)
+    names = ", ".join(repr(cls.TYPE) for cls in classes)
+    raise SchemaViolation(f"unexpected reply type {kind!r} (expected one of {names})")
 
 
 ALL_MESSAGES: tuple[type[WireMessage], ...] = (

@@ -31,13 +31,12 @@ from schemas.authority import (
     PolicyGroup,
     PolicyQuery,
     QuorumPolicy,
-    decode_reply,
     message_digest,
     sign_endorsement,
 )
 from schemas.errors import RemoteError
 from schemas.identity import AgentIdentity
-from schemas.messages import ErrorReply
+from schemas.messages import ErrorReply, decode_reply
 from workers.authority.worker import AuthorityWorker
 
 pytestmark = pytest.mark.integration

@@ -327,7 +327,7 @@ async def test_two_instances_share_state_through_the_bucket(
             assert w.mirror is not None
             assert await w.mirror.wait_for_revision(ack.revision, 5)
             assert "cert.shared" in w.mirror.items
-        served = sum(w.stats.counters.get("validate_ok", 0) for w in workers)
+        served = sum(w.stats.counters.get("op_validate", 0) for w in workers)
         assert served == 10
 
 

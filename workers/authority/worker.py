@@ -29,13 +29,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from typing import Any
-
-from nats.aio.msg import Msg
 
 from bus.kv import KeyValue
 from bus.runtime import RuntimeConfig, Worker
+from bus.service import Dispatcher, operation, printable
 from bus.state import BucketMirror, state_bucket, state_key
 from schemas.authority import (
     ADMIN_CATEGORY,
@@ -53,7 +51,6 @@ from schemas.authority import (
 )
 from schemas.codec import Unreadable
 from schemas.errors import (
-    AgenticPaymentsError,
     AuthorityExists,
     AuthorityUnknown,
     ChangeInvalid,
@@ -62,16 +59,12 @@ from schemas.errors import (
     PolicyNotMet,
     StateConflict,
 )
-from schemas.messages import ErrorReply, WireMessage
+from schemas.messages import WireMessage
 from workers.authority.policy import evaluate, evaluate_from_state, satisfiable, split_state
 
 log = logging.getLogger("agentic_payments.authority")
 AUTHORITY_QUEUE = "authority"
 SYNC_TIMEOUT_S = 5.0
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else " " for c in text)[:4096]
 
 
 class AuthorityWorker(Worker):
@@ -85,6 +78,16 @@ class AuthorityWorker(Worker):
         self._authorities: KeyValue[AuthorityRecord]  # set by setup (the state bucket)
         self._policies: KeyValue[QuorumPolicy]
         self._mirror: BucketMirror[object] | None = None
+        # every project error is a refusal with its own code (NOT_CONNECTED included)
+        self.rpc = Dispatcher(
+            "authority",
+            {
+                op: operation(request, functools.partial(self._handle, op))
+                for op, request in OPERATIONS.items()
+            },
+            self.stats,
+            log,
+        )
 
     async def setup(self) -> None:
         self._kv = await state_bucket(self.client, self.subjects)
@@ -98,7 +101,7 @@ class AuthorityWorker(Worker):
         for op in OPERATIONS:
             await self.subscribe_intake(
                 self.subjects.authority(op),
-                functools.partial(self._on_request, op),
+                self.rpc.handler(op),
                 queue=AUTHORITY_QUEUE,
             )
         # (Worker.start ends with a subscription barrier for every worker.)
@@ -113,28 +116,7 @@ class AuthorityWorker(Worker):
             raise NotConnected("authority worker is not started")
         return self._mirror
 
-    # ------------------------------------------------------------ dispatch
-    async def _on_request(self, op: str, msg: Msg) -> None:
-        started = time.perf_counter()
-        ok = True
-        reply: WireMessage
-        try:
-            request = OPERATIONS[op].decode(msg.data)
-            reply = await self._handle(op, request)
-            self.stats.count(f"op_{op.replace('-', '_')}")
-        except AgenticPaymentsError as exc:
-            self.stats.count(f"rejected_{exc.code}")
-            log.info("%s refused [%s]: %s", op, exc.code, exc)
-            reply = ErrorReply(exc.code, _printable(str(exc)))
-        except Exception:
-            ok = False
-            log.exception("authority %s failed", op)
-            reply = ErrorReply("INTERNAL", f"authority {op} failed; see the worker log")
-        finally:
-            self.stats.record((time.perf_counter() - started) * 1000, ok)
-        if msg.reply:
-            await msg.respond(reply.encode())
-
+    # ------------------------------------------------------------ operations
     async def _handle(self, op: str, request: WireMessage) -> WireMessage:
         await self._sync()
         if isinstance(request, AuthorityChange):
@@ -153,7 +135,7 @@ class AuthorityWorker(Worker):
             return PolicyVerdict(
                 ok=result.ok,
                 code=result.code or "OK",
-                reason=_printable(result.reason)[:1024],
+                reason=printable(result.reason, 1024),
                 category=request.category,
                 policy_category=result.policy_category or "",
                 required=result.required,

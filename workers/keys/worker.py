@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from nats.aio.msg import Msg
-
 from bus.kv import UNCHANGED, KeyValue, NoChange
 from bus.runtime import RuntimeConfig, Worker, now_ms
+from bus.service import Dispatcher, Operation
 from bus.state import ensure_bucket, state_bucket, state_key
 from bus.subjects import KEYS_QUEUE
 from schemas.errors import (
@@ -60,7 +59,7 @@ from schemas.keys import (
     KeyStatus,
     KeySweep,
 )
-from schemas.messages import ErrorReply, WireMessage
+from schemas.messages import WireMessage
 from workers.keys import lifecycle as keypolicy
 from workers.keys.crypto import MasterKey, wipe
 
@@ -96,7 +95,7 @@ class KeysWorker(Worker):
         self._store: KeyValue[KeyRecord]  # set by setup: {prefix}_keys
         self._statuses: KeyValue[KeyStatus]  # set by setup: key.* in {prefix}_state
         self._sweeper: asyncio.Task[None] | None = None
-        self._ops: dict[str, Callable[[KeyRequest], Awaitable[WireMessage]]] = {
+        handlers: dict[str, Callable[[KeyRequest], Awaitable[WireMessage]]] = {
             "create": self._create,
             "rotate": self._rotate,
             "revoke": self._revoke,
@@ -109,7 +108,20 @@ class KeysWorker(Worker):
             "config": self._config,
             "sweep": self._sweep_op,
         }
-        assert set(self._ops) == set(OPS)
+        assert set(handlers) == set(OPS)
+        # A key request is decoded for its op (which fields it needs); a
+        # KeyManagementError is a refusal, any other error (a corrupt stored
+        # record, a seal that does not open) an INTERNAL failure.
+        self.rpc = Dispatcher(
+            "key manager",
+            {
+                op: Operation(functools.partial(KeyRequest.decode_for, op), handle)
+                for op, handle in handlers.items()
+            },
+            self.stats,
+            log,
+            refusals=(KeyManagementError,),
+        )
 
     def extra_metadata(self) -> dict[str, str]:
         return {
@@ -141,7 +153,7 @@ class KeysWorker(Worker):
         await self._check_master_key()
         for op in OPS:
             await self.subscribe_intake(
-                self.subjects.keys_op(op), self._on_request, queue=KEYS_QUEUE
+                self.subjects.keys_op(op), self.rpc.handler(op), queue=KEYS_QUEUE
             )
         self._sweeper = asyncio.create_task(self._sweep_loop())
 
@@ -176,33 +188,6 @@ class KeysWorker(Worker):
         except Exception:
             self.stats.count("history_purge_failures")
             log.warning("could not purge the history of key %s", name, exc_info=True)
-
-    # ------------------------------------------------------------ request plumbing
-    async def _on_request(self, msg: Msg) -> None:
-        started = time.perf_counter()
-        op = msg.subject.rsplit(".", 1)[-1]
-        ok = True
-        reply: WireMessage
-        try:
-            request = KeyRequest.decode_for(op, msg.data)
-            reply = await self._ops[op](request)
-            self.stats.count(f"op_{op}")
-        except (CodecError, KeyManagementError) as exc:
-            self.stats.count(f"rejected_{exc.code}")
-            reply = ErrorReply(exc.code, exc.message[:4096])
-        except AgenticPaymentsError as exc:
-            ok = False
-            log.error("%s failed [%s]: %s", op, exc.code, exc)
-            reply = ErrorReply("INTERNAL", f"{op} failed [{exc.code}]")
-        except Exception:
-            ok = False
-            log.exception("%s failed", op)
-            reply = ErrorReply("INTERNAL", f"{op} failed (see the key manager's log)")
-        finally:
-            self.stats.record((time.perf_counter() - started) * 1000, ok)
-        if msg.reply:
-            with contextlib.suppress(Exception):
-                await msg.respond(reply.encode())
 
     @staticmethod
     def _corrupt(name: str, exc: CodecError) -> AgenticPaymentsError:

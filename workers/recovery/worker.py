@@ -35,18 +35,17 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import api
-from nats.micro.request import Request
 from nats.micro.service import EndpointConfig
 
 from bus.kv import KeyValue
 from bus.runtime import RuntimeConfig, Worker, now_ms
+from bus.service import Dispatcher, Operation
 from bus.streams import ensure_stream, ensure_telemetry_streams
 from bus.subjects import RECOVERY_QUEUE, telemetry_source
 from schemas.alerts import Severity, sign_alert
-from schemas.codec import decode
 from schemas.errors import CodecError, RespawnFailed, WriteConflict
 from schemas.identity import AgentIdentity
-from schemas.messages import ErrorReply, Heartbeat
+from schemas.messages import Heartbeat
 from schemas.recovery import HistoryQuery, HistoryReply, Outcome, RecoveryAttempt
 from workers.recovery.backends import Backend, Target, WorkerAlive, WorkerMisconfigured
 from workers.recovery.staleness import Action, ActionKind, RetryPolicy, Seen, Tracker, WorkerKey
@@ -99,6 +98,14 @@ class RecoveryWorker(Worker):
         self._hb_sub: Any = None
         self._loops_extra: list[asyncio.Task[None]] = []
         self._kv_lock = asyncio.Lock()
+        # only bad input is a refusal: a history that cannot be read is INTERNAL
+        self.rpc = Dispatcher(
+            "recovery",
+            {"history": Operation(_history_query, self._history)},
+            self.stats,
+            log,
+            refusals=(),
+        )
 
     def extra_metadata(self) -> dict[str, str]:
         return {"public_key": self.identity.public_key_hex}
@@ -135,7 +142,7 @@ class RecoveryWorker(Worker):
         await self.service.add_endpoint(
             EndpointConfig(
                 name="history",
-                handler=self._history,
+                handler=self.rpc.handler("history"),
                 subject=self.subjects.recovery_history,
                 queue_group=RECOVERY_QUEUE,
             )
@@ -432,18 +439,16 @@ class RecoveryWorker(Worker):
         await self.client.publish(self.subjects.alert(severity.value), alert.encode())
 
     # ---------------------------------------------------------------- history
-    async def _history(self, request: Request) -> None:
-        try:
-            query = HistoryQuery.from_wire(decode(request.data)) if request.data else HistoryQuery()
-        except CodecError as exc:
-            self.stats.count("bad_requests")
-            await request.respond(ErrorReply(exc.code, str(exc)).encode())
-            return
-        attempts = await read_history(self.kv, query)
-        await request.respond(HistoryReply(attempts=tuple(attempts)).encode())
+    async def _history(self, query: HistoryQuery) -> HistoryReply:
+        return HistoryReply(attempts=tuple(await read_history(self.kv, query)))
 
     def workers_view(self) -> list[dict[str, object]]:
         return [s.as_dict() for s in self.tracker.workers.values()]
+
+
+def _history_query(data: bytes) -> HistoryQuery:
+    """The request of ``history``; an empty one asks for the newest attempts of every worker."""
+    return HistoryQuery.decode(data) if data else HistoryQuery()
 
 
 async def read_history(kv: Any, query: HistoryQuery) -> list[RecoveryAttempt]:

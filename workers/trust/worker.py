@@ -28,27 +28,22 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
 
-from nats.micro.request import Request
 from nats.micro.service import EndpointConfig
 
 from bus.kv import UNCHANGED, KeyValue, NoChange
 from bus.runtime import RuntimeConfig, Worker, now_ms
+from bus.service import Dispatcher, operation
 from bus.state import BucketMirror, state_bucket, state_key
 from bus.subjects import TRUST_QUEUE
 from schemas.errors import (
-    CodecError,
     ConfigError,
     TrustBadSignature,
     TrustConflict,
     TrustError,
     TrustNotFound,
 )
-from schemas.messages import ErrorReply, WireMessage
 from schemas.trust import (
     MAX_LISTED,
     OPS,
@@ -108,6 +103,22 @@ class TrustWorker(Worker):
         self._index: tuple[int, TrustIndex] | None = None
         self._anchors: KeyValue[TrustAnchor]  # set by setup (the state bucket)
         self._certs: KeyValue[TrustCertRecord]
+        # bad input and trust refusals are verdicts, not failures
+        self.rpc = Dispatcher(
+            "trust",
+            {
+                "add-anchor": operation(AddAnchorRequest, self._add_anchor),
+                "remove-anchor": operation(RemoveAnchorRequest, self._remove_anchor),
+                "add-cert": operation(AddCertRequest, self._add_cert),
+                "revoke-cert": operation(RevokeCertRequest, self._revoke_cert),
+                "validate": operation(ValidateRequest, self._validate),
+                "list": operation(ListRequest, self._list),
+            },
+            self.stats,
+            log,
+            refusals=(TrustError,),
+        )
+        assert set(self.rpc.operations) == set(OPS)
 
     def extra_metadata(self) -> dict[str, str]:
         return {
@@ -123,22 +134,14 @@ class TrustWorker(Worker):
         # every area decoded: its own records and the key manager's statuses
         self.mirror = BucketMirror(self.client, self.subjects.state_bucket, decode_state_record)
         await self.mirror.start()
-        handlers: dict[str, Callable[[Any], Awaitable[WireMessage]]] = {
-            "add-anchor": self._add_anchor,
-            "remove-anchor": self._remove_anchor,
-            "add-cert": self._add_cert,
-            "revoke-cert": self._revoke_cert,
-            "validate": self._validate,
-            "list": self._list,
-        }
         assert self.service is not None
-        for op, handler in handlers.items():
+        for op in OPS:
             await self.service.add_endpoint(
                 EndpointConfig(
                     name=op,
                     subject=self.subjects.trust(op),
                     queue_group=TRUST_QUEUE,
-                    handler=self._endpoint(op, handler),
+                    handler=self.rpc.handler(op),
                 )
             )
 
@@ -147,33 +150,6 @@ class TrustWorker(Worker):
             await self.mirror.stop()
 
     # ------------------------------------------------------------ plumbing
-    def _endpoint(
-        self, op: str, handler: Callable[[Any], Awaitable[WireMessage]]
-    ) -> Callable[[Request], Awaitable[None]]:
-        cls = OPS[op]
-
-        async def serve(request: Request) -> None:
-            started = time.perf_counter()
-            ok = True
-            reply: WireMessage
-            try:
-                reply = await handler(cls.decode(request.data))
-                self.stats.count(f"{op}_ok")
-            except (CodecError, TrustError) as exc:  # bad input: a verdict, not a failure
-                self.stats.count(f"{op}_rejected_{exc.code}")
-                reply = ErrorReply(exc.code, str(exc)[:4096])
-            except Exception:
-                ok = False
-                log.exception("trust %s failed", op)
-                reply = ErrorReply("INTERNAL", f"internal error in {op}")
-            try:
-                await request.respond(reply.encode())
-            except Exception:  # the requester went away
-                log.warning("could not answer a %s request", op, exc_info=True)
-            self.stats.record((time.perf_counter() - started) * 1000, ok)
-
-        return serve
-
     def _ack(self, op: str, key: str, changed: bool, revision: int, detail: str) -> TrustAck:
         return TrustAck(op=op, key=key, changed=changed, revision=revision, detail=detail)
 

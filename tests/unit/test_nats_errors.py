@@ -1,0 +1,59 @@
+"""bus/nats_errors.py: every nats-py error leaves bus/ as one of the project's own."""
+
+from __future__ import annotations
+
+import nats.errors
+import nats.js.errors
+import pytest
+
+from bus.nats_errors import map_nats_errors
+from schemas.errors import (
+    AgenticPaymentsError,
+    KeyNotFound,
+    NoResponders,
+    NotConnected,
+    RequestTimeout,
+    TransportError,
+)
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (nats.errors.NoRespondersError(), NoResponders),
+        (nats.errors.TimeoutError(), RequestTimeout),
+        (nats.errors.FlushTimeoutError(), RequestTimeout),
+        (TimeoutError(), RequestTimeout),
+        (nats.errors.ConnectionClosedError(), NotConnected),
+        (nats.errors.ConnectionDrainingError(), NotConnected),
+        (nats.errors.ConnectionReconnectingError(), NotConnected),
+        (nats.errors.NoServersError(), NotConnected),
+        (nats.errors.MaxPayloadError(), TransportError),
+        (nats.errors.BadSubjectError(), TransportError),
+        (nats.js.errors.ServiceUnavailableError(), TransportError),
+    ],
+    ids=lambda v: v.__name__ if isinstance(v, type) else type(v).__name__,
+)
+def test_each_nats_error_maps_to_one_project_error(
+    raised: Exception, expected: type[AgenticPaymentsError]
+) -> None:
+    with pytest.raises(expected) as info, map_nats_errors("ap.keys.get", service="key manager"):
+        raise raised
+    assert type(info.value) is expected
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_messages_name_the_service_subject_and_timeout() -> None:
+    no_one = pytest.raises(NoResponders, match=r"key manager.*ap\.keys\.get")
+    with no_one, map_nats_errors("ap.keys.get", service="key manager"):
+        raise nats.errors.NoRespondersError
+    late = pytest.raises(RequestTimeout, match=r"within 2\.5s")
+    with late, map_nats_errors("ap.keys.get", service="key manager", timeout=2.5):
+        raise nats.errors.TimeoutError
+
+
+def test_project_errors_and_others_pass_through() -> None:
+    with pytest.raises(KeyNotFound), map_nats_errors("ap.keys.get"):
+        raise KeyNotFound("no key")
+    with pytest.raises(ValueError), map_nats_errors("ap.keys.get"):
+        raise ValueError("not ours to map")
