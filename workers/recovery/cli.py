@@ -12,11 +12,10 @@ from typing import Any
 
 from nats.aio.client import Client
 
+from bus.call import call
 from bus.subjects import Subjects
-from schemas.codec import decode
-from schemas.errors import CodecError, ConfigError, NotConnected, RemoteError, RequestTimeout
-from schemas.messages import ErrorReply
-from schemas.recovery import HISTORY_LIMITS, MAX_HISTORY, HistoryQuery, HistoryReply
+from schemas.errors import CodecError, ConfigError, NotConnected
+from schemas.recovery import MAX_HISTORY, HistoryQuery, HistoryReply
 from workers.cli.kit import (
     EXIT_NOT_VALID,
     connection,
@@ -107,17 +106,10 @@ def make_worker(args: argparse.Namespace) -> RecoveryWorker:
 async def fetch_history(
     nc: Client, subjects: Subjects, query: HistoryQuery, timeout: float
 ) -> HistoryReply:
-    try:
-        msg = await nc.request(subjects.recovery_history, query.encode(), timeout=timeout)
-    except Exception as exc:
-        raise RequestTimeout(
-            f"no recovery worker answered on {subjects.recovery_history} ({exc.__class__.__name__})"
-        ) from None
-    obj = decode(msg.data, HISTORY_LIMITS)
-    if isinstance(obj, dict) and obj.get("type") == ErrorReply.TYPE:
-        err = ErrorReply.from_wire(obj)
-        raise RemoteError(err.message, code=err.code)
-    return HistoryReply.from_wire(obj)
+    """The recovery worker's attempt history (through the one client call, bus/call.py)."""
+    return await call(
+        nc, subjects.recovery_history, query, HistoryReply, timeout=timeout, service="recovery"
+    )
 
 
 def _when(ms: int) -> str:
