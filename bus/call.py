@@ -82,12 +82,17 @@ def raise_for_error(reply: R | ErrorReply) -> R:
 async def call(
     nc: Client,
     subject: str,
-    message: WireMessage,
+    message: WireMessage | bytes,
     expected: type[R],
     *,
     timeout: float,
     service: str,
 ) -> R:
-    """Send ``message``; the reply as ``expected`` (any other class is a SchemaViolation)."""
-    msg = await send_request(nc, subject, message.encode(), timeout=timeout, service=service)
+    """Send ``message``; the reply as ``expected`` (any other class is a SchemaViolation).
+
+    ``message`` may be raw bytes for an endpoint that takes no request body
+    (a worker's ``status`` endpoint answers an empty request).
+    """
+    data = message if isinstance(message, bytes) else message.encode()
+    msg = await send_request(nc, subject, data, timeout=timeout, service=service)
     return raise_for_error(decode_reply(msg.data, expected))

@@ -18,9 +18,9 @@ from fractions import Fraction
 from typing import Any
 
 from bus import membership
+from bus.call import call
 from bus.runtime import default_data_dir
 from bus.subjects import Subjects
-from schemas.codec import decode
 from schemas.errors import ConfigError
 from schemas.messages import Health, MetricsSnapshot
 from schemas.quorum import QuorumRule
@@ -92,6 +92,7 @@ async def discover(nc: Any, prefix: str, wait: float = DISCOVER_WAIT_S) -> list[
 
 async def _status(args: argparse.Namespace) -> int:
     config = nats_config(args)
+    subjects = Subjects(config.prefix)
     async with connection(config, "agentic-payments-cli") as nc:
         services = await discover(nc, config.prefix, args.wait)
         rows = []
@@ -104,10 +105,8 @@ async def _status(args: argparse.Namespace) -> int:
                 "service_id": info["id"],
             }
             try:
-                reply = await nc.request(
-                    f"{config.prefix}.status.{meta['kind']}.{meta['worker_id']}", b"", timeout=1
-                )
-                snap = MetricsSnapshot.from_wire(decode(reply.data))
+                subject = subjects.status(str(meta["kind"]), str(meta["worker_id"]))
+                snap = await call(nc, subject, b"", MetricsSnapshot, timeout=1, service="status")
                 row.update(
                     health=snap.health,
                     tasks=snap.tasks,
@@ -118,7 +117,7 @@ async def _status(args: argparse.Namespace) -> int:
             except Exception:
                 row["health"] = "unknown"
             rows.append(row)
-        pool = await membership.read_pool(nc, Subjects(config.prefix))
+        pool = await membership.read_pool(nc, subjects)
     problems = status_problems(rows, pool, client_threshold(args.threshold))
     lines = [
         f"{r['kind']:<9} {r['id']:<10} {r['health']:<12} tasks={r.get('tasks', '?')} "
@@ -175,10 +174,14 @@ async def _check(args: argparse.Namespace) -> int:
     config = nats_config(args)
     async with connection(config, "agentic-payments-check") as nc:
         try:
-            reply = await nc.request(
-                Subjects(config.prefix).status(args.kind, args.id), b"", timeout=args.timeout
+            snap = await call(
+                nc,
+                Subjects(config.prefix).status(args.kind, args.id),
+                b"",
+                MetricsSnapshot,
+                timeout=args.timeout,
+                service="status",
             )
-            snap = MetricsSnapshot.from_wire(decode(reply.data))
         except Exception as exc:
             print(f"{args.kind} {args.id}: no answer ({exc.__class__.__name__})", file=sys.stderr)
             return EXIT_CONNECT
