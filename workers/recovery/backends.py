@@ -35,10 +35,10 @@ from typing import Protocol
 
 from nats.aio.client import Client
 
+from bus.call import raise_for_error, send_request
 from bus.subjects import Subjects, check_token
-from schemas.codec import decode
-from schemas.errors import CodecError, ConfigError, RespawnFailed
-from schemas.messages import ErrorReply
+from schemas.errors import CodecError, ConfigError, RemoteError, RespawnFailed, TransportError
+from schemas.messages import decode_reply
 from schemas.recovery import RestartCode, RestartReply, RestartRequest
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -136,20 +136,26 @@ class LocalBackend:
             dead_generation=target.generation,
             reason=target.reason[:256],
         )
-        try:
-            msg = await self.nc.request(subject, request.encode(), timeout=self.timeout)
-        except Exception as exc:  # no responders, timeout, connection trouble
+        try:  # sent once: the recovery worker's retry policy decides when to try again
+            msg = await send_request(
+                self.nc,
+                subject,
+                request.encode(),
+                timeout=self.timeout,
+                service="supervisor",
+                attempts=1,
+            )
+            reply = raise_for_error(decode_reply(msg.data, RestartReply))
+        except RemoteError as err:
+            raise RespawnFailed(
+                f"supervisor refused the request [{err.code}]: {err.message}"
+            ) from None
+        except CodecError as exc:
+            raise RespawnFailed(f"bad supervisor reply [{exc.code}]: {exc}") from None
+        except TransportError as exc:  # no responders, timeout, connection trouble
             raise RespawnFailed(
                 f"no supervisor answered on {subject}: {exc.__class__.__name__}"
             ) from None
-        try:
-            obj = decode(msg.data)
-            if isinstance(obj, dict) and obj.get("type") == ErrorReply.TYPE:
-                err = ErrorReply.from_wire(obj)
-                raise RespawnFailed(f"supervisor refused the request [{err.code}]: {err.message}")
-            reply = RestartReply.from_wire(obj)
-        except CodecError as exc:
-            raise RespawnFailed(f"bad supervisor reply [{exc.code}]: {exc}") from None
         if reply.code == RestartCode.ALIVE:
             raise WorkerAlive(f"supervisor: {reply.code} {reply.message}".strip())
         if reply.code == RestartCode.CONFIG_EXIT:

@@ -43,9 +43,9 @@ from bus import liveness
 from bus.config import NatsConfig
 from bus.connection import connect
 from bus.runtime import EXIT_CONFIG, now_ms
+from bus.service import Dispatcher, operation
+from bus.stats import ProcessingStats
 from bus.subjects import Subjects
-from schemas.errors import CodecError
-from schemas.messages import ErrorReply
 from schemas.recovery import RestartCode, RestartReply, RestartRequest
 from workers.recovery.backends import host_token
 
@@ -101,6 +101,14 @@ class LocalSupervisor:
         self.name = name or env.get("AP_SUPERVISOR") or host_token(socket.gethostname())
         self.control_subject = ""
         self._tasks: set[asyncio.Task[None]] = set()
+        self.stats = ProcessingStats()
+        self._rpc = Dispatcher(
+            "supervisor",
+            {"restart": operation(RestartRequest, self.restart)},
+            self.stats,
+            log,
+            refusals=(),
+        )
 
     def command(self, spec: ProcSpec) -> list[str]:
         return [sys.executable, "-m", "workers.cli", *spec.args]
@@ -150,14 +158,9 @@ class LocalSupervisor:
         task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, msg: Msg) -> None:
-        try:
-            request = RestartRequest.decode(msg.data)
-        except CodecError as exc:
-            await msg.respond(ErrorReply(exc.code, str(exc)).encode())
-            return
-        reply = await self.restart(request)
-        with contextlib.suppress(Exception):
-            await msg.respond(reply.encode())
+        """Through the one service dispatcher: bad input answers its code, a crash
+        answers INTERNAL instead of leaving the recovery worker to time out."""
+        await self._rpc.serve("restart", msg)
 
     async def restart(self, request: RestartRequest) -> RestartReply:
         def answer(
