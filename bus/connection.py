@@ -107,3 +107,19 @@ async def is_reachable(url: str, timeout: float = 1.0) -> bool:
     except (OSError, TimeoutError):
         return False
     return line.startswith(b"INFO")
+
+
+async def barrier(nc: Client, timeout: int = 5) -> None:
+    """Return only once the server has processed every command sent so far.
+
+    ``nc.flush()`` alone is not that barrier in nats-py 2.16: ``subscribe`` and
+    ``publish`` queue their commands for the flusher task, but ``flush`` writes
+    its PING straight to the socket, so the PING can overtake a queued SUB and
+    its PONG can come back before the server has the subscription (a message
+    published right after is then lost; seen under CI load). The first flush
+    kicks the flusher, which writes the queued commands before that PONG can
+    be read; the second PING travels behind them, so its PONG proves the
+    server has processed them.
+    """
+    await nc.flush(timeout)
+    await nc.flush(timeout)

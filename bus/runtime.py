@@ -316,7 +316,8 @@ class Worker:
         the client's write buffer reach the server, so a request sent right after
         ``start()`` could get "no responders". A request to our own status
         endpoint travels behind those SUBs on the same connection; its reply
-        proves the server processed them.
+        proves the server processed them (``bus.connection.barrier`` is the same
+        barrier for a connection with no endpoint of its own).
         """
         try:
             await self.client.request(

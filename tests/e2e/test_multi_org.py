@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from bus import membership
 from bus.client import VerifyClient, signed_request
 from bus.config import NatsConfig
-from bus.connection import connect
+from bus.connection import barrier, connect
 from bus.natsserver import NatsServer, start_nats_server
 from bus.subjects import Subjects
 from schemas.identity import AgentIdentity, did_key
@@ -178,8 +178,8 @@ async def test_two_organizations_decide_through_accounts_and_a_leafnode(
 
             await org_a.subscribe(s.votes_all, cb=spy)
             await admin.subscribe(s.decisions_all, cb=on_decision)
-            await org_a.flush()
-            await admin.flush()
+            await barrier(org_a)
+            await barrier(admin)
 
             agent = AgentIdentity.generate()
             async with await VerifyClient.connect(consortium, timeout=15) as client:
@@ -199,7 +199,7 @@ async def test_two_organizations_decide_through_accounts_and_a_leafnode(
                 assert Vote.decode(msg.data).verifier_key in a_keys
             before = len(decisions)
             await org_a.publish(s.decision("VALID"), b"forged by ORG_A")
-            await org_a.flush()
+            await barrier(org_a)
             await asyncio.sleep(0.5)
             assert all(m.data != b"forged by ORG_A" for m in decisions[before:])
             await org_a.close()

@@ -14,6 +14,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus.config import NatsConfig
+from bus.connection import barrier
 from bus.runtime import RuntimeConfig
 from bus.streams import ensure_telemetry_streams
 from bus.subjects import Subjects
@@ -93,7 +94,7 @@ async def collect(nc: Client, subject: str) -> list[tuple[str, Alert]]:
         got.append((msg.subject, Alert.decode(msg.data)))
 
     await nc.subscribe(subject, cb=cb)
-    await nc.flush()
+    await barrier(nc)
     return got
 
 

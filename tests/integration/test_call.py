@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 
 from bus.call import call, send_request
 from bus.config import NatsConfig
-from bus.connection import connect
+from bus.connection import barrier, connect
 from bus.service import Dispatcher, operation
 from bus.stats import ProcessingStats
 from schemas.errors import (
@@ -41,7 +41,7 @@ async def answer_with(nc: Client, subj: str, data: bytes) -> None:
         await msg.respond(data)
 
     await nc.subscribe(subj, cb=respond)
-    await nc.flush()
+    await barrier(nc)
 
 
 async def test_no_responders_is_retried_until_a_worker_answers(
@@ -82,7 +82,7 @@ async def test_a_timeout_is_request_timeout_and_not_retried(nc: Client, prefix: 
         seen.append(msg)
 
     await nc.subscribe(subject(prefix), cb=silent)
-    await nc.flush()
+    await barrier(nc)
     with pytest.raises(RequestTimeout) as info:
         await call(nc, subject(prefix), ListRequest(), TrustAck, timeout=0.3, service="t")
     assert info.value.code == "TIMEOUT"
@@ -128,7 +128,7 @@ async def test_call_and_dispatcher_round_trip(nc: Client, prefix: str) -> None:
     ops = {"remove-anchor": operation(RemoveAnchorRequest, remove)}
     service = Dispatcher("trust", ops, stats, logging.getLogger("test.rpc"))
     await nc.subscribe(subject(prefix), cb=service.handler("remove-anchor"))
-    await nc.flush()
+    await barrier(nc)
 
     async def remove_call(key: bytes) -> TrustAck:
         request = RemoveAnchorRequest(key)
@@ -144,7 +144,7 @@ async def test_call_and_dispatcher_round_trip(nc: Client, prefix: str) -> None:
     msg = await send_request(nc, subject(prefix), b"\x92\x01", timeout=2, service="trust")
     assert ErrorReply.decode(msg.data).code == "MALFORMED_PAYLOAD"
     await nc.publish(subject(prefix), RemoveAnchorRequest(b"\x01" * 32).encode())  # no reply
-    await nc.flush()
+    await barrier(nc)
     await asyncio.sleep(0.1)
     assert stats.counters["op_remove_anchor"] == 2
     assert stats.counters["rejected_TRUST_NOT_FOUND"] == 1

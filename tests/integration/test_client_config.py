@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bus.config import NatsConfig
-from bus.connection import connect
+from bus.connection import barrier, connect
 from bus.natsserver import start_nats_server
 from schemas.errors import ConfigError, NotConnected
 from tests.secure import start_secure_server
@@ -167,7 +167,7 @@ async def test_user_password_nkey_and_inbox_from_environment(
         try:
             assert nc.new_inbox().startswith("_INBOX.alice.")
             sub = await nc.subscribe(nc.new_inbox())  # own inbox: allowed, no error
-            await nc.flush()
+            await barrier(nc)
             await sub.unsubscribe()
         finally:
             await nc.close()

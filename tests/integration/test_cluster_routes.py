@@ -19,6 +19,7 @@ import nats
 import nats.aio.msg
 import pytest
 
+from bus.connection import barrier
 from bus.natsserver import NatsServer, start_nats_server
 from tests.helpers import ROOT, free_ports
 from tests.integration.test_client_config import _openssl
@@ -151,17 +152,17 @@ async def test_rogue_route_is_refused_and_real_nodes_route(nodes: list[NatsServe
             got.append(msg.data)
 
         sub = await on_a.subscribe("ap.ballot", cb=collect)
-        await on_a.flush()
+        await barrier(on_a)
         for _ in range(100):  # b's route to a carries the publish: the cluster works
             await on_b.publish("ap.ballot", b"from b")
-            await on_b.flush()
+            await barrier(on_b)
             await asyncio.sleep(0.05)
             if b"from b" in got:
                 break
         assert b"from b" in got
         for _ in range(20):
             await on_rogue.publish("ap.ballot", b"from rogue")
-            await on_rogue.flush()
+            await barrier(on_rogue)
             await asyncio.sleep(0.05)
         assert b"from rogue" not in got
         await sub.unsubscribe()

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 
 from bus import membership
 from bus.config import NatsConfig
-from bus.connection import connect
+from bus.connection import barrier, connect
 from bus.natsjwt import (
     NKey,
     account_jwt,
@@ -80,7 +80,7 @@ async def test_creds_from_environment_carry_role_permissions(
             got.append(msg)
 
         await admin.subscribe(f"{prefix}.>", cb=cb)
-        await admin.flush()
+        await barrier(admin)
 
         monkeypatch.setenv("NATS_URL", server.url)
         monkeypatch.setenv("AP_PREFIX", prefix)
@@ -97,14 +97,14 @@ async def test_creds_from_environment_carry_role_permissions(
         assert [m.worker_id for m in pool.members] == ["v1"]
         await alice.publish(s.votes("t1"), b"vote")
         await alice.publish(s.request, b"request")
-        await alice.flush()
+        await barrier(alice)
 
         monkeypatch.setenv("NATS_CREDS", str(creds["v1"]))
         monkeypatch.setenv("NATS_INBOX_PREFIX", inbox_prefix("v1"))
         v1 = await connect(NatsConfig.from_env(), name="v1")
         v1._error_cb = on_error
         await v1.publish(s.decision("VALID"), b"forged")
-        await v1.flush()
+        await barrier(v1)
         async with asyncio.timeout(5):
             while len([e for e in errors if "permissions violation" in e]) < 2 or not got:  # noqa: ASYNC110 - lists filled by callbacks
                 await asyncio.sleep(0.02)

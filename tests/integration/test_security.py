@@ -21,7 +21,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus.config import NatsConfig
-from bus.connection import connect
+from bus.connection import barrier, connect
 from bus.subjects import Subjects
 from schemas.errors import NotConnected
 from tests.secure import SecureServer, start_secure_server
@@ -77,7 +77,7 @@ async def collect(nc: Client, subject: str) -> tuple[list[Msg], object]:
         got.append(msg)
 
     sub = await nc.subscribe(subject, cb=cb)
-    await nc.flush()
+    await barrier(nc)
     return got, sub
 
 
@@ -94,7 +94,7 @@ async def test_verifier_cannot_publish_a_forged_decision(secure: SecureServer) -
         votes, _ = await collect(admin.nc, s.votes_all)
         await v1.nc.publish(s.decision("VALID"), b"forged certificate")
         await v1.nc.publish(s.votes("t1"), b"a vote")  # control: allowed
-        await v1.nc.flush()
+        await barrier(v1.nc)
         err = await v1.wait_error("permissions violation for publish")
         assert s.decision("VALID").lower() in err.lower()
         await wait_for(votes, 1)
@@ -112,7 +112,7 @@ async def test_client_cannot_publish_a_vote_or_a_ballot(secure: SecureServer) ->
         await alice.nc.publish(s.votes("t1"), b"fake vote")
         await alice.nc.publish(s.ballot, b"fake ballot")
         await alice.nc.publish(s.request, b"a request")  # control: allowed
-        await alice.nc.flush()
+        await barrier(alice.nc)
         await alice.wait_error(f'publish to "{s.votes("t1")}"')
         await alice.wait_error(f'publish to "{s.ballot}"')
         await wait_for(requests, 1)
@@ -132,13 +132,13 @@ async def test_client_reads_only_its_own_replies(secure: SecureServer) -> None:
             await msg.respond(b"reply for " + msg.data)
 
         await admin.nc.subscribe(s.request, cb=answer)
-        await admin.nc.flush()
+        await barrier(admin.nc)
         reply = await bob.nc.request(s.request, b"bob", timeout=5)
         assert reply.data == b"reply for bob"
         # alice may not listen on bob's inbox, nor on ballots, nor on everything
         for subject in ("_INBOX.bob.>", s.ballot, ">"):
             await alice.nc.subscribe(subject)
-            await alice.nc.flush()
+            await barrier(alice.nc)
             await alice.wait_error(f'subscription to "{subject}"')
         assert not alice.errors or all("publish" not in e.lower() for e in alice.errors)
 
@@ -155,7 +155,7 @@ async def test_client_without_its_inbox_prefix_gets_no_reply(secure: SecureServe
             await msg.respond(b"ok")
 
         await admin.nc.subscribe(s.request, cb=answer)
-        await admin.nc.flush()
+        await barrier(admin.nc)
         with pytest.raises(Exception):  # noqa: B017 - nats-py's timeout type varies
             await alice.nc.request(s.request, b"x", timeout=1)
         await alice.wait_error('subscription to "_INBOX.')

@@ -11,6 +11,7 @@ import pytest
 from nats.aio.client import Client
 
 from bus.config import NatsConfig
+from bus.connection import barrier
 from bus.runtime import RuntimeConfig, now_ms
 from bus.subjects import Subjects
 from schemas.identity import AgentIdentity
@@ -50,7 +51,7 @@ async def test_one_vote_per_ballot_id(nats_config: NatsConfig, nc: Client, tmp_p
         first = ballot(b"pay 1")
         for data in (first, ballot(b"pay 2"), first):  # same id, other bytes; then a replay
             await nc.publish(subjects.ballot, data, reply=inbox)
-            await nc.flush()
+            await barrier(nc)
             await asyncio.sleep(0.3)
         assert len(votes) == 2 and votes[0] == votes[1]  # the replay gets the same vote
         assert worker.stats.counters["ballot_id_reused"] == 1

@@ -41,7 +41,7 @@ from nats.aio.subscription import Subscription
 
 from bus import liveness
 from bus.config import NatsConfig
-from bus.connection import connect
+from bus.connection import barrier, connect
 from bus.runtime import EXIT_CONFIG, now_ms
 from bus.service import Dispatcher, operation
 from bus.stats import ProcessingStats
@@ -149,7 +149,7 @@ class LocalSupervisor:
         """Answer RestartRequests on ``{prefix}.supervisor.{name}.restart``."""
         subject = subjects.supervisor_restart(name)
         self._control = await nc.subscribe(subject, cb=self._on_restart)
-        await nc.flush()
+        await barrier(nc)
         return subject
 
     async def _on_restart(self, msg: Msg) -> None:
