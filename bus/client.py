@@ -31,6 +31,7 @@ from bus import membership
 from bus.call import raise_for_error, send_request
 from bus.config import NatsConfig
 from bus.connection import connect
+from bus.nats_errors import map_jetstream_errors
 from bus.subjects import Subjects
 from bus.tracing import inject_headers, messaging_span, span_link, tracing_active
 from schemas.certificate import verify_certificate
@@ -110,7 +111,8 @@ class VerifyClient:
 
     async def close(self) -> None:
         if self._owns and not self.nc.is_closed:
-            await self.nc.drain()
+            with map_jetstream_errors("closing the client connection"):
+                await self.nc.drain()
 
     async def __aenter__(self) -> VerifyClient:
         return self
@@ -177,14 +179,16 @@ class VerifyClient:
                 reply = raise_for_error(
                     await self.submit_raw(data, timeout=timeout, request_id=request.request_id)
                 )
-                await self.check(reply, request.request_id, request_digest(data))
-                return reply
             except (RequestTimeout, NoResponders, RemoteError) as exc:
                 retryable = not isinstance(exc, RemoteError) or exc.code in RETRYABLE_REMOTE
                 if not retryable or attempt >= self.retries:
                     raise
                 attempt += 1
                 await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+                continue
+            # not retried: the round is decided; reading the pool failing is not the tally's
+            await self.check(reply, request.request_id, request_digest(data))
+            return reply
 
     async def check(self, cert: ConsensusResult, request_id: str, digest: bytes) -> None:
         """Raise CertificateInvalid unless ``cert`` answers this request and holds up."""

@@ -8,8 +8,9 @@ stored for an id is the one every later retry gets, whichever tally answers.
 Lookups are batched: one JetStream *batched direct get* (``multi_last``, NATS
 2.11+) answers up to ``MAX_BATCH`` keys in one round trip, so the cost per
 request is a fraction of a KV ``get``. Missing keys are simply absent from the
-answer. Errors are raised as ``TransportError``; the caller decides how to
-degrade.
+answer. Errors are raised as ``TransportError`` (NotConnected when the
+connection or JetStream is missing), and handed to ``on_error`` as such;
+the caller decides how to degrade.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from nats.js.errors import (
 
 from bus.config import js_replicas
 from bus.kv import WRONG_LAST_SEQUENCE
+from bus.nats_errors import jetstream_error, map_jetstream_errors
 from bus.streams import ensure_stream
 from bus.subjects import Subjects
 from schemas.errors import TransportError
@@ -82,6 +84,11 @@ class DecisionStore:
         self._seq = 0
 
     async def start(self) -> None:
+        """Open (or create) the bucket; NotConnected without JetStream or connection."""
+        with map_jetstream_errors(f"opening bucket {self.bucket}"):
+            await self._open()
+
+    async def _open(self) -> None:
         try:
             self._kv = await self._js.key_value(self.bucket)
         except BucketNotFoundError:
@@ -146,11 +153,12 @@ class DecisionStore:
         self._batches[token] = (future, results)
         request = {"multi_last": [self._subject_prefix + k for k in keys], "batch": len(keys)}
         try:
-            await self._nc.publish(
-                f"$JS.API.DIRECT.GET.{self._stream}",
-                json.dumps(request).encode(),
-                reply=f"{self._inbox}.{token}",
-            )
+            with map_jetstream_errors("decision lookup"):
+                await self._nc.publish(
+                    f"$JS.API.DIRECT.GET.{self._stream}",
+                    json.dumps(request).encode(),
+                    reply=f"{self._inbox}.{token}",
+                )
             await asyncio.wait_for(future, LOOKUP_TIMEOUT_S)
         except TimeoutError:
             raise TransportError("decision lookup timed out") from None
@@ -212,7 +220,7 @@ class DecisionStore:
             )
         except Exception as exc:
             self._acks.pop(token, None)
-            self._on_error(request_id, exc, False)
+            self._on_error(request_id, jetstream_error(exc, "decision write"), False)
 
     def _on_ack(self, token: str, msg: Msg) -> None:
         sent = self._acks.pop(token, None)

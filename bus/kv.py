@@ -20,29 +20,22 @@ Errors are the project's own: a lost race is the handle's ``conflict`` class
 (a :class:`~schemas.errors.WriteConflict`; each service passes the subclass
 whose code it has always answered, e.g. TrustConflict -> TRUST_CONFLICT), an
 undecodable record is the decoder's CodecError, and NATS trouble is a
-TransportError (NotConnected, RequestTimeout). No nats-py exception leaves
-this module.
+TransportError (NotConnected, RequestTimeout; bus/nats_errors.py maps them).
+No nats-py exception leaves this module.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, NoReturn, Protocol, Self, TypeVar
+from typing import Any, Generic, Literal, Protocol, Self, TypeVar
 
-import nats.errors
 import nats.js.errors
 
-from schemas.errors import (
-    CodecError,
-    NotConnected,
-    RequestTimeout,
-    TransportError,
-    WriteConflict,
-)
+from bus.nats_errors import map_jetstream_errors
+from schemas.errors import CodecError, WriteConflict
 
 log = logging.getLogger("agentic_payments.kv")
 
@@ -158,19 +151,16 @@ class KeyValue(Generic[T]):
 
     async def keys(self) -> list[str]:
         """Every key holding a record (not deleted ones), sorted; [] for an empty bucket."""
-        try:
-            return sorted(await self._kv.keys())
-        except nats.js.errors.NoKeysError:
-            return []
-        except Exception as exc:
-            _transport(exc, "listing the keys of the bucket")
+        with map_jetstream_errors("listing the keys of the bucket"):
+            try:
+                return sorted(await self._kv.keys())
+            except nats.js.errors.NoKeysError:
+                return []
 
     async def last_revision(self) -> int:
         """The bucket's latest revision (its stream's last sequence)."""
-        try:
+        with map_jetstream_errors("reading the status of the bucket"):
             status = await self._kv.status()
-        except Exception as exc:
-            _transport(exc, "reading the status of the bucket")
         return int(status.stream_info.state.last_seq)
 
     # ------------------------------------------------------------ writes
@@ -182,15 +172,16 @@ class KeyValue(Generic[T]):
         """One compare-and-set write: succeeds only if ``key`` is still at revision ``last``
         (0: absent or deleted). Returns the new revision; the conflict error if it moved."""
         data = self._encode(value)
-        try:
-            if last:
-                return int(await self._kv.update(key, data, last=last))
-            return int(await self._kv.create(key, data))
-        except Exception as exc:
-            if _lost_race(exc):
+        with map_jetstream_errors(f"writing {key}"):
+            try:
+                if last:
+                    return int(await self._kv.update(key, data, last=last))
+                return int(await self._kv.create(key, data))
+            except nats.js.errors.APIError as exc:
+                if not _lost_race(exc):
+                    raise
                 what = "exists already" if not last else f"is no longer at revision {last}"
                 raise self._conflict(f"{key} {what}; re-read and retry") from None
-            _transport(exc, f"writing {key}")
 
     async def update(
         self, key: str, change: Change[T], *, replace_unreadable: bool = False
@@ -236,13 +227,14 @@ class KeyValue(Generic[T]):
             revision = await self.revision(key)
             if revision is None:
                 return None
-            try:
-                await self._kv.delete(key, last=revision)
-            except Exception as exc:
-                if _lost_race(exc):  # nats-py does not convert this one for delete
-                    self._retried()
+            with map_jetstream_errors(f"deleting {key}"):
+                try:
+                    await self._kv.delete(key, last=revision)
+                except nats.js.errors.APIError as exc:
+                    if not _lost_race(exc):
+                        raise
+                    self._retried()  # nats-py does not convert this one for delete
                     continue
-                _transport(exc, f"deleting {key}")
             return await self.last_revision()
         raise self._conflict(f"{key} changed under every one of {CAS_ATTEMPTS} attempts; retry")
 
@@ -252,28 +244,16 @@ class KeyValue(Generic[T]):
             self._on_retry()
 
     async def _get_raw(self, key: str) -> tuple[bytes, int] | None:
-        try:
-            entry = await self._kv.get(key)
-        except nats.js.errors.KeyNotFoundError:  # includes deleted and purged keys
-            return None
-        except Exception as exc:
-            _transport(exc, f"reading {key}")
+        with map_jetstream_errors(f"reading {key}"):
+            try:
+                entry = await self._kv.get(key)
+            except nats.js.errors.KeyNotFoundError:  # includes deleted and purged keys
+                return None
         return entry.value or b"", int(entry.revision or 0)
 
 
-def _lost_race(exc: BaseException) -> bool:
+def _lost_race(exc: nats.js.errors.APIError) -> bool:
     """Whether ``exc`` is JetStream's "wrong last sequence" (another writer won)."""
     if isinstance(exc, nats.js.errors.KeyWrongLastSequenceError):
         return True
-    return isinstance(exc, nats.js.errors.APIError) and exc.err_code in WRONG_LAST_SEQUENCE
-
-
-def _transport(exc: BaseException, doing: str) -> NoReturn:
-    """Re-raise a nats-py (or asyncio) failure as the project's TransportError family."""
-    if isinstance(exc, (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError)):
-        raise NotConnected(f"{doing}: the NATS connection is closed") from exc
-    if isinstance(exc, (nats.errors.TimeoutError, asyncio.TimeoutError)):
-        raise RequestTimeout(f"{doing}: JetStream did not answer in time") from exc
-    if isinstance(exc, nats.errors.Error):
-        raise TransportError(f"{doing}: {exc.__class__.__name__}: {exc}") from exc
-    raise exc
+    return exc.err_code in WRONG_LAST_SEQUENCE

@@ -6,6 +6,8 @@ active members' public keys; the pool *epoch* is the bucket's latest revision
 removal — gives a new, larger epoch, and every tally watching the bucket
 agrees on it without coordination. Registering again with the same key is a
 no-op, so restarts do not churn the epoch. Updates use compare-and-set (bus/kv.py).
+Every function raises the project's errors only (NATS trouble is a TransportError,
+bus/nats_errors.py), never a nats-py class.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from bus.kv import UNCHANGED, KeyValue, NoChange
+from bus.nats_errors import map_jetstream_errors
 from bus.state import BucketMirror, ensure_bucket
 from bus.subjects import Subjects
 from schemas.codec import decode, encode
@@ -164,13 +167,14 @@ async def remove(nc: Client, subjects: Subjects, worker_id: str) -> bool:
     """Remove ``worker_id`` from the pool, and clear its quarantine (an operator's act)."""
     kv = await members_bucket(nc, subjects)
     removed = False
-    for key in (worker_id, quarantine_key(worker_id)):
-        try:
-            await kv.get(key)
-        except KeyNotFoundError:
-            continue
-        await kv.delete(key)
-        removed = True
+    with map_jetstream_errors(f"removing {worker_id} from the pool"):
+        for key in (worker_id, quarantine_key(worker_id)):
+            try:
+                await kv.get(key)
+            except KeyNotFoundError:
+                continue
+            await kv.delete(key)
+            removed = True
     return removed
 
 
@@ -215,25 +219,26 @@ async def read_pool(nc: Client, subjects: Subjects) -> PoolView:
     another epoch's members (which would make certificates of that epoch fail)."""
     kv = await members_bucket(nc, subjects)
     failure: Exception | None = None
-    for _ in range(10):
-        before = (await kv.status()).stream_info.state.last_seq
-        members = []
-        try:
-            keys = await kv.keys()
-        except NoKeysError:  # an empty bucket
-            keys = []
-        except Exception as exc:  # a timeout under load: never report "no members" for it
-            failure = exc
-            await asyncio.sleep(0.2)
-            continue
-        for key in keys:
+    with map_jetstream_errors("reading the pool"):
+        for _ in range(10):
+            before = (await kv.status()).stream_info.state.last_seq
+            members = []
             try:
-                entry = await kv.get(key)
-                members.append(MemberRecord.decode(entry.value or b""))
-            except (KeyNotFoundError, CodecError):
+                keys = await kv.keys()
+            except NoKeysError:  # an empty bucket
+                keys = []
+            except Exception as exc:  # a timeout under load: never report "no members" for it
+                failure = exc
+                await asyncio.sleep(0.2)
                 continue
-        if (await kv.status()).stream_info.state.last_seq == before:
-            return PoolView(epoch=before, members=tuple(members))
+            for key in keys:
+                try:
+                    entry = await kv.get(key)
+                    members.append(MemberRecord.decode(entry.value or b""))
+                except (KeyNotFoundError, CodecError):
+                    continue
+            if (await kv.status()).stream_info.state.last_seq == before:
+                return PoolView(epoch=before, members=tuple(members))
     if failure is not None:
         raise TransportError(f"cannot read the pool: {failure.__class__.__name__}: {failure}")
     return PoolView(epoch=before, members=tuple(members))
@@ -249,25 +254,26 @@ async def pool_at(nc: Client, subjects: Subjects, epoch: int) -> PoolView:
     closed rather than trusting anything.
     """
     kv = await members_bucket(nc, subjects)
-    watcher = await kv.watchall(include_history=True)
     members: dict[str, MemberRecord] = {}
-    try:
-        async with asyncio.timeout(10):
-            async for entry in watcher:
-                if entry is None or (entry.revision or 0) > epoch:
-                    break
-                if entry.operation in ("DEL", "PURGE") or not entry.value:
-                    members.pop(entry.key, None)
-                else:
-                    try:
-                        members[entry.key] = MemberRecord.decode(entry.value)
-                    except CodecError:
+    with map_jetstream_errors(f"replaying the pool history to epoch {epoch}"):
+        watcher = await kv.watchall(include_history=True)
+        try:
+            async with asyncio.timeout(10):
+                async for entry in watcher:
+                    if entry is None or (entry.revision or 0) > epoch:
+                        break
+                    if entry.operation in ("DEL", "PURGE") or not entry.value:
                         members.pop(entry.key, None)
-                if entry.delta == 0:
-                    break
-    finally:
-        with contextlib.suppress(Exception):
-            await watcher.stop()
+                    else:
+                        try:
+                            members[entry.key] = MemberRecord.decode(entry.value)
+                        except CodecError:
+                            members.pop(entry.key, None)
+                    if entry.delta == 0:
+                        break
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
     return PoolView(epoch, tuple(sorted(members.values(), key=lambda m: m.worker_id)))
 
 

@@ -36,8 +36,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
 
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -48,6 +46,7 @@ from nats.micro.service import EndpointConfig, Service
 from bus.config import NatsConfig
 from bus.connection import connect
 from bus.keepalive import Keepalive, making_progress
+from bus.nats_errors import map_jetstream_errors
 from bus.otelmetrics import WorkerInstruments
 from bus.stats import ProcessingStats
 from bus.subjects import Subjects, check_token, service_name
@@ -161,15 +160,18 @@ class Worker:
 
     async def subscribe_intake(self, subject: str, cb: MsgHandler, queue: str = "") -> None:
         """A work subscription: drained first at shutdown (stop taking work)."""
-        self._intake.append(
-            await self.client.subscribe(subject, queue=queue, cb=cb, pending_msgs_limit=65536)
-        )
+        self._intake.append(await self._subscribe(subject, cb, queue))
 
     async def subscribe(self, subject: str, cb: MsgHandler, queue: str = "") -> None:
         """A subscription kept until the held work is finished (e.g. vote replies)."""
-        self._subs.append(
-            await self.client.subscribe(subject, queue=queue, cb=cb, pending_msgs_limit=65536)
-        )
+        self._subs.append(await self._subscribe(subject, cb, queue))
+
+    async def _subscribe(self, subject: str, cb: MsgHandler, queue: str) -> Subscription:
+        """NotConnected or TransportError (a bad subject), never a nats-py class."""
+        with map_jetstream_errors(f"subscribing to {subject}"):
+            return await self.client.subscribe(
+                subject, queue=queue, cb=cb, pending_msgs_limit=65536
+            )
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -262,36 +264,13 @@ class Worker:
         setup_tracing(service_name(self.kind), resource)
         metrics_on = setup_metrics(service_name(self.kind), resource)
         self.nc = await connect(self.runtime.nats, name=f"{self.kind}-{self.worker_id}")
-        metadata = {
-            "worker_id": self.worker_id,
-            "kind": self.kind,
-            "instance": self.instance,
-            "prefix": self.subjects.prefix,
-            **self.extra_metadata(),
-        }
-        self.service = await add_service(
-            self.nc,
-            name=service_name(self.kind),
-            version=VERSION,
-            description=(self.__class__.__doc__ or self.kind).strip().splitlines()[0],
-            metadata=metadata,
-        )
-        await self.service.add_endpoint(
-            EndpointConfig(
-                name="status",
-                handler=self._status,
-                subject=self.subjects.status(self.kind, self.worker_id),
-                queue_group=f"status-{self.instance}",
-            )
-        )
         try:
-            await self.setup()
-        except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
-            raise NotConnected(
-                f"JetStream is not available on {self.runtime.nats.url} "
-                f"(start nats-server with -js): {exc}"
-            ) from None
-        await self.nc.flush()
+            # bus/ raises the project's errors already; this maps what a worker's own
+            # setup gets from nats-py directly (e.g. a bucket it opens itself)
+            with map_jetstream_errors(f"starting {self.kind} {self.worker_id}"):
+                await self._serve(self.nc)
+        except NotConnected as exc:  # no JetStream, or the connection went: EXIT_CONNECT
+            raise NotConnected(f"{exc} (NATS at {self.runtime.nats.url})") from exc
         await self._subscriptions_barrier()
         if metrics_on and self.otel_metrics is None:  # after setup: gauges() may need its state
             self.otel_metrics = WorkerInstruments(self.kind, self.stats, self.health, self.gauges)
@@ -308,6 +287,33 @@ class Worker:
             self.instance,
             self.subjects.prefix,
         )
+
+    async def _serve(self, nc: Client) -> None:
+        """Register the micro service and its status endpoint, then the subclass ``setup``."""
+        metadata = {
+            "worker_id": self.worker_id,
+            "kind": self.kind,
+            "instance": self.instance,
+            "prefix": self.subjects.prefix,
+            **self.extra_metadata(),
+        }
+        self.service = await add_service(
+            nc,
+            name=service_name(self.kind),
+            version=VERSION,
+            description=(self.__class__.__doc__ or self.kind).strip().splitlines()[0],
+            metadata=metadata,
+        )
+        await self.service.add_endpoint(
+            EndpointConfig(
+                name="status",
+                handler=self._status,
+                subject=self.subjects.status(self.kind, self.worker_id),
+                queue_group=f"status-{self.instance}",
+            )
+        )
+        await self.setup()
+        await nc.flush()
 
     async def _subscriptions_barrier(self) -> None:
         """Return only once the server has every subscription made so far.

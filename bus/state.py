@@ -30,9 +30,10 @@ from nats.aio.client import Client
 from nats.js.errors import BucketNotFoundError
 
 from bus.config import js_replicas
+from bus.nats_errors import map_jetstream_errors
 from bus.subjects import Subjects
 from schemas.codec import Unreadable
-from schemas.errors import CodecError, ConfigError
+from schemas.errors import CodecError, ConfigError, RequestTimeout
 
 log = logging.getLogger("agentic_payments.state")
 T = TypeVar("T")
@@ -72,27 +73,29 @@ async def ensure_bucket(
     """Open KV bucket ``name``, creating it (direct gets allowed) if it is missing.
 
     JetStream API timeouts are retried with back-off for up to OPEN_RETRY_S;
-    other errors (no JetStream, permissions) surface at once. With
-    ``forbid_ttl`` an existing bucket that expires records is refused
-    (ConfigError): for the pool and the verdict state an expiring record would
-    silently undo a revocation or a quarantine.
+    other errors surface at once, as the project's own (bus/nats_errors.py):
+    no JetStream or a closed connection is NotConnected, the last timeout
+    RequestTimeout. With ``forbid_ttl`` an existing bucket that expires
+    records is refused (ConfigError): for the pool and the verdict state an
+    expiring record would silently undo a revocation or a quarantine.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + OPEN_RETRY_S
     delay = 0.25
     while True:
         try:
-            kv = await _open_or_create(nc, name, history, description)
-            if forbid_ttl:
-                config = (await kv.status()).stream_info.config
-                if config.max_age:
-                    raise ConfigError(
-                        f"bucket {name} expires records after {config.max_age}s:"
-                        " a revocation or quarantine would silently lapse; "
-                        "recreate it without a TTL"
-                    )
-            return kv
-        except (nats.errors.TimeoutError, TimeoutError):
+            with map_jetstream_errors(f"opening bucket {name}"):
+                kv = await _open_or_create(nc, name, history, description)
+                if forbid_ttl:
+                    config = (await kv.status()).stream_info.config
+                    if config.max_age:
+                        raise ConfigError(
+                            f"bucket {name} expires records after {config.max_age}s:"
+                            " a revocation or quarantine would silently lapse; "
+                            "recreate it without a TTL"
+                        )
+                return kv
+        except RequestTimeout:
             if loop.time() + delay > deadline:
                 raise
             log.warning("JetStream did not answer opening bucket %s; retrying", name)
@@ -172,14 +175,21 @@ class BucketMirror(Generic[T]):
         return None if isinstance(item, Unreadable) else item
 
     async def start(self, timeout: float = 5.0) -> None:
+        """Open the bucket and its watch; return once the replay is applied.
+
+        Raises the project's TransportError family (NotConnected without
+        JetStream or connection, RequestTimeout if the replay takes longer
+        than ``timeout``), never a nats-py class.
+        """
         # every mirrored bucket (pool, verdict state) must keep records forever
         self._kv = await ensure_bucket(self._nc, self._bucket, forbid_ttl=True)
-        status = await self._kv.status()
-        self.revision = self.known_last = status.stream_info.state.last_seq
-        await self._open_watch()
-        self._task = asyncio.create_task(self._run())
-        self._fresh_task = asyncio.create_task(self._freshness())
-        await asyncio.wait_for(self._ready.wait(), timeout)
+        with map_jetstream_errors(f"watching bucket {self._bucket}"):
+            status = await self._kv.status()
+            self.revision = self.known_last = status.stream_info.state.last_seq
+            await self._open_watch()
+            self._task = asyncio.create_task(self._run())
+            self._fresh_task = asyncio.create_task(self._freshness())
+            await asyncio.wait_for(self._ready.wait(), timeout)
 
     async def _open_watch(self) -> None:
         """A new watch whose replay builds a fresh copy; readers keep the old,

@@ -14,6 +14,7 @@ from nats.aio.client import Client
 from nats.js.errors import BadRequestError, NotFoundError
 
 from bus.config import js_replicas
+from bus.nats_errors import map_jetstream_errors
 from bus.subjects import Subjects
 
 
@@ -26,7 +27,23 @@ async def ensure_stream(
     description: str,
     max_bytes: int = -1,
 ) -> bool:
-    """Create stream ``name`` over ``subjects`` if missing; True if this call created it."""
+    """Create stream ``name`` over ``subjects`` if missing; True if this call created it.
+
+    NATS trouble is the project's TransportError family (NotConnected without
+    JetStream or connection; bus/nats_errors.py), never a nats-py class.
+    """
+    with map_jetstream_errors(f"creating stream {name}"):
+        return await _create_if_missing(nc, name, subjects, max_age_s, description, max_bytes)
+
+
+async def _create_if_missing(
+    nc: Client,
+    name: str,
+    subjects: list[str],
+    max_age_s: float,
+    description: str,
+    max_bytes: int,
+) -> bool:
     js = nc.jetstream()
     try:
         await js.stream_info(name)

@@ -6,7 +6,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from bus.nats_errors import map_nats_errors
+from bus.nats_errors import jetstream_error, map_jetstream_errors, map_nats_errors
 from schemas.errors import (
     AgenticPaymentsError,
     KeyNotFound,
@@ -57,3 +57,44 @@ def test_project_errors_and_others_pass_through() -> None:
         raise KeyNotFound("no key")
     with pytest.raises(ValueError), map_nats_errors("ap.keys.get"):
         raise ValueError("not ours to map")
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (nats.js.errors.ServiceUnavailableError(), NotConnected),
+        (nats.errors.NoRespondersError(), NotConnected),
+        (nats.errors.TimeoutError(), RequestTimeout),
+        (TimeoutError(), RequestTimeout),
+        (nats.errors.ConnectionClosedError(), NotConnected),
+        (nats.errors.ConnectionReconnectingError(), NotConnected),
+        (nats.js.errors.BadRequestError(), TransportError),
+        (nats.js.errors.NotFoundError(), TransportError),
+        (nats.errors.BadSubjectError(), TransportError),
+    ],
+    ids=lambda v: v.__name__ if isinstance(v, type) else type(v).__name__,
+)
+def test_each_jetstream_error_maps_to_one_project_error(
+    raised: Exception, expected: type[AgenticPaymentsError]
+) -> None:
+    with pytest.raises(expected) as info, map_jetstream_errors("opening bucket ap_state"):
+        raise raised
+    assert type(info.value) is expected
+    assert str(info.value).startswith("opening bucket ap_state: ")
+    assert info.value.__cause__ is raised  # the JetStream error code stays readable in the log
+    assert jetstream_error(raised, "x").__class__ is expected
+
+
+def test_no_jetstream_says_what_to_do() -> None:
+    no_js = pytest.raises(NotConnected, match="start nats-server with -js")
+    with no_js, map_jetstream_errors("opening bucket ap_state"):
+        raise nats.js.errors.ServiceUnavailableError
+
+
+def test_jetstream_mapping_passes_others_through() -> None:
+    with pytest.raises(KeyNotFound), map_jetstream_errors("reading k"):
+        raise KeyNotFound("no key")
+    with pytest.raises(ValueError), map_jetstream_errors("reading k"):
+        raise ValueError("not ours to map")
+    other = ValueError("a bug")
+    assert jetstream_error(other, "x") is other
