@@ -14,7 +14,7 @@ from nats.aio.client import Client
 
 from bus.call import call
 from bus.subjects import Subjects
-from schemas.errors import CodecError, ConfigError, NotConnected
+from schemas.errors import CodecError, ConfigError, NotConnected, TransportError
 from schemas.recovery import MAX_HISTORY, HistoryQuery, HistoryReply
 from workers.cli.kit import (
     EXIT_NOT_VALID,
@@ -107,9 +107,11 @@ async def fetch_history(
     nc: Client, subjects: Subjects, query: HistoryQuery, timeout: float
 ) -> HistoryReply:
     """The recovery worker's attempt history (through the one client call, bus/call.py)."""
-    return await call(
-        nc, subjects.recovery_history, query, HistoryReply, timeout=timeout, service="recovery"
-    )
+    subject = subjects.recovery_history
+    try:
+        return await call(nc, subject, query, HistoryReply, timeout=timeout, service="recovery")
+    except TransportError as exc:  # same class and code, with what the operator must know
+        raise type(exc)(f"no recovery worker answered on {subject}: {exc}") from None
 
 
 def _when(ms: int) -> str:
