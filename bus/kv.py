@@ -54,6 +54,23 @@ T = TypeVar("T")
 R = TypeVar("R", bound="Record")
 
 
+async def subject_keys(kv: Any, pattern: str = ">") -> list[str]:
+    """Every key matching ``pattern`` with a message in nats-py bucket ``kv``, deleted
+    ones included, sorted.
+
+    Read from the stream's per-subject state, not with nats-py's ``kv.keys()``:
+    that one is a watch whose end-of-replay marker is decided from the
+    consumer's ``num_pending``, and the consumer-info reply can overtake the
+    pushed messages, so under load it can answer "no keys" (NoKeysError) for a
+    bucket that has them (seen in CI as a pool of 0 keys). A deleted key's
+    last message is its delete marker: a ``get`` then says it is gone.
+    """
+    prefix: str = kv._pre  # "$KV.<bucket>." (nats-py KeyValue), the KV naming convention
+    with map_jetstream_errors("listing the keys of the bucket"):
+        info = await kv._js.stream_info(kv._stream, subjects_filter=f"{prefix}{pattern}")
+    return sorted(subject[len(prefix) :] for subject in (info.state.subjects or {}))
+
+
 class Record(Protocol):
     """A record class that serialises itself (every WireMessage, KeyRecord, MemberRecord)."""
 
@@ -151,11 +168,7 @@ class KeyValue(Generic[T]):
 
     async def keys(self) -> list[str]:
         """Every key holding a record (not deleted ones), sorted; [] for an empty bucket."""
-        with map_jetstream_errors("listing the keys of the bucket"):
-            try:
-                return sorted(await self._kv.keys())
-            except nats.js.errors.NoKeysError:
-                return []
+        return [key for key in await subject_keys(self._kv) if await self._get_raw(key)]
 
     async def last_revision(self) -> int:
         """The bucket's latest revision (its stream's last sequence)."""

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError
 
-from bus.kv import UNCHANGED, KeyValue, NoChange
+from bus.kv import UNCHANGED, KeyValue, NoChange, subject_keys
 from bus.nats_errors import map_jetstream_errors
 from bus.state import BucketMirror, ensure_bucket
 from bus.subjects import Subjects
@@ -223,10 +223,8 @@ async def read_pool(nc: Client, subjects: Subjects) -> PoolView:
         for _ in range(10):
             before = (await kv.status()).stream_info.state.last_seq
             members = []
-            try:
-                keys = await kv.keys()
-            except NoKeysError:  # an empty bucket
-                keys = []
+            try:  # not kv.keys(): it can answer "no keys" for a full bucket (subject_keys)
+                keys = await subject_keys(kv)
             except Exception as exc:  # a timeout under load: never report "no members" for it
                 failure = exc
                 await asyncio.sleep(0.2)
@@ -256,11 +254,18 @@ async def pool_at(nc: Client, subjects: Subjects, epoch: int) -> PoolView:
     kv = await members_bucket(nc, subjects)
     members: dict[str, MemberRecord] = {}
     with map_jetstream_errors(f"replaying the pool history to epoch {epoch}"):
+        if (await kv.status()).stream_info.state.last_seq == 0:
+            return PoolView(epoch, ())
         watcher = await kv.watchall(include_history=True)
         try:
             async with asyncio.timeout(10):
                 async for entry in watcher:
-                    if entry is None or (entry.revision or 0) > epoch:
+                    # nats-py's end-of-replay None can come before the history
+                    # (see bus.kv.subject_keys): only the entries themselves say
+                    # where the replay is (revision past epoch, or delta 0: the last)
+                    if entry is None:
+                        continue
+                    if (entry.revision or 0) > epoch:
                         break
                     if entry.operation in ("DEL", "PURGE") or not entry.value:
                         members.pop(entry.key, None)

@@ -195,6 +195,10 @@ class BucketMirror(Generic[T]):
         """A new watch whose replay builds a fresh copy; readers keep the old,
         complete one until the replay is done (never a half-built state)."""
         self._watcher = None
+        # the replay is complete only once it reaches the revision the bucket had
+        # when the watch opened: nats-py's end-of-replay None can come first
+        self._replay_target = self.known_last
+        self._replay_seen = 0
         self._watcher = await self._kv.watchall()
         self._building = {}
         self._replaying = True
@@ -265,11 +269,16 @@ class BucketMirror(Generic[T]):
             raise RuntimeError(f"no watch on {self._bucket}")
         async for entry in self._watcher:
             if entry is None:
-                self._caught_up()
+                # nats-py decides this marker from the consumer's num_pending, and
+                # that reply can overtake the pushed entries: an early marker would
+                # publish an empty state as complete (revocations unseen: fail open)
+                if self._replay_seen >= self._replay_target or await self._bucket_empty():
+                    self._caught_up()
                 continue
             items = self._building if self._building is not None else self._items
             if entry.revision:
                 self.revision = max(self.revision, entry.revision)
+                self._replay_seen = max(self._replay_seen, entry.revision)
             if entry.operation in ("DEL", "PURGE") or not entry.value:
                 items.pop(entry.key, None)
             else:
@@ -285,6 +294,11 @@ class BucketMirror(Generic[T]):
                 self._caught_up()
             elif not self._replaying and self._on_change is not None:
                 self._on_change()
+
+    async def _bucket_empty(self) -> bool:
+        """No message left to replay (an emptied stream): the marker is then right."""
+        status = await self._kv.status()
+        return int(status.stream_info.state.messages) == 0
 
     def _caught_up(self) -> None:
         if self._building is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from bus.config import NatsConfig
@@ -19,6 +20,17 @@ class BrokenBucket:
 
 
 class EmptyBucket:
+    """A bucket with no attempts: its stream lists no subject (bus.kv.subject_keys)."""
+
+    _pre = "$KV.t_recovery."
+    _stream = "KV_t_recovery"
+
+    def __init__(self) -> None:
+        self._js = self
+
+    async def stream_info(self, name: str, subjects_filter: str) -> Any:
+        return SimpleNamespace(state=SimpleNamespace(subjects=None))
+
     async def watch(self, *args: Any, **kwargs: Any) -> Any:
         return self
 

@@ -37,7 +37,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.micro.service import EndpointConfig
 
-from bus.kv import KeyValue
+from bus.kv import KeyValue, subject_keys
 from bus.runtime import RuntimeConfig, Worker, now_ms
 from bus.service import Dispatcher, Operation
 from bus.streams import ensure_stream, ensure_telemetry_streams
@@ -454,6 +454,8 @@ def _history_query(data: bytes) -> HistoryQuery:
 async def read_history(kv: Any, query: HistoryQuery) -> list[RecoveryAttempt]:
     """Attempts in the bucket matching ``query``, newest first, at most ``query.limit``."""
     pattern = ".".join([query.kind or "*", query.worker_id or "*", "*", "*"])
+    if not await subject_keys(kv, pattern):
+        return []
     watcher = await kv.watch(pattern, ignore_deletes=True)
     found: list[RecoveryAttempt] = []
     try:
@@ -462,8 +464,8 @@ async def read_history(kv: Any, query: HistoryQuery) -> list[RecoveryAttempt]:
                 entry = await watcher.updates(timeout=2.0)
             except nats.errors.TimeoutError:
                 break
-            if entry is None:
-                break
+            if entry is None:  # may come before the entries (bus.kv.subject_keys): go on
+                continue
             if entry.value:
                 with contextlib.suppress(CodecError):
                     found.append(RecoveryAttempt.decode(entry.value))
