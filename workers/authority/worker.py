@@ -51,9 +51,11 @@ from schemas.authority import (
 )
 from schemas.codec import Unreadable
 from schemas.errors import (
+    AuthorityError,
     AuthorityExists,
     AuthorityUnknown,
     ChangeInvalid,
+    ConfigError,
     NotConnected,
     PolicyMissing,
     PolicyNotMet,
@@ -78,7 +80,8 @@ class AuthorityWorker(Worker):
         self._authorities: KeyValue[AuthorityRecord]  # set by setup (the state bucket)
         self._policies: KeyValue[QuorumPolicy]
         self._mirror: BucketMirror[object] | None = None
-        # every project error is a refusal with its own code (NOT_CONNECTED included)
+        # bad input, policy refusals and bad settings in a request are verdicts; NATS
+        # trouble while reading or writing state is this worker's failure (INTERNAL)
         self.rpc = Dispatcher(
             "authority",
             {
@@ -87,6 +90,7 @@ class AuthorityWorker(Worker):
             },
             self.stats,
             log,
+            refusals=(AuthorityError, ConfigError),
         )
 
     async def setup(self) -> None:
