@@ -20,7 +20,6 @@ import dataclasses
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from bus.authority_client import AuthorityClient
@@ -44,6 +43,7 @@ from workers.cli.kit import (
     client_options,
     connection,
     json_option,
+    message_bytes,
     nats_config,
     output,
     runtime_config,
@@ -103,11 +103,9 @@ def _endorsements(
 def _digest(args: argparse.Namespace) -> bytes:
     if args.digest:
         return _hex(args.digest, 32, "digest")
-    if args.message_file:
-        return message_digest(Path(args.message_file).read_bytes())
-    if args.message is not None:
-        return message_digest(str(args.message).encode())
-    raise ConfigError("give --digest HEX, --message TEXT or --message-file PATH")
+    if args.message_file is None and args.message is None:
+        raise ConfigError("give --digest HEX, --message TEXT or --message-file PATH")
+    return message_digest(message_bytes(args))
 
 
 def _group(text: str) -> PolicyGroup:

@@ -28,6 +28,7 @@ from workers.cli.kit import (
     client_threshold,
     connection,
     json_option,
+    message_bytes,
     nats_config,
     nats_options,
     output,
@@ -73,14 +74,6 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         {"path": str(path), "did": ident.did, "public_key": ident.public_key_hex},
     )
     return 0
-
-
-def _message_bytes(args: argparse.Namespace) -> bytes:
-    if args.message_file:
-        return Path(args.message_file).read_bytes()
-    if args.message is None:
-        raise ConfigError("give --message TEXT or --message-file PATH")
-    return str(args.message).encode()
 
 
 def _verdict_options(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +127,7 @@ def _with_verdict_options(
 def cmd_sign(args: argparse.Namespace) -> int:
     ident = AgentIdentity.load(args.key)
     request = _with_verdict_options(
-        signed_request(ident, _message_bytes(args), args.request_id), args
+        signed_request(ident, message_bytes(args), args.request_id), args
     )
     if args.out:
         Path(args.out).write_bytes(request.encode())
@@ -159,7 +152,7 @@ def _build_request(args: argparse.Namespace) -> VerificationRequest:
 
 
 def _signed_from_args(args: argparse.Namespace) -> VerificationRequest:
-    message = _message_bytes(args)
+    message = message_bytes(args)
     rid = args.request_id or new_request_id()
     if args.key:
         return signed_request(AgentIdentity.load(args.key), message, rid)

@@ -61,6 +61,7 @@ __all__ = [
     "field_default",
     "int_at_least",
     "json_option",
+    "message_bytes",
     "nats_config",
     "nats_options",
     "non_negative",
@@ -233,6 +234,17 @@ def runtime_config(args: argparse.Namespace, worker_id: str) -> RuntimeConfig:
         drain_timeout_s=args.drain_timeout_s,
         data_dir=Path(args.data_dir),
     )
+
+
+# ---------------------------------------------------------------- input
+def message_bytes(args: argparse.Namespace) -> bytes:
+    """The message a command signs, verifies or endorses: ``--message-file`` bytes,
+    else ``--message`` as UTF-8; neither is a configuration error (exit 78)."""
+    if getattr(args, "message_file", None):
+        return Path(args.message_file).read_bytes()
+    if getattr(args, "message", None) is None:
+        raise ConfigError("give --message TEXT or --message-file PATH")
+    return str(args.message).encode()
 
 
 # ---------------------------------------------------------------- output, connection

@@ -22,6 +22,7 @@ from workers.cli.kit import (
     connection,
     int_at_least,
     json_option,
+    message_bytes,
     nats_config,
     output,
     positive,
@@ -77,12 +78,6 @@ def _info_human(info: KeyInfo) -> str:
     return "\n".join(lines)
 
 
-def _message(args: argparse.Namespace) -> bytes:
-    if args.message_file:
-        return Path(args.message_file).read_bytes()
-    return str(args.message).encode()
-
-
 async def _run(args: argparse.Namespace) -> int:
     config = nats_config(args)
     async with connection(config, "agentic-payments-keys-cli") as nc:
@@ -97,7 +92,7 @@ async def _run(args: argparse.Namespace) -> int:
             )
             return 0
         if action == "sign":
-            sig = await client.sign(args.name, _message(args), args.version)
+            sig = await client.sign(args.name, message_bytes(args), args.version)
             output(
                 args,
                 f"key {sig.name} v{sig.version}\npublic_key: {sig.public_key.hex()}\n"
