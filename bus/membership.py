@@ -88,14 +88,35 @@ class PoolView:
     members: tuple[MemberRecord, ...]
 
     @property
+    def verifiers(self) -> tuple[MemberRecord, ...]:
+        """Verifier records (and quarantine records), not tally records."""
+        return tuple(m for m in self.members if not m.worker_id.startswith(TALLY_PREFIX))
+
+    @property
+    def tallies(self) -> tuple[MemberRecord, ...]:
+        return tuple(m for m in self.members if m.worker_id.startswith(TALLY_PREFIX))
+
+    @property
     def keys(self) -> frozenset[bytes]:
-        """Active keys. Quarantine applies to the key, not the id: a key quarantined
-        under any id is out of the pool even if another id holds it actively."""
+        """Active verifier keys. Quarantine applies to the key, not the id: a key
+        quarantined under any id is out of the pool even if another id holds it actively."""
         quarantined = {m.public_key for m in self.members if m.status == QUARANTINED}
         return frozenset(
             m.public_key
             for m in self.members
-            if m.status == ACTIVE and m.public_key not in quarantined
+            if m.status == ACTIVE
+            and m.public_key not in quarantined
+            and not m.worker_id.startswith(TALLY_PREFIX)
+        )
+
+    @property
+    def tally_keys(self) -> frozenset[bytes]:
+        """Keys of the admitted tallies (records ``tally.<id>``): verifiers judge only
+        ballots signed by one of them."""
+        return frozenset(
+            m.public_key
+            for m in self.members
+            if m.status == ACTIVE and m.worker_id.startswith(TALLY_PREFIX)
         )
 
 
@@ -176,6 +197,30 @@ async def remove(nc: Client, subjects: Subjects, worker_id: str) -> bool:
             await kv.delete(key)
             removed = True
     return removed
+
+
+#: Key prefix of tally records: ``tally.<id>`` holds the key tally ``<id>`` signs
+#: ballots and certificates with (written by that tally, bus/permissions.py).
+TALLY_PREFIX = "tally."
+
+
+def tally_record_key(worker_id: str) -> str:
+    return f"{TALLY_PREFIX}{worker_id}"
+
+
+async def register_tally(nc: Client, subjects: Subjects, worker_id: str, public_key: bytes) -> bool:
+    """Admit tally ``worker_id`` with ``public_key`` (its record ``tally.<id>``); True if
+    anything changed. Registering again with the same key is a no-op."""
+    key = tally_record_key(worker_id)
+    members = KeyValue.of(await members_bucket(nc, subjects), MemberRecord)
+    record = MemberRecord(key, public_key, ACTIVE, time.time_ns() // 1_000_000)
+
+    def change(current: MemberRecord | None) -> MemberRecord | NoChange:
+        if current is not None and current.public_key == public_key and current.status == ACTIVE:
+            return UNCHANGED
+        return record
+
+    return (await members.update(key, change, replace_unreadable=True)).changed
 
 
 #: Key prefix of quarantine records. They are separate from the member's own record

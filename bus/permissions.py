@@ -224,6 +224,8 @@ def permissions(role: str, name: str, subjects: Subjects) -> Permissions:
             *telemetry(role, subjects, name),
             *kv_owner(members),
             *kv_reader(members),
+            # its own tally record only (bus/membership.register_tally)
+            *kv_writer(members, [f"tally.{name}"]),
             *kv_owner(state),
             *kv_reader(state),
             *kv_owner(decisions),

@@ -73,7 +73,7 @@ async def main(worker_id: str, mode: str) -> None:
         elif mode == "forge":
             if not victims:
                 pool = await membership.read_pool(nc, subjects)
-                victims.extend(m.public_key for m in pool.members if m.public_key != me.public_key)
+                victims.extend(sorted(k for k in pool.keys if k != me.public_key))
             vote = sign_vote(me, ballot, flipped(honest), ts)
             out = [replace(vote, verifier_key=victims[0]).encode()]
         else:

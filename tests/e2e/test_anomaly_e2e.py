@@ -108,6 +108,7 @@ async def test_byzantine_verifier_is_quarantined_and_the_pool_keeps_deciding(
         await until(lambda: _answers(nc, cluster.prefix), "anomaly worker up", cluster)
         cluster.start_tally()
         await cluster.wait_tally()
+        before = await cluster.wait_pool(4)  # after the tally's own record
         agent = AgentIdentity.generate()
         await decide(cluster, requests(agent, 6, "before"))
 
@@ -178,6 +179,7 @@ async def test_forged_votes_quarantine_nobody(cluster: Cluster) -> None:
         await until(lambda: _answers(nc, cluster.prefix), "anomaly worker up", cluster)
         cluster.start_tally()
         await cluster.wait_tally()
+        before = await cluster.wait_pool(6)  # after the tally's own record
         agent = AgentIdentity.generate()
         await decide(cluster, requests(agent, 12, "forged"))
 
@@ -214,6 +216,7 @@ async def test_no_quarantine_below_the_minimum_pool(cluster: Cluster) -> None:
         await until(lambda: _answers(nc, cluster.prefix), "anomaly worker up", cluster)
         cluster.start_tally("t1", "--deadline-ms", "1500")
         await cluster.wait_tally()
+        before = await cluster.wait_pool(3)  # after the tally's own record
         agent = AgentIdentity.generate()
         async with await VerifyClient.connect(
             NatsConfig(url=cluster.nats_url, prefix=cluster.prefix), timeout=15.0, retries=0

@@ -208,7 +208,7 @@ async def test_malformed_member_record_is_skipped(
         await asyncio.sleep(0.3)
         assert tally._pool is not None and len(tally._pool.view.keys) == 4  # watcher alive
         pool = await membership.read_pool(nc, subjects)
-        assert {m.worker_id for m in pool.members} == {"v1", "v2", "v3", "v4"}
+        assert {m.worker_id for m in pool.verifiers} == {"v1", "v2", "v3", "v4"}
         async with await VerifyClient.connect(nats_config) as client:
             cert = await client.verify_with_consensus(signed_request(AgentIdentity.generate(), "y"))
         assert cert.n == 4 and cert.decision == "VALID"

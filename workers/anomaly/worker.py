@@ -438,7 +438,7 @@ class AnomalyWorker(Worker):
     def _member(self, key: bytes, epoch: int) -> str:
         for view in (self._pool.view if self._pool else None, self._views.get(epoch)):
             if view is not None:
-                for m in view.members:
+                for m in view.verifiers:
                     if m.public_key == key:
                         return m.worker_id
         return key.hex()[:16]

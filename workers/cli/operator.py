@@ -55,13 +55,19 @@ async def _members(args: argparse.Namespace) -> int:
         pool = await membership.read_pool(nc, subjects)
         rows = [
             {"id": m.worker_id, "public_key": m.public_key.hex(), "status": m.status}
-            for m in pool.members
+            for m in pool.verifiers
+        ]
+        tallies = [
+            {"id": m.worker_id, "public_key": m.public_key.hex(), "status": m.status}
+            for m in pool.tallies
         ]
         output(
             args,
             f"epoch {pool.epoch}, {len(pool.keys)} active\n"
-            + "\n".join(f"  {r['id']:<12} {r['status']:<8} {r['public_key']}" for r in rows),
-            {"epoch": pool.epoch, "members": rows},
+            + "\n".join(
+                f"  {r['id']:<12} {r['status']:<8} {r['public_key']}" for r in rows + tallies
+            ),
+            {"epoch": pool.epoch, "members": rows, "tallies": tallies},
         )
         return 0
 

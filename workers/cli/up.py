@@ -110,7 +110,7 @@ async def _prune_members(config: NatsConfig, keep: set[str]) -> None:
     async with connection(config, "agentic-payments-up") as nc:
         subjects = Subjects(config.prefix)
         pool = await membership.read_pool(nc, subjects)
-        for member in pool.members:
+        for member in pool.verifiers:
             if member.worker_id not in keep:
                 await membership.remove(nc, subjects, member.worker_id)
                 print(f"removed stale pool member {member.worker_id}")

@@ -35,7 +35,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 
 from bus.decisions import DecisionStore, ensure_audit_stream
-from bus.membership import PoolWatcher
+from bus.membership import PoolWatcher, register_tally
 from bus.runtime import RuntimeConfig, Worker, now_ms
 from bus.state import BucketMirror
 from bus.subjects import TALLY_QUEUE
@@ -194,6 +194,7 @@ class TallyWorker(Worker):
 
     # ------------------------------------------------------------------ setup
     async def setup(self) -> None:
+        await register_tally(self.client, self.subjects, self.worker_id, self.identity.public_key)
         self._pool = PoolWatcher(self.client, self.subjects)
         await self._pool.start()
         # Only the revision matters here: each ballot is judged under the verdict
