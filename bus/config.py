@@ -9,7 +9,8 @@ Environment variables (all optional):
   NATS_TLS_CERT, NATS_TLS_KEY   client certificate for mutual TLS
   NATS_USER, NATS_PASSWORD      user/password authentication
   NATS_INBOX_PREFIX   reply-inbox prefix (_INBOX); with the per-role server
-                      config (bus/permissions.py) set it to _INBOX.<user name>
+                      config (bus/permissions.py) set it to _INBOX.<user name>.
+                      It must lie under _INBOX: workers answer no other reply
   AP_PREFIX           subject prefix                    (ap)
   AP_JS_REPLICAS      JetStream replicas for the streams and KV buckets the
                       workers create (1; 3 on a 3-node cluster)
@@ -21,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from bus.subjects import DEFAULT_PREFIX, check_token
+from bus.subjects import DEFAULT_PREFIX, INBOX_ROOT, check_token
 from schemas.errors import ConfigError
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -49,6 +50,12 @@ class NatsConfig:
                 raise ConfigError(
                     f"inbox prefix {self.inbox_prefix!r} must be dot-separated "
                     "tokens without wildcards or spaces"
+                )
+            if tokens[0] != INBOX_ROOT:
+                # workers answer only replies inside _INBOX. (bus/replies.py)
+                raise ConfigError(
+                    f"inbox prefix {self.inbox_prefix!r} must be {INBOX_ROOT} or start "
+                    f"with {INBOX_ROOT}. (workers answer no other reply subject)"
                 )
         if self.tls_key and not self.tls_cert:
             raise ConfigError("NATS_TLS_KEY is set without NATS_TLS_CERT")

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -48,6 +48,7 @@ from bus.connection import connect
 from bus.keepalive import Keepalive, making_progress
 from bus.nats_errors import map_jetstream_errors
 from bus.otelmetrics import WorkerInstruments
+from bus.replies import GuardedClient, ReplyGuard
 from bus.stats import ProcessingStats
 from bus.subjects import Subjects, check_token, service_name
 from bus.tracing import setup_metrics, setup_tracing, shutdown_telemetry
@@ -122,6 +123,8 @@ class Worker:
         self.worker_id = runtime.worker_id
         self.subjects = Subjects(runtime.nats.prefix)
         self.stats = ProcessingStats()
+        #: answers only go to _INBOX replies (bus/replies.py, issue #10 hole 1)
+        self.replies = ReplyGuard(self.stats, log)
         self.instance = uuid.uuid4().hex[:12]
         self.nc: Client | None = None
         self.service: Service | None = None
@@ -158,12 +161,26 @@ class Worker:
             raise NotConnected("worker is not started")
         return self.nc
 
-    async def subscribe_intake(self, subject: str, cb: MsgHandler, queue: str = "") -> None:
-        """A work subscription: drained first at shutdown (stop taking work)."""
+    async def subscribe_intake(
+        self, subject: str, cb: MsgHandler, queue: str = "", *, replies: bool = False
+    ) -> None:
+        """A work subscription: drained first at shutdown (stop taking work).
+
+        ``replies=True`` for request/reply intake: a message whose reply subject is
+        outside ``_INBOX.`` never reaches ``cb`` (bus/replies.py). Leave it False for
+        plain pub/sub, whose reply (if any) the handler does not answer.
+        """
+        if replies:
+            cb = self.replies.wrap(cb)
         self._intake.append(await self._subscribe(subject, cb, queue))
 
-    async def subscribe(self, subject: str, cb: MsgHandler, queue: str = "") -> None:
-        """A subscription kept until the held work is finished (e.g. vote replies)."""
+    async def subscribe(
+        self, subject: str, cb: MsgHandler, queue: str = "", *, replies: bool = False
+    ) -> None:
+        """A subscription kept until the held work is finished (e.g. vote replies);
+        ``replies`` as in ``subscribe_intake``."""
+        if replies:
+            cb = self.replies.wrap(cb)
         self._subs.append(await self._subscribe(subject, cb, queue))
 
     async def _subscribe(self, subject: str, cb: MsgHandler, queue: str) -> Subscription:
@@ -297,8 +314,10 @@ class Worker:
             "prefix": self.subjects.prefix,
             **self.extra_metadata(),
         }
+        # through GuardedClient: nats-py's own PING/INFO/STATS handlers and every
+        # endpoint answer only _INBOX replies (bus/replies.py)
         self.service = await add_service(
-            nc,
+            cast(Client, GuardedClient(nc, self.replies)),
             name=service_name(self.kind),
             version=VERSION,
             description=(self.__class__.__doc__ or self.kind).strip().splitlines()[0],

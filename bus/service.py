@@ -19,6 +19,10 @@ a micro-service endpoint, so each service answers alike:
 
 Nothing escapes to the transport: a reply that cannot be sent (the
 requester went away, the connection is closing) is logged.
+
+A request whose reply subject lies outside ``_INBOX.`` is neither handled nor
+answered (bus/replies.py; counted ``rejected_REPLY_SUBJECT_REFUSED``): the
+requester picks the reply, and the answer must not land in a KV bucket.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from nats.aio.msg import Msg
 
+from bus.replies import ReplyGuard
 from bus.stats import ProcessingStats
 from schemas.errors import AgenticPaymentsError, CodecError
 from schemas.messages import ErrorReply, WireMessage
@@ -90,6 +95,7 @@ class Dispatcher:
         self.stats = stats
         self.log = log
         self.refusals: tuple[type[AgenticPaymentsError], ...] = (CodecError, *refusals)
+        self.replies = ReplyGuard(stats, log)
 
     def handler(self, op: str) -> Callable[[Inbound], Awaitable[None]]:
         """The subscription (or micro endpoint) callback of ``op``."""
@@ -117,6 +123,8 @@ class Dispatcher:
 
     async def serve(self, op: str, msg: Inbound) -> None:
         """Answer ``msg``: decode, handle, count, time, respond."""
+        if isinstance(msg, Msg) and not self.replies.admit(msg):
+            return  # its reply is not an inbox: not handled, not answered
         started = time.perf_counter()
         reply, ok = await self.answer(op, msg.data)
         self.stats.record((time.perf_counter() - started) * 1000, ok)

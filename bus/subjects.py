@@ -22,6 +22,30 @@ KEYS_QUEUE = "keys"
 #: Queue group of the recovery worker's history endpoint.
 RECOVERY_QUEUE = "recovery"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: Root of every reply inbox: nats-py's default inbox prefix, and the parent of each
+#: user's private ``_INBOX.<name>`` (bus/permissions.inbox_prefix). Workers answer
+#: only reply subjects under it (bus/replies.py).
+INBOX_ROOT = "_INBOX"
+#: Longest reply subject a worker answers (nats-py's inboxes are ~50 bytes).
+MAX_REPLY_SUBJECT = 256
+
+
+def is_inbox(subject: str) -> bool:
+    """Whether ``subject`` is a literal subject inside the inbox namespace ``_INBOX.>``.
+
+    At least one token after the root, no empty token, no wildcard and no
+    whitespace or control character: a reply a worker may publish its answer to
+    without writing into a stream, a KV bucket or another service's subject.
+    """
+    if len(subject) > MAX_REPLY_SUBJECT:
+        return False
+    tokens = subject.split(".")
+    if len(tokens) < 2 or tokens[0] != INBOX_ROOT:
+        return False
+    return all(
+        t and t not in ("*", ">") and all(c.isprintable() and not c.isspace() for c in t)
+        for t in tokens[1:]
+    )
 
 
 def check_token(value: str, what: str) -> str:

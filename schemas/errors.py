@@ -44,6 +44,7 @@ boundary so callers only ever catch ``AgenticPaymentsError``::
     │   ├── KeyVersionInvalid                 KEY_VERSION_INVALID
     │   └── KeyUpdateConflict                 KEY_UPDATE_CONFLICT    (also a WriteConflict)
     ├── RespawnFailed                         RESPAWN_FAILED (a recovery backend failed)
+    ├── ReplySubjectRefused                   REPLY_SUBJECT_REFUSED (never on the wire)
     └── TransportError                        (NATS trouble, client side)
         ├── NotConnected                      NOT_CONNECTED
         ├── NoResponders                      NO_RESPONDERS
@@ -329,6 +330,20 @@ class RespawnFailed(AgenticPaymentsError):
     """A recovery backend (local supervisor, systemd, Kubernetes) could not respawn a worker."""
 
     code = "RESPAWN_FAILED"
+
+
+class ReplySubjectRefused(AgenticPaymentsError):
+    """A request's reply subject lies outside the inbox namespace (``_INBOX.``).
+
+    The requester picks the reply subject, and nats-server's ``allow_responses``
+    lets the worker publish one answer to whatever it was handed: a reply set to
+    ``$KV.<bucket>.<key>`` made the worker write its answer into that bucket (a
+    confused deputy, issue #10 hole 1). Such a request is not answered at all (so
+    this code never travels in an ErrorReply); the worker counts it as
+    ``rejected_REPLY_SUBJECT_REFUSED`` (bus/replies.py).
+    """
+
+    code = "REPLY_SUBJECT_REFUSED"
 
 
 class TransportError(AgenticPaymentsError):

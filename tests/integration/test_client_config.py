@@ -182,6 +182,8 @@ async def test_user_password_nkey_and_inbox_from_environment(
         ({"inbox_prefix": "_INBOX.*"}, "inbox prefix"),
         ({"inbox_prefix": "bad prefix"}, "inbox prefix"),
         ({"inbox_prefix": "_INBOX..x"}, "inbox prefix"),
+        ({"inbox_prefix": "replies.alice"}, "must be _INBOX"),
+        ({"inbox_prefix": "_INBOXES"}, "must be _INBOX"),
         ({"tls_key": "k.pem"}, "NATS_TLS_KEY"),
         ({"user": "u"}, "NATS_USER"),
         ({"password": "p"}, "NATS_USER"),

@@ -207,7 +207,9 @@ class TallyWorker(Worker):
         if self.options.audit_days > 0:
             await ensure_audit_stream(self.client, self.subjects, self.options.audit_days)
         await self.subscribe(self.subjects.votes(self.worker_id), self._on_vote)
-        await self.subscribe_intake(self.subjects.request, self._on_request, queue=TALLY_QUEUE)
+        await self.subscribe_intake(
+            self.subjects.request, self._on_request, queue=TALLY_QUEUE, replies=True
+        )
 
     async def wait_idle(self) -> None:
         # polled only during shutdown; an Event per counter would cost on the hot path
