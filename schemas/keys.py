@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from schemas.codec import BALLOT_LIMITS, REQUEST_LIMITS, Limits, decode
-from schemas.errors import SchemaViolation
+from schemas.errors import KeyPolicyDenied, SchemaViolation
 from schemas.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from schemas.messages import (
     MAX_MESSAGE_BYTES,
@@ -71,6 +71,48 @@ class KeyPurpose(enum.StrEnum):
     CERTIFICATE_SIGNING = "certificate_signing"
     DOCUMENT_SIGNING = "document_signing"
     AUTHENTICATION = "authentication"
+
+
+#: Every signing domain tag of this project starts with these bytes (votes,
+#: certificates, trust certificates, endorsements, alerts, key revocations, and any
+#: tag added later: tests/unit/test_keys_sign.py checks each module's DOMAIN_*).
+PROJECT_DOMAIN_ROOT = b"agentic-payments/"
+#: What the key manager signs with a ``document_signing`` key: this tag || message, so
+#: a document signature can never be a payment authorization or a protocol message.
+DOMAIN_DOCUMENT = b"agentic-payments/document/v1\x00"
+#: Purposes ``sign`` serves, and the domain tag it prepends to the message (b"": the
+#: message as is, which is what verifiers check for a payment authorization).
+#: ``certificate_signing`` and ``authentication`` keys have no operation yet that
+#: signs their own typed bytes, so ``sign`` refuses them (KEY_POLICY_DENIED) rather
+#: than let them sign a payment authorization or any other protocol's message.
+SIGN_DOMAINS: Mapping[str, bytes] = {
+    KeyPurpose.AGENT_IDENTITY.value: b"",
+    KeyPurpose.DOCUMENT_SIGNING.value: DOMAIN_DOCUMENT,
+}
+
+
+def signing_payload(purpose: str, message: bytes) -> bytes:
+    """The exact bytes the key manager signs for ``sign`` with a key of ``purpose``.
+
+    * ``agent_identity``: ``message`` itself (a payment authorization, checked by the
+      verifiers as is), refused if it starts with PROJECT_DOMAIN_ROOT: such bytes are
+      some protocol's signed message (a vote, a certificate, a member record, a ballot)
+      and an agent key must never produce one;
+    * ``document_signing``: ``DOMAIN_DOCUMENT || message`` (any message);
+    * any other purpose: refused.
+
+    Raises KeyPolicyDenied (KEY_POLICY_DENIED) for a refusal.
+    """
+    domain = SIGN_DOMAINS.get(purpose)
+    if domain is None:
+        allowed = ", ".join(SIGN_DOMAINS)
+        raise KeyPolicyDenied(f"a {purpose} key does not sign messages (sign serves: {allowed})")
+    if not domain and message.startswith(PROJECT_DOMAIN_ROOT):
+        raise KeyPolicyDenied(
+            "the message starts with a signing domain of this project "
+            f"({PROJECT_DOMAIN_ROOT.decode()}...); an {purpose} key does not sign protocol messages"
+        )
+    return domain + message
 
 
 class KeyState(enum.StrEnum):
@@ -652,7 +694,9 @@ class KeyList(WireMessage):
 
 @dataclass(frozen=True)
 class KeySignature(WireMessage):
-    """Reply to sign: an Ed25519 signature of the request's message."""
+    """Reply to sign: an Ed25519 signature of ``signing_payload(purpose, message)`` (the
+    message itself for an agent_identity key, DOMAIN_DOCUMENT || message for a
+    document_signing key)."""
 
     name: str
     version: int
@@ -808,9 +852,12 @@ def decode_key_reply(data: bytes) -> KeyInfo | KeyList | KeySignature | KeySweep
 
 
 __all__ = [
+    "DOMAIN_DOCUMENT",
     "DOMAIN_KEY_REVOKED",
     "OPS",
+    "PROJECT_DOMAIN_ROOT",
     "REFUSAL_CODES",
+    "SIGN_DOMAINS",
     "KeyInfo",
     "KeyList",
     "KeyPolicy",
@@ -825,4 +872,5 @@ __all__ = [
     "KeyVersion",
     "Refusal",
     "decode_state_record",
+    "signing_payload",
 ]

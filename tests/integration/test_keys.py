@@ -25,7 +25,7 @@ from bus.state import state_bucket, state_key
 from bus.subjects import Subjects
 from schemas.errors import MasterKeyInvalid, RemoteError
 from schemas.identity import AgentIdentity, verify_signature
-from schemas.keys import KeyInfo, KeyList, KeyRecord, KeyRevoked, KeyStatus
+from schemas.keys import DOMAIN_DOCUMENT, KeyInfo, KeyList, KeyRecord, KeyRevoked, KeyStatus
 from schemas.messages import ErrorReply
 from workers.keys.crypto import MasterKey
 from workers.keys.worker import KeysWorker
@@ -189,6 +189,30 @@ async def test_disable_enable_delete_destroy(keys: KeyClient, nc: Client, prefix
     assert (await status_of(nc, prefix, pk)).refusal(0) == "KEY_DESTROYED"
     assert await error_code(keys.enable("doc")) == "KEY_STATE_CONFLICT"
     assert await error_code(keys.sign("doc", b"x")) == "KEY_STATE_CONFLICT"
+
+
+@pytest.mark.parametrize(
+    ("purpose", "message", "signed"),
+    [
+        ("agent_identity", b"pay 1 EUR", b"pay 1 EUR"),
+        ("agent_identity", b"agentic-payments/certificate/v1\x00...", None),
+        ("document_signing", b"pay 1 EUR", DOMAIN_DOCUMENT + b"pay 1 EUR"),
+        ("certificate_signing", b"pay 1 EUR", None),
+        ("authentication", b"challenge", None),
+    ],
+)
+async def test_sign_is_purpose_checked_and_domain_tagged(
+    keys: KeyClient, purpose: str, message: bytes, signed: bytes | None
+) -> None:
+    """schemas.keys.signing_payload through the worker: what each purpose signs, and
+    KEY_POLICY_DENIED (the worker keeps serving) for what it must not."""
+    public_key = (await keys.create("k", purpose)).record.latest.public_key
+    if signed is None:
+        assert await error_code(keys.sign("k", message)) == "KEY_POLICY_DENIED"
+        assert (await keys.get("k")).record.name == "k"
+        return
+    sig = await keys.sign("k", message)
+    assert verify_signature(public_key, signed, sig.signature)
 
 
 async def test_pending_deletion_waits_and_can_be_cancelled(keys: KeyClient) -> None:

@@ -124,6 +124,15 @@ def test_samples_round_trip(cls: Any) -> None:
     assert cls.decode(SAMPLES[cls].encode()) == SAMPLES[cls]
 
 
+def test_document_domain_tag() -> None:
+    from schemas.keys import DOMAIN_DOCUMENT
+
+    domain = DOC["x-signing"]["domains"]["document"]
+    assert bytes.fromhex(domain["hex"]) == DOMAIN_DOCUMENT
+    assert domain["text"].replace("\\0", "\0").encode() == DOMAIN_DOCUMENT
+    assert domain["python"] == "schemas.keys.DOMAIN_DOCUMENT"
+
+
 def test_revocation_domain_tag() -> None:
     from schemas.keys import DOMAIN_KEY_REVOKED
 

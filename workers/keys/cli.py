@@ -257,7 +257,13 @@ def register(sub: Any, kinds: Any) -> None:
     )
     action("list", "list every key (public parts only)", named=False)
     action("get", "show one key")
-    sign = action("sign", "sign a message with a key (the private key stays in the manager)")
+    sign = action(
+        "sign",
+        "sign a message with a key (the private key stays in the manager): an "
+        "agent_identity key signs the message as is (never one starting with "
+        "'agentic-payments/'), a document_signing key signs "
+        "'agentic-payments/document/v1\\0' + message; other purposes are refused",
+    )
     group = sign.add_mutually_exclusive_group(required=True)
     group.add_argument("--message", help="message text (UTF-8)")
     group.add_argument("--message-file", help="read the message bytes from a file")

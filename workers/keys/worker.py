@@ -58,6 +58,7 @@ from schemas.keys import (
     KeySignature,
     KeyStatus,
     KeySweep,
+    signing_payload,
 )
 from schemas.messages import WireMessage
 from workers.keys import lifecycle as keypolicy
@@ -334,7 +335,10 @@ class KeysWorker(Worker):
     async def _sign(self, req: KeyRequest) -> WireMessage:
         record, _ = await self._read(req.name)
         version = keypolicy.signing_version(record, req.version, now_ms())
-        signature = self.master.sign(version.sealed_seed, version.public_key, req.message)
+        # purpose-checked and domain-tagged (#10 hole 9d): an agent key never signs a
+        # protocol message, a document key signs under its own domain, others not at all
+        payload = signing_payload(record.purpose, req.message)
+        signature = self.master.sign(version.sealed_seed, version.public_key, payload)
         return KeySignature(
             name=record.name,
             version=version.version,
