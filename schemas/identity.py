@@ -19,6 +19,7 @@ import nacl.exceptions
 import nacl.signing
 
 from schemas.errors import IdentityError, InsecureKeyFile
+from schemas.secretfile import write_secret
 
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -119,20 +120,13 @@ class AgentIdentity:
     def verify(self, message: bytes, signature: bytes) -> bool:
         return verify_signature(self.public_key, message, signature)
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the seed to a new file readable by the owner only (0600)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, _KEY_FILE_MAGIC + bytes(self._signing_key).hex().encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, target)
-        return target
+    def save(self, path: str | os.PathLike[str], *, exclusive: bool = False) -> Path:
+        """Write the seed to ``path``, readable by the owner only (0600), through the
+        one safe secret writer (schemas/secretfile.py: unguessable temporary name,
+        O_EXCL|O_NOFOLLOW, fsync, rename; a symlink at ``path`` is refused). With
+        ``exclusive`` an existing ``path`` raises FileExistsError."""
+        seed = _KEY_FILE_MAGIC + bytes(self._signing_key).hex().encode() + b"\n"
+        return write_secret(path, seed, exclusive=exclusive)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> AgentIdentity:
@@ -157,10 +151,15 @@ class AgentIdentity:
 
     @classmethod
     def load_or_create(cls, path: str | os.PathLike[str]) -> AgentIdentity:
+        """The identity in ``path``, created (exclusively) if there is none yet: two
+        processes starting at once end up with the same key, never one each."""
         if Path(path).exists():
             return cls.load(path)
         ident = cls.generate()
-        ident.save(path)
+        try:
+            ident.save(path, exclusive=True)
+        except FileExistsError:
+            return cls.load(path)  # another process created it first
         return ident
 
     def __repr__(self) -> str:  # never print the private key

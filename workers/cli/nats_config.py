@@ -42,6 +42,7 @@ from bus.permissions import (
 )
 from bus.subjects import DEFAULT_PREFIX, Subjects
 from schemas.errors import ConfigError
+from schemas.secretfile import write_secret
 
 EXIT_DIFFERS = 1
 
@@ -54,10 +55,8 @@ def new_user_nkey() -> tuple[str, str]:
 
 
 def _write_secret(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(path, 0o600)
+    """Seeds, creds, env files and auth.conf: the one safe writer (schemas/secretfile.py)."""
+    write_secret(path, text.encode())
 
 
 def build_users(specs: list[str], auth: str, out: Path | None) -> list[User]:

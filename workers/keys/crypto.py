@@ -28,8 +28,9 @@ import nacl.exceptions
 import nacl.secret
 import nacl.utils
 
-from schemas.errors import IdentityError, MasterKeyInvalid
+from schemas.errors import IdentityError, InsecureKeyFile, MasterKeyInvalid
 from schemas.keys import SEALED_SEED_BYTES
+from schemas.secretfile import write_secret
 
 MASTER_KEY_BYTES = nacl.secret.SecretBox.KEY_SIZE  # 32
 SEED_BYTES = 32
@@ -86,19 +87,22 @@ def _read_key_file(path: Path) -> bytearray:
 
 
 def write_master_key(path: Path, *, force: bool = False) -> None:
-    """Create a new random master key file (hex, mode 0600)."""
+    """Create a new random master key file (hex, mode 0600), through the one safe
+    secret writer (schemas/secretfile.py); without ``force`` an existing file is
+    never overwritten, even one created concurrently."""
     if path.exists() and not force:
         raise MasterKeyInvalid(f"{path} exists; refusing to overwrite a master key")
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = bytearray(nacl.utils.random(MASTER_KEY_BYTES))
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    fd = os.open(path, flags, 0o600)
+    text = bytearray(key.hex().encode() + b"\n")
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, key.hex().encode() + b"\n")
+        write_secret(path, bytes(text), exclusive=not force)
+    except FileExistsError:
+        raise MasterKeyInvalid(f"{path} exists; refusing to overwrite a master key") from None
+    except InsecureKeyFile as exc:
+        raise MasterKeyInvalid(str(exc)) from None
     finally:
-        os.close(fd)
         wipe(key)
+        wipe(text)
 
 
 class MasterKey:
@@ -132,8 +136,13 @@ class MasterKey:
             return cls(parse_master_key(env["AP_MASTER_KEY"]), "env AP_MASTER_KEY"), False
         created = False
         if not default_path.exists():
-            write_master_key(default_path)
-            created = True
+            try:
+                write_master_key(default_path)
+                created = True
+            except MasterKeyInvalid:
+                if not default_path.exists() or default_path.is_symlink():
+                    raise  # not a concurrent creation: a planted symlink, or worse
+                # another key manager created it first: use that one
         return cls(_read_key_file(default_path), str(default_path)), created
 
     def close(self) -> None:
