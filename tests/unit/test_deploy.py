@@ -6,9 +6,12 @@
   structural check of what the units promise (Type=notify, watchdog, restart
   limits, hardening, EnvironmentFile, credentials).
 - Kubernetes: ``kubernetes-validate`` (strict, bundled schemas, no cluster) on
-  every manifest, and a structural check: one Deployment (StatefulSet for
-  verifiers) per kind, probes, resources, PDB, RBAC for recovery, and the NATS
-  Helm values asking for a 3-node JetStream cluster on file storage.
+  every manifest, and a structural check: one StatefulSet per kind (stable pod
+  names = worker ids = NATS user names), each pod's own NATS credentials,
+  probes, resources, PDB, RBAC for recovery, the NetworkPolicies (workers reach
+  only NATS, the collector and DNS; NATS admits only the workers), and the NATS
+  Helm values asking for a 3-node JetStream cluster on file storage with the
+  rendered users included.
 
 Kinds are enumerated from the files: a kind with a unit but no manifest (or
 the reverse) fails.
@@ -29,6 +32,8 @@ import pytest
 import yaml
 
 from bus import liveness
+from bus.permissions import ROLES, inbox_prefix, permissions
+from bus.subjects import Subjects, check_token
 from tests.helpers import ROOT
 from workers.cli.main import build_parser, main
 
@@ -286,7 +291,11 @@ def test_kubernetes_validate_every_manifest() -> None:
     import kubernetes_validate
 
     checked = 0
-    for path in [*manifest_files(), *sorted((K8S / "examples").glob("*.yaml"))]:
+    for path in [
+        *manifest_files(),
+        *sorted((K8S / "examples").glob("*.yaml")),
+        *sorted((K8S / "nats").glob("*.yaml")),
+    ]:
         for doc in documents(path):
             kubernetes_validate.validate(doc, "1.30", strict=True)
             kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
@@ -322,7 +331,14 @@ def _containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("kind", sorted(EXPECTED_KINDS))
 def test_workload_shape(kind: str) -> None:
     w = workloads()[kind]
-    assert w["kind"] == ("StatefulSet" if kind == "verifier" else "Deployment")
+    # stable pod names (kind-0, kind-1 ...): the worker id, the NATS user, the member record
+    assert w["kind"] == "StatefulSet" and w["metadata"]["name"] == kind
+    service = next(
+        d
+        for d in all_documents()
+        if d["kind"] == "Service" and d["metadata"]["name"] == w["spec"]["serviceName"]
+    )
+    assert service["spec"]["clusterIP"] == "None" and "ports" not in service["spec"]
     assert w["metadata"]["namespace"] == "agentic-payments"
     template = w["spec"]["template"]
     selector = w["spec"]["selector"]["matchLabels"]
@@ -460,6 +476,127 @@ def test_nats_helm_values_ask_for_a_3_node_jetstream_cluster() -> None:
     assert js["fileStore"]["enabled"] is True and js["fileStore"]["pvc"]["enabled"] is True
     assert js["memoryStore"]["enabled"] is False
     assert values_["podDisruptionBudget"]["enabled"] is True
+    # the per-worker users (nats-config --auth nkey) are included, so no anonymous access
+    assert config["merge"] == {"00$include": "auth.conf"}
+
+
+# ------------------------------------------------------------------ NATS credentials, ids
+SEED_FILE = "/run/agentic-payments/secrets/nats.nk"
+
+
+def worker_ids(kind: str) -> list[str]:
+    """The pod names of a kind's StatefulSet: its worker ids and NATS user names."""
+    w = workloads()[kind]
+    return [f"{w['metadata']['name']}-{i}" for i in range(w["spec"]["replicas"])]
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED_KINDS))
+def test_every_worker_has_its_own_nats_credentials(kind: str) -> None:
+    pod = workloads()[kind]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    sources = volumes["nats-credentials"]["projected"]["sources"]
+    # one Secret per worker (named after its pod), each projected under the worker's id
+    assert [s["secret"]["name"] for s in sources] == [
+        f"agentic-payments-nats-{wid}" for wid in worker_ids(kind)
+    ]
+    assert [s["secret"]["items"] for s in sources] == [
+        [{"key": "nats.nk", "path": f"{wid}.nk"}] for wid in worker_ids(kind)
+    ]
+    assert all("optional" not in s["secret"] for s in sources)  # a missing one fails closed
+    init = next(c for c in pod["initContainers"] if c["name"] == "nats-credentials")
+    assert init["command"][-1] == (
+        "install -D -m 0600 /etc/agentic-payments/nats/$(AP_WORKER_ID).nk " + SEED_FILE
+    )
+    init_env = {e["name"]: e for e in init["env"]}
+    assert init_env["AP_WORKER_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert {m["name"] for m in init["volumeMounts"]} == {"nats-credentials", "run"}
+    main_c = pod["containers"][0]
+    # the worker itself never mounts the other workers' seeds
+    assert "nats-credentials" not in {m["name"] for m in main_c["volumeMounts"]}
+    names = [e["name"] for e in main_c["env"]]
+    env = {e["name"]: e.get("value") for e in main_c["env"]}
+    assert env["NATS_NKEY_SEED"] == SEED_FILE
+    assert env["NATS_INBOX_PREFIX"] == "_INBOX.$(AP_WORKER_ID)"
+    assert names.index("AP_WORKER_ID") < names.index("NATS_INBOX_PREFIX")  # $(..) expands
+    assert "NATS_USER" not in env and "NATS_PASSWORD" not in env
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED_KINDS))
+def test_worker_ids_are_valid_nats_users_of_their_role(kind: str) -> None:
+    """What 'nats-config --user KIND:ID' renders for each pod: a valid user of the role
+    named like the kind, whose inbox the manifests' NATS_INBOX_PREFIX names."""
+    assert kind in ROLES
+    for wid in worker_ids(kind):
+        check_token(wid, "worker id")
+        perms = permissions(kind, wid, Subjects("ap"))
+        assert f"{inbox_prefix(wid)}.>" in perms.subscribe
+        assert inbox_prefix(wid) == "_INBOX.$(AP_WORKER_ID)".replace("$(AP_WORKER_ID)", wid)
+
+
+# ------------------------------------------------------------------ network policies
+def policies(path: Path) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in documents(path) if d["kind"] == "NetworkPolicy"}
+
+
+def ports(rule: dict[str, Any]) -> set[tuple[str, int]]:
+    return {(p["protocol"], p["port"]) for p in rule["ports"]}
+
+
+def test_workers_are_denied_everything_but_nats_otlp_and_dns() -> None:
+    pols = policies(K8S / "networkpolicy.yaml")
+    deny = pols["default-deny"]["spec"]
+    assert deny["podSelector"] == {} and sorted(deny["policyTypes"]) == ["Egress", "Ingress"]
+    assert "ingress" not in deny and "egress" not in deny
+    # no policy admits any inbound connection to a worker (probes are exec)
+    assert not any(p["spec"].get("ingress") for p in pols.values())
+    egress = pols["workers-egress"]["spec"]
+    assert egress["podSelector"]["matchLabels"] == {"app.kubernetes.io/part-of": "agentic-payments"}
+    for kind in EXPECTED_KINDS:
+        labels = workloads()[kind]["spec"]["template"]["metadata"]["labels"]
+        assert egress["podSelector"]["matchLabels"].items() <= labels.items()
+    by_namespace = {
+        rule["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]: rule
+        for rule in egress["egress"]
+    }
+    assert set(by_namespace) == {"nats", "observability", "kube-system"}
+    assert all(len(rule["to"]) == 1 and "podSelector" in rule["to"][0] for rule in egress["egress"])
+    # the ConfigMap's NATS_URL and OTLP endpoint are what the policy lets through
+    config = next(d for d in all_documents() if d["kind"] == "ConfigMap")["data"]
+    nats_host, nats_port = config["NATS_URL"].removeprefix("nats://").split(":")
+    assert nats_host.split(".")[1] == "nats" and ("TCP", int(nats_port)) in ports(
+        by_namespace["nats"]
+    )
+    assert ports(by_namespace["nats"]) == {("TCP", 4222)}
+    otlp = config["OTEL_EXPORTER_OTLP_ENDPOINT"].removeprefix("http://")
+    otlp_host, otlp_port = otlp.split(":")
+    assert otlp_host.split(".")[1] == "observability"
+    assert ("TCP", int(otlp_port)) in ports(by_namespace["observability"])
+    assert ports(by_namespace["observability"]) == {("TCP", 4317), ("TCP", 4318)}
+    assert ports(by_namespace["kube-system"]) == {("UDP", 53), ("TCP", 53)}
+    # only the recovery worker reaches the Kubernetes API
+    api = pols["recovery-kubernetes-api"]["spec"]
+    assert api["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "recovery"
+    assert [ports(rule) for rule in api["egress"]] == [{("TCP", 443), ("TCP", 6443)}]
+    assert set(pols) == {"default-deny", "workers-egress", "recovery-kubernetes-api"}
+
+
+def test_nats_admits_only_the_workers_and_labelled_clients() -> None:
+    (policy,) = policies(K8S / "nats" / "networkpolicy.yaml").values()
+    assert policy["metadata"]["namespace"] == "nats"
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    clients, routes = spec["ingress"]
+    assert ports(clients) == {("TCP", 4222)}
+    workers, labelled = clients["from"]
+    assert workers["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "agentic-payments"
+    }
+    assert workers["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/part-of": "agentic-payments"
+    }
+    assert labelled["podSelector"]["matchLabels"] == {"agentic-payments.io/nats-client": "true"}
+    assert routes["from"] == [{"podSelector": spec["podSelector"]}]
+    assert ports(routes) == {("TCP", 6222), ("TCP", 4222)}
 
 
 # ------------------------------------------------------------------ the probe command
