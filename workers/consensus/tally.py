@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 import uuid
@@ -86,6 +87,12 @@ STORE_DEGRADED_S = 60.0  # a store/lookup error keeps health Degraded this long
 #: changed under its round; after that its round runs to its deadline.
 MAX_STATE_REBALLOTS = 2
 STATE_CATCH_UP_S = 1.0
+#: Hashes of recent vote bytes (16 bytes each): exact copies are dropped before
+#: they are decoded. Oldest first out; the round's own checks stay the backstop.
+MAX_SEEN_VOTES = 65_536
+#: Callers one request id may hold waiting (one per reply subject); more are
+#: answered OVERLOADED at once, so identical requests cannot grow memory.
+MAX_WAITERS = 32
 
 
 @dataclass
@@ -170,6 +177,7 @@ class TallyWorker(Worker):
         self._pending: dict[str, Pending] = {}
         self._ballots: dict[str, LiveBallot] = {}
         self._results: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()
+        self._seen_votes: OrderedDict[bytes, None] = OrderedDict()
         self._flush_scheduled = False
         self._open_ballots = 0
         self._pending_bytes = 0
@@ -277,6 +285,16 @@ class TallyWorker(Worker):
             if pending.digest != digest:
                 _end_span(span, "error.type", RequestIdConflict.code)
                 await self._reply_conflict(msg.reply, rid)
+            elif len(pending.waiters) >= MAX_WAITERS:
+                _end_span(span, "error.type", Overloaded.code)
+                self.stats.count("request_rejected_waiters_full")
+                await self._reply_error(
+                    msg.reply,
+                    Overloaded.code,
+                    f"{MAX_WAITERS} callers already wait for this request id; "
+                    "retry with the same request id",
+                    rid,
+                )
             else:
                 _end_span(span, "agentic_payments.idempotent", "joined")
                 pending.waiters.append(msg.reply)
@@ -518,6 +536,17 @@ class TallyWorker(Worker):
                     span.end()
 
     async def _on_vote(self, msg: Msg) -> None:
+        """Vote intake. Exact copies are dropped by a hash of their bytes before they
+        are even decoded; the round drops re-encoded copies, re-signings of the same
+        verdicts and further votes of a known equivocator before any signature check
+        (workers/consensus/ballot.py). ``vote_signature_checks`` counts the checks."""
+        seen = hashlib.blake2b(msg.data, digest_size=16).digest()
+        if seen in self._seen_votes:
+            self.stats.count("vote_dropped_duplicate_bytes")
+            return
+        self._seen_votes[seen] = None
+        if len(self._seen_votes) > MAX_SEEN_VOTES:
+            self._seen_votes.popitem(last=False)
         try:
             vote = Vote.decode(msg.data)
         except CodecError as exc:
@@ -528,6 +557,7 @@ class TallyWorker(Worker):
             self.stats.count("vote_rejected_VOTE_UNKNOWN_BALLOT")
             return
         was_open = live.round.open_count > 0
+        checks = live.round.signature_checks
         try:
             newly = live.round.offer(vote)
         except VoteRejected as exc:
@@ -537,6 +567,9 @@ class TallyWorker(Worker):
             elif exc.code == "VOTE_STATE_MISMATCH" and was_open and live.round.stale_state:
                 self._reballot_newer_state(live)
             return
+        finally:
+            if live.round.signature_checks != checks:
+                self.stats.count("vote_signature_checks", live.round.signature_checks - checks)
         if not was_open:
             self.stats.count("votes_after_decision")
         if live.traced:
@@ -807,7 +840,10 @@ class TallyWorker(Worker):
         await self.client.publish(reply, ErrorReply(code, message[:4096], request_id).encode())
 
     async def _report_equivocation(self, ballot_round: BallotRound) -> None:
+        """Publish the evidence the round just recorded: once per (key, ballot), since
+        the round keeps one per key and drops the key's later votes unchecked."""
         evidence = ballot_round.equivocations[-1]
+        self.stats.count("equivocation_evidence_published")
         log.warning(
             "verifier %s equivocated on ballot %s",
             evidence.verifier_key.hex(),
