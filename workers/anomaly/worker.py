@@ -371,12 +371,12 @@ class AnomalyWorker(Worker):
             return None
         return vote
 
-    def _seen_before(self, data: bytes) -> bool:
-        """Whether these exact bytes (a vote or an evidence record) were handled recently:
-        a flood of copies costs a hash each here, not a signature check."""
-        digest = hashlib.blake2b(data, digest_size=16).digest()
+    def _seen_before(self, kind: str, data: bytes) -> bool:
+        """Whether these exact bytes were handled recently as a ``kind`` ("vote" or
+        "evidence"): a flood of copies costs a hash each here, not a signature check."""
+        digest = hashlib.blake2b(data, digest_size=16, person=kind.encode()).digest()
         if digest in self._seen:
-            self.stats.count("dropped_duplicate_bytes")
+            self.stats.count(f"{kind}_ignored_duplicate")
             return True
         self._seen[digest] = None
         if len(self._seen) > MAX_SEEN:
@@ -384,7 +384,7 @@ class AnomalyWorker(Worker):
         return False
 
     async def _on_vote(self, msg: Msg) -> None:
-        if self._seen_before(msg.data):
+        if self._seen_before("vote", msg.data):
             return
         vote = self._verified_vote(msg.data)
         if vote is None:
@@ -433,7 +433,7 @@ class AnomalyWorker(Worker):
 
     async def _on_equivocation(self, msg: Msg) -> None:
         """Evidence from a tally, re-checked: two valid, different votes of a member."""
-        if self._seen_before(msg.data):
+        if self._seen_before("evidence", msg.data):
             return
         try:
             obj = decode(msg.data)
