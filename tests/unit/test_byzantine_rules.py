@@ -228,3 +228,20 @@ def test_equivocation_evidence_is_rebuilt_from_the_compact_record() -> None:
     ledger.add_vote(first)
     _, ev = ledger.add_vote(sc.vote(2, lie=True, ts_ms=2))
     assert ev is not None and ev.first == first  # the same signed vote, verifiable
+
+
+def test_only_votes_that_can_teach_something_are_worth_a_signature_check() -> None:
+    sc = Scenario()
+    ledger = VoteLedger()
+    first = sc.vote(0)
+    assert ledger.worth_checking(first)  # nothing known yet
+    ledger.add_vote(first)
+    assert not ledger.worth_checking(first)  # a copy
+    assert not ledger.worth_checking(sc.vote(0, ts_ms=7))  # the same verdicts re-signed
+    assert not ledger.worth_checking(sc.vote(0, lie=True, state_rev=9))  # another question
+    flipped = sc.vote(0, lie=True, ts_ms=8)
+    assert ledger.worth_checking(flipped)  # possible equivocation
+    assert ledger.add_vote(flipped)[1] is not None
+    assert not ledger.worth_checking(sc.vote(0, lie=True, ts_ms=9))  # already found
+    assert ledger.add_vote(sc.vote(0, lie=True, ts_ms=9)) == ([], None)  # once per key
+    assert ledger.worth_checking(sc.vote(1))

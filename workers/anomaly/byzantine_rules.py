@@ -27,7 +27,7 @@ import enum
 import sys
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from schemas.errors import ConfigError
 from schemas.messages import Vote, VoteEntry
@@ -96,6 +96,8 @@ class _Ballot:
     #: request_id -> (request digest, decision)
     decisions: dict[str, tuple[bytes, str]]
     reported: set[tuple[bytes, str]]
+    #: keys whose equivocation on this ballot was already returned (once per key)
+    equivocators: set[bytes] = field(default_factory=set)
     #: the verdict-state revision of the ballot's certificates, once one is seen
     state_rev: int | None = None
     cost: int = 0
@@ -133,6 +135,19 @@ class VoteLedger:
             _, oldest = self._ballots.popitem(last=False)
             self.bytes -= oldest.cost
 
+    def worth_checking(self, vote: Vote) -> bool:
+        """Whether ``vote`` (not yet verified) could teach the ledger anything, so that
+        its signature is worth checking: not when its key's vote on this question
+        with these verdicts is already kept, its answer to another question is
+        (ignored either way), or its equivocation on this ballot was already found."""
+        entry = self._ballots.get(vote.ballot_id)
+        previous = entry.votes.get(vote.verifier_key) if entry is not None else None
+        if entry is None or previous is None:
+            return True
+        if vote.verifier_key in entry.equivocators:
+            return False
+        return previous.question == VoteQuestion.of(vote) and previous.verdicts != _verdicts(vote)
+
     def add_vote(self, vote: Vote) -> tuple[list[Disagreement], Equivocation | None]:
         """A verified member vote; returns new disagreements and any equivocation.
 
@@ -150,8 +165,9 @@ class VoteLedger:
                 # verdict state (e.g. a revocation between a replay and a restart): two
                 # honest answers to two questions, not equivocation
                 return [], None
-            if previous.verdicts == _verdicts(vote):
-                return [], None  # a duplicate (or the same verdicts re-signed)
+            if previous.verdicts == _verdicts(vote) or vote.verifier_key in entry.equivocators:
+                return [], None  # a duplicate (or the same verdicts re-signed), or known
+            entry.equivocators.add(vote.verifier_key)
             return [], Equivocation(
                 vote.verifier_key, vote.ballot_id, previous.vote(vote.verifier_key), vote
             )

@@ -352,12 +352,17 @@ class AnomalyWorker(Worker):
         self._remember_view()
         return self._views.get(epoch)
 
-    def _verified_vote(self, data: bytes) -> Vote | None:
-        """A vote we can hold against its signer, or None (counted)."""
+    def _verified_vote(self, data: bytes, *, ledger: bool = False) -> Vote | None:
+        """A vote we can hold against its signer, or None (counted). With ``ledger``,
+        a vote the ledger would learn nothing from is dropped before its signature
+        check (copies, re-signings, a known equivocator's further votes)."""
         try:
             vote = Vote.decode(data)
         except CodecError as exc:
             self.stats.count(f"vote_ignored_{exc.code}")
+            return None
+        if ledger and not self._ledger.worth_checking(vote):
+            self.stats.count("vote_ignored_nothing_new")
             return None
         view = self._view_at(vote.epoch)
         if view is None:
@@ -386,7 +391,7 @@ class AnomalyWorker(Worker):
     async def _on_vote(self, msg: Msg) -> None:
         if self._seen_before("vote", msg.data):
             return
-        vote = self._verified_vote(msg.data)
+        vote = self._verified_vote(msg.data, ledger=True)
         if vote is None:
             return
         self.stats.count("votes_checked")
