@@ -1,9 +1,16 @@
 """Where decisions are kept: the decisions bucket (idempotency) and the audit stream.
 
 A JetStream key-value bucket (``{prefix}_decisions``, TTL 24 h, direct gets
-on). Key = ``decision_key(request_id)`` (a hash: request ids may hold
+on). Key = ``decision_key(scope_id(...))`` (a hash: request ids may hold
 characters KV keys cannot). Writes are create-only — the first certificate
-stored for an id is the one every later retry gets, whichever tally answers.
+stored for a scope is the one every later retry gets, whichever tally answers.
+
+Request ids are scoped to their signer (``scope_id``): the scope of a request
+is its (public key, request id), so one client cannot take another's id. A
+decision holds that scope only if its request was signed by that key
+(``claims_scope``): a request whose signature does not verify (anyone can name
+any public key) is stored under its exact bytes instead — (public key, request
+id, request digest) — so it answers its own retries and blocks nobody.
 
 Lookups are batched: one JetStream *batched direct get* (``multi_last``, NATS
 2.11+) answers up to ``MAX_BATCH`` keys in one round trip, so the cost per
@@ -37,6 +44,7 @@ from bus.nats_errors import jetstream_error, map_jetstream_errors
 from bus.streams import ensure_stream
 from bus.subjects import Subjects
 from schemas.errors import TransportError
+from schemas.messages import ConsensusResult
 
 log = logging.getLogger("agentic_payments.decisions")
 DECISION_TTL_S = 24 * 3600
@@ -46,8 +54,35 @@ ACK_TIMEOUT_S = 5.0
 MAX_OUTSTANDING_ACKS = 20_000
 
 
-def decision_key(request_id: str) -> str:
-    return hashlib.sha256(request_id.encode()).hexdigest()[:40]
+#: Vote reasons that say the request's signature does not verify under its key.
+SIGNATURE_REASONS = frozenset({"BAD_SIGNATURE", "BAD_SIGNATURE_LENGTH", "BAD_KEY_LENGTH"})
+
+
+def decision_key(scope: str) -> str:
+    """The KV key of a scope (``scope_id``), as a hash."""
+    return hashlib.sha256(scope.encode()).hexdigest()[:40]
+
+
+def scope_id(public_key: bytes, request_id: str, digest: bytes = b"") -> str:
+    """The idempotency scope of a request: its signer's key and its id, or (``digest``
+    given) only those exact request bytes. Hex fields carry no dots, so the string is
+    unambiguous whatever the request id holds."""
+    return f"{public_key.hex()}.{digest.hex()}.{request_id}"
+
+
+def claims_scope(cert: ConsensusResult) -> bool:
+    """Whether a decision holds its request id for the request's public key.
+
+    Not when the certificate shows the request's signature does not verify: decided
+    INVALID and every counted vote against says a signature reason. That takes at
+    least q votes, so at least q - f > 0 honest verifiers — a client cannot make a
+    request signed by the key's holder look unsigned, and a request that nobody
+    holding the key signed cannot take the id from its holder.
+    """
+    if cert.decision != "INVALID":
+        return True
+    against = [v for v in cert.votes if not v.valid]
+    return not against or not all(v.reason in SIGNATURE_REASONS for v in against)
 
 
 async def ensure_audit_stream(nc: Client, subjects: Subjects, days: float) -> None:
@@ -122,7 +157,8 @@ class DecisionStore:
 
     # ------------------------------------------------------------------ lookups
     async def get_many(self, request_ids: Sequence[str]) -> dict[str, bytes]:
-        """Stored certificates for those of ``request_ids`` that have one."""
+        """Stored certificates for those of ``request_ids`` (scopes: ``scope_id``)
+        that have one."""
         keys = {decision_key(rid): rid for rid in request_ids}
         found: dict[str, bytes] = {}
         items = list(keys)

@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from bus import membership
 from bus.client import VerifyClient, signed_request
 from bus.config import NatsConfig
-from bus.decisions import decision_key
+from bus.decisions import decision_key, scope_id
 from bus.runtime import RuntimeConfig
 from bus.subjects import Subjects
 from schemas.certificate import sign_certificate
@@ -108,7 +108,9 @@ async def test_forged_certificate_in_the_bucket_is_not_served(
             ),
         )
         kv = await nc.jetstream().key_value(Subjects(nats_config.prefix).decisions_bucket)
-        await kv.put(decision_key("poisoned-1"), forged.encode())
+        # where this request's own (bad-signature) decision is looked up and stored
+        exact = scope_id(agent.public_key, "poisoned-1", request_digest(bad.encode()))
+        await kv.put(decision_key(exact), forged.encode())
         async with await VerifyClient.connect(nats_config) as client:
             cert = await client.verify_with_consensus(bad)
             again = await client.verify_with_consensus(bad)
@@ -339,7 +341,8 @@ async def test_stored_certificate_for_another_request_is_not_served(
         async with await VerifyClient.connect(nats_config) as client:
             other = await client.verify_with_consensus(signed_request(agent, "b", "req-B"))
             kv = await nc.jetstream().key_value(Subjects(nats_config.prefix).decisions_bucket)
-            await kv.put(decision_key("req-A"), other.encode())  # B's genuine cert under A
+            # B's genuine cert under A's scope
+            await kv.put(decision_key(scope_id(agent.public_key, "req-A")), other.encode())
             mine = await client.verify_with_consensus(signed_request(agent, "a", "req-A"))
         assert mine.request_id == "req-A" and mine.decision == "VALID"
         assert tally.stats.counters["decision_lookup_rejected"] >= 1

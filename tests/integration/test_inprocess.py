@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from bus.client import VerifyClient, signed_request
 from bus.config import NatsConfig
-from bus.decisions import decision_key
+from bus.decisions import decision_key, scope_id
 from bus.runtime import RuntimeConfig
 from schemas.certificate import verify_certificate
 from schemas.identity import AgentIdentity
@@ -150,7 +150,8 @@ async def test_decision_from_bucket_wins_over_a_new_round(
         first = await client.verify_with_consensus(req)
         for _ in range(50):  # the create-only write is acknowledged asynchronously
             try:
-                await system._store._kv.get(decision_key("durable-1"))  # type: ignore[union-attr]
+                key = decision_key(scope_id(agent.public_key, "durable-1"))
+                await system._store._kv.get(key)  # type: ignore[union-attr]
                 break
             except Exception:
                 await asyncio.sleep(0.05)

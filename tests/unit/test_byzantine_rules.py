@@ -205,3 +205,43 @@ def test_a_vote_judged_under_another_state_is_not_a_disagreement() -> None:
     ledger.add_vote(s.vote(1, lie=True))  # same state as the certificate, lying
     found = ledger.add_decision("b1", "r-good", request_digest(s.raws[0]), "VALID", 0)
     assert [d.verifier_key for d in found] == [s.verifiers[1].public_key]
+
+
+def test_ledger_is_bounded_by_bytes_and_keeps_requests_once_per_question() -> None:
+    sc = Scenario()
+    ledger = VoteLedger(max_bytes=4_000)
+    for i in range(4):
+        ledger.add_vote(sc.vote(i))
+    one_ballot = ledger.bytes
+    assert 0 < one_ballot < 4_000
+    for b in range(20):
+        ledger.add_vote(sc.vote(0, ballot=sc.ballot(f"x{b}")))
+        assert ledger.bytes <= 4_000
+    assert len(ledger) < 21
+    assert ledger.agreements("b1", GOOD) == {}  # the oldest went first
+
+
+def test_equivocation_evidence_is_rebuilt_from_the_compact_record() -> None:
+    sc = Scenario()
+    ledger = VoteLedger()
+    first = sc.vote(2, ts_ms=1)
+    ledger.add_vote(first)
+    _, ev = ledger.add_vote(sc.vote(2, lie=True, ts_ms=2))
+    assert ev is not None and ev.first == first  # the same signed vote, verifiable
+
+
+def test_only_votes_that_can_teach_something_are_worth_a_signature_check() -> None:
+    sc = Scenario()
+    ledger = VoteLedger()
+    first = sc.vote(0)
+    assert ledger.worth_checking(first)  # nothing known yet
+    ledger.add_vote(first)
+    assert not ledger.worth_checking(first)  # a copy
+    assert not ledger.worth_checking(sc.vote(0, ts_ms=7))  # the same verdicts re-signed
+    assert not ledger.worth_checking(sc.vote(0, lie=True, state_rev=9))  # another question
+    flipped = sc.vote(0, lie=True, ts_ms=8)
+    assert ledger.worth_checking(flipped)  # possible equivocation
+    assert ledger.add_vote(flipped)[1] is not None
+    assert not ledger.worth_checking(sc.vote(0, lie=True, ts_ms=9))  # already found
+    assert ledger.add_vote(sc.vote(0, lie=True, ts_ms=9)) == ([], None)  # once per key
+    assert ledger.worth_checking(sc.vote(1))

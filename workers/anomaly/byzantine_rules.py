@@ -1,6 +1,8 @@
 """Byzantine-verifier evidence and the quarantine policy: pure, no clock, no I/O.
 
-``VoteLedger`` correlates votes with decisions. The caller feeds it only
+``VoteLedger`` correlates votes with decisions, in bounded memory (compact
+verdicts per key, the requests once per ballot question; bounded by ballots and
+by bytes). The caller feeds it only
 votes whose signature verifies and whose key was a pool member at the vote's
 epoch, and only decisions whose certificate verifies against that pool — so
 nobody can frame an honest verifier by publishing garbage, forged votes or
@@ -12,7 +14,8 @@ Evidence the ledger returns:
 
 * ``Disagreement`` — a signed verdict on a request opposite to its certified
   decision (VALID or INVALID; TIMEOUT and NO_QUORUM decide nothing);
-* ``Equivocation`` — two different signed votes by one key for one ballot.
+* ``Equivocation`` — two signed votes by one key that answer the same question
+  (schemas/votes.VoteQuestion) with different verdicts.
 
 ``decide_quarantine`` says what to do about a Byzantine verifier under the
 configured policy (see ``QuarantinePolicy``).
@@ -21,13 +24,15 @@ configured policy (see ``QuarantinePolicy``).
 from __future__ import annotations
 
 import enum
+import sys
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from schemas.errors import ConfigError
-from schemas.messages import Vote
+from schemas.messages import Vote, VoteEntry
 from schemas.quorum import MIN_POOL
+from schemas.votes import VoteQuestion
 
 DECIDED = ("VALID", "INVALID")
 
@@ -49,23 +54,67 @@ class Equivocation:
     second: Vote
 
 
+@dataclass(frozen=True)
+class _Summary:
+    """One verified vote, compactly: its question is shared by every key that
+    answered it (the request ids and digests are kept once per ballot, not once
+    per vote), and the vote can be rebuilt from it as evidence."""
+
+    question: VoteQuestion
+    verdicts: tuple[tuple[bool, str], ...]
+    ts_ms: int
+    sig: bytes
+
+    def vote(self, key: bytes) -> Vote:
+        q = self.question
+        return Vote(
+            ballot_id=q.ballot_id,
+            epoch=q.epoch,
+            tally_id=q.tally_id,
+            verifier_key=key,
+            ts_ms=self.ts_ms,
+            entries=tuple(
+                VoteEntry(rid, digest, valid, reason)
+                for (rid, digest), (valid, reason) in zip(q.requests, self.verdicts, strict=True)
+            ),
+            sig=self.sig,
+            state_rev=q.state_rev,
+        )
+
+
+#: Rough bytes of bookkeeping per kept vote, question and decision (for the budget).
+_VOTE_COST = 200
+_QUESTION_COST = 200
+_ENTRY_COST = 80
+
+
 @dataclass
 class _Ballot:
-    votes: dict[bytes, Vote]
+    votes: dict[bytes, _Summary]
+    #: the questions its votes answered, each kept once (interned)
+    questions: dict[VoteQuestion, VoteQuestion]
     #: request_id -> (request digest, decision)
     decisions: dict[str, tuple[bytes, str]]
     reported: set[tuple[bytes, str]]
+    #: keys whose equivocation on this ballot was already returned (once per key)
+    equivocators: set[bytes] = field(default_factory=set)
     #: the verdict-state revision of the ballot's certificates, once one is seen
     state_rev: int | None = None
+    cost: int = 0
 
 
 class VoteLedger:
-    """Recent ballots' votes and decisions (the oldest forgotten past ``max_ballots``)."""
+    """Recent ballots' votes and decisions, compactly; the oldest ballots are
+    forgotten past ``max_ballots`` or past ``max_bytes`` of bookkeeping (a rough
+    count), whichever comes first. Per ballot it keeps at most one vote per key
+    and one question per kept vote, so verified keys cannot grow one ballot."""
 
-    def __init__(self, max_ballots: int = 10_000) -> None:
-        if max_ballots < 1:
-            raise ConfigError("the ledger must keep at least one ballot")
+    def __init__(self, max_ballots: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> None:
+        if max_ballots < 1 or max_bytes < 1:
+            raise ConfigError("the ledger must keep at least one ballot and some bytes")
         self.max_ballots = max_ballots
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._ballots: OrderedDict[str, _Ballot] = OrderedDict()
 
     def __len__(self) -> int:
@@ -74,33 +123,64 @@ class VoteLedger:
     def _ballot(self, ballot_id: str) -> _Ballot:
         entry = self._ballots.get(ballot_id)
         if entry is None:
-            entry = self._ballots[ballot_id] = _Ballot({}, {}, set())
-            while len(self._ballots) > self.max_ballots:
-                self._ballots.popitem(last=False)
+            entry = self._ballots[ballot_id] = _Ballot({}, {}, {}, set())
         return entry
 
+    def _charge(self, entry: _Ballot, cost: int) -> None:
+        entry.cost += cost
+        self.bytes += cost
+        while self._ballots and (
+            len(self._ballots) > self.max_ballots or self.bytes > self.max_bytes
+        ):
+            _, oldest = self._ballots.popitem(last=False)
+            self.bytes -= oldest.cost
+
+    def worth_checking(self, vote: Vote) -> bool:
+        """Whether ``vote`` (not yet verified) could teach the ledger anything, so that
+        its signature is worth checking: not when its key's vote on this question
+        with these verdicts is already kept, its answer to another question is
+        (ignored either way), or its equivocation on this ballot was already found."""
+        entry = self._ballots.get(vote.ballot_id)
+        previous = entry.votes.get(vote.verifier_key) if entry is not None else None
+        if entry is None or previous is None:
+            return True
+        if vote.verifier_key in entry.equivocators:
+            return False
+        return previous.question == VoteQuestion.of(vote) and previous.verdicts != _verdicts(vote)
+
     def add_vote(self, vote: Vote) -> tuple[list[Disagreement], Equivocation | None]:
-        """A verified member vote; returns new disagreements and any equivocation."""
+        """A verified member vote; returns new disagreements and any equivocation.
+
+        Two votes of one key are equivocation only if they answer the same question
+        (schemas/votes.VoteQuestion: same ballot id, tally, epoch, state revision and
+        requests) with different verdicts — the rule the tally admits votes by.
+        """
         entry = self._ballot(vote.ballot_id)
+        self._ballots.move_to_end(vote.ballot_id)
+        question = VoteQuestion.of(vote)
         previous = entry.votes.get(vote.verifier_key)
         if previous is not None:
-            if previous.entries == vote.entries:
-                return [], None  # a duplicate (or the same verdicts re-signed)
-            same_question = (
-                previous.tally_id == vote.tally_id
-                and previous.epoch == vote.epoch
-                and previous.state_rev == vote.state_rev
-                and [(e.request_id, e.digest) for e in previous.entries]
-                == [(e.request_id, e.digest) for e in vote.entries]
-            )
-            if not same_question:
+            if previous.question != question:
                 # different requests (a ballot id reused by a rogue publisher) or another
                 # verdict state (e.g. a revocation between a replay and a restart): two
                 # honest answers to two questions, not equivocation
                 return [], None
-            return [], Equivocation(vote.verifier_key, vote.ballot_id, previous, vote)
-        entry.votes[vote.verifier_key] = vote
-        return self._compare(entry, vote.ballot_id, [vote]), None
+            if previous.verdicts == _verdicts(vote) or vote.verifier_key in entry.equivocators:
+                return [], None  # a duplicate (or the same verdicts re-signed), or known
+            entry.equivocators.add(vote.verifier_key)
+            return [], Equivocation(
+                vote.verifier_key, vote.ballot_id, previous.vote(vote.verifier_key), vote
+            )
+        cost = _VOTE_COST + 8 * len(vote.entries)
+        interned = entry.questions.get(question)
+        if interned is None:
+            interned = entry.questions[question] = question
+            cost += _QUESTION_COST + sum(_ENTRY_COST + len(r) for r, _ in question.requests)
+        summary = _Summary(interned, _verdicts(vote), vote.ts_ms, vote.sig)
+        entry.votes[vote.verifier_key] = summary
+        found = self._compare(entry, vote.ballot_id, {vote.verifier_key: summary})
+        self._charge(entry, cost)
+        return found, None
 
     def add_decision(
         self,
@@ -119,29 +199,31 @@ class VoteLedger:
         if decision not in DECIDED:
             return []
         entry = self._ballot(ballot_id)
+        new = request_id not in entry.decisions
         entry.decisions[request_id] = (digest, decision)
         if state_rev is not None:
             entry.state_rev = state_rev
-        return self._compare(entry, ballot_id, list(entry.votes.values()))
+        found = self._compare(entry, ballot_id, entry.votes)
+        if new:
+            self._charge(entry, _ENTRY_COST + len(request_id))
+        return found
 
     @staticmethod
-    def _compare(entry: _Ballot, ballot_id: str, votes: Sequence[Vote]) -> list[Disagreement]:
+    def _compare(
+        entry: _Ballot, ballot_id: str, votes: dict[bytes, _Summary]
+    ) -> list[Disagreement]:
         found = []
-        for vote in votes:
-            if entry.state_rev is not None and vote.state_rev != entry.state_rev:
+        for key, summary in votes.items():
+            q = summary.question
+            if entry.state_rev is not None and q.state_rev != entry.state_rev:
                 continue
-            for e in vote.entries:
-                decided = entry.decisions.get(e.request_id)
-                if decided is None or decided[0] != e.digest:
+            for (rid, digest), (valid, _) in zip(q.requests, summary.verdicts, strict=True):
+                decided = entry.decisions.get(rid)
+                if decided is None or decided[0] != digest:
                     continue
-                key = (vote.verifier_key, e.request_id)
-                if (e.valid != (decided[1] == "VALID")) and key not in entry.reported:
-                    entry.reported.add(key)
-                    found.append(
-                        Disagreement(
-                            vote.verifier_key, ballot_id, e.request_id, e.valid, decided[1]
-                        )
-                    )
+                if (valid != (decided[1] == "VALID")) and (key, rid) not in entry.reported:
+                    entry.reported.add((key, rid))
+                    found.append(Disagreement(key, ballot_id, rid, valid, decided[1]))
         return found
 
     def agreements(self, ballot_id: str, request_id: str) -> dict[bytes, bool]:
@@ -151,11 +233,17 @@ class VoteLedger:
             return {}
         digest, decision = entry.decisions[request_id]
         out = {}
-        for key, vote in entry.votes.items():
-            for e in vote.entries:
-                if e.request_id == request_id and e.digest == digest:
-                    out[key] = e.valid == (decision == "VALID")
+        for key, summary in entry.votes.items():
+            for (rid, dg), (valid, _) in zip(
+                summary.question.requests, summary.verdicts, strict=True
+            ):
+                if rid == request_id and dg == digest:
+                    out[key] = valid == (decision == "VALID")
         return out
+
+
+def _verdicts(vote: Vote) -> tuple[tuple[bool, str], ...]:
+    return tuple((e.valid, sys.intern(e.reason)) for e in vote.entries)
 
 
 class QuarantineMode(enum.StrEnum):

@@ -16,7 +16,12 @@ Inputs:
   series gets 1/0 for each verifier whose vote was in when a request was
   decided) and yields signed evidence: a vote against the decided outcome or
   an equivocation.
-* ``{prefix}.evidence.equivocation`` from the tallies, re-checked the same way.
+* ``{prefix}.evidence.equivocation`` from the tallies, re-checked by the tally's
+  own vote admission rules (schemas/votes.equivocation_refusal): two votes prove
+  equivocation only if both are validly signed by one pool key for the same
+  question (ballot id, tally id, epoch, state revision, requests) and their
+  verdicts differ — so nobody can frame a verifier with two honest answers to
+  two different questions.
 
 Outputs: signed Alerts (schemas/alerts.py) on ``{prefix}.alert.{severity}``,
 stored by the ``{prefix}_ALERTS`` stream (created here if missing, 30 days).
@@ -60,7 +65,7 @@ from schemas.codec import decode
 from schemas.errors import CertificateInvalid, CodecError, ConfigError
 from schemas.identity import AgentIdentity
 from schemas.messages import ConsensusResult, MetricsSnapshot, Vote
-from schemas.votes import vote_signature_ok
+from schemas.votes import equivocation_refusal, vote_signature_ok
 from workers.anomaly.baseline import (
     BaselineConfig,
     Event,
@@ -89,6 +94,8 @@ METRIC_FLOORS: dict[str, float] = {
 }
 MAX_SERIES = 10_000
 MAX_VIEWS = 32
+#: Hashes (16 bytes) of recently handled vote and evidence bytes.
+MAX_SEEN = 65_536
 CODE_METRIC = "METRIC_ANOMALY"
 CODE_METRIC_CLEARED = "METRIC_ANOMALY_CLEARED"
 CODE_BYZANTINE_VOTE = "BYZANTINE_VOTE"
@@ -137,6 +144,7 @@ class AnomalyWorker(Worker):
         self._pool: PoolWatcher | None = None
         self._views: OrderedDict[int, membership.PoolView] = OrderedDict()
         self._ledger = VoteLedger()
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._series: OrderedDict[tuple[str, str, str], SeriesDetector] = OrderedDict()
         self._last_snapshot: OrderedDict[tuple[str, str], MetricsSnapshot] = OrderedDict()
         self._offences: dict[bytes, int] = {}
@@ -344,12 +352,17 @@ class AnomalyWorker(Worker):
         self._remember_view()
         return self._views.get(epoch)
 
-    def _verified_vote(self, data: bytes) -> Vote | None:
-        """A vote we can hold against its signer, or None (counted)."""
+    def _verified_vote(self, data: bytes, *, ledger: bool = False) -> Vote | None:
+        """A vote we can hold against its signer, or None (counted). With ``ledger``,
+        a vote the ledger would learn nothing from is dropped before its signature
+        check (copies, re-signings, a known equivocator's further votes)."""
         try:
             vote = Vote.decode(data)
         except CodecError as exc:
             self.stats.count(f"vote_ignored_{exc.code}")
+            return None
+        if ledger and not self._ledger.worth_checking(vote):
+            self.stats.count("vote_ignored_nothing_new")
             return None
         view = self._view_at(vote.epoch)
         if view is None:
@@ -363,8 +376,22 @@ class AnomalyWorker(Worker):
             return None
         return vote
 
+    def _seen_before(self, kind: str, data: bytes) -> bool:
+        """Whether these exact bytes were handled recently as a ``kind`` ("vote" or
+        "evidence"): a flood of copies costs a hash each here, not a signature check."""
+        digest = hashlib.blake2b(data, digest_size=16, person=kind.encode()).digest()
+        if digest in self._seen:
+            self.stats.count(f"{kind}_ignored_duplicate")
+            return True
+        self._seen[digest] = None
+        if len(self._seen) > MAX_SEEN:
+            self._seen.popitem(last=False)
+        return False
+
     async def _on_vote(self, msg: Msg) -> None:
-        vote = self._verified_vote(msg.data)
+        if self._seen_before("vote", msg.data):
+            return
+        vote = self._verified_vote(msg.data, ledger=True)
         if vote is None:
             return
         self.stats.count("votes_checked")
@@ -411,6 +438,8 @@ class AnomalyWorker(Worker):
 
     async def _on_equivocation(self, msg: Msg) -> None:
         """Evidence from a tally, re-checked: two valid, different votes of a member."""
+        if self._seen_before("evidence", msg.data):
+            return
         try:
             obj = decode(msg.data)
             if not isinstance(obj, dict) or obj.get("type") != "equivocation" or obj.get("v") != 1:
@@ -421,17 +450,23 @@ class AnomalyWorker(Worker):
         except CodecError as exc:
             self.stats.count(f"evidence_ignored_{exc.code}")
             return
-        a, b = self._verified_vote(first), self._verified_vote(second)
-        if (
-            a is None
-            or b is None
-            or a.verifier_key != b.verifier_key
-            or a.ballot_id != b.ballot_id
-            or a.epoch != b.epoch
-            or a.entries == b.entries
-        ):
-            self.stats.count("evidence_ignored_unproven")
+        try:
+            a, b = Vote.decode(first), Vote.decode(second)
+        except CodecError as exc:
+            self.stats.count(f"evidence_ignored_{exc.code}")
             return
+        view = self._view_at(a.epoch)
+        if view is None:
+            self.stats.count("evidence_ignored_unknown_epoch")
+            return
+        # the tally's own admission rules (schemas/votes.py): both votes admitted
+        # against the same question, by the same pool key, with different verdicts
+        refusal = equivocation_refusal(a, b, view.keys)
+        if refusal is not None:
+            self.stats.count("evidence_ignored_unproven")
+            self.stats.count(f"evidence_ignored_{refusal}")
+            return
+        self.stats.count("evidence_checked")
         await self._equivocated(Equivocation(a.verifier_key, a.ballot_id, a, b), a.epoch)
 
     # ------------------------------------------------------------------ Byzantine

@@ -2,11 +2,14 @@
 
 The tally creates a ``BallotRound`` with the pool frozen at ballot time, feeds
 it every vote that arrives with ``offer`` and gets back the requests that just
-got decided. All vote admission rules live here, in this order: right ballot
-and epoch and tally, a member key, entries that match the ballot request by
-request, a good signature, then one vote per key — the same verdicts again
-are a duplicate and ignored, conflicting signed verdicts from the same key are
-equivocation, rejected and kept as evidence.
+got decided. The admission rules are schemas/votes.py's (``admit_vote``, shared
+with the anomaly worker's evidence check); this module orders them so that
+floods are cheap: right ballot and epoch and tally, a member key, entries that
+match the ballot request by request; then the duplicate checks (the same
+signature or the same verdicts again: ignored; a key with equivocation on
+record: ignored); only then the Merkle tree and the signature, and the
+verdict-state revision. Conflicting signed verdicts from one key are
+equivocation: rejected and kept as evidence, once per key.
 """
 
 from __future__ import annotations
@@ -17,7 +20,13 @@ from schemas import merkle
 from schemas.errors import VoteRejected
 from schemas.messages import ConsensusResult, Vote, VoteProof
 from schemas.quorum import Decision, QuorumRule
-from schemas.votes import vote_signature_ok, vote_tree
+from schemas.votes import VoteQuestion, admit_vote, check_vote_context
+
+#: Signed votes one key may get checked per round: its one counted vote, one
+#: equivocating vote, and a few under other verdict-state revisions. An honest
+#: verifier signs one vote per ballot id (a replayed ballot gets the same bytes),
+#: so only a flooding key reaches it; forged votes never count towards it.
+MAX_CHECKED_PER_KEY = 4
 
 
 @dataclass(frozen=True)
@@ -40,9 +49,14 @@ class BallotRound:
     digests: tuple[bytes, ...]
     state_rev: int = 0
     votes: dict[bytes, tuple[Vote, list[list[bytes]]]] = field(default_factory=dict)
+    #: at most one per verifier key (bounded by the pool); the tally publishes each once
     equivocations: list[Equivocation] = field(default_factory=list)
+    #: keys with an equivocation on record: their further votes are dropped unchecked
+    equivocators: set[bytes] = field(default_factory=set)
     #: verifier key -> the newer verdict-state revision it signed a vote under
     newer_state: dict[bytes, int] = field(default_factory=dict)
+    #: signature checks done so far (the tally's ``vote_signature_checks`` counter)
+    signature_checks: int = 0
 
     def __post_init__(self) -> None:
         size = len(self.request_ids)
@@ -52,6 +66,20 @@ class BallotRound:
         # votes counted for each request at the moment it was decided
         self._voters: list[list[bytes]] = [[] for _ in range(size)]
         self.abandoned: set[int] = set()
+        self.question = VoteQuestion(
+            ballot_id=self.ballot_id,
+            epoch=self.epoch,
+            tally_id=self.tally_id,
+            state_rev=self.state_rev,
+            requests=tuple(zip(self.request_ids, self.digests, strict=True)),
+        )
+        #: (key, signature) of every vote whose signature verified (bounded per key)
+        self._checked: set[tuple[bytes, bytes]] = set()
+        self._checks_by_key: dict[bytes, int] = {}
+
+    def _note_checked(self, key: bytes, sig: bytes) -> None:
+        self._checked.add((key, sig))
+        self._checks_by_key[key] = self._checks_by_key.get(key, 0) + 1
 
     @property
     def open_count(self) -> int:
@@ -71,44 +99,50 @@ class BallotRound:
         self.abandoned.update(i for i in indexes if self.decided[i] is None)
 
     def offer(self, vote: Vote) -> list[int]:
-        """Count ``vote``; return indexes newly decided. Raises VoteRejected."""
-        if vote.ballot_id != self.ballot_id:
-            raise VoteRejected("vote is for another ballot", code="VOTE_UNKNOWN_BALLOT")
-        if vote.epoch != self.epoch:
+        """Count ``vote``; return indexes newly decided. Raises VoteRejected.
+
+        Cheap checks first, then the duplicate checks, and only then the Merkle
+        tree and the signature (schemas/votes.admit_vote): a flood of copies or
+        re-signings costs a dictionary lookup each, not a signature check.
+        """
+        check_vote_context(vote, self.question, self.pool)
+        key = vote.verifier_key
+        if key in self.equivocators:  # evidence already kept: nothing new to learn
             raise VoteRejected(
-                f"vote epoch {vote.epoch} != ballot epoch {self.epoch}", code="VOTE_WRONG_EPOCH"
+                "verifier already equivocated on this ballot", code="VOTE_EQUIVOCATOR"
             )
-        if vote.tally_id != self.tally_id:
-            raise VoteRejected("vote names another tally", code="VOTE_MISMATCH")
-        if vote.verifier_key not in self.pool:
-            raise VoteRejected("vote from a key outside the pool", code="VOTE_NOT_MEMBER")
-        if len(vote.entries) != len(self.request_ids) or any(
-            e.request_id != rid or e.digest != dg
-            for e, rid, dg in zip(vote.entries, self.request_ids, self.digests, strict=True)
+        previous = self.votes.get(key)
+        if previous is not None and (
+            previous[0].sig == vote.sig
+            or (previous[0].entries == vote.entries and previous[0].state_rev == vote.state_rev)
         ):
-            raise VoteRejected("vote entries do not match the ballot", code="VOTE_MISMATCH")
-        tree = vote_tree(vote)
-        if not vote_signature_ok(vote, tree):
-            raise VoteRejected("vote signature does not verify", code="VOTE_BAD_SIGNATURE")
-        if vote.state_rev != self.state_rev:
-            # One decision, one state: votes judged under another revision of the
-            # verdict state are never mixed into this round's counts. A signed vote
-            # at a newer revision is remembered: enough of them mean this round can
-            # no longer reach a quorum and should be re-balloted under the new state.
-            if vote.state_rev > self.state_rev:
-                self.newer_state[vote.verifier_key] = vote.state_rev
-            raise VoteRejected(
-                f"vote judged under state {vote.state_rev}, ballot is under {self.state_rev}",
-                code="VOTE_STATE_MISMATCH",
-            )
-        previous = self.votes.get(vote.verifier_key)
+            # The same signature (a copy, perhaps re-encoded: one key's signature verifies
+            # one body) or the same verdicts re-signed (a ballot replayed to the verifier):
+            # a duplicate, never equivocation, so nobody can frame an honest verifier by
+            # republishing a ballot it already voted on.
+            raise VoteRejected("duplicate vote ignored", code="VOTE_DUPLICATE")
+        if (key, vote.sig) in self._checked:
+            raise VoteRejected("duplicate vote ignored", code="VOTE_DUPLICATE")
+        if self._checks_by_key.get(key, 0) >= MAX_CHECKED_PER_KEY:
+            raise VoteRejected("too many signed votes from one key", code="VOTE_FLOOD")
+        self.signature_checks += 1
+        try:
+            tree = admit_vote(vote, self.question, self.pool)
+        except VoteRejected as exc:
+            if exc.code == "VOTE_STATE_MISMATCH":
+                # One decision, one state: votes judged under another revision of the
+                # verdict state are never mixed into this round's counts. A signed vote
+                # at a newer revision is remembered: enough of them mean this round can
+                # no longer reach a quorum and should be re-balloted under the new state.
+                self._note_checked(key, vote.sig)
+                if vote.state_rev > self.state_rev:
+                    self.newer_state[key] = vote.state_rev
+            raise
+        self._note_checked(key, vote.sig)
         if previous is not None:
-            # Same verdicts re-signed (e.g. a ballot replayed to the verifier) is a
-            # duplicate; only conflicting verdicts are equivocation, so nobody can
-            # frame an honest verifier by republishing a ballot it already voted on.
-            if previous[0].entries == vote.entries:
-                raise VoteRejected("duplicate vote ignored", code="VOTE_DUPLICATE")
-            self.equivocations.append(Equivocation(vote.verifier_key, previous[0], vote))
+            if len(self.equivocations) < len(self.pool):  # one per key: bounded by n
+                self.equivocations.append(Equivocation(key, previous[0], vote))
+            self.equivocators.add(key)
             raise VoteRejected(
                 "a second, different vote from one verifier", code="VOTE_EQUIVOCATION"
             )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 import uuid
@@ -34,7 +35,7 @@ from nats.aio.msg import Msg
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 
-from bus.decisions import DecisionStore, ensure_audit_stream
+from bus.decisions import DecisionStore, claims_scope, ensure_audit_stream, scope_id
 from bus.membership import PoolWatcher, register_tally
 from bus.runtime import RuntimeConfig, Worker, now_ms
 from bus.state import BucketMirror
@@ -63,7 +64,7 @@ from schemas.errors import (
     TransportError,
     VoteRejected,
 )
-from schemas.identity import AgentIdentity
+from schemas.identity import AgentIdentity, verify_signature
 from schemas.messages import (
     MAX_BALLOT_REQUESTS,
     Ballot,
@@ -86,6 +87,16 @@ STORE_DEGRADED_S = 60.0  # a store/lookup error keeps health Degraded this long
 #: changed under its round; after that its round runs to its deadline.
 MAX_STATE_REBALLOTS = 2
 STATE_CATCH_UP_S = 1.0
+#: Hashes of recent vote bytes (16 bytes each): exact copies are dropped before
+#: they are decoded. Oldest first out; the round's own checks stay the backstop.
+MAX_SEEN_VOTES = 65_536
+#: Callers one request id may hold waiting (one per reply subject); more are
+#: answered OVERLOADED at once, so identical requests cannot grow memory.
+MAX_WAITERS = 32
+
+
+#: An idempotency scope (bus/decisions.scope_id): the signer's (key, id), or exact bytes.
+Scope = str
 
 
 @dataclass
@@ -95,6 +106,11 @@ class Pending:
     digest: bytes
     received: float
     waiters: list[str] = field(default_factory=list)
+    #: the request's public key; ``scope`` is where it is registered in ``_pending``
+    public_key: bytes = b""
+    scope: Scope = ""
+    #: whether its signature verifies under ``public_key`` (checked only on a clash)
+    signed: bool | None = None
     #: The tally's ``process`` span of this request (receipt → reply), when tracing.
     span: Span | None = None
     lookup: asyncio.Task[None] | None = None
@@ -167,9 +183,10 @@ class TallyWorker(Worker):
         self._lookups: list[Pending] = []
         self._lookup_scheduled = False
         self._queue: deque[Pending] = deque()
-        self._pending: dict[str, Pending] = {}
+        self._pending: dict[Scope, Pending] = {}
         self._ballots: dict[str, LiveBallot] = {}
-        self._results: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()
+        self._results: OrderedDict[Scope, tuple[bytes, bytes]] = OrderedDict()
+        self._seen_votes: OrderedDict[bytes, None] = OrderedDict()
         self._flush_scheduled = False
         self._open_ballots = 0
         self._pending_bytes = 0
@@ -268,17 +285,44 @@ class TallyWorker(Worker):
             return
         rid = request.request_id
         digest = request_digest(msg.data)
+        # Idempotency is scoped to the signer (bus/decisions.py): (key, id) for the
+        # requests its key signed, the exact bytes for those whose signature fails.
+        scope = scope_id(request.public_key, rid)
+        exact = scope_id(request.public_key, rid, digest)
         span = self._request_span(msg, rid) if tracing_active() else None
-        cached = self._results.get(rid)
-        if cached is not None:
+        cached_key = exact if exact in self._results else scope
+        cached = self._results.get(cached_key)
+        if cached is not None:  # under the scope, only a decision that holds it
             _end_span(span, "agentic_payments.idempotent", "cached")
-            self._answer_cached(msg.reply, rid, digest, cached)
+            if cached[0] == digest or self._signed(request):
+                self._answer_cached(msg.reply, rid, cached_key, digest, cached)
+            else:  # its signature fails: only its own earlier decision answers it
+                self.spawn(self._answer_unclaimed(msg.reply, rid, exact, digest))
             return
-        pending = self._pending.get(rid)
-        if pending is not None:
-            if pending.digest != digest:
+        pending = self._pending.get(exact) or self._pending.get(scope)
+        if pending is not None and pending.digest != digest:
+            if self._holds_scope(pending):
                 _end_span(span, "error.type", RequestIdConflict.code)
-                await self._reply_conflict(msg.reply, rid)
+                if self._signed(request):
+                    await self._reply_conflict(msg.reply, rid)
+                else:
+                    self.spawn(self._answer_unclaimed(msg.reply, rid, exact, digest))
+                return
+            # its signature fails: it keeps only its own bytes, and the id stays free
+            self.stats.count("request_scope_unclaimed")
+            self._rescope(pending, scope_id(pending.public_key, rid, pending.digest))
+            pending = None
+        if pending is not None:
+            if len(pending.waiters) >= MAX_WAITERS:
+                _end_span(span, "error.type", Overloaded.code)
+                self.stats.count("request_rejected_waiters_full")
+                await self._reply_error(
+                    msg.reply,
+                    Overloaded.code,
+                    f"{MAX_WAITERS} callers already wait for this request id; "
+                    "retry with the same request id",
+                    rid,
+                )
             else:
                 _end_span(span, "agentic_payments.idempotent", "joined")
                 pending.waiters.append(msg.reply)
@@ -298,8 +342,17 @@ class TallyWorker(Worker):
                 rid,
             )
             return
-        pending = Pending(rid, msg.data, digest, received, [msg.reply], span)
-        self._pending[rid] = pending
+        pending = Pending(
+            rid,
+            msg.data,
+            digest,
+            received,
+            [msg.reply],
+            public_key=request.public_key,
+            scope=scope,
+            span=span,
+        )
+        self._pending[scope] = pending
         self._pending_bytes += len(msg.data)
         self._enqueue(pending)
         if self._store is not None:  # runs alongside the round; adds no latency
@@ -307,6 +360,46 @@ class TallyWorker(Worker):
             if not self._lookup_scheduled:
                 self._lookup_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush_lookups)
+
+    async def _answer_unclaimed(self, reply: str, rid: str, exact: Scope, digest: bytes) -> None:
+        """A request whose signature fails, for an id its key's holder already uses:
+        its own stored decision if it has one (a retry gets the same answer), else
+        REQUEST_ID_CONFLICT. It never starts a round that could take the id."""
+        data = None
+        if self._store is not None:
+            try:
+                data = (await self._store.get_many([exact])).get(exact)
+            except TransportError as exc:
+                self._store_trouble("decision_lookup_errors", exc)
+        stored = self._trusted_stored(rid, data) if data else None
+        if stored is not None and data is not None and stored.request_digest == digest:
+            self.stats.count("idempotent_hits_durable")
+            self._remember(exact, digest, data)
+            await self.client.publish(reply, data)
+            return
+        await self._reply_conflict(reply, rid)
+
+    def _signed(self, request: VerificationRequest) -> bool:
+        """Whether a request's signature verifies under its own key (checked only
+        when it clashes with another request for the same id)."""
+        self.stats.count("request_signature_checks")
+        return verify_signature(request.public_key, request.message, request.signature)
+
+    def _holds_scope(self, pending: Pending) -> bool:
+        """Whether ``pending`` holds its (key, id): its signature verifies under its key.
+
+        Checked only when another request clashes with it (a signature check here,
+        not per request), and remembered."""
+        if pending.signed is None:
+            pending.signed = self._signed(VerificationRequest.decode(pending.raw))
+        return pending.signed
+
+    def _rescope(self, pending: Pending, scope: Scope) -> None:
+        """Move a pending request to another idempotency scope (its exact bytes)."""
+        if self._pending.get(pending.scope) is pending:
+            del self._pending[pending.scope]
+        pending.scope = scope
+        self._pending[scope] = pending
 
     def _request_span(self, msg: Msg, rid: str) -> Span | None:
         """The ``process`` span of one request, child of the client's ``send`` span;
@@ -326,12 +419,14 @@ class TallyWorker(Worker):
         return span if span.is_recording() else None
 
     def _answer_cached(
-        self, reply: str, rid: str, digest: bytes, cached: tuple[bytes, bytes]
+        self, reply: str, rid: str, scope: Scope, digest: bytes, cached: tuple[bytes, bytes]
     ) -> None:
+        """A remembered answer: under a signer's scope only decisions that hold it are
+        remembered (``_remember``), so other bytes there are a conflict."""
         if cached[0] != digest:
             self.spawn(self._reply_conflict(reply, rid))
             return
-        self._results.move_to_end(rid)
+        self._results.move_to_end(scope)
         self.stats.count("idempotent_hits")
         self.spawn(self.client.publish(reply, cached[1]))
 
@@ -345,27 +440,39 @@ class TallyWorker(Worker):
                 pending.lookup = task
 
     async def _lookup(self, batch: list[Pending]) -> None:
-        """Were these ids decided before, by any tally or an earlier run of this one?
+        """Were these requests decided before, by any tally or an earlier run of this one?
 
         Runs concurrently with the requests' round. A stored certificate is the
         answer (the new round's result is dropped); a round that finishes first
-        waits for this lookup before answering.
+        waits for this lookup before answering. Each request is looked up under
+        its exact bytes and under its signer's scope: a certificate there for other
+        bytes is a conflict only if it holds the scope (bus/decisions.claims_scope).
         """
         assert self._store is not None
+        scopes: list[str] = []
+        for p in batch:
+            scopes += [scope_id(p.public_key, p.request_id, p.digest), p.scope]
         try:
-            found = await self._store.get_many([p.request_id for p in batch])
+            found = await self._store.get_many(scopes)
         except TransportError as exc:  # prefer availability, but say so
             self._store_trouble("decision_lookup_errors", exc)
             return
         for pending in batch:
-            data = found.get(pending.request_id)
-            if data is None or pending.done:
+            if pending.done:
                 continue
-            stored = self._trusted_stored(pending.request_id, data)
-            if stored is None:
-                continue
-            self.stats.count("idempotent_hits_durable")
-            self._complete(pending, data, stored.request_digest, store=False)
+            exact = scope_id(pending.public_key, pending.request_id, pending.digest)
+            for key in dict.fromkeys((exact, pending.scope)):
+                data = found.get(key)
+                stored = self._trusted_stored(pending.request_id, data) if data else None
+                if stored is None or data is None:
+                    continue
+                if stored.request_digest != pending.digest and (
+                    key == exact or not claims_scope(stored)
+                ):
+                    continue  # not an answer, and it blocks nobody
+                self.stats.count("idempotent_hits_durable")
+                self._complete(pending, data, stored, store=False)
+                break
 
     def _trusted_stored(self, request_id: str, data: bytes) -> ConsensusResult | None:
         """A stored certificate we may hand out, or None (counted and logged).
@@ -520,6 +627,17 @@ class TallyWorker(Worker):
                     span.end()
 
     async def _on_vote(self, msg: Msg) -> None:
+        """Vote intake. Exact copies are dropped by a hash of their bytes before they
+        are even decoded; the round drops re-encoded copies, re-signings of the same
+        verdicts and further votes of a known equivocator before any signature check
+        (workers/consensus/ballot.py). ``vote_signature_checks`` counts the checks."""
+        seen = hashlib.blake2b(msg.data, digest_size=16).digest()
+        if seen in self._seen_votes:
+            self.stats.count("vote_dropped_duplicate_bytes")
+            return
+        self._seen_votes[seen] = None
+        if len(self._seen_votes) > MAX_SEEN_VOTES:
+            self._seen_votes.popitem(last=False)
         try:
             vote = Vote.decode(msg.data)
         except CodecError as exc:
@@ -530,6 +648,7 @@ class TallyWorker(Worker):
             self.stats.count("vote_rejected_VOTE_UNKNOWN_BALLOT")
             return
         was_open = live.round.open_count > 0
+        checks = live.round.signature_checks
         try:
             newly = live.round.offer(vote)
         except VoteRejected as exc:
@@ -539,6 +658,9 @@ class TallyWorker(Worker):
             elif exc.code == "VOTE_STATE_MISMATCH" and was_open and live.round.stale_state:
                 self._reballot_newer_state(live)
             return
+        finally:
+            if live.round.signature_checks != checks:
+                self.stats.count("vote_signature_checks", live.round.signature_checks - checks)
         if not was_open:
             self.stats.count("votes_after_decision")
         if live.traced:
@@ -674,9 +796,9 @@ class TallyWorker(Worker):
             data = cert.encode()
             audit.append((self.subjects.decision(cert.decision), data))
             if pending.lookup is not None and not pending.lookup.done():
-                self.spawn(self._complete_after_lookup(pending, data, final))
+                self.spawn(self._complete_after_lookup(pending, data, cert, final))
             else:
-                self._complete(pending, data, pending.digest, final=final, store=final)
+                self._complete(pending, data, cert, final=final, store=final)
         if audit:
             self.spawn(self._publish_audit(audit))
 
@@ -685,21 +807,34 @@ class TallyWorker(Worker):
         for subject, data in records:
             await self.client.publish(subject, data)
 
-    async def _complete_after_lookup(self, pending: Pending, data: bytes, final: bool) -> None:
+    async def _complete_after_lookup(
+        self, pending: Pending, data: bytes, cert: ConsensusResult, final: bool
+    ) -> None:
         assert pending.lookup is not None
         await asyncio.wait([pending.lookup])
         if not pending.done:
-            self._complete(pending, data, pending.digest, final=final, store=final)
+            self._complete(pending, data, cert, final=final, store=final)
 
     def _complete(
-        self, pending: Pending, data: bytes, digest: bytes, *, final: bool = True, store: bool
+        self,
+        pending: Pending,
+        data: bytes,
+        cert: ConsensusResult,
+        *,
+        final: bool = True,
+        store: bool,
     ) -> None:
         """Answer every waiter of ``pending`` once. A final answer is remembered for
-        retries; ``store`` also writes it to the decisions bucket."""
+        retries; ``store`` also writes it to the decisions bucket — under the signer's
+        scope if it holds it (bus/decisions.claims_scope), else under its exact bytes."""
         pending.done = True
         self._drop_pending(pending)
+        digest = cert.request_digest
+        scope = scope_id(pending.public_key, pending.request_id)
+        if digest == pending.digest and not claims_scope(cert):
+            scope = scope_id(pending.public_key, pending.request_id, digest)
         if final:
-            self._remember(pending.request_id, digest, data)
+            self._remember(scope, digest, data)
         span, pending.span = pending.span, None
         if digest != pending.digest:  # the id was decided before for other bytes
             _end_span(span, "error.type", RequestIdConflict.code)
@@ -710,7 +845,7 @@ class TallyWorker(Worker):
         else:
             self.spawn(self._publish_traced(pending, span, data))
         if store and self._store is not None:
-            self.spawn(self._store.store(pending.request_id, data))
+            self.spawn(self._store.store(scope, data))
 
     async def _publish_all(
         self, replies: list[str], data: bytes, headers: dict[str, str] | None = None
@@ -743,23 +878,24 @@ class TallyWorker(Worker):
             send.end()
             span.end()
 
-    def _store_error(self, request_id: str, exc: BaseException, already_stored: bool) -> None:
-        if already_stored:  # another tally decided this id first: its certificate wins
+    def _store_error(self, scope: Scope, exc: BaseException, already_stored: bool) -> None:
+        if already_stored:  # another tally decided this scope first: its certificate wins
             self.stats.count("decision_already_stored")
-            self.spawn(self._adopt_stored(request_id))
+            self.spawn(self._adopt_stored(scope))
         else:
             self._store_trouble("decision_store_errors", exc)
 
-    async def _adopt_stored(self, request_id: str) -> None:
+    async def _adopt_stored(self, scope: Scope) -> None:
         assert self._store is not None
         try:
-            data = (await self._store.get_many([request_id])).get(request_id)
+            data = (await self._store.get_many([scope])).get(scope)
         except TransportError as exc:
             self._store_trouble("decision_lookup_errors", exc)
             return
+        request_id = scope.split(".", 2)[2]
         stored = self._trusted_stored(request_id, data) if data else None
         if stored is not None and data is not None:
-            self._remember(request_id, stored.request_digest, data)
+            self._remember(scope, stored.request_digest, data)
 
     def _store_trouble(self, counter: str, exc: BaseException) -> None:
         self.stats.count(counter)
@@ -777,12 +913,14 @@ class TallyWorker(Worker):
 
     def _drop_pending(self, pending: Pending) -> None:
         """Forget an answered request; its bytes leave the budget once it left the queue."""
-        if self._pending.pop(pending.request_id, None) is not None and not pending.queued:
-            self._pending_bytes -= len(pending.raw)
+        if self._pending.get(pending.scope) is pending:
+            del self._pending[pending.scope]
+            if not pending.queued:
+                self._pending_bytes -= len(pending.raw)
 
-    def _remember(self, rid: str, digest: bytes, data: bytes) -> None:
-        self._results[rid] = (digest, data)
-        self._results.move_to_end(rid)
+    def _remember(self, scope: Scope, digest: bytes, data: bytes) -> None:
+        self._results[scope] = (digest, data)
+        self._results.move_to_end(scope)
         while len(self._results) > self.options.cache_size:
             self._results.popitem(last=False)
 
@@ -809,7 +947,10 @@ class TallyWorker(Worker):
         await self.client.publish(reply, ErrorReply(code, message[:4096], request_id).encode())
 
     async def _report_equivocation(self, ballot_round: BallotRound) -> None:
+        """Publish the evidence the round just recorded: once per (key, ballot), since
+        the round keeps one per key and drops the key's later votes unchecked."""
         evidence = ballot_round.equivocations[-1]
+        self.stats.count("equivocation_evidence_published")
         log.warning(
             "verifier %s equivocated on ballot %s",
             evidence.verifier_key.hex(),

@@ -1,0 +1,152 @@
+"""Hole 5a: framing an honest verifier through weak equivocation evidence.
+
+The adversary has the tally role (user t2): it may publish ballots and evidence on
+``{prefix}.evidence.equivocation``. It publishes two ballots that share one ballot id
+but name different tallies and carry different requests. The honest verifier v2
+answers each (one vote per (tally, ballot id) — two honest answers to two
+questions). The adversary then publishes v2's two real, validly signed votes as
+equivocation evidence.
+
+Before the fix the anomaly worker compared only key, ballot id and epoch, so it
+alerted on v2 and quarantined it. Now it admits evidence by the tally's own vote
+admission rules (schemas/votes.equivocation_refusal): the two votes answer different
+questions, so they prove nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from bus import membership
+from bus.client import signed_request
+from bus.subjects import Subjects
+from schemas.codec import encode
+from schemas.identity import AgentIdentity
+from schemas.messages import Ballot, MetricsSnapshot, Vote
+from tests.secure import SecureCluster
+from workers.anomaly.cli import read_alerts
+
+pytestmark = pytest.mark.slow
+
+Attacker = Callable[[str], Awaitable[Client]]
+
+
+async def anomaly_counters(nc: Client, prefix: str) -> dict[str, int]:
+    reply = await nc.request(Subjects(prefix).status("anomaly", "anomaly1"), b"", timeout=2.0)
+    return MetricsSnapshot.decode(reply.data).counters
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if await check():
+                return
+        except Exception:  # not up yet
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: {await _last(check)}")
+        await asyncio.sleep(0.2)
+
+
+async def publish_ballot(nc: Client, subjects: Subjects, ballot: Ballot) -> None:
+    """The adversary's ballot, answered on its own vote subject (one place to adapt
+    should ballots need a tally signature)."""
+    await nc.publish(subjects.ballot, ballot.encode(), reply=subjects.votes("t2"))
+
+
+async def test_two_honest_answers_to_two_questions_do_not_frame_a_verifier(
+    secure_cluster: SecureCluster, attacker: Attacker
+) -> None:
+    for i in range(1, 5):
+        secure_cluster.start_verifier(f"v{i}")
+    pool = await secure_cluster.wait_pool(4)
+    secure_cluster._spawn(
+        "anomaly-anomaly1",
+        ["-m", "workers.cli", "worker", "anomaly", "--id", "anomaly1", "--heartbeat-s", "1"],
+    )
+    admin = await attacker("admin")
+    subjects = Subjects(secure_cluster.prefix)
+    await wait_for(lambda: _up(admin, secure_cluster.prefix), "the anomaly worker")
+    v2_key = next(m.public_key for m in pool.members if m.worker_id == "v2")
+
+    t2 = await attacker("t2")
+    votes: asyncio.Queue[Vote] = asyncio.Queue()
+
+    async def collect(msg: Msg) -> None:
+        vote = Vote.decode(msg.data)
+        if vote.verifier_key == v2_key:
+            await votes.put(vote)
+
+    await t2.subscribe(subjects.votes("t2"), cb=collect)
+    await t2.flush()
+    agent = AgentIdentity.generate()
+    ballot_id = uuid.uuid4().hex
+    now = int(time.time() * 1000)
+    for tally_id, rid in (("t2", "frame-a"), ("t3", "frame-b")):
+        await publish_ballot(
+            t2,
+            subjects,
+            Ballot(
+                ballot_id=ballot_id,
+                epoch=pool.epoch,
+                tally_id=tally_id,
+                deadline_ms=now + 10_000,
+                requests=(signed_request(agent, f"pay {rid}", rid).encode(),),
+                issued_ms=now,
+            ),
+        )
+    first = await asyncio.wait_for(votes.get(), 15)
+    second = await asyncio.wait_for(votes.get(), 15)
+    assert first.ballot_id == second.ballot_id and first.entries != second.entries
+
+    async def judged() -> bool:
+        c = await anomaly_counters(admin, secure_cluster.prefix)
+        return c.get("evidence_ignored_unproven", 0) >= 1 or c.get("equivocations", 0) >= 1
+
+    evidence = encode(
+        {
+            "type": "equivocation",
+            "v": 1,
+            "verifier_key": v2_key,
+            "ballot_id": ballot_id,
+            "epoch": pool.epoch,
+            "first": first.encode(),
+            "second": second.encode(),
+        }
+    )
+
+    async def published_and_judged() -> bool:
+        # re-sent until judged: the status endpoint answers before the worker has
+        # subscribed to the evidence subject (copies of judged bytes are dropped)
+        await t2.publish(subjects.equivocation, evidence)
+        await t2.flush()
+        return await judged()
+
+    await wait_for(published_and_judged, "the anomaly worker to judge the evidence")
+    counters = await anomaly_counters(admin, secure_cluster.prefix)
+    assert counters.get("equivocations", 0) == 0, f"v2 framed as an equivocator: {counters}"
+    after = await membership.read_pool(admin, subjects)
+    quarantined = [m.worker_id for m in after.members if m.status != membership.ACTIVE]
+    assert quarantined == [], f"framed: {quarantined} quarantined ({counters})"
+    alerts = [a for a, _ in await read_alerts(admin, subjects, 600)]
+    assert not [a for a in alerts if a.code == "EQUIVOCATION"], alerts
+
+
+async def _last(check: Callable[[], Awaitable[bool]]) -> str:
+    try:
+        return str(await check())
+    except Exception as exc:
+        return repr(exc)
+
+
+async def _up(nc: Client, prefix: str) -> bool:
+    await anomaly_counters(nc, prefix)
+    return True
