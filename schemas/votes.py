@@ -22,12 +22,16 @@ def sign_vote(
     entries: Sequence[VoteEntry],
     ts_ms: int,
     state_rev: int | None = None,
+    *,
+    network: str,
 ) -> Vote:
     """Sign verdicts for every request of ``ballot`` (entries in ballot order),
-    judged under verdict-state revision ``state_rev`` (default: the ballot's)."""
+    judged under verdict-state revision ``state_rev`` (default: the ballot's),
+    for the deployment whose network id (subject prefix) is ``network``."""
     rev = ballot.state_rev if state_rev is None else state_rev
     root = merkle.root(entry_leaves(entries))
     body = vote_signing_bytes(
+        network=network,
         ballot_id=ballot.ballot_id,
         epoch=ballot.epoch,
         tally_id=ballot.tally_id,
@@ -53,10 +57,11 @@ def vote_tree(vote: Vote) -> list[list[bytes]]:
     return merkle.levels(entry_leaves(vote.entries))
 
 
-def vote_signature_ok(vote: Vote, tree: list[list[bytes]] | None = None) -> bool:
-    """Whether ``vote.sig`` is the verifier's signature over these entries."""
+def vote_signature_ok(vote: Vote, tree: list[list[bytes]] | None = None, *, network: str) -> bool:
+    """Whether ``vote.sig`` is the verifier's signature over these entries (in ``network``)."""
     tree = tree if tree is not None else vote_tree(vote)
     body = vote_signing_bytes(
+        network=network,
         ballot_id=vote.ballot_id,
         epoch=vote.epoch,
         tally_id=vote.tally_id,

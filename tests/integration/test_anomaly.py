@@ -305,7 +305,7 @@ async def test_forged_certificate_blames_nobody_a_real_one_catches_the_liar(
         real = sign_certificate(
             sc.tally,
             ballot_round.certificate(
-                0, tally_key=sc.tally.public_key, decided_at_ms=1, latency_ms=1.0
+                0, tally_key=sc.tally.public_key, decided_at_ms=1, latency_us=1000
             ),
         )
         assert real.decision == "VALID"

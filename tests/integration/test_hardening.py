@@ -104,7 +104,7 @@ async def test_forged_certificate_in_the_bucket_is_not_served(
                 tally_id="evil",
                 tally_key=attacker.public_key,
                 decided_at_ms=1,
-                latency_ms=1.0,
+                latency_us=1000,
             ),
         )
         kv = await nc.jetstream().key_value(Subjects(nats_config.prefix).decisions_bucket)

@@ -491,7 +491,7 @@ SAMPLES: dict[type, Any] = {
         tally_id="t1",
         tally_key=KEY,
         decided_at_ms=9,
-        latency_ms=1.5,
+        latency_us=1500,
         sig=SIG,
         state_rev=7,
     ),

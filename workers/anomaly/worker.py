@@ -358,7 +358,7 @@ class AnomalyWorker(Worker):
         if vote.verifier_key not in view.keys:
             self.stats.count("vote_ignored_not_member")
             return None
-        if not vote_signature_ok(vote):
+        if not vote_signature_ok(vote, network=self.subjects.prefix):
             self.stats.count("vote_ignored_bad_signature")
             return None
         return vote
@@ -381,7 +381,7 @@ class AnomalyWorker(Worker):
             if view is None:
                 self.stats.count("decision_ignored_unknown_epoch")
                 return
-            verify_certificate(cert, view.keys, threshold=None)
+            verify_certificate(cert, view.keys, threshold=None, network=self.subjects.prefix)
         except (CodecError, CertificateInvalid) as exc:
             self.stats.count(f"decision_ignored_{exc.code}")
             return
