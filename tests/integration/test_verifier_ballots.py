@@ -199,3 +199,42 @@ async def test_garbage_is_counted_not_answered(bench: Bench) -> None:
 
     await bench.send(encode(unsigned), "ballot_refused_SCHEMA_VIOLATION", reply="spy.garbage")
     assert bench.votes == []
+
+
+async def test_tally_reballots_when_the_epoch_moves(
+    nats_config: NatsConfig, nc: Client, tmp_path: Path
+) -> None:
+    """A ballot at an epoch the verifiers left gets no votes; once the tally's pool
+    view moves on, its open requests are balloted again at the new epoch (not lost
+    to a TIMEOUT)."""
+    from bus.client import VerifyClient, signed_request
+    from tests.integration.test_hardening import running
+    from workers.consensus.tally import TallyOptions
+
+    async with running(nats_config, tmp_path, options=TallyOptions(deadline_s=8)) as system:
+        tally, verifiers = system.tally, system.verifiers
+        assert tally._pool is not None
+        current = tally._pool.view
+        # the tally lags one epoch behind its verifiers (as after a change it has not seen)
+        tally._pool.view = replace(current, epoch=current.epoch - 1)
+        async with await VerifyClient.connect(nats_config, timeout=15) as client:
+            pending = asyncio.create_task(
+                client.verify_with_consensus(signed_request(AgentIdentity.generate(), "pay"))
+            )
+            await until(
+                lambda: all(
+                    sum(n for k, n in v.stats.counters.items() if k.startswith("ballot_refused_"))
+                    >= 1
+                    for v in verifiers
+                ),
+                "verifiers did not refuse the old-epoch ballot",
+            )
+            assert tally.stats.counters.get("reballots_new_epoch", 0) == 0
+            # the pool moves on (a new tally is admitted); the tally's watch sees it
+            await membership.register_tally(
+                nc, Subjects(nats_config.prefix), "t9", AgentIdentity.generate().public_key
+            )
+            cert = await pending
+        assert cert.decision == "VALID"
+        assert cert.epoch > current.epoch
+        assert tally.stats.counters["reballots_new_epoch"] == 1

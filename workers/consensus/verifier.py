@@ -69,6 +69,8 @@ STATE_CATCH_UP_MS = 1_000
 #: How long a verifier whose pool view is behind a ballot's epoch waits to catch up.
 EPOCH_CATCH_UP_MS = 1_000
 EPOCH_POLL_S = 0.05
+#: A pool view older than this is re-read when a ballot arrives.
+POOL_REFRESH_S = 1.0
 
 
 class VerifierWorker(Worker):
@@ -93,6 +95,7 @@ class VerifierWorker(Worker):
         #: the newest pool this verifier has read (it may not watch the members
         #: bucket: its role has no consumer rights there, bus/permissions.py)
         self._view = membership.PoolView(0, ())
+        self._view_read_at = -POOL_REFRESH_S
         self._state: BucketMirror[object] | None = None
         self._verdicts: StateVerdicts | None = None
         self._chain_cache = ChainCache()
@@ -121,7 +124,7 @@ class VerifierWorker(Worker):
             "registered in" if changed else "already in",
             self.identity.did,
         )
-        self._view = await membership.read_pool(self.client, self.subjects)
+        await self._read_pool()
         self._state = BucketMirror(
             self.client, self.subjects.state_bucket, decode_state_record, keep_unreadable=True
         )
@@ -155,25 +158,36 @@ class VerifierWorker(Worker):
     async def _pool_view(self, ballot: Ballot) -> membership.PoolView:
         """Our pool view, caught up to the ballot's epoch if it is ahead: the pool is
         re-read (lookups only) until it reaches that epoch or about a second passed.
-        Reached only by ballots whose signature verified."""
+        Reached only by ballots whose signature verified. A view older than
+        POOL_REFRESH_S is re-read first, so a removed tally's ballots at the epoch it
+        still knows stop being judged even when no newer ballot arrives."""
+        if time.monotonic() - self._view_read_at > POOL_REFRESH_S:
+            await self._read_pool()
         if ballot.epoch <= self._view.epoch:
             return self._view
         self.stats.count("epoch_catch_up")
         wait_s = min(EPOCH_CATCH_UP_MS, max(0, ballot.deadline_ms - now_ms())) / 1000
         deadline = time.monotonic() + wait_s
         while True:
-            try:
-                view = await membership.read_pool(self.client, self.subjects)
-            except AgenticPaymentsError as exc:
-                self.stats.count("pool_read_errors")
-                log.warning("cannot read the pool: %s", exc)
+            if not await self._read_pool():
                 break
-            if view.epoch > self._view.epoch:
-                self._view = view
             if self._view.epoch >= ballot.epoch or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(EPOCH_POLL_S)
         return self._view
+
+    async def _read_pool(self) -> bool:
+        """Re-read the pool (lookups only); False if it could not be read."""
+        try:
+            view = await membership.read_pool(self.client, self.subjects)
+        except AgenticPaymentsError as exc:
+            self.stats.count("pool_read_errors")
+            log.warning("cannot read the pool: %s", exc)
+            return False
+        self._view_read_at = time.monotonic()
+        if view.epoch > self._view.epoch:
+            self._view = view
+        return True
 
     def _refuse(self, ballot: Ballot | None, code: str, detail: str = "") -> None:
         self.stats.count(f"ballot_refused_{code}")
