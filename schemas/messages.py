@@ -150,15 +150,13 @@ def _known(obj: Mapping[str, Any], fields: tuple[str, ...], type_name: str) -> N
 
 
 def _threshold(obj: Mapping[str, Any]) -> str:
-    """``p/q`` in lowest terms (or ``1``): one spelling per threshold, so one
-    certificate has one wire form ("4/6" and "2/3" would sign differently)."""
+    """``a/b`` in lowest terms, both positive without leading zeros (1 is ``1/1``):
+    one spelling per threshold, so one certificate has one wire form ("4/6" and
+    "2/3" would sign differently)."""
     text = _str(obj, "threshold", 32)
-    match = re.fullmatch(r"([1-9][0-9]{0,8})/([1-9][0-9]{0,8})|1", text)
-    if match is None or (
-        match.group(1) is not None
-        and (math.gcd(int(match.group(1)), int(match.group(2))) != 1 or match.group(2) == "1")
-    ):
-        raise SchemaViolation("threshold must be a fraction p/q in lowest terms, or 1")
+    match = re.fullmatch(r"([1-9][0-9]{0,8})/([1-9][0-9]{0,8})", text)
+    if match is None or math.gcd(int(match.group(1)), int(match.group(2))) != 1:
+        raise SchemaViolation("threshold must be a fraction a/b in lowest terms, e.g. 2/3 or 1/1")
     return text
 
 

@@ -174,8 +174,9 @@ def test_pins_that_match_pass() -> None:
         ("x_extra", 1, "unknown field 'x_extra'"),
         ("latency_us", 1.5, "latency_us must be an integer"),
         ("threshold", "4/6", "lowest terms"),
-        ("threshold", "2/1", "lowest terms"),
-        ("threshold", "1/1", "lowest terms"),
+        ("threshold", "1", "lowest terms"),
+        ("threshold", "02/3", "lowest terms"),
+        ("threshold", " 2/3", "lowest terms"),
         ("threshold", "0.67", "lowest terms"),
     ],
 )
