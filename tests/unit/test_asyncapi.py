@@ -477,9 +477,7 @@ SAMPLES: dict[type, Any] = {
         category="travel",
         endorsements=((KEY, SIG),),
     ),
-    Ballot: Ballot(
-        "b1", 3, "t1", 10, (b"raw",), state_rev=7, issued_ms=5, tally_key=KEY, sig=SIG
-    ),
+    Ballot: Ballot("b1", 3, "t1", 10, (b"raw",), state_rev=7, issued_ms=5, tally_key=KEY, sig=SIG),
     Vote: Vote("b1", 3, "t1", KEY, 5, (VoteEntry("req-1", DIG, True, "OK"),), SIG, state_rev=7),
     VoteProof: PROOF,
     ConsensusResult: ConsensusResult(
