@@ -84,8 +84,13 @@ class VerifierWorker(Worker):
         *,
         key_file: Path | None = None,
         identity: AgentIdentity | None = None,
+        tally_keys: dict[str, bytes] | None = None,
     ) -> None:
         super().__init__(runtime)
+        #: tally id -> key pinned by the operator (``--tally-key``): used instead of the
+        #: pool's tally records where the verifier cannot read the tallies' pool (its
+        #: organization's own NATS account); the epoch rule is then off.
+        self.pinned_tallies = dict(tally_keys or {})
         self.key_file = key_file or runtime.data_dir / "keys" / f"verifier-{self.worker_id}.key"
         self.identity = identity or AgentIdentity.load_or_create(self.key_file)
         self.window = BallotWindow(
@@ -207,7 +212,13 @@ class VerifierWorker(Worker):
         refusal: BallotRefusal | None = ballot_time_refusal(ballot, now_ms(), self.window)
         if refusal is None:
             refusal = ballot_signature_refusal(ballot, network=self.subjects.prefix)
-        if refusal is None:
+        if refusal is None and self.pinned_tallies:
+            refusal = ballot_signer_refusal(
+                ballot,
+                tally_keys=self.pinned_tallies.values(),
+                record_key=self.pinned_tallies.get(ballot.tally_id),
+            )
+        elif refusal is None:
             view = await self._pool_view(ballot)
             refusal = ballot_epoch_refusal(ballot.epoch, view.epoch)
             if refusal is None:
