@@ -20,6 +20,7 @@ arrived.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from typing import Any
@@ -125,5 +126,74 @@ async def test_ballot_delivered_by_a_keys_role_consumer_gets_no_vote(
         # a vote published after the counters moved would still be a vote
         await admin.flush()
         assert not [v for _, v in votes if v.get("ballot_id") == ballot_id]
+    finally:
+        await admin.close()
+
+
+async def test_admitted_tally_cannot_route_votes_to_another_tally(
+    secure_cluster: SecureCluster, attacker: Any
+) -> None:
+    """A Byzantine tally t2 — admitted, its own record tally.t2 — publishes a ballot
+    signed by its key that names tally t1 (with t1's vote subject as reply): votes on
+    it would land in t1's rounds. Verifiers refuse it: tally.t1 holds another key."""
+    c = secure_cluster
+    await c.start_system(len(VERIFIERS))
+    subjects = Subjects(c.prefix)
+    admin = await connect(c.admin(), name="test-admin")
+    votes: list[dict[str, Any]] = []
+    refused: dict[str, int] = {}
+
+    async def on_vote(msg: Msg) -> None:
+        obj = decode(msg.data, MetricsSnapshot.LIMITS)
+        if isinstance(obj, dict) and obj.get("type") == "vote":
+            votes.append(obj)
+
+    async def on_metrics(msg: Msg) -> None:
+        snap = MetricsSnapshot.decode(msg.data)
+        refused[snap.worker_id] = sum(
+            v for k, v in snap.counters.items() if k.startswith("ballot_refused_")
+        )
+
+    try:
+        await admin.subscribe(subjects.votes_all, cb=on_vote)
+        await admin.subscribe(subjects.metrics("verifier", "*"), cb=on_metrics)
+        await admin.flush()
+        t2 = await attacker("t2")
+        me = AgentIdentity.generate()
+        await membership.register_tally(t2, subjects, "t2", me.public_key)
+        pool = await membership.read_pool(admin, subjects)
+        assert me.public_key in pool.tally_keys
+        ballot_id = uuid.uuid4().hex
+        now = time.time_ns() // 1_000_000
+        raw = request(me, b"pay 1", f"r-{ballot_id}")
+        fields = {
+            "ballot_id": ballot_id,
+            "epoch": pool.epoch,
+            "tally_id": "t1",
+            "deadline_ms": now + 20_000,
+            "requests": [raw],
+            "state_rev": 0,
+            "issued_ms": now,
+        }
+        # the contract's ballot signing bytes, built here so the test runs on old code too
+        body = [
+            1, "ballot", 1, c.prefix, ballot_id, pool.epoch, "t1", me.public_key,
+            now + 20_000, 0, now, [hashlib.sha256(raw).digest()],
+        ]  # fmt: skip
+        sig = me.sign(b"agentic-payments/ballot/v1\x00" + encode(body))
+        wire = {"type": "ballot", "v": 1, **fields, "tally_key": me.public_key, "sig": sig}
+        await t2.publish(subjects.ballot, encode(wire), reply=subjects.votes("t1"))
+        await t2.flush()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            rogue = [v for v in votes if v.get("ballot_id") == ballot_id]
+            assert not rogue, f"{len(rogue)} verifier(s) voted on t2's ballot naming t1"
+            if all(refused.get(v, 0) >= 1 for v in VERIFIERS):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"not every verifier counted t2's ballot refused: {refused}")
+        await admin.flush()
+        assert not [v for v in votes if v.get("ballot_id") == ballot_id]
     finally:
         await admin.close()
