@@ -197,7 +197,13 @@ class VerifyClient:
         if not self.verify_certificates:
             return
         keys = await self.pool_keys(cert.epoch)
-        verify_certificate(cert, keys, threshold=self.threshold, tally_keys=self.tally_keys)
+        verify_certificate(
+            cert,
+            keys,
+            network=self.subjects.prefix,
+            threshold=self.threshold,
+            tally_keys=self.tally_keys,
+        )
 
     async def pool_keys(self, epoch: int) -> frozenset[bytes]:
         """Verifier keys of pool ``epoch``: the current pool, or an older one replayed

@@ -5,7 +5,9 @@ it rebuilds each vote's Merkle root from the entry and path, checks every
 verifier signature against the pool keys the caller supplies, recounts,
 recomputes q and f from n and the threshold, and checks that the decision
 follows from the counts. It raises ``CertificateInvalid`` saying which check
-failed.
+failed. The checks run in a fixed order (the first failing one is reported);
+``schemas/asyncapi.yaml`` lists it, and what the caller must pin: the network
+id, the threshold, a pool floor, the request id and digest it sent.
 """
 
 from __future__ import annotations
@@ -18,24 +20,37 @@ from schemas import merkle
 from schemas.codec import encode
 from schemas.errors import CertificateInvalid, ConfigError
 from schemas.identity import AgentIdentity, verify_signature
-from schemas.messages import ConsensusResult
+from schemas.messages import VERSION, ConsensusResult
 from schemas.quorum import DEFAULT_THRESHOLD, MIN_POOL, Decision, QuorumRule, parse_threshold
-from schemas.signing import DOMAIN_CERTIFICATE, entry_bytes, vote_signing_bytes
+from schemas.signing import (
+    CERTIFICATE_SIGNING_VERSION,
+    DOMAIN_CERTIFICATE,
+    entry_bytes,
+    vote_signing_bytes,
+)
 
 
-def certificate_signing_bytes(result: ConsensusResult) -> bytes:
-    return DOMAIN_CERTIFICATE + encode(result.signing_body())
+def certificate_signing_bytes(result: ConsensusResult, *, network: str) -> bytes:
+    """``DOMAIN_CERTIFICATE || msgpack([3, "certificate", v, network, ...fields])``:
+    arrays, integers, strings, booleans and bin only, so one encoding."""
+    return DOMAIN_CERTIFICATE + encode(
+        [CERTIFICATE_SIGNING_VERSION, result.TYPE, VERSION, network, *result.signing_fields()]
+    )
 
 
-def sign_certificate(identity: AgentIdentity, result: ConsensusResult) -> ConsensusResult:
+def sign_certificate(
+    identity: AgentIdentity, result: ConsensusResult, *, network: str
+) -> ConsensusResult:
     unsigned = replace(result, tally_key=identity.public_key, sig=b"")
-    return replace(unsigned, sig=identity.sign(certificate_signing_bytes(unsigned)))
+    return replace(
+        unsigned, sig=identity.sign(certificate_signing_bytes(unsigned, network=network))
+    )
 
 
-def certificate_signed_by(result: ConsensusResult, tally_key: bytes) -> bool:
+def certificate_signed_by(result: ConsensusResult, tally_key: bytes, *, network: str) -> bool:
     """Whether ``result`` carries a valid signature by ``tally_key`` (nothing else checked)."""
     return result.tally_key == tally_key and verify_signature(
-        tally_key, certificate_signing_bytes(result), result.sig
+        tally_key, certificate_signing_bytes(result, network=network), result.sig
     )
 
 
@@ -43,27 +58,41 @@ def verify_certificate(
     result: ConsensusResult,
     verifier_keys: Collection[bytes],
     *,
+    network: str,
     threshold: Fraction | None = DEFAULT_THRESHOLD,
     tally_keys: Collection[bytes] | None = None,
+    min_pool: int = MIN_POOL,
+    request_id: str | None = None,
+    request_digest: bytes | None = None,
 ) -> None:
     """Re-check ``result`` against the pool ``verifier_keys`` of its epoch.
 
     Returns None when the certificate holds; raises ``CertificateInvalid``
-    with the reason otherwise. The threshold is the *verifier's* policy, not
-    the certificate's say-so: by default it must be exactly 2/3 (pass
-    ``threshold=None`` to accept any threshold that still makes VALID and
-    INVALID quorums intersect). Pass ``tally_keys`` to also pin which tallies
-    may have signed it.
+    with the reason otherwise. ``network`` is the deployment's network id (its
+    subject prefix): a certificate signed for another deployment fails. The
+    threshold is the *verifier's* policy, not the certificate's say-so: by
+    default it must be exactly 2/3 (pass ``threshold=None`` to accept any
+    threshold that still makes VALID and INVALID quorums intersect).
+    ``min_pool`` is the smallest pool the caller accepts a decision from (never
+    below MIN_POOL). Pass ``tally_keys`` to pin which tallies may have signed
+    it, and ``request_id`` / ``request_digest`` (SHA-256 of the exact request
+    bytes sent) to pin what it must be about.
     """
     pool = set(verifier_keys)
+    if request_id is not None and result.request_id != request_id:
+        raise CertificateInvalid(f"certificate is for request {result.request_id!r}")
+    if request_digest is not None and result.request_digest != request_digest:
+        raise CertificateInvalid("certificate is for other request bytes (digest differs)")
     if tally_keys is not None and result.tally_key not in set(tally_keys):
         raise CertificateInvalid("signed by an unexpected tally key")
-    if not verify_signature(result.tally_key, certificate_signing_bytes(result), result.sig):
+    body = certificate_signing_bytes(result, network=network)
+    if not verify_signature(result.tally_key, body, result.sig):
         raise CertificateInvalid("tally signature does not verify")
     if result.n != len(pool):
         raise CertificateInvalid(f"certificate says n={result.n} but the pool has {len(pool)} keys")
-    if result.n < MIN_POOL:
-        raise CertificateInvalid(f"pool of {result.n} is below the minimum {MIN_POOL}")
+    floor = max(MIN_POOL, min_pool)
+    if result.n < floor:
+        raise CertificateInvalid(f"pool of {result.n} is below the minimum {floor}")
     try:
         stated = parse_threshold(result.threshold)
     except ConfigError:
@@ -91,6 +120,7 @@ def verify_certificate(
         if root is None:
             raise CertificateInvalid(f"vote {i} has a malformed Merkle path")
         body = vote_signing_bytes(
+            network=network,
             ballot_id=result.ballot_id,
             epoch=result.epoch,
             tally_id=result.tally_id,

@@ -141,6 +141,25 @@ def _header(obj: Any, type_name: str, *, type_required: bool = True) -> Mapping[
     return obj
 
 
+def _known(obj: Mapping[str, Any], fields: tuple[str, ...], type_name: str) -> None:
+    """Signed messages are strict: a key the contract does not define is refused
+    (a SchemaViolation), so nothing unsigned can ride along in a signed message."""
+    unknown = sorted(k for k in obj if k not in fields)
+    if unknown:
+        raise SchemaViolation(f"unknown field {unknown[0]!r} in a {type_name}")
+
+
+def _threshold(obj: Mapping[str, Any]) -> str:
+    """``a/b`` in lowest terms, both positive without leading zeros (1 is ``1/1``):
+    one spelling per threshold, so one certificate has one wire form ("4/6" and
+    "2/3" would sign differently)."""
+    text = _str(obj, "threshold", 32)
+    match = re.fullmatch(r"([1-9][0-9]{0,8})/([1-9][0-9]{0,8})", text)
+    if match is None or math.gcd(int(match.group(1)), int(match.group(2))) != 1:
+        raise SchemaViolation("threshold must be a fraction a/b in lowest terms, e.g. 2/3 or 1/1")
+    return text
+
+
 def _scalar_map(
     obj: Mapping[str, Any], name: str, max_entries: int = MAX_METADATA_ENTRIES
 ) -> dict[str, Any]:
@@ -316,9 +335,13 @@ class Ballot(WireMessage):
     #: Revision of the verdict-state bucket (bus/state.py) the round is judged under.
     state_rev: int = 0
     #: The one "now" (Unix ms) every verifier judges validity windows at, so honest
-    #: verifiers agree near an expiry; a verifier falls back to its own clock when
-    #: this is further than its clock-skew margin from it.
+    #: verifiers agree near an expiry; a verifier refuses (does not vote on) a
+    #: ballot whose ``issued_ms`` is further than its clock-skew margin from its clock.
     issued_ms: int = 0
+    #: The tally's public key; the pool record ``tally.<tally_id>`` must hold it.
+    tally_key: bytes = b""
+    #: The tally's signature over ``schemas.signing.ballot_signing_bytes``.
+    sig: bytes = b""
 
     TYPE: ClassVar[str] = "ballot"
     FIELDS: ClassVar[tuple[str, ...]] = (
@@ -331,6 +354,8 @@ class Ballot(WireMessage):
         "requests",
         "state_rev",
         "issued_ms",
+        "tally_key",
+        "sig",
     )
     LIMITS: ClassVar[Limits] = BALLOT_LIMITS
 
@@ -345,11 +370,14 @@ class Ballot(WireMessage):
             "requests": list(self.requests),
             "state_rev": self.state_rev,
             "issued_ms": self.issued_ms,
+            "tally_key": self.tally_key,
+            "sig": self.sig,
         }
 
     @classmethod
     def from_wire(cls, obj: Any) -> Ballot:
         obj = _header(obj, cls.TYPE)
+        _known(obj, cls.FIELDS, cls.TYPE)
         raw = _list(obj, "requests", MAX_BALLOT_REQUESTS, min_len=1)
         if not all(isinstance(r, bytes) for r in raw):
             raise SchemaViolation("requests must be an array of bin")
@@ -361,6 +389,8 @@ class Ballot(WireMessage):
             requests=tuple(raw),
             state_rev=_int(obj, "state_rev"),
             issued_ms=_int(obj, "issued_ms"),
+            tally_key=_bytes(obj, "tally_key", exact=PUBLIC_KEY_BYTES),
+            sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES),
         )
 
 
@@ -442,6 +472,7 @@ class Vote(WireMessage):
     @classmethod
     def from_wire(cls, obj: Any) -> Vote:
         obj = _header(obj, cls.TYPE)
+        _known(obj, cls.FIELDS, cls.TYPE)
         entries = _list(obj, "entries", MAX_BALLOT_REQUESTS, min_len=1)
         return cls(
             ballot_id=_str(obj, "ballot_id", 64),
@@ -480,6 +511,19 @@ class VoteProof:
         "sig",
     )
 
+    def signing_item(self) -> list[Any]:
+        """This proof inside the certificate's signing body: an array in FIELDS order."""
+        return [
+            self.verifier_key,
+            self.ts_ms,
+            self.count,
+            self.index,
+            self.valid,
+            self.reason,
+            list(self.path),
+            self.sig,
+        ]
+
     def to_wire(self) -> dict[str, Any]:
         return {
             "verifier_key": self.verifier_key,
@@ -496,6 +540,7 @@ class VoteProof:
     def from_wire(cls, obj: Any) -> VoteProof:
         if not isinstance(obj, dict):
             raise SchemaViolation("a vote proof must be a map")
+        _known(obj, cls.FIELDS, "vote proof")
         path = _list(obj, "path", 64)
         if not all(isinstance(p, bytes) and len(p) == 32 for p in path):
             raise SchemaViolation("path must be an array of 32-byte hashes")
@@ -534,7 +579,9 @@ class ConsensusResult(WireMessage):
     tally_id: str
     tally_key: bytes
     decided_at_ms: int
-    latency_ms: float
+    #: How long the round took at the tally, in whole microseconds (an integer:
+    #: a float has several encodings, and it is signed).
+    latency_us: int
     sig: bytes = b""
     #: The one verdict-state revision every counted vote was judged under.
     state_rev: int = 0
@@ -560,7 +607,7 @@ class ConsensusResult(WireMessage):
         "tally_id",
         "tally_key",
         "decided_at_ms",
-        "latency_ms",
+        "latency_us",
         "sig",
         "state_rev",
     )
@@ -569,10 +616,11 @@ class ConsensusResult(WireMessage):
     def approved(self) -> bool:
         return self.decision == "VALID"
 
-    def signing_body(self) -> list[Any]:
-        """Fixed-order array the tally signs (everything but ``sig``)."""
+    def signing_fields(self) -> list[Any]:
+        """The certificate's fields in signing order (everything but ``type``, ``v``
+        and ``sig``; schemas/certificate.py puts the version, type, v and network
+        id in front). Arrays only: each vote proof is ``VoteProof.signing_item``."""
         return [
-            2,
             self.request_id,
             self.request_digest,
             self.decision,
@@ -585,11 +633,11 @@ class ConsensusResult(WireMessage):
             self.threshold,
             self.epoch,
             self.ballot_id,
-            [v.to_wire() for v in self.votes],
+            [v.signing_item() for v in self.votes],
             self.tally_id,
             self.tally_key,
             self.decided_at_ms,
-            self.latency_ms,
+            self.latency_us,
             self.state_rev,
         ]
 
@@ -613,7 +661,7 @@ class ConsensusResult(WireMessage):
             "tally_id": self.tally_id,
             "tally_key": self.tally_key,
             "decided_at_ms": self.decided_at_ms,
-            "latency_ms": self.latency_ms,
+            "latency_us": self.latency_us,
             "sig": self.sig,
             "state_rev": self.state_rev,
         }
@@ -621,6 +669,7 @@ class ConsensusResult(WireMessage):
     @classmethod
     def from_wire(cls, obj: Any) -> ConsensusResult:
         obj = _header(obj, cls.TYPE)
+        _known(obj, cls.FIELDS, cls.TYPE)
         decision = _str(obj, "decision", 16)
         if decision not in ("VALID", "INVALID", "NO_QUORUM", "TIMEOUT"):
             raise SchemaViolation(f"unknown decision {decision!r}")
@@ -635,14 +684,14 @@ class ConsensusResult(WireMessage):
             n=_int(obj, "n"),
             q=_int(obj, "q"),
             f=_int(obj, "f"),
-            threshold=_str(obj, "threshold", 32),
+            threshold=_threshold(obj),
             epoch=_int(obj, "epoch"),
             ballot_id=_str(obj, "ballot_id", 64),
             votes=tuple(VoteProof.from_wire(v) for v in votes),
             tally_id=_str(obj, "tally_id", 64),
             tally_key=_bytes(obj, "tally_key", exact=PUBLIC_KEY_BYTES),
             decided_at_ms=_int(obj, "decided_at_ms"),
-            latency_ms=_float(obj, "latency_ms"),
+            latency_us=_int(obj, "latency_us"),
             sig=_bytes(obj, "sig", exact=SIGNATURE_BYTES),
             state_rev=_int(obj, "state_rev"),
         )
@@ -652,7 +701,7 @@ class ConsensusResult(WireMessage):
             f"{self.decision}: {self.votes_for}/{self.n} approved, "
             f"{self.votes_against} rejected (q={self.q}, f={self.f}, "
             f"threshold={self.threshold}, epoch={self.epoch}, state={self.state_rev}, "
-            f"{self.latency_ms:.1f} ms)"
+            f"{self.latency_us / 1000:.1f} ms)"
         )
 
 

@@ -26,12 +26,16 @@ def sign_vote(
     entries: Sequence[VoteEntry],
     ts_ms: int,
     state_rev: int | None = None,
+    *,
+    network: str,
 ) -> Vote:
     """Sign verdicts for every request of ``ballot`` (entries in ballot order),
-    judged under verdict-state revision ``state_rev`` (default: the ballot's)."""
+    judged under verdict-state revision ``state_rev`` (default: the ballot's),
+    for the deployment whose network id (subject prefix) is ``network``."""
     rev = ballot.state_rev if state_rev is None else state_rev
     root = merkle.root(entry_leaves(entries))
     body = vote_signing_bytes(
+        network=network,
         ballot_id=ballot.ballot_id,
         epoch=ballot.epoch,
         tally_id=ballot.tally_id,
@@ -57,10 +61,11 @@ def vote_tree(vote: Vote) -> list[list[bytes]]:
     return merkle.levels(entry_leaves(vote.entries))
 
 
-def vote_signature_ok(vote: Vote, tree: list[list[bytes]] | None = None) -> bool:
-    """Whether ``vote.sig`` is the verifier's signature over these entries."""
+def vote_signature_ok(vote: Vote, tree: list[list[bytes]] | None = None, *, network: str) -> bool:
+    """Whether ``vote.sig`` is the verifier's signature over these entries (in ``network``)."""
     tree = tree if tree is not None else vote_tree(vote)
     body = vote_signing_bytes(
+        network=network,
         ballot_id=vote.ballot_id,
         epoch=vote.epoch,
         tally_id=vote.tally_id,
@@ -93,11 +98,15 @@ class VoteQuestion:
     tally_id: str
     state_rev: int
     requests: tuple[tuple[str, bytes], ...]
+    #: the network id (subject prefix) the vote must be signed for
+    network: str
 
     @classmethod
-    def of(cls, vote: Vote) -> VoteQuestion:
-        """The question ``vote`` claims to answer."""
+    def of(cls, vote: Vote, *, network: str = "") -> VoteQuestion:
+        """The question ``vote`` claims to answer, in ``network`` (only ``admit_vote``
+        reads it: a question without one admits no signature, so it fails closed)."""
         return cls(
+            network=network,
             ballot_id=vote.ballot_id,
             epoch=vote.epoch,
             tally_id=vote.tally_id,
@@ -140,7 +149,7 @@ def admit_vote(vote: Vote, question: VoteQuestion, pool: Collection[bytes]) -> l
     """
     check_vote_context(vote, question, pool)
     tree = vote_tree(vote)
-    if not vote_signature_ok(vote, tree):
+    if not vote_signature_ok(vote, tree, network=question.network):
         raise VoteRejected("vote signature does not verify", code="VOTE_BAD_SIGNATURE")
     if vote.state_rev != question.state_rev:
         raise VoteRejected(
@@ -157,7 +166,9 @@ def verdicts_differ(first: Vote, second: Vote) -> bool:
     ]
 
 
-def equivocation_refusal(first: Vote, second: Vote, pool: Collection[bytes]) -> str | None:
+def equivocation_refusal(
+    first: Vote, second: Vote, pool: Collection[bytes], *, network: str
+) -> str | None:
     """None when ``first`` and ``second`` prove that their key equivocated, else why not.
 
     Proof means: both admitted by ``admit_vote`` against the same question (the
@@ -167,7 +178,7 @@ def equivocation_refusal(first: Vote, second: Vote, pool: Collection[bytes]) -> 
     """
     if first.verifier_key != second.verifier_key:
         return "VOTE_MISMATCH"
-    question = VoteQuestion.of(first)
+    question = VoteQuestion.of(first, network=network)
     try:
         admit_vote(first, question, pool)
         admit_vote(second, question, pool)

@@ -51,35 +51,40 @@ async def main(worker_id: str, mode: str) -> None:
     previous: list[bytes] = []
     victims: list[bytes] = []
 
+    net = subjects.prefix
+
+    def sign(who: AgentIdentity, ballot: Ballot, entries: list[VoteEntry], ts: int) -> Vote:
+        return sign_vote(who, ballot, entries, ts, network=net)
+
     async def on_ballot(msg: Msg) -> None:
         ballot = Ballot.decode(msg.data)
-        honest = [judge(raw) for raw in ballot.requests]
+        honest = [judge(raw, now_ms=ballot.issued_ms) for raw in ballot.requests]
         ts = time.time_ns() // 1_000_000
         if mode == "lie":
-            out = [sign_vote(me, ballot, flipped(honest), ts).encode()]
+            out = [sign(me, ballot, flipped(honest), ts).encode()]
         elif mode == "equivocate":
             out = [
-                sign_vote(me, ballot, honest, ts).encode(),
-                sign_vote(me, ballot, flipped(honest), ts).encode(),
+                sign(me, ballot, honest, ts).encode(),
+                sign(me, ballot, flipped(honest), ts).encode(),
             ]
         elif mode == "replay":  # an old signed vote, relabelled for this ballot
             out = [
                 replace(Vote.decode(old), ballot_id=ballot.ballot_id).encode()
                 for old in previous[-1:]
             ]
-            previous.append(sign_vote(me, ballot, flipped(honest), ts).encode())
+            previous.append(sign(me, ballot, flipped(honest), ts).encode())
         elif mode == "unknown-key":
-            out = [sign_vote(stranger, ballot, flipped(honest), ts).encode()]
+            out = [sign(stranger, ballot, flipped(honest), ts).encode()]
         elif mode == "forge":
             if not victims:
                 pool = await membership.read_pool(nc, subjects)
                 victims.extend(sorted(k for k in pool.keys if k != me.public_key))
-            vote = sign_vote(me, ballot, flipped(honest), ts)
+            vote = sign(me, ballot, flipped(honest), ts)
             out = [replace(vote, verifier_key=victims[0]).encode()]
         else:
             out = [b"\xc1\xc1", b"\x92\x01", b"\xdb" + b"\xff" * 8]
-        for data in out:
-            await nc.publish(msg.reply, data)
+        for data in out:  # where honest verifiers send votes (ballots carry no reply)
+            await nc.publish(subjects.votes(ballot.tally_id), data)
 
     await nc.subscribe(subjects.ballot, cb=on_ballot)
     stop = asyncio.Event()

@@ -8,7 +8,7 @@ from fractions import Fraction
 from schemas.identity import AgentIdentity
 from schemas.messages import Ballot, VerificationRequest, Vote
 from schemas.quorum import QuorumRule
-from schemas.signing import request_digest
+from schemas.signing import request_digest, sign_ballot
 from schemas.votes import sign_vote
 from workers.consensus.ballot import BallotRound
 from workers.consensus.judge import judge
@@ -30,6 +30,7 @@ class Scenario:
     threshold: Fraction = Fraction(2, 3)
     epoch: int = 7
     tally_id: str = "t1"
+    network: str = "ap"
     verifiers: list[AgentIdentity] = field(default_factory=list)
     raws: list[bytes] = field(default_factory=list)
 
@@ -48,12 +49,18 @@ class Scenario:
         return frozenset(v.public_key for v in self.verifiers)
 
     def ballot(self, ballot_id: str = "b1", epoch: int | None = None) -> Ballot:
-        return Ballot(
-            ballot_id=ballot_id,
-            epoch=self.epoch if epoch is None else epoch,
-            tally_id=self.tally_id,
-            deadline_ms=2**40,
-            requests=tuple(self.raws),
+        """A ballot signed by this scenario's tally (for the round rules; its times
+        are fixed, so a live verifier would refuse it: see ``live_ballot``)."""
+        return sign_ballot(
+            self.tally,
+            Ballot(
+                ballot_id=ballot_id,
+                epoch=self.epoch if epoch is None else epoch,
+                tally_id=self.tally_id,
+                deadline_ms=2**40,
+                requests=tuple(self.raws),
+            ),
+            network=self.network,
         )
 
     def round(self, ballot_id: str = "b1") -> BallotRound:
@@ -65,6 +72,7 @@ class Scenario:
             rule=QuorumRule(self.n, self.threshold),
             request_ids=tuple(judge(r).request_id for r in self.raws),
             digests=tuple(request_digest(r) for r in self.raws),
+            network=self.network,
         )
 
     def vote(
@@ -81,4 +89,11 @@ class Scenario:
         entries = [judge(r) for r in ballot.requests]
         if lie:
             entries = [type(e)(e.request_id, e.digest, not e.valid, "LIE") for e in entries]
-        return sign_vote(signer or self.verifiers[i], ballot, entries, ts_ms, state_rev=state_rev)
+        return sign_vote(
+            signer or self.verifiers[i],
+            ballot,
+            entries,
+            ts_ms,
+            state_rev=state_rev,
+            network=self.network,
+        )

@@ -149,7 +149,7 @@ async def test_byzantine_verifier_is_quarantined_and_the_pool_keeps_deciding(
         for cert in certs:
             assert (cert.n, cert.q) == (3, 2)
             pool_then = await membership.pool_at(nc, subjects, cert.epoch)
-            verify_certificate(cert, pool_then.keys)
+            verify_certificate(cert, pool_then.keys, network=cluster.prefix)
             assert {v.verifier_key for v in cert.votes} <= after.keys
         # b1 keeps lying but is out: nobody else gets quarantined
         await asyncio.sleep(1.0)

@@ -51,7 +51,7 @@ async def test_honest_pool_decides_valid_and_invalid(cluster: Cluster) -> None:
         assert result.request_id == req.request_id
         assert result.decision == ("VALID" if good else "INVALID")
         assert (result.n, result.q, result.f) == (4, 3, 1)
-        verify_certificate(result, pool.keys)
+        verify_certificate(result, pool.keys, network=cluster.prefix)
 
 
 async def test_one_liar_never_changes_a_decision(cluster: Cluster) -> None:
@@ -68,7 +68,7 @@ async def test_one_liar_never_changes_a_decision(cluster: Cluster) -> None:
     for (_, good), result in zip(batch, results, strict=True):
         assert isinstance(result, ConsensusResult), result
         assert result.decision == ("VALID" if good else "INVALID")
-        verify_certificate(result, pool.keys)
+        verify_certificate(result, pool.keys, network=cluster.prefix)
 
 
 async def test_two_liars_of_four_never_produce_a_wrong_valid(cluster: Cluster) -> None:
@@ -111,7 +111,7 @@ async def test_misbehaving_voter_is_rejected(cluster: Cluster, mode: str) -> Non
         results = [await client.verify_with_consensus(r) for r, _ in batch]
         for (_, good), result in zip(batch, results, strict=True):
             assert result.decision == ("VALID" if good else "INVALID")
-            verify_certificate(result, pool.keys)
+            verify_certificate(result, pool.keys, network=cluster.prefix)
             # the misbehaving member's bad votes never appear in a certificate
             if mode != "equivocate":
                 byz = {m.public_key for m in pool.members if m.worker_id == "b1"}
@@ -149,7 +149,7 @@ async def test_verifier_killed_mid_stream(cluster: Cluster) -> None:
     for (_, good), result in zip(batch, results, strict=True):
         assert isinstance(result, ConsensusResult), result
         assert result.decision == ("VALID" if good else "INVALID")
-        verify_certificate(result, pool.keys)
+        verify_certificate(result, pool.keys, network=cluster.prefix)
 
 
 async def test_malformed_payloads_get_errors_and_workers_keep_serving(cluster: Cluster) -> None:
@@ -238,9 +238,9 @@ async def test_membership_change_moves_epoch(cluster: Cluster) -> None:
         new_pool = await membership.read_pool(nc, Subjects(cluster.prefix))
         await nc.close()
     assert after.epoch > before.epoch and after.n == 5 and after.q == 4
-    verify_certificate(after, new_pool.keys)
+    verify_certificate(after, new_pool.keys, network=cluster.prefix)
     with pytest.raises(Exception, match="pool has"):
-        verify_certificate(after, pool.keys)
+        verify_certificate(after, pool.keys, network=cluster.prefix)
 
 
 async def test_sigterm_exits_zero_after_finishing_work(cluster: Cluster) -> None:
@@ -320,6 +320,6 @@ async def test_every_wycheproof_vector_through_the_network(cluster: Cluster) -> 
     assert got == expected
     for r in results:
         assert isinstance(r, ConsensusResult)
-        verify_certificate(r, pool.keys)
+        verify_certificate(r, pool.keys, network=cluster.prefix)
         assert r.votes_for in (0, r.total_votes)  # unanimous among counted votes
     assert malformed, "some vectors have wrong lengths; those are SCHEMA_VIOLATION"

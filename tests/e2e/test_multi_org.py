@@ -120,11 +120,15 @@ async def test_two_organizations_decide_through_accounts_and_a_leafnode(
     org_a_url = with_user(hub.url, "org_a")
     orgs = {"v1": org_a_url, "v2": org_a_url, "v3": leaf.url, "v4": leaf.url}
     procs: list[Cluster] = []
+    # an organization's verifiers cannot read the consortium's pool (another account),
+    # so its operator pins the consortium tally's key: ballots signed by anyone else
+    # get no vote
+    tally_key = AgentIdentity.load_or_create(tmp_path / "t" / "keys" / "tally-t1.key")
     try:
         for vid, url in orgs.items():
             c = Cluster(nats_url=url, prefix=prefix, data_dir=tmp_path / vid)
             c.data_dir.mkdir()
-            c.start_verifier(vid)
+            c.start_verifier(vid, "--tally-key", f"t1={tally_key.public_key_hex}")
             procs.append(c)
         # each organization's verifier registers in its own account's bucket
         # (meaningless for the consortium); wait for that as the sign it is up
@@ -160,7 +164,6 @@ async def test_two_organizations_decide_through_accounts_and_a_leafnode(
             pool = await membership.read_pool(admin, s)
             assert len(pool.keys) == 4
             tally = Cluster(nats_url=consortium.url, prefix=prefix, data_dir=tmp_path / "t")
-            tally.data_dir.mkdir()
             tally.start_tally("t1")
             procs.append(tally)
             await tally.wait_tally(timeout=40)

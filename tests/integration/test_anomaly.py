@@ -290,7 +290,7 @@ async def test_forged_certificate_blames_nobody_a_real_one_catches_the_liar(
     from tests.factories import Scenario
 
     subjects = Subjects(nats_config.prefix)
-    sc = Scenario()
+    sc = Scenario(network=nats_config.prefix)
     for i, v in enumerate(sc.verifiers):
         await membership.register(nc, subjects, f"v{i}", v.public_key)
     sc.epoch = (await membership.read_pool(nc, subjects)).epoch
@@ -305,8 +305,9 @@ async def test_forged_certificate_blames_nobody_a_real_one_catches_the_liar(
         real = sign_certificate(
             sc.tally,
             ballot_round.certificate(
-                0, tally_key=sc.tally.public_key, decided_at_ms=1, latency_ms=1.0
+                0, tally_key=sc.tally.public_key, decided_at_ms=1, latency_us=1000
             ),
+            network=sc.network,
         )
         assert real.decision == "VALID"
         forged = sign_certificate(
@@ -314,6 +315,7 @@ async def test_forged_certificate_blames_nobody_a_real_one_catches_the_liar(
             replace(
                 real, decision="INVALID", votes_for=real.votes_against, votes_against=real.votes_for
             ),
+            network=sc.network,
         )
         await nc.publish(subjects.decision("INVALID"), forged.encode())
         await until(

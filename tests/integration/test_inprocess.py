@@ -118,7 +118,7 @@ async def test_batching_under_load_and_certificates(
     assert len(ballots) < len(reqs) / 4, "requests under load should share ballots"
     assert system._pool is not None
     for r in results[:20]:
-        verify_certificate(r, system._pool.view.keys)  # type: ignore[arg-type]
+        verify_certificate(r, system._pool.view.keys, network=system.subjects.prefix)  # type: ignore[arg-type]
     assert system.stats.counters["decision_VALID"] == 400
 
 

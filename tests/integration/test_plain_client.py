@@ -77,7 +77,7 @@ async def pool_keys(nc: Any, prefix: str) -> tuple[set[bytes], int]:
         entry = await kv.get(key)
         record = msgpack.unpackb(entry.value, raw=False)
         revision = max(revision, entry.revision)
-        if record["status"] == "active":
+        if record["status"] == "active" and not key.startswith("tally."):  # tally keys
             keys.add(record["public_key"])
     return keys, revision
 
@@ -107,11 +107,21 @@ def signature_ok(key: bytes, body: bytes, sig: bytes) -> bool:
         return False
 
 
-def check_certificate(cert: dict[str, Any], raw_request: bytes, pool: set[bytes]) -> None:
-    """'Verifying a certificate offline' from info.description, step by step."""
+def check_certificate(
+    cert: dict[str, Any], raw_request: bytes, pool: set[bytes], network: str
+) -> None:
+    """'Verifying a certificate offline' from info.description, step by step, with the
+    pins it names: the network id (the prefix), the threshold, the pool floor and the
+    request sent."""
+    sent = msgpack.unpackb(raw_request, raw=False)
+    assert set(cert) <= set(SCHEMAS["ConsensusResult"]["properties"])  # strict: no extras
+    assert cert["request_id"] == sent["request_id"]
     assert cert["request_digest"] == hashlib.sha256(raw_request).digest()
     body = [
-        2,
+        3,
+        cert["type"],
+        cert["v"],
+        network,
         cert["request_id"],
         cert["request_digest"],
         cert["decision"],
@@ -124,23 +134,26 @@ def check_certificate(cert: dict[str, Any], raw_request: bytes, pool: set[bytes]
         cert["threshold"],
         cert["epoch"],
         cert["ballot_id"],
-        [{k: vote[k] for k in PROOF_KEYS} for vote in cert["votes"]],
+        [[vote[k] for k in PROOF_KEYS] for vote in cert["votes"]],
         cert["tally_id"],
         cert["tally_key"],
         cert["decided_at_ms"],
-        float(cert["latency_ms"]),
+        cert["latency_us"],
         cert["state_rev"],
     ]
     assert signature_ok(cert["tally_key"], DOMAIN_CERTIFICATE + pack(body), cert["sig"])
 
     n = cert["n"]
-    assert n == len(pool) and n >= DOC["x-signing"]["quorum"]["min_pool"]
+    quorum = DOC["x-signing"]["quorum"]
+    assert n == len(pool) and n >= quorum["min_pool"]  # the pool floor this client pins
+    assert cert["threshold"] == quorum["default_threshold"]  # pinned, not read
     a, b = (int(x) for x in cert["threshold"].split("/"))
     assert (cert["q"], cert["f"]) == (-(-a * n // b), (n - 1) // 3)
 
     seen: set[bytes] = set()
     counts = {True: 0, False: 0}
     for vote in cert["votes"]:
+        assert set(vote) <= set(PROOF_KEYS)
         assert vote["verifier_key"] in pool and vote["verifier_key"] not in seen
         seen.add(vote["verifier_key"])
         entry = pack([cert["request_id"], cert["request_digest"], vote["valid"], vote["reason"]])
@@ -150,7 +163,10 @@ def check_certificate(cert: dict[str, Any], raw_request: bytes, pool: set[bytes]
         assert root is not None
         signed = DOMAIN_VOTE + pack(
             [
-                2,
+                3,
+                "vote",
+                1,
+                network,
                 cert["ballot_id"],
                 cert["epoch"],
                 cert["tally_id"],
@@ -165,6 +181,11 @@ def check_certificate(cert: dict[str, Any], raw_request: bytes, pool: set[bytes]
         counts[vote["valid"]] += 1
     assert (cert["votes_for"], cert["votes_against"]) == (counts[True], counts[False])
     assert cert["total_votes"] == len(cert["votes"])
+    q = cert["q"]
+    assert {
+        "VALID": counts[True] >= q,
+        "INVALID": counts[True] < q <= counts[False],
+    }.get(cert["decision"], False)
 
 
 async def test_plain_client(cluster: Cluster, nats_url: str, prefix: str) -> None:
@@ -183,7 +204,9 @@ async def test_plain_client(cluster: Cluster, nats_url: str, prefix: str) -> Non
         assert cert["votes_for"] >= cert["q"] == 3
         assert cert["epoch"] == revision
         assert all(v["valid"] and v["reason"] == "OK" for v in cert["votes"])
-        check_certificate(cert, good, pool)
+        check_certificate(cert, good, pool, prefix)
+        with pytest.raises(AssertionError):  # the network id is signed: not another's
+            check_certificate(cert, good, pool, prefix + "x")
 
         # a retry with the same bytes gets the same certificate, byte for byte
         again, _ = await ask(nc, prefix, good)
@@ -205,7 +228,7 @@ async def test_plain_client(cluster: Cluster, nats_url: str, prefix: str) -> Non
         assert cert["decision"] == "INVALID"
         assert cert["votes_against"] >= cert["q"]
         assert all(not v["valid"] and v["reason"] == "BAD_SIGNATURE" for v in cert["votes"])
-        check_certificate(cert, tampered, pool)
+        check_certificate(cert, tampered, pool, prefix)
 
         # errors, answered at once with a stable code
         bad_requests = [

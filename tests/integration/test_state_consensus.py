@@ -73,7 +73,7 @@ async def test_one_verifier_ahead_is_outvoted_at_the_ballot_revision(
         assert tally._pool is not None
         for r in results:
             assert isinstance(r, ConsensusResult)
-            verify_certificate(r, tally._pool.view.keys)
+            verify_certificate(r, tally._pool.view.keys, network=tally.subjects.prefix)
             assert r.total_votes == 3  # the vote under another revision is not in it
         assert tally.stats.counters["vote_rejected_VOTE_STATE_MISMATCH"] >= 1
         assert "reballots_newer_state" not in tally.stats.counters

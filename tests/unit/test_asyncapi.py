@@ -290,7 +290,12 @@ def test_error_codes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "tag"), [("vote", signing.DOMAIN_VOTE), ("certificate", signing.DOMAIN_CERTIFICATE)]
+    ("name", "tag"),
+    [
+        ("vote", signing.DOMAIN_VOTE),
+        ("certificate", signing.DOMAIN_CERTIFICATE),
+        ("ballot", signing.DOMAIN_BALLOT),
+    ],
 )
 def test_domain_tags(name: str, tag: bytes) -> None:
     domain = DOC["x-signing"]["domains"][name]
@@ -427,6 +432,7 @@ def test_entry_and_vote_signing_vectors() -> None:
     assert merkle.leaf_hash(entry).hex() == VECTORS["entry"]["leaf_hex"]
     vec = VECTORS["vote_signing"]
     body = signing.vote_signing_bytes(
+        network=vec["network"],
         ballot_id=vec["ballot_id"],
         epoch=vec["epoch"],
         tally_id=vec["tally_id"],
@@ -471,7 +477,7 @@ SAMPLES: dict[type, Any] = {
         category="travel",
         endorsements=((KEY, SIG),),
     ),
-    Ballot: Ballot("b1", 3, "t1", 10, (b"raw",), state_rev=7, issued_ms=5),
+    Ballot: Ballot("b1", 3, "t1", 10, (b"raw",), state_rev=7, issued_ms=5, tally_key=KEY, sig=SIG),
     Vote: Vote("b1", 3, "t1", KEY, 5, (VoteEntry("req-1", DIG, True, "OK"),), SIG, state_rev=7),
     VoteProof: PROOF,
     ConsensusResult: ConsensusResult(
@@ -491,7 +497,7 @@ SAMPLES: dict[type, Any] = {
         tally_id="t1",
         tally_key=KEY,
         decided_at_ms=9,
-        latency_ms=1.5,
+        latency_us=1500,
         sig=SIG,
         state_rev=7,
     ),
@@ -563,6 +569,12 @@ def _string_cases(
         yield Case(cls, name, "control-char", _const("a\nb"), err)
 
 
+def _pattern_cases(cls: type, name: str, prop: dict[str, Any]) -> Iterator[Case]:
+    """A documented pattern: the sample matches it, a value that does not is refused."""
+    assert re.fullmatch(prop["pattern"].strip("^$"), SAMPLES[cls].to_wire()[name])
+    yield Case(cls, name, "pattern-other", _const("not matching"), SchemaViolation)
+
+
 def _map_cases(cls: type, name: str, prop: dict[str, Any]) -> Iterator[Case]:
     hi = prop["maxProperties"]
     yield Case(cls, name, "max-entries", _const({f"k{i}": i for i in range(hi)}), None)
@@ -605,7 +617,10 @@ def _array_cases(cls: type, name: str, prop: dict[str, Any]) -> Iterator[Case]:
 def _cases_for(cls: type) -> Iterator[Case]:
     schema = schema_for(cls)
     required = set(schema["required"])
-    yield Case(cls, "x_unknown_key", "ignored", _const("anything"), None)
+    if schema.get("additionalProperties") is False:  # signed messages are strict
+        yield Case(cls, "x_unknown_key", "rejected", _const("anything"), SchemaViolation)
+    else:
+        yield Case(cls, "x_unknown_key", "ignored", _const("anything"), None)
     for name, prop in schema["properties"].items():
         kind = prop["x-msgpack"]
         err: type[Exception] = UnsupportedVersion if name == "v" else SchemaViolation
@@ -620,6 +635,8 @@ def _cases_for(cls: type) -> Iterator[Case]:
             yield Case(cls, name, "wrong-type", _const(1), SchemaViolation)
         if kind in ("str", "bin|str") and name in required:
             yield from _string_cases(cls, name, prop, err)
+        if kind == "str" and "pattern" in prop:
+            yield from _pattern_cases(cls, name, prop)
         if kind == "int":
             if "const" in prop:
                 yield Case(cls, name, "const-other", _const(prop["const"] + 1), err)

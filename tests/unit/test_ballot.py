@@ -147,4 +147,4 @@ def test_certificate_requires_decision() -> None:
     s = Scenario()
     r = s.round()
     with pytest.raises(ValueError):
-        r.certificate(0, tally_key=s.tally.public_key, decided_at_ms=1, latency_ms=1.0)
+        r.certificate(0, tally_key=s.tally.public_key, decided_at_ms=1, latency_us=1000)

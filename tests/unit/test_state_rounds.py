@@ -72,7 +72,9 @@ def _certificate(s: Scenario, rev: int) -> tuple[object, frozenset[bytes]]:
     for i in range(3):
         r.offer(s.vote(i, ballot=ballot))
     cert = sign_certificate(
-        s.tally, r.certificate(0, tally_key=s.tally.public_key, decided_at_ms=1, latency_ms=1.0)
+        s.tally,
+        r.certificate(0, tally_key=s.tally.public_key, decided_at_ms=1, latency_us=1000),
+        network=s.network,
     )
     return cert, s.pool
 
@@ -81,15 +83,15 @@ def test_certificate_carries_the_revision_and_verifies() -> None:
     s = Scenario()
     cert, pool = _certificate(s, 12)
     assert cert.state_rev == 12  # type: ignore[attr-defined]
-    verify_certificate(cert, pool)  # type: ignore[arg-type]
+    verify_certificate(cert, pool, network=s.network)  # type: ignore[arg-type]
 
 
 def test_certificate_claiming_another_revision_fails() -> None:
     s = Scenario()
     cert, pool = _certificate(s, 12)
-    moved = sign_certificate(s.tally, replace(cert, state_rev=13))  # type: ignore[type-var]
+    moved = sign_certificate(s.tally, replace(cert, state_rev=13), network=s.network)  # type: ignore[type-var]
     with pytest.raises(CertificateInvalid, match="vote 0 signature"):
-        verify_certificate(moved, pool)
+        verify_certificate(moved, pool, network=s.network)
 
 
 # ------------------------------------------------------------------ judge

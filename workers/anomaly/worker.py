@@ -371,7 +371,7 @@ class AnomalyWorker(Worker):
         if vote.verifier_key not in view.keys:
             self.stats.count("vote_ignored_not_member")
             return None
-        if not vote_signature_ok(vote):
+        if not vote_signature_ok(vote, network=self.subjects.prefix):
             self.stats.count("vote_ignored_bad_signature")
             return None
         return vote
@@ -408,7 +408,7 @@ class AnomalyWorker(Worker):
             if view is None:
                 self.stats.count("decision_ignored_unknown_epoch")
                 return
-            verify_certificate(cert, view.keys, threshold=None)
+            verify_certificate(cert, view.keys, threshold=None, network=self.subjects.prefix)
         except (CodecError, CertificateInvalid) as exc:
             self.stats.count(f"decision_ignored_{exc.code}")
             return
@@ -461,7 +461,7 @@ class AnomalyWorker(Worker):
             return
         # the tally's own admission rules (schemas/votes.py): both votes admitted
         # against the same question, by the same pool key, with different verdicts
-        refusal = equivocation_refusal(a, b, view.keys)
+        refusal = equivocation_refusal(a, b, view.keys, network=self.subjects.prefix)
         if refusal is not None:
             self.stats.count("evidence_ignored_unproven")
             self.stats.count(f"evidence_ignored_{refusal}")

@@ -51,7 +51,7 @@ def _cert_json(cert: ConsensusResult) -> dict[str, Any]:
         "ballot_id": cert.ballot_id,
         "tally_id": cert.tally_id,
         "tally_key": cert.tally_key.hex(),
-        "latency_ms": cert.latency_ms,
+        "latency_us": cert.latency_us,
         "request_digest": cert.request_digest.hex(),
         "votes": [
             {"verifier_key": v.verifier_key.hex(), "valid": v.valid, "reason": v.reason}
@@ -218,7 +218,7 @@ async def _demo(args: argparse.Namespace) -> int:
         print(
             f"Consensus: {cert.votes_for}/{cert.n} agents approved "
             f"({cert.decision}, q={cert.q}, f={cert.f}, epoch {cert.epoch}, "
-            f"{cert.latency_ms:.1f} ms)"
+            f"{cert.latency_us / 1000:.1f} ms)"
         )
         keys = await client.pool_keys(cert.epoch)  # the client already re-checked it
         print(

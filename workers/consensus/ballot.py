@@ -1,4 +1,5 @@
-"""One consensus round over a ballot, as pure state (no I/O, no clock).
+"""One consensus round over a ballot, as pure state (no I/O, no clock), and the
+verifier's pure rules for which ballots it judges at all.
 
 The tally creates a ``BallotRound`` with the pool frozen at ballot time, feeds
 it every vote that arrives with ``offer`` and gets back the requests that just
@@ -10,16 +11,26 @@ signature or the same verdicts again: ignored; a key with equivocation on
 record: ignored); only then the Merkle tree and the signature, and the
 verdict-state revision. Conflicting signed verdicts from one key are
 equivocation: rejected and kept as evidence, once per key.
+
+A verifier judges a ballot only if ``ballot_time_refusal``,
+``ballot_signer_refusal`` and ``ballot_epoch_refusal`` all return None, and
+remembers each vote it signed in a ``VoteMemory`` until the ballot can no
+longer be judged (its deadline plus the clock-skew margin), so a ballot is
+judged at most once: at its own ``issued_ms``, under the pool epoch it names.
 """
 
 from __future__ import annotations
 
+import enum
+import heapq
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from schemas import merkle
 from schemas.errors import VoteRejected
-from schemas.messages import ConsensusResult, Vote, VoteProof
+from schemas.messages import Ballot, ConsensusResult, Vote, VoteProof
 from schemas.quorum import Decision, QuorumRule
+from schemas.signing import ballot_signature_ok
 from schemas.votes import VoteQuestion, admit_vote, check_vote_context
 
 #: Signed votes one key may get checked per round: its one counted vote, one
@@ -27,6 +38,156 @@ from schemas.votes import VoteQuestion, admit_vote, check_vote_context
 #: verifier signs one vote per ballot id (a replayed ballot gets the same bytes),
 #: so only a flooding key reaches it; forged votes never count towards it.
 MAX_CHECKED_PER_KEY = 4
+
+
+class BallotRefusal(enum.StrEnum):
+    """Why a verifier did not vote on a ballot (stable; counted as
+    ``ballot_refused_<code>``, logged, never answered)."""
+
+    #: ``issued_ms`` is further than the skew margin from the verifier's clock: judging
+    #: it at its own clock instead would split honest verifiers near an expiry.
+    ISSUED_SKEW = "BALLOT_ISSUED_SKEW"
+    #: the deadline (plus the skew margin) has passed.
+    LATE = "BALLOT_LATE"
+    #: the deadline is further out than the verifier remembers votes for.
+    DEADLINE_TOO_FAR = "BALLOT_DEADLINE_TOO_FAR"
+    #: the deadline is before ``issued_ms``.
+    DEADLINE_BEFORE_ISSUE = "BALLOT_DEADLINE_BEFORE_ISSUE"
+    #: ``sig`` is not ``tally_key``'s signature over the ballot in this network.
+    BAD_SIGNATURE = "BALLOT_BAD_SIGNATURE"
+    #: ``tally_key`` is not the key of an admitted tally of the current pool.
+    UNKNOWN_TALLY = "BALLOT_UNKNOWN_TALLY"
+    #: the record ``tally.<tally_id>`` does not hold ``tally_key``: one tally
+    #: cannot have votes sent to another.
+    TALLY_MISMATCH = "BALLOT_TALLY_MISMATCH"
+    #: the ballot names an older pool epoch than the verifier's.
+    EPOCH_BEHIND = "BALLOT_EPOCH_BEHIND"
+    #: the ballot names a newer epoch than the verifier reached in its wait.
+    EPOCH_AHEAD = "BALLOT_EPOCH_AHEAD"
+    #: a different ballot with this (tally id, ballot id) was already voted on.
+    ID_REUSED = "BALLOT_ID_REUSED"
+    #: the vote memory is full of live entries: refusing beats forgetting one.
+    OVERLOADED = "BALLOT_OVERLOADED"
+
+
+@dataclass(frozen=True)
+class BallotWindow:
+    """The verifier's time rules.
+
+    ``issued_skew_ms``: how far a ballot's ``issued_ms`` may be from the
+    verifier's clock. Inside it the ballot is judged at ``issued_ms`` only (the
+    one agreed time); outside it it is refused, not judged at a local clock. A
+    tally can thus move the judging time by at most this much.
+    ``grace_ms``: how long past its deadline a ballot is still answered (from
+    memory) before it is refused as late; votes are remembered that long.
+    ``horizon_ms``: how far ahead a deadline may be, which bounds how long a
+    remembered vote can live.
+    """
+
+    issued_skew_ms: int = 2_000
+    grace_ms: int = 30_000
+    horizon_ms: int = 120_000
+
+    def remember_until(self, ballot: Ballot) -> int:
+        """Until when a vote on ``ballot`` is kept: past this the time rules
+        refuse the ballot anyway, so forgetting it cannot lead to re-judging."""
+        return max(ballot.deadline_ms, ballot.issued_ms + self.issued_skew_ms) + self.grace_ms
+
+
+def ballot_time_refusal(ballot: Ballot, now_ms: int, window: BallotWindow) -> BallotRefusal | None:
+    if ballot.deadline_ms + window.grace_ms < now_ms:
+        return BallotRefusal.LATE
+    if abs(ballot.issued_ms - now_ms) > window.issued_skew_ms:
+        return BallotRefusal.ISSUED_SKEW
+    if ballot.deadline_ms < ballot.issued_ms:
+        return BallotRefusal.DEADLINE_BEFORE_ISSUE
+    if ballot.deadline_ms > now_ms + window.horizon_ms:
+        return BallotRefusal.DEADLINE_TOO_FAR
+    return None
+
+
+def ballot_signature_refusal(ballot: Ballot, *, network: str) -> BallotRefusal | None:
+    return None if ballot_signature_ok(ballot, network=network) else BallotRefusal.BAD_SIGNATURE
+
+
+def ballot_signer_refusal(
+    ballot: Ballot, *, tally_keys: Collection[bytes], record_key: bytes | None
+) -> BallotRefusal | None:
+    """``tally_keys``: the admitted tally keys of the current pool view;
+    ``record_key``: the key the active record ``tally.<ballot.tally_id>`` holds."""
+    if ballot.tally_key not in tally_keys:
+        return BallotRefusal.UNKNOWN_TALLY
+    if record_key != ballot.tally_key:
+        return BallotRefusal.TALLY_MISMATCH
+    return None
+
+
+def ballot_epoch_refusal(ballot_epoch: int, view_epoch: int) -> BallotRefusal | None:
+    """Votes only at the current epoch: behind is refused (the tally re-ballots at
+    the new epoch), ahead is refused after the verifier's bounded catch-up wait."""
+    if ballot_epoch < view_epoch:
+        return BallotRefusal.EPOCH_BEHIND
+    if ballot_epoch > view_epoch:
+        return BallotRefusal.EPOCH_AHEAD
+    return None
+
+
+@dataclass
+class _Remembered:
+    ballot_hash: bytes
+    expires_ms: int
+    vote: bytes
+
+
+class VoteMemory:
+    """Every vote this verifier signed, by (tally id, ballot id), until its ballot
+    can no longer be judged (deadline + skew): a re-delivered ballot gets the very
+    same vote bytes and is never judged again, and another ballot reusing the id
+    is refused. Bounded by count and bytes; when full of live entries it refuses
+    new ballots instead of forgetting a live one (which would allow re-judging)."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._items: dict[tuple[str, str], _Remembered] = {}
+        #: (expiry, key) in expiry order, so expiring costs O(log n) per entry
+        self._expiries: list[tuple[int, tuple[str, str]]] = []
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def lookup(
+        self, tally_id: str, ballot_id: str, ballot_hash: bytes
+    ) -> bytes | BallotRefusal | None:
+        """The vote already signed for these exact ballot bytes, ID_REUSED for other
+        bytes under a remembered id, or None (never seen)."""
+        item = self._items.get((tally_id, ballot_id))
+        if item is None:
+            return None
+        return item.vote if item.ballot_hash == ballot_hash else BallotRefusal.ID_REUSED
+
+    def expire(self, now_ms: int) -> None:
+        """Forget entries whose ballots the time rules now refuse as LATE."""
+        while self._expiries and self._expiries[0][0] < now_ms:
+            expires, key = heapq.heappop(self._expiries)
+            item = self._items.get(key)
+            if item is not None and item.expires_ms == expires:
+                self.bytes -= len(self._items.pop(key).vote)
+
+    def has_room(self, size: int, now_ms: int) -> bool:
+        self.expire(now_ms)
+        return len(self._items) < self.max_entries and self.bytes + size <= self.max_bytes
+
+    def remember(
+        self, tally_id: str, ballot_id: str, ballot_hash: bytes, expires_ms: int, vote: bytes
+    ) -> None:
+        previous = self._items.pop((tally_id, ballot_id), None)
+        if previous is not None:
+            self.bytes -= len(previous.vote)
+        self._items[(tally_id, ballot_id)] = _Remembered(ballot_hash, expires_ms, vote)
+        heapq.heappush(self._expiries, (expires_ms, (tally_id, ballot_id)))
+        self.bytes += len(vote)
 
 
 @dataclass(frozen=True)
@@ -47,6 +208,8 @@ class BallotRound:
     rule: QuorumRule
     request_ids: tuple[str, ...]
     digests: tuple[bytes, ...]
+    #: the network id (subject prefix) votes are signed for
+    network: str
     state_rev: int = 0
     votes: dict[bytes, tuple[Vote, list[list[bytes]]]] = field(default_factory=dict)
     #: at most one per verifier key (bounded by the pool); the tally publishes each once
@@ -67,6 +230,7 @@ class BallotRound:
         self._voters: list[list[bytes]] = [[] for _ in range(size)]
         self.abandoned: set[int] = set()
         self.question = VoteQuestion(
+            network=self.network,
             ballot_id=self.ballot_id,
             epoch=self.epoch,
             tally_id=self.tally_id,
@@ -172,7 +336,7 @@ class BallotRound:
         return newly
 
     def certificate(
-        self, index: int, *, tally_key: bytes, decided_at_ms: int, latency_ms: float
+        self, index: int, *, tally_key: bytes, decided_at_ms: int, latency_us: int
     ) -> ConsensusResult:
         """An unsigned certificate for request ``index`` (the tally signs it)."""
         decision = self.decided[index]
@@ -211,6 +375,6 @@ class BallotRound:
             tally_id=self.tally_id,
             tally_key=tally_key,
             decided_at_ms=decided_at_ms,
-            latency_ms=latency_ms,
+            latency_us=latency_us,
             state_rev=self.state_rev,
         )

@@ -7,10 +7,12 @@ CLI. The tally's defaults are ``TallyOptions``'s, the runtime's ``RuntimeConfig`
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
 from bus.runtime import Worker
+from schemas.errors import ConfigError
 from schemas.quorum import parse_threshold
 from workers.cli.kit import (
     non_negative,
@@ -27,9 +29,28 @@ MIB = 1024 * 1024
 TALLY_DEFAULTS = TallyOptions()
 
 
+def tally_pins(values: list[str]) -> dict[str, bytes]:
+    """``ID=HEX`` pairs (repeatable option, or comma separated in AP_TALLY_KEYS)."""
+    pins: dict[str, bytes] = {}
+    for value in values:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            tally_id, sep, key_hex = item.partition("=")
+            try:
+                key = bytes.fromhex(key_hex)
+            except ValueError:
+                key = b""
+            if not sep or not tally_id or len(key) != 32:
+                raise ConfigError(f"--tally-key {item!r} is not ID=<64 hex digits>")
+            pins[tally_id] = key
+    return pins
+
+
 def make_verifier(args: argparse.Namespace) -> Worker:
+    env = os.environ.get("AP_TALLY_KEYS", "")
     return VerifierWorker(
-        runtime_config(args, args.id), key_file=Path(args.key_file) if args.key_file else None
+        runtime_config(args, args.id),
+        key_file=Path(args.key_file) if args.key_file else None,
+        tally_keys=tally_pins([*(args.tally_key or []), env]) or None,
     )
 
 
@@ -67,6 +88,14 @@ def register(sub: Any, kinds: Any) -> None:
     verifier.add_argument(
         "--key-file",
         help="Ed25519 key file (default DATA_DIR/keys/verifier-ID.key, created if missing)",
+    )
+    verifier.add_argument(
+        "--tally-key",
+        action="append",
+        metavar="ID=HEX",
+        help="judge only ballots of tally ID signed by this Ed25519 key (repeatable; also "
+        "AP_TALLY_KEYS=ID=HEX,...), instead of the tally records of the pool; for verifiers "
+        "that cannot read the tallies' pool (another NATS account): the epoch rule is then off",
     )
     worker_options(verifier)
     verifier.set_defaults(worker_factory=make_verifier)

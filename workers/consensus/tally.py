@@ -6,11 +6,16 @@ Flow for one request::
                           │ strict decode; idempotency (memory, then KV)
                           ▼
                         queue ──▶ ballot (1..max_batch requests, pool frozen at its epoch)
-                          │        published to {p}.ballot, reply {p}.vote.{tally_id}
+                          │        signed by the tally, published to {p}.ballot;
+                          │        verifiers vote to {p}.vote.{tally_id}
                           ▼
     verifiers ──vote──▶ BallotRound.offer (pure admission rules + early decision)
                           ▼
                         certificate signed by the tally ──▶ reply, cache, KV
+
+A ballot is judged only at the pool epoch it names (verifiers refuse others),
+so when this tally's pool view moves to a new epoch, the open requests of
+older-epoch ballots are re-balloted at the new one rather than left to time out.
 
 Batching is adaptive: a request goes out at once while fewer than
 ``max_inflight`` ballots are open (idle → ballot of one); under load requests
@@ -75,7 +80,7 @@ from schemas.messages import (
     Vote,
 )
 from schemas.quorum import DEFAULT_THRESHOLD, MIN_POOL, Decision, QuorumRule
-from schemas.signing import request_digest
+from schemas.signing import request_digest, sign_ballot
 from workers.consensus.ballot import BallotRound
 
 log = logging.getLogger("agentic_payments.tally")
@@ -86,6 +91,8 @@ STORE_DEGRADED_S = 60.0  # a store/lookup error keeps health Degraded this long
 #: A request is re-balloted at most this many times because the verdict state
 #: changed under its round; after that its round runs to its deadline.
 MAX_STATE_REBALLOTS = 2
+#: ... and at most this many times because the pool epoch moved under its round.
+MAX_EPOCH_REBALLOTS = 3
 STATE_CATCH_UP_S = 1.0
 #: Hashes of recent vote bytes (16 bytes each): exact copies are dropped before
 #: they are decoded. Oldest first out; the round's own checks stay the backstop.
@@ -97,6 +104,9 @@ MAX_WAITERS = 32
 
 #: An idempotency scope (bus/decisions.scope_id): the signer's (key, id), or exact bytes.
 Scope = str
+#: How often the pool view's epoch is compared with the open ballots' epochs
+#: (PoolWatcher offers no change callback).
+EPOCH_CHECK_S = 0.05
 
 
 @dataclass
@@ -117,6 +127,7 @@ class Pending:
     done: bool = False
     queued: bool = True
     reballots: int = 0
+    epoch_reballots: int = 0
 
 
 @dataclass
@@ -191,6 +202,7 @@ class TallyWorker(Worker):
         self._open_ballots = 0
         self._pending_bytes = 0
         self._store_error_at = -STORE_DEGRADED_S
+        self._epoch_watch: asyncio.Task[None] | None = None
 
     def gauges(self) -> dict[str, float]:
         return {
@@ -227,6 +239,45 @@ class TallyWorker(Worker):
         await self.subscribe_intake(
             self.subjects.request, self._on_request, queue=TALLY_QUEUE, replies=True
         )
+        self._epoch_watch = asyncio.get_running_loop().create_task(self._watch_epoch())
+
+    async def _watch_epoch(self) -> None:
+        """Re-ballot when the pool epoch moves: verifiers vote only at their current
+        epoch, so a ballot at an older one gets no more votes."""
+        assert self._pool is not None
+        epoch = self._pool.view.epoch
+        while True:
+            await asyncio.sleep(EPOCH_CHECK_S)
+            if self._pool.view.epoch != epoch:
+                epoch = self._pool.view.epoch
+                self._reballot_new_epoch(epoch)
+
+    def _reballot_new_epoch(self, epoch: int) -> None:
+        requeue: list[Pending] = []
+        for live in list(self._ballots.values()):
+            if live.round.epoch >= epoch or live.round.open_count == 0:
+                continue
+            indexes = [
+                i
+                for i in live.round.open_indexes()
+                if live.pendings[i].epoch_reballots < MAX_EPOCH_REBALLOTS
+                and not live.pendings[i].done
+            ]
+            if not indexes:
+                continue
+            live.round.abandon(indexes)
+            if live.round.open_count == 0:
+                self._open_ballots -= 1
+            requeue.extend(live.pendings[i] for i in indexes)
+        if not requeue:
+            return
+        self.stats.count("reballots_new_epoch", len(requeue))
+        log.info("pool epoch %d: re-balloting %d open requests", epoch, len(requeue))
+        for pending in reversed(requeue):
+            pending.epoch_reballots += 1
+            pending.queued = True
+            self._queue.appendleft(pending)
+        self._flush()
 
     async def wait_idle(self) -> None:
         # polled only during shutdown; an Event per counter would cost on the hot path
@@ -235,6 +286,8 @@ class TallyWorker(Worker):
 
     async def teardown(self) -> None:
         """After the bounded drain: whoever still waits gets SHUTTING_DOWN, not silence."""
+        if self._epoch_watch is not None:
+            self._epoch_watch.cancel()
         for live in self._ballots.values():
             live.timer.cancel()
         for pending in list(self._pending.values()):
@@ -490,9 +543,12 @@ class TallyWorker(Worker):
                 raise CertificateInvalid("a TIMEOUT is not a final decision")
             assert self._pool is not None
             view = self._pool.view
+            network = self.subjects.prefix
             if stored.epoch == view.epoch:
-                verify_certificate(stored, view.keys, threshold=self.options.threshold)
-            elif not certificate_signed_by(stored, self.identity.public_key):
+                verify_certificate(
+                    stored, view.keys, threshold=self.options.threshold, network=network
+                )
+            elif not certificate_signed_by(stored, self.identity.public_key, network=network):
                 raise CertificateInvalid(
                     f"epoch {stored.epoch} is not the current {view.epoch} and it is not our own"
                 )
@@ -560,16 +616,21 @@ class TallyWorker(Worker):
             rule=rule,
             request_ids=tuple(p.request_id for p in batch),
             digests=tuple(p.digest for p in batch),
+            network=self.subjects.prefix,
             state_rev=state_rev,
         )
-        ballot = Ballot(
-            ballot_id=ballot_id,
-            epoch=view.epoch,
-            tally_id=self.worker_id,
-            deadline_ms=deadline_ms,
-            requests=tuple(p.raw for p in batch),
-            state_rev=state_rev,
-            issued_ms=issued_ms,
+        ballot = sign_ballot(
+            self.identity,
+            Ballot(
+                ballot_id=ballot_id,
+                epoch=view.epoch,
+                tally_id=self.worker_id,
+                deadline_ms=deadline_ms,
+                requests=tuple(p.raw for p in batch),
+                state_rev=state_rev,
+                issued_ms=issued_ms,
+            ),
+            network=self.subjects.prefix,
         )
         timer = asyncio.get_running_loop().call_later(
             self.options.deadline_s, self._expire, ballot_id
@@ -615,12 +676,9 @@ class TallyWorker(Worker):
         self, data: bytes, headers: dict[str, str] | None, spans: list[Span | None]
     ) -> None:
         try:
-            await self.client.publish(
-                self.subjects.ballot,
-                data,
-                reply=self.subjects.votes(self.worker_id),
-                headers=headers,
-            )
+            # no reply subject: verifiers send votes to {p}.vote.<tally_id> of the
+            # signed ballot, never to a subject whoever delivered the bytes chose
+            await self.client.publish(self.subjects.ballot, data, headers=headers)
         finally:
             for span in spans:
                 if span is not None:
@@ -785,8 +843,9 @@ class TallyWorker(Worker):
                     i,
                     tally_key=self.identity.public_key,
                     decided_at_ms=now_ms(),
-                    latency_ms=round(latency_ms, 3),
+                    latency_us=round(latency_ms * 1000),
                 ),
+                network=self.subjects.prefix,
             )
             self.stats.count(f"decision_{cert.decision}")
             if pending.span is not None:

@@ -1,16 +1,21 @@
 """The verifier worker: one Ed25519 identity, one signed vote per ballot.
 
-It receives every ballot (no queue group), judges each raw request with the
-pure ``judge`` function, and answers the ballot's reply subject with one Vote
-whose signature covers every verdict (through a Merkle root). A ballot seen
-again (anyone can republish one) gets the same vote bytes back, so the
-verifier never signs two different votes for one ballot. A malformed
-ballot is counted and dropped — there is nobody trustworthy to answer — and
-the verifier keeps serving.
+It receives every ballot (no queue group) and judges one only if the rules of
+workers/consensus/ballot.py admit it: signed by the key that the current
+pool's record ``tally.<tally_id>`` holds, issued within the clock-skew margin
+of its clock (it is then judged at its ``issued_ms``, the one agreed "now"),
+at the pool epoch this verifier is at. The vote goes to
+``{prefix}.vote.<tally_id>`` — never to the message's reply subject, which
+whoever delivered the bytes chose. Every vote is remembered until its ballot's
+deadline has passed (plus the margin): a re-delivered ballot gets the very
+same vote bytes and is never judged again. A refused or malformed ballot is
+counted (``ballot_refused_<code>``) and logged, never answered, and the
+verifier keeps serving.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -31,27 +36,45 @@ from bus.tracing import (
     start_messaging_span,
     tracing_active,
 )
-from schemas.errors import CodecError
+from schemas.errors import AgenticPaymentsError, CodecError
 from schemas.identity import AgentIdentity
 from schemas.messages import Ballot
 from schemas.votes import sign_vote
-from workers.consensus.judge import judge_at_both
+from workers.consensus.ballot import (
+    BallotRefusal,
+    BallotWindow,
+    VoteMemory,
+    ballot_epoch_refusal,
+    ballot_signature_refusal,
+    ballot_signer_refusal,
+    ballot_time_refusal,
+)
+from workers.consensus.judge import judge
 from workers.consensus.verdict_state import StateVerdicts, decode_state_record
 from workers.trust.chain import ChainCache
 
 log = logging.getLogger("agentic_payments.verifier")
-#: Ballots this far past their deadline (by our clock) are skipped; the margin
-#: keeps a verifier whose clock runs ahead voting.
+#: How far a ballot's ``issued_ms`` may be from our clock (it is judged at
+#: ``issued_ms`` inside this margin, refused outside it).
+ISSUED_SKEW_MS = 2_000
+#: How long past its deadline a ballot is answered from memory, not refused as late.
 CLOCK_SKEW_MS = 30_000
+#: Ballots whose deadline is further out than this are refused: their votes
+#: would have to be remembered longer.
 MAX_REMEMBER_MS = 120_000
-MAX_REMEMBERED_VOTES = 10_000
-MAX_REMEMBERED_BYTES = 32 * 1024 * 1024
+MAX_REMEMBERED_VOTES = 100_000
+MAX_REMEMBERED_BYTES = 64 * 1024 * 1024
 #: How long a verifier whose verdict state is behind a ballot's waits to catch up.
 STATE_CATCH_UP_MS = 1_000
+#: How long a verifier whose pool view is behind a ballot's epoch waits to catch up.
+EPOCH_CATCH_UP_MS = 1_000
+EPOCH_POLL_S = 0.05
+#: A pool view older than this is re-read when a ballot arrives.
+POOL_REFRESH_S = 1.0
 
 
 class VerifierWorker(Worker):
-    """Verifies every request in a ballot and answers with one signed vote."""
+    """Verifies every request in an admitted ballot and sends one signed vote."""
 
     kind = "verifier"
 
@@ -61,47 +84,32 @@ class VerifierWorker(Worker):
         *,
         key_file: Path | None = None,
         identity: AgentIdentity | None = None,
+        tally_keys: dict[str, bytes] | None = None,
     ) -> None:
         super().__init__(runtime)
+        #: tally id -> key pinned by the operator (``--tally-key``): used instead of the
+        #: pool's tally records where the verifier cannot read the tallies' pool (its
+        #: organization's own NATS account); the epoch rule is then off.
+        self.pinned_tallies = dict(tally_keys or {})
         self.key_file = key_file or runtime.data_dir / "keys" / f"verifier-{self.worker_id}.key"
         self.identity = identity or AgentIdentity.load_or_create(self.key_file)
-        self._voted: dict[bytes, tuple[int, bytes]] = {}
-        self._voted_bytes = 0
-        #: (tally id, ballot id) -> hash of the ballot bytes we voted on: one vote per
-        #: ballot id, so a second ballot reusing an id cannot frame us as an equivocator
-        self._ballot_ids: dict[tuple[str, str], bytes] = {}
+        self.window = BallotWindow(
+            issued_skew_ms=ISSUED_SKEW_MS, grace_ms=CLOCK_SKEW_MS, horizon_ms=MAX_REMEMBER_MS
+        )
+        self._memory = VoteMemory(MAX_REMEMBERED_VOTES, MAX_REMEMBERED_BYTES)
+        #: the newest pool this verifier has read (it may not watch the members
+        #: bucket: its role has no consumer rights there, bus/permissions.py)
+        self._view = membership.PoolView(0, ())
+        self._view_read_at = -POOL_REFRESH_S
         self._state: BucketMirror[object] | None = None
         self._verdicts: StateVerdicts | None = None
         self._chain_cache = ChainCache()
 
-    def _remember(self, ballot_hash: bytes, deadline_ms: int, data: bytes, now: int) -> None:
-        """Keep each vote until its ballot's deadline, oldest first out.
-
-        Keyed by the hash of the exact ballot bytes; bounded by count, by bytes,
-        and by a cap on how far ahead a (possibly hostile) deadline can keep an
-        entry, so the cache cannot be used to exhaust memory.
-        """
-        expires = min(deadline_ms, now + MAX_REMEMBER_MS) + CLOCK_SKEW_MS
-        self._voted[ballot_hash] = (expires, data)
-        self._voted_bytes += len(data)
-        while self._voted:
-            oldest, (oldest_expiry, oldest_data) = next(iter(self._voted.items()))
-            if (
-                oldest_expiry >= now
-                and len(self._voted) <= MAX_REMEMBERED_VOTES
-                and self._voted_bytes <= MAX_REMEMBERED_BYTES
-            ):
-                break
-            del self._voted[oldest]
-            self._voted_bytes -= len(oldest_data)
-        while len(self._ballot_ids) > MAX_REMEMBERED_VOTES:
-            del self._ballot_ids[next(iter(self._ballot_ids))]
-
     def gauges(self) -> dict[str, float]:
         return {
             **super().gauges(),
-            "remembered_votes": len(self._voted),
-            "remembered_vote_bytes": self._voted_bytes,
+            "remembered_votes": len(self._memory),
+            "remembered_vote_bytes": self._memory.bytes,
         }
 
     def extra_metadata(self) -> dict[str, str]:
@@ -121,6 +129,7 @@ class VerifierWorker(Worker):
             "registered in" if changed else "already in",
             self.identity.did,
         )
+        await self._read_pool()
         self._state = BucketMirror(
             self.client, self.subjects.state_bucket, decode_state_record, keep_unreadable=True
         )
@@ -151,48 +160,127 @@ class VerifierWorker(Worker):
             )
         return revision, self._verdicts
 
+    async def _pool_view(self, ballot: Ballot) -> membership.PoolView:
+        """Our pool view, caught up to the ballot's epoch if it is ahead: the pool is
+        re-read (lookups only) until it reaches that epoch or about a second passed.
+        Reached only by ballots whose signature verified. A view older than
+        POOL_REFRESH_S is re-read first, so a removed tally's ballots at the epoch it
+        still knows stop being judged even when no newer ballot arrives."""
+        if time.monotonic() - self._view_read_at > POOL_REFRESH_S:
+            await self._read_pool()
+        if ballot.epoch <= self._view.epoch:
+            return self._view
+        self.stats.count("epoch_catch_up")
+        wait_s = min(EPOCH_CATCH_UP_MS, max(0, ballot.deadline_ms - now_ms())) / 1000
+        deadline = time.monotonic() + wait_s
+        while True:
+            if not await self._read_pool():
+                break
+            if self._view.epoch >= ballot.epoch or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(EPOCH_POLL_S)
+        return self._view
+
+    async def _read_pool(self) -> bool:
+        """Re-read the pool (lookups only); False if it could not be read."""
+        try:
+            view = await membership.read_pool(self.client, self.subjects)
+        except AgenticPaymentsError as exc:
+            self.stats.count("pool_read_errors")
+            log.warning("cannot read the pool: %s", exc)
+            return False
+        self._view_read_at = time.monotonic()
+        if view.epoch > self._view.epoch:
+            self._view = view
+        return True
+
+    def _refuse(self, ballot: Ballot | None, code: str, detail: str = "") -> None:
+        self.stats.count(f"ballot_refused_{code}")
+        if ballot is None:
+            log.warning("refused a ballot [%s]: %s", code, detail)
+        else:
+            log.warning(
+                "refused ballot %s of tally %s [%s]%s",
+                ballot.ballot_id,
+                ballot.tally_id,
+                code,
+                f": {detail}" if detail else "",
+            )
+
+    async def _admit(self, ballot: Ballot, ballot_hash: bytes) -> bool:
+        """Whether to judge ``ballot`` (refusals are counted and logged here)."""
+        refusal: BallotRefusal | None = ballot_time_refusal(ballot, now_ms(), self.window)
+        if refusal is None:
+            refusal = ballot_signature_refusal(ballot, network=self.subjects.prefix)
+        if refusal is None and self.pinned_tallies:
+            refusal = ballot_signer_refusal(
+                ballot,
+                tally_keys=self.pinned_tallies.values(),
+                record_key=self.pinned_tallies.get(ballot.tally_id),
+            )
+        elif refusal is None:
+            view = await self._pool_view(ballot)
+            refusal = ballot_epoch_refusal(ballot.epoch, view.epoch)
+            if refusal is None:
+                record = membership.tally_record_key(ballot.tally_id)
+                holder = next(
+                    (
+                        m.public_key
+                        for m in view.tallies
+                        if m.worker_id == record and m.status == membership.ACTIVE
+                    ),
+                    None,
+                )
+                refusal = ballot_signer_refusal(
+                    ballot, tally_keys=view.tally_keys, record_key=holder
+                )
+        if refusal is None and not self._memory.has_room(64 * len(ballot.requests) + 512, now_ms()):
+            refusal = BallotRefusal.OVERLOADED
+        if refusal is not None:
+            self._refuse(ballot, refusal.value)
+            return False
+        return True
+
     async def _on_ballot(self, msg: Msg) -> None:
         started = time.perf_counter()
         try:
             ballot = Ballot.decode(msg.data)
         except CodecError as exc:
-            self.stats.count(f"ballot_rejected_{exc.code}")
-            log.warning("dropped malformed ballot [%s]: %s", exc.code, exc)
+            self._refuse(None, exc.code, str(exc))
             return
-        if not msg.reply:
-            self.stats.count("ballot_without_reply")
-            return
-        now = now_ms()
-        if ballot.deadline_ms + CLOCK_SKEW_MS < now:
-            self.stats.count("ballot_late")
-            return
+        votes_subject = self.subjects.votes(ballot.tally_id)
         ballot_hash = hashlib.sha256(msg.data).digest()
-        ballot_id_key = (ballot.tally_id, ballot.ballot_id)
-        seen_hash = self._ballot_ids.get(ballot_id_key)
-        if seen_hash is not None and seen_hash != ballot_hash:
-            self.stats.count("ballot_id_reused")  # never sign a second vote for one ballot id
-            log.warning(
-                "ballot id %s of tally %s reused with other contents: not voting",
-                ballot.ballot_id,
-                ballot.tally_id,
-            )
-            return
-        cached = self._voted.get(ballot_hash)
-        if cached is not None:  # a replayed ballot gets the very same vote, never a new one
+        seen = self._memory.lookup(ballot.tally_id, ballot.ballot_id, ballot_hash)
+        if isinstance(seen, bytes):  # a re-delivered ballot gets the very same vote
             self.stats.count("ballot_repeated")
-            await self.client.publish(msg.reply, cached[1])
+            await self.client.publish(votes_subject, seen)
+            return
+        if seen is not None:  # never sign a second vote for one ballot id
+            self._refuse(ballot, seen.value, "other contents under a ballot id already voted on")
+            return
+        if not await self._admit(ballot, ballot_hash):
             return
         ok = True
         spans = self._ballot_spans(msg, ballot) if tracing_active() else []
         try:
-            state_rev, state = await self._judged_state(ballot, now)
-            # one "now" for every verifier: the ballot's, unless it is implausible
-            entries = [
-                judge_at_both(raw, state, ballot.issued_ms, now_ms()) for raw in ballot.requests
-            ]
-            data = sign_vote(self.identity, ballot, entries, now_ms(), state_rev=state_rev).encode()
-            self._remember(ballot_hash, ballot.deadline_ms, data, now)
-            self._ballot_ids[ballot_id_key] = ballot_hash
+            state_rev, state = await self._judged_state(ballot, now_ms())
+            # one "now" for every verifier: the ballot's (admitted only within our skew)
+            entries = [judge(raw, state, ballot.issued_ms) for raw in ballot.requests]
+            data = sign_vote(
+                self.identity,
+                ballot,
+                entries,
+                now_ms(),
+                state_rev=state_rev,
+                network=self.subjects.prefix,
+            ).encode()
+            self._memory.remember(
+                ballot.tally_id,
+                ballot.ballot_id,
+                ballot_hash,
+                self.window.remember_until(ballot),
+                data,
+            )
             headers = None
             if spans:
                 contexts: list[SpanContext | None] = [None] * len(entries)
@@ -206,7 +294,7 @@ class VerifierWorker(Worker):
                         }
                     )
                 headers = {TRACEPARENTS_HEADER: format_traceparents(contexts)}
-            await self.client.publish(msg.reply, data, headers=headers)
+            await self.client.publish(votes_subject, data, headers=headers)
             self.stats.count("requests_judged", len(entries))
         except Exception as exc:
             ok = False

@@ -1,0 +1,199 @@
+"""Hole 6a: rogue ballots.
+
+A ballot used to be judged from anyone whose bytes reached ``{prefix}.ballot``,
+and the vote went to the message's reply subject. The key manager's user
+(keys1) cannot publish on the ballot subject, but it can write keys of the
+verdict-state bucket and create consumers on its stream; nats-server does not
+check a push consumer's deliver subject against the creator's publish
+permissions, so JetStream itself delivers keys1's bytes to ``{prefix}.ballot``
+(with a ``$JS.ACK...`` reply subject). Every verifier judged that ballot and
+signed a vote for it.
+
+Now a ballot is judged only if it is signed by the key that the record
+``tally.<ballot.tally_id>`` of the current pool holds, and the vote goes to
+``{prefix}.vote.<tally_id>`` only. The test watches (as admin) every subject a
+vote could reach and waits until every verifier has counted the ballot as
+refused (its metrics), so it cannot pass just because the ballot never
+arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from bus import membership
+from bus.connection import connect
+from bus.subjects import Subjects
+from schemas.codec import decode, encode
+from schemas.identity import AgentIdentity
+from schemas.messages import MetricsSnapshot
+from tests.factories import request
+from tests.secure import SecureCluster
+
+VERIFIERS = ("v1", "v2", "v3", "v4")
+
+
+def rogue_ballot(tally_id: str, epoch: int, ballot_id: str) -> bytes:
+    """A ballot as the attacker writes it: every field, a signature by its own key."""
+    me = AgentIdentity.generate()
+    now = time.time_ns() // 1_000_000
+    return encode(
+        {
+            "type": "ballot",
+            "v": 1,
+            "ballot_id": ballot_id,
+            "epoch": epoch,
+            "tally_id": tally_id,
+            "deadline_ms": now + 20_000,
+            "requests": [request(me, b"pay 1", f"r-{ballot_id}", tamper=True)],
+            "state_rev": 0,
+            "issued_ms": now,
+            "tally_key": me.public_key,
+            "sig": me.sign(b"whatever"),
+        }
+    )
+
+
+async def test_ballot_delivered_by_a_keys_role_consumer_gets_no_vote(
+    secure_cluster: SecureCluster, attacker: Any
+) -> None:
+    c = secure_cluster
+    assert c.secure is not None
+    await c.start_system(len(VERIFIERS))
+    subjects = Subjects(c.prefix)
+    admin = await connect(c.admin(), name="test-admin")
+    votes: list[tuple[str, dict[str, Any]]] = []
+    refused: dict[str, int] = {}
+
+    async def on_vote(msg: Msg) -> None:
+        try:
+            obj = decode(msg.data, MetricsSnapshot.LIMITS)
+        except Exception:
+            return
+        if isinstance(obj, dict) and obj.get("type") == "vote":
+            votes.append((msg.subject, obj))
+
+    async def on_metrics(msg: Msg) -> None:
+        snap = MetricsSnapshot.decode(msg.data)
+        refused[snap.worker_id] = sum(
+            v for k, v in snap.counters.items() if k.startswith("ballot_refused_")
+        )
+
+    try:
+        await admin.subscribe(subjects.votes_all, cb=on_vote)
+        # where a vote sent to the delivered message's reply subject lands
+        await admin.subscribe(f"$JS.ACK.KV_{subjects.state_bucket}.>", cb=on_vote)
+        await admin.subscribe(subjects.metrics("verifier", "*"), cb=on_metrics)
+        await admin.flush()
+        pool = await membership.read_pool(admin, subjects)
+
+        keys1 = await attacker("keys1")
+        ballot_id = uuid.uuid4().hex
+        key = f"key.{'ab' * 32}"
+        ack = await keys1.request(
+            f"$KV.{subjects.state_bucket}.{key}", rogue_ballot("t1", pool.epoch, ballot_id), 5
+        )
+        assert b"error" not in ack.data, ack.data
+        js = keys1.jetstream()
+        await js.add_consumer(
+            f"KV_{subjects.state_bucket}",
+            ConsumerConfig(
+                deliver_subject=subjects.ballot,
+                filter_subject=f"$KV.{subjects.state_bucket}.{key}",
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                ack_policy=AckPolicy.NONE,
+            ),
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            rogue = [(s, v) for s, v in votes if v.get("ballot_id") == ballot_id]
+            assert not rogue, (
+                f"{len(rogue)} verifier(s) voted on a ballot keys1 injected through a "
+                f"consumer's deliver subject (first to {rogue[0][0]})"
+            )
+            if all(refused.get(v, 0) >= 1 for v in VERIFIERS):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"not every verifier counted the rogue ballot refused: {refused}")
+        # a vote published after the counters moved would still be a vote
+        await admin.flush()
+        assert not [v for _, v in votes if v.get("ballot_id") == ballot_id]
+    finally:
+        await admin.close()
+
+
+async def test_admitted_tally_cannot_route_votes_to_another_tally(
+    secure_cluster: SecureCluster, attacker: Any
+) -> None:
+    """A Byzantine tally t2 — admitted, its own record tally.t2 — publishes a ballot
+    signed by its key that names tally t1 (with t1's vote subject as reply): votes on
+    it would land in t1's rounds. Verifiers refuse it: tally.t1 holds another key."""
+    c = secure_cluster
+    await c.start_system(len(VERIFIERS))
+    subjects = Subjects(c.prefix)
+    admin = await connect(c.admin(), name="test-admin")
+    votes: list[dict[str, Any]] = []
+    refused: dict[str, int] = {}
+
+    async def on_vote(msg: Msg) -> None:
+        obj = decode(msg.data, MetricsSnapshot.LIMITS)
+        if isinstance(obj, dict) and obj.get("type") == "vote":
+            votes.append(obj)
+
+    async def on_metrics(msg: Msg) -> None:
+        snap = MetricsSnapshot.decode(msg.data)
+        refused[snap.worker_id] = sum(
+            v for k, v in snap.counters.items() if k.startswith("ballot_refused_")
+        )
+
+    try:
+        await admin.subscribe(subjects.votes_all, cb=on_vote)
+        await admin.subscribe(subjects.metrics("verifier", "*"), cb=on_metrics)
+        await admin.flush()
+        t2 = await attacker("t2")
+        me = AgentIdentity.generate()
+        await membership.register_tally(t2, subjects, "t2", me.public_key)
+        pool = await membership.read_pool(admin, subjects)
+        assert me.public_key in pool.tally_keys
+        ballot_id = uuid.uuid4().hex
+        now = time.time_ns() // 1_000_000
+        raw = request(me, b"pay 1", f"r-{ballot_id}")
+        fields = {
+            "ballot_id": ballot_id,
+            "epoch": pool.epoch,
+            "tally_id": "t1",
+            "deadline_ms": now + 20_000,
+            "requests": [raw],
+            "state_rev": 0,
+            "issued_ms": now,
+        }
+        # the contract's ballot signing bytes, built here so the test runs on old code too
+        body = [
+            1, "ballot", 1, c.prefix, ballot_id, pool.epoch, "t1", me.public_key,
+            now + 20_000, 0, now, [hashlib.sha256(raw).digest()],
+        ]  # fmt: skip
+        sig = me.sign(b"agentic-payments/ballot/v1\x00" + encode(body))
+        wire = {"type": "ballot", "v": 1, **fields, "tally_key": me.public_key, "sig": sig}
+        await t2.publish(subjects.ballot, encode(wire), reply=subjects.votes("t1"))
+        await t2.flush()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            rogue = [v for v in votes if v.get("ballot_id") == ballot_id]
+            assert not rogue, f"{len(rogue)} verifier(s) voted on t2's ballot naming t1"
+            if all(refused.get(v, 0) >= 1 for v in VERIFIERS):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"not every verifier counted t2's ballot refused: {refused}")
+        await admin.flush()
+        assert not [v for v in votes if v.get("ballot_id") == ballot_id]
+    finally:
+        await admin.close()
