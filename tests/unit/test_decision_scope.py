@@ -30,7 +30,7 @@ def cert(decision: str, votes: list[tuple[bool, str]]) -> ConsensusResult:
         tally_id="t1",
         tally_key=b"t" * 32,
         decided_at_ms=1,
-        latency_ms=1.0,
+        latency_us=1000,
     )
 
 

@@ -50,20 +50,20 @@ def test_equivocation_needs_two_admissible_answers_to_one_question(
     what: str, second: object, refusal: str | None
 ) -> None:
     s = Scenario()
-    assert equivocation_refusal(s.vote(0), second(s), s.pool) == refusal  # type: ignore[operator]
+    assert equivocation_refusal(s.vote(0), second(s), s.pool, network=s.network) == refusal  # type: ignore[operator]
 
 
 def test_evidence_from_outside_the_pool_proves_nothing() -> None:
     s = Scenario()
     outsider = AgentIdentity.generate()
     a, b = s.vote(0, signer=outsider), s.vote(0, signer=outsider, lie=True)
-    assert equivocation_refusal(a, b, s.pool) == "VOTE_NOT_MEMBER"
+    assert equivocation_refusal(a, b, s.pool, network=s.network) == "VOTE_NOT_MEMBER"
 
 
 def test_admit_vote_returns_the_tree_and_checks_state_last() -> None:
     s = Scenario()
     vote = s.vote(0)
-    q = VoteQuestion.of(vote)
+    q = VoteQuestion.of(vote, network=s.network)
     assert admit_vote(vote, q, s.pool)[-1]  # a root
     with pytest.raises(VoteRejected) as err:
         admit_vote(s.vote(0, state_rev=3), q, s.pool)
