@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from schemas.errors import ConfigError
 from schemas.messages import Vote
-from schemas.quorum import MIN_POOL
+from schemas.quorum import MIN_POOL, fault_tolerance
 
 DECIDED = ("VALID", "INVALID")
 
@@ -202,20 +202,39 @@ class Verdict:
 
 
 def decide_quarantine(
-    policy: QuarantinePolicy, *, active: int, is_member: bool, now: float, recent: Sequence[float]
+    policy: QuarantinePolicy,
+    *,
+    active: int,
+    is_member: bool,
+    now: float,
+    recent: Sequence[float],
+    seats: int | None = None,
+    quarantined: int = 0,
 ) -> Verdict:
     """What to do about a verifier with Byzantine evidence against it.
 
     ``active`` is the current active pool size, ``is_member`` whether the
     verifier is still active in it, ``recent`` the times (same clock as
-    ``now``) of this policy's earlier quarantines.
+    ``now``) of this policy's earlier quarantines. ``seats`` is the pool's seat
+    count (active plus quarantined; ``active + quarantined`` when not given) and
+    ``quarantined`` how many seats are quarantined already: the pool honours at
+    most f = floor((seats - 1) / 3) quarantine records (schemas/pool.py), so
+    beyond that the worker only alerts that an operator is needed — a compromised
+    or fooled anomaly role can never shrink a tolerated minority into a quorum.
     """
+    seats = active + quarantined if seats is None else seats
     if policy.mode is QuarantineMode.OFF:
         return Verdict(Action.IGNORE, "byzantine detection is off")
     if policy.mode is QuarantineMode.ALERT_ONLY:
         return Verdict(Action.ALERT, "policy is alert-only")
     if not is_member:
         return Verdict(Action.ALERT, "not an active member (already quarantined or removed)")
+    if quarantined + 1 > fault_tolerance(seats):
+        return Verdict(
+            Action.ALERT,
+            f"operator needed: {quarantined} of {seats} seats are quarantined already, "
+            f"the most the pool honours is f={fault_tolerance(seats)}",
+        )
     if active - 1 < policy.min_pool:
         return Verdict(
             Action.ALERT,

@@ -194,7 +194,7 @@ class TallyWorker(Worker):
 
     # ------------------------------------------------------------------ setup
     async def setup(self) -> None:
-        await register_tally(self.client, self.subjects, self.worker_id, self.identity.public_key)
+        await register_tally(self.client, self.subjects, self.worker_id, self.identity)
         self._pool = PoolWatcher(self.client, self.subjects)
         await self._pool.start()
         # Only the revision matters here: each ballot is judged under the verdict
