@@ -205,3 +205,34 @@ def test_a_vote_judged_under_another_state_is_not_a_disagreement() -> None:
     ledger.add_vote(s.vote(1, lie=True))  # same state as the certificate, lying
     found = ledger.add_decision("b1", "r-good", request_digest(s.raws[0]), "VALID", 0)
     assert [d.verifier_key for d in found] == [s.verifiers[1].public_key]
+
+
+@pytest.mark.parametrize(
+    ("seats", "quarantined", "action"),
+    [
+        (4, 0, Action.QUARANTINE),  # f = 1
+        (4, 1, Action.ALERT),
+        (7, 1, Action.QUARANTINE),  # f = 2
+        (7, 2, Action.ALERT),
+        (10, 2, Action.QUARANTINE),  # f = 3
+        (10, 3, Action.ALERT),
+    ],
+)
+def test_quarantines_beyond_f_need_an_operator(
+    seats: int, quarantined: int, action: Action
+) -> None:
+    """The pool honours at most f quarantine records (schemas/pool.py): beyond that the
+    worker only alerts, whatever the rate limits would allow."""
+    policy = QuarantinePolicy(min_pool=3, min_interval_s=0, max_per_hour=100)
+    verdict = decide_quarantine(
+        policy,
+        active=seats - quarantined,
+        is_member=True,
+        now=0,
+        recent=(),
+        seats=seats,
+        quarantined=quarantined,
+    )
+    assert verdict.action is action, verdict
+    if action is Action.ALERT:
+        assert "operator needed" in verdict.reason

@@ -229,17 +229,17 @@ def decide_quarantine(
         return Verdict(Action.ALERT, "policy is alert-only")
     if not is_member:
         return Verdict(Action.ALERT, "not an active member (already quarantined or removed)")
-    if quarantined + 1 > fault_tolerance(seats):
-        return Verdict(
-            Action.ALERT,
-            f"operator needed: {quarantined} of {seats} seats are quarantined already, "
-            f"the most the pool honours is f={fault_tolerance(seats)}",
-        )
     if active - 1 < policy.min_pool:
         return Verdict(
             Action.ALERT,
             f"quarantine would leave {active - 1} active verifiers, "
             f"below the minimum {policy.min_pool}",
+        )
+    if quarantined + 1 > fault_tolerance(seats):
+        return Verdict(
+            Action.ALERT,
+            f"operator needed: {quarantined} of {seats} seats are quarantined already, "
+            f"the most the pool honours is f={fault_tolerance(seats)}",
         )
     if recent and now - max(recent) < policy.min_interval_s:
         return Verdict(
