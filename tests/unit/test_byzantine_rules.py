@@ -211,7 +211,7 @@ def test_a_vote_judged_under_another_state_is_not_a_disagreement() -> None:
     ("seats", "quarantined", "action"),
     [
         (4, 0, Action.QUARANTINE),  # f = 1
-        (4, 1, Action.ALERT),
+        (5, 1, Action.ALERT),  # f = 1 (4 still active)
         (7, 1, Action.QUARANTINE),  # f = 2
         (7, 2, Action.ALERT),
         (10, 2, Action.QUARANTINE),  # f = 3
