@@ -25,7 +25,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
-from bus.kv import UNCHANGED, KeyValue, NoChange, subject_keys
+from bus.kv import UNCHANGED, KeyValue, NoChange
 from bus.nats_errors import map_jetstream_errors
 from bus.state import BucketMirror, ensure_bucket
 from bus.subjects import Subjects
@@ -286,39 +286,69 @@ def _entry(key: str, revision: int, value: bytes | None) -> Entry | None:
         return None
 
 
-async def read_pool(nc: Client, subjects: Subjects) -> PoolView:
-    """The current pool. The epoch is read before and after the records and the read
-    is retried if it moved, so a change landing mid-read cannot pair an epoch with
-    another epoch's members (which would make certificates of that epoch fail)."""
+@dataclass(frozen=True)
+class _Snapshot:
+    """The bucket's current entries at ``epoch`` and, per key, how many of its
+    messages the stream still holds (``history``: the per-key limit)."""
+
+    epoch: int
+    entries: dict[str, Entry]
+    counts: dict[str, int]
+    history: int
+
+
+async def _snapshot(nc: Client, subjects: Subjects) -> _Snapshot:
+    """The current entries. The epoch is read before and after the records and the
+    read is retried if it moved, so a change landing mid-read cannot pair an epoch
+    with another epoch's members (which would make certificates of that epoch fail)."""
     kv = await members_bucket(nc, subjects)
+    js = nc.jetstream()
+    prefix = f"$KV.{subjects.members_bucket}."
     failure: Exception | None = None
     with map_jetstream_errors("reading the pool"):
         for _ in range(10):
-            before = (await kv.status()).stream_info.state.last_seq
-            entries: list[Entry] = []
-            try:  # not kv.keys(): it can answer "no keys" for a full bucket (subject_keys)
-                keys = await subject_keys(kv)
+            try:  # not kv.keys(): it can answer "no keys" for a full bucket (bus.kv.subject_keys)
+                info = await js.stream_info(_stream(subjects), subjects_filter=f"{prefix}>")
             except Exception as exc:  # a timeout under load: never report "no members" for it
                 failure = exc
                 await asyncio.sleep(0.2)
                 continue
-            for key in keys:
+            before = info.state.last_seq
+            counts = {
+                subject[len(prefix) :]: n for subject, n in (info.state.subjects or {}).items()
+            }
+            entries: dict[str, Entry] = {}
+            for key in sorted(counts):
                 try:
                     got = await kv.get(key)
                 except KeyNotFoundError:
                     continue
                 entry = _entry(key, got.revision or 0, got.value)
                 if entry is not None:
-                    entries.append(entry)
+                    entries[key] = entry
             if (await kv.status()).stream_info.state.last_seq == before:
-                return PoolView.from_entries(before, entries, subjects.prefix)
+                history = info.config.max_msgs_per_subject or 0
+                return _Snapshot(before, entries, counts, history)
     if failure is not None:
         raise TransportError(f"cannot read the pool: {failure.__class__.__name__}: {failure}")
     raise TransportError("cannot read the pool: it kept changing during 10 reads")
 
 
+async def read_pool(nc: Client, subjects: Subjects) -> PoolView:
+    """The current pool (see :func:`_snapshot` for how the read stays consistent)."""
+    snap = await _snapshot(nc, subjects)
+    return PoolView.from_entries(snap.epoch, list(snap.entries.values()), subjects.prefix)
+
+
 def _stream(subjects: Subjects) -> str:
     return f"KV_{subjects.members_bucket}"
+
+
+def _missing(seq: int) -> PoolHistoryMissing:
+    return PoolHistoryMissing(
+        f"revision {seq} of the pool history is gone (trimmed or purged): "
+        f"the pool of that time cannot be rebuilt"
+    )
 
 
 async def _message(nc: Client, subjects: Subjects, seq: int) -> Any:
@@ -329,10 +359,33 @@ async def _message(nc: Client, subjects: Subjects, seq: int) -> Any:
         try:
             return await js.get_msg(_stream(subjects), seq=seq)
         except NotFoundError:
-            raise PoolHistoryMissing(
-                f"revision {seq} of the pool history is gone (trimmed or purged): "
-                f"the pool of that time cannot be rebuilt"
-            ) from None
+            raise _missing(seq) from None
+
+
+async def _key_messages(nc: Client, subjects: Subjects, key: str, upto: int) -> list[Any]:
+    """The messages the stream still holds for ``key`` with sequence <= ``upto``, oldest
+    first (plain "next message for this subject" gets: no consumer)."""
+    js = nc.jetstream()
+    subject = f"$KV.{subjects.members_bucket}.{key}"
+    out: list[Any] = []
+    seq = 1
+    with map_jetstream_errors(f"reading the history of pool record {key}"):
+        while seq <= upto:
+            try:
+                msg = await js.get_msg(_stream(subjects), seq=seq, subject=subject, next=True)
+            except NotFoundError:
+                break
+            if (msg.seq or 0) > upto:
+                break
+            out.append(msg)
+            seq = (msg.seq or seq) + 1
+    return out
+
+
+def _operation(msg: Any) -> str | None:
+    headers = msg.headers or {}
+    op = headers.get("KV-Operation")
+    return str(op) if op is not None else None
 
 
 async def superseded_at(nc: Client, subjects: Subjects, epoch: int) -> float:
@@ -345,40 +398,45 @@ async def superseded_at(nc: Client, subjects: Subjects, epoch: int) -> float:
     return float(msg.time.timestamp())
 
 
-#: Concurrent message gets while rebuilding a past pool.
-HISTORY_READS = 32
-
-
 async def pool_at(nc: Client, subjects: Subjects, epoch: int) -> PoolView:
     """The pool as it was at ``epoch``, rebuilt from the bucket's history.
 
     Certificates name the epoch they were decided in; right after a membership
-    change a client still needs the superseded pool to re-check them. Every
-    revision 1..epoch is read by sequence (plain message gets: no consumer is
-    created), and the rebuild fails closed — PoolHistoryMissing — if any of them is
-    gone (the bucket keeps 5 revisions per key, and an operator may purge), never a
-    partial pool. NATS trouble is a TransportError (retry), never CertificateInvalid.
+    change a client still needs the superseded pool to re-check them. The rebuild
+    starts from the current records and undoes every revision after ``epoch``: each
+    of them is read by sequence, and each key they touched is read back to its last
+    message at or before ``epoch`` — plain message gets only, no consumer is created.
+    It fails closed (PoolHistoryMissing), never returning a partial pool, when a
+    revision after ``epoch`` is gone, or when a touched key holds no message at or
+    before ``epoch`` but may have had one (it holds as many messages as the bucket
+    keeps per key, or its oldest one rolled up — purged — what came before). NATS
+    trouble is a TransportError (retry), never CertificateInvalid.
     """
-    if epoch < 0:
-        raise PoolHistoryMissing(f"pool epoch {epoch} does not exist")
-    await members_bucket(nc, subjects)
+    snap = await _snapshot(nc, subjects)
+    if epoch > snap.epoch or epoch < 0:
+        raise PoolHistoryMissing(f"pool epoch {epoch} does not exist (the pool is at {snap.epoch})")
     prefix = f"$KV.{subjects.members_bucket}."
-    current: dict[str, Entry] = {}
-    for start in range(1, epoch + 1, HISTORY_READS):
-        seqs = range(start, min(epoch, start + HISTORY_READS - 1) + 1)
-        msgs = await asyncio.gather(*(_message(nc, subjects, seq) for seq in seqs))
-        for seq, msg in zip(seqs, msgs, strict=True):
-            subject = msg.subject or ""
-            if not subject.startswith(prefix):
-                continue
-            key = subject[len(prefix) :]
-            operation = (msg.headers or {}).get("KV-Operation")
-            entry = None if operation in ("DEL", "PURGE") else _entry(key, seq, msg.data)
-            if entry is None:
-                current.pop(key, None)
-            else:
-                current[key] = entry
-    return PoolView.from_entries(epoch, list(current.values()), subjects.prefix)
+    touched: set[str] = set()
+    for seq in range(epoch + 1, snap.epoch + 1):
+        subject = (await _message(nc, subjects, seq)).subject or ""
+        if subject.startswith(prefix):
+            touched.add(subject[len(prefix) :])
+    entries = {k: e for k, e in snap.entries.items() if k not in touched}
+    for key in sorted(touched):
+        every = await _key_messages(nc, subjects, key, snap.epoch)
+        before = [m for m in every if (m.seq or 0) <= epoch]
+        if before:  # what the stream holds of a key is a suffix of its history
+            last = before[-1]
+            entry = None
+            if _operation(last) not in ("DEL", "PURGE"):
+                entry = _entry(key, last.seq or 0, last.data)
+            if entry is not None:
+                entries[key] = entry
+            continue
+        rolled_up = bool(every) and "Nats-Rollup" in (every[0].headers or {})
+        if rolled_up or (snap.history and snap.counts.get(key, 0) >= snap.history):
+            raise _missing(every[0].seq if every else epoch)
+    return PoolView.from_entries(epoch, list(entries.values()), subjects.prefix)
 
 
 class PoolWatcher:
