@@ -34,7 +34,6 @@ from schemas.errors import (
     ConfigError,
     PoolHistoryMissing,
     TransportError,
-    WriteConflict,
 )
 from schemas.identity import AgentIdentity
 from schemas.pool import (
@@ -273,10 +272,16 @@ async def quarantine(
         return None
     members = KeyValue.of(await members_bucket(nc, subjects), MemberRecord)
     record = quarantine_record(worker_id, public_key, network=subjects.prefix, at_ms=_now_ms())
-    try:
-        return await members.create(quarantine_key(worker_id), record)
-    except WriteConflict:
-        return None  # quarantined already
+
+    def change(current: MemberRecord | None) -> MemberRecord | NoChange:
+        # compare-and-set: a quarantine of this key stays (and counts once); a stale
+        # one naming the seat's earlier key, or an unreadable one, is replaced
+        if current is not None and current.public_key == public_key:
+            return UNCHANGED
+        return record
+
+    result = await members.update(quarantine_key(worker_id), change, replace_unreadable=True)
+    return result.revision if result.changed else None
 
 
 def _entry(key: str, revision: int, value: bytes | None) -> Entry | None:
