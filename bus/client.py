@@ -52,6 +52,7 @@ from schemas.errors import (
     NotConnected,
     RemoteError,
     RequestTimeout,
+    TransportError,
 )
 from schemas.identity import AgentIdentity
 from schemas.messages import ConsensusResult, ErrorReply, VerificationRequest, decode_reply
@@ -226,7 +227,16 @@ class VerifyClient:
                 f"certificate comes from a pool of {cert.n}, below the minimum "
                 f"{self.min_pool} this client pins"
             )
-        keys = await self.pool_keys(cert.epoch)
+        attempt = 0
+        while True:
+            try:
+                keys = await self.pool_keys(cert.epoch)
+                break
+            except TransportError:  # says nothing about the certificate: read again
+                if attempt >= self.retries or self.nc.is_closed:
+                    raise
+                attempt += 1
+                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
         verify_certificate(cert, keys, threshold=self.threshold, tally_keys=self.tally_keys)
 
     async def pool_keys(self, epoch: int) -> frozenset[bytes]:
