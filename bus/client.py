@@ -12,11 +12,20 @@ re-checked with ``verify_certificate`` against the verifier pool read from the
 membership bucket at the certificate's epoch and the expected threshold
 (2/3 unless told otherwise). A certificate that fails raises
 ``CertificateInvalid``.
+
+Which epochs a client accepts is its own policy, not the certificate's say-so:
+the current one, or one superseded at most ``pool_grace_s`` ago (the server time
+of the revision that superseded it; a certificate decided just before a
+membership change must still check out). An older epoch's pool may hold keys that
+were since removed or stolen, so its certificates are refused. ``min_pool`` pins
+the smallest pool a certificate may come from: a pool shrunk below it (by
+quarantines or removals) decides nothing this client accepts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Collection, Sequence
 from fractions import Fraction
@@ -38,16 +47,21 @@ from schemas.certificate import verify_certificate
 from schemas.errors import (
     AgenticPaymentsError,
     CertificateInvalid,
+    ConfigError,
     NoResponders,
     NotConnected,
     RemoteError,
     RequestTimeout,
+    TransportError,
 )
 from schemas.identity import AgentIdentity
 from schemas.messages import ConsensusResult, ErrorReply, VerificationRequest, decode_reply
-from schemas.quorum import DEFAULT_THRESHOLD
+from schemas.quorum import DEFAULT_THRESHOLD, MIN_POOL
 from schemas.signing import request_digest
 
+#: How long after a membership change certificates of the superseded epoch are
+#: still accepted (seconds; ``--pool-grace-s`` / AP_POOL_GRACE_S on the CLI).
+DEFAULT_POOL_GRACE_S = 30.0
 RETRYABLE_REMOTE = frozenset({"OVERLOADED", "SHUTTING_DOWN", "INTERNAL"})
 #: Low-cardinality name of the reply inboxes in span names (nats-py's inbox prefix).
 INBOX_TEMPLATE = "_INBOX"
@@ -90,7 +104,13 @@ class VerifyClient:
         verify_certificates: bool = True,
         threshold: Fraction = DEFAULT_THRESHOLD,
         tally_keys: Collection[bytes] | None = None,
+        pool_grace_s: float = DEFAULT_POOL_GRACE_S,
+        min_pool: int = MIN_POOL,
     ) -> None:
+        if pool_grace_s < 0:
+            raise ConfigError(f"pool grace period {pool_grace_s}s must be >= 0")
+        if min_pool < MIN_POOL:
+            raise ConfigError(f"min_pool {min_pool} is below the protocol minimum {MIN_POOL}")
         self.nc = nc
         self.subjects = Subjects(prefix)
         self.timeout = timeout
@@ -98,9 +118,13 @@ class VerifyClient:
         self.verify_certificates = verify_certificates
         self.threshold = threshold
         self.tally_keys = None if tally_keys is None else frozenset(tally_keys)
+        self.pool_grace_s = pool_grace_s
+        self.min_pool = min_pool
         self._owns = owns_connection
         self._pool: membership.PoolView | None = None
-        self._old_pools: dict[int, frozenset[bytes]] = {}
+        self._pool_read_at = 0.0  # monotonic time the current pool was read
+        #: epoch -> (its verifier keys, server time its successor revision was written)
+        self._old_pools: dict[int, tuple[frozenset[bytes], float]] = {}
         self._pool_lock = asyncio.Lock()
 
     @classmethod
@@ -191,12 +215,28 @@ class VerifyClient:
             return reply
 
     async def check(self, cert: ConsensusResult, request_id: str, digest: bytes) -> None:
-        """Raise CertificateInvalid unless ``cert`` answers this request and holds up."""
+        """Raise CertificateInvalid unless ``cert`` answers this request and holds up
+        (TransportError if the pool cannot be read now: retry, it says nothing about
+        the certificate)."""
         if cert.request_id != request_id or cert.request_digest != digest:
             raise CertificateInvalid("the certificate is for another request")
         if not self.verify_certificates:
             return
-        keys = await self.pool_keys(cert.epoch)
+        if cert.n < self.min_pool:
+            raise CertificateInvalid(
+                f"certificate comes from a pool of {cert.n}, below the minimum "
+                f"{self.min_pool} this client pins"
+            )
+        attempt = 0
+        while True:
+            try:
+                keys = await self.pool_keys(cert.epoch)
+                break
+            except TransportError:  # says nothing about the certificate: read again
+                if attempt >= self.retries or self.nc.is_closed:
+                    raise
+                attempt += 1
+                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
         verify_certificate(
             cert,
             keys,
@@ -206,13 +246,19 @@ class VerifyClient:
         )
 
     async def pool_keys(self, epoch: int) -> frozenset[bytes]:
-        """Verifier keys of pool ``epoch``: the current pool, or an older one replayed
-        from the membership bucket's history (both cached)."""
+        """Verifier keys of pool ``epoch``, if this client accepts that epoch.
+
+        The current pool is cached for at most ``pool_grace_s``: it was current when
+        read, so whatever superseded it since is younger than the cache. An older
+        epoch counts only if the revision that superseded it (``epoch + 1``) was
+        written at most ``pool_grace_s`` ago by the server's clock; its pool is then
+        rebuilt by ``membership.pool_at``, which fails closed (PoolHistoryMissing).
+        """
         async with self._pool_lock:
-            if epoch in self._old_pools:
-                return self._old_pools[epoch]
-            if self._pool is None or self._pool.epoch < epoch:
+            fresh = time.monotonic() - self._pool_read_at <= self.pool_grace_s
+            if self._pool is None or self._pool.epoch < epoch or not fresh:
                 self._pool = await membership.read_pool(self.nc, self.subjects)
+                self._pool_read_at = time.monotonic()
             if self._pool.epoch == epoch:
                 return self._pool.keys
             if epoch > self._pool.epoch:
@@ -220,11 +266,24 @@ class VerifyClient:
                     f"certificate names pool epoch {epoch}, which does not "
                     f"exist yet (the pool is at {self._pool.epoch})"
                 )
-            keys = (await membership.pool_at(self.nc, self.subjects, epoch)).keys
-            if len(self._old_pools) >= 16:
-                self._old_pools.pop(next(iter(self._old_pools)))
-            self._old_pools[epoch] = keys
-            return keys
+            cached = self._old_pools.get(epoch)
+            if cached is None:
+                ended = await membership.superseded_at(self.nc, self.subjects, epoch)
+                self._check_grace(epoch, ended)
+                keys = (await membership.pool_at(self.nc, self.subjects, epoch)).keys
+                if len(self._old_pools) >= 16:
+                    self._old_pools.pop(next(iter(self._old_pools)))
+                cached = self._old_pools[epoch] = (keys, ended)
+            self._check_grace(epoch, cached[1])
+            return cached[0]
+
+    def _check_grace(self, epoch: int, ended: float) -> None:
+        age = time.time() - ended
+        if age > self.pool_grace_s:
+            raise CertificateInvalid(
+                f"certificate names pool epoch {epoch}, superseded {age:.1f}s ago "
+                f"(this client accepts superseded epochs for {self.pool_grace_s:g}s)"
+            )
 
     async def verify_many(
         self,

@@ -1,9 +1,12 @@
-"""Verifier membership in a JetStream key-value bucket.
+"""The verifier pool in a JetStream key-value bucket.
 
-Key = verifier id, value = a MessagePack MemberRecord. The pool is the set of
-active members' public keys; the pool *epoch* is the bucket's latest revision
-(its stream's last sequence), so every membership change — join, key change,
-removal — gives a new, larger epoch, and every tally watching the bucket
+Key = a record's name, value = a MessagePack MemberRecord (schemas/pool.py says
+which keys exist, who may write each, and the pure rules that make a pool of
+them: a record counts only if it names its own key, its network and — when its
+writer holds the key — carries a proof of possession; one seat per public key;
+quarantine only through ``quarantined.<id>``, at most f of them). The pool
+*epoch* is the bucket's latest revision (its stream's last sequence), so every
+membership change gives a new, larger epoch, and every tally watching the bucket
 agrees on it without coordination. Registering again with the same key is a
 no-op, so restarts do not churn the epoch. Updates use compare-and-set (bus/kv.py).
 Every function raises the project's errors only (NATS trouble is a TransportError,
@@ -20,76 +23,108 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
-from bus.kv import UNCHANGED, KeyValue, NoChange, subject_keys
+from bus.kv import UNCHANGED, KeyValue, NoChange
 from bus.nats_errors import map_jetstream_errors
 from bus.state import BucketMirror, ensure_bucket
 from bus.subjects import Subjects
-from schemas.codec import decode, encode
 from schemas.errors import (
     CodecError,
     ConfigError,
-    SchemaViolation,
+    PoolHistoryMissing,
     TransportError,
-    WriteConflict,
 )
-from schemas.identity import PUBLIC_KEY_BYTES
+from schemas.identity import AgentIdentity
+from schemas.pool import (
+    ACTIVE,
+    ADMITTED_PREFIX,
+    QUARANTINE_PREFIX,
+    QUARANTINED,
+    ROLE_TALLY,
+    ROLE_VERIFIER,
+    TALLY_PREFIX,
+    Entry,
+    MemberRecord,
+    Pool,
+    admitted_key,
+    admitted_record,
+    build_pool,
+    check_entry,
+    quarantine_key,
+    quarantine_record,
+    self_record,
+    tally_record_key,
+)
+
+__all__ = [
+    "ACTIVE",
+    "ADMITTED_PREFIX",
+    "QUARANTINED",
+    "QUARANTINE_PREFIX",
+    "TALLY_PREFIX",
+    "MemberRecord",
+    "PoolView",
+    "PoolWatcher",
+    "admit",
+    "admitted_key",
+    "members_bucket",
+    "pool_at",
+    "quarantine",
+    "quarantine_key",
+    "read_pool",
+    "register",
+    "register_tally",
+    "remove",
+    "superseded_at",
+    "tally_record_key",
+]
 
 log = logging.getLogger("agentic_payments.membership")
-ACTIVE = "active"
-#: Set by the anomaly worker on a Byzantine verifier: the record stays (as a
-#: trace of why) but the key is out of the pool; ``register`` does not
-#: re-activate it — an operator clears it with ``members remove``.
-QUARANTINED = "quarantined"
 
 
-@dataclass(frozen=True)
-class MemberRecord:
-    worker_id: str
-    public_key: bytes
-    status: str = ACTIVE
-    registered_at_ms: int = 0
-
-    def encode(self) -> bytes:
-        return encode(
-            {
-                "type": "member",
-                "v": 1,
-                "worker_id": self.worker_id,
-                "public_key": self.public_key,
-                "status": self.status,
-                "registered_at_ms": self.registered_at_ms,
-            }
-        )
-
-    @classmethod
-    def decode(cls, data: bytes) -> MemberRecord:
-        """Strict: anything malformed is a SchemaViolation (the record is then ignored)."""
-        obj = decode(data)
-        if not isinstance(obj, dict) or obj.get("type") != "member" or obj.get("v") != 1:
-            raise SchemaViolation("not a version 1 member record")
-        key = obj.get("public_key")
-        if not isinstance(key, bytes) or len(key) != PUBLIC_KEY_BYTES:
-            raise SchemaViolation("member public_key must be 32 bytes")
-        worker_id, status, at = obj.get("worker_id"), obj.get("status"), obj.get("registered_at_ms")
-        if not isinstance(worker_id, str) or not isinstance(status, str):
-            raise SchemaViolation("member worker_id and status must be strings")
-        if not isinstance(at, int) or isinstance(at, bool):
-            raise SchemaViolation("member registered_at_ms must be an integer")
-        return cls(worker_id=worker_id, public_key=key, status=status, registered_at_ms=at)
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)
 class PoolView:
-    """The pool as of one epoch."""
+    """The pool as of one epoch.
+
+    ``members`` are the seats the records add up to (schemas.pool.build_pool), one
+    record per seat: a verifier seat under its id (status ``quarantined`` when an
+    honoured quarantine record took it out), a tally under ``tally.<id>``. Records
+    that do not count are not members (``rejected`` says why); ``over_cap`` lists
+    seats whose quarantine the pool does not honour because f are out already (an
+    operator decides: ``members remove``).
+    """
 
     epoch: int
     members: tuple[MemberRecord, ...]
+    over_cap: tuple[str, ...] = ()
+    rejected: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, epoch: int, pool: Pool) -> PoolView:
+        out = {s.id for s in pool.quarantined}
+        members = [
+            MemberRecord(s.id, s.public_key, QUARANTINED if s.id in out else ACTIVE, role=s.role)
+            for s in (*pool.verifiers, *pool.tallies)
+        ]
+        return cls(
+            epoch,
+            tuple(sorted(members, key=lambda m: m.worker_id)),
+            pool.over_cap,
+            pool.rejected,
+        )
+
+    @classmethod
+    def from_entries(cls, epoch: int, entries: list[Entry], network: str) -> PoolView:
+        return cls.of(epoch, build_pool(entries, network))
 
     @property
     def verifiers(self) -> tuple[MemberRecord, ...]:
-        """Verifier records (and quarantine records), not tally records."""
+        """Verifier seats (quarantined ones included), not tally records."""
         return tuple(m for m in self.members if not m.worker_id.startswith(TALLY_PREFIX))
 
     @property
@@ -98,26 +133,19 @@ class PoolView:
 
     @property
     def keys(self) -> frozenset[bytes]:
-        """Active verifier keys. Quarantine applies to the key, not the id: a key
-        quarantined under any id is out of the pool even if another id holds it actively."""
-        quarantined = {m.public_key for m in self.members if m.status == QUARANTINED}
-        return frozenset(
-            m.public_key
-            for m in self.members
-            if m.status == ACTIVE
-            and m.public_key not in quarantined
-            and not m.worker_id.startswith(TALLY_PREFIX)
-        )
+        """Active verifier keys (one per seat; quarantined seats are out)."""
+        return frozenset(m.public_key for m in self.verifiers if m.status == ACTIVE)
 
     @property
     def tally_keys(self) -> frozenset[bytes]:
         """Keys of the admitted tallies (records ``tally.<id>``): verifiers judge only
         ballots signed by one of them."""
-        return frozenset(
-            m.public_key
-            for m in self.members
-            if m.status == ACTIVE and m.worker_id.startswith(TALLY_PREFIX)
-        )
+        return frozenset(m.public_key for m in self.tallies if m.status == ACTIVE)
+
+    def seat_of(self, public_key: bytes) -> MemberRecord | None:
+        """The verifier seat holding ``public_key`` (its id is the seat's KV key, never
+        what a record claims), or None."""
+        return next((m for m in self.verifiers if m.public_key == public_key), None)
 
 
 async def members_bucket(nc: Client, subjects: Subjects) -> Any:
@@ -131,65 +159,86 @@ async def members_bucket(nc: Client, subjects: Subjects) -> Any:
     )
 
 
-async def register(
-    nc: Client, subjects: Subjects, worker_id: str, public_key: bytes, *, check_holders: bool = True
+async def _write_own(
+    nc: Client, subjects: Subjects, key: str, identity: AgentIdentity, role: str
 ) -> bool:
-    """Make ``worker_id`` an active member with ``public_key``; True if anything changed.
-
-    ``check_holders`` refuses a key another id holds (``admit``, an operator's tool).
-    A verifier registering itself skips it: it may read single records only (see
-    bus/permissions.kv_lookup), and the pool counts a key once however many ids
-    hold it, and quarantines it whichever id is quarantined.
-    """
-    kv = await members_bucket(nc, subjects)
-    record = MemberRecord(worker_id, public_key, ACTIVE, time.time_ns() // 1_000_000)
-    if check_holders:
-        holders = list(
-            dict.fromkeys(
-                m.worker_id
-                for m in (await read_pool(nc, subjects)).members
-                if m.public_key == public_key and m.worker_id != worker_id
-            )
-        )
-        if holders:  # one key, one member: two ids would count one verifier twice
-            raise ConfigError(
-                f"public key already registered as {', '.join(holders)}; "
-                f"one key may hold only one pool seat"
-            )
-    members = KeyValue.of(kv, MemberRecord)
-    if await members.revision(quarantine_key(worker_id)) is not None:
-        _log_quarantined(worker_id)
-        return False
+    """Write ``key``'s record, signed by ``identity``, unless it already says so."""
+    network = subjects.prefix
+    members = KeyValue.of(await members_bucket(nc, subjects), MemberRecord)
 
     def change(current: MemberRecord | None) -> MemberRecord | NoChange:
-        if current is None:  # absent, or a malformed record being replaced
-            return record
-        if current.status == QUARANTINED:
-            return UNCHANGED
-        if current.public_key == public_key and current.status == ACTIVE:
+        if (
+            current is not None
+            and current.public_key == identity.public_key
+            and check_entry(Entry(key, 0, current), network) is None
+        ):
             return UNCHANGED  # registering again is a no-op: the epoch does not move
-        return record
+        return self_record(identity, network=network, key=key, role=role, at_ms=_now_ms())
 
-    result = await members.update(worker_id, change, replace_unreadable=True)
-    if result.value is not None and result.value.status == QUARANTINED:
-        _log_quarantined(worker_id)
-    return result.changed
+    return (await members.update(key, change, replace_unreadable=True)).changed
 
 
-def _log_quarantined(worker_id: str) -> None:
-    log.warning(
-        "%s is quarantined; not re-registering it (an operator clears it with 'members remove %s')",
-        worker_id,
-        worker_id,
-    )
+async def register(nc: Client, subjects: Subjects, worker_id: str, identity: AgentIdentity) -> bool:
+    """Make ``worker_id`` an active verifier with ``identity``'s key; True if anything changed.
+
+    The record is signed by the key it names (proof of possession), so nobody can
+    claim a key they do not hold. A quarantine is a separate record
+    (``quarantined.<id>``) that re-registering does not touch; the verifier then
+    keeps its record as it is (an operator clears it with ``members remove``).
+    """
+    kv = await members_bucket(nc, subjects)
+    members = KeyValue.of(kv, MemberRecord)
+    try:
+        entry = await members.get(quarantine_key(worker_id))
+    except CodecError:
+        entry = None
+    if entry is not None and entry.value.public_key == identity.public_key:
+        log.warning(
+            "%s is quarantined; not re-registering it (an operator clears it with "
+            "'members remove %s')",
+            worker_id,
+            worker_id,
+        )
+        return False
+    return await _write_own(nc, subjects, worker_id, identity, ROLE_VERIFIER)
+
+
+async def admit(nc: Client, subjects: Subjects, worker_id: str, public_key: bytes) -> bool:
+    """The admin's admission of seat ``worker_id`` with ``public_key`` (record
+    ``admitted.<id>``, no signature: the consortium holds only the public key);
+    True if anything changed. Refuses a key another seat holds."""
+    pool = await read_pool(nc, subjects)
+    holders = [
+        m.worker_id for m in pool.members if m.public_key == public_key and m.worker_id != worker_id
+    ]
+    if holders:  # one key, one seat: the first holder keeps it anyway
+        raise ConfigError(
+            f"public key already registered as {', '.join(holders)}; "
+            f"one key may hold only one pool seat"
+        )
+    network = subjects.prefix
+    key = admitted_key(worker_id)
+    members = KeyValue.of(await members_bucket(nc, subjects), MemberRecord)
+
+    def change(current: MemberRecord | None) -> MemberRecord | NoChange:
+        if (
+            current is not None
+            and current.public_key == public_key
+            and check_entry(Entry(key, 0, current), network) is None
+        ):
+            return UNCHANGED
+        return admitted_record(worker_id, public_key, network=network, at_ms=_now_ms())
+
+    return (await members.update(key, change, replace_unreadable=True)).changed
 
 
 async def remove(nc: Client, subjects: Subjects, worker_id: str) -> bool:
-    """Remove ``worker_id`` from the pool, and clear its quarantine (an operator's act)."""
+    """Remove seat ``worker_id`` (its own record and its admission) and clear its
+    quarantine: an operator's act."""
     kv = await members_bucket(nc, subjects)
     removed = False
     with map_jetstream_errors(f"removing {worker_id} from the pool"):
-        for key in (worker_id, quarantine_key(worker_id)):
+        for key in (worker_id, admitted_key(worker_id), quarantine_key(worker_id)):
             try:
                 await kv.get(key)
             except KeyNotFoundError:
@@ -199,164 +248,274 @@ async def remove(nc: Client, subjects: Subjects, worker_id: str) -> bool:
     return removed
 
 
-#: Key prefix of tally records: ``tally.<id>`` holds the key tally ``<id>`` signs
-#: ballots and certificates with (written by that tally, bus/permissions.py).
-TALLY_PREFIX = "tally."
-
-
-def tally_record_key(worker_id: str) -> str:
-    return f"{TALLY_PREFIX}{worker_id}"
-
-
-async def register_tally(nc: Client, subjects: Subjects, worker_id: str, public_key: bytes) -> bool:
-    """Admit tally ``worker_id`` with ``public_key`` (its record ``tally.<id>``); True if
-    anything changed. Registering again with the same key is a no-op."""
-    key = tally_record_key(worker_id)
-    members = KeyValue.of(await members_bucket(nc, subjects), MemberRecord)
-    record = MemberRecord(key, public_key, ACTIVE, time.time_ns() // 1_000_000)
-
-    def change(current: MemberRecord | None) -> MemberRecord | NoChange:
-        if current is not None and current.public_key == public_key and current.status == ACTIVE:
-            return UNCHANGED
-        return record
-
-    return (await members.update(key, change, replace_unreadable=True)).changed
-
-
-#: Key prefix of quarantine records. They are separate from the member's own record
-#: (which the verifier itself writes when it registers), so a quarantined verifier
-#: cannot undo its quarantine by rewriting its record, and the anomaly role may
-#: write only these keys (bus/permissions.py).
-QUARANTINE_PREFIX = "quarantined."
-
-
-def quarantine_key(worker_id: str) -> str:
-    return f"{QUARANTINE_PREFIX}{worker_id}"
+async def register_tally(
+    nc: Client, subjects: Subjects, worker_id: str, identity: AgentIdentity
+) -> bool:
+    """Admit tally ``worker_id`` with ``identity``'s key (its record ``tally.<id>``,
+    signed by that key); True if anything changed. Registering again is a no-op."""
+    return await _write_own(nc, subjects, tally_record_key(worker_id), identity, ROLE_TALLY)
 
 
 async def quarantine(
     nc: Client, subjects: Subjects, worker_id: str, public_key: bytes
 ) -> int | None:
-    """Quarantine ``worker_id``'s key if it is an active member with ``public_key``.
+    """Quarantine seat ``worker_id`` if it is an active verifier seat holding ``public_key``.
 
-    Writes (create-only) the record ``quarantined.<worker_id>``; the pool
-    excludes every key with a quarantine record. Returns the new epoch (the
-    bucket revision written), or None if the member is gone, holds another
-    key, or is quarantined already.
+    Writes (create-only) the record ``quarantined.<worker_id>`` naming the key; the
+    pool honours it while the seat holds that key, for at most f seats. Returns the
+    new epoch (the bucket revision written), or None if the seat is gone, holds
+    another key, or is quarantined already.
     """
+    pool = await read_pool(nc, subjects)
+    seat = next((m for m in pool.verifiers if m.worker_id == worker_id), None)
+    if seat is None or seat.public_key != public_key or seat.status != ACTIVE:
+        return None
     members = KeyValue.of(await members_bucket(nc, subjects), MemberRecord)
+    record = quarantine_record(worker_id, public_key, network=subjects.prefix, at_ms=_now_ms())
+
+    def change(current: MemberRecord | None) -> MemberRecord | NoChange:
+        # compare-and-set: a quarantine of this key stays (and counts once); a stale
+        # one naming the seat's earlier key, or an unreadable one, is replaced
+        if current is not None and current.public_key == public_key:
+            return UNCHANGED
+        return record
+
+    result = await members.update(quarantine_key(worker_id), change, replace_unreadable=True)
+    return result.revision if result.changed else None
+
+
+def _entry(key: str, revision: int, value: bytes | None) -> Entry | None:
     try:
-        entry = await members.get(worker_id)
+        return Entry(key, revision, MemberRecord.decode(value or b""))
     except CodecError:
         return None
-    if entry is None or entry.value.public_key != public_key or entry.value.status != ACTIVE:
-        return None
-    record = MemberRecord(worker_id, public_key, QUARANTINED, time.time_ns() // 1_000_000)
-    try:
-        return await members.create(quarantine_key(worker_id), record)
-    except WriteConflict:
-        return None  # quarantined already
 
 
-async def read_pool(nc: Client, subjects: Subjects) -> PoolView:
-    """The current pool. The epoch is read before and after the records and the read
-    is retried if it moved, so a change landing mid-read cannot pair an epoch with
-    another epoch's members (which would make certificates of that epoch fail)."""
+@dataclass(frozen=True)
+class _Snapshot:
+    """The bucket's current entries at ``epoch`` and, per key, how many of its
+    messages the stream still holds (``history``: the per-key limit)."""
+
+    epoch: int
+    entries: dict[str, Entry]
+    counts: dict[str, int]
+    history: int
+
+
+async def _snapshot(nc: Client, subjects: Subjects) -> _Snapshot:
+    """The current entries. The epoch is read before and after the records and the
+    read is retried if it moved, so a change landing mid-read cannot pair an epoch
+    with another epoch's members (which would make certificates of that epoch fail)."""
     kv = await members_bucket(nc, subjects)
+    js = nc.jetstream()
+    prefix = f"$KV.{subjects.members_bucket}."
     failure: Exception | None = None
     with map_jetstream_errors("reading the pool"):
         for _ in range(10):
-            before = (await kv.status()).stream_info.state.last_seq
-            members = []
-            try:  # not kv.keys(): it can answer "no keys" for a full bucket (subject_keys)
-                keys = await subject_keys(kv)
+            try:  # not kv.keys(): it can answer "no keys" for a full bucket (bus.kv.subject_keys)
+                info = await js.stream_info(_stream(subjects), subjects_filter=f"{prefix}>")
             except Exception as exc:  # a timeout under load: never report "no members" for it
                 failure = exc
                 await asyncio.sleep(0.2)
                 continue
-            for key in keys:
+            before = info.state.last_seq
+            counts = {
+                subject[len(prefix) :]: n for subject, n in (info.state.subjects or {}).items()
+            }
+            entries: dict[str, Entry] = {}
+            for key in sorted(counts):
                 try:
-                    entry = await kv.get(key)
-                    members.append(MemberRecord.decode(entry.value or b""))
-                except (KeyNotFoundError, CodecError):
+                    got = await kv.get(key)
+                except KeyNotFoundError:
                     continue
+                entry = _entry(key, got.revision or 0, got.value)
+                if entry is not None:
+                    entries[key] = entry
             if (await kv.status()).stream_info.state.last_seq == before:
-                return PoolView(epoch=before, members=tuple(members))
+                history = info.config.max_msgs_per_subject or 0
+                return _Snapshot(before, entries, counts, history)
     if failure is not None:
         raise TransportError(f"cannot read the pool: {failure.__class__.__name__}: {failure}")
-    return PoolView(epoch=before, members=tuple(members))
+    raise TransportError("cannot read the pool: it kept changing during 10 reads")
+
+
+async def read_pool(nc: Client, subjects: Subjects) -> PoolView:
+    """The current pool (see :func:`_snapshot` for how the read stays consistent)."""
+    snap = await _snapshot(nc, subjects)
+    return PoolView.from_entries(snap.epoch, list(snap.entries.values()), subjects.prefix)
+
+
+def _stream(subjects: Subjects) -> str:
+    return f"KV_{subjects.members_bucket}"
+
+
+def _missing(seq: int) -> PoolHistoryMissing:
+    return PoolHistoryMissing(
+        f"revision {seq} of the pool history is gone (trimmed or purged): "
+        f"the pool of that time cannot be rebuilt"
+    )
+
+
+async def _message(nc: Client, subjects: Subjects, seq: int) -> Any:
+    """Message ``seq`` of the membership stream (a plain message get: no consumer);
+    PoolHistoryMissing if the server no longer has it."""
+    js = nc.jetstream()
+    with map_jetstream_errors(f"reading revision {seq} of the pool history"):
+        try:
+            return await js.get_msg(_stream(subjects), seq=seq)
+        except NotFoundError:
+            raise _missing(seq) from None
+
+
+async def _key_messages(nc: Client, subjects: Subjects, key: str, upto: int) -> list[Any]:
+    """The messages the stream still holds for ``key`` with sequence <= ``upto``, oldest
+    first (plain "next message for this subject" gets: no consumer)."""
+    js = nc.jetstream()
+    subject = f"$KV.{subjects.members_bucket}.{key}"
+    out: list[Any] = []
+    seq = 1
+    with map_jetstream_errors(f"reading the history of pool record {key}"):
+        while seq <= upto:
+            try:
+                msg = await js.get_msg(_stream(subjects), seq=seq, subject=subject, next=True)
+            except NotFoundError:
+                break
+            if (msg.seq or 0) > upto:
+                break
+            out.append(msg)
+            seq = (msg.seq or seq) + 1
+    return out
+
+
+def _operation(msg: Any) -> str | None:
+    headers = msg.headers or {}
+    op = headers.get("KV-Operation")
+    return str(op) if op is not None else None
+
+
+async def superseded_at(nc: Client, subjects: Subjects, epoch: int) -> float:
+    """Server time (Unix seconds) of revision ``epoch + 1``, the change that ended
+    pool ``epoch``. PoolHistoryMissing if that revision is gone (then nobody can say
+    how long ago the epoch ended: fail closed)."""
+    msg = await _message(nc, subjects, epoch + 1)
+    if msg.time is None:
+        raise PoolHistoryMissing(f"revision {epoch + 1} of the pool history has no time")
+    return float(msg.time.timestamp())
 
 
 async def pool_at(nc: Client, subjects: Subjects, epoch: int) -> PoolView:
-    """The pool as it was at ``epoch``, replayed from the bucket's history.
+    """The pool as it was at ``epoch``, rebuilt from the bucket's history.
 
-    Certificates name the epoch they were decided in; after a membership
-    change a client still needs that older pool to re-check them. The bucket
-    keeps 5 revisions per key, so a key changed more than 5 times since
-    ``epoch`` is reconstructed wrongly — and the certificate check then fails
-    closed rather than trusting anything.
+    Certificates name the epoch they were decided in; right after a membership
+    change a client still needs the superseded pool to re-check them. The rebuild
+    starts from the current records and undoes every revision after ``epoch``: each
+    of them is read by sequence, and each key they touched is read back to its last
+    message at or before ``epoch`` — plain message gets only, no consumer is created.
+    It fails closed (PoolHistoryMissing), never returning a partial pool, when a
+    revision after ``epoch`` is gone, or when a touched key holds no message at or
+    before ``epoch`` but may have had one (it holds as many messages as the bucket
+    keeps per key, or its oldest one rolled up — purged — what came before). NATS
+    trouble is a TransportError (retry), never CertificateInvalid.
     """
-    kv = await members_bucket(nc, subjects)
-    members: dict[str, MemberRecord] = {}
-    with map_jetstream_errors(f"replaying the pool history to epoch {epoch}"):
-        if (await kv.status()).stream_info.state.last_seq == 0:
-            return PoolView(epoch, ())
-        watcher = await kv.watchall(include_history=True)
-        try:
-            async with asyncio.timeout(10):
-                async for entry in watcher:
-                    # nats-py's end-of-replay None can come before the history
-                    # (see bus.kv.subject_keys): only the entries themselves say
-                    # where the replay is (revision past epoch, or delta 0: the last)
-                    if entry is None:
-                        continue
-                    if (entry.revision or 0) > epoch:
-                        break
-                    if entry.operation in ("DEL", "PURGE") or not entry.value:
-                        members.pop(entry.key, None)
-                    else:
-                        try:
-                            members[entry.key] = MemberRecord.decode(entry.value)
-                        except CodecError:
-                            members.pop(entry.key, None)
-                    if entry.delta == 0:
-                        break
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()
-    return PoolView(epoch, tuple(sorted(members.values(), key=lambda m: m.worker_id)))
+    snap = await _snapshot(nc, subjects)
+    if epoch > snap.epoch or epoch < 0:
+        raise PoolHistoryMissing(f"pool epoch {epoch} does not exist (the pool is at {snap.epoch})")
+    prefix = f"$KV.{subjects.members_bucket}."
+    touched: set[str] = set()
+    for seq in range(epoch + 1, snap.epoch + 1):
+        subject = (await _message(nc, subjects, seq)).subject or ""
+        if subject.startswith(prefix):
+            touched.add(subject[len(prefix) :])
+    entries = {k: e for k, e in snap.entries.items() if k not in touched}
+    for key in sorted(touched):
+        every = await _key_messages(nc, subjects, key, snap.epoch)
+        before = [m for m in every if (m.seq or 0) <= epoch]
+        if before:  # what the stream holds of a key is a suffix of its history
+            last = before[-1]
+            entry = None
+            if _operation(last) not in ("DEL", "PURGE"):
+                entry = _entry(key, last.seq or 0, last.data)
+            if entry is not None:
+                entries[key] = entry
+            continue
+        rolled_up = bool(every) and "Nats-Rollup" in (every[0].headers or {})
+        if rolled_up or (snap.history and snap.counts.get(key, 0) >= snap.history):
+            raise _missing(every[0].seq if every else epoch)
+    return PoolView.from_entries(epoch, list(entries.values()), subjects.prefix)
 
 
 class PoolWatcher:
-    """Keeps the current PoolView up to date from a KV watch (a BucketMirror:
-    a malformed record is skipped, a dead watch is restarted)."""
+    """Keeps the current PoolView up to date.
+
+    A BucketMirror's watch says *that* the bucket changed (a dead watch is
+    restarted); the view is then re-read with :func:`read_pool`, because the pool
+    rules need each record's revision (the first holder of a key keeps its seat,
+    the earliest quarantines count), which a watch replay does not keep.
+    """
+
+    #: how often the view is compared with the mirror's revision when nothing fired
+    POLL_S = 1.0
 
     def __init__(self, nc: Client, subjects: Subjects) -> None:
         self._nc = nc
         self._subjects = subjects
-        self._mirror: BucketMirror[MemberRecord] = BucketMirror(
-            nc,
-            subjects.members_bucket,
-            lambda _key, value: MemberRecord.decode(value),
-            on_change=self._publish,
+        self._mirror: BucketMirror[bytes] = BucketMirror(
+            nc, subjects.members_bucket, lambda _key, value: value, on_change=self._changed
         )
+        self._dirty = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._read_failures = 0
         self.view = PoolView(0, ())
 
     @property
     def failures(self) -> int:
-        return self._mirror.failures
+        return self._mirror.failures + self._read_failures
 
     async def start(self, timeout: float = 5.0) -> None:
         await members_bucket(self._nc, self._subjects)  # created with the pool's settings
         await self._mirror.start(timeout)
-        self._publish()
+        await self._refresh()
+        self._task = asyncio.create_task(self._run())
 
-    def _publish(self) -> None:
-        members = [m for m in self._mirror.items.values() if isinstance(m, MemberRecord)]
-        view = PoolView(self._mirror.revision, tuple(sorted(members, key=lambda m: m.worker_id)))
+    def _changed(self) -> None:
+        self._dirty.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), self.POLL_S)
+            if not self._dirty.is_set() and self._mirror.revision <= self.view.epoch:
+                continue
+            self._dirty.clear()
+            try:
+                await self._refresh()
+            except Exception as exc:  # NATS trouble: keep the last view, try again
+                self._read_failures += 1
+                log.warning("could not re-read the pool: %s", exc)
+                self._dirty.set()
+                await asyncio.sleep(self.POLL_S)
+
+    async def _refresh(self) -> None:
+        view = await read_pool(self._nc, self._subjects)
+        if view.epoch < self.view.epoch:
+            return
         if view != self.view:
             log.info("pool epoch %d: %d active verifiers", view.epoch, len(view.keys))
+            for key, why in view.rejected:
+                log.warning("pool epoch %d: %s does not count: %s", view.epoch, key, why)
+            if view.over_cap:
+                log.warning(
+                    "pool epoch %d: quarantine of %s not honoured (f seats are out "
+                    "already); an operator decides ('members remove')",
+                    view.epoch,
+                    ", ".join(view.over_cap),
+                )
         self.view = view
 
     async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            self._task = None
         await self._mirror.stop()

@@ -23,6 +23,7 @@ boundary so callers only ever catch ``AgenticPaymentsError``::
     │   └── ShuttingDown                      SHUTTING_DOWN
     ├── VoteRejected                          VOTE_* (see VoteRejected.REASONS)
     ├── CertificateInvalid                    CERTIFICATE_INVALID
+    │   └── PoolHistoryMissing                POOL_HISTORY_MISSING
     ├── WriteConflict                         WRITE_CONFLICT (a KV compare-and-set lost)
     ├── TrustError                            TRUST_ERROR (trust service operations)
     │   ├── TrustNotFound                     TRUST_NOT_FOUND
@@ -180,6 +181,14 @@ class CertificateInvalid(AgenticPaymentsError):
     """A certificate failed offline verification; the message says why."""
 
     code = "CERTIFICATE_INVALID"
+
+
+class PoolHistoryMissing(CertificateInvalid):
+    """The pool of a certificate's epoch cannot be rebuilt: part of the membership
+    bucket's history up to that epoch is gone (trimmed or purged). The certificate is
+    then refused (fail closed) rather than checked against a partial pool."""
+
+    code = "POOL_HISTORY_MISSING"
 
 
 class TrustError(AgenticPaymentsError):

@@ -47,7 +47,7 @@ async def main(worker_id: str, mode: str) -> None:
     me = AgentIdentity.load_or_create(f"{data_dir}/keys/byzantine-{worker_id}.key")
     stranger = AgentIdentity.generate()
     nc = await connect(config, name=f"byzantine-{worker_id}")
-    await membership.register(nc, subjects, worker_id, me.public_key)
+    await membership.register(nc, subjects, worker_id, me)
     previous: list[bytes] = []
     victims: list[bytes] = []
 

@@ -244,13 +244,14 @@ async def test_no_quarantine_below_the_minimum_pool(cluster: Cluster) -> None:
 
 
 async def test_rate_limit_delays_the_second_quarantine(cluster: Cluster) -> None:
-    """Two liars among six: the first is quarantined at once, the second only after the
-    minimum interval (alerted meanwhile, with the rate limit as the reason)."""
-    for i in range(1, 5):
+    """Two liars among seven (f=2, so the pool honours both quarantines): the first is
+    quarantined at once, the second only after the minimum interval (alerted meanwhile,
+    with the rate limit as the reason)."""
+    for i in range(1, 6):
         cluster.start_verifier(f"v{i}")
     cluster.start_byzantine("b1", "lie")
     cluster.start_byzantine("b2", "lie")
-    await cluster.wait_pool(6)
+    await cluster.wait_pool(7)
     subjects = Subjects(cluster.prefix)
     nc = await connect(NatsConfig(url=cluster.nats_url, prefix=cluster.prefix), name="test")
     try:
@@ -293,6 +294,6 @@ async def test_rate_limit_delays_the_second_quarantine(cluster: Cluster) -> None
         await until(both_out, "both liars quarantined", cluster)
         assert time.monotonic() - first_at >= 3.0
         pool = await membership.read_pool(nc, subjects)
-        assert len(pool.keys) == 4
+        assert len(pool.keys) == 5
     finally:
         await nc.close()

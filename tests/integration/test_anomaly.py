@@ -254,9 +254,10 @@ async def test_quarantine_is_compare_and_set_and_sticks(nc: Client, prefix: str)
     from schemas.identity import AgentIdentity
 
     subjects = Subjects(prefix)
-    keys = [AgentIdentity.generate().public_key for _ in range(4)]
-    for i, key in enumerate(keys):
-        await membership.register(nc, subjects, f"v{i}", key)
+    ids = [AgentIdentity.generate() for _ in range(4)]
+    keys = [i.public_key for i in ids]
+    for i, ident in enumerate(ids):
+        await membership.register(nc, subjects, f"v{i}", ident)
     before = await membership.read_pool(nc, subjects)
     assert await membership.quarantine(nc, subjects, "v0", keys[1]) is None  # not its key
     assert await membership.quarantine(nc, subjects, "nobody", keys[0]) is None
@@ -266,13 +267,13 @@ async def test_quarantine_is_compare_and_set_and_sticks(nc: Client, prefix: str)
     assert after.epoch == epoch and after.keys == before.keys - {keys[0]}
     assert await membership.quarantine(nc, subjects, "v0", keys[0]) is None  # already out
     # a restarted Byzantine verifier does not let itself back in
-    assert await membership.register(nc, subjects, "v0", keys[0]) is False
-    with pytest.raises(ConfigError):  # nor under another member's key: one key, one seat
-        await membership.register(nc, subjects, "v0", keys[1])
+    assert await membership.register(nc, subjects, "v0", ids[0]) is False
+    with pytest.raises(ConfigError):  # nor is another member's key admitted: one key, one seat
+        await membership.admit(nc, subjects, "v0", keys[1])
     assert (await membership.read_pool(nc, subjects)).keys == after.keys
     # an operator's removal does
     assert await membership.remove(nc, subjects, "v0")
-    assert await membership.register(nc, subjects, "v0", keys[0]) is True
+    assert await membership.register(nc, subjects, "v0", ids[0]) is True
     assert keys[0] in (await membership.read_pool(nc, subjects)).keys
 
 
@@ -292,7 +293,7 @@ async def test_forged_certificate_blames_nobody_a_real_one_catches_the_liar(
     subjects = Subjects(nats_config.prefix)
     sc = Scenario(network=nats_config.prefix)
     for i, v in enumerate(sc.verifiers):
-        await membership.register(nc, subjects, f"v{i}", v.public_key)
+        await membership.register(nc, subjects, f"v{i}", v)
     sc.epoch = (await membership.read_pool(nc, subjects)).epoch
     got = await collect(nc, subjects.alerts_all)
     async with anomaly(nats_config, tmp_path) as worker:

@@ -39,6 +39,7 @@ from tests.helpers import free_ports
 pytestmark = pytest.mark.integration
 
 KEY = bytes(range(32))
+IDENTITY = AgentIdentity.from_seed(bytes(range(32)))
 TIMEOUT = 0.5
 NOT_CONNECTED = "NOT_CONNECTED"
 NO_RESPONDERS = "NO_RESPONDERS"
@@ -115,13 +116,13 @@ ENTRY_POINTS: list[EntryPoint] = [
     ),
     (
         "membership.register",
-        lambda b: membership.register(b.nc, b.subjects, "v1", KEY),
+        lambda b: membership.register(b.nc, b.subjects, "v1", IDENTITY),
         NOT_CONNECTED,
         NOT_CONNECTED,
     ),
     (
-        "membership.register(check_holders=False)",
-        lambda b: membership.register(b.nc, b.subjects, "v1", KEY, check_holders=False),
+        "membership.admit",
+        lambda b: membership.admit(b.nc, b.subjects, "v1", KEY),
         NOT_CONNECTED,
         NOT_CONNECTED,
     ),
@@ -146,6 +147,12 @@ ENTRY_POINTS: list[EntryPoint] = [
     (
         "membership.pool_at",
         lambda b: membership.pool_at(b.nc, b.subjects, 1),
+        NOT_CONNECTED,
+        NOT_CONNECTED,
+    ),
+    (
+        "membership.superseded_at",
+        lambda b: membership.superseded_at(b.nc, b.subjects, 1),
         NOT_CONNECTED,
         NOT_CONNECTED,
     ),

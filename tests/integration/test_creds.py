@@ -73,7 +73,7 @@ async def test_creds_from_environment_carry_role_permissions(
             ),
             name="admin",
         )
-        await membership.register(admin, s, "v1", bytes(32))
+        await membership.admit(admin, s, "v1", bytes(32))
         got: list[Msg] = []
 
         async def cb(msg: Msg) -> None:

@@ -73,7 +73,7 @@ async def _pool(nc: Client, subjects: Subjects, n: int) -> set[bytes]:
     keys = set()
     for i in range(n):
         ident = AgentIdentity.generate()
-        await membership.register(nc, subjects, f"v{i}", ident.public_key)
+        await membership.register(nc, subjects, f"v{i}", ident)
         keys.add(ident.public_key)
     return keys
 

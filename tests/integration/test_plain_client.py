@@ -68,18 +68,48 @@ async def ask(nc: Any, prefix: str, payload: bytes) -> tuple[bytes, dict[str, An
 
 
 async def pool_keys(nc: Any, prefix: str) -> tuple[set[bytes], int]:
-    """Active public keys of the members bucket and its latest revision (the epoch)."""
+    """The pool's verifier keys and the bucket's latest revision (the epoch), by the
+    rules of x-kv-buckets.members and x-signing.member_signing_bytes."""
     kv = await nc.jetstream().key_value(
         DOC["x-kv-buckets"]["members"]["name"].replace("{prefix}", prefix)
     )
-    keys, revision = set(), 0
+    tag = bytes.fromhex(DOC["x-signing"]["domains"]["member"]["hex"])
+    own: dict[str, tuple[int, bytes]] = {}
+    admitted: dict[str, tuple[int, bytes]] = {}
+    quarantines: list[tuple[int, str, bytes]] = []
+    revision = (await kv.status()).stream_info.state.last_seq
     for key in await kv.keys():
         entry = await kv.get(key)
-        record = msgpack.unpackb(entry.value, raw=False)
-        revision = max(revision, entry.revision)
-        if record["status"] == "active" and not key.startswith("tally."):  # tally keys
-            keys.add(record["public_key"])
-    return keys, revision
+        r = msgpack.unpackb(entry.value, raw=False)
+        if r.get("v") != 2 or r.get("worker_id") != key or r.get("network") != prefix:
+            continue
+        if key.startswith("quarantined."):
+            if r["status"] == "quarantined":
+                quarantines.append((entry.revision, key.split(".", 1)[1], r["public_key"]))
+        elif r["status"] != "active" or key.startswith("tally."):
+            continue
+        elif key.startswith("admitted."):
+            admitted[key.split(".", 1)[1]] = (entry.revision, r["public_key"])
+        elif "." not in key and r["role"] == "verifier":
+            body = tag + msgpack.packb(
+                [2, prefix, key, r["role"], r["public_key"], r["status"], r["registered_at_ms"]]
+            )
+            if signature_ok(r["public_key"], body, r["sig"]):
+                own[key] = (entry.revision, r["public_key"])
+    claims = {**own}
+    for seat, (rev, key) in admitted.items():  # an admission beats the seat's own record
+        held = claims.get(seat)
+        claims[seat] = (min(rev, held[0]) if held and held[1] == key else rev, key)
+    seats: dict[str, bytes] = {}
+    for seat, (_, key) in sorted(claims.items(), key=lambda c: c[1][0]):
+        if key not in seats.values():  # one seat per key: the lowest revision keeps it
+            seats[seat] = key
+    f = max(0, (len(seats) - 1) // 3)
+    out: list[str] = []
+    for _, seat, key in sorted(quarantines):  # at most f, earliest first
+        if seats.get(seat) == key and len(out) < f:
+            out.append(seat)
+    return {key for seat, key in seats.items() if seat not in out}, revision
 
 
 def merkle_root(leaf: bytes, index: int, count: int, path: list[bytes]) -> bytes | None:

@@ -99,12 +99,12 @@ async def test_registration_is_idempotent_and_epoch_moves_on_change(
 ) -> None:
     subjects = Subjects(nats_config.prefix)
     worker = VerifierWorker(runtime(nats_config, tmp_path))
-    assert await membership.register(nc, subjects, "v1", worker.identity.public_key)
+    assert await membership.register(nc, subjects, "v1", worker.identity)
     first = await membership.read_pool(nc, subjects)
-    assert not await membership.register(nc, subjects, "v1", worker.identity.public_key)
+    assert not await membership.register(nc, subjects, "v1", worker.identity)
     assert (await membership.read_pool(nc, subjects)).epoch == first.epoch
     other = VerifierWorker(runtime(nats_config, tmp_path, "v2"))
-    assert await membership.register(nc, subjects, "v2", other.identity.public_key)
+    assert await membership.register(nc, subjects, "v2", other.identity)
     second = await membership.read_pool(nc, subjects)
     assert second.epoch > first.epoch and len(second.keys) == 2
     assert await membership.remove(nc, subjects, "v2")

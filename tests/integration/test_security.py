@@ -213,7 +213,7 @@ async def test_verifier_cannot_make_jetstream_deliver_its_bytes_as_a_ballot(
         kv = await v1.nc.jetstream().key_value(s.members_bucket)
         await kv.put("v1", b"\\x89a forged ballot")  # allowed: its own record
         assert await membership.register(
-            v1.nc, s, "v1", AgentIdentity.generate().public_key, check_holders=False
+            v1.nc, s, "v1", AgentIdentity.generate()
         )  # registration still works
         ballots, _ = await collect(admin.nc, s.ballot)
         with pytest.raises(Exception):  # noqa: B017 - the server's permission error

@@ -30,7 +30,7 @@ import yaml
 
 from bus.membership import MemberRecord
 from bus.subjects import DEFAULT_PREFIX, TALLY_QUEUE, Subjects
-from schemas import codec, merkle, signing
+from schemas import codec, merkle, pool, signing
 from schemas.errors import WIRE_ERROR_CODES, CodecError, SchemaViolation, UnsupportedVersion
 from schemas.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, verify_signature
 from schemas.messages import (
@@ -295,6 +295,7 @@ def test_error_codes() -> None:
         ("vote", signing.DOMAIN_VOTE),
         ("certificate", signing.DOMAIN_CERTIFICATE),
         ("ballot", signing.DOMAIN_BALLOT),
+        ("member", pool.DOMAIN_MEMBER),
     ],
 )
 def test_domain_tags(name: str, tag: bytes) -> None:

@@ -245,3 +245,34 @@ def test_only_votes_that_can_teach_something_are_worth_a_signature_check() -> No
     assert not ledger.worth_checking(sc.vote(0, lie=True, ts_ms=9))  # already found
     assert ledger.add_vote(sc.vote(0, lie=True, ts_ms=9)) == ([], None)  # once per key
     assert ledger.worth_checking(sc.vote(1))
+
+
+@pytest.mark.parametrize(
+    ("seats", "quarantined", "action"),
+    [
+        (4, 0, Action.QUARANTINE),  # f = 1
+        (5, 1, Action.ALERT),  # f = 1 (4 still active)
+        (7, 1, Action.QUARANTINE),  # f = 2
+        (7, 2, Action.ALERT),
+        (10, 2, Action.QUARANTINE),  # f = 3
+        (10, 3, Action.ALERT),
+    ],
+)
+def test_quarantines_beyond_f_need_an_operator(
+    seats: int, quarantined: int, action: Action
+) -> None:
+    """The pool honours at most f quarantine records (schemas/pool.py): beyond that the
+    worker only alerts, whatever the rate limits would allow."""
+    policy = QuarantinePolicy(min_pool=3, min_interval_s=0, max_per_hour=100)
+    verdict = decide_quarantine(
+        policy,
+        active=seats - quarantined,
+        is_member=True,
+        now=0,
+        recent=(),
+        seats=seats,
+        quarantined=quarantined,
+    )
+    assert verdict.action is action, verdict
+    if action is Action.ALERT:
+        assert "operator needed" in verdict.reason

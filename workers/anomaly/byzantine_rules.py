@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from schemas.errors import ConfigError
 from schemas.messages import Vote, VoteEntry
-from schemas.quorum import MIN_POOL
+from schemas.quorum import MIN_POOL, fault_tolerance
 from schemas.votes import VoteQuestion
 
 DECIDED = ("VALID", "INVALID")
@@ -290,14 +290,27 @@ class Verdict:
 
 
 def decide_quarantine(
-    policy: QuarantinePolicy, *, active: int, is_member: bool, now: float, recent: Sequence[float]
+    policy: QuarantinePolicy,
+    *,
+    active: int,
+    is_member: bool,
+    now: float,
+    recent: Sequence[float],
+    seats: int | None = None,
+    quarantined: int = 0,
 ) -> Verdict:
     """What to do about a verifier with Byzantine evidence against it.
 
     ``active`` is the current active pool size, ``is_member`` whether the
     verifier is still active in it, ``recent`` the times (same clock as
-    ``now``) of this policy's earlier quarantines.
+    ``now``) of this policy's earlier quarantines. ``seats`` is the pool's seat
+    count (active plus quarantined; ``active + quarantined`` when not given) and
+    ``quarantined`` how many seats are quarantined already: the pool honours at
+    most f = floor((seats - 1) / 3) quarantine records (schemas/pool.py), so
+    beyond that the worker only alerts that an operator is needed — a compromised
+    or fooled anomaly role can never shrink a tolerated minority into a quorum.
     """
+    seats = active + quarantined if seats is None else seats
     if policy.mode is QuarantineMode.OFF:
         return Verdict(Action.IGNORE, "byzantine detection is off")
     if policy.mode is QuarantineMode.ALERT_ONLY:
@@ -309,6 +322,12 @@ def decide_quarantine(
             Action.ALERT,
             f"quarantine would leave {active - 1} active verifiers, "
             f"below the minimum {policy.min_pool}",
+        )
+    if quarantined + 1 > fault_tolerance(seats):
+        return Verdict(
+            Action.ALERT,
+            f"operator needed: {quarantined} of {seats} seats are quarantined already, "
+            f"the most the pool honours is f={fault_tolerance(seats)}",
         )
     if recent and now - max(recent) < policy.min_interval_s:
         return Verdict(

@@ -528,7 +528,10 @@ class AnomalyWorker(Worker):
         assert self._pool is not None
         view = self._pool.view
         worker_id = self._member(key, epoch)
-        record = next((m for m in view.members if m.public_key == key and m.status == ACTIVE), None)
+        # the seat from the validated pool: its id is its KV key, never a record's claim
+        record = view.seat_of(key)
+        if record is not None and record.status != ACTIVE:
+            record = None
         is_member = record is not None and key in view.keys
         verdict = decide_quarantine(
             self.options.policy,
@@ -536,6 +539,8 @@ class AnomalyWorker(Worker):
             is_member=is_member,
             now=now,
             recent=self._quarantines,
+            seats=len(view.verifiers),
+            quarantined=sum(1 for m in view.verifiers if m.status != ACTIVE),
         )
         if verdict.action is Action.IGNORE:
             self.stats.count("byzantine_ignored_by_policy")

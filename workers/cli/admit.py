@@ -3,10 +3,12 @@
 In a multi-organization deployment (README, deploy/nats/accounts.conf) each
 organization runs its verifiers in its own NATS account; the pool that counts
 is the membership bucket in the consortium's account, written only by the
-consortium's operators. ``admit ID KEY`` registers ``KEY`` (hex or did:key,
-handed over by the organization out of band) as active member ``ID`` with
-compare-and-set, giving the pool a new epoch; ``members remove ID`` takes it
-out again.
+consortium's operators. ``admit ID KEY`` writes ``KEY`` (hex or did:key,
+handed over by the organization out of band) as the admission record
+``admitted.<ID>`` with compare-and-set, giving the pool a new epoch; ``members
+remove ID`` takes it out again. The consortium does not hold the private key, so
+the record carries no proof of possession: its authority is that only the admin
+role may write ``admitted.>`` (bus/permissions.py, schemas/pool.py).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ async def _admit(args: argparse.Namespace) -> int:
     config = nats_config(args)
     async with connection(config, "agentic-payments-admit") as nc:
         subjects = Subjects(config.prefix)
-        changed = await membership.register(nc, subjects, args.id, key)
+        changed = await membership.admit(nc, subjects, args.id, key)
         pool = await membership.read_pool(nc, subjects)
     output(
         args,
@@ -57,8 +59,9 @@ def register(sub: Any, kinds: Any) -> None:
     parser = sub.add_parser(
         "admit",
         help="admit a verifier's public key into the pool (consortium operators)",
-        description="Register KEY as active pool member ID in the membership bucket of the "
-        "account you connect to (compare-and-set; the pool gets a new epoch). In a "
+        description="Admit KEY as pool seat ID: writes the admission record admitted.ID in "
+        "the membership bucket of the account you connect to (compare-and-set; the pool "
+        "gets a new epoch; refused if another seat holds KEY). In a "
         "multi-organization deployment the consortium runs this for each organization's "
         "verifier keys; a verifier's own start-up registration only lands in its "
         "organization's account. Exit codes: 0 ok, 69 cannot connect, 78 bad key.",

@@ -29,9 +29,11 @@ from workers.cli.kit import (
     connection,
     json_option,
     message_bytes,
+    min_pool_option,
     nats_config,
     nats_options,
     output,
+    pool_grace_option,
     threshold_option,
 )
 
@@ -174,7 +176,11 @@ def _signed_from_args(args: argparse.Namespace) -> VerificationRequest:
 async def _verify(args: argparse.Namespace) -> int:
     request = _build_request(args)
     async with await VerifyClient.connect(
-        nats_config(args), timeout=args.timeout, threshold=client_threshold(args.threshold)
+        nats_config(args),
+        timeout=args.timeout,
+        threshold=client_threshold(args.threshold),
+        pool_grace_s=args.pool_grace_s,
+        min_pool=args.min_pool,
     ) as client:
         cert = await client.verify_with_consensus(request)
     output(
@@ -208,6 +214,8 @@ async def _demo(args: argparse.Namespace) -> int:
             prefix=config.prefix,
             timeout=args.timeout,
             threshold=client_threshold(args.threshold),
+            pool_grace_s=args.pool_grace_s,
+            min_pool=args.min_pool,
         )
         ident = AgentIdentity.generate()
         print(f"Agent identity: {ident.did}")
@@ -282,6 +290,8 @@ def register(sub: Any, kinds: Any) -> None:
     verify.add_argument("--request-id", help="request id (default: random)")
     _verdict_options(verify)
     threshold_option(verify, "threshold the certificate must have been decided under")
+    min_pool_option(verify, "refuse certificates from a pool smaller than this")
+    pool_grace_option(verify)
     attempt_timeout_option(verify)
     json_option(verify, help="print the certificate as JSON")
     verify.set_defaults(func=cmd_verify)
@@ -289,5 +299,7 @@ def register(sub: Any, kinds: Any) -> None:
     demo = sub.add_parser("demo", help="run the usage example against a running system")
     nats_options(demo)
     threshold_option(demo, "threshold the certificates must have been decided under")
+    min_pool_option(demo, "refuse certificates from a pool smaller than this")
+    pool_grace_option(demo)
     attempt_timeout_option(demo)
     demo.set_defaults(func=cmd_demo)

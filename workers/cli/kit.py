@@ -27,12 +27,13 @@ from typing import Any
 
 from nats.aio.client import Client
 
+from bus.client import DEFAULT_POOL_GRACE_S
 from bus.config import DEFAULT_NATS_URL, NatsConfig
 from bus.connection import connect
 from bus.runtime import EXIT_CONFIG, EXIT_CONNECT, EXIT_CRASH, RuntimeConfig, default_data_dir
 from bus.subjects import DEFAULT_PREFIX, check_token
 from schemas.errors import ConfigError
-from schemas.quorum import DEFAULT_THRESHOLD, parse_threshold
+from schemas.quorum import DEFAULT_THRESHOLD, MIN_POOL, parse_threshold
 
 # ---------------------------------------------------------------- exit codes
 EXIT_OK = 0
@@ -62,10 +63,12 @@ __all__ = [
     "int_at_least",
     "json_option",
     "message_bytes",
+    "min_pool_option",
     "nats_config",
     "nats_options",
     "non_negative",
     "output",
+    "pool_grace_option",
     "positive",
     "runtime_config",
     "threshold_option",
@@ -146,6 +149,29 @@ def threshold_option(parser: argparse.ArgumentParser, what: str) -> None:
         "--threshold",
         default=os.environ.get("AP_THRESHOLD", str(DEFAULT_THRESHOLD)),
         help=f"{what} as an exact fraction in (1/2, 1] (env AP_THRESHOLD, default %(default)s)",
+    )
+
+
+def min_pool_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--min-pool``: the pool floor (env AP_MIN_POOL); below the protocol minimum it
+    is a usage error, never silently raised or lowered."""
+    default = os.environ.get("AP_MIN_POOL", str(MIN_POOL))
+    parser.add_argument(
+        "--min-pool",
+        type=int_at_least(MIN_POOL),
+        default=default,
+        help=f"{what} (env AP_MIN_POOL, default %(default)s, at least {MIN_POOL})",
+    )
+
+
+def pool_grace_option(parser: argparse.ArgumentParser) -> None:
+    """``--pool-grace-s``: how long a superseded pool epoch's certificates still count."""
+    parser.add_argument(
+        "--pool-grace-s",
+        type=non_negative,
+        default=os.environ.get("AP_POOL_GRACE_S", str(DEFAULT_POOL_GRACE_S)),
+        help="accept certificates of a pool epoch superseded at most this many seconds "
+        "ago by the server's clock (env AP_POOL_GRACE_S, default %(default)s)",
     )
 
 

@@ -65,9 +65,21 @@ async def _members(args: argparse.Namespace) -> int:
             args,
             f"epoch {pool.epoch}, {len(pool.keys)} active\n"
             + "\n".join(
-                f"  {r['id']:<12} {r['status']:<8} {r['public_key']}" for r in rows + tallies
+                [f"  {r['id']:<12} {r['status']:<8} {r['public_key']}" for r in rows + tallies]
+                + [
+                    f"  {seat:<12} quarantine NOT honoured (f seats are out already): "
+                    f"an operator decides"
+                    for seat in pool.over_cap
+                ]
+                + [f"  ignored: {why}" for _, why in pool.rejected]
             ),
-            {"epoch": pool.epoch, "members": rows, "tallies": tallies},
+            {
+                "epoch": pool.epoch,
+                "members": rows,
+                "tallies": tallies,
+                "quarantine_over_cap": list(pool.over_cap),
+                "rejected": [{"key": k, "why": w} for k, w in pool.rejected],
+            },
         )
         return 0
 

@@ -15,6 +15,7 @@ from bus.runtime import Worker
 from schemas.errors import ConfigError
 from schemas.quorum import parse_threshold
 from workers.cli.kit import (
+    min_pool_option,
     non_negative,
     positive,
     runtime_config,
@@ -64,6 +65,7 @@ def tally_options(args: argparse.Namespace) -> TallyOptions:
         max_pending_bytes=int(args.max_pending_mib * MIB),
         durable_idempotency=not args.no_durable_idempotency,
         audit_days=args.audit_days,
+        min_pool=args.min_pool,
     )
 
 
@@ -110,6 +112,7 @@ def register(sub: Any, kinds: Any) -> None:
     tally.add_argument("--id", default="t1", help="tally id (default %(default)s)")
     tally.add_argument("--key-file", help="tally signing key (default DATA_DIR/keys/tally-ID.key)")
     threshold_option(tally, "quorum threshold")
+    min_pool_option(tally, "refuse to decide (POOL_TOO_SMALL) below this many active verifiers")
     tally.add_argument(
         "--deadline-ms",
         type=int,

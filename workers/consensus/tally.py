@@ -152,8 +152,13 @@ class TallyOptions:
     cache_size: int = 100_000
     durable_idempotency: bool = True
     audit_days: float = 30.0
+    #: the pool floor: no ballot opens while fewer active verifiers are in the pool
+    #: (POOL_TOO_SMALL), so a pool shrunk by quarantines or removals decides nothing
+    min_pool: int = MIN_POOL
 
     def __post_init__(self) -> None:
+        if self.min_pool < MIN_POOL:
+            raise ConfigError(f"min pool {self.min_pool} is below the protocol minimum {MIN_POOL}")
         if not Fraction(1, 2) < self.threshold <= 1:
             raise ConfigError(
                 f"threshold {self.threshold} must be in (1/2, 1] so that "
@@ -223,7 +228,7 @@ class TallyWorker(Worker):
 
     # ------------------------------------------------------------------ setup
     async def setup(self) -> None:
-        await register_tally(self.client, self.subjects, self.worker_id, self.identity.public_key)
+        await register_tally(self.client, self.subjects, self.worker_id, self.identity)
         self._pool = PoolWatcher(self.client, self.subjects)
         await self._pool.start()
         # Only the revision matters here: each ballot is judged under the verdict
@@ -599,8 +604,8 @@ class TallyWorker(Worker):
         assert self._pool is not None
         view = self._pool.view
         rule = QuorumRule(len(view.keys), self.options.threshold)
-        if rule.n < MIN_POOL:
-            error = PoolTooSmall(f"{rule.n} active verifiers, minimum {MIN_POOL}")
+        if rule.n < self.options.min_pool:
+            error = PoolTooSmall(f"{rule.n} active verifiers, minimum {self.options.min_pool}")
             for pending in batch:
                 self._fail(pending, error)
             return

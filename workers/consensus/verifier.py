@@ -117,11 +117,7 @@ class VerifierWorker(Worker):
 
     async def setup(self) -> None:
         changed = await membership.register(
-            self.client,
-            self.subjects,
-            self.worker_id,
-            self.identity.public_key,
-            check_holders=False,
+            self.client, self.subjects, self.worker_id, self.identity
         )
         log.info(
             "verifier %s %s pool membership (%s)",
