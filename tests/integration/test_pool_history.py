@@ -70,7 +70,7 @@ async def test_a_client_refuses_what_it_cannot_rebuild_and_retries_what_it_canno
     nats_config: NatsConfig, nc: Client
 ) -> None:
     subjects = Subjects(nats_config.prefix)
-    sc = Scenario()
+    sc = Scenario(network=nats_config.prefix)
     for i, v in enumerate(sc.verifiers):
         await membership.register(nc, subjects, f"v{i}", v)
     sc.epoch = (await membership.read_pool(nc, subjects)).epoch
@@ -81,7 +81,8 @@ async def test_a_client_refuses_what_it_cannot_rebuild_and_retries_what_it_canno
 
     cert = sign_certificate(
         sc.tally,
-        ballot_round.certificate(0, tally_key=sc.tally.public_key, decided_at_ms=1, latency_ms=1),
+        ballot_round.certificate(0, tally_key=sc.tally.public_key, decided_at_ms=1, latency_us=1),
+        network=sc.network,
     )
     client = VerifyClient(nc, prefix=nats_config.prefix)
     await client.check(cert, cert.request_id, cert.request_digest)  # current epoch

@@ -99,7 +99,7 @@ async def bench(nats_config: NatsConfig, nc: Client, tmp_path: Path) -> AsyncIte
     tallies = {t: AgentIdentity.generate() for t in ("t1", "t2")}
     tallies["stranger"] = AgentIdentity.generate()
     for name in ("t1", "t2"):
-        await membership.register_tally(nc, subjects, name, tallies[name].public_key)
+        await membership.register_tally(nc, subjects, name, tallies[name])
     worker = VerifierWorker(
         RuntimeConfig(worker_id="v1", nats=nats_config, data_dir=tmp_path, drain_timeout_s=1)
     )
@@ -163,9 +163,7 @@ async def test_epoch_behind_is_refused_and_ahead_is_waited_for(bench: Bench) -> 
     # a ballot one epoch ahead of the verifier's view: it catches up and votes
     ahead = await bench.ballot("b-ahead", epoch=epoch + 1)
     await bench.nc.publish(bench.subjects.ballot, ahead)
-    await membership.register_tally(
-        bench.nc, bench.subjects, "t3", AgentIdentity.generate().public_key
-    )
+    await membership.register_tally(bench.nc, bench.subjects, "t3", AgentIdentity.generate())
     await until(lambda: bench.count("requests_judged") == 1, "no vote after catching up")
     assert bench.count("epoch_catch_up") >= 1
     # an epoch the pool never reaches: refused after the bounded wait
@@ -232,7 +230,7 @@ async def test_tally_reballots_when_the_epoch_moves(
             assert tally.stats.counters.get("reballots_new_epoch", 0) == 0
             # the pool moves on (a new tally is admitted); the tally's watch sees it
             await membership.register_tally(
-                nc, Subjects(nats_config.prefix), "t9", AgentIdentity.generate().public_key
+                nc, Subjects(nats_config.prefix), "t9", AgentIdentity.generate()
             )
             cert = await pending
         assert cert.decision == "VALID"

@@ -1,10 +1,12 @@
 """Hole 5a: framing an honest verifier through weak equivocation evidence.
 
-The adversary has the tally role (user t2): it may publish ballots and evidence on
-``{prefix}.evidence.equivocation``. It publishes two ballots that share one ballot id
-but name different tallies and carry different requests. The honest verifier v2
-answers each (one vote per (tally, ballot id) — two honest answers to two
-questions). The adversary then publishes v2's two real, validly signed votes as
+The adversary has the tally role (user t2, an admitted tally): it may publish
+ballots and evidence on ``{prefix}.evidence.equivocation``. It publishes two signed
+ballots that share one ballot id but carry different requests. A verifier remembers
+what it voted on, so it refuses the second (BALLOT_ID_REUSED) — but not across a
+restart, which an honest verifier may do at any time: the adversary waits for v2 to
+restart between the two. v2 then answers each (two honest answers to two
+questions), and the adversary publishes v2's two real, validly signed votes as
 equivocation evidence.
 
 Before the fix the anomaly worker compared only key, ballot id and epoch, so it
@@ -30,6 +32,7 @@ from bus.subjects import Subjects
 from schemas.codec import encode
 from schemas.identity import AgentIdentity
 from schemas.messages import Ballot, MetricsSnapshot, Vote
+from schemas.signing import sign_ballot
 from tests.secure import SecureCluster
 from workers.anomaly.cli import read_alerts
 
@@ -56,10 +59,13 @@ async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout: flo
         await asyncio.sleep(0.2)
 
 
-async def publish_ballot(nc: Client, subjects: Subjects, ballot: Ballot) -> None:
-    """The adversary's ballot, answered on its own vote subject (one place to adapt
-    should ballots need a tally signature)."""
-    await nc.publish(subjects.ballot, ballot.encode(), reply=subjects.votes("t2"))
+async def publish_ballot(
+    nc: Client, subjects: Subjects, ballot: Ballot, tally: AgentIdentity
+) -> None:
+    """The adversary's ballot, signed with its admitted tally key (votes come back on
+    its own vote subject, ``{prefix}.vote.t2``)."""
+    signed = sign_ballot(tally, ballot, network=subjects.prefix)
+    await nc.publish(subjects.ballot, signed.encode())
 
 
 async def test_two_honest_answers_to_two_questions_do_not_frame_a_verifier(
@@ -78,6 +84,9 @@ async def test_two_honest_answers_to_two_questions_do_not_frame_a_verifier(
     v2_key = next(m.public_key for m in pool.members if m.worker_id == "v2")
 
     t2 = await attacker("t2")
+    me = AgentIdentity.generate()
+    await membership.register_tally(t2, subjects, "t2", me)  # an admitted tally
+    pool = await membership.read_pool(admin, subjects)
     votes: asyncio.Queue[Vote] = asyncio.Queue()
 
     async def collect(msg: Msg) -> None:
@@ -89,22 +98,36 @@ async def test_two_honest_answers_to_two_questions_do_not_frame_a_verifier(
     await t2.flush()
     agent = AgentIdentity.generate()
     ballot_id = uuid.uuid4().hex
-    now = int(time.time() * 1000)
-    for tally_id, rid in (("t2", "frame-a"), ("t3", "frame-b")):
-        await publish_ballot(
-            t2,
-            subjects,
-            Ballot(
-                ballot_id=ballot_id,
-                epoch=pool.epoch,
-                tally_id=tally_id,
-                deadline_ms=now + 10_000,
-                requests=(signed_request(agent, f"pay {rid}", rid).encode(),),
-                issued_ms=now,
-            ),
+    got: list[Vote] = []
+    for rid in ("frame-a", "frame-b"):
+        if got:  # v2 restarts (its vote memory is gone; its key and seat stay)
+            secure_cluster.kill("verifier-v2")
+            secure_cluster.processes["verifier-v2"].wait(10)
+            secure_cluster.start_verifier("v2")
+        now = int(time.time() * 1000)
+        ballot = Ballot(
+            ballot_id=ballot_id,
+            epoch=pool.epoch,
+            tally_id="t2",
+            deadline_ms=now + 10_000,
+            requests=(signed_request(agent, f"pay {rid}", rid).encode(),),
+            issued_ms=now,
         )
-    first = await asyncio.wait_for(votes.get(), 15)
-    second = await asyncio.wait_for(votes.get(), 15)
+
+        async def answered(ballot: Ballot = ballot) -> bool:
+            # re-sent until v2 answers: a restarted verifier takes a moment to subscribe
+            # (it answers a re-delivered ballot from memory, so nothing is judged twice)
+            await publish_ballot(t2, subjects, ballot, me)
+            try:
+                got.append(await asyncio.wait_for(votes.get(), 1.0))
+            except TimeoutError:
+                return False
+            return True
+
+        await wait_for(answered, f"v2's vote on {rid}")
+        while not votes.empty():
+            votes.get_nowait()  # copies of the same answer
+    first, second = got
     assert first.ballot_id == second.ballot_id and first.entries != second.entries
 
     async def judged() -> bool:

@@ -38,6 +38,7 @@ def forged_certificate(
     *,
     epoch: int,
     n: int,
+    network: str,
 ) -> ConsensusResult:
     """A VALID certificate at ``epoch`` (pool size ``n``, q = 2 for n = 3), every
     signature genuine: the attacker holds the voters' and the tally's keys."""
@@ -48,6 +49,7 @@ def forged_certificate(
     proofs = []
     for voter in voters:
         body = vote_signing_bytes(
+            network=network,
             ballot_id="forged-ballot",
             epoch=epoch,
             tally_id="t9",
@@ -75,10 +77,10 @@ def forged_certificate(
         tally_id="t9",
         tally_key=tally.public_key,
         decided_at_ms=ts,
-        latency_ms=1.0,
+        latency_us=1000,
         state_rev=0,
     )
-    return sign_certificate(tally, cert)
+    return sign_certificate(tally, cert, network=network)
 
 
 async def test_certificate_from_an_early_small_epoch_is_refused(
@@ -100,7 +102,9 @@ async def test_certificate_from_an_early_small_epoch_is_refused(
     agent = AgentIdentity.generate()
     good = signed_request(agent, "pay 1000 EUR to mallory", "old-epoch-1")
     bad = VerificationRequest(good.request_id, good.message, bytes(64), good.public_key)
-    cert = forged_certificate(bad, stolen, AgentIdentity.generate(), epoch=early.epoch, n=3)
+    cert = forged_certificate(
+        bad, stolen, AgentIdentity.generate(), epoch=early.epoch, n=3, network=secure_cluster.prefix
+    )
 
     # wait until the revision that superseded the early epoch is older than the
     # grace period the client pins (server and test share this machine's clock)

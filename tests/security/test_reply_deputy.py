@@ -29,7 +29,7 @@ from nats.js.errors import KeyNotFoundError
 from bus import membership
 from bus.client import VerifyClient
 from bus.connection import connect
-from bus.decisions import decision_key
+from bus.decisions import decision_key, scope_id
 from bus.key_client import KeyClient
 from bus.subjects import Subjects, service_name
 from schemas.identity import AgentIdentity
@@ -157,7 +157,7 @@ async def test_tally_reply_cannot_overwrite_a_certificate(
         async with await VerifyClient.connect(c.secure.config("alice"), timeout=15) as client:
             cert = await client.verify_with_consensus(request)
             assert cert.decision == "VALID"
-            key = decision_key(request.request_id)
+            key = decision_key(scope_id(request.public_key, request.request_id))
             before = await entry(admin, s.decisions_bucket, key)
             assert before is not None
             alice = await attacker("alice")

@@ -160,7 +160,7 @@ async def test_admitted_tally_cannot_route_votes_to_another_tally(
         await admin.flush()
         t2 = await attacker("t2")
         me = AgentIdentity.generate()
-        await membership.register_tally(t2, subjects, "t2", me.public_key)
+        await membership.register_tally(t2, subjects, "t2", me)
         pool = await membership.read_pool(admin, subjects)
         assert me.public_key in pool.tally_keys
         ballot_id = uuid.uuid4().hex

@@ -64,7 +64,9 @@ async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout: flo
         await asyncio.sleep(0.2)
 
 
-def v1_vote(identity: AgentIdentity, ballot: Ballot, ts_ms: int, *, lie: bool) -> bytes:
+def v1_vote(
+    identity: AgentIdentity, ballot: Ballot, ts_ms: int, *, lie: bool, network: str
+) -> bytes:
     """v1's signed vote on ``ballot``: honest verdicts, or every one flipped."""
     entries = []
     for raw in ballot.requests:
@@ -75,7 +77,7 @@ def v1_vote(identity: AgentIdentity, ballot: Ballot, ts_ms: int, *, lie: bool) -
                 request.request_id, request_digest(raw), valid, "OK" if valid else "BAD_SIGNATURE"
             )
         )
-    return sign_vote(identity, ballot, entries, ts_ms).encode()
+    return sign_vote(identity, ballot, entries, ts_ms, network=network).encode()
 
 
 async def start(secure_cluster: SecureCluster) -> AgentIdentity:
@@ -99,7 +101,9 @@ async def one_ballot(
     msg = await asyncio.wait_for(got.get(), 10)
     await sub.unsubscribe()
     assert isinstance(result, ConsensusResult) and result.decision == "VALID", result
-    return Ballot.decode(msg.data), msg.reply, result
+    ballot = Ballot.decode(msg.data)
+    # votes go to the ballot's tally's own vote subject (ballots carry no reply subject)
+    return ballot, Subjects(secure_cluster.prefix).votes(ballot.tally_id), result
 
 
 async def decisions_keep_coming(alice_config: object, tag: str) -> None:
@@ -123,7 +127,9 @@ async def test_copies_of_one_vote_are_dropped_before_any_signature_check(
     ballot, reply, _ = await one_ballot(v1, alice, secure_cluster, "flood-copies")
     before = await tally_counters(admin, secure_cluster.prefix)
 
-    data = v1_vote(identity, ballot, int(time.time() * 1000), lie=False)
+    data = v1_vote(
+        identity, ballot, int(time.time() * 1000), lie=False, network=secure_cluster.prefix
+    )
     for _ in range(COPIES):
         await v1.publish(reply, data)
     await v1.flush()
@@ -164,10 +170,10 @@ async def test_resigned_conflicting_votes_publish_one_evidence_per_key_and_ballo
     before = await tally_counters(admin, secure_cluster.prefix)
 
     # v1's first vote: honest (the real v1 process may have sent the same verdicts first)
-    await v1.publish(reply, v1_vote(identity, ballot, 1, lie=False))
+    await v1.publish(reply, v1_vote(identity, ballot, 1, lie=False, network=subjects.prefix))
     # then RESIGNED distinct signatures over the opposite verdicts
     for i in range(RESIGNED):
-        await v1.publish(reply, v1_vote(identity, ballot, 2 + i, lie=True))
+        await v1.publish(reply, v1_vote(identity, ballot, 2 + i, lie=True, network=subjects.prefix))
     await v1.flush()
 
     async def all_seen() -> bool:
