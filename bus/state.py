@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import nats.errors
@@ -35,11 +34,16 @@ from bus.config import js_replicas
 from bus.nats_errors import map_jetstream_errors
 from bus.subjects import Subjects
 from bus.tail import POLL_S, StoredMsg, Wakeup, read_until_caught_up, stream_info
-from schemas.codec import Unreadable
+from schemas.codec import Deleted, Unreadable
 from schemas.errors import CodecError, ConfigError, RequestTimeout
 
 log = logging.getLogger("agentic_payments.state")
 T = TypeVar("T")
+#: ``merge(key, current, new) -> stored``: what a mirror keeps when ``new`` (a decoded
+#: record, an Unreadable or a Deleted marker) arrives over ``current`` (None if the
+#: key had nothing). Lets a reader refuse changes no honest writer makes (the
+#: verdict state keeps a revocation once seen: workers/consensus/verdict_state.py).
+Merge = Callable[[str, object, object], object]
 
 #: Key prefixes in the state bucket and the service that owns each.
 AREAS = {
@@ -130,19 +134,6 @@ async def state_bucket(nc: Client, subjects: Subjects) -> Any:
     )
 
 
-@dataclass(frozen=True)
-class Deleted:
-    """A key whose last record is a delete or purge marker (kept with ``keep_deleted``).
-
-    For the verdict state a deleted key status must not read as "the key
-    manager does not manage this key, so allowed": the marker stays in the
-    mirror and the readers fail closed on it (workers/consensus/verdict_state.py).
-    """
-
-    key: str
-    revision: int
-
-
 class BucketMirror(Generic[T]):
     """A decoded in-memory copy of a KV bucket, kept current without a consumer.
 
@@ -170,6 +161,7 @@ class BucketMirror(Generic[T]):
         on_change: Callable[[], None] | None = None,
         keep_unreadable: bool = False,
         keep_deleted: bool | None = None,
+        merge: Merge | None = None,
         poll_s: float = POLL_S,
     ) -> None:
         self._nc = nc
@@ -182,6 +174,7 @@ class BucketMirror(Generic[T]):
         self._keep_unreadable = keep_unreadable
         # a mirror that fails closed on unreadable records fails closed on deleted ones too
         self._keep_deleted = keep_unreadable if keep_deleted is None else keep_deleted
+        self._merge = merge
         self.revision = 0
         self.failures = 0
         #: the bucket's last revision as last polled (>= what the mirror applied)
@@ -276,20 +269,25 @@ class BucketMirror(Generic[T]):
         if not stored.subject.startswith(self._prefix):
             return
         key = stored.subject[len(self._prefix) :]
+        current = items.get(key)
+        new: object
         if stored.operation in ("DEL", "PURGE"):
-            if self._keep_deleted:
-                items[key] = Deleted(key, stored.seq)
-            else:
-                items.pop(key, None)
-            return
-        try:
-            items[key] = self._decode(key, stored.data)
-        except CodecError as exc:
-            log.warning("malformed record %r in %s: %s", key, self._bucket, exc)
-            if self._keep_unreadable:
-                items[key] = Unreadable(key, f"[{exc.code}] {exc}")
-            else:
-                items.pop(key, None)
+            before = current.previous if isinstance(current, Deleted) else current
+            new = Deleted(key, stored.seq, before)
+        else:
+            try:
+                new = self._decode(key, stored.data)
+            except CodecError as exc:
+                log.warning("malformed record %r in %s: %s", key, self._bucket, exc)
+                new = Unreadable(key, f"[{exc.code}] {exc}")
+        if self._merge is not None:
+            new = self._merge(key, current, new)
+        if (isinstance(new, Deleted) and not self._keep_deleted) or (
+            isinstance(new, Unreadable) and not self._keep_unreadable
+        ):
+            items.pop(key, None)
+        else:
+            items[key] = new  # type: ignore[assignment]
 
     async def _run(self) -> None:
         while True:

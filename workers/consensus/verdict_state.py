@@ -25,9 +25,9 @@ from schemas.authority import (
     Endorsement,
     QuorumPolicy,
 )
-from schemas.codec import Unreadable
+from schemas.codec import Deleted, Unreadable
 from schemas.errors import SchemaViolation
-from schemas.keys import KeyStatus
+from schemas.keys import KeyState, KeyStatus, Refusal
 from workers.authority.policy import evaluate, resolve_policy, split_state
 from workers.trust.chain import ChainCache, TrustIndex
 
@@ -62,7 +62,43 @@ def key_refusal(items: Mapping[str, object], public_key: bytes, now_ms: int) -> 
         return status.refusal(now_ms)
     if isinstance(status, Unreadable):
         return UNREADABLE  # fail closed: it may be a revocation we cannot read
-    return None  # a key the key manager does not manage: its signature is the check
+    if isinstance(status, Deleted):
+        # the key manager never deletes a status (it writes a terminal one): a
+        # delete marker is an attack on a revocation, so it reads as one
+        return Refusal.REVOKED.value
+    return None  # a key the key manager never managed: its signature is the check
+
+
+def _terminal(status: KeyStatus) -> bool:
+    """Revoked or destroyed: no honest status ever follows these for the same key."""
+    return status.revoked or status.state == KeyState.DESTROYED
+
+
+def merge_state_record(key: str, current: object, new: object) -> object:
+    """What the verifier's mirror keeps when ``new`` arrives over ``current`` for ``key``.
+
+    Anyone who may send a JetStream API request can have the server write a copy of
+    a stored message (an older "active" status, a delete marker) onto a key status
+    subject, and the key manager's own user may write there: neither may revive a
+    key. So, for ``key.*`` records, once a status is seen:
+
+    * a status with a lower ``source_revision`` than the one kept is a replay: kept;
+    * after a revoked or destroyed status, any status that is not terminal is kept
+      out (revocation is final);
+    * a delete marker stays a :class:`Deleted` tombstone (which reads as revoked).
+
+    Other areas are taken as they come (their readers fail closed on absence).
+    """
+    if not key.startswith("key."):
+        return new
+    before = current.previous if isinstance(current, Deleted) else current
+    if not isinstance(before, KeyStatus) or not isinstance(new, KeyStatus):
+        return new
+    if new.source_revision < before.source_revision:
+        return current
+    if _terminal(before) and not _terminal(new):
+        return current
+    return new
 
 
 class StateVerdicts:

@@ -36,7 +36,11 @@ from schemas.identity import AgentIdentity
 from schemas.messages import Ballot
 from schemas.votes import sign_vote
 from workers.consensus.judge import judge_at_both
-from workers.consensus.verdict_state import StateVerdicts, decode_state_record
+from workers.consensus.verdict_state import (
+    StateVerdicts,
+    decode_state_record,
+    merge_state_record,
+)
 from workers.trust.chain import ChainCache
 
 log = logging.getLogger("agentic_payments.verifier")
@@ -122,7 +126,11 @@ class VerifierWorker(Worker):
             self.identity.did,
         )
         self._state = BucketMirror(
-            self.client, self.subjects.state_bucket, decode_state_record, keep_unreadable=True
+            self.client,
+            self.subjects.state_bucket,
+            decode_state_record,
+            keep_unreadable=True,
+            merge=merge_state_record,  # a revocation, once seen, stays (hole 6c)
         )
         await self._state.start()
         await self.subscribe_intake(self.subjects.ballot, self._on_ballot)
