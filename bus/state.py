@@ -213,6 +213,11 @@ class BucketMirror(Generic[T]):
         self._ready.set()
         self._task = asyncio.create_task(self._run())
 
+    async def _reopen(self) -> None:
+        """Re-read the bucket from scratch (a stream recreated under us); readers keep
+        the old map and revision until the new ones are complete."""
+        await self._rebuild()
+
     async def _rebuild(self) -> None:
         """Read the whole bucket into a fresh map and publish it with its revision
         (first start, or a stream that was recreated under us)."""
@@ -235,7 +240,7 @@ class BucketMirror(Generic[T]):
             )
             self.failures += 1
             self.known_last = info.last_seq
-            await self._rebuild()
+            await self._reopen()
             return
         if info.last_seq < self._next_seq:
             return
