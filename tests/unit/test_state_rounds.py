@@ -222,14 +222,16 @@ class ExpiringState(FakeState):
 @pytest.mark.parametrize(
     ("issued", "own", "reason"),
     [
-        (900, 950, "OK"),  # valid at both
-        (500, 1500, "KEY_EXPIRED"),  # a back-dated ballot cannot revive an expired key
-        (990, 1001, "KEY_EXPIRED"),  # expired by our own clock
+        (900, 950, "OK"),  # valid at the ballot's time
+        (500, 3000, "KEY_EXPIRED"),  # back-dated beyond the skew: judged at our clock
+        # the residual: back-dated within the skew (ISSUED_SKEW_MS) revives a just-expired key
+        (500, 1500, "OK"),
+        (990, 1001, "OK"),  # one judging time for all: the ballot's (within the skew)
         (1001, 999, "KEY_EXPIRED"),  # expired at the ballot's time (within the skew)
-        (5000, 999, "OK"),  # an implausible ballot time is ignored
+        (5000, 999, "OK"),  # an implausible ballot time is ignored: our clock
     ],
 )
-def test_judging_at_the_ballot_time_and_our_own(issued: int, own: int, reason: str) -> None:
-    from workers.consensus.judge import judge_at_both
+def test_one_judging_time_per_ballot(issued: int, own: int, reason: str) -> None:
+    from workers.consensus.judge import judge_at_ballot_time
 
-    assert judge_at_both(_raw(), ExpiringState(), issued, own).reason == reason
+    assert judge_at_ballot_time(_raw(), ExpiringState(), issued, own).reason == reason

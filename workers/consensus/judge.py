@@ -77,11 +77,9 @@ class NoState:
 NO_STATE = NoState()
 
 
-def judge(
-    raw: bytes, state: VerdictState = NO_STATE, now_ms: int = 0, also_at_ms: int | None = None
-) -> VoteEntry:
-    """Verdict for one raw request under ``state`` at time ``now_ms`` (and, if
-    given, also at ``also_at_ms``: a refusal at either time wins)."""
+def judge(raw: bytes, state: VerdictState = NO_STATE, now_ms: int = 0) -> VoteEntry:
+    """Verdict for one raw request under ``state`` at time ``now_ms`` (one judging
+    time: :func:`judging_time` picks it for a ballot)."""
     digest = request_digest(raw)
     try:
         obj = decode(raw, REQUEST_LIMITS)
@@ -97,8 +95,6 @@ def judge(
         return VoteEntry(request.request_id, digest, False, VerdictReason.BAD_SIGNATURE.value)
     try:
         refusal = _state_refusal(request, state, now_ms)
-        if refusal is None and also_at_ms is not None and also_at_ms != now_ms:
-            refusal = _state_refusal(request, state, also_at_ms)
     except Exception:  # a state check must never stop the whole ballot's vote
         log.exception("verdict-state check failed for %r", request.request_id)
         refusal = "STATE_ERROR"
@@ -111,16 +107,22 @@ def judge(
 ISSUED_SKEW_MS = 2_000
 
 
-def judge_at_both(raw: bytes, state: VerdictState, issued_ms: int, own_ms: int) -> VoteEntry:
-    """Judge at the ballot's time *and* at our own clock; either refusal wins.
+def judging_time(issued_ms: int, own_ms: int) -> int:
+    """The one time every request of a ballot is judged at: the ballot's ``issued_ms``
+    when it is within ISSUED_SKEW_MS of our clock, else our own clock.
 
-    Using the tally's ``issued_ms`` lets honest verifiers agree near an expiry;
-    also checking our own clock means a tally cannot revive an expired key or
-    certificate by back-dating a ballot (it can only make verdicts stricter).
-    An ``issued_ms`` further than ISSUED_SKEW_MS from our clock is ignored.
+    One time, so honest verifiers agree near an expiry and each state check runs
+    once per request (it used to run at both times: twice the work for a flood of
+    bad chains). The price: a tally can back-date a ballot by at most
+    ISSUED_SKEW_MS and so accept a key or certificate that *expired* that recently;
+    revocations do not depend on time and are not affected (docs/security.md).
     """
-    also = issued_ms if abs(issued_ms - own_ms) <= ISSUED_SKEW_MS else None
-    return judge(raw, state, own_ms, also)
+    return issued_ms if abs(issued_ms - own_ms) <= ISSUED_SKEW_MS else own_ms
+
+
+def judge_at_ballot_time(raw: bytes, state: VerdictState, issued_ms: int, own_ms: int) -> VoteEntry:
+    """Judge one request of a ballot at :func:`judging_time`."""
+    return judge(raw, state, judging_time(issued_ms, own_ms))
 
 
 def _state_refusal(request: VerificationRequest, state: VerdictState, now_ms: int) -> str | None:

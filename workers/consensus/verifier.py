@@ -35,7 +35,7 @@ from schemas.errors import CodecError
 from schemas.identity import AgentIdentity
 from schemas.messages import Ballot
 from schemas.votes import sign_vote
-from workers.consensus.judge import judge_at_both
+from workers.consensus.judge import judge_at_ballot_time
 from workers.consensus.verdict_state import (
     StateVerdicts,
     decode_state_record,
@@ -196,7 +196,8 @@ class VerifierWorker(Worker):
             state_rev, state = await self._judged_state(ballot, now)
             # one "now" for every verifier: the ballot's, unless it is implausible
             entries = [
-                judge_at_both(raw, state, ballot.issued_ms, now_ms()) for raw in ballot.requests
+                judge_at_ballot_time(raw, state, ballot.issued_ms, now_ms())
+                for raw in ballot.requests
             ]
             data = sign_vote(self.identity, ballot, entries, now_ms(), state_rev=state_rev).encode()
             self._remember(ballot_hash, ballot.deadline_ms, data, now)
