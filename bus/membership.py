@@ -328,8 +328,8 @@ async def pool_at(nc: Client, subjects: Subjects, epoch: int) -> PoolView:
 
 
 class PoolWatcher:
-    """Keeps the current PoolView up to date from a KV watch (a BucketMirror:
-    a malformed record is skipped, a dead watch is restarted)."""
+    """Keeps the current PoolView up to date from a BucketMirror (consumer-free
+    direct gets, bus/tail.py; a malformed record is skipped)."""
 
     def __init__(self, nc: Client, subjects: Subjects) -> None:
         self._nc = nc
