@@ -115,7 +115,7 @@ async def test_a_revocation_cannot_be_erased_or_replayed_away(
             assert (await ask()).decision == "VALID"
             await keys.revoke("agent-r", "key material leaked")
             loop = asyncio.get_running_loop()
-            end = loop.time() + 5.0
+            end = loop.time() + 15.0  # generous: a loaded CI machine
             while (result := await ask()).decision != "INVALID":
                 assert loop.time() < end, result.summary()
             await ATTACKS[attack](attacker, subjects, subject)
