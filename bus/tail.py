@@ -39,7 +39,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -48,8 +47,9 @@ from schemas.errors import RequestTimeout, TransportError
 
 log = logging.getLogger("agentic_payments.tail")
 
-#: Messages asked for per direct-get batch.
-BATCH = 256
+#: Messages asked for per direct-get batch (the server also stops at its max
+#: pending bytes, and then says how many are left).
+BATCH = 1024
 #: How long one batch may take before it is a RequestTimeout.
 BATCH_TIMEOUT_S = 5.0
 #: Poll interval behind the wake-up subscription: the lag bound when a wake-up is
@@ -181,22 +181,32 @@ async def _direct_batch(
         request["next_by_subj"] = subject_filter
     inbox = nc.new_inbox()
     messages: list[StoredMsg] = []
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def on_reply(msg: Msg) -> None:
+        if done.done():
+            return
+        try:
+            pending = _direct_reply(stream, msg, messages)
+        except TransportError as exc:
+            done.set_exception(exc)
+            return
+        if pending is not None:
+            done.set_result(pending)
+
     with map_jetstream_errors(f"reading stream {stream}"):
-        sub = await nc.subscribe(inbox)
+        # a callback, not next_msg(): a batch is hundreds of messages, and the
+        # per-message cost of next_msg dominated a replay
+        sub = await nc.subscribe(inbox, cb=on_reply, pending_msgs_limit=4 * batch)
         try:
             await nc.publish(
                 f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox
             )
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + BATCH_TIMEOUT_S
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=max(0.01, deadline - loop.time()))
-                except nats.errors.TimeoutError:
-                    raise RequestTimeout(f"direct get on {stream} timed out") from None
-                done = _direct_reply(stream, msg, messages)
-                if done is not None:
-                    return Batch(tuple(messages), done)
+            try:
+                pending = await asyncio.wait_for(done, BATCH_TIMEOUT_S)
+            except TimeoutError:
+                raise RequestTimeout(f"direct get on {stream} timed out") from None
+            return Batch(tuple(messages), pending)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -369,26 +379,40 @@ class StreamFollower:
                 log.warning("reading stream %s failed; retrying", self._stream, exc_info=True)
             await self._wakeup.wait()
 
+    async def _read(self, seq: int, start_time: dt.datetime | None = None) -> Batch:
+        return await read_batch(
+            self._nc,
+            self._stream,
+            seq=seq,
+            start_time=start_time,
+            subject_filter=self._filter,
+            direct=self._direct,
+        )
+
     async def _drain(self) -> None:
+        """Hand over everything up to the end; the next batch is read while this one
+        is handed over (a replay costs about the larger of reading and handling)."""
+        got = await self._read(self._next, self._start_time)
         while True:
-            got = await read_batch(
-                self._nc,
-                self._stream,
-                seq=self._next,
-                start_time=self._start_time,
-                subject_filter=self._filter,
-                direct=self._direct,
-            )
-            left = got.pending + len(got.messages)
-            for stored in got.messages:
-                left -= 1
-                self._next = stored.seq + 1
-                self._start_time = None
-                await self._on_msg(stored, left)
-            if got.pending == 0 or not got.messages:
+            ahead: asyncio.Task[Batch] | None = None
+            if got.pending and got.messages:
+                ahead = asyncio.create_task(self._read(got.messages[-1].seq + 1))
+            try:
+                left = got.pending + len(got.messages)
+                for stored in got.messages:
+                    left -= 1
+                    self._next = stored.seq + 1
+                    self._start_time = None
+                    await self._on_msg(stored, left)
+            except BaseException:
+                if ahead is not None:
+                    ahead.cancel()
+                raise
+            if ahead is None:
                 if self._on_caught_up is not None:
                     self._on_caught_up()
                 return
+            got = await ahead
 
     async def stop(self) -> None:
         await self._wakeup.stop()
