@@ -33,7 +33,15 @@ from nats.js.errors import BucketNotFoundError
 from bus.config import js_replicas
 from bus.nats_errors import map_jetstream_errors
 from bus.subjects import Subjects
-from bus.tail import POLL_S, StoredMsg, Wakeup, read_until_caught_up, stream_info
+from bus.tail import (
+    POLL_S,
+    StoredMsg,
+    Wakeup,
+    is_server_copy,
+    read_until_caught_up,
+    stored_headers,
+    stream_info,
+)
 from schemas.codec import Deleted, Unreadable
 from schemas.errors import CodecError, ConfigError, RequestTimeout
 
@@ -177,6 +185,8 @@ class BucketMirror(Generic[T]):
         self._merge = merge
         self.revision = 0
         self.failures = 0
+        #: delete markers ignored as server-written copies (see _genuine)
+        self.injected = 0
         #: the bucket's last revision as last polled (>= what the mirror applied)
         self.known_last = 0
         self._next_seq = 1
@@ -228,7 +238,7 @@ class BucketMirror(Generic[T]):
         messages = await read_until_caught_up(
             self._nc, self._stream, seq=max(1, info.first_seq), direct=self._direct
         )
-        self._publish({}, messages, info.last_seq, base=0)
+        self._publish({}, await self._genuine(messages), info.last_seq, base=0)
 
     async def _catch_up(self) -> None:
         """Read what was stored after the last applied sequence, publish it at once."""
@@ -247,7 +257,34 @@ class BucketMirror(Generic[T]):
         messages = await read_until_caught_up(
             self._nc, self._stream, seq=self._next_seq, direct=self._direct
         )
-        self._publish(dict(self._items), messages, info.last_seq, base=self.revision)
+        self._publish(
+            dict(self._items), await self._genuine(messages), info.last_seq, base=self.revision
+        )
+
+    async def _genuine(self, messages: list[StoredMsg]) -> list[StoredMsg]:
+        """``messages`` without delete markers the server wrote as an API answer.
+
+        Anyone allowed a JetStream API request can name a bucket subject as its
+        reply subject, and the server stores its answer there: a direct get of a
+        delete marker so "deletes" any key (a member, a key status). Such a copy
+        carries the server's Nats-Stream/Nats-Sequence headers in its *stored*
+        headers, which no bucket writer sends; direct gets overwrite those, so each
+        marker (rare: honest writers almost never delete) is checked once with a
+        message get. A copy is skipped, counted in ``injected``."""
+        out: list[StoredMsg] = []
+        for stored in messages:
+            if stored.operation in ("DEL", "PURGE"):
+                headers = await stored_headers(self._nc, self._stream, stored.seq)
+                if headers is not None and is_server_copy(headers):
+                    self.injected += 1
+                    log.warning(
+                        "ignored a server-written copy of a delete marker at %s (seq %d)",
+                        stored.subject,
+                        stored.seq,
+                    )
+                    continue
+            out.append(stored)
+        return out
 
     def _publish(
         self,

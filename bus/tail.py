@@ -276,6 +276,35 @@ async def _msg_get_batch(
     return Batch(tuple(out), 1)
 
 
+#: Headers the server adds to a direct-get answer. A *stored* message carrying one
+#: is a server answer that was written into the stream (a JetStream API request
+#: whose reply subject a stream captures: the server does not check reply
+#: subjects), never a write by a client of the bucket.
+SERVER_COPY_HEADERS = ("Nats-Stream", "Nats-Sequence", "Nats-Time-Stamp")
+
+
+async def stored_headers(nc: Client, stream: str, seq: int) -> dict[str, str] | None:
+    """The headers message ``seq`` was *stored* with (STREAM.MSG.GET answers them
+    verbatim; a direct get overwrites the server's own); None if it is gone."""
+    with map_jetstream_errors(f"reading stream {stream}"):
+        reply = await nc.request(
+            f"$JS.API.STREAM.MSG.GET.{stream}",
+            json.dumps({"seq": seq}).encode(),
+            timeout=BATCH_TIMEOUT_S,
+        )
+    body = json.loads(reply.data)
+    if body.get("error"):
+        if body["error"].get("err_code") == NO_MESSAGE:
+            return None
+        raise TransportError(f"message get on {stream} failed: {body['error']}")
+    return _parse_headers(base64.b64decode(body["message"].get("hdrs") or ""))
+
+
+def is_server_copy(headers: Mapping[str, str]) -> bool:
+    """Whether stored ``headers`` mark a copy the server wrote (see SERVER_COPY_HEADERS)."""
+    return any(name in headers for name in SERVER_COPY_HEADERS)
+
+
 def _parse_headers(raw: bytes) -> dict[str, str]:
     """``NATS/1.0\\r\\nKey: Value\\r\\n...`` -> {Key: Value} (the first value of each key)."""
     out: dict[str, str] = {}
