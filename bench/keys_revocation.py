@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python bench/keys_revocation.py [--revocations 50] [--nats-url URL]
+    python bench/keys_revocation.py [--revocations 50] [--nats-url URL] [--poll-only]
 
 Starts its own nats-server (random port, temp store) unless ``--nats-url`` is
 given, and one key manager *process* (``python -m workers.cli worker keys``)
@@ -98,7 +98,12 @@ def start_manager(url: str, prefix: str, tmp: Path) -> subprocess.Popen[bytes]:
 
 
 async def run(
-    url: str, prefix: str, proc: subprocess.Popen[bytes], count: int, tmp: Path
+    url: str,
+    prefix: str,
+    proc: subprocess.Popen[bytes],
+    count: int,
+    tmp: Path,
+    poll_only: bool = False,
 ) -> dict[str, Any]:
     config = NatsConfig(url=url, prefix=prefix)
     client_nc = await connect(config, name="bench-client")
@@ -122,6 +127,8 @@ async def run(
                     raise RuntimeError((tmp / "keys.log").read_text()) from None
                 await asyncio.sleep(0.2)
         await mirror.start()
+        if poll_only:  # every wake-up lost (a reconnect): the periodic poll alone
+            await mirror._wakeup.stop()
         names = [f"bench-{i}" for i in range(count)]
         pubs = {}
         for name in names:
@@ -169,6 +176,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--revocations", type=int, default=50)
     parser.add_argument("--nats-url", help="use this server instead of starting one")
+    parser.add_argument(
+        "--poll-only",
+        action="store_true",
+        help="drop the mirror's wake-up subscription: measure the poll fallback alone",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ap-keys-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -178,7 +190,7 @@ def main() -> int:
             prefix = f"bench{uuid.uuid4().hex[:8]}"
             proc = start_manager(url, prefix, tmp)
             try:
-                result = asyncio.run(run(url, prefix, proc, args.revocations, tmp))
+                result = asyncio.run(run(url, prefix, proc, args.revocations, tmp, args.poll_only))
             finally:
                 proc.terminate()
                 try:
@@ -195,7 +207,8 @@ def main() -> int:
         python=platform.python_version(),
         cpus=os.cpu_count(),
         method="revoke reply -> BucketMirror on a second connection; "
-        "key manager in its own process; nearest-rank p95",
+        "key manager in its own process; nearest-rank p95"
+        + ("; wake-ups dropped (poll only)" if args.poll_only else ""),
     )
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0

@@ -447,8 +447,8 @@ async def pool_at(nc: Client, subjects: Subjects, epoch: int) -> PoolView:
 class PoolWatcher:
     """Keeps the current PoolView up to date.
 
-    A BucketMirror's watch says *that* the bucket changed (a dead watch is
-    restarted); the view is then re-read with :func:`read_pool`, because the pool
+    A BucketMirror (consumer-free direct gets, bus/tail.py) says *that* the bucket
+    changed; the view is then re-read with :func:`read_pool`, because the pool
     rules need each record's revision (the first holder of a key keeps its seat,
     the earliest quarantines count), which a watch replay does not keep.
     """

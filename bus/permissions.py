@@ -35,8 +35,8 @@ The rules, in one line each:
 JetStream is reached through ``$JS.API.…`` request subjects; a role gets only
 the API calls its code makes, on the streams it uses (``KV_<bucket>`` for a
 bucket): stream info, create (so a worker can create what it owns on first
-start), direct and message gets, ordered-consumer create/delete for KV
-watches, and ``$JS.FC.`` flow-control replies.
+start), direct and message gets — and no consumers: readers follow a stream
+with direct gets, woken by a subscription on its subjects (bus/tail.py).
 """
 
 from __future__ import annotations
@@ -113,41 +113,35 @@ def stream_owner(stream: str) -> list[str]:
 
 
 def stream_reader(stream: str) -> list[str]:
-    """Read ``stream``: info, message gets, direct gets, (ordered) consumers."""
-    return [
-        *_js(
-            f"STREAM.INFO.{stream}",
-            f"STREAM.MSG.GET.{stream}",
-            f"DIRECT.GET.{stream}",
-            f"DIRECT.GET.{stream}.>",
-            f"CONSUMER.CREATE.{stream}",
-            f"CONSUMER.CREATE.{stream}.>",
-            f"CONSUMER.INFO.{stream}.>",
-            f"CONSUMER.DELETE.{stream}.>",
-            f"CONSUMER.MSG.NEXT.{stream}.>",
-        ),
-        f"$JS.FC.{stream}.>",
-        f"$JS.ACK.{stream}.>",
-    ]
+    """Read ``stream`` without consumers (bus/tail.py): info, message and direct gets.
 
-
-def kv_reader(bucket: str) -> list[str]:
-    return stream_reader(f"KV_{bucket}")
-
-
-def kv_lookup(bucket: str) -> list[str]:
-    """Read single keys of ``bucket`` (info, message and direct gets) without the right
-    to create consumers. A consumer's deliver subject is not checked against the
-    creator's publish permissions, so a role that can both write a stream and create
-    consumers on it could have JetStream deliver its own bytes to any subject (a
-    forged ballot or decision); writers of a stream get lookups only."""
-    stream = f"KV_{bucket}"
+    No role but admin may create consumers: nats-server does not check a push
+    consumer's deliver subject against the creator's publish permissions, and the
+    delivered messages keep their headers, so a consumer could copy any stored
+    message (a delete marker, or the creator's own bytes if it writes the stream)
+    onto any subject of the account (a ballot, a member record, a key status).
+    Readers are woken by a subscription on the stream's subjects instead
+    (:func:`stream_wakeup`)."""
     return _js(
         f"STREAM.INFO.{stream}",
         f"STREAM.MSG.GET.{stream}",
         f"DIRECT.GET.{stream}",
         f"DIRECT.GET.{stream}.>",
     )
+
+
+def kv_reader(bucket: str) -> list[str]:
+    return stream_reader(f"KV_{bucket}")
+
+
+#: Kept for readability at the call sites: a writer of a bucket reads it the same way.
+kv_lookup = kv_reader
+
+
+def kv_wakeup(bucket: str) -> list[str]:
+    """Subscribe grant for a reader of ``bucket``: its stream's own subjects, only as a
+    wake-up (bus/tail.Wakeup); the content is read from the stream."""
+    return [f"$KV.{bucket}.>"]
 
 
 def kv_owner(bucket: str) -> list[str]:
@@ -203,6 +197,7 @@ def permissions(role: str, name: str, subjects: Subjects) -> Permissions:
         return Permissions(publish=(">",), subscribe=(">",), allow_responses=False)
     if role == "client":
         pub += [subjects.request, *kv_reader(members)]
+        sub += kv_wakeup(members)
         responses = False
     elif role == "verifier":
         pub += [
@@ -214,7 +209,12 @@ def permissions(role: str, name: str, subjects: Subjects) -> Permissions:
             *kv_owner(state),
             *kv_reader(state),
         ]
-        sub += [subjects.ballot, *micro_service(role, subjects, name)]
+        sub += [
+            subjects.ballot,
+            *kv_wakeup(members),
+            *kv_wakeup(state),
+            *micro_service(role, subjects, name),
+        ]
     elif role == "tally":
         decisions = subjects.decisions_bucket
         pub += [
@@ -233,7 +233,13 @@ def permissions(role: str, name: str, subjects: Subjects) -> Permissions:
             *kv_writer(decisions),
             *stream_owner(subjects.audit_stream),
         ]
-        sub += [subjects.request, subjects.votes(name), *micro_service(role, subjects, name)]
+        sub += [
+            subjects.request,
+            subjects.votes(name),
+            *kv_wakeup(members),
+            *kv_wakeup(state),
+            *micro_service(role, subjects, name),
+        ]
     elif role in SERVICE_ROLES:
         areas = [f"{area}.>" for area, owner in AREAS.items() if owner == role]
         pub += [
@@ -248,7 +254,7 @@ def permissions(role: str, name: str, subjects: Subjects) -> Permissions:
             # the key manager purges old revisions of a revoked or destroyed key
             *_js(f"STREAM.PURGE.KV_{p}_{role}"),
         ]
-        sub += [f"{p}.{role}.>", *micro_service(role, subjects, name)]
+        sub += [f"{p}.{role}.>", *kv_wakeup(state), *micro_service(role, subjects, name)]
     elif role == "anomaly":
         telemetry_streams = [
             *stream_owner(subjects.heartbeat_stream),
@@ -272,6 +278,7 @@ def permissions(role: str, name: str, subjects: Subjects) -> Permissions:
             subjects.votes_all,
             subjects.decisions_all,
             subjects.equivocation,
+            *kv_wakeup(members),
             *micro_service(role, subjects, name),
         ]
     elif role == "recovery":

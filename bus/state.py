@@ -12,9 +12,10 @@ Services write with compare-and-set (``create`` for new keys, ``update`` with
 the last revision otherwise). Private material never goes here; the key
 manager keeps encrypted private keys in its own bucket.
 
-:class:`BucketMirror` keeps a decoded, always-current copy of any bucket from
-a KV watch (restarting the watch if it fails, skipping malformed records), so
-readers answer from memory.
+:class:`BucketMirror` keeps a decoded, always-current copy of any bucket
+without a JetStream consumer (bus/tail.py: direct gets, woken by a core
+subscription and a poll), skipping malformed records, so readers answer from
+memory.
 """
 
 from __future__ import annotations
@@ -32,11 +33,25 @@ from nats.js.errors import BucketNotFoundError
 from bus.config import js_replicas
 from bus.nats_errors import map_jetstream_errors
 from bus.subjects import Subjects
-from schemas.codec import Unreadable
+from bus.tail import (
+    POLL_S,
+    StoredMsg,
+    Wakeup,
+    is_server_copy,
+    read_until_caught_up,
+    stored_headers,
+    stream_info,
+)
+from schemas.codec import Deleted, Unreadable
 from schemas.errors import CodecError, ConfigError, RequestTimeout
 
 log = logging.getLogger("agentic_payments.state")
 T = TypeVar("T")
+#: ``merge(key, current, new) -> stored``: what a mirror keeps when ``new`` (a decoded
+#: record, an Unreadable or a Deleted marker) arrives over ``current`` (None if the
+#: key had nothing). Lets a reader refuse changes no honest writer makes (the
+#: verdict state keeps a revocation once seen: workers/consensus/verdict_state.py).
+Merge = Callable[[str, object, object], object]
 
 #: Key prefixes in the state bucket and the service that owns each.
 AREAS = {
@@ -47,8 +62,6 @@ AREAS = {
     "policy": "authority",  # policy.<category>           -> quorum policy
 }
 STATE_HISTORY = 5
-FRESHNESS_POLL_S = 0.5
-STALL_RESTART_S = 1.0
 
 
 def state_key(area: str, name: str) -> str:
@@ -130,12 +143,21 @@ async def state_bucket(nc: Client, subjects: Subjects) -> Any:
 
 
 class BucketMirror(Generic[T]):
-    """A decoded in-memory copy of a KV bucket, kept current by a watch.
+    """A decoded in-memory copy of a KV bucket, kept current without a consumer.
 
-    ``decode(key, value)`` raises CodecError for a malformed record, which is
-    then skipped (logged), never fatal. ``revision`` is the bucket's latest
-    revision seen; ``on_change`` runs after every applied update once the
-    initial replay is done.
+    It reads the bucket's stream with direct gets (bus/tail.py) from the
+    sequence after the last one applied, woken by a core subscription on the
+    bucket's subjects and at the latest every POLL_S. ``decode(key, value)``
+    raises CodecError for a malformed record, which is then skipped (logged),
+    or kept as an Unreadable marker with ``keep_unreadable``; with
+    ``keep_deleted`` (default: as ``keep_unreadable``) a deleted key stays as a
+    :class:`Deleted` marker.
+
+    ``revision`` and ``items`` change together, in one step without an await:
+    new records are applied to a copy that replaces the published one only once
+    everything up to ``revision`` has been read (a batch with nothing pending),
+    so a reader never sees a revision ahead of its items. ``on_change`` runs
+    after every published change.
     """
 
     def __init__(
@@ -146,168 +168,180 @@ class BucketMirror(Generic[T]):
         *,
         on_change: Callable[[], None] | None = None,
         keep_unreadable: bool = False,
+        keep_deleted: bool | None = None,
+        merge: Merge | None = None,
+        poll_s: float = POLL_S,
     ) -> None:
         self._nc = nc
         self._bucket = bucket
+        self._stream = f"KV_{bucket}"
+        self._prefix = f"$KV.{bucket}."
         self._decode = decode
         self._on_change = on_change
-        self._items: dict[str, T | Unreadable] = {}
+        self._items: dict[str, T | Unreadable | Deleted] = {}
         self._keep_unreadable = keep_unreadable
+        # a mirror that fails closed on unreadable records fails closed on deleted ones too
+        self._keep_deleted = keep_unreadable if keep_deleted is None else keep_deleted
+        self._merge = merge
         self.revision = 0
         self.failures = 0
-        self._watcher: Any = None
-        self._kv: Any = None
-        self._building: dict[str, T | Unreadable] | None = None
-        #: the bucket's last revision as last polled (>= what the watch applied)
+        #: delete markers ignored as server-written copies (see _genuine)
+        self.injected = 0
+        #: the bucket's last revision as last polled (>= what the mirror applied)
         self.known_last = 0
+        self._next_seq = 1
+        self._direct = True
+        self._wakeup = Wakeup(nc, [f"{self._prefix}>"], poll_s=poll_s)
         self._task: asyncio.Task[None] | None = None
-        self._fresh_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
-        self._replaying = True
 
     @property
-    def items(self) -> Mapping[str, T | Unreadable]:
-        """Decoded records (and, with ``keep_unreadable``, Unreadable markers)."""
+    def items(self) -> Mapping[str, T | Unreadable | Deleted]:
+        """Decoded records (and, if asked for, Unreadable and Deleted markers), as of
+        ``revision``. Never mutated once published: a new revision is a new map."""
         return self._items
+
+    def snapshot(self) -> tuple[int, Mapping[str, T | Unreadable | Deleted]]:
+        """``(revision, items)`` taken together."""
+        return self.revision, self._items
 
     def get(self, key: str) -> T | None:
         item = self._items.get(key)
-        return None if isinstance(item, Unreadable) else item
+        return None if isinstance(item, (Unreadable, Deleted)) else item
 
     async def start(self, timeout: float = 5.0) -> None:
-        """Open the bucket and its watch; return once the replay is applied.
+        """Open the bucket and read it up to its end; then follow it.
 
         Raises the project's TransportError family (NotConnected without
-        JetStream or connection, RequestTimeout if the replay takes longer
+        JetStream or connection, RequestTimeout if the first read takes longer
         than ``timeout``), never a nats-py class.
         """
         # every mirrored bucket (pool, verdict state) must keep records forever
-        self._kv = await ensure_bucket(self._nc, self._bucket, forbid_ttl=True)
-        with map_jetstream_errors(f"watching bucket {self._bucket}"):
-            status = await self._kv.status()
-            self.revision = self.known_last = status.stream_info.state.last_seq
-            await self._open_watch()
-            self._task = asyncio.create_task(self._run())
-            self._fresh_task = asyncio.create_task(self._freshness())
-            await asyncio.wait_for(self._ready.wait(), timeout)
+        await ensure_bucket(self._nc, self._bucket, forbid_ttl=True)
+        await self._wakeup.start()
+        await asyncio.wait_for(self._rebuild(), timeout)
+        self._ready.set()
+        self._task = asyncio.create_task(self._run())
 
-    async def _open_watch(self) -> None:
-        """A new watch whose replay builds a fresh copy; readers keep the old,
-        complete one until the replay is done (never a half-built state)."""
-        self._watcher = None
-        # the replay is complete only once it reaches the revision the bucket had
-        # when the watch opened: nats-py's end-of-replay None can come first
-        self._replay_target = self.known_last
-        self._replay_seen = 0
-        self._watcher = await self._kv.watchall()
-        self._building = {}
-        self._replaying = True
+    async def _reopen(self) -> None:
+        """Re-read the bucket from scratch (a stream recreated under us); readers keep
+        the old map and revision until the new ones are complete."""
+        await self._rebuild()
+
+    async def _rebuild(self) -> None:
+        """Read the whole bucket into a fresh map and publish it with its revision
+        (first start, or a stream that was recreated under us)."""
+        info = await stream_info(self._nc, self._stream)
+        self._direct = info.allow_direct
+        if not self._direct:
+            log.warning("bucket %s has no direct gets; reading it message by message", self._bucket)
+        messages = await read_until_caught_up(
+            self._nc, self._stream, seq=max(1, info.first_seq), direct=self._direct
+        )
+        self._publish({}, await self._genuine(messages), info.last_seq, base=0)
+
+    async def _catch_up(self) -> None:
+        """Read what was stored after the last applied sequence, publish it at once."""
+        info = await stream_info(self._nc, self._stream)
+        self.known_last = max(self.known_last, info.last_seq)
+        if info.last_seq < self.revision:  # the stream was recreated: start over
+            log.warning(
+                "bucket %s went back to revision %d; re-reading", self._bucket, info.last_seq
+            )
+            self.failures += 1
+            self.known_last = info.last_seq
+            await self._reopen()
+            return
+        if info.last_seq < self._next_seq:
+            return
+        messages = await read_until_caught_up(
+            self._nc, self._stream, seq=self._next_seq, direct=self._direct
+        )
+        self._publish(
+            dict(self._items), await self._genuine(messages), info.last_seq, base=self.revision
+        )
+
+    async def _genuine(self, messages: list[StoredMsg]) -> list[StoredMsg]:
+        """``messages`` without delete markers the server wrote as an API answer.
+
+        Anyone allowed a JetStream API request can name a bucket subject as its
+        reply subject, and the server stores its answer there: a direct get of a
+        delete marker so "deletes" any key (a member, a key status). Such a copy
+        carries the server's Nats-Stream/Nats-Sequence headers in its *stored*
+        headers, which no bucket writer sends; direct gets overwrite those, so each
+        marker (rare: honest writers almost never delete) is checked once with a
+        message get. A copy is skipped, counted in ``injected``."""
+        out: list[StoredMsg] = []
+        for stored in messages:
+            if stored.operation in ("DEL", "PURGE"):
+                headers = await stored_headers(self._nc, self._stream, stored.seq)
+                if headers is not None and is_server_copy(headers):
+                    self.injected += 1
+                    log.warning(
+                        "ignored a server-written copy of a delete marker at %s (seq %d)",
+                        stored.subject,
+                        stored.seq,
+                    )
+                    continue
+            out.append(stored)
+        return out
+
+    def _publish(
+        self,
+        items: dict[str, T | Unreadable | Deleted],
+        messages: list[StoredMsg],
+        last_seq: int,
+        *,
+        base: int,
+    ) -> None:
+        """Apply ``messages`` to ``items`` (a private copy) and publish both with the
+        revision reached, in one synchronous step (no reader sees a half)."""
+        for stored in messages:
+            self._apply(items, stored)
+        reached = max([last_seq, base, *(m.seq for m in messages)])
+        changed = bool(messages) or reached != self.revision or not self._ready.is_set()
+        self._items = items
+        self.revision = reached
+        self.known_last = max(self.known_last, reached)
+        self._next_seq = reached + 1
+        if changed and self._on_change is not None:
+            self._on_change()
+
+    def _apply(self, items: dict[str, T | Unreadable | Deleted], stored: StoredMsg) -> None:
+        if not stored.subject.startswith(self._prefix):
+            return
+        key = stored.subject[len(self._prefix) :]
+        current = items.get(key)
+        new: object
+        if stored.operation in ("DEL", "PURGE"):
+            before = current.previous if isinstance(current, Deleted) else current
+            new = Deleted(key, stored.seq, before)
+        else:
+            try:
+                new = self._decode(key, stored.data)
+            except CodecError as exc:
+                log.warning("malformed record %r in %s: %s", key, self._bucket, exc)
+                new = Unreadable(key, f"[{exc.code}] {exc}")
+        if self._merge is not None:
+            new = self._merge(key, current, new)
+        if (isinstance(new, Deleted) and not self._keep_deleted) or (
+            isinstance(new, Unreadable) and not self._keep_unreadable
+        ):
+            items.pop(key, None)
+        else:
+            items[key] = new  # type: ignore[assignment]
 
     async def _run(self) -> None:
         while True:
+            await self._wakeup.wait()
             try:
-                await self._consume()
-                return
+                await self._catch_up()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 self.failures += 1
-                log.exception("watch of %s failed; restarting it", self._bucket)
-                await asyncio.sleep(1.0)
-                await self._reopen()
-
-    async def _reopen(self) -> None:
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
-        with contextlib.suppress(Exception):
-            self._kv = await ensure_bucket(self._nc, self._bucket)
-            await self._open_watch()
-
-    async def _freshness(self) -> None:
-        """Restart a watch that lags the bucket.
-
-        After a reconnect (server restart, failover) nats-py's ordered watch
-        only notices missed heartbeats many seconds later; meanwhile the mirror
-        would be stale. Polling the bucket's last revision bounds that: a mirror
-        behind it for STALL_RESTART_S is rebuilt.
-        """
-        loop = asyncio.get_running_loop()
-        behind_since: float | None = None
-        while True:
-            await asyncio.sleep(FRESHNESS_POLL_S)
-            try:
-                status = await self._kv.status()
-            except Exception:
-                continue
-            last = status.stream_info.state.last_seq
-            self.known_last = max(self.known_last, last)
-            if last <= self.revision:
-                behind_since = None
-                continue
-            now = loop.time()
-            if behind_since is None:
-                behind_since = now
-            elif now - behind_since >= STALL_RESTART_S:
-                self.failures += 1
-                log.warning(
-                    "watch of %s is behind the bucket (%d < %d); restarting it",
-                    self._bucket,
-                    self.revision,
-                    last,
-                )
-                behind_since = None
-                if self._task is not None:
-                    self._task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await self._task
-                await self._reopen()
-                self._task = asyncio.create_task(self._run())
-
-    async def _consume(self) -> None:
-        if self._watcher is None:
-            raise RuntimeError(f"no watch on {self._bucket}")
-        async for entry in self._watcher:
-            if entry is None:
-                # nats-py decides this marker from the consumer's num_pending, and
-                # that reply can overtake the pushed entries: an early marker would
-                # publish an empty state as complete (revocations unseen: fail open)
-                if self._replay_seen >= self._replay_target or await self._bucket_empty():
-                    self._caught_up()
-                continue
-            items = self._building if self._building is not None else self._items
-            if entry.revision:
-                self.revision = max(self.revision, entry.revision)
-                self._replay_seen = max(self._replay_seen, entry.revision)
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                items.pop(entry.key, None)
-            else:
-                try:
-                    items[entry.key] = self._decode(entry.key, entry.value)
-                except CodecError as exc:
-                    log.warning("malformed record %r in %s: %s", entry.key, self._bucket, exc)
-                    if self._keep_unreadable:
-                        items[entry.key] = Unreadable(entry.key, f"[{exc.code}] {exc}")
-                    else:
-                        items.pop(entry.key, None)
-            if entry.delta == 0:
-                self._caught_up()
-            elif not self._replaying and self._on_change is not None:
-                self._on_change()
-
-    async def _bucket_empty(self) -> bool:
-        """No message left to replay (an emptied stream): the marker is then right."""
-        status = await self._kv.status()
-        return int(status.stream_info.state.messages) == 0
-
-    def _caught_up(self) -> None:
-        if self._building is not None:
-            self._items = self._building
-            self._building = None
-        self._replaying = False
-        self._ready.set()
-        if self._on_change is not None:
-            self._on_change()
+                log.warning("reading bucket %s failed; retrying", self._bucket, exc_info=True)
+                await asyncio.sleep(self._wakeup.poll_s)
 
     async def wait_for_revision(self, revision: int, timeout: float) -> bool:
         """Wait until this mirror has applied ``revision`` (True) or ``timeout`` passed."""
@@ -316,17 +350,12 @@ class BucketMirror(Generic[T]):
         while self.revision < revision:
             if loop.time() >= end:
                 return False
+            self._wakeup.poke()
             await asyncio.sleep(0.01)
         return True
 
     async def stop(self) -> None:
-        if self._fresh_task is not None:
-            self._fresh_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._fresh_task
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
+        await self._wakeup.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):

@@ -3,7 +3,10 @@
 Several workers may start at once and each ensures the streams it reads, so
 creation must be idempotent and race-safe: an existing stream is left exactly
 as the operator configured it (retention, replicas), and a concurrent create
-by another worker is not an error.
+by another worker is not an error. New streams allow direct gets, which is how
+every worker reads them (bus/tail.py); a stream created by an older release
+without them is read message by message (STREAM.MSG.GET) until an operator
+turns them on (``nats stream edit <name> --allow-direct``).
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ async def _create_if_missing(
             max_bytes=max_bytes,
             description=description,
             num_replicas=js_replicas(),
+            # readers use direct gets, never consumers (bus/tail.py)
+            allow_direct=True,
         )
         return True
     return False

@@ -119,3 +119,15 @@ class Unreadable:
 
     key: str
     reason: str
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """A key whose last record is a delete or purge marker, kept in place of the
+    record by mirrors that fail closed: for the verdict state a deleted key status
+    must not read as "the key manager does not manage this key, so allowed".
+    ``previous`` is the record it replaced (None if there was none)."""
+
+    key: str
+    revision: int
+    previous: object = None

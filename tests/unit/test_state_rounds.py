@@ -212,26 +212,3 @@ def test_categories_outside_the_authority_alphabet_are_malformed(category: str) 
     wire = VerificationRequest("r", b"m", bytes(64), bytes(32)).to_wire()
     with pytest.raises(SchemaViolation):
         VerificationRequest.from_wire({**wire, "category": category})
-
-
-class ExpiringState(FakeState):
-    """A key valid until t=1000 (refused at or after it)."""
-
-    def key_refusal(self, public_key: bytes, now_ms: int) -> str | None:
-        return "KEY_EXPIRED" if now_ms >= 1000 else None
-
-
-@pytest.mark.parametrize(
-    ("issued", "own", "reason"),
-    [
-        (900, 950, "OK"),  # valid at both
-        (500, 1500, "KEY_EXPIRED"),  # a back-dated ballot cannot revive an expired key
-        (990, 1001, "KEY_EXPIRED"),  # expired by our own clock
-        (1001, 999, "KEY_EXPIRED"),  # expired at the ballot's time (within the skew)
-        (5000, 999, "OK"),  # an implausible ballot time is ignored
-    ],
-)
-def test_judging_at_the_ballot_time_and_our_own(issued: int, own: int, reason: str) -> None:
-    from workers.consensus.judge import judge_at_both
-
-    assert judge_at_both(_raw(), ExpiringState(), issued, own).reason == reason

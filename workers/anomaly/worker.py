@@ -52,13 +52,13 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from bus import membership
 from bus.membership import ACTIVE, PoolWatcher
 from bus.runtime import RuntimeConfig, Worker, now_ms
 from bus.streams import ensure_stream, ensure_telemetry_streams
 from bus.subjects import Subjects, telemetry_source
+from bus.tail import StoredMsg, StreamFollower, read_until_caught_up, stream_info
 from schemas.alerts import Alert, Severity, sign_alert
 from schemas.certificate import verify_certificate
 from schemas.codec import decode
@@ -177,19 +177,21 @@ class AnomalyWorker(Worker):
         await self._pool.start()
         self._remember_view()
         self._known_alerts = await self._own_recent_alert_ids()
-        js = nc.jetstream()
-        info = await js.stream_info(self.subjects.metrics_stream)
-        self._replay_end = info.state.last_seq
+        info = await stream_info(nc, self.subjects.metrics_stream)
+        self._replay_end = info.last_seq
         if self._replay_end == 0:
             self.replayed.set()
-        self._metrics_sub = await js.subscribe(
-            self.subjects.metrics_all,
-            stream=self.subjects.metrics_stream,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-            cb=self._on_metrics,
-            pending_msgs_limit=65536,
+        # read from the stream without a consumer (bus/tail.py): no role but admin
+        # may create one, since a consumer's deliver subject is not checked
+        self._metrics_sub = StreamFollower(
+            nc,
+            self.subjects.metrics_stream,
+            [self.subjects.metrics_all],
+            self._on_metrics,
+            seq=1,
+            on_caught_up=self.replayed.set,
         )
+        await self._metrics_sub.start()
         await self.subscribe_intake(self.subjects.votes_all, self._on_vote)
         await self.subscribe_intake(self.subjects.decisions_all, self._on_decision)
         await self.subscribe_intake(self.subjects.equivocation, self._on_equivocation)
@@ -197,7 +199,7 @@ class AnomalyWorker(Worker):
     async def teardown(self) -> None:
         if self._metrics_sub is not None:
             with contextlib.suppress(Exception):
-                await self._metrics_sub.unsubscribe()
+                await self._metrics_sub.stop()
         if self._pool is not None:
             await self._pool.stop()
 
@@ -271,11 +273,11 @@ class AnomalyWorker(Worker):
             self._series.move_to_end(key)
         return det
 
-    async def _on_metrics(self, msg: Msg) -> None:
+    async def _on_metrics(self, msg: StoredMsg, pending: int) -> None:
         started = time.perf_counter()
         ok = True
         try:
-            seq = msg.metadata.sequence.stream
+            seq = msg.seq
             try:
                 snap = MetricsSnapshot.decode(msg.data)
             except CodecError as exc:
@@ -302,8 +304,7 @@ class AnomalyWorker(Worker):
             log.exception("failed to process a metrics snapshot")
         finally:
             self.stats.record((time.perf_counter() - started) * 1000, ok)
-            meta = msg.metadata
-            if meta.sequence.stream >= self._replay_end or meta.num_pending == 0:
+            if msg.seq >= self._replay_end or pending == 0:
                 self.replayed.set()  # caught up (also if the last message aged out meanwhile)
 
     async def _metric_event(
@@ -593,33 +594,14 @@ class AnomalyWorker(Worker):
 
 async def recent_alerts(nc: Client, subjects: Subjects, since_s: float) -> list[Alert]:
     """Alerts the alerts stream holds from the last ``since_s`` seconds (decodable ones)."""
-    js = nc.jetstream()
-    last = (await js.stream_info(subjects.alerts_stream)).state.last_seq
-    out: list[Alert] = []
-    if last == 0:
-        return out
+    info = await stream_info(nc, subjects.alerts_stream)
+    if info.last_seq == 0:
+        return []
     start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=since_s)
-    sub = await js.pull_subscribe(
-        subjects.alerts_all,
-        stream=subjects.alerts_stream,
-        config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=start,
-            inactive_threshold=30.0,
-        ),
-    )
-    try:
-        while True:
-            try:
-                msgs = await sub.fetch(256, timeout=1.0)
-            except TimeoutError:
-                break
-            for msg in msgs:
-                with contextlib.suppress(CodecError):
-                    out.append(Alert.decode(msg.data))
-            if any(m.metadata.sequence.stream >= last for m in msgs):
-                break
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+    out: list[Alert] = []
+    for stored in await read_until_caught_up(
+        nc, subjects.alerts_stream, seq=1, start_time=start, direct=info.allow_direct
+    ):
+        with contextlib.suppress(CodecError):
+            out.append(Alert.decode(stored.data))
     return out

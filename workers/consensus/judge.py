@@ -77,11 +77,10 @@ class NoState:
 NO_STATE = NoState()
 
 
-def judge(
-    raw: bytes, state: VerdictState = NO_STATE, now_ms: int = 0, also_at_ms: int | None = None
-) -> VoteEntry:
-    """Verdict for one raw request under ``state`` at time ``now_ms`` (and, if
-    given, also at ``also_at_ms``: a refusal at either time wins)."""
+def judge(raw: bytes, state: VerdictState = NO_STATE, now_ms: int = 0) -> VoteEntry:
+    """Verdict for one raw request under ``state`` at time ``now_ms`` (for a ballot:
+    its ``issued_ms``, the one judging time; the verifier refuses ballots whose
+    ``issued_ms`` is outside its skew window, workers/consensus/ballot.py)."""
     digest = request_digest(raw)
     try:
         obj = decode(raw, REQUEST_LIMITS)
@@ -97,30 +96,12 @@ def judge(
         return VoteEntry(request.request_id, digest, False, VerdictReason.BAD_SIGNATURE.value)
     try:
         refusal = _state_refusal(request, state, now_ms)
-        if refusal is None and also_at_ms is not None and also_at_ms != now_ms:
-            refusal = _state_refusal(request, state, also_at_ms)
     except Exception:  # a state check must never stop the whole ballot's vote
         log.exception("verdict-state check failed for %r", request.request_id)
         refusal = "STATE_ERROR"
     if refusal is not None:
         return VoteEntry(request.request_id, digest, False, _reason(refusal))
     return VoteEntry(request.request_id, digest, True, VerdictReason.OK.value)
-
-
-#: The ballot's judging time is used only when it is this close to our own clock.
-ISSUED_SKEW_MS = 2_000
-
-
-def judge_at_both(raw: bytes, state: VerdictState, issued_ms: int, own_ms: int) -> VoteEntry:
-    """Judge at the ballot's time *and* at our own clock; either refusal wins.
-
-    Using the tally's ``issued_ms`` lets honest verifiers agree near an expiry;
-    also checking our own clock means a tally cannot revive an expired key or
-    certificate by back-dating a ballot (it can only make verdicts stricter).
-    An ``issued_ms`` further than ISSUED_SKEW_MS from our clock is ignored.
-    """
-    also = issued_ms if abs(issued_ms - own_ms) <= ISSUED_SKEW_MS else None
-    return judge(raw, state, own_ms, also)
 
 
 def _state_refusal(request: VerificationRequest, state: VerdictState, now_ms: int) -> str | None:

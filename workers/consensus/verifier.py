@@ -50,7 +50,11 @@ from workers.consensus.ballot import (
     ballot_time_refusal,
 )
 from workers.consensus.judge import judge
-from workers.consensus.verdict_state import StateVerdicts, decode_state_record
+from workers.consensus.verdict_state import (
+    StateVerdicts,
+    decode_state_record,
+    merge_state_record,
+)
 from workers.trust.chain import ChainCache
 
 log = logging.getLogger("agentic_payments.verifier")
@@ -127,7 +131,11 @@ class VerifierWorker(Worker):
         )
         await self._read_pool()
         self._state = BucketMirror(
-            self.client, self.subjects.state_bucket, decode_state_record, keep_unreadable=True
+            self.client,
+            self.subjects.state_bucket,
+            decode_state_record,
+            keep_unreadable=True,
+            merge=merge_state_record,  # a revocation, once seen, stays (hole 6c)
         )
         await self._state.start()
         await self.subscribe_intake(self.subjects.ballot, self._on_ballot)

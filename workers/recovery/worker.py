@@ -33,8 +33,6 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
-from nats.aio.msg import Msg
-from nats.js import api
 from nats.micro.service import EndpointConfig
 
 from bus.kv import KeyValue, subject_keys
@@ -42,6 +40,7 @@ from bus.runtime import RuntimeConfig, Worker, now_ms
 from bus.service import Dispatcher, Operation
 from bus.streams import ensure_stream, ensure_telemetry_streams
 from bus.subjects import RECOVERY_QUEUE, telemetry_source
+from bus.tail import StoredMsg, StreamFollower
 from schemas.alerts import Severity, sign_alert
 from schemas.errors import CodecError, RespawnFailed, WriteConflict
 from schemas.identity import AgentIdentity
@@ -148,17 +147,17 @@ class RecoveryWorker(Worker):
             )
         )
         start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.options.replay_s)
-        config = api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_TIME, opt_start_time=start
+        # read from the stream without a consumer (bus/tail.py): no role but admin
+        # may create one, since a consumer's deliver subject is not checked
+        self._hb_sub = StreamFollower(
+            nc,
+            self.subjects.heartbeat_stream,
+            [self.subjects.heartbeat_all],
+            self._on_heartbeat,
+            start_time=start,
+            on_caught_up=self._caught_up.set,
         )
-        self._hb_sub = await js.subscribe(
-            self.subjects.heartbeat_all,
-            stream=self.subjects.heartbeat_stream,
-            cb=self._on_heartbeat,
-            ordered_consumer=True,
-            config=config,
-            idle_heartbeat=2.0,
-        )
+        await self._hb_sub.start()
         self._loops_extra = [asyncio.create_task(self._ticker())]
 
     async def wait_idle(self) -> None:
@@ -175,18 +174,15 @@ class RecoveryWorker(Worker):
         if self._hb_sub is not None:
             sub, self._hb_sub = self._hb_sub, None
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await sub.stop()
 
     # ---------------------------------------------------------------- heartbeats
-    async def _on_heartbeat(self, msg: Msg) -> None:
+    async def _on_heartbeat(self, msg: StoredMsg, pending: int) -> None:
         now = time.time()
-        try:
-            meta = msg.metadata
-            at = min(now, meta.timestamp.timestamp()) if meta.timestamp else now
-            if meta.num_pending == 0:
-                self._caught_up.set()
-        except Exception:
-            at = now
+        stored_at = msg.timestamp()
+        at = now if stored_at is None else min(now, stored_at)
+        if pending == 0:
+            self._caught_up.set()
         try:
             hb = Heartbeat.decode(msg.data)
         except CodecError as exc:
@@ -454,25 +450,16 @@ def _history_query(data: bytes) -> HistoryQuery:
 async def read_history(kv: Any, query: HistoryQuery) -> list[RecoveryAttempt]:
     """Attempts in the bucket matching ``query``, newest first, at most ``query.limit``."""
     pattern = ".".join([query.kind or "*", query.worker_id or "*", "*", "*"])
-    if not await subject_keys(kv, pattern):
-        return []
-    watcher = await kv.watch(pattern, ignore_deletes=True)
+    # key listing and gets, no watch: a watch is a consumer, which no role but
+    # admin may create (bus/tail.py)
     found: list[RecoveryAttempt] = []
-    try:
-        while True:
-            try:
-                entry = await watcher.updates(timeout=2.0)
-            except nats.errors.TimeoutError:
-                break
-            if entry is None:  # may come before the entries (bus.kv.subject_keys): go on
-                continue
-            if entry.value:
-                with contextlib.suppress(CodecError):
-                    found.append(RecoveryAttempt.decode(entry.value))
-            if getattr(entry, "delta", 1) == 0:
-                break
-    finally:
-        with contextlib.suppress(Exception):
-            await watcher.stop()
+    for key in await subject_keys(kv, pattern):
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:  # deleted or expired meanwhile
+            continue
+        if entry.value:
+            with contextlib.suppress(CodecError):
+                found.append(RecoveryAttempt.decode(entry.value))
     found.sort(key=lambda a: (a.requested_ms, a.attempt), reverse=True)
     return found[: query.limit]
