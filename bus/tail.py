@@ -42,8 +42,9 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from bus.call import FIRST_BACKOFF_S, MAX_BACKOFF_S, NO_RESPONDERS_ATTEMPTS
 from bus.nats_errors import map_jetstream_errors
-from schemas.errors import RequestTimeout, TransportError
+from schemas.errors import NoResponders, RequestTimeout, TransportError
 
 log = logging.getLogger("agentic_payments.tail")
 
@@ -125,10 +126,23 @@ async def read_batch(
     direct: bool = True,
 ) -> Batch:
     """Up to ``batch`` stored messages from sequence ``seq`` (or from ``start_time``)
-    on, matching ``subject_filter`` (may hold wildcards; empty: all)."""
-    if direct:
-        return await _direct_batch(nc, stream, seq, start_time, subject_filter, batch)
-    return await _msg_get_batch(nc, stream, seq, start_time, subject_filter, batch)
+    on, matching ``subject_filter`` (may hold wildcards; empty: all).
+
+    A direct get answered "503 no responders" (no replica serves direct gets yet:
+    a stream just created, or a cluster electing a leader) is retried with the same
+    backoff as bus/call's requests; a worker must not crash at start-up for it."""
+    if not direct:
+        return await _msg_get_batch(nc, stream, seq, start_time, subject_filter, batch)
+    delay = FIRST_BACKOFF_S
+    for attempt in range(NO_RESPONDERS_ATTEMPTS):
+        try:
+            return await _direct_batch(nc, stream, seq, start_time, subject_filter, batch)
+        except NoResponders:
+            if attempt == NO_RESPONDERS_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF_S)
+    raise AssertionError("unreachable")
 
 
 async def read_until_caught_up(
@@ -231,6 +245,8 @@ def _direct_reply(stream: str, msg: Msg, into: list[StoredMsg]) -> int | None:
         return int(headers.get("Nats-Num-Pending", "0") or 0)
     if status == "404":  # nothing at or after the start
         return 0
+    if status == "503":
+        raise NoResponders(f"direct get on {stream}: no server answers direct gets yet")
     raise TransportError(
         f"direct get on {stream} failed: status {status} {headers.get('Description', '')}"
     )

@@ -20,17 +20,27 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 
+import pytest
 from nats.aio.client import Client
 
 from bus import membership
 from bus.state import state_bucket
 from bus.subjects import Subjects
+from schemas.identity import AgentIdentity
 from tests.secure import SecureServer
 
 Attacker = Callable[[str], Awaitable[Client]]
 WATCH_S = 1.5
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="OPEN HOLE (docs/security.md 'JetStream API replies'): the pool is read with "
+    "message gets (bus/membership.read_pool), which take the server's copy of a delete "
+    "marker for a real delete; skipping copies would not close it (JSON answers and "
+    "verbatim no_hdr copies look like writes, and enough of them trim a key's history). "
+    "The root fix is an account that holds the streams behind service imports.",
+)
 async def test_a_client_cannot_evict_a_member_by_a_direct_get_reply(
     secure_server: SecureServer, attacker: Attacker
 ) -> None:
@@ -39,7 +49,7 @@ async def test_a_client_cannot_evict_a_member_by_a_direct_get_reply(
     await state_bucket(admin, subjects)
     members = await membership.members_bucket(admin, subjects)
     for i in range(1, 5):
-        await membership.register(admin, subjects, f"v{i}", bytes([i]) * 32)
+        await membership.register(admin, subjects, f"v{i}", AgentIdentity.generate())
     await members.put("gone", b"x")
     await members.delete("gone")  # a lifted quarantine leaves such a marker
 

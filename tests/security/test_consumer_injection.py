@@ -26,10 +26,11 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from bus import membership
 from bus.state import state_bucket
 from bus.subjects import Subjects
+from schemas.identity import AgentIdentity
 from tests.secure import SecureServer
 
 Attacker = Callable[[str], Awaitable[Client]]
-VICTIM_KEY = bytes(range(32))
+VICTIM = AgentIdentity.from_seed(bytes(range(32)))
 WAIT_S = 2.0
 
 
@@ -38,7 +39,7 @@ async def _pool_with_v1(secure_server: SecureServer, attacker: Attacker) -> tupl
     admin = await attacker("admin")
     await state_bucket(admin, subjects)
     members = await membership.members_bucket(admin, subjects)
-    await membership.register(admin, subjects, "v1", VICTIM_KEY)
+    await membership.register(admin, subjects, "v1", VICTIM)
     return subjects, members
 
 

@@ -7,7 +7,9 @@ verdict-state bucket and create consumers on its stream; nats-server does not
 check a push consumer's deliver subject against the creator's publish
 permissions, so JetStream itself delivers keys1's bytes to ``{prefix}.ballot``
 (with a ``$JS.ACK...`` reply subject). Every verifier judged that ballot and
-signed a vote for it.
+signed a vote for it. Consumers are now refused to every role but admin, but the
+same bytes still reach the ballot subject another way: a direct get whose reply
+subject is the ballot subject makes the server publish them there.
 
 Now a ballot is judged only if it is signed by the key that the record
 ``tally.<ballot.tally_id>`` of the current pool holds, and the vote goes to
@@ -20,7 +22,9 @@ arrived.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import time
 import uuid
 from typing import Any
@@ -102,15 +106,28 @@ async def test_ballot_delivered_by_a_keys_role_consumer_gets_no_vote(
         )
         assert b"error" not in ack.data, ack.data
         js = keys1.jetstream()
-        await js.add_consumer(
-            f"KV_{subjects.state_bucket}",
-            ConsumerConfig(
-                deliver_subject=subjects.ballot,
-                filter_subject=f"$KV.{subjects.state_bucket}.{key}",
-                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                ack_policy=AckPolicy.NONE,
-            ),
+        # route 1, the one that worked on the old code: a push consumer delivering the
+        # stored bytes to the ballot subject (now refused: no role creates consumers)
+        with contextlib.suppress(Exception):
+            await js.add_consumer(
+                f"KV_{subjects.state_bucket}",
+                ConsumerConfig(
+                    deliver_subject=subjects.ballot,
+                    filter_subject=f"$KV.{subjects.state_bucket}.{key}",
+                    deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                    ack_policy=AckPolicy.NONE,
+                ),
+                timeout=2.0,
+            )
+        # route 2, still open (docs/security.md "JetStream API replies"): a direct get
+        # of the stored bytes with the ballot subject as its reply, so the server itself
+        # publishes them there. Only the ballot signature stops this one.
+        await keys1.publish(
+            f"$JS.API.DIRECT.GET.KV_{subjects.state_bucket}",
+            json.dumps({"last_by_subj": f"$KV.{subjects.state_bucket}.{key}"}).encode(),
+            reply=subjects.ballot,
         )
+        await keys1.flush()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             rogue = [(s, v) for s, v in votes if v.get("ballot_id") == ballot_id]
