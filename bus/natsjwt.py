@@ -23,7 +23,7 @@ from typing import Any
 
 import nkeys  # type: ignore[import-untyped]
 
-from bus.permissions import permissions
+from bus.permissions import ACCOUNT_SERVICES, permissions
 from bus.subjects import Subjects
 
 UNLIMITED_ACCOUNT = {
@@ -83,14 +83,39 @@ def operator_jwt(operator: NKey, name: str = "agentic-payments") -> str:
     return encode_jwt(operator, operator.public, name, {"type": "operator", "version": 2})
 
 
-def account_jwt(operator: NKey, account: NKey, name: str, *, jetstream: bool = True) -> str:
+def account_jwt(
+    operator: NKey,
+    account: NKey,
+    name: str,
+    *,
+    jetstream: bool = True,
+    exports: bool = False,
+    imports_from: str | None = None,
+) -> str:
+    """An account JWT signed by ``operator``.
+
+    The deployment has two accounts (bus/permissions.py, "why the split"): DATA
+    (``jetstream=True, exports=True``) owns every stream and exports ``$JS.API.>``
+    and ``$KV.>``; APP (``jetstream=False, imports_from=<DATA public key>``) holds
+    the users and imports both, so an API answer can never be stored in a stream.
+    """
     limits = dict(UNLIMITED_ACCOUNT)
-    if not jetstream:  # the system account must not have JetStream
+    if not jetstream:  # the system account and APP must not have JetStream
         for key in ("mem_storage", "disk_storage", "streams", "consumer"):
             limits.pop(key)
-    return encode_jwt(
-        operator, account.public, name, {"type": "account", "version": 2, "limits": limits}
-    )
+    nats: dict[str, Any] = {"type": "account", "version": 2, "limits": limits}
+    if exports:
+        nats["exports"] = [
+            {"name": subject, "subject": subject, "type": "service"}
+            | ({"response_type": rtype.capitalize()} if rtype else {})
+            for subject, rtype in ACCOUNT_SERVICES
+        ]
+    if imports_from is not None:
+        nats["imports"] = [
+            {"name": subject, "subject": subject, "account": imports_from, "type": "service"}
+            for subject, _ in ACCOUNT_SERVICES
+        ]
+    return encode_jwt(operator, account.public, name, nats)
 
 
 def user_jwt(account: NKey, user_public: str, role: str, name: str, subjects: Subjects) -> str:

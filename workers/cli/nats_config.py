@@ -85,13 +85,18 @@ def build_users(specs: list[str], auth: str, out: Path | None) -> list[User]:
 
 
 def build_jwt_users(specs: list[str], subjects: Subjects, out: Path) -> tuple[list[User], str]:
-    """Operator mode: one operator, one account (JetStream on), a system account, and a
-    ``NAME.creds`` per user whose JWT carries the role's permissions; returns the
-    users and the server config block (operator, system account, preloaded accounts)."""
+    """Operator mode: one operator; a DATA account (JetStream on, no users) exporting
+    ``$JS.API.>`` and ``$KV.>``; an APP account importing them that signs a
+    ``NAME.creds`` per user whose JWT carries the role's permissions (the same
+    split as the config-mode ``render_auth_conf``, so API answers cannot be stored
+    in a stream); a system account. Returns the users and the server config block
+    (operator, system account, preloaded accounts)."""
     operator = NKey.generate(nkeys.PREFIX_BYTE_OPERATOR)
+    data = NKey.generate(nkeys.PREFIX_BYTE_ACCOUNT)
     account = NKey.generate(nkeys.PREFIX_BYTE_ACCOUNT)
     system = NKey.generate(nkeys.PREFIX_BYTE_ACCOUNT)
-    for label, key in (("operator", operator), ("account", account), ("system", system)):
+    keys = (("operator", operator), ("data", data), ("account", account), ("system", system))
+    for label, key in keys:
         _write_secret(out / f"{label}.nk", key.seed + "\n")  # to mint more users later
     users: list[User] = []
     for spec in specs:
@@ -116,7 +121,10 @@ def build_jwt_users(specs: list[str], subjects: Subjects, out: Path) -> tuple[li
         + operator_conf(
             operator_jwt(operator),
             {
-                account.public: account_jwt(operator, account, "AGENTIC_PAYMENTS"),
+                data.public: account_jwt(operator, data, "DATA", exports=True),
+                account.public: account_jwt(
+                    operator, account, "APP", jetstream=False, imports_from=data.public
+                ),
                 system.public: account_jwt(operator, system, "SYS", jetstream=False),
             },
             system.public,
