@@ -2,10 +2,10 @@
 
 Pure: no I/O, no nats import. ``permissions(role, name, subjects)`` answers
 what one NATS user may publish and subscribe to; ``render_auth_conf`` turns a
-list of users into the ``authorization { users = [...] }`` block of a
-nats-server configuration. Because both are computed from ``Subjects``, the
-permissions cannot drift from the subjects the code really uses (a test
-renders the checked-in ``deploy/nats/auth.conf`` and compares).
+list of users into the ``accounts {}`` block of a nats-server configuration.
+Because both are computed from ``Subjects``, the permissions cannot drift
+from the subjects the code really uses (a test renders the checked-in
+``deploy/nats/auth.conf`` and compares).
 
 Each user has a role and a name. For workers the name is the worker id
 (``--id``), which pins the subjects that carry an id: a verifier may write
@@ -37,6 +37,19 @@ the API calls its code makes, on the streams it uses (``KV_<bucket>`` for a
 bucket): stream info, create (so a worker can create what it owns on first
 start), direct and message gets — and no consumers: readers follow a stream
 with direct gets, woken by a subscription on its subjects (bus/tail.py).
+
+Why two accounts. A JetStream API request answers on the requester's reply
+subject, unchecked, and a stream stores whatever is published on its subjects:
+in one account, any user with a ``$JS.API`` grant could make the server store
+its answer as a bucket record (reply ``$KV.<bucket>.<key>``: a delete marker
+evicts a pool member). So the streams live in account DATA, which has no users
+and exports ``$JS.API.>`` (``response_type: stream``, for batched direct gets)
+and ``$KV.>``; every user lives in APP, which imports both. A request through an
+import carries a mapped ``_R_`` reply, so the answer is published in DATA only
+on that subject and delivered in APP, where no stream listens. Both imports are
+wildcards on purpose: a literal ``$KV.<bucket>.<key>`` import re-forwards an
+answer sent there into DATA and stores it. Per-user grants still apply to the
+imported subjects. ``bus/natsjwt.py`` builds the same split for operator mode.
 """
 
 from __future__ import annotations

@@ -3,11 +3,12 @@
 The permissions come from bus/permissions.py (computed from bus/subjects.py);
 this module only generates credentials and writes files:
 
-  DIR/auth.conf      the ``authorization { users = [...] }`` block; include it
-                     from the server configuration (deploy/nats/server.conf)
+  DIR/auth.conf      the ``accounts {}`` block (users in APP, streams in DATA
+                     behind service imports); include it from the server
+                     configuration (deploy/nats/server.conf)
   DIR/NAME.nk        the user's nkey seed (0600, with --auth nkey)
   DIR/NAME.creds     the user's JWT + seed (0600, with --auth jwt: operator mode,
-                     auth.conf then trusts the operator and preloads the account)
+                     auth.conf then trusts the operator and preloads the accounts)
   DIR/NAME.env       the environment a process of that user needs (0600):
                      NATS_NKEY_SEED or NATS_USER/NATS_PASSWORD, NATS_INBOX_PREFIX
 
@@ -218,10 +219,12 @@ def register(sub: Any, kinds: Any) -> None:
         "nats-config",
         help="render the per-role nats-server users and permissions",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Render the authorization block of a nats-server config with one user "
+        description="Render the accounts block of a nats-server config with one user "
         "per worker/client and per-role permissions computed from the subject names in "
         "the code: verifiers may only answer ballots, clients may only publish requests "
-        "and read their own replies, only tallies publish decisions.\n\n"
+        "and read their own replies, only tallies publish decisions. The users live in "
+        "account APP; streams and buckets in account DATA, reached through service "
+        "imports, so no JetStream API answer can be stored in a stream.\n\n"
         f"Roles: {', '.join(ROLES)}. A worker's user NAME must equal its --id (it pins "
         "the member record and heartbeat it may write); every user reads replies only "
         "under its own inbox prefix _INBOX.NAME (NATS_INBOX_PREFIX).",
