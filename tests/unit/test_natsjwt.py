@@ -68,6 +68,29 @@ def test_operator_and_account_jwts(keys: tuple[NKey, NKey, NKey]) -> None:
         operator_conf(operator_jwt(operator), {account.public: "x"}, "ANOTHER")
 
 
+def test_data_and_app_accounts_split_the_streams_from_the_users(
+    keys: tuple[NKey, NKey, NKey],
+) -> None:
+    """DATA owns JetStream and exports the API and KV subjects (API answers as a
+    stream, for batched direct gets); APP has no JetStream and imports both as
+    the same wildcards (a literal KV import would store answers again)."""
+    operator, data, app = keys
+    d = claims_of(account_jwt(operator, data, "DATA", exports=True), operator)["nats"]
+    assert d["limits"]["streams"] == -1 and "imports" not in d
+    assert [(e["subject"], e["type"], e.get("response_type")) for e in d["exports"]] == [
+        ("$JS.API.>", "service", "Stream"),
+        ("$KV.>", "service", None),
+    ]
+    a = claims_of(
+        account_jwt(operator, app, "APP", jetstream=False, imports_from=data.public), operator
+    )["nats"]
+    assert "streams" not in a["limits"] and "exports" not in a
+    assert [(i["subject"], i["account"], i["type"]) for i in a["imports"]] == [
+        ("$JS.API.>", data.public, "service"),
+        ("$KV.>", data.public, "service"),
+    ]
+
+
 def test_tampered_jwt_does_not_verify(keys: tuple[NKey, NKey, NKey]) -> None:
     _, account, user = keys
     header, body, sig = user_jwt(account, user.public, "client", "alice", S).split(".")

@@ -191,6 +191,21 @@ def test_render_refuses_duplicates_and_bad_auth() -> None:
         render_auth_conf([User("client", "a")], S, "nkey")
 
 
+def test_users_live_in_app_and_streams_in_data() -> None:
+    """The rendered block is the account split of docs/security.md: JetStream
+    only in DATA (no users), the wildcard service exports/imports, users in APP."""
+    text = render_auth_conf([User("client", "alice"), User("verifier", "v1")], S, "env-password")
+    data = text[text.index("  DATA: {") : text.index("  APP: {")]
+    app = text[text.index("  APP: {") :]
+    assert "jetstream: enabled" in data and "users: []" in data
+    assert '{ service: "$JS.API.>", response_type: stream }' in data
+    assert '{ service: "$KV.>" }' in data
+    assert "jetstream" not in app and 'user: "alice"' in app and 'user: "v1"' in app
+    assert '{ service: { account: DATA, subject: "$JS.API.>" } }' in app
+    assert '{ service: { account: DATA, subject: "$KV.>" } }' in app
+    assert "authorization" not in text
+
+
 def test_checked_in_auth_conf_is_the_rendering() -> None:
     users = build_users(list(DEFAULT_USERS), "env-password", None)
     expected = render_auth_conf(users, S, "env-password")
