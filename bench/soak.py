@@ -294,6 +294,7 @@ async def soak(
             if now >= next_sample:
                 next_sample += 60.0
                 samples.append(sample(up.pid, round(now - t0), tally))
+                samples[-1]["in_flight"] = len(pending)
                 log(
                     f"minute {len(samples)}: sent {tally.sent} decided {tally.decided} "
                     f"lost {tally.lost} wrong {tally.wrong} in flight {len(pending)}"
@@ -407,6 +408,7 @@ def report(
         "kills": kills,
         "latency_per_minute": per_minute,
         "rss_per_minute": [{"t_s": s["t_s"], "rss_mib": s["rss_mib"]} for s in samples],
+        "in_flight_per_minute": [s["in_flight"] for s in samples],
         "restarts_seen": {
             n: len({s["pid"].get(n) for s in samples if n in s["pid"]})
             for n in (samples[-1]["pid"] if samples else {})
@@ -458,8 +460,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # run the cleanup below: up and all it started must go too
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
     work = Path(tempfile.mkdtemp(prefix="ap-soak-"))
     port = free_port()
     config = NatsConfig(url=f"nats://127.0.0.1:{port}", prefix="soak")
