@@ -129,7 +129,8 @@ def die_with_parent(env: Mapping[str, str] | None = None, sig: int = signal.SIGK
     themselves). Set but no longer our parent: the parent is already gone, so
     this process signals itself now. Not a pid: ConfigError (exit 78).
     """
-    raw = (os.environ if env is None else env).get(PARENT_ENV, "").strip()
+    environ = os.environ if env is None else env
+    raw = environ.get(PARENT_ENV, "").strip()
     if not raw:
         return False
     try:

@@ -2,8 +2,12 @@
 
 Starts nats-server if none answers at NATS_URL, then the tallies, the verifiers
 and one of each service worker (``UP_SERVICES``) under a local supervisor
-(workers/recovery/supervisor.py), and stops everything on Ctrl-C, SIGTERM or
-SIGHUP.
+(workers/recovery/supervisor.py), and stops everything on Ctrl-C, SIGTERM,
+SIGHUP or when its stdout's reader goes away (``up | head -3``), within 3 s
+(``_shutdown``: bounded per stage, then a timer thread's emergency exit).
+Nothing it started outlives it even when it is SIGKILLed: every child carries
+the kernel's parent-death signal (bus/parentwatch.py). docs/operations.md
+"How up stops" is the operator's view.
 """
 
 from __future__ import annotations
@@ -298,7 +302,9 @@ def register(sub: Any, kinds: Any) -> None:
         "the recovery worker respawns dead or hung workers through it (the "
         "supervisor restarts them itself while no recovery worker runs; a "
         "worker exiting 78, bad configuration, is never restarted). Logs go "
-        "to DATA_DIR/logs. Ctrl-C (or SIGTERM, SIGHUP) stops everything.",
+        "to DATA_DIR/logs. Ctrl-C (or SIGTERM, SIGHUP, or stdout's reader "
+        "going away, as in 'up | head -3') stops everything within 3 s and exits "
+        "0; on Linux nothing it started outlives it, even under kill -9.",
     )
     nats_options(up)
     up.add_argument(
