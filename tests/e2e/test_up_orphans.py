@@ -213,6 +213,7 @@ def wait_gone(up: Up, t0: float) -> None:
         left = up.others()
         free = port_free(up.port)
         if not left and free:
+            print(f"everything gone {time.monotonic() - t0:.2f} s after the event")
             return
         if time.monotonic() > deadline:
             break

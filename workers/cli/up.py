@@ -73,6 +73,8 @@ EXIT_HARD_STOP = EXIT_CRASH
 
 def warn(text: str) -> None:
     """A line on stderr that never raises: a closed stderr goes to /dev/null."""
+    if sys.stderr is None:  # started with fd 2 closed: print(file=None) would go to stdout
+        return
     try:
         print(text, file=sys.stderr, flush=True)
     except (OSError, ValueError):
@@ -83,9 +85,10 @@ def _to_devnull(stream: TextIO) -> None:
     """Point ``stream``'s file descriptor at /dev/null, so that neither a later write
     nor the interpreter's flush at exit fails on it again (the recipe of the Python
     docs for SIGPIPE)."""
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # None: fd closed at start
+        fd = stream.fileno()
         null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, stream.fileno())
+        os.dup2(null, fd)
         os.close(null)
 
 
@@ -125,7 +128,7 @@ class Console:
             fd = sys.stdout.fileno()
             if not stat.S_ISFIFO(os.fstat(fd).st_mode):
                 return
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # no stdout at all: nothing to watch
             return
 
         def gone() -> None:
