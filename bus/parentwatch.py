@@ -5,53 +5,50 @@ OOM killer). Hoping that the children notice later (a broken log pipe, a lost
 NATS connection) is how nats-server and ten workers ended up running under
 PID 1 holding the port (issue #11). Linux has a kernel-enforced answer:
 ``prctl(PR_SET_PDEATHSIG, sig)`` makes the kernel send ``sig`` to a process the
-moment its parent dies. Two ways to arm it, both race-free:
+moment its parent dies. It survives ``execve`` (it is cleared only for
+set-uid/set-gid binaries), so it must be armed in the child *before* the exec
+of the real program; armed later (by the worker's own code, after its imports:
+seconds on a busy machine), a parent killed meanwhile leaves it orphaned for
+those seconds. Two ways to arm it before exec:
 
-* **before exec** (``preexec``), for a child that is not our Python, e.g. the
-  nats-server binary: the setting survives ``execve`` (it is cleared only for
-  set-uid/set-gid binaries), so the Go program gets it without knowing.
-* **in the child itself** (``die_with_parent``), for our own workers: the
-  parent exports ``AP_PARENT_PID`` (``child_env``); the worker arms the signal
-  first thing in ``run_worker``. This needs no ``preexec_fn`` in the spawning
-  code (see below) and works for any spawner that sets the variable.
+* ``trampoline(command, sig)``: run ``python -m bus.parentwatch SIG PPID --
+  COMMAND...``, which arms ``sig`` (importing only ctypes), then execs
+  ``COMMAND`` in the same process. ``up``'s supervisor starts every worker so;
+  it needs no hook in the spawning code (asyncio's subprocess API).
+* ``preexec(sig)``: a ``subprocess`` ``preexec_fn``, for nats-server, which
+  ``bus/natsserver.py`` starts with plain ``subprocess.Popen``; it has no window
+  at all.
 
-Either way, the parent may already have died before the ``prctl`` (between
-fork and exec, or during the worker's imports); then the signal will never
-come, so both check ``getppid()`` against the expected parent right after
-arming and deliver the signal to themselves if it changed (an orphan is
-reparented to init or a subreaper).
+Either way the parent may already have died before the ``prctl``; then the
+signal will never come, so both check ``getppid()`` against the expected parent
+right after arming and signal themselves if it changed (an orphan is reparented
+to init or a subreaper).
 
 Caveats, and why they are acceptable here:
 
 * PDEATHSIG fires when the *thread* that forked the child exits, not the
   process. A child spawned from a short-lived thread dies with that thread.
-  ``up`` spawns everything from its main thread (asyncio runs subprocess
-  creation on the loop's thread), which lives as long as the process.
-* ``subprocess``'s ``preexec_fn`` runs Python between fork and exec and is
-  documented as unsafe with threads: a lock another thread held at fork stays
-  held in the child. ``preexec`` resolves libc's ``prctl`` in the parent and the
-  child then calls only that foreign function and ``os.getppid``/``os.kill``
-  (no imports, no logging, no allocation-heavy work), so there is no lock to
-  inherit. It also forces ``fork`` instead of ``vfork``; that costs
-  nothing for one nats-server.
-* Linux only. Elsewhere ``supported()`` is False and nothing is armed: the
+  ``up`` spawns everything from its main thread (asyncio creates subprocesses
+  on the loop's thread), which lives as long as the process.
+* ``preexec_fn`` runs Python between fork and exec and is documented as unsafe
+  with threads: a lock another thread held at fork stays held in the child.
+  ``preexec`` resolves libc's ``prctl`` in the parent; the child then calls only
+  that foreign function and ``os.getppid``/``os.kill`` (no imports, no logging),
+  so there is no lock to inherit. It also forces ``fork`` over ``vfork``, which
+  costs nothing for one nats-server. The trampoline has neither caveat; it costs
+  one extra interpreter start (tens of ms) per worker spawn.
+* Linux only. Elsewhere ``supported()`` is False and ``up`` arms nothing: the
   graceful stop on SIGINT/SIGTERM/SIGHUP still works, ``kill -9`` orphans.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from schemas.errors import ConfigError
-
-#: the environment variable ``up`` sets for its workers: "die when this pid is gone"
-PARENT_ENV = "AP_PARENT_PID"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PR_GET_PDEATHSIG = 2
 
@@ -60,9 +57,9 @@ def _load_prctl() -> Any | None:
     """libc's prctl, resolved once at import (never in a forked child)."""
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        return libc.prctl
+    try:  # dlopen(NULL): the interpreter's own symbols, libc's among them; no
+        # find_library, which would run ldconfig in every trampoline
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
 
@@ -117,31 +114,33 @@ def preexec(sig: int, parent_pid: int | None = None) -> Callable[[], None]:
     return arm
 
 
-def child_env(env: Mapping[str, str], parent_pid: int | None = None) -> dict[str, str]:
-    """``env`` plus ``AP_PARENT_PID``: a worker started with it dies with that process."""
-    return {**env, PARENT_ENV: str(os.getpid() if parent_pid is None else parent_pid)}
+def trampoline(command: Sequence[str], sig: int, parent_pid: int | None = None) -> list[str]:
+    """``command`` run through this module: the child arms ``sig`` for the death of
+    ``parent_pid`` (default: the caller), then execs ``command`` (module docstring)."""
+    parent = os.getpid() if parent_pid is None else parent_pid
+    return [sys.executable, "-m", "bus.parentwatch", str(int(sig)), str(parent), "--", *command]
 
 
-def die_with_parent(env: Mapping[str, str] | None = None, sig: int = signal.SIGKILL) -> bool:
-    """Arm ``sig`` for this process if ``AP_PARENT_PID`` names its parent; True if armed.
-
-    Unset or empty: nothing (systemd, Kubernetes and tests supervise workers
-    themselves). Set but no longer our parent: the parent is already gone, so
-    this process signals itself now. Not a pid: ConfigError (exit 78).
-    """
-    environ = os.environ if env is None else env
-    raw = environ.get(PARENT_ENV, "").strip()
-    if not raw:
-        return False
+def _exec(argv: Sequence[str]) -> int:
+    """``python -m bus.parentwatch SIG PPID -- COMMAND...``: arm, check, exec."""
     try:
-        parent = int(raw)
+        sig, parent, separator, *command = argv
+        if separator != "--" or not command:
+            raise ValueError("no command")
+        signum, parent_pid = int(sig), int(parent)
     except ValueError:
-        raise ConfigError(f"{PARENT_ENV} must be a process id, got {raw!r}") from None
-    if parent <= 0:
-        raise ConfigError(f"{PARENT_ENV} must be a process id, got {raw!r}")
-    if not supported():
-        return False
-    set_parent_death_signal(sig)
-    if os.getppid() != parent:  # died before we armed: the signal will never come
-        os.kill(os.getpid(), sig)
-    return True
+        print("usage: python -m bus.parentwatch SIG PPID -- COMMAND...", file=sys.stderr)
+        return 2
+    set_parent_death_signal(signum)
+    if os.getppid() != parent_pid:  # died before we armed: the signal will never come
+        os.kill(os.getpid(), signum)
+        return 128 + signum  # a signal this process ignores: exit instead
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        print(f"bus.parentwatch: cannot run {command[0]}: {exc}", file=sys.stderr)
+    return 127
+
+
+if __name__ == "__main__":
+    sys.exit(_exec(sys.argv[1:]))

@@ -48,7 +48,6 @@ from bus.connection import connect
 from bus.keepalive import Keepalive, making_progress
 from bus.nats_errors import map_jetstream_errors
 from bus.otelmetrics import WorkerInstruments
-from bus.parentwatch import die_with_parent
 from bus.replies import GuardedClient, ReplyGuard
 from bus.stats import ProcessingStats
 from bus.subjects import Subjects, check_token, service_name
@@ -447,7 +446,6 @@ def configure_logging(kind: str, worker_id: str) -> None:
 def run_worker(factory: Callable[[], Worker]) -> int:
     """Run a worker until SIGTERM/SIGINT; return the process exit code."""
     try:
-        die_with_parent()  # env AP_PARENT_PID (set by ``up``): SIGKILL when it dies
         worker = factory()
     except (ConfigError, IdentityError) as exc:
         print(f"configuration error [{exc.code}]: {exc}", file=sys.stderr)

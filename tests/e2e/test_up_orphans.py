@@ -311,6 +311,23 @@ def test_kill_9_of_up_leaves_no_orphans(start_up: Any) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_kill_9_of_up_while_its_workers_start_leaves_no_orphans(start_up: Any) -> None:
+    """Killed right after spawning: the workers are still importing (seconds on a busy
+    machine), so a signal a worker would arm only once its code runs comes too late."""
+    up = start_up()
+    deadline = time.monotonic() + 60
+    while "Ctrl-C stops everything" not in up.stdout():
+        assert time.monotonic() < deadline and up.proc.poll() is None, up.stderr()
+        time.sleep(0.01)
+    before = up.collect()
+    assert len(before) >= len(WORKERS) + 1, describe(before)
+    t0 = time.monotonic()
+    up.proc.kill()
+    up.proc.wait(5)
+    wait_gone(up, t0)
+
+
+@pytest.mark.timeout(120)
 def test_stdout_reader_gone_after_3_lines_stops_everything(start_up: Any) -> None:
     """The reader reads 3 lines, then closes its end while up writes nothing: up must
     notice the pipe is gone without a failing write, and stop cleanly."""

@@ -16,11 +16,9 @@ from pathlib import Path
 import pytest
 
 from bus import parentwatch
-from schemas.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-ENV.pop(parentwatch.PARENT_ENV, None)
 linux = pytest.mark.skipif(not parentwatch.supported(), reason="PR_SET_PDEATHSIG is Linux only")
 
 
@@ -35,56 +33,61 @@ def python(code: str, env: dict[str, str] = ENV, stdin: int | None = None) -> su
     )
 
 
-@pytest.mark.parametrize(
-    ("value", "armed"),
-    [
-        (None, False),  # not under up: systemd / Kubernetes / tests supervise
-        ("", False),
-        ("  ", False),
-    ],
-)
-def test_die_with_parent_does_nothing_without_a_parent_pid(value: str | None, armed: bool) -> None:
-    env = {} if value is None else {parentwatch.PARENT_ENV: value}
-    assert parentwatch.die_with_parent(env) is armed
-
-
-@pytest.mark.parametrize("value", ["abc", "0", "-3", "1.5"])
-def test_die_with_parent_refuses_a_bad_parent_pid(value: str) -> None:
-    with pytest.raises(ConfigError, match=parentwatch.PARENT_ENV):
-        parentwatch.die_with_parent({parentwatch.PARENT_ENV: value})
-
-
-def test_child_env_names_this_process() -> None:
-    env = parentwatch.child_env({"A": "1"})
-    assert env == {"A": "1", parentwatch.PARENT_ENV: str(os.getpid())}
-
-
-ARM = """
-    import os, sys
-    from bus import parentwatch
-    parentwatch.die_with_parent()
-    print(parentwatch.parent_death_signal(), flush=True)
-"""
+SHOW = "from bus import parentwatch; print(parentwatch.parent_death_signal())"
 
 
 @linux
 @pytest.mark.parametrize(
-    ("parent", "expect"),
+    ("sig", "parent", "expect"),
     [
-        ("ours", "armed"),  # AP_PARENT_PID is the real parent: SIGKILL armed, keeps running
-        ("gone", "killed"),  # a parent that is not ours any more: it died before we armed
+        # the real parent: armed, then the command runs (and sees the signal armed)
+        (signal.SIGKILL, "ours", str(int(signal.SIGKILL))),
+        (signal.SIGTERM, "ours", str(int(signal.SIGTERM))),
+        # a parent that is not ours any more died before we armed: never start
+        (signal.SIGKILL, "gone", -signal.SIGKILL),
+        (signal.SIGTERM, "gone", -signal.SIGTERM),
     ],
 )
-def test_a_worker_arms_sigkill_or_dies_at_once(parent: str, expect: str) -> None:
+def test_the_trampoline_arms_then_execs_or_dies_at_once(
+    sig: signal.Signals, parent: str, expect: str | int
+) -> None:
     pid = os.getpid() if parent == "ours" else os.getpid() + 1_000_000
-    child = python(ARM, env={**ENV, parentwatch.PARENT_ENV: str(pid)})
-    out, err = child.communicate(timeout=30)
-    if expect == "armed":
-        assert child.returncode == 0, err
-        assert out.strip() == str(int(signal.SIGKILL))
+    command = parentwatch.trampoline([sys.executable, "-c", SHOW], sig, pid)
+    child = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=30)
+    if isinstance(expect, str):
+        assert child.returncode == 0, child.stderr
+        assert child.stdout.strip() == expect
     else:
-        assert child.returncode == -signal.SIGKILL, (out, err)
-        assert out == ""
+        assert child.returncode == expect, (child.stdout, child.stderr)
+        assert child.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        ([], 2),
+        (["9", "1"], 2),
+        (["9", "1", "--"], 2),
+        (["x", "1", "--", "true"], 2),
+        (["9", "1", "true"], 2),
+    ],
+)
+def test_the_trampoline_refuses_bad_usage(argv: list[str], code: int) -> None:
+    child = subprocess.run(
+        [sys.executable, "-m", "bus.parentwatch", *argv],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert child.returncode == code and "usage" in child.stderr, child.stderr
+
+
+@linux
+def test_the_trampoline_reports_a_command_it_cannot_run() -> None:
+    command = parentwatch.trampoline(["/nonexistent/agentic-payments"], signal.SIGKILL)
+    child = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=30)
+    assert child.returncode == 127 and "cannot run" in child.stderr, child.stderr
 
 
 @linux
@@ -114,14 +117,22 @@ def _gone(pid: int) -> bool:
 
 
 @linux
-def test_a_grandchild_dies_when_its_parent_is_killed_9() -> None:
+@pytest.mark.parametrize(
+    "spawn",
+    [
+        'subprocess.Popen(["sleep", "60"], preexec_fn=parentwatch.preexec(signal.SIGTERM))',
+        'subprocess.Popen(parentwatch.trampoline(["sleep", "60"], signal.SIGKILL))',
+    ],
+    ids=["preexec-SIGTERM", "trampoline-SIGKILL"],
+)
+def test_a_grandchild_dies_when_its_parent_is_killed_9(spawn: str) -> None:
     """The point of it all: the middle process (up) is SIGKILLed, the grandchild (a
-    plain ``sleep``, armed before exec) gets SIGTERM from the kernel at once."""
+    plain ``sleep``, armed before exec) gets its signal from the kernel at once."""
     middle = python(
-        """
+        f"""
         import subprocess, signal
         from bus import parentwatch
-        child = subprocess.Popen(["sleep", "60"], preexec_fn=parentwatch.preexec(signal.SIGTERM))
+        child = {spawn}
         print(child.pid, flush=True)
         child.wait()
         """
@@ -129,7 +140,10 @@ def test_a_grandchild_dies_when_its_parent_is_killed_9() -> None:
     try:
         assert middle.stdout is not None
         grandchild = int(middle.stdout.readline())
-        assert not _gone(grandchild)
+        deadline = time.monotonic() + 20
+        while not Path(f"/proc/{grandchild}/cmdline").read_bytes().startswith(b"sleep"):
+            assert time.monotonic() < deadline, "the grandchild never exec'd sleep"
+            time.sleep(0.01)  # armed and exec'd: from here on only the kernel can kill it
         middle.kill()
         middle.wait(10)
         deadline = time.monotonic() + 3

@@ -138,6 +138,20 @@ class Console:
         loop.add_reader(fd, gone)
 
 
+class _DyingSupervisor(LocalSupervisor):
+    """The local supervisor, each worker started through bus/parentwatch.py's
+    trampoline: armed before its imports, the kernel SIGKILLs it when ``up`` dies.
+
+    SIGKILL, not SIGTERM: a worker's graceful stop takes up to its drain timeout
+    plus 2 s (over the 3 s bound) and drains through NATS, which dies at the same
+    moment when ``up`` started it; only SIGKILL also ends a hung or stopped worker.
+    A SIGKILLed worker is a crash, which the system is built to survive.
+    """
+
+    def command(self, spec: ProcSpec) -> list[str]:
+        return parentwatch.trampoline(super().command(spec), signal.SIGKILL)
+
+
 async def _up(args: argparse.Namespace) -> int:
     config = nats_config(args)
     data_dir = Path(args.data_dir)
@@ -194,10 +208,8 @@ async def _up(args: argparse.Namespace) -> int:
             await _prune_members(config, {f"v{i}" for i in range(1, args.verifiers + 1)}, console)
         if stop.is_set():  # told to stop while starting
             return 0
-        # every worker dies (SIGKILL) with this process, however it dies
-        supervisor = LocalSupervisor(
-            specs, env=parentwatch.child_env(env), log_dir=data_dir / "logs"
-        )
+        supervisor_class = _DyingSupervisor if parentwatch.supported() else LocalSupervisor
+        supervisor = supervisor_class(specs, env=env, log_dir=data_dir / "logs")
         await supervisor.start()
         for spec in specs:
             assert spec.process is not None
