@@ -28,7 +28,11 @@ from typing import IO, Any
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG"),
+]
 ROOT = Path(__file__).resolve().parents[2]
 #: the bound of the issue: everything ``up`` started is gone this long after the event
 GONE_WITHIN_S = 3.0
