@@ -4,6 +4,11 @@ Used by ``agentic-payments up`` (when nothing answers at NATS_URL) and by the
 test fixture. The server is started with JetStream and a local store
 directory; we read its log until "Server is ready" and take the client port
 from the "Listening for client connections on" line, so port -1 (random) works.
+
+``parent_death_signal`` (``up`` passes SIGTERM) makes the kernel signal the
+server when the process that started it dies, however it dies (bus/parentwatch.py):
+armed before exec, the Go binary keeps it. Only from the main thread, because
+the signal fires when the *thread* that forked it exits.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import subprocess
 import sysconfig
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bus import parentwatch
 from schemas.errors import ConfigError
 
 _LISTEN = re.compile(r"Listening for client connections on ([\w.\[\]:]+):(\d+)")
@@ -67,8 +74,21 @@ def start_nats_server(
     timeout: float = 15.0,
     jetstream: bool = True,
     extra_args: list[str] | None = None,
+    parent_death_signal: int | None = None,
 ) -> NatsServer:
-    """Start nats-server (with JetStream unless told otherwise); return once it is ready."""
+    """Start nats-server (with JetStream unless told otherwise); return once it is ready.
+
+    ``parent_death_signal``: the signal the server gets when this process dies
+    (module docstring); ConfigError if called off the main thread, where it
+    would fire when that thread ends, or on a platform without it.
+    """
+    preexec: Callable[[], None] | None = None
+    if parent_death_signal is not None:
+        if threading.current_thread() is not threading.main_thread():
+            raise ConfigError("a parent-death signal needs the main thread to start nats-server")
+        if not parentwatch.supported():
+            raise ConfigError("a parent-death signal needs Linux (prctl PR_SET_PDEATHSIG)")
+        preexec = parentwatch.preexec(parent_death_signal)
     store = Path(store_dir)
     store.mkdir(parents=True, exist_ok=True)
     js = ["-js", "-sd", str(store)] if jetstream else []
@@ -84,7 +104,12 @@ def start_nats_server(
         *(extra_args or []),
     ]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=preexec,  # only the pre-resolved prctl call: see bus/parentwatch.py
     )
     server = NatsServer(proc, host, port, store)
     ready = threading.Event()

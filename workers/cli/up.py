@@ -2,21 +2,30 @@
 
 Starts nats-server if none answers at NATS_URL, then the tallies, the verifiers
 and one of each service worker (``UP_SERVICES``) under a local supervisor
-(workers/recovery/supervisor.py), and stops everything on Ctrl-C, SIGTERM or
-SIGHUP.
+(workers/recovery/supervisor.py), and stops everything on Ctrl-C, SIGTERM,
+SIGHUP or when its stdout's reader goes away (``up | head -3``), within 3 s
+(``_shutdown``: bounded per stage, then a timer thread's emergency exit).
+Nothing it started outlives it even when it is SIGKILLed: every child carries
+the kernel's parent-death signal (bus/parentwatch.py). docs/operations.md
+"How up stops" is the operator's view.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
+import stat
+import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import urlparse
 
-from bus import membership
+from bus import membership, parentwatch
 from bus.config import NatsConfig
 from bus.connection import is_reachable
 from bus.natsserver import NatsServer, start_nats_server
@@ -24,6 +33,7 @@ from bus.runtime import default_data_dir
 from bus.subjects import Subjects
 from schemas.errors import ConfigError
 from workers.cli.kit import (
+    EXIT_CRASH,
     client_threshold,
     connection,
     field_default,
@@ -46,74 +56,245 @@ UP_SERVICES: tuple[str, ...] = (
 )
 
 
+#: under ``up``, how long each worker may finish held work once told to stop
+#: (its ``--drain-timeout-s``): short, so its clean exit fits the bounds below.
+UP_DRAIN_S = 1.0
+#: SIGTERM to every worker, then this long before SIGKILL (the drain plus margin).
+WORKERS_STOP_S = 1.5
+#: then nats-server: SIGTERM, this long, SIGKILL.
+SERVER_STOP_S = 0.5
+#: if up's own stop path has not finished by then (a hung await), up SIGKILLs
+#: every child and exits at once: with the two bounds above, everything it
+#: started is gone within 3 s of the signal (issue #11 "no orphans").
+HARD_STOP_S = 2.6
+#: what ``up`` exits with when it had to take that emergency exit
+EXIT_HARD_STOP = EXIT_CRASH
+
+
+def warn(text: str) -> None:
+    """A line on stderr that never raises: a closed stderr goes to /dev/null."""
+    if sys.stderr is None:  # started with fd 2 closed: print(file=None) would go to stdout
+        return
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        _to_devnull(sys.stderr)
+
+
+def _to_devnull(stream: TextIO) -> None:
+    """Point ``stream``'s file descriptor at /dev/null, so that neither a later write
+    nor the interpreter's flush at exit fails on it again (the recipe of the Python
+    docs for SIGPIPE)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # None: fd closed at start
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+
+
+class Console:
+    """``up``'s stdout. Its reader going away (``up | head -3``) is a request to stop,
+    as SIGPIPE is for any Unix filter: the first failed write, or the kernel
+    reporting that a pipe's read end is closed (``watch``), calls ``on_close``
+    once, and every later line is dropped. It never raises."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.on_close: Callable[[], None] = lambda: None
+
+    def say(self, line: str) -> None:
+        if self.closed:
+            return
+        try:
+            print(line, flush=True)  # flushed per line: a closed pipe shows up here
+        except (OSError, ValueError):  # EPIPE; EIO from a hung-up terminal
+            self.close("a write failed")
+
+    def close(self, why: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        _to_devnull(sys.stdout)
+        warn(f"up: stdout closed ({why}); stopping everything")
+        self.on_close()
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """When stdout is a pipe, notice its reader leaving even if we write nothing:
+        Linux reports EPOLLERR on a pipe's write end once no reader is left, and the
+        selector turns that into a "readable" event for our fd (a pipe's write end
+        is otherwise never readable). Not for terminals or files, where "readable"
+        would mean something else."""
+        try:
+            fd = sys.stdout.fileno()
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                return
+        except (OSError, ValueError, AttributeError):  # no stdout at all: nothing to watch
+            return
+
+        def gone() -> None:
+            loop.remove_reader(fd)
+            self.close("its reader went away")
+
+        loop.add_reader(fd, gone)
+
+
+class _DyingSupervisor(LocalSupervisor):
+    """The local supervisor, each worker started through bus/parentwatch.py's
+    trampoline: armed before its imports, the kernel SIGKILLs it when ``up`` dies.
+
+    SIGKILL, not SIGTERM: a worker's graceful stop takes up to its drain timeout
+    plus 2 s (over the 3 s bound) and drains through NATS, which dies at the same
+    moment when ``up`` started it; only SIGKILL also ends a hung or stopped worker.
+    A SIGKILLed worker is a crash, which the system is built to survive.
+    """
+
+    def command(self, spec: ProcSpec) -> list[str]:
+        return parentwatch.trampoline(super().command(spec), signal.SIGKILL)
+
+
 async def _up(args: argparse.Namespace) -> int:
     config = nats_config(args)
     data_dir = Path(args.data_dir)
     client_threshold(args.threshold)  # refuse a bad threshold before starting anything
-    server: NatsServer | None = None
-    if not await is_reachable(config.servers[0]):
-        parsed = urlparse(config.servers[0])
-        server = start_nats_server(
-            data_dir / "nats", host=parsed.hostname or "127.0.0.1", port=parsed.port or 4222
-        )
-        print(
-            f"nats-server  {server.url}  (JetStream, data in {data_dir / 'nats'}, "
-            f"pid {server.process.pid})"
-        )
-    else:
-        print(f"nats-server  {config.url}  (already running; not started by us)")
-    env = dict(
-        os.environ,
-        NATS_URL=config.url,
-        AP_PREFIX=config.prefix,
-        AP_DATA_DIR=str(data_dir),
-        AP_THRESHOLD=args.threshold,
-    )
-    common = ["--heartbeat-s", str(args.heartbeat_s)]
-    specs = [
-        ProcSpec(
-            f"tally-{i}",
-            ["worker", "tally", "--id", f"t{i}", *common, "--threshold", args.threshold],
-        )
-        for i in range(1, args.tallies + 1)
-    ]
-    specs += [
-        ProcSpec(f"verifier-v{i}", ["worker", "verifier", "--id", f"v{i}", *common])
-        for i in range(1, args.verifiers + 1)
-    ]
-    specs += [ProcSpec(kind, ["worker", kind, "--id", f"{kind}1", *common]) for kind in UP_SERVICES]
-    if server is not None:  # our own server: make the pool exactly our verifiers
-        await _prune_members(config, {f"v{i}" for i in range(1, args.verifiers + 1)})
-    supervisor = LocalSupervisor(specs, env=env, log_dir=data_dir / "logs")
+    console = Console()
     stop = asyncio.Event()
+    console.on_close = stop.set
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a closed terminal too
         loop.add_signal_handler(sig, stop.set)
-    await supervisor.start()
-    for spec in specs:
-        assert spec.process is not None
-        print(f"{spec.name:<12} pid {spec.process.pid}  log {data_dir / 'logs' / spec.name}.log")
-    print(f"prefix {config.prefix}; requests go to {config.prefix}.verify.request")
-    print("Ctrl-C stops everything. Try: agentic-payments demo", flush=True)
+    console.watch(loop)
+    server: NatsServer | None = None
+    supervisor: LocalSupervisor | None = None
     try:
+        if not await is_reachable(config.servers[0]):
+            parsed = urlparse(config.servers[0])
+            server = start_nats_server(
+                data_dir / "nats",
+                host=parsed.hostname or "127.0.0.1",
+                port=parsed.port or 4222,
+                # the server dies with us, however we die (bus/parentwatch.py);
+                # SIGTERM: it shuts JetStream down cleanly, in milliseconds
+                parent_death_signal=signal.SIGTERM if parentwatch.supported() else None,
+            )
+            console.say(
+                f"nats-server  {server.url}  (JetStream, data in {data_dir / 'nats'}, "
+                f"pid {server.process.pid})"
+            )
+        else:
+            console.say(f"nats-server  {config.url}  (already running; not started by us)")
+        env = dict(
+            os.environ,
+            NATS_URL=config.url,
+            AP_PREFIX=config.prefix,
+            AP_DATA_DIR=str(data_dir),
+            AP_THRESHOLD=args.threshold,
+        )
+        common = ["--heartbeat-s", str(args.heartbeat_s), "--drain-timeout-s", str(UP_DRAIN_S)]
+        specs = [
+            ProcSpec(
+                f"tally-{i}",
+                ["worker", "tally", "--id", f"t{i}", *common, "--threshold", args.threshold],
+            )
+            for i in range(1, args.tallies + 1)
+        ]
+        specs += [
+            ProcSpec(f"verifier-v{i}", ["worker", "verifier", "--id", f"v{i}", *common])
+            for i in range(1, args.verifiers + 1)
+        ]
+        specs += [
+            ProcSpec(kind, ["worker", kind, "--id", f"{kind}1", *common]) for kind in UP_SERVICES
+        ]
+        if server is not None:  # our own server: make the pool exactly our verifiers
+            await _prune_members(config, {f"v{i}" for i in range(1, args.verifiers + 1)}, console)
+        if stop.is_set():  # told to stop while starting
+            return 0
+        supervisor_class = _DyingSupervisor if parentwatch.supported() else LocalSupervisor
+        supervisor = supervisor_class(specs, env=env, log_dir=data_dir / "logs")
+        await supervisor.start()
+        for spec in specs:
+            assert spec.process is not None
+            console.say(
+                f"{spec.name:<12} pid {spec.process.pid}  log {data_dir / 'logs' / spec.name}.log"
+            )
+        console.say(f"prefix {config.prefix}; requests go to {config.prefix}.verify.request")
+        console.say("Ctrl-C stops everything. Try: agentic-payments demo")
         await stop.wait()
     finally:
-        print("stopping workers...", flush=True)
-        await supervisor.stop()
-        if server is not None:
-            server.stop()
-            print("nats-server stopped")
+        await _shutdown(console, supervisor, server)
     return 0
 
 
-async def _prune_members(config: NatsConfig, keep: set[str]) -> None:
+async def _shutdown(
+    console: Console, supervisor: LocalSupervisor | None, server: NatsServer | None
+) -> None:
+    """Stop the workers, then the server, within HARD_STOP_S whatever hangs.
+
+    Workers first (they drain through the server), each bounded; a hung stop
+    path (an await on a stopped server) is cut short by the timer thread, which
+    needs neither the event loop nor NATS.
+    """
+    watchdog = threading.Timer(HARD_STOP_S, _hard_stop, args=(supervisor, server))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        console.say("stopping workers...")
+        if supervisor is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    supervisor.stop(timeout=WORKERS_STOP_S), WORKERS_STOP_S + 0.2
+                )
+            running = _kill_children(supervisor)
+            with contextlib.suppress(TimeoutError):  # reaped: SIGKILL needs no cooperation
+                await asyncio.wait_for(asyncio.gather(*(p.wait() for p in running)), 0.5)
+            killed = [
+                s.name
+                for s in supervisor.specs
+                if s.process is not None and s.process.returncode == -signal.SIGKILL
+            ]
+            if killed:
+                warn(f"up: killed {', '.join(killed)}: not stopped within {WORKERS_STOP_S} s")
+        if server is not None:
+            server.stop(SERVER_STOP_S)
+            console.say("nats-server stopped")
+    finally:
+        watchdog.cancel()
+
+
+def _kill_children(supervisor: LocalSupervisor) -> list[asyncio.subprocess.Process]:
+    """SIGKILL the process group of every worker still running; return those."""
+    running = [
+        s.process
+        for s in supervisor.specs
+        if s.process is not None and s.process.returncode is None
+    ]
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # each worker leads its own session
+    return running
+
+
+def _hard_stop(supervisor: LocalSupervisor | None, server: NatsServer | None) -> None:
+    """The timer thread's emergency exit: SIGKILL every child, then exit now."""
+    warn(f"up: stopping took longer than {HARD_STOP_S} s; killing everything")
+    if supervisor is not None:
+        for spec in supervisor.specs:
+            if spec.process is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(spec.process.pid, signal.SIGKILL)
+    if server is not None:
+        with contextlib.suppress(ProcessLookupError):
+            server.process.kill()
+    os._exit(EXIT_HARD_STOP)
+
+
+async def _prune_members(config: NatsConfig, keep: set[str], console: Console) -> None:
     async with connection(config, "agentic-payments-up") as nc:
         subjects = Subjects(config.prefix)
         pool = await membership.read_pool(nc, subjects)
         for member in pool.verifiers:
             if member.worker_id not in keep:
                 await membership.remove(nc, subjects, member.worker_id)
-                print(f"removed stale pool member {member.worker_id}")
+                console.say(f"removed stale pool member {member.worker_id}")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -136,7 +317,9 @@ def register(sub: Any, kinds: Any) -> None:
         "the recovery worker respawns dead or hung workers through it (the "
         "supervisor restarts them itself while no recovery worker runs; a "
         "worker exiting 78, bad configuration, is never restarted). Logs go "
-        "to DATA_DIR/logs. Ctrl-C (or SIGTERM, SIGHUP) stops everything.",
+        "to DATA_DIR/logs. Ctrl-C (or SIGTERM, SIGHUP, or stdout's reader "
+        "going away, as in 'up | head -3') stops everything within 3 s and exits "
+        "0; on Linux nothing it started outlives it, even under kill -9.",
     )
     nats_options(up)
     up.add_argument(
