@@ -70,6 +70,7 @@ async def connect(
             ctx.load_cert_chain(config.tls_cert, config.tls_key)
         options["tls"] = ctx
     nc = Client()
+    log.info("connecting to NATS at %s as %s", config.url, name)
     # nats-py bounds each TCP connect by connect_timeout but not a TLS handshake
     # that fails (e.g. an untrusted server certificate): without this overall
     # bound connect() would hang forever instead of failing with EXIT_CONNECT.

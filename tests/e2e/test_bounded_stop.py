@@ -68,12 +68,12 @@ def wait_log(cluster: Cluster, name: str, needle: str, timeout: float = 30.0) ->
         time.sleep(0.05)
 
 
-def start_worker(cluster: Cluster, kind: str) -> str:
+def start_worker(cluster: Cluster, kind: str, wait_for: str = "started") -> str:
     name = f"{kind}-w1"
     args = ["-m", "workers.cli", "worker", kind, "--id", "w1", "--heartbeat-s", "1"]
     args += ["--drain-timeout-s", str(DRAIN_TIMEOUT_S)]
     cluster._spawn(name, args)
-    wait_log(cluster, name, f"{kind} w1 started")
+    wait_log(cluster, name, f"{kind} w1 started" if wait_for == "started" else wait_for)
     return name
 
 
@@ -107,3 +107,19 @@ def test_worker_stops_within_the_drain_timeout(
     assert took <= BOUND_S, f"{name} took {took:.2f}s to exit (bound {BOUND_S}s):\n{log}"
     expected = EXIT_OK if nats == "up" else EXIT_ABANDONED
     assert code == expected, f"{name} exited {code}, wanted {expected}:\n{log}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sigterm_while_connecting_to_a_hung_server_stops_at_once(
+    own_cluster: Cluster, own_server: NatsServer, kind: str
+) -> None:
+    """The kernel accepts the TCP connection of a SIGSTOPped server, nats-py then
+    waits for an INFO that never comes (connect attempts, then EXIT_CONNECT): a
+    SIGTERM meanwhile must cancel the start, not wait for it."""
+    own_server.process.send_signal(signal.SIGSTOP)
+    name = start_worker(own_cluster, kind, wait_for="connecting to NATS at")
+    took, code = exit_after_sigterm(own_cluster.processes[name])
+    log = own_cluster.log(name)
+    assert code is not None, f"{name} still running {took:.1f}s after SIGTERM:\n{log}"
+    assert took <= BOUND_S, f"{name} took {took:.2f}s to exit (bound {BOUND_S}s):\n{log}"
+    assert code == EXIT_ABANDONED, f"{name} exited {code}, wanted {EXIT_ABANDONED}:\n{log}"
