@@ -65,7 +65,7 @@ from bus.otelmetrics import WorkerInstruments
 from bus.replies import GuardedClient, ReplyGuard
 from bus.stats import ProcessingStats
 from bus.subjects import Subjects, check_token, service_name
-from bus.tracing import setup_metrics, setup_tracing, shutdown_telemetry
+from bus.tracing import SHUTDOWN_TIMEOUT_S, setup_metrics, setup_tracing, shutdown_telemetry
 from schemas.errors import ConfigError, IdentityError, NotConnected
 from schemas.messages import Health, Heartbeat, MetricsSnapshot
 
@@ -443,7 +443,10 @@ class Worker:
         if answering:
             ok = await self._bounded("closing the connection", self._drain_connection(), end) and ok
         await self._close_hard()
-        shutdown_telemetry()
+        # telemetry flushes in what is left before the watchdog (HARD_EXIT_S), at most
+        # its own bound; unexported spans are lost with a warning, not a failed stop
+        left = drain_end + HARD_EXIT_S - 0.3 - loop.time()
+        shutdown_telemetry(max(0.1, min(SHUTDOWN_TIMEOUT_S, left)))
         self.drained = ok and answering
         if ok:
             log.info("%s %s stopped", self.kind, self.worker_id)
