@@ -462,7 +462,9 @@ class Worker:
         left behind; the hard close then takes its connection away.
         """
         task = asyncio.ensure_future(coro)
-        timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+        # past the deadline a stage still gets one turn of the loop: one with nothing
+        # to do (an idle wait_idle) then finishes instead of counting as abandoned
+        timeout = max(0.01, deadline - asyncio.get_running_loop().time())
         done, _ = await asyncio.wait({task}, timeout=timeout)
         if not done:
             task.cancel()
@@ -579,9 +581,11 @@ def _hard_exit_watchdog(bound_s: float, kind: str, worker_id: str) -> threading.
     executor thread that does not return)."""
 
     def expire() -> None:
+        # straight to fd 2, not through logging: the wedged main thread may hold a
+        # handler's lock, and this thread must not wait for it
         with contextlib.suppress(Exception):
-            log.error("%s %s: stop exceeded %.1fs; exiting now", kind, worker_id, bound_s)
-            logging.shutdown()
+            note = f"{kind} {worker_id}: stop exceeded {bound_s:.1f}s; exiting {EXIT_ABANDONED}\n"
+            os.write(2, note.encode())
         os._exit(EXIT_ABANDONED)
 
     timer = threading.Timer(bound_s, expire)

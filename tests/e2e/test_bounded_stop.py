@@ -123,3 +123,29 @@ def test_sigterm_while_connecting_to_a_hung_server_stops_at_once(
     assert code is not None, f"{name} still running {took:.1f}s after SIGTERM:\n{log}"
     assert took <= BOUND_S, f"{name} took {took:.2f}s to exit (bound {BOUND_S}s):\n{log}"
     assert code == EXIT_ABANDONED, f"{name} exited {code}, wanted {EXIT_ABANDONED}:\n{log}"
+
+
+WEDGED = """
+import sys, time
+from bus.runtime import RuntimeConfig, Worker, run_worker
+
+class Wedged(Worker):
+    kind = "wedged"
+
+    async def teardown(self) -> None:
+        time.sleep(60)  # blocks the event loop: no asyncio bound can end this
+
+sys.exit(run_worker(lambda: Wedged(RuntimeConfig(worker_id="w1", drain_timeout_s=%r))))
+"""
+
+
+def test_a_wedged_event_loop_is_ended_by_the_watchdog(own_cluster: Cluster) -> None:
+    """The last bound: a teardown that blocks the loop itself; the SIGTERM-armed
+    watchdog thread still ends the process, with EXIT_ABANDONED."""
+    own_cluster._spawn("wedged-w1", ["-c", WEDGED % DRAIN_TIMEOUT_S])
+    wait_log(own_cluster, "wedged-w1", "wedged w1 started")
+    took, code = exit_after_sigterm(own_cluster.processes["wedged-w1"])
+    log = own_cluster.log("wedged-w1")
+    assert code == EXIT_ABANDONED, f"exited {code} after {took:.1f}s:\n{log}"
+    assert took <= BOUND_S, f"took {took:.2f}s (bound {BOUND_S}s):\n{log}"
+    assert "stop exceeded" in log
