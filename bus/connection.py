@@ -70,6 +70,7 @@ async def connect(
             ctx.load_cert_chain(config.tls_cert, config.tls_key)
         options["tls"] = ctx
     nc = Client()
+    log.info("connecting to NATS at %s as %s", config.url, name)
     # nats-py bounds each TCP connect by connect_timeout but not a TLS handshake
     # that fails (e.g. an untrusted server certificate): without this overall
     # bound connect() would hang forever instead of failing with EXIT_CONNECT.
@@ -77,6 +78,11 @@ async def connect(
     try:
         async with asyncio.timeout(overall):
             await nc.connect(**options)
+    except asyncio.CancelledError:
+        # a stop requested while connecting (bus/runtime.py): leave no reconnect
+        # loop or socket behind, and do not wait on a server that is not there
+        await close_quickly(nc)
+        raise
     except Exception as exc:  # nats-py raises several unrelated types here
         with contextlib.suppress(Exception):
             if not nc.is_closed:
@@ -90,6 +96,25 @@ async def connect(
         raise NotConnected(f"cannot connect to NATS at {config.url}: {reason}") from None
     nc.options["max_reconnect_attempts"] = -1  # reconnect forever from now on
     return nc
+
+
+async def close_quickly(nc: Client, timeout: float = 0.25) -> None:
+    """Close ``nc`` within ``timeout`` whatever its state (connecting, reconnecting,
+    connected to a server that stopped reading): nats-py's ``close`` still writes
+    what is pending and waits for its reconnect task; past the bound the socket is
+    dropped instead."""
+    if nc.is_closed:
+        return
+    task = asyncio.ensure_future(nc.close())
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        transport = getattr(nc, "_transport", None)
+        with contextlib.suppress(Exception):
+            if transport is not None:
+                transport.close()
+    elif not task.cancelled() and task.exception() is not None:
+        log.debug("closing the connection: %r", task.exception())
 
 
 async def is_reachable(url: str, timeout: float = 1.0) -> bool:

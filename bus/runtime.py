@@ -13,9 +13,21 @@ twice:
   3. the remaining subscriptions and the service stop, a last heartbeat is
      sent, and the connection is drained and closed.
 
+The whole stop is bounded (issue #11, "bounded stops"): stages 1-2 share
+``drain_timeout_s``, stage 3 gets ``STOP_SLACK_S`` more, then the connection
+is closed hard, whether NATS is up, gone (nats-py is reconnecting: a flush or
+drain would wait for a PONG that never comes) or hung (connected but silent:
+nats-py cannot tell for minutes). A stage that runs out of time is abandoned
+and the stop carries on; ``Worker.drained`` says whether every stage finished
+and the connection drained. A SIGTERM during ``start`` (connecting, or
+re-reading state while NATS is away) cancels the start and stops at once.
+
 ``run_worker`` wires SIGTERM/SIGINT to ``request_stop`` and turns failures
-into distinct exit codes: 0 clean, 78 bad configuration, 69 cannot connect,
-70 crash.
+into distinct exit codes: 0 clean, 75 stopped but had to abandon work (held
+work unfinished, or a drain NATS did not let finish), 78 bad configuration,
+69 cannot connect, 70 crash. Should the event loop itself wedge, a watchdog
+thread armed by SIGTERM ends the process with 75 at ``drain_timeout_s +
+HARD_EXIT_S``.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -39,19 +52,20 @@ from typing import Any, ClassVar, cast
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import BadSubscriptionError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service
 
 from bus.config import NatsConfig
-from bus.connection import connect
+from bus.connection import close_quickly, connect
 from bus.keepalive import Keepalive, making_progress
 from bus.nats_errors import map_jetstream_errors
 from bus.otelmetrics import WorkerInstruments
 from bus.replies import GuardedClient, ReplyGuard
 from bus.stats import ProcessingStats
 from bus.subjects import Subjects, check_token, service_name
-from bus.tracing import setup_metrics, setup_tracing, shutdown_telemetry
+from bus.tracing import SHUTDOWN_TIMEOUT_S, setup_metrics, setup_tracing, shutdown_telemetry
 from schemas.errors import ConfigError, IdentityError, NotConnected
 from schemas.messages import Health, Heartbeat, MetricsSnapshot
 
@@ -59,6 +73,24 @@ EXIT_OK = 0
 EXIT_CONNECT = 69  # sysexits EX_UNAVAILABLE
 EXIT_CRASH = 70  # sysexits EX_SOFTWARE
 EXIT_CONFIG = 78  # sysexits EX_CONFIG
+#: stopped within its bound, but gave up on work: held work unfinished after
+#: drain_timeout_s, or NATS (gone or hung) did not let the connection drain.
+#: sysexits EX_TEMPFAIL: what was dropped is the kind a retry recovers
+#: (callers retry with the same request id; nothing acknowledged is lost).
+EXIT_ABANDONED = 75
+
+#: beyond drain_timeout_s, the time stage 3 (subscriptions, teardown, service,
+#: connection drain) may take before the connection is closed hard
+STOP_SLACK_S = 0.75
+#: a subclass teardown always gets at least this long, even when the stages
+#: before it used up the budget (it releases local resources, e.g. key material)
+TEARDOWN_MIN_S = 0.25
+#: closing the connection hard: nats-py's close() still writes what is pending
+CLOSE_S = 0.25
+#: the watchdog's bound beyond drain_timeout_s: past it the process ends with
+#: EXIT_ABANDONED even if the event loop is wedged (issue #11: exit within
+#: drain_timeout + 2 s of SIGTERM)
+HARD_EXIT_S = 1.8
 
 try:
     VERSION = importlib.metadata.version("agentic-payments")
@@ -132,9 +164,13 @@ class Worker:
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
-        self._stop_requested: asyncio.Event | None = None
+        # created here, not in start(): a SIGTERM while connecting must count
+        self._stop_requested = asyncio.Event()
         self._stopping = False
         self._stop_done = asyncio.Event()
+        #: after stop(): True when every stage finished in time and the connection
+        #: drained; False when work or the drain had to be abandoned (EXIT_ABANDONED)
+        self.drained: bool | None = None
         self._hb_seq = 0
         self.otel_metrics: WorkerInstruments | None = None
         # systemd READY/STOPPING/WATCHDOG and the local liveness file (bus/keepalive.py)
@@ -272,7 +308,6 @@ class Worker:
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        self._stop_requested = asyncio.Event()
         resource = {
             "service.instance.id": f"{self.worker_id}-{self.instance}",
             "agentic_payments.worker_id": self.worker_id,
@@ -363,8 +398,7 @@ class Worker:
 
     def request_stop(self) -> None:
         """Signal handler: ask ``run`` to stop (safe from a signal, safe twice)."""
-        if self._stop_requested is not None:
-            self._stop_requested.set()
+        self._stop_requested.set()
 
     async def stop(self) -> None:
         """Staged stop; a second call waits for the first one to finish."""
@@ -378,48 +412,141 @@ class Worker:
             self._stop_done.set()
 
     async def _stop_stages(self) -> None:
+        loop = asyncio.get_running_loop()
+        drain_end = loop.time() + self.runtime.drain_timeout_s
+        end = drain_end + STOP_SLACK_S
         log.info("%s %s stopping: no new work", self.kind, self.worker_id)
         self.keepalive.stopping()
         with contextlib.suppress(Exception):
             await self._publish_heartbeat()
-        for sub in self._intake:
-            with contextlib.suppress(Exception):
-                await sub.drain()  # type: ignore[no-untyped-call]
-        try:
-            await asyncio.wait_for(self.wait_idle(), self.runtime.drain_timeout_s)
-        except TimeoutError:
-            log.warning(
-                "%s %s: work still held after %.1fs; stopping anyway",
-                self.kind,
-                self.worker_id,
-                self.runtime.drain_timeout_s,
+        # a drain that ran out of time means NATS is not answering (hung, or gone
+        # unnoticed): later round trips would only wait the same way, so skip them
+        answering = await self._bounded("draining intake", self._drain_all(self._intake), drain_end)
+        ok = await self._bounded("finishing held work", self.wait_idle(), drain_end) and answering
+        if answering:
+            answering = await self._bounded(
+                "draining subscriptions", self._drain_all(self._subs), end
             )
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.drain()  # type: ignore[no-untyped-call]
+            ok = ok and answering
         for task in list(self._tasks):
             task.cancel()
-        await self.teardown()
+        # at least TEARDOWN_MIN_S for local resources; no more if NATS is not answering
+        grace = loop.time() + TEARDOWN_MIN_S
+        ok = (
+            await self._bounded(
+                "teardown", self.teardown(), max(end, grace) if answering else grace
+            )
+            and ok
+        )
         for loop_task in self._loops:
             loop_task.cancel()
+        if answering:
+            ok = await self._bounded("closing the connection", self._drain_connection(), end) and ok
+        await self._close_hard()
+        # telemetry flushes in what is left before the watchdog (HARD_EXIT_S), at most
+        # its own bound; unexported spans are lost with a warning, not a failed stop
+        left = drain_end + HARD_EXIT_S - 0.3 - loop.time()
+        shutdown_telemetry(max(0.1, min(SHUTDOWN_TIMEOUT_S, left)))
+        self.drained = ok and answering
+        if ok:
+            log.info("%s %s stopped", self.kind, self.worker_id)
+        else:
+            log.warning("%s %s stopped, abandoning work (see above)", self.kind, self.worker_id)
+
+    async def _bounded(self, what: str, coro: Coroutine[Any, Any, Any], deadline: float) -> bool:
+        """Run one stop stage until ``deadline`` (event-loop time); True if it finished.
+
+        Run as its own task and waited on, not cancelled-and-awaited: a stage that
+        swallows the cancellation (``suppress(BaseException)`` around an await) must
+        not hold the stop past its bound. One that has not ended is cancelled and
+        left behind; the hard close then takes its connection away.
+        """
+        task = asyncio.ensure_future(coro)
+        # past the deadline a stage still gets one turn of the loop: one with nothing
+        # to do (an idle wait_idle) then finishes instead of counting as abandoned
+        timeout = max(0.01, deadline - asyncio.get_running_loop().time())
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            task.cancel()
+            log.warning(
+                "%s %s: %s did not finish in time; abandoning it (NATS %s)",
+                self.kind,
+                self.worker_id,
+                what,
+                self._nats_state(),
+            )
+            return False
+        if task.cancelled():
+            return False
+        exc = task.exception()
+        if exc is not None:
+            log.warning("%s %s: %s failed: %r", self.kind, self.worker_id, what, exc)
+            return False
+        return True
+
+    def _nats_state(self) -> str:
+        if self.nc is None:
+            return "not connected yet"
+        if self.nc.is_connected:
+            return "connected"
+        if self.nc.is_reconnecting:
+            return "reconnecting"
+        return "closed" if self.nc.is_closed else "not connected"
+
+    async def _drain_all(self, subs: list[Subscription]) -> None:
+        """Drain ``subs`` side by side: each drain is a PING round trip, and one at a
+        time against a silent server would cost nats-py's flush timeout per subscription."""
+        if not subs:
+            return
+        if self.nc is None or not self.nc.is_connected:
+            # no round trip can finish; what is queued is still handled until the
+            # hard close (nothing new arrives while disconnected)
+            raise NotConnected(f"cannot drain {len(subs)} subscriptions: NATS {self._nats_state()}")
+        drains = (sub.drain() for sub in subs)  # type: ignore[no-untyped-call]
+        results = await asyncio.gather(*drains, return_exceptions=True)
+        # a subscription already closed (e.g. unsubscribed by its owner) has nothing to drain
+        failed = [r for r in results if isinstance(r, Exception) and not _already_closed(r)]
+        if failed:
+            raise failed[0]
+
+    async def _drain_connection(self) -> None:
+        """Stop the service, send the last metrics, drain and close the connection."""
+        if self.nc is None or self.nc.is_closed:
+            return
+        if not self.nc.is_connected:
+            raise NotConnected(f"cannot drain the connection: NATS {self._nats_state()}")
         if self.service is not None:
-            with contextlib.suppress(Exception):
-                await self.service.stop()
+            await self.service.stop()
         with contextlib.suppress(Exception):
             await self._publish_metrics()
-        if self.nc is not None and not self.nc.is_closed:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
-        shutdown_telemetry()
-        log.info("%s %s stopped", self.kind, self.worker_id)
+        await self.nc.drain()
+        if not self.nc.is_closed:
+            raise NotConnected("the connection did not close after its drain")
+
+    async def _close_hard(self) -> None:
+        """Close the connection whatever state it is in, within ``CLOSE_S``."""
+        if self.nc is not None:
+            await close_quickly(self.nc, CLOSE_S)
 
     async def run(self) -> None:
+        """Start, serve until ``request_stop``, stop; a stop requested while starting
+        cancels the start (connect attempts, setup reads waiting on NATS)."""
+        starting = asyncio.ensure_future(self.start())
+        stop_wait = asyncio.ensure_future(self._stop_requested.wait())
         try:
-            await self.start()
-            assert self._stop_requested is not None
-            await self._stop_requested.wait()
+            await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                log.info("%s %s: stop requested while starting", self.kind, self.worker_id)
+                starting.cancel()
+                await asyncio.wait({starting}, timeout=CLOSE_S)
+            else:
+                starting.result()  # start's failure (EXIT_CONNECT, EXIT_CONFIG...)
+                await stop_wait
         finally:
+            stop_wait.cancel()
             await self.stop()
+            if not starting.done() or starting.cancelled():
+                self.drained = False  # the start was abandoned half-way
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -434,6 +561,10 @@ class Worker:
         await self.stop()
 
 
+def _already_closed(exc: BaseException) -> bool:
+    return isinstance(exc, BadSubscriptionError)
+
+
 def configure_logging(kind: str, worker_id: str) -> None:
     level = os.environ.get("AP_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(
@@ -441,6 +572,26 @@ def configure_logging(kind: str, worker_id: str) -> None:
         stream=sys.stderr,
         format=f"%(asctime)s %(levelname)s {kind}/{worker_id} %(name)s: %(message)s",
     )
+
+
+def _hard_exit_watchdog(bound_s: float, kind: str, worker_id: str) -> threading.Timer:
+    """The last bound on a stop: a thread that ends the process with EXIT_ABANDONED
+    ``bound_s`` after SIGTERM even if the event loop never gets there (a wedged
+    callback, asyncio.run waiting on a task that swallows its cancellation, an
+    executor thread that does not return)."""
+
+    def expire() -> None:
+        # straight to fd 2, not through logging: the wedged main thread may hold a
+        # handler's lock, and this thread must not wait for it
+        with contextlib.suppress(Exception):
+            note = f"{kind} {worker_id}: stop exceeded {bound_s:.1f}s; exiting {EXIT_ABANDONED}\n"
+            os.write(2, note.encode())
+        os._exit(EXIT_ABANDONED)
+
+    timer = threading.Timer(bound_s, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def run_worker(factory: Callable[[], Worker]) -> int:
@@ -453,11 +604,18 @@ def run_worker(factory: Callable[[], Worker]) -> int:
     except OSError as exc:  # unusable data dir or key file
         print(f"configuration error [CONFIG_INVALID]: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    watchdog: list[threading.Timer] = []
+
+    def on_signal() -> None:
+        if not watchdog:
+            bound = worker.runtime.drain_timeout_s + HARD_EXIT_S
+            watchdog.append(_hard_exit_watchdog(bound, worker.kind, worker.worker_id))
+        worker.request_stop()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.request_stop)
+            loop.add_signal_handler(sig, on_signal)
         await worker.run()
 
     configure_logging(worker.kind, worker.worker_id)
@@ -472,4 +630,7 @@ def run_worker(factory: Callable[[], Worker]) -> int:
     except Exception:
         log.exception("%s %s crashed", worker.kind, worker.worker_id)
         return EXIT_CRASH
-    return EXIT_OK
+    finally:
+        for timer in watchdog:
+            timer.cancel()
+    return EXIT_OK if worker.drained is not False else EXIT_ABANDONED

@@ -16,7 +16,7 @@
 
 Exit codes: 0 ok; 1 decided but not VALID, or a certificate that does not
 check out (verify, demo); 2 usage; 69 cannot connect to NATS or no reply;
-70 crash; 78 bad configuration.
+70 crash; 75 a worker stopped but abandoned work; 78 bad configuration.
 
 This module is the entry point only: the parser skeleton, the modules that
 register commands (``EXTENSIONS``) and the error -> exit code mapping. The
@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Quick start: 'agentic-payments up' in one terminal, "
         "'agentic-payments demo' in another. Exit codes: 0 ok, 1 not VALID "
         "(or a certificate that does not check out), 2 usage, 69 cannot connect "
-        "or no reply, 70 crash, 78 bad configuration.",
+        "or no reply, 70 crash, 75 a worker stopped but had to abandon work, "
+        "78 bad configuration.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -96,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         "worker",
         help="run one worker process",
         description="Run one worker until SIGTERM/SIGINT, then stop "
-        "taking work, finish held work, drain and exit 0.",
+        "taking work, finish held work, drain and exit 0, all within "
+        "--drain-timeout-s + 2 s; exit 75 instead if held work or the drain "
+        "had to be abandoned (NATS gone or hung, work still held at the timeout).",
     )
     kinds = worker.add_subparsers(dest="kind", required=True, metavar="KIND")
     worker.set_defaults(func=cmd_worker)

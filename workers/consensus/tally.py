@@ -308,14 +308,16 @@ class TallyWorker(Worker):
                         "tally stopped before a decision; retry with the same request id",
                         pending.request_id,
                     )
-        with contextlib.suppress(Exception):
-            await self.client.flush()
         if self._pool is not None:
             await self._pool.stop()
         if self._state is not None:
             await self._state.stop()
         if self._store is not None:
             await self._store.stop()
+        # last: a flush waits for a PONG that a gone or hung NATS never sends, and a
+        # bounded stop cancels it there (bus/runtime.py); local state is released first
+        with contextlib.suppress(Exception):
+            await self.client.flush()
 
     # ------------------------------------------------------------------ intake
     async def _on_request(self, msg: Msg) -> None:

@@ -159,11 +159,15 @@ class KeysWorker(Worker):
         self._sweeper = asyncio.create_task(self._sweep_loop())
 
     async def teardown(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(BaseException):
-                await self._sweeper
-        self.master.close()
+        # the master key is wiped whatever happens to the await (a bounded stop
+        # cancels a teardown that runs out of time, bus/runtime.py)
+        try:
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait({self._sweeper}, timeout=1.0)
+        finally:
+            self.master.close()
 
     async def _check_master_key(self) -> None:
         """Refuse to serve (exit 78) under a master key that does not open the stored keys."""
