@@ -12,7 +12,6 @@ import random
 import signal
 import time
 import uuid
-from pathlib import Path
 
 import nacl.bindings
 import pytest
@@ -139,7 +138,8 @@ async def test_key_manager_killed_during_rotations(cluster: Cluster) -> None:
             # the latest version is fully usable: it signs, and the pool accepts it
             signed = await keys.sign(name, b"pay 5 EUR after the crash")
             assert signed.version == record.latest.version
-            assert verify_signature(signed.public_key, b"pay 5 EUR after the crash", signed.signature)
+            message = b"pay 5 EUR after the crash"
+            assert verify_signature(signed.public_key, message, signed.signature)
             cert = await client.verify_with_consensus(
                 VerificationRequest(
                     f"keyskill-final-{uuid.uuid4().hex[:6]}",
