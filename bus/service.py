@@ -114,14 +114,14 @@ class Dispatcher:
         try:
             spec = self.operations[op]
             reply = await spec.handle(spec.decode(data))
+        except StoreFull as exc:  # never a verdict on the request, whatever the refusals
+            self.stats.count(f"failed_{exc.code}")
+            self.log.warning("%s %s failed [%s]: %s", self.service, op, exc.code, exc)
+            return ErrorReply(exc.code, printable(str(exc))), False
         except self.refusals as exc:
             self.stats.count(f"rejected_{exc.code}")
             self.log.debug("%s %s refused [%s]: %s", self.service, op, exc.code, exc)
             return ErrorReply(exc.code, printable(str(exc))), True
-        except StoreFull as exc:
-            self.stats.count(f"failed_{exc.code}")
-            self.log.warning("%s %s failed [%s]: %s", self.service, op, exc.code, exc)
-            return ErrorReply(exc.code, printable(str(exc))), False
         except Exception:
             self.log.exception("%s %s failed", self.service, op)
             return ErrorReply("INTERNAL", f"{self.service} {op} failed; see the worker log"), False
