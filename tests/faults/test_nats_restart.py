@@ -37,7 +37,8 @@ async def test_nats_server_restart_under_load(tmp_path: Path) -> None:
             server.process.wait(5)
             server = start_nats_server(store, port=port)
             restarted = time.monotonic()
-            first = await load.first_decision_after(killed, timeout=40)
+            # after the restart: a reply read from the socket after the kill is not one
+            first = await load.first_decision_after(restarted, timeout=40)
             # deciding has resumed, not just one late answer: 40 requests sent after it
             await load.wait_decided(40, sent_after=first, timeout=40)
             await load.stop(drain_s=30)
