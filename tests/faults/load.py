@@ -22,15 +22,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client
 
 from bus import membership
 from bus.client import VerifyClient, signed_request
 from bus.subjects import Subjects
 from schemas.certificate import verify_certificate
-from schemas.errors import AgenticPaymentsError, CertificateInvalid
+from schemas.errors import AgenticPaymentsError, CertificateInvalid, TransportError
 from schemas.identity import AgentIdentity
-from schemas.messages import ConsensusResult, VerificationRequest
+from schemas.messages import ConsensusResult, MetricsSnapshot, VerificationRequest
 from schemas.quorum import Decision
 
 
@@ -206,12 +207,40 @@ class Load:
                 wrong.append(f"{o.request.request_id}: {cert.decision}, expected {expected}")
                 continue
             if cert.epoch not in pools:
-                pools[cert.epoch] = (await membership.pool_at(nc, subjects, cert.epoch)).keys
+                pools[cert.epoch] = await _pool_keys(nc, subjects, cert.epoch)
             try:
                 verify_certificate(cert, pools[cert.epoch], network=prefix)
             except CertificateInvalid as exc:
                 wrong.append(f"{o.request.request_id}: {exc}")
         return {**self.summary(), "wrong": len(wrong), "wrong_examples": wrong[:5]}
+
+
+async def _pool_keys(nc: Client, subjects: Subjects, epoch: int) -> frozenset[bytes]:
+    """The keys of pool ``epoch``; a read that fails (TransportError: NATS busy, says
+    nothing about the pool) is tried again a few times."""
+    for attempt in range(5):
+        try:
+            return (await membership.pool_at(nc, subjects, epoch)).keys
+        except TransportError:
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+async def counters(nc: Client, subject: str, within: float = 20.0) -> dict[str, int]:
+    """A worker's counters from its status subject, asked until it answers: a worker
+    just thawed or restarted works through a backlog first (one slow answer is not
+    the fault under test; no answer within ``within`` is a failure)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            msg = await nc.request(subject, b"", timeout=2)
+            return dict(MetricsSnapshot.decode(msg.data).counters)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no status on {subject} within {within}s") from None
+            await asyncio.sleep(0.2)
 
 
 def report(fault: str, **fields: Any) -> str:

@@ -14,8 +14,8 @@ from bus import membership
 from bus.client import VerifyClient
 from bus.connection import connect
 from bus.subjects import Subjects
-from schemas.messages import Ballot, MetricsSnapshot, Vote
-from tests.faults.load import Load, report
+from schemas.messages import Ballot, Vote
+from tests.faults.load import Load, counters, report
 from tests.helpers import Cluster
 from workers.consensus.verifier import ISSUED_SKEW_MS
 
@@ -114,10 +114,8 @@ async def test_verifier_stopped_past_the_ballot_deadline(cluster: Cluster) -> No
             await load.wait_decided(40, sent_after=resumed, timeout=40)
             await load.stop(drain_s=20)
             result = await load.audit(nc, cluster.prefix)
-            status = await nc.request(subjects.status("verifier", "v4"), b"", timeout=5)
-            counters = MetricsSnapshot.decode(status.data).counters
-            status = await nc.request(subjects.status("tally", "t1"), b"", timeout=5)
-            tally_counters = MetricsSnapshot.decode(status.data).counters
+            frozen_counters = await counters(nc, subjects.status("verifier", "v4"))
+            tally_counters = await counters(nc, subjects.status("tally", "t1"))
             after = await membership.read_pool(nc, subjects)
     finally:
         await nc.close()
@@ -127,7 +125,7 @@ async def test_verifier_stopped_past_the_ballot_deadline(cluster: Cluster) -> No
         deadline_ms=round(deadline_s * 1000),
         outage_ms=round(load.max_gap_ms(stopped)),
         thawed_votes=len(thawed_votes),
-        thawed_refused_skew=counters.get("ballot_refused_BALLOT_ISSUED_SKEW", 0),
+        thawed_refused_skew=frozen_counters.get("ballot_refused_BALLOT_ISSUED_SKEW", 0),
         **result,
     )
     assert frozen_s > deadline_s
@@ -147,7 +145,7 @@ async def test_verifier_stopped_past_the_ballot_deadline(cluster: Cluster) -> No
     ]
     assert not stale, stale[:5]
     # it saw the ballots that queued up and refused them, and it votes again
-    assert counters.get("ballot_refused_BALLOT_ISSUED_SKEW", 0) > 0, counters
+    assert frozen_counters.get("ballot_refused_BALLOT_ISSUED_SKEW", 0) > 0, frozen_counters
     assert thawed_votes
     # its late votes broke nothing: no equivocation, and it is still in the pool
     assert not evidence

@@ -22,8 +22,7 @@ from bus.nats_errors import map_jetstream_errors
 from bus.natsserver import start_nats_server
 from bus.subjects import Subjects
 from schemas.errors import NoResponders, RemoteError, RequestTimeout, StoreFull
-from schemas.messages import MetricsSnapshot
-from tests.faults.load import Load, report
+from tests.faults.load import Load, counters, report
 from tests.helpers import Cluster, free_ports
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -58,11 +57,6 @@ async def _create_key(keys: KeyClient, name: str) -> RemoteError | None:
             await asyncio.sleep(0.3)
 
 
-async def _counters(nc: object, subject: str) -> dict[str, int]:
-    msg = await nc.request(subject, b"", timeout=5)  # type: ignore[attr-defined]
-    return dict(MetricsSnapshot.decode(msg.data).counters)
-
-
 @pytest.mark.timeout(120)
 async def test_store_full_then_space_returns(tmp_path: Path) -> None:
     server = start_nats_server(tmp_path / "js", port=free_ports(1)[0], max_file_store=LIMIT)
@@ -91,7 +85,7 @@ async def test_store_full_then_space_returns(tmp_path: Path) -> None:
             await load.wait_decided(30, sent_after=time.monotonic(), timeout=30)
             refused = await _create_key(keys, "during")
             assert refused is not None and refused.code == StoreFull.code, refused
-            tally = await _counters(nc, subjects.status("tally", "t1"))
+            tally = await counters(nc, subjects.status("tally", "t1"))
             assert tally.get("decision_store_errors", 0) > 0, tally
             # space returns
             await js.delete_stream(filler)
