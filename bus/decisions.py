@@ -40,10 +40,10 @@ from nats.js.errors import (
 
 from bus.config import js_replicas
 from bus.kv import WRONG_LAST_SEQUENCE
-from bus.nats_errors import jetstream_error, map_jetstream_errors
+from bus.nats_errors import STORE_FULL, is_store_full, jetstream_error, map_jetstream_errors
 from bus.streams import ensure_stream
 from bus.subjects import Subjects
-from schemas.errors import TransportError
+from schemas.errors import StoreFull, TransportError
 from schemas.messages import ConsensusResult
 
 log = logging.getLogger("agentic_payments.decisions")
@@ -275,7 +275,9 @@ class DecisionStore:
             self._on_error(request_id, TransportError("unreadable JetStream ack"), False)
             return
         error = reply.get("error") if isinstance(reply, dict) else None
-        if error:
+        if error and is_store_full(error.get("err_code")):
+            self._on_error(request_id, StoreFull(f"decision write refused: {STORE_FULL}"), False)
+        elif error:
             already = error.get("err_code") in WRONG_LAST_SEQUENCE  # the key exists
             self._on_error(request_id, TransportError(f"decision write refused: {error}"), already)
 

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 import nats.errors
 import nats.js.errors
 
-from schemas.errors import NoResponders, NotConnected, RequestTimeout, TransportError
+from schemas.errors import NoResponders, NotConnected, RequestTimeout, StoreFull, TransportError
 
 #: The connection is closed, closing, reconnecting or has no server: not the request's fault.
 _NOT_CONNECTED: tuple[type[nats.errors.Error], ...] = (
@@ -65,6 +65,20 @@ def map_nats_errors(
         ) from None
 
 
+#: JetStream API error codes (nats-server errors.json) of a full store:
+#: JSInsufficientResourcesErr (a write or a new stream over the server's
+#: max_file_store / max_memory_store) and JSStorageResourcesExceededErr
+#: (a stream's reservation over the account's storage limit).
+STORE_FULL_ERR_CODES = frozenset({10023, 10047})
+#: What StoreFull says (tests/faults/test_store_full.py looks for the code).
+STORE_FULL = "JetStream storage is full (insufficient resources); free space and retry"
+
+
+def is_store_full(err_code: object) -> bool:
+    """Whether a JetStream API ``err_code`` (an APIError's, or an ack's JSON) says full."""
+    return err_code in STORE_FULL_ERR_CODES
+
+
 #: What ``map_jetstream_errors`` says when the server has no JetStream (``up`` and the
 #: worker log show it; tests/integration/test_runtime.py looks for it).
 NO_JETSTREAM = "JetStream is not available (start nats-server with -js)"
@@ -77,6 +91,9 @@ def jetstream_error(exc: BaseException, doing: str) -> BaseException:
     For callers that hand an error on rather than raise it (a callback); others
     use :func:`map_jetstream_errors`.
     """
+    # before the 503 below: nats-py raises a full store as ServiceUnavailableError too
+    if isinstance(exc, nats.js.errors.APIError) and is_store_full(exc.err_code):
+        return StoreFull(f"{doing}: {STORE_FULL}")
     if isinstance(exc, (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError)):
         return NotConnected(f"{doing}: {NO_JETSTREAM}")
     if isinstance(exc, (nats.errors.TimeoutError, TimeoutError)):

@@ -75,12 +75,17 @@ def start_nats_server(
     jetstream: bool = True,
     extra_args: list[str] | None = None,
     parent_death_signal: int | None = None,
+    max_file_store: int | None = None,
 ) -> NatsServer:
     """Start nats-server (with JetStream unless told otherwise); return once it is ready.
 
     ``parent_death_signal``: the signal the server gets when this process dies
     (module docstring); ConfigError if called off the main thread, where it
     would fire when that thread ends, or on a platform without it.
+
+    ``max_file_store`` (bytes) caps JetStream's file storage. nats-server has no flag
+    for it, so it goes in a config file written into ``store_dir`` and passed with
+    ``-c`` (then ``extra_args`` may not bring a ``-c`` of their own).
     """
     preexec: Callable[[], None] | None = None
     if parent_death_signal is not None:
@@ -92,6 +97,12 @@ def start_nats_server(
     store = Path(store_dir)
     store.mkdir(parents=True, exist_ok=True)
     js = ["-js", "-sd", str(store)] if jetstream else []
+    if max_file_store is not None:
+        if not jetstream or "-c" in (extra_args or []):
+            raise ConfigError("max_file_store needs JetStream and no -c in extra_args")
+        limits = store / "limits.conf"
+        limits.write_text(f"jetstream {{ max_file_store: {int(max_file_store)} }}\n")
+        js += ["-c", str(limits)]
     cmd = [
         find_nats_server(),
         "-a",

@@ -12,6 +12,9 @@ a micro-service endpoint, so each service answers alike:
   own stable code and a bounded, printable message, counted as
   ``rejected_<code>``. A refusal is a verdict on the request, not a failure
   of the worker;
+* a full JetStream store (``StoreFull``) is answered with its own code
+  ``STORE_FULL`` — the caller can tell "retry once space is freed" from a bug —
+  and still counted as a failure of the worker (it could not do its job);
 * anything else, the project's other errors included, is this worker's
   failure: ``ErrorReply("INTERNAL", ...)`` with no internal detail (the
   traceback goes to the log) and a failure in the processing stats, which
@@ -38,7 +41,7 @@ from nats.aio.msg import Msg
 
 from bus.replies import ReplyGuard
 from bus.stats import ProcessingStats
-from schemas.errors import AgenticPaymentsError, CodecError
+from schemas.errors import AgenticPaymentsError, CodecError, StoreFull
 from schemas.messages import ErrorReply, WireMessage
 
 Q = TypeVar("Q")
@@ -111,6 +114,10 @@ class Dispatcher:
         try:
             spec = self.operations[op]
             reply = await spec.handle(spec.decode(data))
+        except StoreFull as exc:  # never a verdict on the request, whatever the refusals
+            self.stats.count(f"failed_{exc.code}")
+            self.log.warning("%s %s failed [%s]: %s", self.service, op, exc.code, exc)
+            return ErrorReply(exc.code, printable(str(exc))), False
         except self.refusals as exc:
             self.stats.count(f"rejected_{exc.code}")
             self.log.debug("%s %s refused [%s]: %s", self.service, op, exc.code, exc)

@@ -361,6 +361,17 @@ class TransportError(AgenticPaymentsError):
     code = "TRANSPORT_ERROR"
 
 
+class StoreFull(TransportError):
+    """JetStream refused a write or a new stream: its storage limit (``max_file_store``,
+    ``max_memory_store`` or an account limit) is reached. nats-py raises this as
+    ``ServiceUnavailableError`` (code 503, err_code 10023 "insufficient resources"),
+    the class it also uses for "no JetStream at all": without its own code an operator
+    would be told to enable JetStream on a server whose disk quota is full. Retryable
+    once space is freed; the worker keeps serving what needs no new storage."""
+
+    code = "STORE_FULL"
+
+
 class NotConnected(TransportError):
     """No connection to a NATS server."""
 
@@ -400,6 +411,7 @@ WIRE_ERROR_CODES: frozenset[str] = frozenset(
         "TRUST_CONFLICT",
         "TRUST_BAD_SIGNATURE",
         "INTERNAL",
+        "STORE_FULL",
         # authority coordinator
         "POLICY_MISSING",
         "POLICY_NOT_MET",

@@ -13,6 +13,7 @@ from schemas.errors import (
     NoResponders,
     NotConnected,
     RequestTimeout,
+    StoreFull,
     TransportError,
 )
 
@@ -63,6 +64,10 @@ def test_project_errors_and_others_pass_through() -> None:
     ("raised", "expected"),
     [
         (nats.js.errors.ServiceUnavailableError(), NotConnected),
+        # a full store: nats-py raises the 503 class "no JetStream" also uses
+        (nats.js.errors.ServiceUnavailableError(code=503, err_code=10023), StoreFull),
+        (nats.js.errors.ServerError(code=500, err_code=10047), StoreFull),
+        (nats.js.errors.ServiceUnavailableError(code=503, err_code=10039), NotConnected),
         (nats.errors.NoRespondersError(), NotConnected),
         (nats.errors.TimeoutError(), RequestTimeout),
         (TimeoutError(), RequestTimeout),
@@ -83,6 +88,14 @@ def test_each_jetstream_error_maps_to_one_project_error(
     assert str(info.value).startswith("opening bucket ap_state: ")
     assert info.value.__cause__ is raised  # the JetStream error code stays readable in the log
     assert jetstream_error(raised, "x").__class__ is expected
+
+
+def test_a_full_store_says_so_not_that_jetstream_is_missing() -> None:
+    full = pytest.raises(StoreFull, match="storage is full")
+    with full, map_jetstream_errors("writing k"):
+        raise nats.js.errors.ServiceUnavailableError(
+            code=503, err_code=10023, description="insufficient resources"
+        )
 
 
 def test_no_jetstream_says_what_to_do() -> None:

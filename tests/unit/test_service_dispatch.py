@@ -9,7 +9,13 @@ import pytest
 from bus.service import Dispatcher, Operation, operation
 from bus.stats import ProcessingStats
 from schemas.codec import decode, encode
-from schemas.errors import AgenticPaymentsError, CodecError, TrustConflict, TrustNotFound
+from schemas.errors import (
+    AgenticPaymentsError,
+    CodecError,
+    StoreFull,
+    TrustConflict,
+    TrustNotFound,
+)
 from schemas.messages import ErrorReply, WireMessage
 from schemas.trust import RemoveAnchorRequest, TrustAck
 
@@ -43,6 +49,8 @@ async def remove(req: RemoveAnchorRequest) -> WireMessage:
         raise RuntimeError("secret detail: /var/lib/keys/master.key")
     if req.public_key == b"\x04" * 32:
         raise AgenticPaymentsError("stored record is corrupt at revision 17")
+    if req.public_key == b"\x05" * 32:
+        raise StoreFull("writing anchor.01: JetStream storage is full")
     return TrustAck("remove-anchor", "anchor.01", True, 1, "removed")
 
 
@@ -121,6 +129,15 @@ async def test_a_project_error_outside_the_refusals_is_internal() -> None:
     wide = dispatcher(ProcessingStats())  # by default every project error is a refusal
     inbound = await serve(wide, RemoveAnchorRequest(b"\x04" * 32).encode())
     assert reply_of(inbound).message == "stored record is corrupt at revision 17"
+
+
+async def test_a_full_store_is_answered_store_full_and_counted_as_a_failure() -> None:
+    stats = ProcessingStats()
+    inbound = await serve(dispatcher(stats), RemoveAnchorRequest(b"\x05" * 32).encode())
+    reply = reply_of(inbound)
+    assert reply.code == "STORE_FULL" and "storage is full" in reply.message
+    assert stats.counters["failed_STORE_FULL"] == 1
+    assert (stats.tasks, stats.failures) == (1, 1)  # the worker could not do its job
 
 
 async def test_a_reply_that_cannot_be_sent_is_logged_not_raised(
