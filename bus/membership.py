@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
@@ -33,6 +35,7 @@ from schemas.errors import (
     CodecError,
     ConfigError,
     PoolHistoryMissing,
+    PoolUnreadable,
     TransportError,
 )
 from schemas.identity import AgentIdentity
@@ -302,41 +305,112 @@ class _Snapshot:
     history: int
 
 
-async def _snapshot(nc: Client, subjects: Subjects) -> _Snapshot:
-    """The current entries. The epoch is read before and after the records and the
-    read is retried if it moved, so a change landing mid-read cannot pair an epoch
-    with another epoch's members (which would make certificates of that epoch fail)."""
+#: The most one pool read may take, its retries included. Each JetStream call in it
+#: has nats-py's own 5 s timeout; without an overall bound ten attempts of a stream
+#: info plus one get per record could stall a client call for minutes (issue #11).
+READ_DEADLINE_S = 10.0
+#: Attempts within the deadline (a read is retried when it raced a change, came back
+#: partial, or JetStream did not answer).
+READ_ATTEMPTS = 10
+#: Pause between attempts.
+READ_RETRY_S = 0.2
+
+
+class _Retry(Exception):
+    """One attempt at reading the pool failed in a way a later attempt may not."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    """JetStream not answering (a timeout, "503 no responders": a stream just
+    created or recovering, a leader election) is worth another attempt; a closed
+    connection or an API error is not."""
+    return isinstance(
+        exc,
+        (
+            nats.errors.TimeoutError,
+            TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.ServiceUnavailableError,
+        ),
+    )
+
+
+async def _snapshot(
+    nc: Client, subjects: Subjects, *, deadline_s: float = READ_DEADLINE_S
+) -> _Snapshot:
+    """The current entries, complete and consistent, or PoolUnreadable.
+
+    The epoch is read before and after the records and the read is retried if it
+    moved, so a change landing mid-read cannot pair an epoch with another epoch's
+    members (which would make certificates of that epoch fail). A read that comes
+    back *partial* is retried too and never returned: a record the stream's subject
+    listing holds that a get then does not find (no delete marker: the server — or
+    a lagging replica or mirror answering direct gets — said "no message"), or a
+    stream holding messages whose listing names no record. Returning those as a
+    smaller pool was the false ``CERTIFICATE_INVALID`` of issue #11. The whole read,
+    retries included, ends within ``deadline_s``.
+    """
     kv = await members_bucket(nc, subjects)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    why = "no attempt finished"
+    for _ in range(READ_ATTEMPTS):
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        try:
+            return await asyncio.wait_for(_read_once(nc, subjects, kv), left)
+        except _Retry as exc:
+            why = str(exc)
+        except TransportError as exc:
+            cause = exc.__cause__
+            if cause is None or not _retryable(cause):
+                raise  # a closed connection, an API error: another attempt will not help
+            why = str(exc)
+        except TimeoutError:  # the overall deadline cut the attempt short
+            why = f"no complete answer within {deadline_s:g}s"
+            break
+        await asyncio.sleep(max(0.0, min(READ_RETRY_S, deadline - loop.time())))
+    raise PoolUnreadable(f"cannot read the pool completely within {deadline_s:g}s: {why}")
+
+
+async def _read_once(nc: Client, subjects: Subjects, kv: Any) -> _Snapshot:
+    """One attempt: the stream's per-record listing, then each record by a get."""
+    with map_jetstream_errors("reading the pool"):
+        return await _read_records(nc, subjects, kv)
+
+
+async def _read_records(nc: Client, subjects: Subjects, kv: Any) -> _Snapshot:
     js = nc.jetstream()
     prefix = f"$KV.{subjects.members_bucket}."
-    failure: Exception | None = None
-    with map_jetstream_errors("reading the pool"):
-        for _ in range(10):
-            try:  # not kv.keys(): it can answer "no keys" for a full bucket (bus.kv.subject_keys)
-                info = await js.stream_info(_stream(subjects), subjects_filter=f"{prefix}>")
-            except Exception as exc:  # a timeout under load: never report "no members" for it
-                failure = exc
-                await asyncio.sleep(0.2)
+    # not kv.keys(): it can answer "no keys" for a full bucket (bus.kv.subject_keys)
+    info = await js.stream_info(_stream(subjects), subjects_filter=f"{prefix}>")
+    before = info.state.last_seq
+    counts = {subject[len(prefix) :]: n for subject, n in (info.state.subjects or {}).items()}
+    if not counts and (info.state.messages or 0) > 0:
+        raise _Retry(
+            f"partial read: the stream holds {info.state.messages} messages but listed no records"
+        )
+    entries: dict[str, Entry] = {}
+    for key in sorted(counts):
+        try:
+            got = await kv.get(key)
+        except KeyNotFoundError as exc:
+            if exc.op is not None:  # its last message is a delete marker: really gone
                 continue
-            before = info.state.last_seq
-            counts = {
-                subject[len(prefix) :]: n for subject, n in (info.state.subjects or {}).items()
-            }
-            entries: dict[str, Entry] = {}
-            for key in sorted(counts):
-                try:
-                    got = await kv.get(key)
-                except KeyNotFoundError:
-                    continue
-                entry = _entry(key, got.revision or 0, got.value)
-                if entry is not None:
-                    entries[key] = entry
-            if (await kv.status()).stream_info.state.last_seq == before:
-                history = info.config.max_msgs_per_subject or 0
-                return _Snapshot(before, entries, counts, history)
-    if failure is not None:
-        raise TransportError(f"cannot read the pool: {failure.__class__.__name__}: {failure}")
-    raise TransportError("cannot read the pool: it kept changing during 10 reads")
+            raise _Retry(
+                f"partial read: the stream lists {counts[key]} message(s) for record "
+                f"{key!r} but the get found none"
+            ) from None
+        if (got.revision or 0) > before:
+            raise _Retry("the pool changed during the read")
+        entry = _entry(key, got.revision or 0, got.value)
+        if entry is not None:
+            entries[key] = entry
+    if (await kv.status()).stream_info.state.last_seq != before:
+        raise _Retry("the pool changed during the read")
+    history = info.config.max_msgs_per_subject or 0
+    return _Snapshot(before, entries, counts, history)
 
 
 async def read_pool(nc: Client, subjects: Subjects) -> PoolView:
