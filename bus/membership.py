@@ -340,17 +340,23 @@ async def _snapshot(
 ) -> _Snapshot:
     """The current entries, complete and consistent, or PoolUnreadable.
 
+    Everything is read from the stream *leader*: its subject listing and last
+    sequence (the epoch) by STREAM.INFO, each record by STREAM.MSG.GET (last by
+    subject). Not by direct gets (nats-py's ``kv.get``): any replica, or a mirror,
+    may answer those, and one that has not caught up answers an old revision
+    (nats-server #4162, seen after a restart) or "not found" for a record the
+    leader lists (#4643) — the pool built from that is not the pool of the epoch.
+
     The epoch is read before and after the records and the read is retried if it
     moved, so a change landing mid-read cannot pair an epoch with another epoch's
     members (which would make certificates of that epoch fail). A read that comes
-    back *partial* is retried too and never returned: a record the stream's subject
-    listing holds that a get then does not find (no delete marker: the server — or
-    a lagging replica or mirror answering direct gets — said "no message"), or a
-    stream holding messages whose listing names no record. Returning those as a
-    smaller pool was the false ``CERTIFICATE_INVALID`` of issue #11. The whole read,
-    retries included, ends within ``deadline_s``.
+    back *partial* is retried too and never returned: a listed record a get does
+    not find, or a listing that does not account for every message the stream
+    holds. Returning those as a smaller pool was the false ``CERTIFICATE_INVALID``
+    of issue #11. JetStream not answering (a timeout, 503) is retried as well; the
+    whole read, retries included, ends within ``deadline_s``.
     """
-    kv = await members_bucket(nc, subjects)
+    await members_bucket(nc, subjects)  # created with the pool's settings on first use
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deadline_s
     why = "no attempt finished"
@@ -359,7 +365,7 @@ async def _snapshot(
         if left <= 0:
             break
         try:
-            return await asyncio.wait_for(_read_once(nc, subjects, kv), left)
+            return await asyncio.wait_for(_read_once(nc, subjects), left)
         except _Retry as exc:
             why = str(exc)
         except TransportError as exc:
@@ -374,40 +380,45 @@ async def _snapshot(
     raise PoolUnreadable(f"cannot read the pool completely within {deadline_s:g}s: {why}")
 
 
-async def _read_once(nc: Client, subjects: Subjects, kv: Any) -> _Snapshot:
-    """One attempt: the stream's per-record listing, then each record by a get."""
+async def _read_once(nc: Client, subjects: Subjects) -> _Snapshot:
+    """One attempt: the stream's per-record listing, then each record's last message,
+    all answered by the stream leader (see :func:`_snapshot`)."""
     with map_jetstream_errors("reading the pool"):
-        return await _read_records(nc, subjects, kv)
+        return await _read_records(nc, subjects)
 
 
-async def _read_records(nc: Client, subjects: Subjects, kv: Any) -> _Snapshot:
+async def _read_records(nc: Client, subjects: Subjects) -> _Snapshot:
     js = nc.jetstream()
+    stream = _stream(subjects)
     prefix = f"$KV.{subjects.members_bucket}."
     # not kv.keys(): it can answer "no keys" for a full bucket (bus.kv.subject_keys)
-    info = await js.stream_info(_stream(subjects), subjects_filter=f"{prefix}>")
+    info = await js.stream_info(stream, subjects_filter=f"{prefix}>")
     before = info.state.last_seq
     counts = {subject[len(prefix) :]: n for subject, n in (info.state.subjects or {}).items()}
-    if not counts and (info.state.messages or 0) > 0:
+    held = info.state.messages or 0
+    if sum(counts.values()) != held:  # every message of the stream is some record's
         raise _Retry(
-            f"partial read: the stream holds {info.state.messages} messages but listed no records"
+            f"partial read: the stream holds {held} messages but its listing "
+            f"accounts for {sum(counts.values())}"
         )
     entries: dict[str, Entry] = {}
     for key in sorted(counts):
-        try:
-            got = await kv.get(key)
-        except KeyNotFoundError as exc:
-            if exc.op is not None:  # its last message is a delete marker: really gone
-                continue
+        try:  # STREAM.MSG.GET, not a direct get (kv.get): see _snapshot
+            got = await js.get_msg(stream, subject=f"{prefix}{key}")
+        except NotFoundError:
             raise _Retry(
                 f"partial read: the stream lists {counts[key]} message(s) for record "
                 f"{key!r} but the get found none"
             ) from None
-        if (got.revision or 0) > before:
+        revision = got.seq or 0
+        if revision > before or got.subject != f"{prefix}{key}":
             raise _Retry("the pool changed during the read")
-        entry = _entry(key, got.revision or 0, got.value)
+        if _operation(got) in ("DEL", "PURGE"):
+            continue  # its last message is a delete marker: the record is gone
+        entry = _entry(key, revision, got.data)
         if entry is not None:
             entries[key] = entry
-    if (await kv.status()).stream_info.state.last_seq != before:
+    if (await js.stream_info(stream)).state.last_seq != before:
         raise _Retry("the pool changed during the read")
     history = info.config.max_msgs_per_subject or 0
     return _Snapshot(before, entries, counts, history)

@@ -16,9 +16,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-#: decides, per request subject, whether the proxy answers it: the status line to
-#: answer with (e.g. "404 Message Not Found"), or None to forward it
-Rule = Callable[[str], str | None]
+
+@dataclass(frozen=True)
+class Reply:
+    """What the proxy answers instead of the server: a header block (``NATS/1.0 ...``
+    lines, without the blank line that ends it; empty for none) and a payload."""
+
+    headers: str = ""
+    data: bytes = b""
+
+    def frame(self, reply: str, sid: str) -> bytes:
+        if not self.headers:
+            return f"MSG {reply} {sid} {len(self.data)}\r\n".encode() + self.data + b"\r\n"
+        hdr = (self.headers + "\r\n\r\n").encode()
+        size = len(hdr) + len(self.data)
+        return f"HMSG {reply} {sid} {len(hdr)} {size}\r\n".encode() + hdr + self.data + b"\r\n"
+
+
+#: decides, per request subject, whether the proxy answers it (and with what) or
+#: forwards it (None)
+Rule = Callable[[str], Reply | None]
 
 
 def _matches(pattern: str, subject: str) -> bool:
@@ -91,18 +108,13 @@ class NatsProxy:
                 elif op in ("PUB", "HPUB") and self.rule is not None:
                     subject = words[1]
                     has_reply = len(words) == (4 if op == "PUB" else 5)
-                    status = self.rule(subject) if has_reply else None
-                    if status is not None:
+                    answer = self.rule(subject) if has_reply else None
+                    if answer is not None:
                         reply = words[2]
                         sid = next((k for k, v in subs.items() if _matches(v, reply)), None)
                         if sid is not None:
                             self.answered.append(subject)
-                            hdr = f"NATS/1.0 {status}\r\n\r\n".encode()
-                            await to_client(
-                                f"HMSG {reply} {sid} {len(hdr)} {len(hdr)}\r\n".encode()
-                                + hdr
-                                + b"\r\n"
-                            )
+                            await to_client(answer.frame(reply, sid))
                             continue
                 s_writer.write(frame)
                 await s_writer.drain()
