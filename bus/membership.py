@@ -364,8 +364,9 @@ async def _snapshot(
         left = deadline - loop.time()
         if left <= 0:
             break
-        try:
-            return await asyncio.wait_for(_read_once(nc, subjects), left)
+        try:  # asyncio.timeout, not wait_for, which can swallow a cancel (bus.tail.Wakeup)
+            async with asyncio.timeout(left):
+                return await _read_once(nc, subjects)
         except _Retry as exc:
             why = str(exc)
         except TransportError as exc:
@@ -567,8 +568,9 @@ class PoolWatcher:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), self.POLL_S)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see bus.tail.Wakeup.wait
+                async with asyncio.timeout(self.POLL_S):
+                    await self._dirty.wait()
             if not self._dirty.is_set() and self._mirror.revision <= self.view.epoch:
                 continue
             self._dirty.clear()
