@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -531,24 +532,38 @@ async def pool_at(nc: Client, subjects: Subjects, epoch: int) -> PoolView:
 
 
 class PoolWatcher:
-    """Keeps the current PoolView up to date.
+    """Keeps the current PoolView up to date, and says when its epoch moves.
 
     A BucketMirror (consumer-free direct gets, bus/tail.py) says *that* the bucket
     changed; the view is then re-read with :func:`read_pool`, because the pool
     rules need each record's revision (the first holder of a key keeps its seat,
     the earliest quarantines count), which a watch replay does not keep.
+
+    ``on_change(view)`` runs (synchronously, in the watcher's task) every time a
+    re-read moves the epoch: the tally re-ballots open requests from it. Code that
+    needs a given epoch awaits :meth:`wait_for_epoch` instead of re-reading the
+    pool itself (the verifier, for a ballot from a tally that saw a change first).
     """
 
     #: how often the view is compared with the mirror's revision when nothing fired
     POLL_S = 1.0
 
-    def __init__(self, nc: Client, subjects: Subjects) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        subjects: Subjects,
+        *,
+        on_change: Callable[[PoolView], None] | None = None,
+    ) -> None:
         self._nc = nc
         self._subjects = subjects
         self._mirror: BucketMirror[bytes] = BucketMirror(
             nc, subjects.members_bucket, lambda _key, value: value, on_change=self._changed
         )
+        self._on_change = on_change
         self._dirty = asyncio.Event()
+        #: set (and replaced) whenever the epoch moves: what wait_for_epoch waits on
+        self._moved = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._read_failures = 0
         self.view = PoolView(0, ())
@@ -556,6 +571,26 @@ class PoolWatcher:
     @property
     def failures(self) -> int:
         return self._mirror.failures + self._read_failures
+
+    async def wait_for_epoch(self, epoch: int, timeout: float) -> bool:
+        """Wait until the view is at ``epoch`` or later (True) or ``timeout`` passed.
+
+        The watcher is asked to re-read now (the caller knows of a newer epoch, e.g.
+        from a ballot), then woken by every epoch change, never by polling."""
+        if self.view.epoch >= epoch:
+            return True
+        self._dirty.set()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while self.view.epoch < epoch:
+            left = end - loop.time()
+            if left <= 0:
+                return False
+            moved = self._moved
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):  # not wait_for: bus.tail.Wakeup.wait
+                    await moved.wait()
+        return True
 
     async def start(self, timeout: float = 5.0) -> None:
         await members_bucket(self._nc, self._subjects)  # created with the pool's settings
@@ -597,7 +632,16 @@ class PoolWatcher:
                     view.epoch,
                     ", ".join(view.over_cap),
                 )
+        moved = view.epoch != self.view.epoch
         self.view = view
+        if moved:
+            self._moved.set()
+            self._moved = asyncio.Event()
+            if self._on_change is not None:
+                try:
+                    self._on_change(view)
+                except Exception:  # a hook's bug must not stop the pool from being followed
+                    log.exception("pool change hook failed at epoch %d", view.epoch)
 
     async def stop(self) -> None:
         if self._task is not None:

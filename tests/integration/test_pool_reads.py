@@ -12,6 +12,7 @@ the pool has 0 keys``, as in issue #11) and the stale one as current.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -146,3 +147,24 @@ async def test_a_direct_get_answered_from_a_stale_replica_does_not_change_the_po
         assert view == await membership.read_pool(nc, Subjects(nats_config.prefix))
     finally:
         await via.close()
+
+
+async def test_the_pool_watcher_reports_every_epoch_move_and_wakes_who_waits(
+    nats_config: NatsConfig, nc: Client
+) -> None:
+    subjects = Subjects(nats_config.prefix)
+    seen: list[int] = []
+    watcher = membership.PoolWatcher(nc, subjects, on_change=lambda view: seen.append(view.epoch))
+    await watcher.start()
+    try:
+        assert not await watcher.wait_for_epoch(1, 0.2)  # an empty pool stays at 0
+        waiting = asyncio.create_task(watcher.wait_for_epoch(2, 10.0))
+        await membership.register(nc, subjects, "w0", AgentIdentity.generate())
+        await membership.register(nc, subjects, "w1", AgentIdentity.generate())
+        assert await waiting
+        now = await membership.read_pool(nc, subjects)
+        assert watcher.view.epoch == now.epoch == 2 and watcher.view == now
+        assert seen and seen[-1] == 2 and seen == sorted(set(seen))  # each move once, in order
+        assert await watcher.wait_for_epoch(2, 0.0)  # reached: no wait at all
+    finally:
+        await watcher.stop()
