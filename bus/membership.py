@@ -19,9 +19,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
@@ -33,6 +36,7 @@ from schemas.errors import (
     CodecError,
     ConfigError,
     PoolHistoryMissing,
+    PoolUnreadable,
     TransportError,
 )
 from schemas.identity import AgentIdentity
@@ -302,41 +306,124 @@ class _Snapshot:
     history: int
 
 
-async def _snapshot(nc: Client, subjects: Subjects) -> _Snapshot:
-    """The current entries. The epoch is read before and after the records and the
-    read is retried if it moved, so a change landing mid-read cannot pair an epoch
-    with another epoch's members (which would make certificates of that epoch fail)."""
-    kv = await members_bucket(nc, subjects)
-    js = nc.jetstream()
-    prefix = f"$KV.{subjects.members_bucket}."
-    failure: Exception | None = None
+#: The most one pool read may take, its retries included. Each JetStream call in it
+#: has nats-py's own 5 s timeout; without an overall bound ten attempts of a stream
+#: info plus one get per record could stall a client call for minutes (issue #11).
+READ_DEADLINE_S = 10.0
+#: Attempts within the deadline (a read is retried when it raced a change, came back
+#: partial, or JetStream did not answer).
+READ_ATTEMPTS = 10
+#: Pause between attempts.
+READ_RETRY_S = 0.2
+
+
+class _Retry(Exception):
+    """One attempt at reading the pool failed in a way a later attempt may not."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    """JetStream not answering (a timeout, "503 no responders": a stream just
+    created or recovering, a leader election) is worth another attempt; a closed
+    connection or an API error is not."""
+    return isinstance(
+        exc,
+        (
+            nats.errors.TimeoutError,
+            TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.ServiceUnavailableError,
+        ),
+    )
+
+
+async def _snapshot(
+    nc: Client, subjects: Subjects, *, deadline_s: float = READ_DEADLINE_S
+) -> _Snapshot:
+    """The current entries, complete and consistent, or PoolUnreadable.
+
+    Everything is read from the stream *leader*: its subject listing and last
+    sequence (the epoch) by STREAM.INFO, each record by STREAM.MSG.GET (last by
+    subject). Not by direct gets (nats-py's ``kv.get``): any replica, or a mirror,
+    may answer those, and one that has not caught up answers an old revision
+    (nats-server #4162, seen after a restart) or "not found" for a record the
+    leader lists (#4643) — the pool built from that is not the pool of the epoch.
+
+    The epoch is read before and after the records and the read is retried if it
+    moved, so a change landing mid-read cannot pair an epoch with another epoch's
+    members (which would make certificates of that epoch fail). A read that comes
+    back *partial* is retried too and never returned: a listed record a get does
+    not find, or a listing that does not account for every message the stream
+    holds. Returning those as a smaller pool was the false ``CERTIFICATE_INVALID``
+    of issue #11. JetStream not answering (a timeout, 503) is retried as well; the
+    whole read, retries included, ends within ``deadline_s``.
+    """
+    await members_bucket(nc, subjects)  # created with the pool's settings on first use
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    why = "no attempt finished"
+    for _ in range(READ_ATTEMPTS):
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        try:  # asyncio.timeout, not wait_for, which can swallow a cancel (bus.tail.Wakeup)
+            async with asyncio.timeout(left):
+                return await _read_once(nc, subjects)
+        except _Retry as exc:
+            why = str(exc)
+        except TransportError as exc:
+            cause = exc.__cause__
+            if cause is None or not _retryable(cause):
+                raise  # a closed connection, an API error: another attempt will not help
+            why = str(exc)
+        except TimeoutError:  # the overall deadline cut the attempt short
+            why = f"no complete answer within {deadline_s:g}s"
+            break
+        await asyncio.sleep(max(0.0, min(READ_RETRY_S, deadline - loop.time())))
+    raise PoolUnreadable(f"cannot read the pool completely within {deadline_s:g}s: {why}")
+
+
+async def _read_once(nc: Client, subjects: Subjects) -> _Snapshot:
+    """One attempt: the stream's per-record listing, then each record's last message,
+    all answered by the stream leader (see :func:`_snapshot`)."""
     with map_jetstream_errors("reading the pool"):
-        for _ in range(10):
-            try:  # not kv.keys(): it can answer "no keys" for a full bucket (bus.kv.subject_keys)
-                info = await js.stream_info(_stream(subjects), subjects_filter=f"{prefix}>")
-            except Exception as exc:  # a timeout under load: never report "no members" for it
-                failure = exc
-                await asyncio.sleep(0.2)
-                continue
-            before = info.state.last_seq
-            counts = {
-                subject[len(prefix) :]: n for subject, n in (info.state.subjects or {}).items()
-            }
-            entries: dict[str, Entry] = {}
-            for key in sorted(counts):
-                try:
-                    got = await kv.get(key)
-                except KeyNotFoundError:
-                    continue
-                entry = _entry(key, got.revision or 0, got.value)
-                if entry is not None:
-                    entries[key] = entry
-            if (await kv.status()).stream_info.state.last_seq == before:
-                history = info.config.max_msgs_per_subject or 0
-                return _Snapshot(before, entries, counts, history)
-    if failure is not None:
-        raise TransportError(f"cannot read the pool: {failure.__class__.__name__}: {failure}")
-    raise TransportError("cannot read the pool: it kept changing during 10 reads")
+        return await _read_records(nc, subjects)
+
+
+async def _read_records(nc: Client, subjects: Subjects) -> _Snapshot:
+    js = nc.jetstream()
+    stream = _stream(subjects)
+    prefix = f"$KV.{subjects.members_bucket}."
+    # not kv.keys(): it can answer "no keys" for a full bucket (bus.kv.subject_keys)
+    info = await js.stream_info(stream, subjects_filter=f"{prefix}>")
+    before = info.state.last_seq
+    counts = {subject[len(prefix) :]: n for subject, n in (info.state.subjects or {}).items()}
+    held = info.state.messages or 0
+    if sum(counts.values()) != held:  # every message of the stream is some record's
+        raise _Retry(
+            f"partial read: the stream holds {held} messages but its listing "
+            f"accounts for {sum(counts.values())}"
+        )
+    entries: dict[str, Entry] = {}
+    for key in sorted(counts):
+        try:  # STREAM.MSG.GET, not a direct get (kv.get): see _snapshot
+            got = await js.get_msg(stream, subject=f"{prefix}{key}")
+        except NotFoundError:
+            raise _Retry(
+                f"partial read: the stream lists {counts[key]} message(s) for record "
+                f"{key!r} but the get found none"
+            ) from None
+        revision = got.seq or 0
+        if revision > before or got.subject != f"{prefix}{key}":
+            raise _Retry("the pool changed during the read")
+        if _operation(got) in ("DEL", "PURGE"):
+            continue  # its last message is a delete marker: the record is gone
+        entry = _entry(key, revision, got.data)
+        if entry is not None:
+            entries[key] = entry
+    if (await js.stream_info(stream)).state.last_seq != before:
+        raise _Retry("the pool changed during the read")
+    history = info.config.max_msgs_per_subject or 0
+    return _Snapshot(before, entries, counts, history)
 
 
 async def read_pool(nc: Client, subjects: Subjects) -> PoolView:
@@ -445,24 +532,38 @@ async def pool_at(nc: Client, subjects: Subjects, epoch: int) -> PoolView:
 
 
 class PoolWatcher:
-    """Keeps the current PoolView up to date.
+    """Keeps the current PoolView up to date, and says when its epoch moves.
 
     A BucketMirror (consumer-free direct gets, bus/tail.py) says *that* the bucket
     changed; the view is then re-read with :func:`read_pool`, because the pool
     rules need each record's revision (the first holder of a key keeps its seat,
     the earliest quarantines count), which a watch replay does not keep.
+
+    ``on_change(view)`` runs (synchronously, in the watcher's task) every time a
+    re-read moves the epoch: the tally re-ballots open requests from it. Code that
+    needs a given epoch awaits :meth:`wait_for_epoch` instead of re-reading the
+    pool itself (the verifier, for a ballot from a tally that saw a change first).
     """
 
     #: how often the view is compared with the mirror's revision when nothing fired
     POLL_S = 1.0
 
-    def __init__(self, nc: Client, subjects: Subjects) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        subjects: Subjects,
+        *,
+        on_change: Callable[[PoolView], None] | None = None,
+    ) -> None:
         self._nc = nc
         self._subjects = subjects
         self._mirror: BucketMirror[bytes] = BucketMirror(
             nc, subjects.members_bucket, lambda _key, value: value, on_change=self._changed
         )
+        self._on_change = on_change
         self._dirty = asyncio.Event()
+        #: set (and replaced) whenever the epoch moves: what wait_for_epoch waits on
+        self._moved = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._read_failures = 0
         self.view = PoolView(0, ())
@@ -470,6 +571,26 @@ class PoolWatcher:
     @property
     def failures(self) -> int:
         return self._mirror.failures + self._read_failures
+
+    async def wait_for_epoch(self, epoch: int, timeout: float) -> bool:
+        """Wait until the view is at ``epoch`` or later (True) or ``timeout`` passed.
+
+        The watcher is asked to re-read now (the caller knows of a newer epoch, e.g.
+        from a ballot), then woken by every epoch change, never by polling."""
+        if self.view.epoch >= epoch:
+            return True
+        self._dirty.set()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while self.view.epoch < epoch:
+            left = end - loop.time()
+            if left <= 0:
+                return False
+            moved = self._moved
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):  # not wait_for: bus.tail.Wakeup.wait
+                    await moved.wait()
+        return True
 
     async def start(self, timeout: float = 5.0) -> None:
         await members_bucket(self._nc, self._subjects)  # created with the pool's settings
@@ -482,8 +603,9 @@ class PoolWatcher:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), self.POLL_S)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see bus.tail.Wakeup.wait
+                async with asyncio.timeout(self.POLL_S):
+                    await self._dirty.wait()
             if not self._dirty.is_set() and self._mirror.revision <= self.view.epoch:
                 continue
             self._dirty.clear()
@@ -510,7 +632,16 @@ class PoolWatcher:
                     view.epoch,
                     ", ".join(view.over_cap),
                 )
+        moved = view.epoch != self.view.epoch
         self.view = view
+        if moved:
+            self._moved.set()
+            self._moved = asyncio.Event()
+            if self._on_change is not None:
+                try:
+                    self._on_change(view)
+                except Exception:  # a hook's bug must not stop the pool from being followed
+                    log.exception("pool change hook failed at epoch %d", view.epoch)
 
     async def stop(self) -> None:
         if self._task is not None:

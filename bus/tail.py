@@ -216,8 +216,9 @@ async def _direct_batch(
             await nc.publish(
                 f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox
             )
-            try:
-                pending = await asyncio.wait_for(done, BATCH_TIMEOUT_S)
+            try:  # asyncio.timeout, not wait_for: see Wakeup.wait
+                async with asyncio.timeout(BATCH_TIMEOUT_S):
+                    pending = await done
             except TimeoutError:
                 raise RequestTimeout(f"direct get on {stream} timed out") from None
             return Batch(tuple(messages), pending)
@@ -356,9 +357,16 @@ class Wakeup:
         self._event.set()
 
     async def wait(self) -> None:
-        """Return on the next wake-up or after ``poll_s``, whichever comes first."""
+        """Return on the next wake-up or after ``poll_s``, whichever comes first.
+
+        ``asyncio.timeout``, not ``asyncio.wait_for``: on Python 3.11 ``wait_for``
+        returns normally when it is cancelled in the same loop iteration as the event
+        fires (bpo-42130), so a reader loop cancelled by its stop while being woken
+        ran on, and the stop's ``await`` of it never returned (the 300 s test hangs
+        of issue #11; tests/unit/test_cancellation.py)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), self.poll_s)
+            async with asyncio.timeout(self.poll_s):
+                await self._event.wait()
         self._event.clear()
 
     async def stop(self) -> None:

@@ -390,6 +390,20 @@ class RequestTimeout(TransportError):
     code = "TIMEOUT"
 
 
+class PoolUnreadable(TransportError):
+    """The verifier pool could not be read completely and consistently in time.
+
+    Raised (bus/membership.py) when every attempt within the read's deadline failed,
+    timed out, or came back partial: the stream said it held a record that a get
+    then did not find, or held messages but listed no records. A partial read must
+    never become a smaller pool, because a certificate checked against it would be
+    refused as ``CERTIFICATE_INVALID`` although nothing is wrong with it. It is a
+    transport error: it says nothing about any certificate; retry later.
+    """
+
+    code = "POOL_UNREADABLE"
+
+
 class RemoteError(AgenticPaymentsError):
     """A worker answered with an ErrorReply; ``code`` is the worker's code."""
 

@@ -4,7 +4,9 @@ The way to see one request's whole path in a tracing backend: it configures
 OpenTelemetry from the same OTEL_* variables as the workers (service name
 ``agentic-payments-client``), submits ``--count`` signed requests (the first
 ``--invalid`` of them with a broken signature), flushes the spans and prints,
-per request, its id, decision and trace id — look that id up in the backend.
+per request, its id, decision and trace id — look that id up in the backend. A
+request that ended in an error shows the error's code as its decision and the
+reason next to it.
 
 Exit codes: 0 every request decided as expected (VALID, or INVALID for the
 broken ones); 1 otherwise; 69 NATS or the tally unreachable; 78 tracing not
@@ -58,12 +60,15 @@ async def _trace(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
             ) as span:
                 trace_id = f"{span.get_span_context().trace_id:032x}"
                 expected = "INVALID" if i < args.invalid else "VALID"
+                reason = ""
                 try:
                     decision = (await client.verify_with_consensus(request)).decision
                 except (NotConnected, TransportError):
                     raise
                 except AgenticPaymentsError as exc:
-                    decision = exc.code
+                    # the code alone hid why (issue #11: a CERTIFICATE_INVALID nobody
+                    # could explain); the reason is printed next to it
+                    decision, reason = exc.code, str(exc)
                 ok = ok and decision == expected
                 rows.append(
                     {
@@ -71,6 +76,7 @@ async def _trace(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
                         "trace_id": trace_id,
                         "decision": decision,
                         "expected": expected,
+                        "reason": reason,
                     }
                 )
 
@@ -91,7 +97,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     finally:
         shutdown_telemetry()
     human = "\n".join(
-        f"{r['request_id']}  {r['decision']:<9} trace {r['trace_id']}" for r in data["requests"]
+        f"{r['request_id']}  {r['decision']:<9} trace {r['trace_id']}"
+        + (f"  ({r['reason']})" if r["reason"] else "")
+        for r in data["requests"]
     )
     output(args, human, data)
     return code

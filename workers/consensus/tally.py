@@ -41,7 +41,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 
 from bus.decisions import DecisionStore, claims_scope, ensure_audit_stream, scope_id
-from bus.membership import PoolWatcher, register_tally
+from bus.membership import PoolView, PoolWatcher, register_tally
 from bus.runtime import RuntimeConfig, Worker, now_ms
 from bus.state import BucketMirror
 from bus.subjects import TALLY_QUEUE
@@ -104,9 +104,6 @@ MAX_WAITERS = 32
 
 #: An idempotency scope (bus/decisions.scope_id): the signer's (key, id), or exact bytes.
 Scope = str
-#: How often the pool view's epoch is compared with the open ballots' epochs
-#: (PoolWatcher offers no change callback).
-EPOCH_CHECK_S = 0.05
 
 
 @dataclass
@@ -207,7 +204,6 @@ class TallyWorker(Worker):
         self._open_ballots = 0
         self._pending_bytes = 0
         self._store_error_at = -STORE_DEGRADED_S
-        self._epoch_watch: asyncio.Task[None] | None = None
 
     def gauges(self) -> dict[str, float]:
         return {
@@ -229,7 +225,8 @@ class TallyWorker(Worker):
     # ------------------------------------------------------------------ setup
     async def setup(self) -> None:
         await register_tally(self.client, self.subjects, self.worker_id, self.identity)
-        self._pool = PoolWatcher(self.client, self.subjects)
+        # re-ballot as soon as a re-read of the pool moves its epoch (no polling)
+        self._pool = PoolWatcher(self.client, self.subjects, on_change=self._epoch_moved)
         await self._pool.start()
         # Only the revision matters here: each ballot is judged under the verdict
         # state the tally last saw (votes at another revision are not counted).
@@ -244,18 +241,12 @@ class TallyWorker(Worker):
         await self.subscribe_intake(
             self.subjects.request, self._on_request, queue=TALLY_QUEUE, replies=True
         )
-        self._epoch_watch = asyncio.get_running_loop().create_task(self._watch_epoch())
 
-    async def _watch_epoch(self) -> None:
-        """Re-ballot when the pool epoch moves: verifiers vote only at their current
-        epoch, so a ballot at an older one gets no more votes."""
-        assert self._pool is not None
-        epoch = self._pool.view.epoch
-        while True:
-            await asyncio.sleep(EPOCH_CHECK_S)
-            if self._pool.view.epoch != epoch:
-                epoch = self._pool.view.epoch
-                self._reballot_new_epoch(epoch)
+    def _epoch_moved(self, view: PoolView) -> None:
+        """PoolWatcher's change hook: re-ballot when the pool epoch moves, because
+        verifiers vote only at their current epoch, so a ballot at an older one
+        gets no more votes."""
+        self._reballot_new_epoch(view.epoch)
 
     def _reballot_new_epoch(self, epoch: int) -> None:
         requeue: list[Pending] = []
@@ -291,8 +282,6 @@ class TallyWorker(Worker):
 
     async def teardown(self) -> None:
         """After the bounded drain: whoever still waits gets SHUTTING_DOWN, not silence."""
-        if self._epoch_watch is not None:
-            self._epoch_watch.cancel()
         for live in self._ballots.values():
             live.timer.cancel()
         for pending in list(self._pending.values()):

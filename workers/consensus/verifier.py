@@ -15,7 +15,6 @@ verifier keeps serving.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -36,7 +35,7 @@ from bus.tracing import (
     start_messaging_span,
     tracing_active,
 )
-from schemas.errors import AgenticPaymentsError, CodecError
+from schemas.errors import CodecError
 from schemas.identity import AgentIdentity
 from schemas.messages import Ballot
 from schemas.votes import sign_vote
@@ -72,9 +71,6 @@ MAX_REMEMBERED_BYTES = 64 * 1024 * 1024
 STATE_CATCH_UP_MS = 1_000
 #: How long a verifier whose pool view is behind a ballot's epoch waits to catch up.
 EPOCH_CATCH_UP_MS = 1_000
-EPOCH_POLL_S = 0.05
-#: A pool view older than this is re-read when a ballot arrives.
-POOL_REFRESH_S = 1.0
 
 
 class VerifierWorker(Worker):
@@ -101,10 +97,9 @@ class VerifierWorker(Worker):
             issued_skew_ms=ISSUED_SKEW_MS, grace_ms=CLOCK_SKEW_MS, horizon_ms=MAX_REMEMBER_MS
         )
         self._memory = VoteMemory(MAX_REMEMBERED_VOTES, MAX_REMEMBERED_BYTES)
-        #: the newest pool this verifier has read (it may not watch the members
-        #: bucket: its role has no consumer rights there, bus/permissions.py)
-        self._view = membership.PoolView(0, ())
-        self._view_read_at = -POOL_REFRESH_S
+        #: follows the members bucket without a consumer (direct gets and a wake-up
+        #: subscription: its role's grants, bus/permissions.py)
+        self._pool: membership.PoolWatcher | None = None
         self._state: BucketMirror[object] | None = None
         self._verdicts: StateVerdicts | None = None
         self._chain_cache = ChainCache()
@@ -129,7 +124,9 @@ class VerifierWorker(Worker):
             "registered in" if changed else "already in",
             self.identity.did,
         )
-        await self._read_pool()
+        if not self.pinned_tallies:  # pinned tallies: no epoch rule, the pool is not read
+            self._pool = membership.PoolWatcher(self.client, self.subjects)
+            await self._pool.start()
         self._state = BucketMirror(
             self.client,
             self.subjects.state_bucket,
@@ -141,6 +138,8 @@ class VerifierWorker(Worker):
         await self.subscribe_intake(self.subjects.ballot, self._on_ballot)
 
     async def teardown(self) -> None:
+        if self._pool is not None:
+            await self._pool.stop()
         if self._state is not None:
             await self._state.stop()
 
@@ -165,38 +164,17 @@ class VerifierWorker(Worker):
         return revision, self._verdicts
 
     async def _pool_view(self, ballot: Ballot) -> membership.PoolView:
-        """Our pool view, caught up to the ballot's epoch if it is ahead: the pool is
-        re-read (lookups only) until it reaches that epoch or about a second passed.
-        Reached only by ballots whose signature verified. A view older than
-        POOL_REFRESH_S is re-read first, so a removed tally's ballots at the epoch it
-        still knows stop being judged even when no newer ballot arrives."""
-        if time.monotonic() - self._view_read_at > POOL_REFRESH_S:
-            await self._read_pool()
-        if ballot.epoch <= self._view.epoch:
-            return self._view
-        self.stats.count("epoch_catch_up")
-        wait_s = min(EPOCH_CATCH_UP_MS, max(0, ballot.deadline_ms - now_ms())) / 1000
-        deadline = time.monotonic() + wait_s
-        while True:
-            if not await self._read_pool():
-                break
-            if self._view.epoch >= ballot.epoch or time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(EPOCH_POLL_S)
-        return self._view
-
-    async def _read_pool(self) -> bool:
-        """Re-read the pool (lookups only); False if it could not be read."""
-        try:
-            view = await membership.read_pool(self.client, self.subjects)
-        except AgenticPaymentsError as exc:
-            self.stats.count("pool_read_errors")
-            log.warning("cannot read the pool: %s", exc)
-            return False
-        self._view_read_at = time.monotonic()
-        if view.epoch > self._view.epoch:
-            self._view = view
-        return True
+        """Our pool view, caught up to the ballot's epoch if it is ahead (a bounded
+        wait for the watcher, which is asked to re-read at once). Reached only by
+        ballots whose signature verified. The watcher follows every change of the
+        bucket on its own, so a removed tally's ballots at the epoch it still knows
+        stop being judged even when no newer ballot arrives."""
+        assert self._pool is not None
+        if ballot.epoch > self._pool.view.epoch:
+            self.stats.count("epoch_catch_up")
+            wait_s = min(EPOCH_CATCH_UP_MS, max(0, ballot.deadline_ms - now_ms())) / 1000
+            await self._pool.wait_for_epoch(ballot.epoch, wait_s)
+        return self._pool.view
 
     def _refuse(self, ballot: Ballot | None, code: str, detail: str = "") -> None:
         self.stats.count(f"ballot_refused_{code}")
