@@ -195,7 +195,8 @@ class DecisionStore:
                     json.dumps(request).encode(),
                     reply=f"{self._inbox}.{token}",
                 )
-            await asyncio.wait_for(future, LOOKUP_TIMEOUT_S)
+            async with asyncio.timeout(LOOKUP_TIMEOUT_S):  # not wait_for (bpo-42130)
+                await future
         except TimeoutError:
             raise TransportError("decision lookup timed out") from None
         finally:

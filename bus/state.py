@@ -219,7 +219,8 @@ class BucketMirror(Generic[T]):
         # every mirrored bucket (pool, verdict state) must keep records forever
         await ensure_bucket(self._nc, self._bucket, forbid_ttl=True)
         await self._wakeup.start()
-        await asyncio.wait_for(self._rebuild(), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for (bpo-42130)
+            await self._rebuild()
         self._ready.set()
         self._task = asyncio.create_task(self._run())
 

@@ -204,7 +204,8 @@ class SystemdBackend:
         except OSError as exc:
             raise RespawnFailed(f"cannot run {self.systemctl}: {exc}") from None
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
+            async with asyncio.timeout(self.timeout):  # not wait_for (bpo-42130)
+                out, err = await proc.communicate()
         except TimeoutError:
             proc.kill()
             raise RespawnFailed(f"{' '.join(cmd)} did not finish in {self.timeout}s") from None

@@ -218,7 +218,8 @@ class LocalSupervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(old.pid, signal.SIGKILL)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(old.wait(), 5.0)
+                    async with asyncio.timeout(5.0):  # not wait_for (bpo-42130)
+                        await old.wait()
             try:
                 await self._spawn(spec)
             except (OSError, ValueError) as exc:
@@ -281,7 +282,8 @@ class LocalSupervisor:
                 log.warning("%s exited with %s; the recovery worker restarts it", spec.name, code)
                 while not self._stopping and spec.process is proc and self.recovery_running():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(spec.respawned.wait(), 1.0)
+                        async with asyncio.timeout(1.0):  # not wait_for (bpo-42130)
+                            await spec.respawned.wait()
                 if self._stopping or spec.process is not proc:
                     continue
                 log.warning(
@@ -320,7 +322,8 @@ class LocalSupervisor:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in running)), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for (bpo-42130)
+                await asyncio.gather(*(p.wait() for p in running))
         except TimeoutError:
             for proc in running:
                 if proc.returncode is None:

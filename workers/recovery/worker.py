@@ -219,7 +219,8 @@ class RecoveryWorker(Worker):
     # ---------------------------------------------------------------- ticks
     async def _ticker(self) -> None:
         with contextlib.suppress(TimeoutError):  # replay what the stream holds first
-            await asyncio.wait_for(self._caught_up.wait(), 5.0)
+            async with asyncio.timeout(5.0):  # not wait_for (bpo-42130)
+                await self._caught_up.wait()
         last_tick = time.monotonic()
         while True:
             try:
