@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import subprocess
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from bus.config import NatsConfig
 from bus.natsserver import NatsServer, start_nats_server
 from bus.permissions import User, render_auth_conf
 from bus.subjects import Subjects
+from schemas.codec import decode, encode
+from schemas.identity import AgentIdentity
+from schemas.messages import MetricsSnapshot
 from tests.helpers import ROOT, Cluster
 from workers.cli.nats_config import build_jwt_users, build_users
 
@@ -95,3 +106,117 @@ class SecureCluster(Cluster):
 
     def control(self) -> NatsConfig:
         return self.admin()
+
+
+# --- shared by tests/security/ and the e2e anomaly tests -------------------------
+
+
+async def until(
+    check: Callable[[], Awaitable[bool]],
+    what: str,
+    cluster: Cluster | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Poll ``check`` until it returns True. An exception from ``check`` means "not
+    up yet" (a worker that has not subscribed); a worker process that exits fails at
+    once, with its log. On timeout the last answer or exception is in the message."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            if await check():
+                return
+            last = False
+        except Exception as exc:  # not up yet
+            last = exc
+        if cluster is not None:
+            for name, proc in cluster.processes.items():
+                if proc.poll() is not None:
+                    raise AssertionError(f"{name} exited {proc.returncode}:\n{cluster.log(name)}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: last {last!r}")
+        await asyncio.sleep(0.2)
+
+
+async def worker_counters(
+    nc: Client, prefix: str, kind: str, worker_id: str, timeout: float = 2.0
+) -> dict[str, int]:
+    """A worker's counters from its status endpoint (``{p}.status.<kind>.<id>``)."""
+    reply = await nc.request(Subjects(prefix).status(kind, worker_id), b"", timeout=timeout)
+    return MetricsSnapshot.decode(reply.data).counters
+
+
+def start_anomaly(cluster: Cluster, worker_id: str, *extra: str) -> None:
+    """The anomaly worker as a process (its id is its user name under a SecureCluster)."""
+    cluster._spawn(
+        f"anomaly-{worker_id}",
+        ["-m", "workers.cli", "worker", "anomaly", "--id", worker_id, "--heartbeat-s", "1", *extra],
+    )
+
+
+def signed_ballot(
+    tally: AgentIdentity,
+    network: str,
+    *,
+    ballot_id: str,
+    epoch: int,
+    requests: list[bytes],
+    tally_id: str = "t1",
+    issued_ms: int | None = None,
+    deadline_ms: int | None = None,
+    state_rev: int = 0,
+) -> bytes:
+    """A ballot as a (Byzantine) tally publishes it, signed with the contract's
+    ballot signing bytes (built here, not by schemas.signing, so an attack test runs
+    unchanged against code from before signed ballots existed)."""
+    now = time.time_ns() // 1_000_000
+    issued = now if issued_ms is None else issued_ms
+    deadline = now + 20_000 if deadline_ms is None else deadline_ms
+    body = [
+        1, "ballot", 1, network, ballot_id, epoch, tally_id, tally.public_key,
+        deadline, state_rev, issued, [hashlib.sha256(r).digest() for r in requests],
+    ]  # fmt: skip
+    return encode(
+        {
+            "type": "ballot",
+            "v": 1,
+            "ballot_id": ballot_id,
+            "epoch": epoch,
+            "tally_id": tally_id,
+            "deadline_ms": deadline,
+            "requests": requests,
+            "state_rev": state_rev,
+            "issued_ms": issued,
+            "tally_key": tally.public_key,
+            "sig": tally.sign(b"agentic-payments/ballot/v1\x00" + encode(body)),
+        }
+    )
+
+
+@dataclass
+class VoteTap:
+    """Every vote published on ``subject`` (default: all vote subjects), decoded
+    leniently (any map with ``type: vote``), with the subject it came on and its
+    exact bytes; what an attack test asserts over."""
+
+    votes: list[tuple[str, dict[str, Any], bytes]] = field(default_factory=list)
+
+    @classmethod
+    async def open(cls, nc: Client, subject: str) -> VoteTap:
+        tap = cls()
+
+        async def on_vote(msg: Msg) -> None:
+            try:
+                obj = decode(msg.data, MetricsSnapshot.LIMITS)
+            except Exception:
+                return
+            if isinstance(obj, dict) and obj.get("type") == "vote":
+                tap.votes.append((msg.subject, obj, msg.data))
+
+        await nc.subscribe(subject, cb=on_vote)
+        await nc.flush()
+        return tap
+
+    def on(self, ballot_id: str) -> list[tuple[str, dict[str, Any], bytes]]:
+        """Votes on ``ballot_id``, in arrival order."""
+        return [v for v in self.votes if v[1].get("ballot_id") == ballot_id]
