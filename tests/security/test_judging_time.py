@@ -50,6 +50,15 @@ def _valid(vote: dict[str, Any]) -> list[tuple[bool, str]]:
     return [(bool(e[2]), str(e[3])) for e in vote.get("entries", [])]
 
 
+def _assert_one_vote(tap: VoteTap, ballot_id: str, first: bytes) -> None:
+    votes = tap.on(ballot_id)
+    different = [v for _, v, data in votes if data != first]
+    assert not different, (
+        f"v1 published a second, different vote for ballot {ballot_id}: "
+        f"{_valid(votes[0][1])} then {[_valid(v) for v in different]}"
+    )
+
+
 async def _tally_t1(
     attacker: Attacker, admin: Client, subjects: Subjects
 ) -> tuple[Client, AgentIdentity, int]:
@@ -138,6 +147,7 @@ async def test_a_forgotten_ballot_is_never_judged_again(
         await until(
             lambda: _true(len(tap.on(ballot_id)) > before), "v1's answer to the replay", c, 30.0
         )
+        _assert_one_vote(tap, ballot_id, first)
         other = VerificationRequest(
             request_id="r-5b-2",
             message=b"pay 5",
@@ -165,12 +175,7 @@ async def test_a_forgotten_ballot_is_never_judged_again(
             )
         await admin.flush()
         await t1.flush()
-        votes = tap.on(ballot_id)
-        different = [(s, v) for s, v, data in votes if data != first]
-        assert not different, (
-            f"v1 published a second, different vote for ballot {ballot_id}: "
-            f"{_valid(votes[0][1])} then {[_valid(v) for _, v in different]}"
-        )
+        _assert_one_vote(tap, ballot_id, first)
         assert reused >= len(variants), f"variants not refused as BALLOT_ID_REUSED: {reused}"
     finally:
         await admin.close()
