@@ -36,6 +36,27 @@ USERS = [
     "client:bob",
 ]
 
+#: tests/security: one user per role the attacks need (ROLE:NAME); names are worker ids.
+SECURITY_USERS = [
+    "admin:admin",
+    "tally:t1",
+    "tally:t2",
+    "verifier:v1",
+    "verifier:v2",
+    "verifier:v3",
+    "verifier:v4",
+    "verifier:v5",
+    "verifier:v6",
+    "verifier:v7",
+    "client:alice",
+    "client:bob",
+    "keys:keys1",
+    "trust:trust1",
+    "authority:authority1",
+    "anomaly:anomaly1",
+    "recovery:recovery1",
+]
+
 
 @dataclass
 class SecureServer:
