@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import subprocess
 import sys
 import time
@@ -133,21 +134,25 @@ class SecureCluster(Cluster):
 
 
 async def until(
-    check: Callable[[], Awaitable[bool]],
+    check: Callable[[], Awaitable[bool] | bool],
     what: str,
     cluster: Cluster | None = None,
     timeout: float = 30.0,
 ) -> None:
-    """Poll ``check`` until it returns True. An exception from ``check`` means "not
-    up yet" (a worker that has not subscribed); a worker process that exits fails at
-    once, with its log. On timeout the last answer or exception is in the message."""
+    """Poll ``check`` (a coroutine function or a plain one) until it returns True.
+    An exception from ``check`` means "not up yet" (a worker that has not
+    subscribed); a worker process that exits fails at once, with its log. On
+    timeout the last answer or exception is in the message."""
     deadline = time.monotonic() + timeout
     last: object = None
     while True:
         try:
-            if await check():
+            answer = check()
+            if inspect.isawaitable(answer):
+                answer = await answer
+            if answer:
                 return
-            last = False
+            last = answer
         except Exception as exc:  # not up yet
             last = exc
         if cluster is not None:

@@ -103,7 +103,7 @@ async def test_a_forgotten_ballot_is_never_judged_again(
         async def voted_on(bid: str, raw: bytes) -> bool:
             await t1.publish(subjects.ballot, raw, reply=subjects.votes("t1"))
             await t1.flush()
-            await until(lambda: _true(bool(tap.on(bid))), f"a vote on {bid}", c, 2.0)
+            await until(lambda: bool(tap.on(bid)), f"a vote on {bid}", c, 2.0)
             return True
 
         await until(lambda: voted_on(ballot_id, ballot), "v1's first vote", c, 30.0)
@@ -133,7 +133,7 @@ async def test_a_forgotten_ballot_is_never_judged_again(
                 await t1.publish(subjects.ballot, raw, reply=subjects.votes("t1"))
             await t1.flush()
             await until(
-                lambda batch=batch: _true(all(tap.on(b) for b in batch[-5:])),  # type: ignore[misc]
+                lambda batch=batch: all(tap.on(b) for b in batch[-5:]),  # type: ignore[misc]
                 f"votes on flood batch {start}",
                 c,
                 30.0,
@@ -144,9 +144,7 @@ async def test_a_forgotten_ballot_is_never_judged_again(
         before = len(tap.on(ballot_id))
         await t1.publish(subjects.ballot, ballot, reply=subjects.votes("t1"))
         await t1.flush()
-        await until(
-            lambda: _true(len(tap.on(ballot_id)) > before), "v1's answer to the replay", c, 30.0
-        )
+        await until(lambda: len(tap.on(ballot_id)) > before, "v1's answer to the replay", c, 30.0)
         _assert_one_vote(tap, ballot_id, first)
         other = VerificationRequest(
             request_id="r-5b-2",
@@ -205,7 +203,7 @@ async def test_a_ballot_issued_outside_the_skew_window_gets_no_vote(
             raw = signed_ballot(me, c.prefix, ballot_id=probe, epoch=epoch, requests=[paid])
             await t1.publish(subjects.ballot, raw, reply=subjects.votes("t1"))
             await t1.flush()
-            await until(lambda: _true(bool(tap.on(probe))), "a vote", c, 2.0)
+            await until(lambda: bool(tap.on(probe)), "a vote", c, 2.0)
             return True
 
         await until(probe_voted, "v1 voting on a ballot issued now", c, 30.0)
@@ -233,7 +231,3 @@ async def test_a_ballot_issued_outside_the_skew_window_gets_no_vote(
         )
     finally:
         await admin.close()
-
-
-async def _true(value: bool) -> bool:
-    return value

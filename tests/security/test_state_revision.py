@@ -1,0 +1,123 @@
+"""Hole 8: a vote's state revision always comes with that revision's records.
+
+A vote says "judged at verdict-state revision R"; the tally and the client trust
+that every record up to R was applied. The verifier's state mirror
+(``BucketMirror``, bus/state.py) used to re-read the bucket after its watch fell
+behind (more than 1 s behind the bucket's last revision) and, while replaying,
+moved ``revision`` forward entry by entry but swapped the replayed records in
+only at the end: a ballot judged meanwhile was signed at a revision past a
+revocation over the state from before it.
+
+The attack, with real processes: the key manager's user ``keys1`` floods the
+state bucket with records (it may write ``key.>``), so that v1's mirror falls
+behind and has a long read to do; in the middle of the flood the key manager
+(keys1, real process) revokes a key; a Byzantine tally (user t1, its own admitted
+key) sends v1 a ballot for a payment signed by that key every few milliseconds
+meanwhile. No vote may call the payment VALID at a state revision at or past the
+revocation's. Now the mirror applies a read to a copy and publishes the copy with
+the revision reached in one step, so a reader never sees a revision ahead of its
+items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pytest
+from nats.aio.client import Client
+
+from bus import membership
+from bus.connection import connect
+from bus.key_client import KeyClient
+from bus.subjects import Subjects
+from schemas.identity import AgentIdentity
+from schemas.messages import VerificationRequest
+from tests.secure import SecureCluster, VoteTap, signed_ballot, until
+
+Attacker = Callable[[str], Awaitable[Client]]
+#: Records keys1 writes before and after the revocation (a long re-read for v1).
+FLOOD = 15_000
+
+
+async def _flood(keys1: Client, subjects: Subjects, tag: str) -> None:
+    for i in range(FLOOD):
+        await keys1.publish(f"$KV.{subjects.state_bucket}.key.{tag}{i:060x}", b"x")
+        if i % 1000 == 999:
+            await keys1.flush()
+    await keys1.flush()
+
+
+@pytest.mark.timeout(240)
+async def test_no_vote_is_signed_at_a_revision_without_its_revocation(
+    secure_cluster: SecureCluster, attacker: Attacker
+) -> None:
+    c = secure_cluster
+    subjects = Subjects(c.prefix)
+    c.start_verifier("v1")
+    await c.wait_pool(1)
+    c._spawn("keys-keys1", ["-m", "workers.cli", "worker", "keys", "--id", "keys1"])
+    admin = await connect(c.admin(), name="test-operator")
+    sender: asyncio.Task[None] | None = None
+    try:
+        keys = KeyClient(admin, c.prefix, timeout=30)
+        await keys.create("agent-8", "agent_identity")
+        signed = await keys.sign("agent-8", b"pay 8")
+        paid = VerificationRequest(
+            request_id="r-8", message=b"pay 8", signature=signed.signature,
+            public_key=signed.public_key,
+        ).encode()  # fmt: skip
+        t1 = await attacker("t1")
+        me = AgentIdentity.generate()
+        await membership.register_tally(t1, subjects, "t1", me)
+        epoch = (await membership.read_pool(admin, subjects)).epoch
+        tap = await VoteTap.open(t1, subjects.votes("t1"))
+
+        async def ballots() -> None:
+            while True:
+                raw = signed_ballot(
+                    me, c.prefix, ballot_id=uuid.uuid4().hex, epoch=epoch, requests=[paid]
+                )
+                await t1.publish(subjects.ballot, raw, reply=subjects.votes("t1"))
+                await asyncio.sleep(0.005)
+
+        sender = asyncio.create_task(ballots())
+        await until(lambda: bool(tap.votes), "v1 voting", c, 30.0)
+        assert all(e[2] for _, v, _ in tap.votes for e in v["entries"]), "VALID before revoking"
+
+        keys1 = await attacker("keys1")
+        await _flood(keys1, subjects, "a")
+        await keys.revoke("agent-8", "key material leaked")
+        state = await admin.jetstream().key_value(subjects.state_bucket)
+        revoked_at = (await state.get(f"key.{signed.public_key.hex()}")).revision
+        await _flood(keys1, subjects, "b")
+        last = (await state.status()).stream_info.state.last_seq
+
+        def stale() -> list[int]:
+            """Revisions at or past the revocation at which v1 said VALID."""
+            return sorted(
+                {
+                    int(v["state_rev"])
+                    for _, v, _ in tap.votes
+                    if int(v.get("state_rev", 0)) >= revoked_at and any(e[2] for e in v["entries"])
+                }
+            )
+
+        def caught_up_or_stale() -> bool:
+            return bool(stale()) or any(v.get("state_rev", 0) >= last for _, v, _ in tap.votes)
+
+        await until(caught_up_or_stale, f"v1 voting at revision {last}", c, 120.0)
+        stale_revisions = stale()
+        assert not stale_revisions, (
+            f"v1 signed VALID for the revoked key at state revision(s) {stale_revisions[:5]} "
+            f"({len(stale_revisions)} in all), at or past the "
+            f"revocation's revision {revoked_at}"
+        )
+    finally:
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+        await admin.close()
