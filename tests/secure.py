@@ -138,11 +138,14 @@ async def until(
     what: str,
     cluster: Cluster | None = None,
     timeout: float = 30.0,
+    *,
+    show_log: str | None = None,
 ) -> None:
     """Poll ``check`` (a coroutine function or a plain one) until it returns True.
     An exception from ``check`` means "not up yet" (a worker that has not
     subscribed); a worker process that exits fails at once, with its log. On
-    timeout the last answer or exception is in the message."""
+    timeout the last answer or exception is in the message (and the log of the
+    process ``show_log`` names)."""
     deadline = time.monotonic() + timeout
     last: object = None
     while True:
@@ -160,7 +163,8 @@ async def until(
                 if proc.poll() is not None:
                     raise AssertionError(f"{name} exited {proc.returncode}:\n{cluster.log(name)}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: last {last!r}")
+            shown = f"\n{cluster.log(show_log)}" if cluster and show_log else ""
+            raise AssertionError(f"timed out waiting for {what}: last {last!r}{shown}")
         await asyncio.sleep(0.2)
 
 
@@ -170,6 +174,12 @@ async def worker_counters(
     """A worker's counters from its status endpoint (``{p}.status.<kind>.<id>``)."""
     reply = await nc.request(Subjects(prefix).status(kind, worker_id), b"", timeout=timeout)
     return MetricsSnapshot.decode(reply.data).counters
+
+
+async def worker_answers(nc: Client, prefix: str, kind: str, worker_id: str) -> bool:
+    """True once the worker's status endpoint answers (an ``until`` check: up yet?)."""
+    await worker_counters(nc, prefix, kind, worker_id, timeout=1.0)
+    return True
 
 
 def start_anomaly(cluster: Cluster, worker_id: str, *extra: str) -> None:
@@ -221,14 +231,14 @@ def signed_ballot(
 
 @dataclass
 class VoteTap:
-    """Every vote published on ``subject`` (default: all vote subjects), decoded
+    """Every vote published on the ``subjects`` it is opened on, decoded
     leniently (any map with ``type: vote``), with the subject it came on and its
     exact bytes; what an attack test asserts over."""
 
     votes: list[tuple[str, dict[str, Any], bytes]] = field(default_factory=list)
 
     @classmethod
-    async def open(cls, nc: Client, subject: str) -> VoteTap:
+    async def open(cls, nc: Client, *subjects: str) -> VoteTap:
         tap = cls()
 
         async def on_vote(msg: Msg) -> None:
@@ -239,7 +249,8 @@ class VoteTap:
             if isinstance(obj, dict) and obj.get("type") == "vote":
                 tap.votes.append((msg.subject, obj, msg.data))
 
-        await nc.subscribe(subject, cb=on_vote)
+        for subject in subjects:
+            await nc.subscribe(subject, cb=on_vote)
         await nc.flush()
         return tap
 
