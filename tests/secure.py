@@ -16,13 +16,16 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from bus import membership
 from bus.config import NatsConfig
+from bus.key_client import KeyClient
 from bus.natsserver import NatsServer, start_nats_server
 from bus.permissions import User, render_auth_conf
 from bus.subjects import Subjects
 from schemas.codec import decode, encode
 from schemas.identity import AgentIdentity
-from schemas.messages import MetricsSnapshot
+from schemas.keys import KeySignature
+from schemas.messages import MetricsSnapshot, VerificationRequest
 from tests.helpers import ROOT, Cluster
 from workers.cli.nats_config import build_jwt_users, build_users
 
@@ -182,6 +185,43 @@ async def worker_answers(nc: Client, prefix: str, kind: str, worker_id: str) -> 
     return True
 
 
+def start_keys(cluster: Cluster, worker_id: str = "keys1") -> None:
+    """The key manager as a process (it writes key statuses into the verdict state)."""
+    cluster._spawn(f"keys-{worker_id}", ["-m", "workers.cli", "worker", "keys", "--id", worker_id])
+
+
+async def admitted_tally(
+    nc: Client, admin: Client, subjects: Subjects, tally_id: str
+) -> tuple[Client, AgentIdentity, int]:
+    """A Byzantine tally: ``nc`` (connected as user ``tally_id``) registers its own
+    tally key (``tally.<id>``); returns the connection, the key and the pool epoch."""
+    me = AgentIdentity.generate()
+    await membership.register_tally(nc, subjects, tally_id, me)
+    pool = await membership.read_pool(admin, subjects)
+    assert me.public_key in pool.tally_keys
+    return nc, me, pool.epoch
+
+
+async def managed_key(
+    admin: Client, prefix: str, name: str, message: bytes
+) -> tuple[KeyClient, KeySignature]:
+    """A fresh ``agent_identity`` key in the key manager (``start_keys``) and its
+    signature over ``message``; the client revokes it later."""
+    keys = KeyClient(admin, prefix, timeout=30)
+    await keys.create(name, "agent_identity")
+    return keys, await keys.sign(name, message)
+
+
+def payment(signed: KeySignature, message: bytes, request_id: str) -> bytes:
+    """A VerificationRequest's bytes for ``message`` as the key manager signed it."""
+    return VerificationRequest(
+        request_id=request_id,
+        message=message,
+        signature=signed.signature,
+        public_key=signed.public_key,
+    ).encode()
+
+
 def start_anomaly(cluster: Cluster, worker_id: str, *extra: str) -> None:
     """The anomaly worker as a process (its id is its user name under a SecureCluster)."""
     cluster._spawn(
@@ -201,10 +241,12 @@ def signed_ballot(
     issued_ms: int | None = None,
     deadline_ms: int | None = None,
     state_rev: int = 0,
+    sig: bytes | None = None,
 ) -> bytes:
     """A ballot as a (Byzantine) tally publishes it, signed with the contract's
     ballot signing bytes (built here, not by schemas.signing, so an attack test runs
-    unchanged against code from before signed ballots existed)."""
+    unchanged against code from before signed ballots existed); ``sig`` replaces
+    the signature (a forger's)."""
     now = time.time_ns() // 1_000_000
     issued = now if issued_ms is None else issued_ms
     deadline = now + 20_000 if deadline_ms is None else deadline_ms
@@ -224,7 +266,9 @@ def signed_ballot(
             "state_rev": state_rev,
             "issued_ms": issued,
             "tally_key": tally.public_key,
-            "sig": tally.sign(b"agentic-payments/ballot/v1\x00" + encode(body)),
+            "sig": tally.sign(b"agentic-payments/ballot/v1\x00" + encode(body))
+            if sig is None
+            else sig,
         }
     )
 

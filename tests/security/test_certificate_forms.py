@@ -119,6 +119,7 @@ async def _outcome(client: VerifyClient, request: VerificationRequest) -> str:
     return f"accepted {result.decision}"
 
 
+@pytest.mark.timeout(120)
 async def test_every_other_wire_form_of_a_certificate_is_refused(
     secure_cluster: SecureCluster, attacker: Attacker
 ) -> None:
@@ -146,6 +147,7 @@ async def test_every_other_wire_form_of_a_certificate_is_refused(
         await client.close()
 
 
+@pytest.mark.timeout(120)
 @pytest.mark.xfail(
     strict=True,
     reason="residual (docs/security.md, holes 9b/9c): the decoder accepts any valid "

@@ -91,19 +91,21 @@ async def test_two_honest_answers_to_two_questions_do_not_frame_a_verifier(
             secure_cluster.kill("verifier-v2")
             secure_cluster.processes["verifier-v2"].wait(10)
             secure_cluster.start_verifier("v2")
-        now = int(time.time() * 1000)
-        ballot = Ballot(
-            ballot_id=ballot_id,
-            epoch=pool.epoch,
-            tally_id="t2",
-            deadline_ms=now + 10_000,
-            requests=(signed_request(agent, f"pay {rid}", rid).encode(),),
-            issued_ms=now,
-        )
 
-        async def answered(ballot: Ballot = ballot) -> bool:
+        async def answered(rid: str = rid) -> bool:
             # re-sent until v2 answers: a restarted verifier takes a moment to subscribe
-            # (it answers a re-delivered ballot from memory, so nothing is judged twice)
+            # (a copy it already answered gets the same vote; another copy under the id
+            # is refused). Built afresh each time: a ballot issued more than 2 s before
+            # v2 is back would be refused as BALLOT_ISSUED_SKEW.
+            now = int(time.time() * 1000)
+            ballot = Ballot(
+                ballot_id=ballot_id,
+                epoch=pool.epoch,
+                tally_id="t2",
+                deadline_ms=now + 10_000,
+                requests=(signed_request(agent, f"pay {rid}", rid).encode(),),
+                issued_ms=now,
+            )
             await publish_ballot(t2, subjects, ballot, me)
             try:
                 got.append(await asyncio.wait_for(votes.get(), 1.0))

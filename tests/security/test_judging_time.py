@@ -30,13 +30,21 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
-from bus import membership
 from bus.connection import connect
-from bus.key_client import KeyClient
 from bus.subjects import Subjects
 from schemas.identity import AgentIdentity
 from schemas.messages import VerificationRequest
-from tests.secure import SecureCluster, VoteTap, signed_ballot, until, worker_counters
+from tests.secure import (
+    SecureCluster,
+    VoteTap,
+    admitted_tally,
+    managed_key,
+    payment,
+    signed_ballot,
+    start_keys,
+    until,
+    worker_counters,
+)
 
 Attacker = Callable[[str], Awaitable[Client]]
 #: More ballots than the old vote cache held (MAX_REMEMBERED_VOTES was 10,000).
@@ -59,18 +67,6 @@ def _assert_one_vote(tap: VoteTap, ballot_id: str, first: bytes) -> None:
     )
 
 
-async def _tally_t1(
-    attacker: Attacker, admin: Client, subjects: Subjects
-) -> tuple[Client, AgentIdentity, int]:
-    """The adversary: user t1 with its own registered tally key, and the pool epoch."""
-    t1 = await attacker("t1")
-    me = AgentIdentity.generate()
-    await membership.register_tally(t1, subjects, "t1", me)
-    pool = await membership.read_pool(admin, subjects)
-    assert me.public_key in pool.tally_keys
-    return t1, me, pool.epoch
-
-
 @pytest.mark.timeout(240)
 async def test_a_forgotten_ballot_is_never_judged_again(
     secure_cluster: SecureCluster, attacker: Attacker
@@ -79,19 +75,12 @@ async def test_a_forgotten_ballot_is_never_judged_again(
     subjects = Subjects(c.prefix)
     c.start_verifier("v1")
     await c.wait_pool(1)
-    c._spawn("keys-keys1", ["-m", "workers.cli", "worker", "keys", "--id", "keys1"])
+    start_keys(c)
     admin = await connect(c.admin(), name="test-operator")
     try:
-        keys = KeyClient(admin, c.prefix, timeout=30)
-        await keys.create("agent-5b", "agent_identity")
-        signed = await keys.sign("agent-5b", b"pay 5")
-        paid = VerificationRequest(
-            request_id="r-5b",
-            message=b"pay 5",
-            signature=signed.signature,
-            public_key=signed.public_key,
-        ).encode()
-        t1, me, epoch = await _tally_t1(attacker, admin, subjects)
+        keys, signed = await managed_key(admin, c.prefix, "agent-5b", b"pay 5")
+        paid = payment(signed, b"pay 5", "r-5b")
+        t1, me, epoch = await admitted_tally(await attacker("t1"), admin, subjects, "t1")
         tap = await VoteTap.open(t1, subjects.votes("t1"))
         net = c.prefix
         ballot_id = uuid.uuid4().hex
@@ -133,7 +122,7 @@ async def test_a_forgotten_ballot_is_never_judged_again(
                 await t1.publish(subjects.ballot, raw, reply=subjects.votes("t1"))
             await t1.flush()
             await until(
-                lambda batch=batch: all(tap.on(b) for b in batch[-5:]),  # type: ignore[misc]
+                lambda batch=batch: all(tap.on(b) for b in batch[-5:]),
                 f"votes on flood batch {start}",
                 c,
                 30.0,
@@ -146,12 +135,7 @@ async def test_a_forgotten_ballot_is_never_judged_again(
         await t1.flush()
         await until(lambda: len(tap.on(ballot_id)) > before, "v1's answer to the replay", c, 30.0)
         _assert_one_vote(tap, ballot_id, first)
-        other = VerificationRequest(
-            request_id="r-5b-2",
-            message=b"pay 5",
-            signature=signed.signature,
-            public_key=signed.public_key,
-        ).encode()
+        other = payment(signed, b"pay 5", "r-5b-2")
         variants = [
             signed_ballot(me, net, ballot_id=ballot_id, epoch=epoch, requests=[paid]),
             signed_ballot(me, net, ballot_id=ballot_id, epoch=epoch, requests=[paid, other]),
@@ -189,7 +173,7 @@ async def test_a_ballot_issued_outside_the_skew_window_gets_no_vote(
     await c.wait_pool(1)
     admin = await connect(c.admin(), name="test-operator")
     try:
-        t1, me, epoch = await _tally_t1(attacker, admin, subjects)
+        t1, me, epoch = await admitted_tally(await attacker("t1"), admin, subjects, "t1")
         tap = await VoteTap.open(t1, subjects.votes("t1"))
         agent = AgentIdentity.generate()
         paid = VerificationRequest(

@@ -15,9 +15,8 @@ body and B's client refuses it as CERTIFICATE_INVALID.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Awaitable, Callable
 
-from nats.aio.client import Client
+import pytest
 from nats.aio.msg import Msg
 
 from bus import membership
@@ -29,9 +28,8 @@ from schemas.identity import AgentIdentity
 from schemas.messages import VerificationRequest
 from tests.secure import SecureCluster
 
-Attacker = Callable[[str], Awaitable[Client]]
 
-
+@pytest.mark.timeout(150)
 async def test_a_certificate_from_another_deployment_is_refused(
     secure_cluster: SecureCluster, other_deployment: SecureCluster
 ) -> None:

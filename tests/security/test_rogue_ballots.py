@@ -35,7 +35,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from bus import membership
 from bus.connection import connect
 from bus.subjects import Subjects
-from schemas.codec import encode
 from schemas.identity import AgentIdentity
 from schemas.messages import MetricsSnapshot
 from tests.factories import request
@@ -45,24 +44,14 @@ VERIFIERS = ("v1", "v2", "v3", "v4")
 
 
 def rogue_ballot(tally_id: str, epoch: int, ballot_id: str) -> bytes:
-    """A ballot as the attacker writes it: every field, a signature by its own key."""
+    """A ballot as the attacker writes it: every field, a signature by its own key
+    over other bytes."""
     me = AgentIdentity.generate()
-    now = time.time_ns() // 1_000_000
-    return encode(
-        {
-            "type": "ballot",
-            "v": 1,
-            "ballot_id": ballot_id,
-            "epoch": epoch,
-            "tally_id": tally_id,
-            "deadline_ms": now + 20_000,
-            "requests": [request(me, b"pay 1", f"r-{ballot_id}", tamper=True)],
-            "state_rev": 0,
-            "issued_ms": now,
-            "tally_key": me.public_key,
-            "sig": me.sign(b"whatever"),
-        }
-    )
+    tampered = request(me, b"pay 1", f"r-{ballot_id}", tamper=True)
+    return signed_ballot(
+        me, "-", ballot_id=ballot_id, epoch=epoch, requests=[tampered], tally_id=tally_id,
+        sig=me.sign(b"whatever"),
+    )  # fmt: skip
 
 
 def _count_refusals(refused: dict[str, int]) -> Callable[[Msg], Awaitable[None]]:

@@ -29,13 +29,18 @@ from collections.abc import Awaitable, Callable
 import pytest
 from nats.aio.client import Client
 
-from bus import membership
 from bus.connection import connect
-from bus.key_client import KeyClient
 from bus.subjects import Subjects
-from schemas.identity import AgentIdentity
-from schemas.messages import VerificationRequest
-from tests.secure import SecureCluster, VoteTap, signed_ballot, until
+from tests.secure import (
+    SecureCluster,
+    VoteTap,
+    admitted_tally,
+    managed_key,
+    payment,
+    signed_ballot,
+    start_keys,
+    until,
+)
 
 Attacker = Callable[[str], Awaitable[Client]]
 #: Records keys1 writes before and after the revocation: enough that v1's mirror is
@@ -61,21 +66,13 @@ async def test_no_vote_is_signed_at_a_revision_without_its_revocation(
     subjects = Subjects(c.prefix)
     c.start_verifier("v1")
     await c.wait_pool(1)
-    c._spawn("keys-keys1", ["-m", "workers.cli", "worker", "keys", "--id", "keys1"])
+    start_keys(c)
     admin = await connect(c.admin(), name="test-operator")
     sender: asyncio.Task[None] | None = None
     try:
-        keys = KeyClient(admin, c.prefix, timeout=30)
-        await keys.create("agent-8", "agent_identity")
-        signed = await keys.sign("agent-8", b"pay 8")
-        paid = VerificationRequest(
-            request_id="r-8", message=b"pay 8", signature=signed.signature,
-            public_key=signed.public_key,
-        ).encode()  # fmt: skip
-        t1 = await attacker("t1")
-        me = AgentIdentity.generate()
-        await membership.register_tally(t1, subjects, "t1", me)
-        epoch = (await membership.read_pool(admin, subjects)).epoch
+        keys, signed = await managed_key(admin, c.prefix, "agent-8", b"pay 8")
+        paid = payment(signed, b"pay 8", "r-8")
+        t1, me, epoch = await admitted_tally(await attacker("t1"), admin, subjects, "t1")
         tap = await VoteTap.open(t1, subjects.votes("t1"))
 
         async def ballots() -> None:
