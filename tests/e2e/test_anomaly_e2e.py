@@ -17,8 +17,11 @@ from bus.subjects import Subjects
 from schemas.alerts import Severity
 from schemas.certificate import verify_certificate
 from schemas.identity import AgentIdentity
-from schemas.messages import ConsensusResult, MetricsSnapshot, VerificationRequest
+from schemas.messages import ConsensusResult, VerificationRequest
 from tests.helpers import Cluster
+from tests.secure import start_anomaly as shared_start_anomaly
+from tests.secure import until as shared_until
+from tests.secure import worker_answers, worker_counters
 from workers.anomaly.cli import read_alerts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
@@ -37,45 +40,17 @@ def requests(agent: AgentIdentity, count: int, tag: str) -> list[tuple[Verificat
 
 
 def start_anomaly(cluster: Cluster, *extra: str) -> None:
-    cluster._spawn(
-        "anomaly-a1",
-        [
-            "-m",
-            "workers.cli",
-            "worker",
-            "anomaly",
-            "--id",
-            "a1",
-            "--heartbeat-s",
-            "1",
-            "--metrics-s",
-            "1",
-            *extra,
-        ],
-    )
+    shared_start_anomaly(cluster, "a1", "--metrics-s", "1", *extra)
 
 
 async def anomaly_counters(nc: Client, prefix: str, timeout: float = 2.0) -> dict[str, int]:
-    reply = await nc.request(Subjects(prefix).status("anomaly", "a1"), b"", timeout=timeout)
-    return MetricsSnapshot.decode(reply.data).counters
+    return await worker_counters(nc, prefix, "anomaly", "a1", timeout)
 
 
 async def until(
     check: Callable[[], Awaitable[bool]], what: str, cluster: Cluster, timeout: float = 60.0
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if await check():
-                return
-        except Exception:  # not up yet
-            pass
-        for name, proc in cluster.processes.items():
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited {proc.returncode}:\n{cluster.log(name)}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{cluster.log('anomaly-a1')}")
-        await asyncio.sleep(0.2)
+    await shared_until(check, what, cluster, timeout, show_log="anomaly-a1")
 
 
 async def decide(
@@ -160,8 +135,7 @@ async def test_byzantine_verifier_is_quarantined_and_the_pool_keeps_deciding(
 
 
 async def _answers(nc: Client, prefix: str) -> bool:
-    await anomaly_counters(nc, prefix, timeout=1.0)
-    return True
+    return await worker_answers(nc, prefix, "anomaly", "a1")
 
 
 async def test_forged_votes_quarantine_nobody(cluster: Cluster) -> None:

@@ -17,28 +17,7 @@ import pytest
 from nats.aio.client import Client
 
 from bus.connection import connect
-from tests.secure import SecureCluster, SecureServer, start_secure_server
-
-#: One user per role the attacks need (ROLE:NAME); names are worker ids.
-SECURITY_USERS = [
-    "admin:admin",
-    "tally:t1",
-    "tally:t2",
-    "verifier:v1",
-    "verifier:v2",
-    "verifier:v3",
-    "verifier:v4",
-    "verifier:v5",
-    "verifier:v6",
-    "verifier:v7",
-    "client:alice",
-    "client:bob",
-    "keys:keys1",
-    "trust:trust1",
-    "authority:authority1",
-    "anomaly:anomaly1",
-    "recovery:recovery1",
-]
+from tests.secure import SECURITY_USERS, SecureCluster, SecureServer, start_secure_server
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -56,6 +35,24 @@ def secure_server(tmp_path: Path) -> Iterator[SecureServer]:
     try:
         yield server
     finally:
+        server.server.stop()
+
+
+@pytest.fixture
+def other_deployment(tmp_path: Path) -> Iterator[SecureCluster]:
+    """A second deployment beside ``secure_server``/``secure_cluster``: its own
+    nats-server, prefix and user credentials, workers with their data under
+    ``tmp_path / "other"`` (copy identity files there to share keys)."""
+    prefix = f"y{uuid.uuid4().hex[:10]}"
+    server = start_secure_server(tmp_path / "other-nats", prefix, SECURITY_USERS)
+    (tmp_path / "other").mkdir()
+    c = SecureCluster(
+        nats_url=server.url, prefix=prefix, data_dir=tmp_path / "other", secure=server
+    )
+    try:
+        yield c
+    finally:
+        c.stop_all()
         server.server.stop()
 
 

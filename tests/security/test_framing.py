@@ -31,9 +31,9 @@ from bus.client import signed_request
 from bus.subjects import Subjects
 from schemas.codec import encode
 from schemas.identity import AgentIdentity
-from schemas.messages import Ballot, MetricsSnapshot, Vote
+from schemas.messages import Ballot, Vote
 from schemas.signing import sign_ballot
-from tests.secure import SecureCluster
+from tests.secure import SecureCluster, start_anomaly, until, worker_answers, worker_counters
 from workers.anomaly.cli import read_alerts
 
 pytestmark = pytest.mark.slow
@@ -42,21 +42,7 @@ Attacker = Callable[[str], Awaitable[Client]]
 
 
 async def anomaly_counters(nc: Client, prefix: str) -> dict[str, int]:
-    reply = await nc.request(Subjects(prefix).status("anomaly", "anomaly1"), b"", timeout=2.0)
-    return MetricsSnapshot.decode(reply.data).counters
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if await check():
-                return
-        except Exception:  # not up yet
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: {await _last(check)}")
-        await asyncio.sleep(0.2)
+    return await worker_counters(nc, prefix, "anomaly", "anomaly1")
 
 
 async def publish_ballot(
@@ -74,13 +60,14 @@ async def test_two_honest_answers_to_two_questions_do_not_frame_a_verifier(
     for i in range(1, 5):
         secure_cluster.start_verifier(f"v{i}")
     pool = await secure_cluster.wait_pool(4)
-    secure_cluster._spawn(
-        "anomaly-anomaly1",
-        ["-m", "workers.cli", "worker", "anomaly", "--id", "anomaly1", "--heartbeat-s", "1"],
-    )
+    start_anomaly(secure_cluster, "anomaly1")
     admin = await attacker("admin")
     subjects = Subjects(secure_cluster.prefix)
-    await wait_for(lambda: _up(admin, secure_cluster.prefix), "the anomaly worker")
+    await until(
+        lambda: worker_answers(admin, secure_cluster.prefix, "anomaly", "anomaly1"),
+        "the anomaly worker",
+        timeout=60,
+    )
     v2_key = next(m.public_key for m in pool.members if m.worker_id == "v2")
 
     t2 = await attacker("t2")
@@ -104,19 +91,21 @@ async def test_two_honest_answers_to_two_questions_do_not_frame_a_verifier(
             secure_cluster.kill("verifier-v2")
             secure_cluster.processes["verifier-v2"].wait(10)
             secure_cluster.start_verifier("v2")
-        now = int(time.time() * 1000)
-        ballot = Ballot(
-            ballot_id=ballot_id,
-            epoch=pool.epoch,
-            tally_id="t2",
-            deadline_ms=now + 10_000,
-            requests=(signed_request(agent, f"pay {rid}", rid).encode(),),
-            issued_ms=now,
-        )
 
-        async def answered(ballot: Ballot = ballot) -> bool:
+        async def answered(rid: str = rid) -> bool:
             # re-sent until v2 answers: a restarted verifier takes a moment to subscribe
-            # (it answers a re-delivered ballot from memory, so nothing is judged twice)
+            # (a copy it already answered gets the same vote; another copy under the id
+            # is refused). Built afresh each time: a ballot issued more than 2 s before
+            # v2 is back would be refused as BALLOT_ISSUED_SKEW.
+            now = int(time.time() * 1000)
+            ballot = Ballot(
+                ballot_id=ballot_id,
+                epoch=pool.epoch,
+                tally_id="t2",
+                deadline_ms=now + 10_000,
+                requests=(signed_request(agent, f"pay {rid}", rid).encode(),),
+                issued_ms=now,
+            )
             await publish_ballot(t2, subjects, ballot, me)
             try:
                 got.append(await asyncio.wait_for(votes.get(), 1.0))
@@ -124,7 +113,7 @@ async def test_two_honest_answers_to_two_questions_do_not_frame_a_verifier(
                 return False
             return True
 
-        await wait_for(answered, f"v2's vote on {rid}")
+        await until(answered, f"v2's vote on {rid}", timeout=60)
         while not votes.empty():
             votes.get_nowait()  # copies of the same answer
     first, second = got
@@ -153,7 +142,7 @@ async def test_two_honest_answers_to_two_questions_do_not_frame_a_verifier(
         await t2.flush()
         return await judged()
 
-    await wait_for(published_and_judged, "the anomaly worker to judge the evidence")
+    await until(published_and_judged, "the anomaly worker to judge the evidence", timeout=60)
     counters = await anomaly_counters(admin, secure_cluster.prefix)
     assert counters.get("equivocations", 0) == 0, f"v2 framed as an equivocator: {counters}"
     after = await membership.read_pool(admin, subjects)
@@ -161,15 +150,3 @@ async def test_two_honest_answers_to_two_questions_do_not_frame_a_verifier(
     assert quarantined == [], f"framed: {quarantined} quarantined ({counters})"
     alerts = [a for a, _ in await read_alerts(admin, subjects, 600)]
     assert not [a for a in alerts if a.code == "EQUIVOCATION"], alerts
-
-
-async def _last(check: Callable[[], Awaitable[bool]]) -> str:
-    try:
-        return str(await check())
-    except Exception as exc:
-        return repr(exc)
-
-
-async def _up(nc: Client, prefix: str) -> bool:
-    await anomaly_counters(nc, prefix)
-    return True

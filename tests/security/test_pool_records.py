@@ -12,7 +12,6 @@ signed by the key it names, one seat per key, quarantine only via
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -28,24 +27,9 @@ from schemas.codec import encode
 from schemas.identity import AgentIdentity
 from schemas.messages import ConsensusResult
 from schemas.pool import self_record
-from tests.secure import SecureCluster
+from tests.secure import SecureCluster, start_anomaly, until
 
 HONEST = ("v2", "v3", "v4", "v5")
-
-
-async def until(
-    check: Callable[[], Awaitable[bool]], what: str, cluster: SecureCluster, timeout: float = 30.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if await check():
-            return
-        for name, proc in cluster.processes.items():
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited {proc.returncode}:\n{cluster.log(name)}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 def old_style_record(worker_id: str, public_key: bytes, status: str) -> bytes:
@@ -113,10 +97,7 @@ async def test_record_naming_another_seat_neither_counts_nor_diverts_quarantine(
         secure_cluster.start_verifier(name)
     secure_cluster.start_byzantine("v1", "equivocate")
     await secure_cluster.wait_pool(5)
-    secure_cluster._spawn(
-        "anomaly-anomaly1",
-        ["-m", "workers.cli", "worker", "anomaly", "--id", "anomaly1", "--heartbeat-s", "1"],
-    )
+    start_anomaly(secure_cluster, "anomaly1")
     secure_cluster.start_tally("t1")
     await secure_cluster.wait_tally()
     before = await secure_cluster.wait_pool(5)

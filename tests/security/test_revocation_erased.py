@@ -29,11 +29,10 @@ from nats.aio.client import Client
 
 from bus.client import VerifyClient
 from bus.connection import connect
-from bus.key_client import KeyClient
 from bus.subjects import Subjects
 from bus.tail import read_until_caught_up
 from schemas.messages import ConsensusResult, VerificationRequest
-from tests.secure import SecureCluster
+from tests.secure import SecureCluster, managed_key, start_keys
 
 Attacker = Callable[[str], Awaitable[Client]]
 #: How long the verifiers are asked after the attack (many mirror polls, POLL_S 0.25 s)
@@ -89,12 +88,10 @@ async def test_a_revocation_cannot_be_erased_or_replayed_away(
     assert c.secure is not None
     subjects = Subjects(c.prefix)
     await c.start_system(4)
-    c._spawn("keys-keys1", ["-m", "workers.cli", "worker", "keys", "--id", "keys1"])
+    start_keys(c)
     admin = await connect(c.admin(), name="test-operator")
     try:
-        keys = KeyClient(admin, c.prefix, timeout=30)
-        await keys.create("agent-r", "agent_identity")
-        signed = await keys.sign("agent-r", b"pay 5")
+        keys, signed = await managed_key(admin, c.prefix, "agent-r", b"pay 5")
         subject = f"$KV.{subjects.state_bucket}.key.{signed.public_key.hex()}"
 
         async with await VerifyClient.connect(c.secure.config("bob"), timeout=15) as client:

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -35,34 +35,35 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from bus import membership
 from bus.connection import connect
 from bus.subjects import Subjects
-from schemas.codec import decode, encode
 from schemas.identity import AgentIdentity
 from schemas.messages import MetricsSnapshot
 from tests.factories import request
-from tests.secure import SecureCluster
+from tests.secure import SecureCluster, VoteTap, signed_ballot
 
 VERIFIERS = ("v1", "v2", "v3", "v4")
 
 
 def rogue_ballot(tally_id: str, epoch: int, ballot_id: str) -> bytes:
-    """A ballot as the attacker writes it: every field, a signature by its own key."""
+    """A ballot as the attacker writes it: every field, a signature by its own key
+    over other bytes."""
     me = AgentIdentity.generate()
-    now = time.time_ns() // 1_000_000
-    return encode(
-        {
-            "type": "ballot",
-            "v": 1,
-            "ballot_id": ballot_id,
-            "epoch": epoch,
-            "tally_id": tally_id,
-            "deadline_ms": now + 20_000,
-            "requests": [request(me, b"pay 1", f"r-{ballot_id}", tamper=True)],
-            "state_rev": 0,
-            "issued_ms": now,
-            "tally_key": me.public_key,
-            "sig": me.sign(b"whatever"),
-        }
-    )
+    tampered = request(me, b"pay 1", f"r-{ballot_id}", tamper=True)
+    return signed_ballot(
+        me, "-", ballot_id=ballot_id, epoch=epoch, requests=[tampered], tally_id=tally_id,
+        sig=me.sign(b"whatever"),
+    )  # fmt: skip
+
+
+def _count_refusals(refused: dict[str, int]) -> Callable[[Msg], Awaitable[None]]:
+    """A metrics callback keeping each verifier's count of refused ballots."""
+
+    async def on_metrics(msg: Msg) -> None:
+        snap = MetricsSnapshot.decode(msg.data)
+        refused[snap.worker_id] = sum(
+            v for k, v in snap.counters.items() if k.startswith("ballot_refused_")
+        )
+
+    return on_metrics
 
 
 async def test_ballot_delivered_by_a_keys_role_consumer_gets_no_vote(
@@ -73,28 +74,11 @@ async def test_ballot_delivered_by_a_keys_role_consumer_gets_no_vote(
     await c.start_system(len(VERIFIERS))
     subjects = Subjects(c.prefix)
     admin = await connect(c.admin(), name="test-admin")
-    votes: list[tuple[str, dict[str, Any]]] = []
     refused: dict[str, int] = {}
-
-    async def on_vote(msg: Msg) -> None:
-        try:
-            obj = decode(msg.data, MetricsSnapshot.LIMITS)
-        except Exception:
-            return
-        if isinstance(obj, dict) and obj.get("type") == "vote":
-            votes.append((msg.subject, obj))
-
-    async def on_metrics(msg: Msg) -> None:
-        snap = MetricsSnapshot.decode(msg.data)
-        refused[snap.worker_id] = sum(
-            v for k, v in snap.counters.items() if k.startswith("ballot_refused_")
-        )
-
     try:
-        await admin.subscribe(subjects.votes_all, cb=on_vote)
         # where a vote sent to the delivered message's reply subject lands
-        await admin.subscribe(f"$JS.ACK.KV_{subjects.state_bucket}.>", cb=on_vote)
-        await admin.subscribe(subjects.metrics("verifier", "*"), cb=on_metrics)
+        tap = await VoteTap.open(admin, subjects.votes_all, f"$JS.ACK.KV_{subjects.state_bucket}.>")
+        await admin.subscribe(subjects.metrics("verifier", "*"), cb=_count_refusals(refused))
         await admin.flush()
         pool = await membership.read_pool(admin, subjects)
 
@@ -130,7 +114,7 @@ async def test_ballot_delivered_by_a_keys_role_consumer_gets_no_vote(
         await keys1.flush()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            rogue = [(s, v) for s, v in votes if v.get("ballot_id") == ballot_id]
+            rogue = tap.on(ballot_id)
             assert not rogue, (
                 f"{len(rogue)} verifier(s) voted on a ballot keys1 injected through a "
                 f"consumer's deliver subject (first to {rogue[0][0]})"
@@ -142,7 +126,7 @@ async def test_ballot_delivered_by_a_keys_role_consumer_gets_no_vote(
             raise AssertionError(f"not every verifier counted the rogue ballot refused: {refused}")
         # a vote published after the counters moved would still be a vote
         await admin.flush()
-        assert not [v for _, v in votes if v.get("ballot_id") == ballot_id]
+        assert not tap.on(ballot_id)
     finally:
         await admin.close()
 
@@ -157,23 +141,10 @@ async def test_admitted_tally_cannot_route_votes_to_another_tally(
     await c.start_system(len(VERIFIERS))
     subjects = Subjects(c.prefix)
     admin = await connect(c.admin(), name="test-admin")
-    votes: list[dict[str, Any]] = []
     refused: dict[str, int] = {}
-
-    async def on_vote(msg: Msg) -> None:
-        obj = decode(msg.data, MetricsSnapshot.LIMITS)
-        if isinstance(obj, dict) and obj.get("type") == "vote":
-            votes.append(obj)
-
-    async def on_metrics(msg: Msg) -> None:
-        snap = MetricsSnapshot.decode(msg.data)
-        refused[snap.worker_id] = sum(
-            v for k, v in snap.counters.items() if k.startswith("ballot_refused_")
-        )
-
     try:
-        await admin.subscribe(subjects.votes_all, cb=on_vote)
-        await admin.subscribe(subjects.metrics("verifier", "*"), cb=on_metrics)
+        tap = await VoteTap.open(admin, subjects.votes_all)
+        await admin.subscribe(subjects.metrics("verifier", "*"), cb=_count_refusals(refused))
         await admin.flush()
         t2 = await attacker("t2")
         me = AgentIdentity.generate()
@@ -181,29 +152,15 @@ async def test_admitted_tally_cannot_route_votes_to_another_tally(
         pool = await membership.read_pool(admin, subjects)
         assert me.public_key in pool.tally_keys
         ballot_id = uuid.uuid4().hex
-        now = time.time_ns() // 1_000_000
         raw = request(me, b"pay 1", f"r-{ballot_id}")
-        fields = {
-            "ballot_id": ballot_id,
-            "epoch": pool.epoch,
-            "tally_id": "t1",
-            "deadline_ms": now + 20_000,
-            "requests": [raw],
-            "state_rev": 0,
-            "issued_ms": now,
-        }
-        # the contract's ballot signing bytes, built here so the test runs on old code too
-        body = [
-            1, "ballot", 1, c.prefix, ballot_id, pool.epoch, "t1", me.public_key,
-            now + 20_000, 0, now, [hashlib.sha256(raw).digest()],
-        ]  # fmt: skip
-        sig = me.sign(b"agentic-payments/ballot/v1\x00" + encode(body))
-        wire = {"type": "ballot", "v": 1, **fields, "tally_key": me.public_key, "sig": sig}
-        await t2.publish(subjects.ballot, encode(wire), reply=subjects.votes("t1"))
+        wire = signed_ballot(
+            me, c.prefix, ballot_id=ballot_id, epoch=pool.epoch, requests=[raw], tally_id="t1"
+        )
+        await t2.publish(subjects.ballot, wire, reply=subjects.votes("t1"))
         await t2.flush()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            rogue = [v for v in votes if v.get("ballot_id") == ballot_id]
+            rogue = tap.on(ballot_id)
             assert not rogue, f"{len(rogue)} verifier(s) voted on t2's ballot naming t1"
             if all(refused.get(v, 0) >= 1 for v in VERIFIERS):
                 break
@@ -211,6 +168,6 @@ async def test_admitted_tally_cannot_route_votes_to_another_tally(
         else:
             raise AssertionError(f"not every verifier counted t2's ballot refused: {refused}")
         await admin.flush()
-        assert not [v for v in votes if v.get("ballot_id") == ballot_id]
+        assert not tap.on(ballot_id)
     finally:
         await admin.close()
