@@ -183,6 +183,10 @@ class WireMessage:
     TYPE: ClassVar[str]
     FIELDS: ClassVar[tuple[str, ...]]
     LIMITS: ClassVar[Limits] = REQUEST_LIMITS
+    #: Only the exact bytes ``encode`` gives are accepted: a certificate is stored,
+    #: forwarded and compared, so one certificate must have one wire form
+    #: (docs/security.md, hole 9c; MessagePack allows wider integer and string forms).
+    CANONICAL: ClassVar[bool] = False
 
     def to_wire(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -196,7 +200,13 @@ class WireMessage:
 
     @classmethod
     def decode(cls: type[M], data: bytes) -> M:
-        return cls.from_wire(decode(data, cls.LIMITS))
+        return cls._canonical(cls.from_wire(decode(data, cls.LIMITS)), data)
+
+    @classmethod
+    def _canonical(cls: type[M], message: M, data: bytes) -> M:
+        if cls.CANONICAL and message.encode() != data:
+            raise SchemaViolation(f"{cls.TYPE} is not in its one canonical encoding")
+        return message
 
 
 # -------------------------------------------------------------------- messages
@@ -588,6 +598,7 @@ class ConsensusResult(WireMessage):
 
     TYPE: ClassVar[str] = "certificate"
     LIMITS: ClassVar[Limits] = BALLOT_LIMITS
+    CANONICAL: ClassVar[bool] = True
     FIELDS: ClassVar[tuple[str, ...]] = (
         "type",
         "v",
@@ -921,7 +932,7 @@ def decode_reply(data: bytes, *expected: type[WireMessage]) -> WireMessage:
     kind = obj.get("type") if isinstance(obj, dict) else None
     for cls in classes:
         if kind == cls.TYPE:
-            return cls.from_wire(obj)
+            return cls._canonical(cls.from_wire(obj), data)
     names = ", ".join(repr(cls.TYPE) for cls in classes)
     raise SchemaViolation(f"unexpected reply type {kind!r} (expected one of {names})")
 

@@ -148,11 +148,6 @@ async def test_every_other_wire_form_of_a_certificate_is_refused(
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    reason="residual (docs/security.md, holes 9b/9c): the decoder accepts any valid "
-    "MessagePack encoding of the canonical values; only the signed body is canonical",
-)
 async def test_a_non_shortest_msgpack_encoding_is_refused(
     secure_cluster: SecureCluster, attacker: Attacker
 ) -> None:
