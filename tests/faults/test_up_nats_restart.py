@@ -1,0 +1,179 @@
+"""Fault (issue #11 item 5a): the single nats-server of ``agentic-payments up`` is
+killed -9 under load. ``up`` must say so, start it again on the same port with the
+same JetStream store, the workers it started must reconnect (the same processes,
+none restarted), and deciding must resume with 0 lost and 0 wrong decisions.
+
+Unlike tests/faults/test_nats_restart.py (a test cluster whose server the test
+restarts itself), here nobody but ``up`` can bring the server back: the real
+``up`` runs on a free port with its own data dir, started and watched as
+tests/e2e/test_up_orphans.py does (its /proc helpers are reused).
+
+The outage is measured from the kill to the first final decision of a request
+*sent* after the kill: such a request cannot have been answered by the old server
+(a reply read from the socket just after the kill would be), and it is decided only
+once the new server is up and the workers and the client have reconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bus.client import VerifyClient
+from bus.config import NatsConfig
+from bus.connection import connect
+from tests.e2e.test_up_orphans import (
+    WORKERS,
+    Up,
+    alive,
+    assert_clean_exit,
+    descendants,
+    describe,
+    free_port,
+    up_command,
+    up_env,
+    wait_gone,
+    wait_ready,
+)
+from tests.faults.load import Load, report
+
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG"),
+]
+
+#: up's line for each nats-server it starts (the first one and every restart)
+SERVER_LINE = re.compile(r"^nats-server\s+(nats://\S+)\s+\(.*pid (\d+)\)", re.MULTILINE)
+#: how long up may take to notice the death and have the new server ready
+RESTART_WITHIN_S = 20.0
+
+
+def servers(up: Up) -> list[tuple[str, int]]:
+    """(url, pid) of every nats-server up reported starting, in order."""
+    return [(url, int(pid)) for url, pid in SERVER_LINE.findall(up.stdout())]
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+async def wait_restarted(up: Up, old_pid: int) -> tuple[str, int]:
+    """Until up reports a second nats-server; its (url, pid)."""
+    deadline = time.monotonic() + RESTART_WITHIN_S
+    while True:
+        started = servers(up)
+        if len(started) > 1:
+            return started[-1]
+        if up.proc.poll() is not None:
+            pytest.fail(f"up exited {up.proc.returncode}:\n{up.stdout()}\n{up.stderr()}")
+        if time.monotonic() > deadline:
+            left = [pid for pid, _ in descendants(up.proc.pid) if "nats-server" in cmdline(pid)]
+            pytest.fail(
+                f"up did not restart its nats-server (pid {old_pid}) within "
+                f"{RESTART_WITHIN_S} s of kill -9 (nats-server processes under up: {left})\n"
+                f"up stdout:\n{up.stdout()[-2000:]}\nup stderr:\n{up.stderr()[-2000:]}"
+            )
+        await asyncio.sleep(0.05)
+
+
+async def first_decision_sent_after(load: Load, t: float, timeout: float) -> float:
+    """The monotonic time of the first final decision of a request sent after ``t``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        times = [o.decided_at for o in load.decided() if o.sent_at > t and o.decided_at]
+        if times:
+            return min(times)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no request sent after the kill decided within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.timeout(180)
+async def test_up_restarts_its_killed_nats_server_under_load(tmp_path: Path) -> None:
+    port, mark = free_port(), uuid.uuid4().hex
+    data_dir = tmp_path / "data"
+    stdout_path, stderr_path = tmp_path / "up.stdout", tmp_path / "up.stderr"
+    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+        proc = subprocess.Popen(
+            up_command(data_dir), cwd=tmp_path, env=up_env(port, mark), stdout=out, stderr=err
+        )
+    up = Up(proc, port, mark, data_dir, stdout_path, stderr_path)
+    try:
+        await asyncio.to_thread(wait_ready, up)
+        before = up.collect()
+        (url, old_pid), *_ = servers(up)
+        assert url == f"nats://127.0.0.1:{port}", url
+        assert (old_pid, _start(old_pid)) in before, describe(before)
+        workers = {i for i in before if i[0] != old_pid}
+        assert len(workers) >= len(WORKERS), describe(before)
+
+        config = NatsConfig(url=url, prefix="ap")
+        client = await VerifyClient.connect(config, timeout=4.0, retries=0)
+        async with client, Load(client, "up-restart") as load:
+            await load.wait_decided(20, timeout=60)
+            killed = time.monotonic()
+            os.kill(old_pid, signal.SIGKILL)
+            new_url, new_pid = await wait_restarted(up, old_pid)
+            seen = time.monotonic()
+            first = await first_decision_sent_after(load, killed, timeout=40)
+            # deciding has resumed, not just one answer: 40 requests sent after it
+            await load.wait_decided(40, sent_after=first, timeout=40)
+            await load.stop(drain_s=30)
+            nc = await connect(config, name="fault-audit")
+            try:
+                result = await load.audit(nc, "ap")
+            finally:
+                await nc.close()
+        report(
+            "up_nats_restart",
+            outage_ms=round((first - killed) * 1000),
+            restart_reported_ms=round((seen - killed) * 1000),
+            max_gap_ms=round(load.max_gap_ms(killed - 5)),
+            **result,
+        )
+        assert new_url == url, (new_url, url)
+        assert new_pid != old_pid
+        assert f"-p {port} " in cmdline(new_pid), cmdline(new_pid)
+        assert str(data_dir / "nats") in cmdline(new_pid), cmdline(new_pid)
+        assert new_pid in {pid for pid, _ in descendants(up.proc.pid)}, "not up's child"
+        assert re.search(rf"nats-server \(pid {old_pid}\) .*SIGKILL", up.stderr()), up.stderr()
+        gone = [describe({i}) for i in workers if not alive(i)]
+        assert not gone, f"workers did not survive the restart (reconnect): {gone}"
+        assert result["lost"] == 0, result
+        assert result["wrong"] == 0, result
+
+        # and up still stops everything, the new server included, within its bound
+        up.collect()
+        t0 = time.monotonic()
+        up.proc.send_signal(signal.SIGINT)
+        wait_gone(up, t0)
+        assert_clean_exit(up)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            up.proc.kill()
+        for pid, _ in up.others():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            up.proc.wait(10)
+
+
+def _start(pid: int) -> int:
+    """The start time of ``pid`` (clock ticks), as tests/e2e/test_up_orphans.py keys processes."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return int(raw[raw.rindex(")") + 2 :].split()[19])
