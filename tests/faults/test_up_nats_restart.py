@@ -31,7 +31,7 @@ import pytest
 
 from bus.client import VerifyClient
 from bus.config import NatsConfig
-from bus.connection import connect
+from bus.connection import close_quickly, connect
 from tests.e2e.test_up_orphans import (
     WORKERS,
     Up,
@@ -103,8 +103,8 @@ async def first_decision_sent_after(load: Load, t: float, timeout: float) -> flo
         await asyncio.sleep(0.02)
 
 
-@pytest.mark.timeout(180)
-async def test_up_restarts_its_killed_nats_server_under_load(tmp_path: Path) -> None:
+def start_up(tmp_path: Path) -> Up:
+    """The real ``up`` on a free port, its own data dir, stdout and stderr to files."""
     port, mark = free_port(), uuid.uuid4().hex
     data_dir = tmp_path / "data"
     stdout_path, stderr_path = tmp_path / "up.stdout", tmp_path / "up.stderr"
@@ -112,7 +112,14 @@ async def test_up_restarts_its_killed_nats_server_under_load(tmp_path: Path) -> 
         proc = subprocess.Popen(
             up_command(data_dir), cwd=tmp_path, env=up_env(port, mark), stdout=out, stderr=err
         )
-    up = Up(proc, port, mark, data_dir, stdout_path, stderr_path)
+    return Up(proc, port, mark, data_dir, stdout_path, stderr_path)
+
+
+@pytest.mark.timeout(180)
+async def test_up_restarts_its_killed_nats_server_under_load(tmp_path: Path) -> None:
+    up = start_up(tmp_path)
+    port, data_dir = up.port, up.data_dir
+    client: VerifyClient | None = None
     try:
         await asyncio.to_thread(wait_ready, up)
         before = up.collect()
@@ -124,7 +131,8 @@ async def test_up_restarts_its_killed_nats_server_under_load(tmp_path: Path) -> 
 
         config = NatsConfig(url=url, prefix="ap")
         client = await VerifyClient.connect(config, timeout=4.0, retries=0)
-        async with client, Load(client, "up-restart") as load:
+        # closed hard (finally): after a failure its server may be gone for good
+        async with Load(client, "up-restart") as load:
             await load.wait_decided(20, timeout=60)
             killed = time.monotonic()
             os.kill(old_pid, signal.SIGKILL)
@@ -138,7 +146,7 @@ async def test_up_restarts_its_killed_nats_server_under_load(tmp_path: Path) -> 
             try:
                 result = await load.audit(nc, "ap")
             finally:
-                await nc.close()
+                await close_quickly(nc)
         report(
             "up_nats_restart",
             outage_ms=round((first - killed) * 1000),
@@ -164,6 +172,8 @@ async def test_up_restarts_its_killed_nats_server_under_load(tmp_path: Path) -> 
         wait_gone(up, t0)
         assert_clean_exit(up)
     finally:
+        if client is not None:
+            await close_quickly(client.nc)
         with contextlib.suppress(ProcessLookupError):
             up.proc.kill()
         for pid, _ in up.others():
