@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import stat
@@ -232,15 +233,27 @@ class _OwnServer:
                 await asyncio.sleep(delay)
                 try:
                     server = await self.start()
-                except ConfigError as exc:
-                    warn(f"up: {str(exc).splitlines()[0]}")
-                    failures = quick_failures(failures, None, SERVER_RESTARTS)
-                    continue
-                break
+                except ConfigError as exc:  # it exited, or was not ready in time
+                    warn(f"up: nats-server did not start; its last log line: {_last(exc)}")
+                except OSError as exc:  # could not even be spawned (store dir, binary)
+                    warn(f"up: nats-server did not start: {exc}")
+                else:
+                    break
+                failures = quick_failures(failures, None, SERVER_RESTARTS)
             self.console.say(
                 f"nats-server  {server.url}  (restarted; JetStream, data in {self.store}, "
                 f"pid {server.process.pid})"
             )
+
+
+def _keeper_done(own: _OwnServer, stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    """A keeper that failed (a bug) must not leave ``up`` running without a supervised
+    server: say so and stop as when the budget runs out."""
+    if task.cancelled() or task.exception() is None:
+        return
+    warn(f"up: watching nats-server failed: {task.exception()!r}; stopping everything")
+    own.gave_up = True
+    stop.set()
 
 
 async def _exit_of(proc: subprocess.Popen[str]) -> int:
@@ -266,6 +279,13 @@ async def _exit_of(proc: subprocess.Popen[str]) -> int:
         loop.remove_reader(fd)
         os.close(fd)
     return proc.wait()
+
+
+def _last(exc: ConfigError) -> str:
+    """The last line of a failed start's message: the server's last log line (its
+    reason, as ``[FTL] Can't start JetStream: ...``)."""
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else "(none)"
 
 
 def _how(code: int) -> str:
@@ -300,6 +320,7 @@ async def _up(args: argparse.Namespace) -> int:
             )
             server = await own.start()
             keeper = asyncio.create_task(own.keep(stop), name="up-nats-server")
+            keeper.add_done_callback(functools.partial(_keeper_done, own, stop))
             console.say(
                 f"nats-server  {server.url}  (JetStream, data in {data_dir / 'nats'}, "
                 f"pid {server.process.pid})"
