@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,7 @@ from tests.e2e.test_up_orphans import (
     wait_ready,
 )
 from tests.faults.load import Load, report
-from workers.cli.restarts import SERVER_RESTARTS
+from workers.cli.restarts import SERVER_RESTARTS, restart_delay
 from workers.cli.up import EXIT_NATS_GONE
 
 pytestmark = [
@@ -105,21 +106,37 @@ async def first_decision_sent_after(load: Load, t: float, timeout: float) -> flo
         await asyncio.sleep(0.02)
 
 
-def start_up(tmp_path: Path) -> Up:
-    """The real ``up`` on a free port, its own data dir, stdout and stderr to files."""
-    port, mark = free_port(), uuid.uuid4().hex
-    data_dir = tmp_path / "data"
-    stdout_path, stderr_path = tmp_path / "up.stdout", tmp_path / "up.stderr"
-    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-        proc = subprocess.Popen(
-            up_command(data_dir), cwd=tmp_path, env=up_env(port, mark), stdout=out, stderr=err
-        )
-    return Up(proc, port, mark, data_dir, stdout_path, stderr_path)
+@pytest.fixture
+def start_up(tmp_path: Path) -> Iterator[Callable[[], Up]]:
+    """Start the real ``up`` on a free port, its own data dir, stdout and stderr to
+    files; teardown SIGKILLs whatever of it is left (a failed test must not leak)."""
+    started: list[Up] = []
+
+    def start() -> Up:
+        port, mark = free_port(), uuid.uuid4().hex
+        data_dir = tmp_path / "data"
+        stdout_path, stderr_path = tmp_path / "up.stdout", tmp_path / "up.stderr"
+        with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+            proc = subprocess.Popen(
+                up_command(data_dir), cwd=tmp_path, env=up_env(port, mark), stdout=out, stderr=err
+            )
+        started.append(Up(proc, port, mark, data_dir, stdout_path, stderr_path))
+        return started[-1]
+
+    yield start
+    for up in started:
+        with contextlib.suppress(ProcessLookupError):
+            up.proc.kill()
+        for pid, _ in up.others():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            up.proc.wait(10)
 
 
 @pytest.mark.timeout(180)
-async def test_up_restarts_its_killed_nats_server_under_load(tmp_path: Path) -> None:
-    up = start_up(tmp_path)
+async def test_up_restarts_its_killed_nats_server_under_load(start_up: Callable[[], Up]) -> None:
+    up = start_up()
     port, data_dir = up.port, up.data_dir
     client: VerifyClient | None = None
     try:
@@ -176,13 +193,6 @@ async def test_up_restarts_its_killed_nats_server_under_load(tmp_path: Path) -> 
     finally:
         if client is not None:
             await close_quickly(client.nc)
-        with contextlib.suppress(ProcessLookupError):
-            up.proc.kill()
-        for pid, _ in up.others():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            up.proc.wait(10)
 
 
 def _start(pid: int) -> int:
@@ -191,43 +201,84 @@ def _start(pid: int) -> int:
     return int(raw[raw.rindex(")") + 2 :].split()[19])
 
 
+def break_store(up: Up) -> None:
+    """Make every later start of up's nats-server fail at once: a file where the store
+    directory's ``jetstream`` directory was (nats-server: "[FTL] Can't start
+    JetStream: storage directory is not a directory"). The running server keeps the
+    files it has open in the store moved aside."""
+    store = up.data_dir / "nats"
+    store.rename(up.data_dir / "nats.moved")
+    store.mkdir()
+    (store / "jetstream").write_text("not a directory\n")
+
+
 @pytest.mark.timeout(120)
-def test_up_gives_up_on_a_nats_server_that_cannot_come_back(tmp_path: Path) -> None:
-    """A server that cannot start again (here a file where its store directory's
-    ``jetstream`` directory was: nats-server exits at once, "storage directory is not
-    a directory") is retried ``max_retries`` times with backoff, then up stops
-    everything and exits 69."""
-    up = start_up(tmp_path)
+def test_up_gives_up_on_a_nats_server_that_cannot_come_back(start_up: Callable[[], Up]) -> None:
+    """A server that cannot start again (``break_store``) is retried ``max_retries``
+    times with backoff, then up stops everything and exits 69."""
+    up = start_up()
+    wait_ready(up)
+    up.collect()
+    (_, old_pid), *_ = servers(up)
+    break_store(up)
+    killed = time.monotonic()
+    os.kill(old_pid, signal.SIGKILL)
     try:
-        wait_ready(up)
-        up.collect()
-        (_, old_pid), *_ = servers(up)
-        store = up.data_dir / "nats"
-        store.rename(up.data_dir / "nats.moved")  # the running server keeps its open files
-        store.mkdir()
-        (store / "jetstream").write_text("not a directory\n")
-        killed = time.monotonic()
-        os.kill(old_pid, signal.SIGKILL)
-        try:
-            code = up.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"up still running 60 s after the kill:\n{up.stderr()[-3000:]}")
-        exited = time.monotonic()
-        err = up.stderr()
-        assert code == EXIT_NATS_GONE, (code, err)
-        assert "Traceback" not in err, err
-        assert f"nats-server (pid {old_pid}) was killed by SIGKILL" in err, err
-        assert err.count("up: restarting nats-server") == SERVER_RESTARTS.max_retries, err
-        assert err.count("up: nats-server did not start") == SERVER_RESTARTS.max_retries, err
-        assert "giving up: stopping everything (exit 69)" in err, err
-        # the backoff was waited: 0 + 0.5 + 1 + 2 + 4 s between the attempts
-        assert exited - killed >= 7.5, exited - killed
-        wait_gone(up, exited)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            up.proc.kill()
-        for pid, _ in up.others():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            up.proc.wait(10)
+        code = up.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"up still running 60 s after the kill:\n{up.stderr()[-3000:]}")
+    exited = time.monotonic()
+    err = up.stderr()
+    assert code == EXIT_NATS_GONE, (code, err)
+    assert "Traceback" not in err, err
+    assert f"nats-server (pid {old_pid}) was killed by SIGKILL" in err, err
+    assert err.count("up: restarting nats-server") == SERVER_RESTARTS.max_retries, err
+    assert err.count("up: nats-server did not start") == SERVER_RESTARTS.max_retries, err
+    assert "giving up: stopping everything (exit 69)" in err, err
+    # the backoff was waited: 0 + 0.5 + 1 + 2 + 4 s between the attempts
+    waits = sum(
+        restart_delay(n, SERVER_RESTARTS) or 0 for n in range(1, SERVER_RESTARTS.max_retries + 1)
+    )
+    assert exited - killed >= waits, (exited - killed, waits)
+    wait_gone(up, exited)
+
+
+@pytest.mark.timeout(120)
+def test_the_restarted_nats_server_still_dies_with_up(start_up: Callable[[], Up]) -> None:
+    """The new server is armed with the same parent-death signal as the first: kill -9
+    of up after the restart leaves nothing running and the port free within 3 s."""
+    up = start_up()
+    wait_ready(up)
+    (_, old_pid), *_ = servers(up)
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + RESTART_WITHIN_S
+    while len(servers(up)) < 2:
+        assert up.proc.poll() is None and time.monotonic() < deadline, up.stderr()
+        time.sleep(0.05)
+    _, new_pid = servers(up)[-1]
+    assert new_pid in {pid for pid, _ in up.collect()}, "the new server is not up's child"
+    t0 = time.monotonic()
+    up.proc.kill()
+    up.proc.wait(5)
+    wait_gone(up, t0)
+
+
+@pytest.mark.timeout(120)
+def test_a_signal_during_the_restart_backoff_stops_everything(start_up: Callable[[], Up]) -> None:
+    """SIGTERM during the backoff between two failed restarts: the usual stop, within
+    3 s, exit 0 (the budget had not run out), no restart after it."""
+    up = start_up()
+    wait_ready(up)
+    up.collect()
+    (_, old_pid), *_ = servers(up)
+    break_store(up)
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while "restarting nats-server" not in up.stderr() or " in 1.0 s" not in up.stderr():
+        assert up.proc.poll() is None and time.monotonic() < deadline, up.stderr()
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    up.proc.send_signal(signal.SIGTERM)
+    wait_gone(up, t0)
+    assert_clean_exit(up)
+    assert up.stderr().count("up: restarting nats-server") == 3, up.stderr()

@@ -473,7 +473,14 @@ def register(sub: Any, kinds: Any) -> None:
         "worker exiting 78, bad configuration, is never restarted). Logs go "
         "to DATA_DIR/logs. Ctrl-C (or SIGTERM, SIGHUP, or stdout's reader "
         "going away, as in 'up | head -3') stops everything within 3 s and exits "
-        "0; on Linux nothing it started outlives it, even under kill -9.",
+        "0; on Linux nothing it started outlives it, even under kill -9. A "
+        "nats-server that up started and that dies is started again at once on "
+        "the same address and data dir (JetStream data kept); after "
+        f"{SERVER_RESTARTS.max_retries + 1} failures in a row, each within "
+        f"{SERVER_RESTARTS.reset_after_s:.0f} s of its start (waits of "
+        f"{SERVER_RESTARTS.base_s} to {SERVER_RESTARTS.max_backoff_s} s between them), "
+        f"up stops everything and exits {EXIT_NATS_GONE}. A server it did not start "
+        "is never touched.",
     )
     nats_options(up)
     up.add_argument(
