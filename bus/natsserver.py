@@ -13,6 +13,7 @@ the signal fires when the *thread* that forked it exits.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -50,10 +51,42 @@ class NatsServer:
     port: int
     store_dir: Path
     log_lines: list[str] = field(default_factory=list)
+    #: set by the log reader at "Server is ready"
+    ready: threading.Event = field(default_factory=threading.Event)
+    #: the command line it was started with (for errors)
+    command: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
+
+    def not_ready(self, deadline: float) -> bool:
+        """Whether it is still starting: False once ready; ConfigError (with the log's
+        tail) once it exited or ``deadline`` (``time.monotonic()``) passed, after
+        stopping it."""
+        if self.ready.is_set():
+            return False
+        if self.process.poll() is not None or time.monotonic() > deadline:
+            with contextlib.suppress(Exception):
+                self.stop(2)
+            tail = "\n".join(self.log_lines[-15:])
+            raise ConfigError(f"nats-server did not start ({' '.join(self.command)}):\n{tail}")
+        return True
+
+    async def wait_ready_async(self, timeout: float = 15.0) -> None:
+        """``wait_ready`` for an event loop (``up``): polls, so that a signal handled by
+        the loop is not held up by a starting server."""
+        deadline = time.monotonic() + timeout
+        # ASYNC110: the flag is set by the log reader's thread; 10 ms polls of it
+        # keep the loop free without a thread of our own blocked on it
+        while self.not_ready(deadline):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        """Block until the server is ready; ConfigError if it exits or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while self.not_ready(deadline):
+            self.ready.wait(0.05)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate, then kill if it does not exit in time. Safe to call twice."""
@@ -77,7 +110,33 @@ def start_nats_server(
     parent_death_signal: int | None = None,
     max_file_store: int | None = None,
 ) -> NatsServer:
-    """Start nats-server (with JetStream unless told otherwise); return once it is ready.
+    """Start nats-server (``spawn_nats_server``); return once it is ready (ConfigError
+    with the tail of its log if it exits or is not ready within ``timeout``)."""
+    server = spawn_nats_server(
+        store_dir,
+        host=host,
+        port=port,
+        jetstream=jetstream,
+        extra_args=extra_args,
+        parent_death_signal=parent_death_signal,
+        max_file_store=max_file_store,
+    )
+    server.wait_ready(timeout)
+    return server
+
+
+def spawn_nats_server(
+    store_dir: str | os.PathLike[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = -1,
+    jetstream: bool = True,
+    extra_args: list[str] | None = None,
+    parent_death_signal: int | None = None,
+    max_file_store: int | None = None,
+) -> NatsServer:
+    """Start nats-server (with JetStream unless told otherwise) and return at once;
+    ``NatsServer.wait_ready`` / ``wait_ready_async`` wait until it serves.
 
     ``parent_death_signal``: the signal the server gets when this process dies
     (module docstring); ConfigError if called off the main thread, where it
@@ -122,8 +181,7 @@ def start_nats_server(
         start_new_session=True,
         preexec_fn=preexec,  # only the pre-resolved prctl call: see bus/parentwatch.py
     )
-    server = NatsServer(proc, host, port, store)
-    ready = threading.Event()
+    server = NatsServer(proc, host, port, store, command=cmd)
 
     def pump() -> None:
         assert proc.stderr is not None
@@ -135,14 +193,7 @@ def start_nats_server(
             if match:
                 server.port = int(match.group(2))
             if "Server is ready" in line:
-                ready.set()
+                server.ready.set()
 
     threading.Thread(target=pump, daemon=True, name="nats-server-log").start()
-    deadline = time.monotonic() + timeout
-    while not ready.wait(0.05):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            with contextlib.suppress(Exception):
-                server.stop(2)
-            tail = "\n".join(server.log_lines[-15:])
-            raise ConfigError(f"nats-server did not start ({' '.join(cmd)}):\n{tail}")
     return server
