@@ -77,7 +77,10 @@ def vector() -> Vector:
 def verification_requests() -> list[bytes]:
     message = b"pay 12.50 EUR to merchant-42"
     plain = VerificationRequest(
-        request_id="req-fuzz", message=message, signature=AGENT.sign(message), public_key=AGENT.public_key
+        request_id="req-fuzz",
+        message=message,
+        signature=AGENT.sign(message),
+        public_key=AGENT.public_key,
     )
     full = VerificationRequest(
         request_id="req-fuzz-full",
@@ -108,7 +111,9 @@ def key_requests() -> dict[str, bytes]:
         "get": k(name=name).encode(),
         "list": k().encode(),
         "sign": k(name=name, message=b"pay 1", version=2).encode(),
-        "config": k(name=name, min_verify_version=2, min_sign_version=2, deletion_wait_s=9).encode(),
+        "config": k(
+            name=name, min_verify_version=2, min_sign_version=2, deletion_wait_s=9
+        ).encode(),
         "sweep": k().encode(),
     }
 
@@ -269,7 +274,9 @@ def messages() -> dict[type[WireMessage], list[bytes]]:
         authority.AuthorityChange: [
             authority.AuthorityChange(authority_record(), (endorsement(),)).encode()
         ],
-        authority.PolicyChange: [authority.PolicyChange(quorum_policy(), (endorsement(),)).encode()],
+        authority.PolicyChange: [
+            authority.PolicyChange(quorum_policy(), (endorsement(),)).encode()
+        ],
         authority.PolicyQuery: [authority.PolicyQuery("payments").encode()],
         authority.ListRequest: [authority.ListRequest().encode()],
         authority.AuthorityList: [

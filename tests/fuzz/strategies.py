@@ -13,7 +13,8 @@ Three families, because each reaches a different depth of a decoder:
 
 Hypothesis profiles (``HYPOTHESIS_PROFILE``): ``fuzz-ci`` (the default; few
 examples, derandomized so CI sees the same inputs every run) and ``fuzz-long``
-(many examples, random, for local runs: ``HYPOTHESIS_PROFILE=fuzz-long``).
+(many examples, random, for local runs: ``HYPOTHESIS_PROFILE=fuzz-long``);
+``AP_FUZZ_EXAMPLES`` overrides either profile's example count.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ settings.register_profile(
 settings.register_profile(
     "fuzz-long",
     deadline=None,
-    max_examples=3000,
+    max_examples=int(os.environ.get("AP_FUZZ_EXAMPLES", "3000")),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 _PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "fuzz-ci")
@@ -123,7 +124,8 @@ hostile_bytes = st.one_of(
     st.sampled_from(LIARS),
     st.builds(
         _deep,
-        st.integers(1, 100_000),
+        st.sampled_from([2, 8, 9, 64, 600, 1100, 3000, 4090, 5000, 100_000])
+        | st.integers(1, 100_000),
         st.sampled_from([b"\x91", b"\x81\xa1k", b"\xdc\x00\x01", b"[", b'{"a":']),
         st.sampled_from([b"\xc0", b"\x80", b""]),
     ),
@@ -205,7 +207,9 @@ def structural(draw: st.DrawFn, sample: bytes) -> bytes:
         else:
             new = {}
     elif kind == "empty":
-        new = _replace(obj, path, type(here)() if isinstance(here, (str, bytes, list, dict)) else None)
+        new = _replace(
+            obj, path, type(here)() if isinstance(here, (str, bytes, list, dict)) else None
+        )
     elif kind == "dup-list":
         new = _replace(obj, path, [here] * draw(st.sampled_from([2, 3, 65, 1025, 4097])))
     else:  # str <-> bin, the commonest cross-language mistake

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from bus.liveness import LivenessRecord
 from schemas.errors import SchemaViolation
 from schemas.keys import KeyRequest, check_key_name
 
@@ -34,3 +35,12 @@ def test_a_key_name_that_is_no_kv_key_is_a_schema_violation(name: str) -> None:
 @pytest.mark.parametrize("name", ["agent-1", "a.b", "A_b-c.d", "x" * 64])
 def test_valid_key_names_still_pass(name: str) -> None:
     assert check_key_name(name) == name
+
+
+@pytest.mark.parametrize("data", [b"[" * 1100, b"[" * 4096, b'{"v":1,"kind":' + b"[" * 2000])
+def test_a_deeply_nested_liveness_file_is_a_value_error(data: bytes) -> None:
+    """The liveness contract is ValueError (bus/liveness.read turns it into "no file");
+    json.loads raised RecursionError for ~1000 nested '[', which the supervisor's
+    restart handler (workers/recovery/supervisor.py) did not catch."""
+    with pytest.raises(ValueError):
+        LivenessRecord.parse(data)

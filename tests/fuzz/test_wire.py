@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import random
 import time
 import uuid
@@ -56,8 +57,9 @@ from tests.secure import USERS, SecureCluster, SecureServer, start_secure_server
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.e2e, pytest.mark.slow]
 
-SEED = 20261204
-TOTAL = 20_000
+#: ``AP_FUZZ_SEED`` / ``AP_FUZZ_PAYLOADS`` pick other payloads or more of them (local runs).
+SEED = int(os.environ.get("AP_FUZZ_SEED", "20261204"))
+TOTAL = max(20_000, int(os.environ.get("AP_FUZZ_PAYLOADS", "20000")))
 #: Requests in flight at once (the replies are what is measured).
 CONCURRENCY = 160
 #: One payload in this many is a plain publish (no reply subject).
@@ -122,7 +124,8 @@ def service_targets(subjects: Subjects, workers: list[tuple[str, str]]) -> list[
     ]
     trust_replies = (trust.TrustAck, trust.ChainReply, trust.TrustListing)
     out += [
-        Target(subjects.trust(op), "admin", msgs[cls], trust_replies) for op, cls in trust.OPS.items()
+        Target(subjects.trust(op), "admin", msgs[cls], trust_replies)
+        for op, cls in trust.OPS.items()
     ]
     authority_replies = (
         authority.AuthorityRecord,

@@ -32,7 +32,10 @@ def value(rng: random.Random, depth: int = 0) -> Any:
     if kind == 4:
         return rng.choice([0.0, -0.0, 1.5, float("nan"), float("inf"), float("-inf"), 1e308])
     if kind == 5:
-        return "".join(chr(rng.choice([rng.randint(32, 126), rng.randint(0, 0xD7FF)])) for _ in range(rng.randint(0, 40)))
+        return "".join(
+            chr(rng.choice([rng.randint(32, 126), rng.randint(0, 0xD7FF)]))
+            for _ in range(rng.randint(0, 40))
+        )
     if kind == 6:
         return rng.randbytes(rng.randint(0, 80))
     if kind == 7:
