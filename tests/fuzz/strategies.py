@@ -64,6 +64,26 @@ EDGE_INTS = (
     -(2**63),
 )
 
+#: Strings that break a value used as a KV key or a subject token (an id, a name, a
+#: kind): dots, wildcards, whitespace, an empty token, control characters, too long.
+TOKENS = (
+    "a.b",
+    "a b",
+    ">",
+    "*",
+    "a.*",
+    "agent-.",
+    ".x",
+    "a..b",
+    "",
+    "\t",
+    "\x00",
+    "\u00e4",
+    "x" * 65,
+    "$KV.x.y",
+    "_INBOX.x",
+)
+
 ints = st.integers(-(2**63), 2**64 - 1) | st.sampled_from(EDGE_INTS)
 scalars = (
     st.none()
@@ -71,6 +91,7 @@ scalars = (
     | ints
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=40)
+    | st.sampled_from(TOKENS)
     | st.binary(max_size=80)
     | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=8))
 )

@@ -2,7 +2,8 @@
 
 Every worker kind runs as a real process under its role's NATS user (the
 per-role configuration of bus/permissions.py). The payloads (tests/fuzz/
-wire_payloads.py, seeded) go to every subject a client may publish to, as the
+wire_payloads.py: every string field of every sample set to each hostile token,
+then 20,000 seeded payloads) go to every subject a client may publish to, as the
 client user ``alice`` (so the grants are the real ones: the request subject and
 the read-only JetStream API of the membership bucket), and to every request
 subject of the services, as the operator (``admin``): keys, trust, authority,
@@ -52,7 +53,7 @@ from schemas.messages import (
     decode_reply,
 )
 from tests.fuzz import samples
-from tests.fuzz.wire_payloads import payload
+from tests.fuzz.wire_payloads import payload, token_swaps
 from tests.secure import USERS, SecureCluster, SecureServer, start_secure_server
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.e2e, pytest.mark.slow]
@@ -198,6 +199,8 @@ def judge_reply(target: Target, msg: Msg, data: bytes) -> tuple[str, str | None]
 async def fuzz(conns: dict[str, Client], targets: list[Target], tally: Tally) -> None:
     rng = random.Random(SEED)
     plan = [t for t in targets for _ in range(t.weight)]
+    # first every string field of every sample set to each hostile token, then TOTAL
+    # seeded payloads
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def one(target: Target, data: bytes, publish: bool) -> None:
@@ -224,13 +227,13 @@ async def fuzz(conns: dict[str, Client], targets: list[Target], tally: Tally) ->
         finally:
             gate.release()
 
+    work = [(t, swapped) for t in targets for s in t.samples for swapped in token_swaps(s)]
+    work += [(target, payload(rng, target.samples)) for target in rng.choices(plan, k=TOTAL)]
     tasks = []
-    for i in range(TOTAL):
-        target = rng.choice(plan)
-        data = payload(rng, target.samples)
+    for i, (target, data) in enumerate(work):
         tally.sent[target.subject] += 1
         await gate.acquire()
-        tasks.append(asyncio.create_task(one(target, data, i % PUBLISH_EVERY == 0)))
+        tasks.append(asyncio.create_task(one(target, data, i % PUBLISH_EVERY == 1)))
     await asyncio.gather(*tasks)
     for nc in conns.values():
         await nc.flush()

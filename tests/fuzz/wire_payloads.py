@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from tests.fuzz.strategies import EDGE_INTS, LIARS, _at, _nested, _paths, _replace, pack
+from tests.fuzz.strategies import EDGE_INTS, LIARS, TOKENS, _at, _nested, _paths, _replace, pack
 
 
 def value(rng: random.Random, depth: int = 0) -> Any:
@@ -41,7 +41,7 @@ def value(rng: random.Random, depth: int = 0) -> Any:
     if kind == 7:
         return msgpack.ExtType(rng.randint(0, 127), rng.randbytes(rng.randint(0, 8)))
     if kind == 8:
-        return rng.choice(["type", "v", "verification_request", "", "x" * 200])
+        return rng.choice(["type", "v", "verification_request", "x" * 200, *TOKENS])
     if kind in (9, 10):
         return [value(rng, depth + 1) for _ in range(rng.randint(0, 6))]
     if rng.random() < 0.2:
@@ -136,3 +136,18 @@ def payload(rng: random.Random, samples: list[bytes]) -> bytes:
         except (ValueError, OverflowError):
             return hostile_bytes(rng)
     return hostile_bytes(rng)
+
+
+def token_swaps(sample: bytes) -> list[bytes]:
+    """``sample`` with each of its string fields replaced by each of TOKENS in turn
+    (systematic: a random swap rarely puts a '.' or a space into a name that becomes
+    a KV key or a subject token)."""
+    try:
+        obj = msgpack.unpackb(sample, raw=False, strict_map_key=False)
+    except ValueError:
+        return []
+    out = []
+    for path in _paths(obj):
+        if path and path[-1] not in ("type",) and isinstance(_at(obj, path), str):
+            out += [pack(_replace(obj, path, token)) for token in TOKENS]
+    return out
