@@ -14,7 +14,8 @@ Pass means: every reply of a worker decodes as the subject's reply or an
 ErrorReply whose code is documented (schemas/errors.WIRE_ERROR_CODES, which
 tests/unit/test_asyncapi.py keeps equal to the AsyncAPI ``x-error-codes``) and
 is not INTERNAL; every JetStream API reply is the server's JSON (or a direct-get
-status); no request goes unanswered; no process dies; and afterwards the system
+status); no request goes unanswered; no process dies or logs a traceback; and
+afterwards the system
 still decides a valid request VALID with a certificate the client verifies.
 """
 
@@ -295,6 +296,10 @@ async def test_hostile_payloads_on_every_subject_leave_the_system_deciding(
 
         for name, proc in c.processes.items():
             assert proc.poll() is None, f"{name} died under the fuzz:\n{c.log(name)[-4000:]}"
+        # hostile input is a verdict, not a failure: no worker logs a traceback for it
+        # (one per message would also let any client fill the worker's disk)
+        tracebacks = {name: c.log(name).count("Traceback") for name in c.processes}
+        assert not any(tracebacks.values()), _first_traceback(c, tracebacks)
 
         agent = AgentIdentity.generate()
         message = b"pay 1 EUR to merchant-after-fuzz"
@@ -310,6 +315,13 @@ async def test_hostile_payloads_on_every_subject_leave_the_system_deciding(
     finally:
         for nc in conns.values():
             await nc.close()
+
+
+def _first_traceback(c: SecureCluster, counts: dict[str, int]) -> str:
+    name = next(n for n, count in counts.items() if count)
+    log = c.log(name)
+    at = log.index("Traceback")
+    return f"tracebacks per worker {counts}; first, in {name}:\n{log[max(0, at - 300) : at + 1500]}"
 
 
 async def _wait_answered(nc: Client, subject: str, timeout: float = 120.0) -> None:
