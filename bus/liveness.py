@@ -64,7 +64,10 @@ class LivenessRecord:
         """Strict: ValueError on anything but a version-1 record with the right types."""
         if len(data) > MAX_FILE_BYTES:
             raise ValueError("liveness file too large")
-        obj = json.loads(data)
+        try:
+            obj = json.loads(data)
+        except RecursionError:  # ~1000 nested '[' fit in the size limit (tests/fuzz)
+            raise ValueError("liveness file nests too deeply") from None
         if not isinstance(obj, dict) or obj.get("v") != LIVENESS_VERSION:
             raise ValueError("not a version-1 liveness record")
         kind, wid, pid, ts, ttl = (obj.get(k) for k in ("kind", "id", "pid", "ts", "ttl_s"))

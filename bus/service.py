@@ -77,6 +77,15 @@ def printable(text: str, limit: int = MAX_ERROR_MESSAGE) -> str:
     return "".join(c if c.isprintable() else " " for c in text)[:limit]
 
 
+def _reply_subject(msg: Inbound) -> str | None:
+    """The reply subject of a core ``Msg`` or of a micro ``Request`` (which wraps one
+    and has no public accessor); None when it cannot be known (then answer anyway).
+    A plain publish to a micro endpoint has none: answering it raised ValueError,
+    logged with a traceback per message (the wire fuzz, tests/fuzz/test_wire.py)."""
+    inner = msg if isinstance(msg, Msg) else getattr(msg, "_msg", None)
+    return (inner.reply or "") if isinstance(inner, Msg) else None
+
+
 def counter_name(op: str) -> str:
     return op.replace("-", "_")
 
@@ -135,7 +144,7 @@ class Dispatcher:
         started = time.perf_counter()
         reply, ok = await self.answer(op, msg.data)
         self.stats.record((time.perf_counter() - started) * 1000, ok)
-        if isinstance(msg, Msg) and not msg.reply:
+        if _reply_subject(msg) == "":
             return  # a plain publish: nobody waits for an answer
         try:
             await msg.respond(reply.encode())

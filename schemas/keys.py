@@ -184,10 +184,19 @@ _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 
 
 def check_key_name(name: str) -> str:
-    """A key name: 1-64 characters of A-Z a-z 0-9 _ - . (it is a KV key)."""
-    if not 1 <= len(name) <= MAX_NAME or not set(name) <= _NAME_CHARS or name[0] == ".":
+    """A key name: 1-64 characters of A-Z a-z 0-9 _ - . (it is a KV key, so also one
+    nats-py and nats-server accept: no '.' first or last and no '..', which would be
+    an empty subject token; the wire fuzz found ``agent-.`` answered INTERNAL)."""
+    if (
+        not 1 <= len(name) <= MAX_NAME
+        or not set(name) <= _NAME_CHARS
+        or name[0] == "."
+        or name[-1] == "."
+        or ".." in name
+    ):
         raise SchemaViolation(
-            f"key name must be 1..{MAX_NAME} characters of A-Z a-z 0-9 _ - . not starting with '.'"
+            f"key name must be 1..{MAX_NAME} characters of A-Z a-z 0-9 _ - . "
+            "with no '.' first, last or twice in a row"
         )
     return name
 

@@ -163,3 +163,29 @@ async def test_the_decoder_of_an_op_is_its_own() -> None:
     assert ok and seen == ["hello"] and isinstance(reply, ErrorReply)
     with pytest.raises(KeyError):
         service.handler("shout")
+
+
+@pytest.mark.parametrize("reply", ["", "_INBOX.x.1"])
+async def test_a_plain_publish_to_a_micro_endpoint_is_handled_not_answered(
+    reply: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A micro ``Request`` without a reply subject (a plain publish) is not answered:
+    answering it raised ValueError, logged with a traceback per message (found by
+    tests/fuzz/test_wire.py in the trust and recovery workers)."""
+    from nats.aio.msg import Msg
+    from nats.micro.request import Request
+
+    sent: list[tuple[str, bytes]] = []
+
+    class FakeClient:
+        async def publish(self, subject: str, data: bytes, headers: object = None) -> None:
+            sent.append((subject, data))
+
+    msg = Msg(FakeClient(), subject="x.trust.remove-anchor", reply=reply)  # type: ignore[arg-type]
+    msg.data = RemoveAnchorRequest(KEY).encode()
+    stats = ProcessingStats()
+    with caplog.at_level(logging.WARNING, "test.dispatch"):
+        await dispatcher(stats).serve("remove-anchor", Request(msg))
+    assert stats.counters["op_remove_anchor"] == 1
+    assert [s for s, _ in sent] == ([reply] if reply else [])
+    assert not any("could not answer" in r.getMessage() for r in caplog.records)
