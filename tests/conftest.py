@@ -25,6 +25,9 @@ from bus.connection import connect
 from bus.natsserver import start_nats_server
 from tests.helpers import Cluster
 
+# Timed-out tests dump every asyncio task's await chain and every thread (issue #11).
+pytest_plugins = ["tests.plugins.timeout_dump"]
+
 
 def _docker_available() -> bool:
     if not shutil.which("docker"):
