@@ -29,6 +29,29 @@ from tests.helpers import Cluster
 pytest_plugins = ["tests.plugins.timeout_dump"]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Run on one pytest-xdist worker per core unless told otherwise.
+
+    Why here and not ``-n auto`` in addopts: addopts would make ``-p no:xdist`` (and a venv
+    without xdist) fail on an unknown option. The suite is mostly waiting on NATS and on
+    worker processes, so two workers on two cores halve CI's wall time. Every fixture is
+    per test (random ports, a per-test prefix); the session nats-server is per worker.
+    An explicit ``-n``/``--dist``, ``--pdb``, ``--collect-only`` or ``AP_TEST_WORKERS=0``
+    keeps one process; ``AP_TEST_WORKERS=N`` picks N.
+    """
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    if hasattr(config, "workerinput") or "PYTEST_XDIST_WORKER" in os.environ:
+        return  # a worker: never spawn workers of its own
+    opt = config.option
+    if opt.numprocesses is not None or opt.dist != "no" or opt.usepdb or opt.collectonly:
+        return
+    workers = os.environ.get("AP_TEST_WORKERS", "auto")
+    if workers != "0":
+        opt.numprocesses = workers if workers in ("auto", "logical") else int(workers)
+
+
 def _docker_available() -> bool:
     if not shutil.which("docker"):
         return False

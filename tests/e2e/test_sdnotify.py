@@ -150,7 +150,7 @@ def test_ready_watchdog_stopping_and_liveness(
     # wedged: no pings while stopped, liveness goes stale (ttl = 3 ticks + 1 s = 4 s)
     os.kill(proc.pid, signal.SIGSTOP)
     try:
-        time.sleep(0.3)
+        time.sleep(0.3)  # time is the subject: pings sent before SIGSTOP land
         fake.drain()
         stopped_at = time.monotonic()
         deadline = stopped_at + 30
