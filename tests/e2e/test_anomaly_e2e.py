@@ -164,6 +164,7 @@ async def _answers(nc: Client, prefix: str) -> bool:
     return True
 
 
+@pytest.mark.timeout(120)  # 34 s under load
 async def test_forged_votes_quarantine_nobody(cluster: Cluster) -> None:
     """Votes signed by an unknown key, and votes claiming an honest member's key but
     signed by another, are ignored: no Byzantine alert, no quarantine, same epoch."""

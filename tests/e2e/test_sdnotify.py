@@ -124,6 +124,7 @@ def systemd(tmp_path: Path) -> Iterator[tuple[FakeSystemd, str]]:
         Path(path).unlink(missing_ok=True)
 
 
+@pytest.mark.timeout(120)  # waits out liveness TTLs; 47 s under load
 def test_ready_watchdog_stopping_and_liveness(
     cluster: Cluster, systemd: tuple[FakeSystemd, str]
 ) -> None:
