@@ -11,6 +11,7 @@ subjects and KV buckets never collide between tests.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -27,6 +28,22 @@ from tests.helpers import Cluster
 
 # Timed-out tests dump every asyncio task's await chain and every thread (issue #11).
 pytest_plugins = ["tests.plugins.timeout_dump"]
+
+_HEX_RUN = re.compile(r"[0-9a-f]{32,}")
+
+
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """Test ids that are the same in every process, for values made at random.
+
+    pytest-xdist refuses to run when its workers collect different test ids, and a key
+    generated at import time (``AgentIdentity.generate().public_key``, or its hex inside a
+    record key) would otherwise be spelled into the id. Duplicates get pytest's suffixes.
+    """
+    if isinstance(val, bytes | bytearray) and len(val) >= 16:
+        return f"{argname}-bytes"
+    if isinstance(val, str) and _HEX_RUN.search(val):
+        return _HEX_RUN.sub("HEX", val)
+    return None
 
 
 @pytest.hookimpl(tryfirst=True)
