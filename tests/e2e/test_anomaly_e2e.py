@@ -127,7 +127,7 @@ async def test_byzantine_verifier_is_quarantined_and_the_pool_keeps_deciding(
             verify_certificate(cert, pool_then.keys, network=cluster.prefix)
             assert {v.verifier_key for v in cert.votes} <= after.keys
         # b1 keeps lying but is out: nobody else gets quarantined
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # time is the subject: nobody else is quarantined meanwhile
         final = await membership.read_pool(nc, subjects)
         assert [m.worker_id for m in final.members if m.status != membership.ACTIVE] == ["b1"]
     finally:
@@ -138,6 +138,7 @@ async def _answers(nc: Client, prefix: str) -> bool:
     return await worker_answers(nc, prefix, "anomaly", "a1")
 
 
+@pytest.mark.timeout(120)  # 34 s under load
 async def test_forged_votes_quarantine_nobody(cluster: Cluster) -> None:
     """Votes signed by an unknown key, and votes claiming an honest member's key but
     signed by another, are ignored: no Byzantine alert, no quarantine, same epoch."""

@@ -52,6 +52,7 @@ def start_authority(cluster: Cluster, worker_id: str = "a1") -> subprocess.Popen
         time.sleep(0.2)
 
 
+@pytest.mark.timeout(300)  # many CLI runs, each a fresh interpreter: 276 s at load 20
 def test_authority_cli_end_to_end(cluster: Cluster, tmp_path: Path) -> None:
     keys = {}
     for name in ("root", "high", "med"):
@@ -203,6 +204,7 @@ def test_authority_cli_end_to_end(cluster: Cluster, tmp_path: Path) -> None:
     assert proc.wait(30) == 0
 
 
+@pytest.mark.timeout(120)  # every --help is a fresh interpreter; 46 s under load
 def test_help_teaches() -> None:
     for args in (
         ["authority", "--help"],

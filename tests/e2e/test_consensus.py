@@ -17,6 +17,7 @@ from schemas.errors import RemoteError
 from schemas.identity import AgentIdentity
 from schemas.messages import ConsensusResult, ErrorReply, VerificationRequest
 from tests.helpers import Cluster
+from tests.wait import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -129,8 +130,7 @@ async def test_misbehaving_voter_is_rejected(cluster: Cluster, mode: str) -> Non
     }[mode]
     assert counters.get(expected, 0) > 0, counters
     if mode == "equivocate":
-        await asyncio.sleep(0.2)
-        assert evidence, "equivocation evidence was not published"
+        await eventually(lambda: bool(evidence), "equivocation evidence to be published")
     await nc.close()
 
 
@@ -142,7 +142,7 @@ async def test_verifier_killed_mid_stream(cluster: Cluster) -> None:
         task = asyncio.create_task(  # noqa: RUF006 - awaited below
             client.verify_many([r for r, _ in batch], concurrency=32)
         )
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # time is the subject: kill v2 while the batch is in flight
         cluster.kill("verifier-v2", signal.SIGKILL)
         results = await task
     assert cluster.processes["verifier-v2"].wait(5) == -signal.SIGKILL
@@ -233,8 +233,16 @@ async def test_membership_change_moves_epoch(cluster: Cluster) -> None:
 
         cluster.start_verifier("v5")
         await cluster.wait_pool(5)
-        await asyncio.sleep(0.3)
-        after = await client.verify_with_consensus(signed_request(AgentIdentity.generate(), "b"))
+        after = before
+
+        async def decided_by_five() -> bool:  # the tally's pool watcher catches up on its own
+            nonlocal after
+            after = await client.verify_with_consensus(
+                signed_request(AgentIdentity.generate(), "b")
+            )
+            return after.n == 5
+
+        await eventually(decided_by_five, "a certificate from the 5-member pool", interval=0.1)
         new_pool = await membership.read_pool(nc, Subjects(cluster.prefix))
         await nc.close()
     assert after.epoch > before.epoch and after.n == 5 and after.q == 4
@@ -251,7 +259,7 @@ async def test_sigterm_exits_zero_after_finishing_work(cluster: Cluster) -> None
         task = asyncio.create_task(  # noqa: RUF006 - awaited below
             client.verify_many([r for r, _ in batch], concurrency=50)
         )
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # time is the subject: SIGTERM while the batch is in flight
         cluster.kill("tally-t1", signal.SIGTERM)
         results = await task
     assert cluster.processes["tally-t1"].wait(15) == 0

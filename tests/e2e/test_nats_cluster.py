@@ -202,7 +202,7 @@ async def test_kill_one_of_three_servers_under_load(
             tasks = []
             for i in range(REQUESTS):
                 due = started + i / RATE_PER_S
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                await asyncio.sleep(max(0.0, due - time.monotonic()))  # time is the subject: rate
                 if killed_at is None and time.monotonic() - started >= KILL_AFTER_S:
                     os.killpg(victim.process.pid, signal.SIGKILL)
                     killed_at = time.monotonic() - started

@@ -354,6 +354,7 @@ async def test_a_configuration_error_is_escalated_without_retrying(
             raise AssertionError(f"{exc}\n{logs(tmp_path)}") from None
 
 
+@pytest.mark.timeout(120)  # a whole `up` system, a kill and a respawn; 51 s under load
 def test_up_runs_the_recovery_worker_and_it_respawns_a_killed_verifier(tmp_path: Path) -> None:
     """`agentic-payments up` as a user runs it: kill -9 a verifier, the recovery worker
     (not the supervisor by itself) brings it back; Ctrl-C still stops everything."""

@@ -64,7 +64,9 @@ async def test_no_valid_decision_after_the_revocation_bound(cluster: Cluster) ->
                 results.append(await client.verify_with_consensus(req))
 
             async def revoke_midway() -> None:
-                await asyncio.sleep(len(requests) / RATE_PER_S / 2)
+                await asyncio.sleep(
+                    len(requests) / RATE_PER_S / 2
+                )  # time is the subject: halfway through
                 await keys.revoke("agent-7", "key material leaked")
                 revoked_at.append(now_ms())
 
@@ -72,7 +74,7 @@ async def test_no_valid_decision_after_the_revocation_bound(cluster: Cluster) ->
             tasks = []
             for req in requests:
                 tasks.append(asyncio.create_task(one(req)))
-                await asyncio.sleep(1 / RATE_PER_S)
+                await asyncio.sleep(1 / RATE_PER_S)  # time is the subject: the request rate
             await asyncio.gather(*tasks)
             await revoker
     finally:

@@ -51,6 +51,7 @@ def secure_cluster(tmp_path: Path) -> Iterator[SecureCluster]:
         server.server.stop()
 
 
+@pytest.mark.timeout(120)  # every service kind under its role; 31 s under load
 async def test_every_service_works_under_its_role(secure_cluster: SecureCluster) -> None:
     c = secure_cluster
     assert c.secure is not None

@@ -38,6 +38,7 @@ def secure_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[S
         server.server.stop()
 
 
+@pytest.mark.timeout(120)  # a secure cluster per parameter; 32 s under load
 async def test_system_decides_under_role_permissions(secure_cluster: SecureCluster) -> None:
     c = secure_cluster
     assert c.secure is not None

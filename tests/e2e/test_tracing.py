@@ -192,6 +192,7 @@ async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60
         await asyncio.sleep(0.2)
 
 
+@pytest.mark.timeout(120)  # 32 s under load
 async def test_one_trace_per_request_across_processes(
     receiver: OtlpReceiver, nats_url: str, prefix: str, tmp_path: Path
 ) -> None:

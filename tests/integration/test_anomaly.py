@@ -160,7 +160,7 @@ async def test_restart_catches_up_from_the_stream(
     async with anomaly(nats_config, tmp_path) as again:  # same id: replays all of it
         assert again.stats.counters["metrics_replayed"] >= 33
         assert again.stats.counters["alerts_already_published"] >= 1
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # time is the subject: no second alert is published
         assert [a.alert_id for _, a in got] == [first.alert_id]
         # and it still watches: the baseline it rebuilt raises the next anomaly
         await feeder.normal(40)
@@ -325,7 +325,7 @@ async def test_forged_certificate_blames_nobody_a_real_one_catches_the_liar(
                 and worker.stats.counters["decision_ignored_CERTIFICATE_INVALID"] >= 1
             )
         )
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # time is the subject: no alert follows
         assert got == []
         assert worker.stats.counters["byzantine_votes"] == 0
         await nc.publish(subjects.decision("VALID"), real.encode())

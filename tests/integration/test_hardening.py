@@ -24,6 +24,7 @@ from schemas.codec import encode
 from schemas.errors import CertificateInvalid, ConfigError, RemoteError
 from schemas.identity import AgentIdentity
 from schemas.messages import ConsensusResult
+from tests.wait import eventually
 from workers.consensus.tally import TallyOptions, TallyWorker
 from workers.consensus.verifier import VerifierWorker
 
@@ -171,7 +172,7 @@ async def test_republished_ballot_gets_the_same_vote_not_equivocation(
         await nc.subscribe(subjects.ballot, cb=grab)
         async with await VerifyClient.connect(nats_config) as client:
             await client.verify_with_consensus(signed_request(AgentIdentity.generate(), "x"))
-        await asyncio.sleep(0.1)
+        await eventually(lambda: bool(ballots), "the ballot to reach the spy")
         original = ballots[0]
         assert not original.reply  # votes go to {p}.vote.<tally id>, not a reply subject
         # an attacker replays the ballot, once with its own inbox as the reply subject
@@ -180,10 +181,13 @@ async def test_republished_ballot_gets_the_same_vote_not_equivocation(
         for _ in range(2):
             await nc.publish(subjects.ballot, original.data)
             await nc.publish(subjects.ballot, original.data, reply="spy.votes")
-        deadline = asyncio.get_running_loop().time() + 5
-        while sum(v.stats.counters["ballot_repeated"] for v in verifiers) < 16 or len(votes) < 16:
-            assert asyncio.get_running_loop().time() < deadline, "replays not all answered"
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: (
+                sum(v.stats.counters["ballot_repeated"] for v in verifiers) >= 16
+                and len(votes) >= 16
+            ),
+            "every replay to be answered",
+        )
         await nc.flush()
         # each verifier: its one vote, repeated to the tally's vote subject only
         assert len(votes) == 16 and len(set(votes)) == 4
@@ -215,8 +219,10 @@ async def test_malformed_member_record_is_skipped(
         extra = VerifierWorker(rt(nats_config, tmp_path, "v4"))
         await extra.start()
         verifiers.append(extra)
-        await asyncio.sleep(0.3)
-        assert tally._pool is not None and len(tally._pool.view.keys) == 4  # watcher alive
+        await eventually(
+            lambda: tally._pool is not None and len(tally._pool.view.keys) == 4,
+            "the tally's pool watcher to see v4 (it survived the junk records)",
+        )
         pool = await membership.read_pool(nc, subjects)
         assert {m.worker_id for m in pool.verifiers} == {"v1", "v2", "v3", "v4"}
         async with await VerifyClient.connect(nats_config) as client:
@@ -291,7 +297,7 @@ async def test_requests_held_past_the_drain_get_shutting_down(
         task = asyncio.create_task(
             client.verify_with_consensus(signed_request(AgentIdentity.generate(), "held"))
         )
-        await asyncio.sleep(0.3)
+        await eventually(lambda: bool(tally._ballots), "the tally to hold the request")
         await tally.stop()
         with pytest.raises(RemoteError) as err:
             await task
@@ -360,13 +366,16 @@ async def test_stopping_tally_takes_no_new_work_and_conflicts_while_pending(
     agent = AgentIdentity.generate()
     first = signed_request(agent, "pay 1", "same-id")
     held = asyncio.create_task(nc.request(subject, first.encode(), timeout=10))
-    await asyncio.sleep(0.2)
+    await eventually(lambda: bool(tally._ballots), "the tally to hold the first request")
     # different bytes, same id, while the first is still pending
     clash = replace(first, message=b"pay 1000", signature=agent.sign(b"pay 1000"))
     reply = decode_reply((await nc.request(subject, clash.encode(), timeout=5)).data)
     assert isinstance(reply, ErrorReply) and reply.code == "REQUEST_ID_CONFLICT"
     stopping = asyncio.create_task(tally.stop())
-    await asyncio.sleep(0.3)  # intake drained: nobody takes new work now
+    await eventually(  # intake drained (UNSUB flushed to the server): nobody takes new work
+        lambda: bool(tally._intake) and all(s._closed for s in tally._intake),
+        "the tally's intake to be drained",
+    )
     with pytest.raises(nats.errors.NoRespondersError):
         await nc.request(subject, signed_request(agent, "late").encode(), timeout=2)
     await stopping

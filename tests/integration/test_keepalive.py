@@ -91,7 +91,7 @@ async def test_pings_stop_while_the_heartbeat_loop_is_stuck(
             await until(lambda: worker.keepalive.skipped >= 3)
             pings_when_stuck = worker.keepalive.pings
             received(notify)
-            await asyncio.sleep(0.6)
+            await asyncio.sleep(0.6)  # time is the subject: no ping while stuck
             assert worker.keepalive.pings == pings_when_stuck
             assert b"WATCHDOG=1" not in received(notify)
             record = liveness.read(path)

@@ -238,7 +238,9 @@ async def test_min_versions_and_expiry(keys: KeyClient, nc: Client, prefix: str)
     st = await status_of(nc, prefix, pk)
     assert st.expires_at_ms > 0 and st.refusal(st.expires_at_ms - 1) is None
     assert st.refusal(st.expires_at_ms) == "KEY_EXPIRED"
-    await asyncio.sleep(max(0.0, st.expires_at_ms / 1000 - time.time()) + 0.05)
+    await asyncio.sleep(
+        max(0.0, st.expires_at_ms / 1000 - time.time()) + 0.05
+    )  # time is the subject: expiry
     assert await error_code(keys.sign("short", b"x")) == "KEY_VERSION_INVALID"
 
 
@@ -246,7 +248,7 @@ async def test_auto_rotation_on_demand(keys: KeyClient) -> None:
     await keys.create("auto", "agent_identity", auto_rotate_period_s=1)
     await keys.create("manual", "agent_identity")
     assert (await keys.sweep()).rotated == ()
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(1.1)  # time is the subject: the rotation period passes
     swept = await keys.sweep()
     assert swept.rotated == ("auto",)
     assert len((await keys.get("auto")).record.versions) == 2

@@ -278,9 +278,12 @@ async def test_zombie_heartbeats_are_ignored(
     try:
         await until(lambda: _async(("verifier", "v4") in worker.tracker.workers), 10, "tracking")
         zombie = Beater(nc, prefix, "verifier", "v4", generation=1).start()
-        await asyncio.sleep(1.0)
+        await until(
+            lambda: _async(worker.stats.counters.get("zombie_heartbeats", 0) >= 3),
+            10,
+            "three zombie heartbeats refused",
+        )
         assert worker.tracker.workers[("verifier", "v4")].generation == 2
-        assert worker.stats.counters.get("zombie_heartbeats", 0) >= 3
         await new.stop()  # the replacement dies; the zombie's heartbeats must not hide it
         await until(lambda: _async(record.exists()), 10, "a respawn despite the zombie")
         await zombie.stop()
@@ -306,7 +309,7 @@ async def test_clean_stop_is_not_respawned_and_bad_history_requests_get_errors(
             heartbeat("tally", "t2", 1, 3, health="ShuttingDown").encode(),
         )
         await nc.publish(subjects.heartbeat("tally", "t3"), b"\xc1garbage")
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(2.0)  # time is the subject: no respawn for a stopped worker
         assert not record.exists()
         assert worker.tracker.workers[("tally", "t2")].status == "stopped"
         assert worker.stats.counters["heartbeat_malformed"] == 1
@@ -429,9 +432,9 @@ async def test_restarted_recovery_worker_catches_up_from_the_stream(
 
     await ensure_telemetry_streams(nc, Subjects(prefix))
     beater = Beater(nc, prefix, "verifier", "v5", generation=3).start()
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # time is the subject: a second of heartbeats
     await beater.stop()  # dies; nobody is watching
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # time is the subject: silence past the dead-after
     script, record = recording_systemctl(tmp_path)
     systemd = SystemdBackend(systemctl=str(script))
     worker = await start_recovery(nats_config, tmp_path, lambda nc, s: systemd, options())
@@ -490,7 +493,7 @@ async def test_a_heartbeat_naming_another_worker_than_its_subject_is_ignored(
         spoof = heartbeat("tally", "t1", 1, 1, "keys-pod")
         for _ in range(5):
             await nc.publish(subjects.heartbeat("verifier", "v1"), spoof.encode())
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # time is the subject: spoofs spread over time
         await until(
             lambda: _async(worker.stats.counters.get("heartbeat_subject_mismatch", 0) >= 5),
             10,

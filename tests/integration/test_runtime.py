@@ -17,6 +17,7 @@ from bus.config import NatsConfig
 from bus.runtime import EXIT_CONFIG, EXIT_CONNECT, RuntimeConfig
 from bus.subjects import Subjects
 from schemas.messages import Heartbeat, MetricsSnapshot
+from tests.wait import eventually
 from workers.cli.operator import discover
 from workers.consensus.verifier import VerifierWorker
 
@@ -83,10 +84,10 @@ async def test_heartbeats_and_metrics_are_published(
     await nc.subscribe(subjects.metrics_all, cb=on_metrics)
     worker = VerifierWorker(runtime(nats_config, tmp_path))
     await worker.start()
-    await asyncio.sleep(0.7)
+    await eventually(lambda: len(beats) >= 3 and bool(snaps), "three heartbeats and a snapshot")
     await worker.stop()
     await worker.stop()  # safe twice
-    await asyncio.sleep(0.1)
+    await eventually(lambda: beats[-1].health == "ShuttingDown", "the last heartbeat")
     assert len(beats) >= 3
     assert [b.seq for b in beats] == sorted(b.seq for b in beats)
     assert beats[0].health == "Healthy" and beats[-1].health == "ShuttingDown"

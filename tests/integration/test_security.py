@@ -99,7 +99,7 @@ async def test_verifier_cannot_publish_a_forged_decision(secure: SecureServer) -
         err = await v1.wait_error("permissions violation for publish")
         assert s.decision("VALID").lower() in err.lower()
         await wait_for(votes, 1)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # time is the subject: the forged decision never arrives
         assert decisions == []
         assert votes[0].data == b"a vote"
 
@@ -117,7 +117,7 @@ async def test_client_cannot_publish_a_vote_or_a_ballot(secure: SecureServer) ->
         await alice.wait_error(f'publish to "{s.votes("t1")}"')
         await alice.wait_error(f'publish to "{s.ballot}"')
         await wait_for(requests, 1)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # time is the subject: nothing forged arrives
         assert votes == [] and ballots == []
 
 
@@ -222,5 +222,5 @@ async def test_verifier_cannot_make_jetstream_deliver_its_bytes_as_a_ballot(
             await v1.nc.jetstream().add_consumer(
                 f"KV_{s.members_bucket}", deliver_subject=s.ballot, ack_policy="none"
             )
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # time is the subject: no ballot is delivered
         assert ballots == []

@@ -112,6 +112,7 @@ async def test_certificate_from_an_early_small_epoch_is_refused(
     try:
         msg = await admin.jetstream().get_msg(f"KV_{subjects.members_bucket}", seq=early.epoch + 1)
         assert msg.time is not None
+        # time is the subject: the record must be older than the client's tolerance
         await asyncio.sleep(max(0.0, 1.5 - (time.time() - msg.time.timestamp())))
     finally:
         await admin.close()

@@ -257,7 +257,7 @@ async def test_keepalive_withholds_pings_without_progress(
         assert record is not None and record.ttl_s == pytest.approx(1.3)
         keep.stopping()
         before = keep.pings
-        await asyncio.sleep(0.35)
+        await asyncio.sleep(0.35)  # time is the subject: no ping after stopping
         assert _pending(sock) == [b"STOPPING=1\nSTATUS=stopping"]
         assert keep.pings == before
         assert not keep.path.exists()
